@@ -1,0 +1,1 @@
+"""Typed, frozen configuration objects loaded from TOML: file → config object → components."""

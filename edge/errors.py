@@ -1,0 +1,100 @@
+"""Errors typed by who is at fault, each carrying what the client sees.
+
+One handler (edge.node.app) turns any EdgeError into the JSON error response; the CLI prints
+`message` for the ones that reach a user.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base class. `status` is the HTTP status the client gets; `reason` a stable short code."""
+
+    status = 500
+    reason = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- The client's fault -------------------------------------------------------------------------
+
+
+class BadRequest(EdgeError):
+    status = 400
+    reason = "bad_request"
+
+
+class NoRoute(EdgeError):
+    status = 404
+    reason = "no_route"
+
+
+class RequestBodyTooLarge(EdgeError):
+    status = 413
+    reason = "request_body_too_large"
+
+
+# --- The function's fault (its author's) --------------------------------------------------------
+
+
+class FunctionError(EdgeError):
+    """The function misbehaved at request time. The node keeps serving."""
+
+    status = 500
+    reason = "function_error"
+
+
+class FunctionTrapped(FunctionError):
+    reason = "trap"
+
+
+class MemoryLimitExceeded(FunctionError):
+    reason = "memory_limit"
+
+
+class DeadlineExceeded(FunctionError):
+    status = 504
+    reason = "deadline_exceeded"
+
+
+class ResponseTooLarge(FunctionError):
+    status = 502
+    reason = "response_too_large"
+
+
+class InvalidResponse(FunctionError):
+    status = 502
+    reason = "invalid_response"
+
+
+# --- Rejected before any request: bad artifacts and configuration -------------------------------
+
+
+class ComponentRejected(EdgeError):
+    """A component that cannot be loaded: corrupt, wrong exports, or imports outside the world."""
+
+    status = 503
+    reason = "component_rejected"
+
+
+class ConfigError(EdgeError):
+    """A config file is wrong. The message names the file, the key and what is allowed."""
+
+    reason = "config_error"
+
+
+# --- Building functions -------------------------------------------------------------------------
+
+
+class ToolchainMissing(EdgeError):
+    reason = "toolchain_missing"
+
+
+class BuildFailed(EdgeError):
+    reason = "build_failed"
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
