@@ -1,0 +1,9 @@
+"""The WebAssembly sandbox: one engine, a compile cache, and a fresh instance per request.
+
+- `engine`: the shared wasmtime Engine, its settings and the epoch ticker that enforces deadlines.
+- `compile_cache`: compiled components on disk, keyed by content hash + wasmtime + settings.
+- `contract`: what a component may import and must export (the edge:function world).
+- `host`: the host side of the imports: log, config, and WASI with everything denied.
+- `abi`: fast lowering of the request record and lifting of the response.
+- `function`: a loaded function and one invocation of it, with limits and typed errors.
+"""

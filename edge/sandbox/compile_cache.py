@@ -1,0 +1,82 @@
+"""Compiled components on disk, so that a node restart does not recompile.
+
+Key: sha256 of the component's bytes + the engine fingerprint (wasmtime version and settings
+that change generated code). A corrupt or stale cache file is recompiled and replaced, never
+trusted: wasmtime checks the header and refuses artifacts from another version or config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import wasmtime
+from wasmtime import component
+
+from edge.errors import ComponentRejected
+from edge.sandbox.engine import SandboxEngine
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+
+
+def content_hash(wasm: bytes) -> str:
+    return hashlib.sha256(wasm).hexdigest()
+
+
+class CompileCache:
+    def __init__(self, engine: SandboxEngine, directory: Path | None) -> None:
+        self.engine = engine
+        self.directory = directory
+        self.stats = CacheStats()
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, digest: str) -> Path | None:
+        if self.directory is None:
+            return None
+        return self.directory / f"{digest}-{self.engine.settings.fingerprint()}.cwasm"
+
+    def load(self, wasm: bytes, digest: str | None = None) -> component.Component:
+        """Returns the compiled component, from disk when possible. Raises ComponentRejected."""
+        digest = digest or content_hash(wasm)
+        path = self.path_for(digest)
+        if path is not None and path.exists():
+            try:
+                # deserialize_file maps the file, so memory images can be copy-on-write.
+                compiled = component.Component.deserialize_file(self.engine.engine, str(path))
+                self.stats.hits += 1
+                return compiled
+            except wasmtime.WasmtimeError:
+                path.unlink(missing_ok=True)
+        self.stats.misses += 1
+        try:
+            compiled = component.Component(self.engine.engine, wasm)
+        except wasmtime.WasmtimeError as e:
+            raise ComponentRejected(f"not a valid WebAssembly component: {_first_line(e)}") from None
+        if path is not None:
+            _write_atomically(path, bytes(compiled.serialize()))
+            # Reload from the file so this instance also gets the mapped, copy-on-write image.
+            return component.Component.deserialize_file(self.engine.engine, str(path))
+        return compiled
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0]
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

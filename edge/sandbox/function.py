@@ -1,0 +1,158 @@
+"""A loaded function and its invocations: fresh instance per request, limits, typed errors.
+
+`invoke` blocks; the node calls it from worker threads. wasmtime releases the GIL while wasm
+runs (the calls go through ctypes), so a busy function does not stall the event loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+
+import wasmtime
+from wasmtime import _ffi as ffi
+from wasmtime import component as cm
+
+from edge.config.function import FunctionConfig
+from edge.errors import (
+    DeadlineExceeded,
+    FunctionError,
+    FunctionTrapped,
+    InvalidResponse,
+    MemoryLimitExceeded,
+    ResponseTooLarge,
+)
+from edge.sandbox import abi, host
+from edge.sandbox.compile_cache import CompileCache, content_hash
+from edge.sandbox.contract import HANDLER_EXPORT, HANDLER_FUNC, check_component
+from edge.sandbox.engine import SandboxEngine
+
+_ValPtr = ctypes.POINTER(abi.Val)
+
+
+@dataclass
+class _Live:
+    """One instantiated component in its own store."""
+
+    store: wasmtime.Store
+    func: cm.Func
+    uses: int = 0
+
+
+class LoadedFunction:
+    """A compiled, checked, linked function. Loading raises ComponentRejected; never invoke."""
+
+    def __init__(
+        self,
+        engine: SandboxEngine,
+        cache: CompileCache,
+        wasm: bytes,
+        config: FunctionConfig,
+        sink: host.LogSink,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.sink = sink
+        self.digest = content_hash(wasm)
+        self.component = cache.load(wasm, self.digest)
+        self.imports = check_component(engine.engine, self.component)
+        self.linker = host.build_linker(
+            engine.engine, self.component, self.imports, config.capabilities
+        )
+        handler = self.component.get_export_index(HANDLER_EXPORT)
+        index = self.component.get_export_index(HANDLER_FUNC, handler)
+        assert index is not None  # check_component verified it
+        self._index = index
+        self._deadline_ticks = engine.deadline_ticks(config.limits.deadline_ms)
+        self._reuse_lock = threading.Lock()
+        self._reused: _Live | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def _instantiate(self) -> _Live:
+        store = wasmtime.Store(self.engine.engine)
+        store.set_limits(memory_size=self.config.limits.memory_limit_bytes)
+        store.set_wasi(host.wasi_config())
+        # Instantiation runs guest start code, so the deadline applies from here.
+        store.set_epoch_deadline(self._deadline_ticks)
+        try:
+            instance = self.linker.instantiate(store, self.component)
+        except wasmtime.WasmtimeError as e:
+            raise _classify(e, self.config, "instantiating") from None
+        func = instance.get_func(store, self._index)
+        assert func is not None
+        return _Live(store, func)
+
+    def invoke(self, request: abi.GuestRequest, invocation: host.Invocation) -> abi.GuestResponse:
+        with host.bound(invocation):
+            if not self.config.instance.reuse:
+                return self._call(self._instantiate(), request)
+            return self._invoke_reusing(request)
+
+    def _invoke_reusing(self, request: abi.GuestRequest) -> abi.GuestResponse:
+        # Never two requests in one instance: a request that finds it busy gets a fresh one.
+        if not self._reuse_lock.acquire(blocking=False):
+            return self._call(self._instantiate(), request)
+        try:
+            live, self._reused = self._reused, None
+            if live is None:
+                live = self._instantiate()
+            live.store.set_epoch_deadline(self._deadline_ticks)
+            response = self._call(live, request)  # raising drops the instance: after any trap
+            live.uses += 1
+            if live.uses < self.config.instance.reuse_max_requests:
+                self._reused = live
+            return response
+        finally:
+            self._reuse_lock.release()
+
+    def _call(self, live: _Live, request: abi.GuestRequest) -> abi.GuestResponse:
+        param = abi.LoweredRequest(request)
+        result = abi.Val()
+        err = ffi.wasmtime_component_func_call(
+            ctypes.byref(live.func._func),
+            live.store._context(),
+            ctypes.cast(param.pointer, _ValPtr),
+            1,
+            ctypes.byref(result),
+            1,
+        )
+        if err:
+            raise _classify(wasmtime.WasmtimeError._from_ptr(err), self.config, "running")
+        try:
+            response = abi.lift_response(result, self.config.limits.response_body_limit_bytes)
+        except abi.ResponseBodyOverLimit as e:
+            raise ResponseTooLarge(
+                f"response body of {e.size} bytes exceeds the limit of "
+                f"{self.config.limits.response_body_limit_bytes} bytes"
+            ) from None
+        except abi.AbiError as e:
+            raise InvalidResponse(f"function returned an invalid response: {e}") from None
+        try:
+            live.func.post_return(live.store)
+        except wasmtime.WasmtimeError as e:
+            raise _classify(e, self.config, "cleaning up") from None
+        if not 100 <= response.status <= 599:
+            raise InvalidResponse(f"function returned HTTP status {response.status}")
+        return response
+
+
+def _classify(e: wasmtime.WasmtimeError, config: FunctionConfig, doing: str) -> FunctionError:
+    text = str(e)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # wasmtime puts the cause last ("Caused by: ... wasm trap: unreachable"), the backtrace first.
+    cause = lines[-1] if lines else "unknown error"
+    cause = cause.split(": ", 1)[1] if cause[:2].isdigit() or cause[:1].isdigit() else cause
+    if "interrupt" in text:
+        return DeadlineExceeded(
+            f"function exceeded its deadline of {config.limits.deadline_ms} ms while {doing}"
+        )
+    if "memory" in text and ("limit" in text or "minimum" in text or "exceeds" in text):
+        return MemoryLimitExceeded(
+            f"function exceeded its memory limit of "
+            f"{config.limits.memory_limit_bytes // (1024 * 1024)} MiB while {doing}: {cause}"
+        )
+    return FunctionTrapped(f"function trapped while {doing}: {cause}")

@@ -1,0 +1,171 @@
+"""The host side of a function's imports: log, config, and WASI with every capability denied.
+
+One linker per loaded function, because what is linked depends on the function: its grants
+(`[capabilities]` in edge.toml) and the exact WASI versions it imports (shadowing a WASI
+interface must name the version the component imports).
+
+Host calls find the request they belong to through a thread-local: an invocation runs on one
+worker thread from instantiate to post-return, and wasmtime calls imports on that thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from wasmtime import WasiConfig
+from wasmtime import component as cm
+
+from edge.config.function import Capabilities
+
+LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
+MAX_LOG_LINE_BYTES = 4096
+MAX_LOG_LINES_PER_REQUEST = 200
+
+
+@dataclass(frozen=True)
+class LogLine:
+    function: str
+    request_id: str
+    level: str
+    message: str
+    source: str  # "log" (the log import), "stdout", "stderr", or "platform"
+    time_unix: float
+
+
+LogSink = Callable[[LogLine], None]
+
+
+@dataclass
+class Invocation:
+    """What host calls need to know about the request being served on this thread."""
+
+    function: str
+    request_id: str
+    config: Mapping[str, str]
+    sink: LogSink
+    started_unix: float = field(default_factory=time.time)
+    lines: int = 0
+    dropped: int = 0
+
+    def log(self, level: str, message: str, source: str) -> None:
+        if self.lines >= MAX_LOG_LINES_PER_REQUEST:
+            self.dropped += 1
+            return
+        self.lines += 1
+        if len(message) > MAX_LOG_LINE_BYTES:
+            message = message[:MAX_LOG_LINE_BYTES] + "…(truncated)"
+        self.sink(LogLine(self.function, self.request_id, level, message, source, time.time()))
+
+
+_local = threading.local()
+
+
+def current() -> Invocation:
+    inv: Invocation | None = getattr(_local, "invocation", None)
+    if inv is None:
+        raise RuntimeError("host import called outside an invocation")
+    return inv
+
+
+class bound:
+    """Context manager binding an Invocation to this thread for the duration of a call."""
+
+    def __init__(self, invocation: Invocation) -> None:
+        self.invocation = invocation
+
+    def __enter__(self) -> Invocation:
+        _local.invocation = self.invocation
+        return self.invocation
+
+    def __exit__(self, *exc: object) -> None:
+        _local.invocation = None
+
+
+# --- our interfaces -----------------------------------------------------------------------------
+
+
+def _log_write(_store: Any, level: Any, message: str) -> None:
+    name = level if isinstance(level, str) else LOG_LEVELS[int(level)]
+    current().log(name, message, "log")
+
+
+def _config_get(_store: Any, key: str) -> str | None:
+    return current().config.get(key)
+
+
+def _wall_now(_store: Any) -> cm.Record:
+    # Frozen at the request's start: a function without the wall_clock grant cannot time
+    # anything with it, as in Cloudflare Workers.
+    started = current().started_unix
+    rec = cm.Record()
+    rec.seconds = int(started)
+    rec.nanoseconds = 0
+    return rec
+
+
+def _wall_resolution(_store: Any) -> cm.Record:
+    rec = cm.Record()
+    rec.seconds = 1
+    rec.nanoseconds = 0
+    return rec
+
+
+def _output(source: str) -> Callable[[bytes], None]:
+    def write(data: bytes) -> None:
+        inv: Invocation | None = getattr(_local, "invocation", None)
+        if inv is None:
+            return
+        text = bytes(data).decode("utf-8", errors="replace").rstrip("\n")
+        for line in text.splitlines() or [""]:
+            inv.log("info" if source == "stdout" else "error", line, source)
+
+    return write
+
+
+_STDOUT = _output("stdout")
+_STDERR = _output("stderr")
+
+
+def wasi_config() -> WasiConfig:
+    """No args, no environment, no preopened directories; stdio becomes log lines."""
+    config = WasiConfig()
+    config.stdout_custom = _STDOUT
+    config.stderr_custom = _STDERR
+    return config
+
+
+def build_linker(
+    engine: Any, component: cm.Component, imports: list[str], caps: Capabilities
+) -> cm.Linker:
+    linker = cm.Linker(engine)
+    linker.allow_shadowing = True
+    # WASI p2 from wasmtime: its sockets refuse every address and name lookup by default, and
+    # filesystem and environment are empty because wasi_config() grants nothing.
+    linker.add_wasip2()
+    with linker.root() as root:
+        for name in imports:
+            iface = name.split("@")[0]
+            if iface == "edge:function/types":
+                with root.add_instance(name):
+                    pass
+            elif iface == "edge:function/log":
+                with root.add_instance(name) as inst:
+                    inst.add_func("write", _log_write)
+            elif iface == "edge:function/config":
+                with root.add_instance(name) as inst:
+                    inst.add_func("get", _config_get)
+            elif iface == "wasi:clocks/wall-clock" and not caps.wall_clock:
+                with root.add_instance(name) as inst:
+                    inst.add_func("now", _wall_now)
+                    inst.add_func("resolution", _wall_resolution)
+    if any(name.startswith("wasi:http/") for name in imports):
+        # Outbound HTTP (componentize-js imports it for fetch) is never granted yet: its
+        # functions become stubs that trap when called. wasmtime's helper also stubs imports
+        # that WASI matched only by semver, so it runs only for components that need it.
+        linker.allow_shadowing = False
+        linker.define_unknown_imports_as_traps(component)
+    return linker

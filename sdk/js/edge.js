@@ -1,0 +1,154 @@
+// edge.js: helpers for writing edge functions in JavaScript.
+//
+// A function is an ES module that exports `handle(req)` and returns a Response:
+//
+//     import { Response } from "edge";
+//     export function handle(req) {
+//       return Response.text("Hello from JavaScript!\n");
+//     }
+//
+// `edge build` bundles the module with this file (esbuild) behind an entry that exports the WIT
+// interface `edge:function/handler@0.1.0`, then componentize-js turns the bundle into a component.
+// The WIT imports below are provided by the host; esbuild leaves them external.
+
+import { write as logWrite } from "edge:function/log@0.1.0";
+import { get as configGet } from "edge:function/config@0.1.0";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function toBytes(body) {
+  if (body === undefined || body === null) return new Uint8Array(0);
+  if (body instanceof Uint8Array) return body;
+  if (body instanceof ArrayBuffer) return new Uint8Array(body);
+  return encoder.encode(String(body));
+}
+
+// Headers as the WIT has them: ordered [name, value] pairs, names lower-case. Accepts a plain
+// object or a list of pairs.
+function toHeaderList(headers) {
+  if (!headers) return [];
+  const pairs = Array.isArray(headers) ? headers : Object.entries(headers);
+  return pairs.map(([name, value]) => [String(name).toLowerCase(), String(value)]);
+}
+
+// The request as handed to `handle`, over the raw WIT record.
+export class Request {
+  constructor(raw) {
+    this.raw = raw;
+    this.method = raw.method;
+    this.url = raw.url;
+    this.headers = raw.headers;
+    this.body = raw.body;
+    this.clientIp = raw.clientIp;
+    this.context = raw.context;
+  }
+
+  get region() {
+    return this.context.region;
+  }
+
+  get nodeId() {
+    return this.context.nodeId;
+  }
+
+  get requestId() {
+    return this.context.requestId;
+  }
+
+  // Optional fields of the WIT `geo` record arrive as undefined; normalised to null here so
+  // that JSON.stringify keeps the keys.
+  get geo() {
+    const g = this.context.geo;
+    const opt = (v) => (v === undefined ? null : v);
+    return {
+      country: opt(g.country),
+      continent: opt(g.continent),
+      city: opt(g.city),
+      latitude: opt(g.latitude),
+      longitude: opt(g.longitude),
+    };
+  }
+
+  // First value of a header (case-insensitive), or null.
+  header(name) {
+    const key = name.toLowerCase();
+    const hit = this.headers.find(([n]) => n === key);
+    return hit ? hit[1] : null;
+  }
+
+  // Every value of a header, in order.
+  headerAll(name) {
+    const key = name.toLowerCase();
+    return this.headers.filter(([n]) => n === key).map(([, v]) => v);
+  }
+
+  text() {
+    return decoder.decode(this.body);
+  }
+
+  json() {
+    return JSON.parse(this.text());
+  }
+}
+
+export class Response {
+  constructor(body, { status = 200, headers = [] } = {}) {
+    this.status = status;
+    this.headers = toHeaderList(headers);
+    this.body = toBytes(body);
+  }
+
+  static text(body, { status = 200, headers = [] } = {}) {
+    const list = toHeaderList(headers);
+    if (!list.some(([n]) => n === "content-type")) {
+      list.push(["content-type", "text/plain; charset=utf-8"]);
+    }
+    return new Response(body, { status, headers: list });
+  }
+
+  static json(value, { status = 200, headers = [] } = {}) {
+    const list = toHeaderList(headers);
+    if (!list.some(([n]) => n === "content-type")) {
+      list.push(["content-type", "application/json"]);
+    }
+    return new Response(JSON.stringify(value), { status, headers: list });
+  }
+}
+
+function level(name) {
+  return (message) => logWrite(name, String(message));
+}
+
+export const log = {
+  trace: level("trace"),
+  debug: level("debug"),
+  info: level("info"),
+  warn: level("warn"),
+  error: level("error"),
+};
+
+export const config = {
+  // The value for `key` from edge.toml's [config], or `fallback` when unset.
+  get(key, fallback = null) {
+    const value = configGet(key);
+    return value === undefined || value === null ? fallback : value;
+  },
+};
+
+// Used by the generated build entry: adapts the user's `handle` to the WIT export.
+export function wrapHandler(handle) {
+  if (typeof handle !== "function") {
+    throw new Error("the function module must export `handle(req)`");
+  }
+  return {
+    handle(raw) {
+      let resp = handle(new Request(raw));
+      if (typeof resp === "string") resp = Response.text(resp);
+      if (!(resp instanceof Response)) {
+        throw new Error("handle(req) must return a Response");
+      }
+      return { status: resp.status, headers: resp.headers, body: resp.body };
+    },
+  };
+}
