@@ -86,15 +86,14 @@ class Toolchain:
     def version(self, argv: list[str]) -> str:
         return _version_of(tuple(argv), self.timeout_s)
 
-    def run(self, argv: list[str], *, cwd: Path, what: str) -> str:
-        """Runs a tool in `cwd` with TMPDIR pointing into it; returns stderr+stdout.
+    def run(self, argv: list[str], *, cwd: Path, tmp: Path, what: str) -> str:
+        """Runs a tool in `cwd` with TMPDIR set to `tmp`; returns stderr+stdout.
 
         Raises BuildFailed (carrying the tool's output) on a non-zero exit or a timeout.
         """
-        tmp = cwd / "tmp"
-        tmp.mkdir(exist_ok=True)
         # A private temp dir: concurrent builds never see each other's scratch files, and
         # everything goes away with the build's work dir.
+        tmp.mkdir(parents=True, exist_ok=True)
         env = {**self.env, "TMPDIR": str(tmp), "TEMP": str(tmp), "TMP": str(tmp)}
         try:
             proc = subprocess.run(

@@ -1,0 +1,87 @@
+"""Content-addressed build cache: same inputs, same component, no compiler run.
+
+The key hashes everything that can change the output: the project's files, the WIT contract,
+the language SDK, the toolchain's version and the build recipe. Entries are whole components
+stored as `<key>.wasm`; writes go through a temp file and a rename so a concurrent reader never
+sees half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+# Bump when a language's build recipe changes in a way the inputs do not show.
+RECIPE_VERSION = "1"
+
+# Not sources: build output, tool caches and VCS metadata.
+SKIP_DIRS = frozenset({"build", "node_modules", "__pycache__", ".git", ".mypy_cache"})
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("EDGE_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "edge" / "builds"
+
+
+def project_files(project_dir: Path) -> list[Path]:
+    """Every file of the project except build output and hidden or tool directories."""
+    out: list[Path] = []
+    for root, dirs, files in os.walk(project_dir):
+        # Pruned in place so os.walk does not descend; sorted for a stable hash order.
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
+        out.extend(Path(root) / f for f in sorted(files) if not f.endswith(".pyc"))
+    return out
+
+
+def tree_files(root: Path) -> list[Path]:
+    return project_files(root) if root.is_dir() else [root]
+
+
+def cache_key(lang: str, toolchain_version: str, groups: Iterable[tuple[str, Path]]) -> str:
+    """sha256 over (label, relative path, content) of every file, length-prefixed so that no
+    two different inputs can produce the same byte stream."""
+    h = hashlib.sha256()
+
+    def put(data: bytes) -> None:
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+
+    put(f"edge-build {RECIPE_VERSION} {lang}".encode())
+    put(toolchain_version.encode())
+    for label, root in groups:
+        for path in tree_files(root):
+            rel = path.relative_to(root) if root.is_dir() else Path(path.name)
+            put(f"{label}:{rel.as_posix()}".encode())
+            put(path.read_bytes())
+    return h.hexdigest()
+
+
+def lookup(cache_dir: Path, key: str) -> Path | None:
+    path = cache_dir / f"{key}.wasm"
+    return path if path.is_file() else None
+
+
+def atomic_copy(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def store(cache_dir: Path, key: str, component: Path) -> None:
+    try:
+        atomic_copy(component, cache_dir / f"{key}.wasm")
+    except OSError:
+        # A cache that cannot be written (read-only home in CI, full disk) only costs speed.
+        pass

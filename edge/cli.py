@@ -1,0 +1,86 @@
+"""`edge`: the one command line for developers and operators."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edge.errors import BuildFailed, EdgeError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Edge functions on WebAssembly.")
+
+
+def _fail(error: EdgeError) -> None:
+    print(f"error: {error.message}", file=sys.stderr)
+    if isinstance(error, BuildFailed) and error.output:
+        print(error.output.rstrip(), file=sys.stderr)
+    raise typer.Exit(1)
+
+
+@app.command()
+def new(
+    name: str,
+    lang: Annotated[str, typer.Option(help="python, c or js")] = "python",
+    directory: Annotated[Path | None, typer.Option("--dir", help="where (default ./NAME)")] = None,
+) -> None:
+    """Create a function project: edge.toml, a source file and a README."""
+    from edge.build.scaffold import new_project
+
+    dest = directory or Path(name)
+    try:
+        files = new_project(dest, name, lang)
+    except EdgeError as e:
+        _fail(e)
+    for f in files:
+        print(f"created {f}")
+    print(f"next: edge dev {dest}")
+
+
+@app.command()
+def build(project: Annotated[Path, typer.Argument()] = Path(".")) -> None:
+    """Compile the function in PROJECT to a WebAssembly component in PROJECT/build/."""
+    from edge.build import build_function
+
+    try:
+        out = build_function(project)
+    except EdgeError as e:
+        _fail(e)
+    print(out)
+
+
+@app.command()
+def dev(
+    project: Annotated[Path, typer.Argument()] = Path("."),
+    port: int = 8787,
+    host: str = "127.0.0.1",
+) -> None:
+    """Serve PROJECT locally on the production runtime, rebuilding on save."""
+    from edge.dev import serve_dev
+
+    try:
+        serve_dev(project, host, port)
+    except EdgeError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def node(config: Annotated[Path, typer.Option("--config", help="node.toml")]) -> None:
+    """Run an edge node from a node.toml."""
+    from edge.node.main import run_node
+
+    try:
+        asyncio.run(run_node(config))
+    except EdgeError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,114 @@
+"""`edge dev`: build, serve on the production node code, rebuild on save.
+
+When a rebuild fails the last good build keeps serving and the compiler error is printed; when
+there has never been a good build, requests get a 503 that carries the compiler error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from pathlib import Path
+
+import anyio
+from watchfiles import DefaultFilter, awatch
+
+from edge.build import build_function
+from edge.config.function import load_function_config
+from edge.errors import BuildFailed, EdgeError
+from edge.node.app import create_app
+from edge.node.config import FunctionSource, NodeConfig
+from edge.node.logs import LogWriter
+from edge.node.routing import Route
+from edge.node.runtime import NodeRuntime, Unavailable
+from edge.node.server import run
+
+
+class _SourceFilter(DefaultFilter):
+    def __call__(self, change: object, path: str) -> bool:
+        parts = Path(path).parts
+        return "build" not in parts and "node_modules" not in parts and super().__call__(change, path)  # type: ignore[arg-type]
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class DevServer:
+    def __init__(self, project: Path, host: str, port: int) -> None:
+        self.project = project.resolve()
+        self.config = load_function_config(self.project)
+        node_config = NodeConfig(
+            node_id="dev",
+            region="local",
+            listen=f"{host}:{port}",
+            cache_dir=self.project / "build" / "compiled",
+            workers=8,
+        )
+        self.runtime = NodeRuntime(node_config, LogWriter("pretty"))
+        self.runtime.deploy([Route("*", "/", self.config.name)], {})
+        self.app = create_app(self.runtime)
+        self.url = f"http://{host}:{port}/"
+        self.has_good_build = False
+
+    async def rebuild(self) -> bool:
+        name = self.config.name
+        try:
+            self.config = load_function_config(self.project)
+            component = await anyio.to_thread.run_sync(build_function, self.project)
+            loaded = await anyio.to_thread.run_sync(
+                self.runtime.load, FunctionSource(self.config, component)
+            )
+        except EdgeError as e:
+            loaded = Unavailable(e)
+        if isinstance(loaded, Unavailable):
+            detail = loaded.error.output if isinstance(loaded.error, BuildFailed) else ""
+            _say(f"edge dev: build failed: {loaded.error.message}")
+            if detail:
+                _say(detail.rstrip())
+            if self.has_good_build:
+                _say("edge dev: still serving the last good build")
+            else:
+                self.runtime.replace_function(name, loaded)
+            return False
+        # The route names the function; a renamed function gets the route.
+        self.runtime.deploy([Route("*", "/", self.config.name)], {self.config.name: loaded})
+        self.has_good_build = True
+        _say(f"edge dev: built {self.config.name} ({self.config.lang})")
+        return True
+
+    async def watch(self) -> None:
+        async for _ in awatch(self.project, watch_filter=_SourceFilter(), debounce=200):
+            _say("edge dev: change detected, rebuilding")
+            await self.rebuild()
+
+    async def serve(self) -> None:
+        await self.rebuild()
+        host, port = self.runtime.config.listen.rsplit(":", 1)
+
+        async def announce() -> None:
+            await _wait_listening(host, int(port))
+            _say(f"edge dev: serving {self.config.name} at {self.url} (Ctrl-C to stop)")
+
+        watcher = asyncio.create_task(self.watch())
+        try:
+            await run(self.app, self.runtime.config.listen, on_ready=announce)
+        finally:
+            watcher.cancel()
+            self.runtime.close()
+
+
+async def _wait_listening(host: str, port: int, timeout_s: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            await asyncio.sleep(0.02)
+
+
+def serve_dev(project: Path, host: str, port: int) -> None:
+    asyncio.run(DevServer(project, host, port).serve())

@@ -1,0 +1,131 @@
+"""`node.toml`: who the node is, where it listens, and which functions it serves on which routes.
+
+    [node]
+    id = "node-1"
+    region = "local"
+    listen = "127.0.0.1:8787"
+    cache_dir = ".edge-cache"          # compiled components; relative to this file
+    geoip_db = "GeoLite2-City.mmdb"    # optional
+    trusted_proxies = ["127.0.0.1/32"] # whose x-forwarded-for is believed
+    workers = 16                       # threads running wasm
+
+    [sandbox]
+    pooling = true
+    epoch_tick_ms = 2
+
+    [[function]]
+    project = "sdk/examples/c/hello"   # reads edge.toml and build/<name>.wasm
+    # or: component = "hello.wasm" and manifest = "edge.toml"
+
+    [[route]]
+    route = "*/"                       # HOST/PATH-PREFIX, "*" for any host
+    function = "hello"
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.config.function import FunctionConfig, load_function_config, parse_function_config
+from edge.config.toml_fields import Table, load_toml
+from edge.errors import ConfigError
+from edge.node.client_ip import Network, parse_networks
+from edge.node.routing import Route
+from edge.sandbox.engine import EngineSettings
+
+
+@dataclass(frozen=True)
+class FunctionSource:
+    config: FunctionConfig
+    component_path: Path
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str = field(default_factory=socket.gethostname)
+    region: str = "local"
+    listen: str = "127.0.0.1:8787"
+    cache_dir: Path | None = None
+    geoip_db: Path | None = None
+    trusted_proxies: tuple[Network, ...] = ()
+    workers: int = 16
+    sandbox: EngineSettings = field(default_factory=EngineSettings)
+    functions: tuple[FunctionSource, ...] = ()
+    routes: tuple[Route, ...] = ()
+
+
+def function_from_project(project: Path) -> FunctionSource:
+    config = load_function_config(project)
+    return FunctionSource(config, project / "build" / f"{config.name}.wasm")
+
+
+def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConfig:
+    root = Table(data, source)
+    root.reject_unknown({"node", "sandbox", "function", "route"})
+    node = root.table("node")
+    node.reject_unknown(
+        {"id", "region", "listen", "cache_dir", "geoip_db", "trusted_proxies", "workers"}
+    )
+    sb = root.table("sandbox")
+    sb.reject_unknown({"pooling", "epoch_tick_ms"})
+    proxies = node.get("trusted_proxies", list, [])
+    try:
+        trusted = parse_networks([str(p) for p in proxies])
+    except ValueError as e:
+        raise ConfigError(f"{node.where('trusted_proxies')}: {e}") from None
+
+    def path(key: str) -> Path | None:
+        value = node.get(key, str, "")
+        return (base / value) if value else None
+
+    functions = []
+    for fn in root.tables("function"):
+        fn.reject_unknown({"project", "component", "manifest"})
+        if "project" in fn.data:
+            functions.append(function_from_project(base / fn.require("project", str)))
+            continue
+        component = base / fn.require("component", str)
+        manifest = fn.get("manifest", str, "")
+        if manifest:
+            config = load_function_config((base / manifest).parent)
+        else:
+            config = parse_function_config({"function": {"name": component.stem}}, source)
+        functions.append(FunctionSource(config, component))
+    names = [f.config.name for f in functions]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{source}: function {dupes[0]!r} is defined twice")
+
+    routes = []
+    for r in root.tables("route"):
+        r.reject_unknown({"route", "function"})
+        route = Route.parse(r.require("route", str), r.require("function", str))
+        if route.function not in names:
+            raise ConfigError(
+                f"{r.where('function')}: no [[function]] named {route.function!r} "
+                f"(defined: {', '.join(names) or 'none'})"
+            )
+        routes.append(route)
+
+    return NodeConfig(
+        node_id=node.get("id", str, socket.gethostname()),
+        region=node.get("region", str, "local"),
+        listen=node.get("listen", str, "127.0.0.1:8787"),
+        cache_dir=path("cache_dir"),
+        geoip_db=path("geoip_db"),
+        trusted_proxies=trusted,
+        workers=node.positive_int("workers", 16, 1024),
+        sandbox=EngineSettings(
+            pooling=sb.get("pooling", bool, True),
+            epoch_tick_ms=sb.positive_int("epoch_tick_ms", 2, 1000),
+        ),
+        functions=tuple(functions),
+        routes=tuple(routes),
+    )
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    return parse_node_config(load_toml(path), str(path), path.parent)

@@ -1,0 +1,135 @@
+"""Factories for real processes on 127.0.0.1: nodes, dev servers, and built functions."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+EXAMPLES = REPO / "sdk" / "examples"
+SHARED_GEOIP = REPO.parent / "shared" / "geoip"
+# Builds are cached by content hash across test runs (and CI steps) in the repo's cache folder.
+os.environ.setdefault("EDGE_CACHE_DIR", str(REPO / ".edge-cache" / "builds"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def build(project: Path) -> Path:
+    from edge.build import build_function
+
+    return build_function(project)
+
+
+@pytest.fixture(scope="session")
+def built() -> Callable[[Path], Path]:
+    """Builds a function project once per session (and once per content hash across runs)."""
+    cache: dict[Path, Path] = {}
+
+    def get(project: Path) -> Path:
+        if project not in cache:
+            cache[project] = build(project)
+        return cache[project]
+
+    return get
+
+
+@dataclass
+class Proc:
+    proc: subprocess.Popen[str]
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[str]:
+    log = log_path.open("w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+    )
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, proc: Proc) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.proc.poll() is not None:
+            raise AssertionError(f"{what}: process exited early:\n{proc.log()}")
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not ready after {timeout_s}s:\n{proc.log()}")
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[[str], Proc]]:
+    """start_node(body, node=extra [node] lines) writes a node.toml and runs it."""
+    procs: list[Proc] = []
+
+    def start(body: str, *, node: str = "", ready: bool = True) -> Proc:
+        port = free_port()
+        config = tmp_path / f"node-{port}.toml"
+        if "id =" not in node:
+            node += '\nid = "test-node"\nregion = "test-region"\n'
+        header = (
+            f'[node]\nlisten = "127.0.0.1:{port}"\ncache_dir = "{tmp_path / "compiled"}"\n'
+        )
+        config.write_text(header + node + "\n" + body)
+        proc = Proc(_spawn(["node", "--config", str(config)], tmp_path / f"node-{port}.log"),
+                    f"http://127.0.0.1:{port}", tmp_path / f"node-{port}.log")
+        procs.append(proc)
+        path = "/readyz" if ready else "/healthz"
+        wait_until(lambda: httpx.get(proc.url + path).status_code == 200, 60, "node", proc)
+        return proc
+
+    yield start
+    for p in procs:
+        p.stop()
+
+
+@pytest.fixture
+def start_dev(tmp_path: Path) -> Iterator[Callable[[Path], Proc]]:
+    procs: list[Proc] = []
+
+    def start(project: Path) -> Proc:
+        port = free_port()
+        log = tmp_path / f"dev-{port}.log"
+        proc = Proc(_spawn(["dev", str(project), "--port", str(port)], log),
+                    f"http://127.0.0.1:{port}", log)
+        procs.append(proc)
+        wait_until(lambda: "serving" in proc.log(), 180, "edge dev", proc)
+        return proc
+
+    yield start
+    for p in procs:
+        p.stop()

@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+
+from edge.config.function import MIB, parse_function_config
+from edge.errors import ConfigError
+from edge.node.config import parse_node_config
+
+
+def test_defaults() -> None:
+    cfg = parse_function_config({"function": {"name": "hello"}}, "edge.toml")
+    assert cfg.limits.deadline_ms == 100
+    assert cfg.limits.memory_limit_bytes == 128 * MIB
+    assert cfg.limits.request_body_limit_bytes == 10 * MIB
+    assert cfg.limits.response_body_limit_bytes == 10 * MIB
+    assert cfg.instance.policy == "fresh"
+    assert cfg.capabilities.wall_clock is False
+
+
+def test_overrides() -> None:
+    cfg = parse_function_config(
+        {
+            "function": {"name": "api", "lang": "js"},
+            "limits": {"deadline_ms": 250, "memory_limit_mib": 64},
+            "instance": {"policy": "reuse", "reuse_max_requests": 10},
+            "config": {"greeting": "hi"},
+        },
+        "edge.toml",
+    )
+    assert (cfg.source, cfg.limits.deadline_ms, cfg.limits.memory_limit_bytes) == (
+        "index.js", 250, 64 * MIB,
+    )
+    assert cfg.instance.reuse and cfg.instance.reuse_max_requests == 10
+    assert cfg.config == {"greeting": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, r"edge.toml: function.name is required"),
+        ({"function": {"name": "Bad_Name"}}, "function.name must be lower-case"),
+        ({"function": {"name": "a", "lang": "rust"}}, "function.lang must be one of python, c, js"),
+        ({"function": {"name": "a"}, "limits": {"deadline_ms": 0}}, "limits.deadline_ms must be between"),
+        ({"function": {"name": "a"}, "limits": {"deadline_ms": "1s"}}, "limits.deadline_ms must be int"),
+        ({"function": {"name": "a"}, "limits": {"deadline": 5}}, "limits.deadline: unknown key"),
+        ({"function": {"name": "a"}, "instance": {"policy": "pool"}}, "instance.policy must be one of"),
+        ({"function": {"name": "a"}, "config": {"n": 1}}, "config.n must be a string"),
+    ],
+)
+def test_errors_name_file_key_and_rule(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_function_config(data, "edge.toml")
+
+
+def test_node_route_must_name_a_function(tmp_path: Path) -> None:
+    data = {
+        "function": [{"component": "a.wasm"}],
+        "route": [{"route": "*/", "function": "b"}],
+    }
+    with pytest.raises(ConfigError, match=r"no \[\[function\]\] named 'b' \(defined: a\)"):
+        parse_node_config(data, "node.toml", tmp_path)
+
+
+def test_node_bad_proxy_cidr(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="trusted_proxies"):
+        parse_node_config({"node": {"trusted_proxies": ["nope"]}}, "node.toml", tmp_path)

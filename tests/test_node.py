@@ -1,0 +1,155 @@
+"""An edge node as a real process on 127.0.0.1, driven with httpx."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import EXAMPLES, FIXTURES, SHARED_GEOIP, Proc
+
+pytestmark = pytest.mark.toolchain
+
+HOSTILE = ["loop", "membomb", "recursion", "trap", "bigresponse", "badheader", "badstatus"]
+
+
+def function_entries(projects: dict[str, Path]) -> str:
+    out = []
+    for project in projects.values():
+        out.append(f'[[function]]\nproject = "{project}"\n')
+    return "\n".join(out)
+
+
+@pytest.fixture
+def node(start_node: Callable[..., Proc], built: Callable[[Path], Path]) -> Proc:
+    projects = {"hello": EXAMPLES / "c" / "hello", "echo": EXAMPLES / "python" / "echo",
+                "busy": FIXTURES / "functions" / "busy"}
+    projects |= {name: FIXTURES / "functions" / name for name in HOSTILE}
+    for p in projects.values():
+        built(p)
+    routes = ['[[route]]\nroute = "*/"\nfunction = "hello"\n',
+              '[[route]]\nroute = "*/echo"\nfunction = "echo"\n',
+              '[[route]]\nroute = "*/busy"\nfunction = "busy"\n',
+              '[[route]]\nroute = "only.example/"\nfunction = "echo"\n']
+    routes += [f'[[route]]\nroute = "*/hostile/{n}"\nfunction = "{n}"\n' for n in HOSTILE]
+    node_table = (
+        'id = "node-a"\nregion = "eu-west"\n'
+        f'geoip_db = "{SHARED_GEOIP / "GeoIP2-City-Test.mmdb"}"\n'
+        'trusted_proxies = ["127.0.0.1/32"]\n'
+    )
+    return start_node(function_entries(projects) + "\n".join(routes), node=node_table)
+
+
+def test_hello_health_ready_and_request_id(node: Proc) -> None:
+    r = httpx.get(node.url + "/")
+    assert r.status_code == 200 and r.text == "Hello from C!\n"
+    assert len(r.headers["x-request-id"]) == 32
+    assert httpx.get(node.url + "/healthz").json()["status"] == "ok"
+    assert httpx.get(node.url + "/readyz").json()["ready"] is True
+    given = httpx.get(node.url + "/", headers={"x-request-id": "trace-abc.1"})
+    assert given.headers["x-request-id"] == "trace-abc.1"
+    forged = httpx.get(node.url + "/", headers={"x-request-id": "bad id\twith junk"})
+    assert forged.headers["x-request-id"] != "bad id\twith junk"
+
+
+def test_host_and_path_routing(node: Proc) -> None:
+    assert httpx.get(node.url + "/echo/x").json()["url"].endswith("/echo/x")
+    assert httpx.get(node.url + "/echoes").text == "Hello from C!\n"
+    via_host = httpx.get(node.url + "/anything", headers={"host": "only.example"})
+    assert via_host.json()["url"] == "http://only.example/anything"
+
+
+def test_geo_from_trusted_forwarded_for(node: Proc) -> None:
+    r = httpx.get(node.url + "/echo", headers={"x-forwarded-for": "1.2.3.4, 81.2.69.142"})
+    data = r.json()
+    assert data["client_ip"] == "81.2.69.142"
+    assert data["geo"]["country"] == "GB" and data["geo"]["city"] == "London"
+    assert (data["region"], data["node_id"]) == ("eu-west", "node-a")
+    jp = httpx.get(node.url + "/echo", headers={"x-forwarded-for": "2001:218::1"}).json()
+    assert jp["geo"]["country"] == "JP" and jp["geo"]["continent"] == "AS"
+    local = httpx.get(node.url + "/echo").json()
+    assert local["client_ip"] == "127.0.0.1" and local["geo"]["country"] is None
+
+
+def test_request_body_limit(node: Proc) -> None:
+    r = httpx.post(node.url + "/echo", content=b"x" * (10 * 1024 * 1024 + 1))
+    assert r.status_code == 413 and r.json()["error"] == "request_body_too_large"
+    ok = httpx.post(node.url + "/echo", content=b"y" * 1000)
+    assert ok.status_code == 200 and ok.json()["body"] == "y" * 1000
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "reason"),
+    [
+        ("loop", 504, "deadline_exceeded"),
+        ("membomb", 500, None),
+        ("recursion", 500, "trap"),
+        ("trap", 500, "trap"),
+        ("bigresponse", 502, "response_too_large"),
+        ("badheader", 502, "invalid_response"),
+        ("badstatus", 502, "invalid_response"),
+    ],
+)
+def test_hostile_function_gets_clean_error(node: Proc, name: str, status: int, reason: str | None) -> None:
+    r = httpx.get(node.url + f"/hostile/{name}", timeout=30)
+    assert r.status_code == status
+    body = r.json()
+    assert body["request_id"] == r.headers["x-request-id"]
+    if reason:
+        assert body["error"] == reason
+    assert "stolen" not in r.headers.get("set-cookie", "")
+    # The node logged it, tagged with the request id, and still serves.
+    assert body["request_id"] in node.log()
+    assert httpx.get(node.url + "/").status_code == 200
+
+
+def test_healthy_function_answers_during_hostile_load(node: Proc) -> None:
+    hostile = [f"/hostile/{n}" for n in ["loop", "membomb", "recursion", "trap"]] * 3
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        bad = [pool.submit(httpx.get, node.url + path, timeout=30) for path in hostile]
+        good = [httpx.get(node.url + "/") for _ in range(20)]
+        assert all(r.status_code >= 500 for r in (f.result() for f in bad))
+    assert [r.status_code for r in good] == [200] * 20
+
+
+def test_busy_function_does_not_block_others(node: Proc) -> None:
+    """A function busy for 300 ms must not delay trivial requests on the same node."""
+    with httpx.Client() as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(client.get, node.url + "/busy?ms=300", timeout=30)
+        time.sleep(0.05)
+        latencies = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            assert client.get(node.url + "/").status_code == 200
+            latencies.append(time.perf_counter() - t0)
+        finished_while_busy = not busy.done()
+        r = busy.result()
+    assert r.status_code == 200 and json.loads(r.text)["spun_ms"] >= 300
+    assert finished_while_busy, "trivial requests waited for the busy one"
+    assert max(latencies) < 0.25, latencies
+
+
+def test_bad_component_never_takes_the_node_down(start_node: Callable[..., Proc], tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.wasm"
+    corrupt.write_bytes(b"\0asm\r\0\x01\0this is not a component")
+    forbidden = tmp_path / "forbidden.wasm"
+    import wasmtime
+
+    forbidden.write_bytes(bytes(wasmtime.wat2wasm((FIXTURES / "components" / "forbidden_import.wat").read_text())))
+    body = (
+        f'[[function]]\ncomponent = "{corrupt}"\n[[function]]\ncomponent = "{forbidden}"\n'
+        '[[route]]\nroute = "*/c"\nfunction = "corrupt"\n'
+        '[[route]]\nroute = "*/f"\nfunction = "forbidden"\n'
+    )
+    node = start_node(body)
+    r = httpx.get(node.url + "/c")
+    assert r.status_code == 503 and r.json()["error"] == "component_rejected"
+    r = httpx.get(node.url + "/f")
+    assert r.status_code == 503 and "evil:net/raw-socket@1.0.0" in r.json()["message"]
+    assert httpx.get(node.url + "/nothing-here").status_code == 404
+    assert "evil:net/raw-socket" in node.log()

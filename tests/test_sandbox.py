@@ -1,0 +1,222 @@
+"""The sandbox in process: loading checks, compile cache, limits, isolation, typed errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from edge.config.function import FunctionConfig, InstancePolicy, load_function_config
+from edge.errors import (
+    ComponentRejected,
+    DeadlineExceeded,
+    FunctionError,
+    FunctionTrapped,
+    InvalidResponse,
+    ResponseTooLarge,
+)
+from edge.sandbox import abi, host
+from edge.sandbox.compile_cache import CompileCache
+from edge.sandbox.engine import EngineSettings, SandboxEngine
+from edge.sandbox.function import LoadedFunction
+
+from .conftest import EXAMPLES, FIXTURES
+
+pytestmark = pytest.mark.toolchain
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[SandboxEngine]:
+    with SandboxEngine(EngineSettings(pool_total_instances=64)) as e:
+        yield e
+
+
+@pytest.fixture
+def lines() -> list[host.LogLine]:
+    return []
+
+
+Loader = Callable[..., LoadedFunction]
+
+
+@pytest.fixture
+def load(
+    engine: SandboxEngine, tmp_path: Path, built: Callable[[Path], Path], lines: list[host.LogLine]
+) -> Loader:
+    cache = CompileCache(engine, tmp_path / "compiled")
+
+    def go(project: Path, config: FunctionConfig | None = None) -> LoadedFunction:
+        wasm = built(project).read_bytes()
+        return LoadedFunction(engine, cache, wasm, config or load_function_config(project), lines.append)
+
+    return go
+
+
+def request(body: bytes = b"", headers: list[tuple[str, str]] | None = None) -> abi.GuestRequest:
+    return abi.GuestRequest(
+        method="POST",
+        url="http://example.com/path?q=1",
+        headers=headers if headers is not None else [("host", "example.com"), ("x-a", "1"), ("x-a", "2")],
+        body=body,
+        client_ip="81.2.69.142",
+        region="eu-west",
+        node_id="node-7",
+        request_id="req-1",
+        geo=abi.Geo("GB", "EU", "London", 51.5142, -0.0931),
+    )
+
+
+def invoke(fn: LoadedFunction, req: abi.GuestRequest, lines: list[host.LogLine]) -> abi.GuestResponse:
+    return fn.invoke(req, host.Invocation(fn.name, req.request_id, fn.config.config, lines.append))
+
+
+def wat_component(name: str) -> bytes:
+    return bytes(wasmtime.wat2wasm((FIXTURES / "components" / f"{name}.wat").read_text()))
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fixture", "message"),
+    [
+        ("forbidden_import", r"imports `evil:net/raw-socket@1.0.0`, which is outside"),
+        ("wrong_export", r"`edge:function/handler@0.1.0#handle` has the wrong shape"),
+        ("no_export", r"does not export `edge:function/handler@0.1.0`"),
+    ],
+)
+def test_bad_components_rejected_at_load(engine: SandboxEngine, tmp_path: Path, fixture: str, message: str) -> None:
+    cache = CompileCache(engine, tmp_path)
+    with pytest.raises(ComponentRejected, match=message):
+        LoadedFunction(engine, cache, wat_component(fixture), FunctionConfig(name="x"), print)
+
+
+@pytest.mark.parametrize("junk", [b"", b"\0asm\x01\0\0\0", b"not wasm at all", b"\0asm\r\0\x01\0garbage"])
+def test_corrupt_bytes_rejected(engine: SandboxEngine, tmp_path: Path, junk: bytes) -> None:
+    with pytest.raises(ComponentRejected, match="not a valid WebAssembly component"):
+        LoadedFunction(engine, CompileCache(engine, tmp_path), junk, FunctionConfig(name="x"), print)
+
+
+def test_compile_cache_survives_restart_and_corruption(
+    engine: SandboxEngine, tmp_path: Path, built: Callable[[Path], Path]
+) -> None:
+    wasm = built(EXAMPLES / "c" / "hello").read_bytes()
+    first = CompileCache(engine, tmp_path)
+    first.load(wasm)
+    assert (first.stats.hits, first.stats.misses) == (0, 1)
+    # A "restarted node": a new cache object over the same directory does not recompile.
+    second = CompileCache(engine, tmp_path)
+    second.load(wasm)
+    assert (second.stats.hits, second.stats.misses) == (1, 0)
+    # A corrupt artifact is recompiled and replaced, not trusted.
+    (artifact,) = tmp_path.glob("*.cwasm")
+    artifact.write_bytes(b"garbage")
+    third = CompileCache(engine, tmp_path)
+    third.load(wasm)
+    assert third.stats.misses == 1 and artifact.read_bytes() != b"garbage"
+
+
+def test_cache_key_includes_engine_settings(engine: SandboxEngine, tmp_path: Path) -> None:
+    other = SandboxEngine(EngineSettings(max_wasm_stack_bytes=256 * 1024, pooling=False))
+    try:
+        digest = "ab" * 32
+        assert CompileCache(engine, tmp_path).path_for(digest) != CompileCache(other, tmp_path).path_for(digest)
+    finally:
+        other.close()
+
+
+# --- requests -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lang", ["c", "python", "js"])
+def test_echo_sees_the_whole_request(load: Loader, lines: list[host.LogLine], lang: str) -> None:
+    fn = load(EXAMPLES / lang / "echo")
+    body = bytes(range(256)) * 4
+    resp = invoke(fn, request(body=b"hello \xe2\x9c\x93"), lines)
+    assert resp.status == 200
+    data = json.loads(resp.body)
+    assert data["method"] == "POST"
+    assert data["url"] == "http://example.com/path?q=1"
+    assert [h for h in data["headers"] if h[0] == "x-a"] == [["x-a", "1"], ["x-a", "2"]]
+    assert data["body"] == "hello ✓"
+    assert data["client_ip"] == "81.2.69.142"
+    assert (data["region"], data["node_id"], data["request_id"]) == ("eu-west", "node-7", "req-1")
+    assert data["geo"]["country"] == "GB" and data["geo"]["city"] == "London"
+    assert data["geo"]["latitude"] == pytest.approx(51.5142)
+    assert body  # binary bodies are covered in test_binary_body_round_trip
+
+
+def test_binary_body_round_trip(engine: SandboxEngine, load: Loader, lines: list[host.LogLine]) -> None:
+    fn = load(FIXTURES / "functions" / "mirror")
+    body = bytes(range(256)) * 4097  # ~1 MiB, every byte value
+    resp = invoke(fn, request(body=body), lines)
+    assert resp.body == body
+
+
+def test_config_and_log_imports(load: Loader, lines: list[host.LogLine]) -> None:
+    fn = load(EXAMPLES / "c" / "config")
+    resp = invoke(fn, request(), lines)
+    assert resp.status == 200 and fn.config.config["greeting"].encode() in resp.body
+    assert any(line.source == "log" and line.request_id == "req-1" for line in lines)
+
+
+# --- hostile functions ----------------------------------------------------------------------------
+
+
+def test_infinite_loop_hits_deadline(load: Loader, lines: list[host.LogLine]) -> None:
+    fn = load(FIXTURES / "functions" / "loop")
+    with pytest.raises(DeadlineExceeded, match="deadline of 100 ms"):
+        invoke(fn, request(), lines)
+
+
+@pytest.mark.parametrize("name", ["membomb", "recursion", "trap"])
+def test_traps_are_function_errors(load: Loader, lines: list[host.LogLine], name: str) -> None:
+    fn = load(FIXTURES / "functions" / name)
+    with pytest.raises(FunctionError) as info:
+        invoke(fn, request(), lines)
+    assert info.value.status == 500
+    assert not isinstance(info.value, DeadlineExceeded)
+
+
+def test_recursion_reports_stack(load: Loader, lines: list[host.LogLine]) -> None:
+    with pytest.raises(FunctionTrapped, match="stack"):
+        invoke(load(FIXTURES / "functions" / "recursion"), request(), lines)
+
+
+def test_oversized_response(load: Loader, lines: list[host.LogLine]) -> None:
+    with pytest.raises(ResponseTooLarge, match="exceeds the limit of 1048576 bytes"):
+        invoke(load(FIXTURES / "functions" / "bigresponse"), request(), lines)
+
+
+def test_bad_status(load: Loader, lines: list[host.LogLine]) -> None:
+    with pytest.raises(InvalidResponse, match="status 42"):
+        invoke(load(FIXTURES / "functions" / "badstatus"), request(), lines)
+
+
+def test_fresh_instances_share_nothing(load: Loader, lines: list[host.LogLine]) -> None:
+    fn = load(FIXTURES / "functions" / "counter")
+    counts = [invoke(fn, request(), lines).body for _ in range(3)]
+    assert counts == [b"1", b"1", b"1"]
+
+
+def test_reuse_policy_keeps_state_and_recycles(load: Loader, lines: list[host.LogLine]) -> None:
+    project = FIXTURES / "functions" / "counter"
+    base = load_function_config(project)
+    config = FunctionConfig(
+        name=base.name, lang=base.lang, source=base.source,
+        instance=InstancePolicy("reuse", reuse_max_requests=3),
+    )
+    fn = load(project, config)
+    counts = [invoke(fn, request(), lines).body for _ in range(7)]
+    assert counts == [b"1", b"2", b"3", b"1", b"2", b"3", b"1"]
+
+
+def test_node_keeps_working_after_every_hostile_function(load: Loader, lines: list[host.LogLine]) -> None:
+    hello = load(EXAMPLES / "c" / "hello")
+    for name in ["loop", "membomb", "recursion", "trap", "bigresponse", "badstatus"]:
+        with pytest.raises(FunctionError):
+            invoke(load(FIXTURES / "functions" / name), request(), lines)
+        assert invoke(hello, request(), lines).status == 200
