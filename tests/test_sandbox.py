@@ -181,6 +181,15 @@ def test_traps_are_function_errors(load: Loader, lines: list[host.LogLine], name
     assert not isinstance(info.value, DeadlineExceeded)
 
 
+def test_memory_limit_stops_growth(load: Loader, lines: list[host.LogLine]) -> None:
+    fn = load(FIXTURES / "functions" / "membomb")
+    req = abi.GuestRequest("GET", "http://x/report", [], b"", "127.0.0.1", "r", "n", "id")
+    reached = int(invoke(fn, req, lines).body)
+    limit = fn.config.limits.memory_limit_bytes
+    assert limit == 32 * 1024 * 1024
+    assert limit - 4 * 1024 * 1024 < reached <= limit
+
+
 def test_recursion_reports_stack(load: Loader, lines: list[host.LogLine]) -> None:
     with pytest.raises(FunctionTrapped, match="stack"):
         invoke(load(FIXTURES / "functions" / "recursion"), request(), lines)

@@ -52,10 +52,10 @@ _HEADERS = "list<tuple<string,string>>"
 _GEO = f"record{{country:{_OPT_STR},continent:{_OPT_STR},city:{_OPT_STR},latitude:{_OPT_F64},longitude:{_OPT_F64}}}"
 _CONTEXT = f"record{{region:{_STR},node-id:{_STR},request-id:{_STR},geo:{_GEO}}}"
 REQUEST_SHAPE = (
-    f"record{{method:{_STR},url:{_STR},headers:{_HEADERS},body:list<u8>,client-ip:{_STR},"
+    f"record{{method:{_STR},url:{_STR},headers:{_HEADERS},body:string,client-ip:{_STR},"
     f"context:{_CONTEXT}}}"
 )
-RESPONSE_SHAPE = f"record{{status:u16,headers:{_HEADERS},body:list<u8>}}"
+RESPONSE_SHAPE = f"record{{status:u16,headers:{_HEADERS},body:string}}"
 
 
 def describe(ty: Any) -> str:

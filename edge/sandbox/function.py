@@ -126,7 +126,7 @@ class LoadedFunction:
             response = abi.lift_response(result, self.config.limits.response_body_limit_bytes)
         except abi.ResponseBodyOverLimit as e:
             raise ResponseTooLarge(
-                f"response body of {e.size} bytes exceeds the limit of "
+                f"response body of at least {e.size} bytes exceeds the limit of "
                 f"{self.config.limits.response_body_limit_bytes} bytes"
             ) from None
         except abi.AbiError as e:

@@ -12,7 +12,9 @@
  * until the handler returns (use edge_alloc or static storage, not the stack).
  *
  * Layouts below match the canonical ABI for wasm32 (pointers and size_t are 32 bits), which the
- * static asserts check.
+ * static asserts check. Bodies cross the boundary as strings of ISO-8859-1 code points (see
+ * `type body` in the WIT); the export wrapper converts, so `req->body` and `resp->body` are
+ * plain bytes here.
  */
 #ifndef EDGE_FUNCTION_H
 #define EDGE_FUNCTION_H
@@ -197,14 +199,55 @@ bool edge_request_header(const edge_request_t *req, const char *name, edge_strin
     return false;
 }
 
+/* Body transport: the UTF-8 of each byte read as ISO-8859-1. Decoding never grows the data,
+ * so the request body is decoded in place. */
+static void edge__body_decode(edge_bytes_t *body) {
+    uint8_t *p = (uint8_t *)body->ptr;
+    size_t out = 0;
+    for (size_t i = 0; i < body->len; i++) {
+        uint8_t c = p[i];
+        if (c >= 0xC0 && i + 1 < body->len) {
+            p[out++] = (uint8_t)(((c & 0x03) << 6) | (p[++i] & 0x3F));
+        } else {
+            p[out++] = c;
+        }
+    }
+    body->len = out;
+}
+
+static edge_bytes_t edge__body_encode(edge_bytes_t body) {
+    size_t n = 0;
+    for (size_t i = 0; i < body.len; i++) {
+        n += body.ptr[i] < 0x80 ? 1 : 2;
+    }
+    if (n == body.len) {
+        return body;
+    }
+    uint8_t *out = edge_alloc(n);
+    size_t j = 0;
+    for (size_t i = 0; i < body.len; i++) {
+        uint8_t c = body.ptr[i];
+        if (c < 0x80) {
+            out[j++] = c;
+        } else {
+            out[j++] = (uint8_t)(0xC0 | (c >> 6));
+            out[j++] = (uint8_t)(0x80 | (c & 0x3F));
+        }
+    }
+    edge_bytes_t encoded = {out, n};
+    return encoded;
+}
+
 /* The canonical ABI passes the request record by pointer (it flattens to more than 16 values)
  * and returns the response through a static return area (it flattens to more than one). */
 static edge_response_t edge__ret_area;
 
 EDGE_EXPORT("edge:function/handler@0.1.0#handle")
 edge_response_t *edge__export_handle(edge_request_t *req) {
+    edge__body_decode(&req->body);
     edge_response_t resp = {200, {NULL, 0}, {NULL, 0}};
     edge_handle(req, &resp);
+    resp.body = edge__body_encode(resp.body);
     edge__ret_area = resp;
     return &edge__ret_area;
 }

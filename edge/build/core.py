@@ -1,0 +1,92 @@
+"""build_function: edge.toml -> `build/<name>.wasm`, through the content-hash cache."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.build import c, js, python
+from edge.build.cache import atomic_copy, cache_key, default_cache_dir, lookup, store
+from edge.build.language import Language, Work
+from edge.build.toolchain import HANDLER_EXPORT, WIT_DIR, Toolchain
+from edge.config.function import FunctionConfig, load_function_config
+from edge.errors import BuildFailed, ConfigError
+
+LANGUAGES: dict[str, Language] = {"c": c.LANGUAGE, "python": python.LANGUAGE, "js": js.LANGUAGE}
+
+
+@dataclass
+class BuildStats:
+    """Process-wide counters, so tests (and `edge build -v`) can tell a hit from a compile."""
+
+    compiles: int = 0
+    cache_hits: int = 0
+
+
+stats = BuildStats()
+
+
+def output_path(project_dir: Path, cfg: FunctionConfig) -> Path:
+    return project_dir / "build" / f"{cfg.name}.wasm"
+
+
+def build_function(
+    project_dir: Path,
+    *,
+    cache_dir: Path | None = None,
+    toolchain: Toolchain | None = None,
+    use_cache: bool = True,
+) -> Path:
+    """Builds the function in `project_dir` into `project_dir/build/<name>.wasm`.
+
+    Raises ConfigError (bad edge.toml, missing source), ToolchainMissing (naming the package to
+    install) or BuildFailed (with the compiler's output).
+    """
+    project_dir = project_dir.resolve()
+    cfg = load_function_config(project_dir)
+    if not (project_dir / cfg.source).is_file():
+        raise ConfigError(f"{project_dir / 'edge.toml'}: source file {cfg.source!r} not found")
+    lang = LANGUAGES[cfg.lang]
+    tools = toolchain or Toolchain()
+    out = output_path(project_dir, cfg)
+
+    key = cache_key(
+        cfg.lang,
+        lang.toolchain_version(tools),
+        [("project", project_dir), ("wit", WIT_DIR), *lang.sdk_inputs()],
+    )
+    cdir = cache_dir if cache_dir is not None else default_cache_dir()
+    hit = lookup(cdir, key) if use_cache else None
+    if hit is not None:
+        atomic_copy(hit, out)
+        stats.cache_hits += 1
+        return out
+
+    with tempfile.TemporaryDirectory(prefix=f"edge-build-{cfg.name}-") as tmp:
+        work = Work(Path(tmp))
+        built = lang.compile(project_dir, cfg, tools, work)
+        stats.compiles += 1
+        check_exports(built, tools, work)
+        atomic_copy(built, out)
+        if use_cache:
+            store(cdir, key, built)
+    return out
+
+
+def component_wit(component: Path, tools: Toolchain, work: Work) -> str:
+    """The component's world as WIT text (`wasm-tools component wit`)."""
+    return tools.run(
+        [*tools.wasm_tools(), "component", "wit", str(component)],
+        cwd=work.dir,
+        tmp=work.tmp,
+        what="wasm-tools component wit",
+    )
+
+
+def check_exports(component: Path, tools: Toolchain, work: Work) -> None:
+    # A component without the handler export would only fail when the node loads it; failing
+    # the build says so where the author is looking.
+    wit = component_wit(component, tools, work)
+    if f"export {HANDLER_EXPORT};" not in wit:
+        raise BuildFailed(f"the built component does not export {HANDLER_EXPORT}", wit)

@@ -1,0 +1,212 @@
+"""edge_sdk: helpers for writing edge functions in Python.
+
+    from edge_sdk import Request, Response, handler, config, log
+
+    @handler
+    def handle(req: Request) -> Response:
+        return Response.text("Hello from Python!\\n")
+
+`edge build` puts this package on componentize-py's path next to the generated `wit_world`
+bindings and builds a small entry module that imports the user's module and exports `Handler`
+(the class componentize-py instantiates for the WIT export `edge:function/handler@0.1.0`).
+
+The module is imported at build time too (componentize-py snapshots the initialised
+interpreter), so module-level code must not call `config` or `log`: those exist only per request.
+"""
+
+from __future__ import annotations
+
+import json as _json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from wit_world import exports as _exports
+from wit_world.imports import config as _config
+from wit_world.imports import log as _log
+from wit_world.imports import types as _types
+
+__all__ = ["Geo", "Handler", "Request", "Response", "config", "handler", "log"]
+
+HandlerFunc = Callable[["Request"], "Response"]
+
+
+def _header_list(headers: dict[str, str] | list[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    # Header names are lower-case on the wire contract; accept either a dict or ordered pairs.
+    if headers is None:
+        return []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return [(str(name).lower(), str(value)) for name, value in pairs]
+
+
+@dataclass(frozen=True)
+class Geo:
+    country: str | None
+    continent: str | None
+    city: str | None
+    latitude: float | None
+    longitude: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "country": self.country,
+            "continent": self.continent,
+            "city": self.city,
+            "latitude": self.latitude,
+            "longitude": self.longitude,
+        }
+
+
+class Request:
+    """The incoming request: the WIT record plus lookups and body decoding."""
+
+    def __init__(self, raw: _types.Request) -> None:
+        self.raw = raw
+        self.method: str = raw.method
+        self.url: str = raw.url
+        self.headers: list[tuple[str, str]] = list(raw.headers)
+        self.body: bytes = bytes(raw.body)
+        self.client_ip: str = raw.client_ip
+        ctx = raw.context
+        self.region: str = ctx.region
+        self.node_id: str = ctx.node_id
+        self.request_id: str = ctx.request_id
+        g = ctx.geo
+        self.geo = Geo(g.country, g.continent, g.city, g.latitude, g.longitude)
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header `name` (case-insensitive), or `default`."""
+        key = name.lower()
+        for n, v in self.headers:
+            if n == key:
+                return v
+        return default
+
+    def header_all(self, name: str) -> list[str]:
+        key = name.lower()
+        return [v for n, v in self.headers if n == key]
+
+    def text(self, encoding: str = "utf-8") -> str:
+        return self.body.decode(encoding, errors="replace")
+
+    def json(self) -> Any:
+        return _json.loads(self.body)
+
+
+@dataclass
+class Response:
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    @classmethod
+    def binary(
+        cls,
+        body: bytes,
+        status: int = 200,
+        headers: dict[str, str] | list[tuple[str, str]] | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> Response:
+        hs = _header_list(headers)
+        if not any(n == "content-type" for n, _ in hs):
+            hs.append(("content-type", content_type))
+        return cls(status, hs, bytes(body))
+
+    @classmethod
+    def text(
+        cls,
+        body: str,
+        status: int = 200,
+        headers: dict[str, str] | list[tuple[str, str]] | None = None,
+    ) -> Response:
+        return cls.binary(body.encode(), status, headers, "text/plain; charset=utf-8")
+
+    @classmethod
+    def json(
+        cls,
+        obj: Any,
+        status: int = 200,
+        headers: dict[str, str] | list[tuple[str, str]] | None = None,
+    ) -> Response:
+        return cls.binary(_json.dumps(obj).encode(), status, headers, "application/json")
+
+    def header(self, name: str, value: str) -> Response:
+        """Adds a header and returns self, for chaining."""
+        self.headers.append((name.lower(), value))
+        return self
+
+    def _to_wit(self) -> _types.Response:
+        return _types.Response(self.status, list(self.headers), bytes(self.body))
+
+
+class _Log:
+    """log.info("...") and friends: one structured line each, tagged by the host."""
+
+    def _write(self, level: _log.Level, message: object) -> None:
+        _log.write(level, str(message))
+
+    def trace(self, message: object) -> None:
+        self._write(_log.Level.TRACE, message)
+
+    def debug(self, message: object) -> None:
+        self._write(_log.Level.DEBUG, message)
+
+    def info(self, message: object) -> None:
+        self._write(_log.Level.INFO, message)
+
+    def warn(self, message: object) -> None:
+        self._write(_log.Level.WARN, message)
+
+    def error(self, message: object) -> None:
+        self._write(_log.Level.ERROR, message)
+
+
+class _Config:
+    def get(self, key: str, default: str | None = None) -> str | None:
+        """The value of `key` from edge.toml's [config] table, or `default` when unset."""
+        value = _config.get(key)
+        return default if value is None else value
+
+
+log = _Log()
+config = _Config()
+
+_registered: HandlerFunc | None = None
+
+
+def handler(func: HandlerFunc) -> HandlerFunc:
+    """Marks the function that answers every request. Exactly one per program."""
+    global _registered
+    if _registered is not None and _registered is not func:
+        raise RuntimeError(f"@handler used twice: {_registered.__name__} and {func.__name__}")
+    _registered = func
+    return func
+
+
+class Handler(_exports.Handler):
+    """The export componentize-py instantiates; adapts WIT records to the helpers above."""
+
+    def handle(self, req: _types.Request) -> _types.Response:
+        if _registered is None:
+            raise RuntimeError("no @handler function registered")
+        resp = _registered(Request(req))
+        if isinstance(resp, str):
+            resp = Response.text(resp)
+        if not isinstance(resp, Response):
+            raise TypeError(f"the handler must return a Response, got {type(resp).__name__}")
+        return resp._to_wit()
+
+
+def entry_handler(user_module: ModuleType) -> type[_exports.Handler]:
+    """Used by the generated build entry: the user's own `Handler` class if it defines one
+    (the raw componentize-py style), else the SDK's, which needs a @handler function."""
+    own = getattr(user_module, "Handler", None)
+    if isinstance(own, type) and own is not Handler:
+        return own
+    if _registered is None:
+        raise RuntimeError(
+            f"{user_module.__name__}.py defines no request handler: decorate a function "
+            "with @edge_sdk.handler"
+        )
+    return Handler
