@@ -37,6 +37,7 @@ class _Live:
 
     store: wasmtime.Store
     func: cm.Func
+    output: host.OutputRoute
     uses: int = 0
 
 
@@ -75,7 +76,8 @@ class LoadedFunction:
     def _instantiate(self) -> _Live:
         store = wasmtime.Store(self.engine.engine)
         store.set_limits(memory_size=self.config.limits.memory_limit_bytes)
-        store.set_wasi(host.wasi_config())
+        output = host.OutputRoute()
+        store.set_wasi(host.wasi_config(output))
         # Instantiation runs guest start code, so the deadline applies from here.
         store.set_epoch_deadline(self._deadline_ticks)
         try:
@@ -84,24 +86,27 @@ class LoadedFunction:
             raise _classify(e, self.config, "instantiating") from None
         func = instance.get_func(store, self._index)
         assert func is not None
-        return _Live(store, func)
+        return _Live(store, func, output)
 
     def invoke(self, request: abi.GuestRequest, invocation: host.Invocation) -> abi.GuestResponse:
         with host.bound(invocation):
             if not self.config.instance.reuse:
-                return self._call(self._instantiate(), request)
-            return self._invoke_reusing(request)
+                return self._call(self._instantiate(), request, invocation)
+            return self._invoke_reusing(request, invocation)
 
-    def _invoke_reusing(self, request: abi.GuestRequest) -> abi.GuestResponse:
+    def _invoke_reusing(
+        self, request: abi.GuestRequest, invocation: host.Invocation
+    ) -> abi.GuestResponse:
         # Never two requests in one instance: a request that finds it busy gets a fresh one.
         if not self._reuse_lock.acquire(blocking=False):
-            return self._call(self._instantiate(), request)
+            return self._call(self._instantiate(), request, invocation)
         try:
             live, self._reused = self._reused, None
             if live is None:
                 live = self._instantiate()
             live.store.set_epoch_deadline(self._deadline_ticks)
-            response = self._call(live, request)  # raising drops the instance: after any trap
+            # Raising drops the instance: a reused instance never outlives a trap.
+            response = self._call(live, request, invocation)
             live.uses += 1
             if live.uses < self.config.instance.reuse_max_requests:
                 self._reused = live
@@ -109,7 +114,10 @@ class LoadedFunction:
         finally:
             self._reuse_lock.release()
 
-    def _call(self, live: _Live, request: abi.GuestRequest) -> abi.GuestResponse:
+    def _call(
+        self, live: _Live, request: abi.GuestRequest, invocation: host.Invocation
+    ) -> abi.GuestResponse:
+        live.output.invocation = invocation
         param = abi.LoweredRequest(request)
         result = abi.Val()
         err = ffi.wasmtime_component_func_call(

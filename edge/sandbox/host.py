@@ -114,27 +114,33 @@ def _wall_resolution(_store: Any) -> cm.Record:
     return rec
 
 
-def _output(source: str) -> Callable[[bytes], None]:
-    def write(data: bytes) -> None:
-        inv: Invocation | None = getattr(_local, "invocation", None)
-        if inv is None:
-            return
-        text = bytes(data).decode("utf-8", errors="replace").rstrip("\n")
-        for line in text.splitlines() or [""]:
-            inv.log("info" if source == "stdout" else "error", line, source)
+class OutputRoute:
+    """Where a store's stdout/stderr lines go. wasmtime writes guest stdio from its own I/O
+    threads, not the invoking one, so the thread-local cannot be used there: the store's WASI
+    config holds this object, and the invocation is set on it for each call."""
 
-    return write
+    def __init__(self) -> None:
+        self.invocation: Invocation | None = None
+
+    def writer(self, source: str) -> Callable[[bytes], None]:
+        level = "info" if source == "stdout" else "error"
+
+        def write(data: bytes) -> None:
+            inv = self.invocation
+            if inv is None:
+                return
+            text = bytes(data).decode("utf-8", errors="replace").rstrip("\n")
+            for line in text.splitlines() or [""]:
+                inv.log(level, line, source)
+
+        return write
 
 
-_STDOUT = _output("stdout")
-_STDERR = _output("stderr")
-
-
-def wasi_config() -> WasiConfig:
+def wasi_config(route: OutputRoute) -> WasiConfig:
     """No args, no environment, no preopened directories; stdio becomes log lines."""
     config = WasiConfig()
-    config.stdout_custom = _STDOUT
-    config.stderr_custom = _STDERR
+    config.stdout_custom = route.writer("stdout")
+    config.stderr_custom = route.writer("stderr")
     return config
 
 

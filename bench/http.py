@@ -1,0 +1,168 @@
+"""HTTP throughput: the edge node serving the C hello vs a bare Starlette hello app.
+
+Both run on Hypercorn with the same settings (edge.node.server), one process each, and are
+loaded by the same generator in the same run, alternating, so the ratio is fair. The load
+generator is wrk (Debian package) when installed, else an in-repo asyncio client.
+Target (issue 2): ratio ≥ 0.85.
+
+    .venv/bin/python -m bench.http [--seconds S] [--connections C] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from edge.build import build_function
+
+from .common import print_table, write_results
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited early ({url})")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} not ready")
+
+
+def start_edge_node(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    component = build_function(REPO / "sdk" / "examples" / "c" / "hello")
+    port = free_port()
+    config = workdir / "node.toml"
+    config.write_text(
+        f'[node]\nid = "bench"\nregion = "local"\nlisten = "127.0.0.1:{port}"\n'
+        f'cache_dir = "{workdir / "compiled"}"\n\n'
+        f'[[function]]\ncomponent = "{component}"\nmanifest = "{component.parent.parent / "edge.toml"}"\n\n'
+        f'[[route]]\nroute = "*/"\nfunction = "{_name(component)}"\n'
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "node", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+def _name(component: Path) -> str:
+    from edge.config.function import load_function_config
+
+    return load_function_config(component.parent.parent).name
+
+
+def start_bare() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bare_app", f"127.0.0.1:{port}"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_ready(f"http://127.0.0.1:{port}/", proc)
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+_UNITS = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0}
+
+
+def _us(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    assert m, text
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def run_wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True, text=True, check=True, timeout=seconds + 30,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _us(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _us(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50_us": p50, "p99_us": p99,
+            "non_2xx": float(errors.group(1)) if errors else 0.0}
+
+
+def run_asyncio_client(url: str, seconds: int, connections: int) -> dict[str, float]:
+    async def go() -> dict[str, float]:
+        latencies: list[float] = []
+        bad = 0
+        stop = time.monotonic() + seconds
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        async with httpx.AsyncClient(limits=limits) as client:
+            async def worker() -> None:
+                nonlocal bad
+                while time.monotonic() < stop:
+                    t0 = time.perf_counter()
+                    r = await client.get(url)
+                    latencies.append((time.perf_counter() - t0) * 1e6)
+                    bad += r.status_code != 200
+
+            await asyncio.gather(*(worker() for _ in range(connections)))
+        ordered = sorted(latencies)
+        return {"rps": len(latencies) / seconds, "p50_us": statistics.median(ordered),
+                "p99_us": ordered[int(0.99 * (len(ordered) - 1))], "non_2xx": float(bad)}
+
+    return asyncio.run(go())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    generator = "wrk" if shutil.which("wrk") else "asyncio-httpx"
+    load = run_wrk if generator == "wrk" else run_asyncio_client
+    with tempfile.TemporaryDirectory() as tmp:
+        edge_proc, edge_url = start_edge_node(Path(tmp))
+        bare_proc, bare_url = start_bare()
+        try:
+            results: dict[str, list[dict[str, float]]] = {"edge node (C hello)": [], "bare Starlette": []}
+            for _ in range(args.rounds):  # alternate, so drift hits both alike
+                results["edge node (C hello)"].append(load(edge_url, args.seconds, args.connections))
+                results["bare Starlette"].append(load(bare_url, args.seconds, args.connections))
+        finally:
+            for p in (edge_proc, bare_proc):
+                p.terminate()
+                p.wait(timeout=10)
+    rows = []
+    for name, runs in results.items():
+        rows.append({
+            "server": name,
+            "rps_median": round(statistics.median(r["rps"] for r in runs)),
+            "p50_us": round(statistics.median(r["p50_us"] for r in runs)),
+            "p99_us": round(statistics.median(r["p99_us"] for r in runs)),
+            "non_2xx": int(sum(r["non_2xx"] for r in runs)),
+        })
+    ratio = rows[0]["rps_median"] / rows[1]["rps_median"]
+    path = write_results("http", rows, {
+        "generator": generator, "seconds": args.seconds, "connections": args.connections,
+        "rounds": args.rounds, "ratio_edge_over_bare": round(ratio, 3), "target_ratio": 0.85,
+    })
+    print_table(f"HTTP requests/s, {generator}, {args.connections} connections", rows)
+    print(f"ratio edge/bare = {ratio:.3f} (target ≥ 0.85); wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Sandbox overhead per request, no HTTP: fresh instance + call + marshalling.
+
+For the C hello and the Python hello, fresh and reuse, with the pooling allocator on and off,
+measured side by side in one run. Targets (issue 2): C ≤ 40 µs p50, Python ≤ 1 ms p50 fresh.
+
+    .venv/bin/python -m bench.sandbox [--iterations N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from edge.build import build_function
+from edge.config.function import InstancePolicy, load_function_config
+from edge.sandbox import abi, host
+from edge.sandbox.compile_cache import CompileCache
+from edge.sandbox.engine import EngineSettings, SandboxEngine
+from edge.sandbox.function import LoadedFunction
+
+from .common import print_table, summary_us, write_results
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "sdk" / "examples"
+REQUEST = abi.GuestRequest(
+    method="GET",
+    url="http://127.0.0.1:8787/",
+    headers=[("host", "127.0.0.1:8787"), ("user-agent", "bench"), ("accept", "*/*")],
+    body=b"",
+    client_ip="127.0.0.1",
+    region="local",
+    node_id="bench",
+    request_id="0123456789abcdef0123456789abcdef",
+)
+
+
+def measure(fn: LoadedFunction, iterations: int) -> list[int]:
+    def noop(_: host.LogLine) -> None:
+        pass
+
+    for _ in range(min(200, iterations)):  # warm caches and the pool's slots
+        fn.invoke(REQUEST, host.Invocation(fn.name, "warm", {}, noop))
+    samples = []
+    gc.disable()
+    try:
+        for _ in range(iterations):
+            t0 = time.perf_counter_ns()
+            fn.invoke(REQUEST, host.Invocation(fn.name, "bench", {}, noop))
+            samples.append(time.perf_counter_ns() - t0)
+    finally:
+        gc.enable()
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--iterations", type=int, default=3000)
+    parser.add_argument("--langs", default="c,python")
+    args = parser.parse_args()
+    rows = []
+    for lang in args.langs.split(","):
+        project = EXAMPLES / lang / "hello"
+        wasm = build_function(project).read_bytes()
+        base = load_function_config(project)
+        for pooling in (True, False):
+            with SandboxEngine(EngineSettings(pooling=pooling)) as engine:
+                cache = CompileCache(engine, None)
+                for policy in ("fresh", "reuse"):
+                    config = replace(base, instance=InstancePolicy(policy, 1_000_000))
+                    fn = LoadedFunction(engine, cache, wasm, config, lambda _: None)
+                    n = args.iterations if lang == "c" else max(300, args.iterations // 5)
+                    stats = summary_us(measure(fn, n))
+                    rows.append({"function": f"{lang} hello", "policy": policy,
+                                 "pooling": pooling, **stats})
+    targets = {"c_fresh_p50_us": 40, "python_fresh_p50_us": 1000}
+    path = write_results("sandbox", rows, {"targets": targets})
+    print_table("Sandbox overhead per request (fresh instance + call + marshalling)", rows)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
