@@ -66,6 +66,8 @@ class LoadedFunction:
         assert index is not None  # check_component verified it
         self._index = index
         self._deadline_ticks = engine.deadline_ticks(config.limits.deadline_ms)
+        # A component that imports no WASI (a C function, say) needs no WASI context per store.
+        self._needs_wasi = any(name.startswith("wasi:") for name in self.imports)
         self._reuse_lock = threading.Lock()
         self._reused: _Live | None = None
 
@@ -77,7 +79,8 @@ class LoadedFunction:
         store = wasmtime.Store(self.engine.engine)
         store.set_limits(memory_size=self.config.limits.memory_limit_bytes)
         output = host.OutputRoute()
-        store.set_wasi(host.wasi_config(output))
+        if self._needs_wasi:
+            store.set_wasi(host.wasi_config(output))
         # Instantiation runs guest start code, so the deadline applies from here.
         store.set_epoch_deadline(self._deadline_ticks)
         try:
