@@ -50,8 +50,17 @@ def build_component(project_dir: Path, cfg: FunctionConfig, tools: Toolchain, wo
     )
     wasm_tools = tools.wasm_tools()
     tools.run(
-        [*wasm_tools, "component", "embed", str(WIT_DIR), "--world", WORLD, str(core)]
-        + ["-o", str(embedded)],
+        [
+            *wasm_tools,
+            "component",
+            "embed",
+            str(WIT_DIR),
+            "--world",
+            WORLD,
+            str(core),
+            "-o",
+            str(embedded),
+        ],
         cwd=work.dir,
         tmp=work.tmp,
         what="wasm-tools component embed",
@@ -70,4 +79,6 @@ def build_component(project_dir: Path, cfg: FunctionConfig, tools: Toolchain, wo
     return out
 
 
-LANGUAGE = Language(sdk_inputs=sdk_inputs, toolchain_version=toolchain_version, compile=build_component)
+LANGUAGE = Language(
+    sdk_inputs=sdk_inputs, toolchain_version=toolchain_version, compile=build_component
+)

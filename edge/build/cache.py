@@ -8,6 +8,7 @@ sees half a file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -82,8 +83,6 @@ def atomic_copy(src: Path, dest: Path) -> None:
 
 
 def store(cache_dir: Path, key: str, component: Path) -> None:
-    try:
+    # A cache that cannot be written (read-only home in CI, full disk) only costs speed.
+    with contextlib.suppress(OSError):
         atomic_copy(component, cache_dir / f"{key}.wasm")
-    except OSError:
-        # A cache that cannot be written (read-only home in CI, full disk) only costs speed.
-        pass

@@ -41,17 +41,32 @@ def build_component(project_dir: Path, cfg: FunctionConfig, tools: Toolchain, wo
     entry.write_text(ENTRY_SOURCE.format(source=json.dumps(str(project_dir / cfg.source))))
     bundle = work.dir / "bundle.js"
     tools.run(
-        [*tools.esbuild(), str(entry), "--bundle", "--format=esm", "--platform=browser"]
-        + [f"--alias:edge={JS_SDK / 'edge.js'}", "--external:edge:function/*"]
-        + [f"--outfile={bundle}", "--log-level=warning"],
+        [
+            *tools.esbuild(),
+            str(entry),
+            "--bundle",
+            "--format=esm",
+            # StarlingMonkey is a web-style engine: resolve packages' browser builds.
+            "--platform=browser",
+            f"--alias:edge={JS_SDK / 'edge.js'}",
+            # The WIT imports are resolved by componentize-js, not by the bundler.
+            "--external:edge:function/*",
+            f"--outfile={bundle}",
+            "--log-level=warning",
+        ],
         cwd=project_dir,
         tmp=work.tmp,
         what=f"esbuild ({cfg.name})",
     )
     out = work.dir / "out.wasm"
     tools.run(
-        [*tools.componentize_js(), str(bundle), "--wit", str(WIT_DIR), "--world-name", WORLD]
-        + ["--disable", *DISABLED_FEATURES, "--out", str(out)],
+        [
+            *tools.componentize_js(),
+            str(bundle),
+            *("--wit", str(WIT_DIR), "--world-name", WORLD),
+            *("--disable", *DISABLED_FEATURES),
+            *("--out", str(out)),
+        ],
         cwd=work.dir,
         tmp=work.tmp,
         what=f"componentize-js ({cfg.name})",
@@ -59,4 +74,6 @@ def build_component(project_dir: Path, cfg: FunctionConfig, tools: Toolchain, wo
     return out
 
 
-LANGUAGE = Language(sdk_inputs=sdk_inputs, toolchain_version=toolchain_version, compile=build_component)
+LANGUAGE = Language(
+    sdk_inputs=sdk_inputs, toolchain_version=toolchain_version, compile=build_component
+)

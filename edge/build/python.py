@@ -66,8 +66,10 @@ def build_component(project_dir: Path, cfg: FunctionConfig, tools: Toolchain, wo
     out = work.dir / "out.wasm"
     paths = [entry_dir, app_dir, PY_SDK, bindings]
     tools.run(
-        [*cpy, *wit, "componentize", ENTRY_MODULE, "-o", str(out)]
-        + [arg for p in paths for arg in ("-p", str(p))],
+        [
+            *(*cpy, *wit, "componentize", ENTRY_MODULE, "-o", str(out)),
+            *(arg for p in paths for arg in ("-p", str(p))),
+        ],
         cwd=work.dir,
         tmp=work.tmp,
         what=f"componentize-py ({cfg.name})",
@@ -75,4 +77,6 @@ def build_component(project_dir: Path, cfg: FunctionConfig, tools: Toolchain, wo
     return out
 
 
-LANGUAGE = Language(sdk_inputs=sdk_inputs, toolchain_version=toolchain_version, compile=build_component)
+LANGUAGE = Language(
+    sdk_inputs=sdk_inputs, toolchain_version=toolchain_version, compile=build_component
+)

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from edge.errors import EdgeError, InvalidResponse, RequestBodyTooLarge
+from edge.errors import BuildFailed, EdgeError, InvalidResponse, RequestBodyTooLarge
 
 REQUEST_ID = "x-request-id"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -82,9 +82,10 @@ class RawResponse(Response):
 
 
 def error_response(error: EdgeError, request_id: str) -> Response:
-    body = json.dumps(
-        {"error": error.reason, "message": error.message, "request_id": request_id}
-    ).encode()
+    doc = {"error": error.reason, "message": error.message, "request_id": request_id}
+    if isinstance(error, BuildFailed):
+        doc["compiler_output"] = error.output  # only `edge dev` serves unbuilt functions
+    body = json.dumps(doc).encode()
     return RawResponse(
         error.status,
         body,

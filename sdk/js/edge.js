@@ -17,6 +17,23 @@ import { get as configGet } from "edge:function/config@0.1.0";
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
+// The WIT carries bodies as strings with one code point (U+0000..U+00FF) per byte, see
+// `type body` in function.wit. TextDecoder's "latin1" is windows-1252, so convert by hand.
+function latin1ToBytes(text) {
+  const out = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  return out;
+}
+
+function bytesToLatin1(bytes) {
+  // Chunked: fromCharCode.apply with a huge argument list overflows the stack.
+  let out = "";
+  for (let i = 0; i < bytes.length; i += 8192) {
+    out += String.fromCharCode.apply(null, bytes.subarray(i, i + 8192));
+  }
+  return out;
+}
+
 function toBytes(body) {
   if (body === undefined || body === null) return new Uint8Array(0);
   if (body instanceof Uint8Array) return body;
@@ -39,9 +56,14 @@ export class Request {
     this.method = raw.method;
     this.url = raw.url;
     this.headers = raw.headers;
-    this.body = raw.body;
     this.clientIp = raw.clientIp;
     this.context = raw.context;
+  }
+
+  // Body bytes, converted on first use.
+  get body() {
+    if (this._body === undefined) this._body = latin1ToBytes(this.raw.body);
+    return this._body;
   }
 
   get region() {
@@ -148,7 +170,7 @@ export function wrapHandler(handle) {
       if (!(resp instanceof Response)) {
         throw new Error("handle(req) must return a Response");
       }
-      return { status: resp.status, headers: resp.headers, body: resp.body };
+      return { status: resp.status, headers: resp.headers, body: bytesToLatin1(resp.body) };
     },
   };
 }

@@ -66,7 +66,9 @@ class Request:
         self.method: str = raw.method
         self.url: str = raw.url
         self.headers: list[tuple[str, str]] = list(raw.headers)
-        self.body: bytes = bytes(raw.body)
+        # The WIT carries bodies as ISO-8859-1 strings (one code point per byte, see `type body`
+        # in function.wit); latin-1 is exactly that mapping.
+        self.body: bytes = raw.body.encode("latin-1")
         self.client_ip: str = raw.client_ip
         ctx = raw.context
         self.region: str = ctx.region
@@ -137,7 +139,7 @@ class Response:
         return self
 
     def _to_wit(self) -> _types.Response:
-        return _types.Response(self.status, list(self.headers), bytes(self.body))
+        return _types.Response(self.status, list(self.headers), bytes(self.body).decode("latin-1"))
 
 
 class _Log:

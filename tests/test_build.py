@@ -1,0 +1,181 @@
+"""edge.build: the content-hash cache, error reporting, toolchain lookup and scaffolding."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edge.build import Toolchain, build_function, stats
+from edge.build.cache import cache_key
+from edge.build.scaffold import new_project
+from edge.errors import BuildFailed, ConfigError, ToolchainMissing
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "sdk" / "examples"
+HANDLER_EXPORT = "export edge:function/handler@0.1.0;"
+
+
+def copy_example(lang: str, name: str, dest: Path) -> Path:
+    project = dest / f"{lang}-{name}"
+    shutil.copytree(EXAMPLES / lang / name, project, ignore=shutil.ignore_patterns("build"))
+    return project
+
+
+def component_wit(component: Path) -> str:
+    wasm_tools = Toolchain().wasm_tools()
+    return subprocess.run(
+        [*wasm_tools, "component", "wit", str(component)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def absent_toolchain(tmp_path: Path) -> Toolchain:
+    """A toolchain lookup that finds nothing anywhere."""
+    return Toolchain(
+        bin_dirs=(tmp_path,),
+        which=lambda name: None,
+        has_module=lambda name: False,
+        js_bin_dir=tmp_path,
+    )
+
+
+# --- No toolchain needed ------------------------------------------------------------------------
+
+
+def test_cache_key_covers_sources_but_not_build_output(tmp_path: Path) -> None:
+    project = tmp_path / "p"
+    (project / "build").mkdir(parents=True)
+    (project / "main.c").write_text("int x;\n")
+    sdk = tmp_path / "sdk"
+    sdk.mkdir()
+    (sdk / "h.h").write_text("/* sdk */\n")
+
+    def key(version: str = "zig 1") -> str:
+        return cache_key("c", version, [("project", project), ("sdk", sdk)])
+
+    first = key()
+    (project / "build" / "p.wasm").write_bytes(b"\0asm")
+    assert key() == first, "build output must not change the key"
+    assert key("zig 2") != first, "the toolchain version is part of the key"
+    (sdk / "h.h").write_text("/* sdk v2 */\n")
+    second = key()
+    assert second != first, "SDK files are part of the key"
+    (project / "main.c").write_text("int y;\n")
+    assert key() != second, "source files are part of the key"
+
+
+@pytest.mark.parametrize(
+    ("lang", "message"),
+    [
+        ("c", "zig not found: pip install ziglang"),
+        ("python", "componentize-py not found: pip install componentize-py"),
+        ("js", "componentize-js not found: run scripts/install (npm install in sdk/js)"),
+    ],
+)
+def test_toolchain_missing_names_the_package(tmp_path: Path, lang: str, message: str) -> None:
+    project = copy_example(lang, "hello", tmp_path)
+    with pytest.raises(ToolchainMissing) as info:
+        build_function(project, cache_dir=tmp_path / "cache", toolchain=absent_toolchain(tmp_path))
+    assert info.value.message == message
+
+
+def test_missing_source_is_a_config_error(tmp_path: Path) -> None:
+    project = copy_example("c", "hello", tmp_path)
+    (project / "main.c").unlink()
+    with pytest.raises(ConfigError, match=r"main\.c"):
+        build_function(project, cache_dir=tmp_path / "cache")
+
+
+def test_scaffold_refuses_non_empty_dir_and_bad_names(tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not an empty directory"):
+        new_project(tmp_path / "taken", "fn", "c")
+    with pytest.raises(ConfigError, match="function name"):
+        new_project(tmp_path / "x", "Bad_Name", "c")
+    with pytest.raises(ConfigError, match="unknown language"):
+        new_project(tmp_path / "y", "fn", "rust")
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("lang", ["python", "c", "js"])
+def test_scaffold_replaces_name(tmp_path: Path, lang: str) -> None:
+    files = new_project(tmp_path / "fn", "my-fn", lang)
+    names = {p.name for p in files}
+    assert {"edge.toml", "README.md"} <= names
+    for path in files:
+        assert "{{name}}" not in path.read_text()
+    assert 'name = "my-fn"' in (tmp_path / "fn" / "edge.toml").read_text()
+
+
+# --- Needs toolchains ---------------------------------------------------------------------------
+
+
+@pytest.mark.toolchain
+def test_cache_hit_skips_compiler(tmp_path: Path) -> None:
+    project = copy_example("c", "hello", tmp_path)
+    cache = tmp_path / "cache"
+
+    compiles = stats.compiles
+    out = build_function(project, cache_dir=cache)
+    assert stats.compiles == compiles + 1
+    first = out.read_bytes()
+    assert len(list(cache.glob("*.wasm"))) == 1
+
+    out.unlink()
+    hits = stats.cache_hits
+    again = build_function(project, cache_dir=cache)
+    assert again == out
+    assert stats.compiles == compiles + 1, "a cache hit must not run the compiler"
+    assert stats.cache_hits == hits + 1
+    assert again.read_bytes() == first
+
+    # An edit is a new key: compiled again, and a second cache entry.
+    src = project / "main.c"
+    src.write_text(src.read_text().replace("Hello from C!", "Hello again!"))
+    build_function(project, cache_dir=cache)
+    assert stats.compiles == compiles + 2
+    assert len(list(cache.glob("*.wasm"))) == 2
+
+
+@pytest.mark.toolchain
+def test_c_syntax_error_carries_compiler_output(tmp_path: Path) -> None:
+    project = copy_example("c", "hello", tmp_path)
+    (project / "main.c").write_text(
+        '#define EDGE_FUNCTION_IMPLEMENTATION\n#include "edge_function.h"\n'
+        "void edge_handle(const edge_request_t *req, edge_response_t *resp) {\n"
+        "    resp->status = 200\n"
+        "}\n"
+    )
+    with pytest.raises(BuildFailed) as info:
+        build_function(project, cache_dir=tmp_path / "cache")
+    assert "zig cc" in info.value.message
+    assert "main.c:4" in info.value.output
+    assert "error" in info.value.output
+    assert not (project / "build" / "hello-c.wasm").exists()
+
+
+@pytest.mark.toolchain
+def test_python_without_handler_fails_the_build(tmp_path: Path) -> None:
+    project = copy_example("python", "hello", tmp_path)
+    (project / "app.py").write_text("from edge_sdk import Response\n")
+    with pytest.raises(BuildFailed) as info:
+        build_function(project, cache_dir=tmp_path / "cache")
+    assert "defines no request handler" in info.value.output
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize("lang", ["python", "c", "js"])
+def test_scaffolded_project_builds(tmp_path: Path, lang: str) -> None:
+    project = tmp_path / "fn"
+    new_project(project, f"new-{lang}", lang)
+    # The shared cache (EDGE_CACHE_DIR from conftest): the template only changes with the SDK.
+    out = build_function(project)
+    assert out == project / "build" / f"new-{lang}.wasm"
+    assert HANDLER_EXPORT in component_wit(out)
