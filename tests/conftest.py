@@ -67,14 +67,14 @@ class Proc:
 
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[str]:
-    log = log_path.open("w")
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge", *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=REPO,
-    )
+    with log_path.open("w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "edge", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+        )
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str, proc: Proc) -> None:

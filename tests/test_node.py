@@ -27,15 +27,19 @@ def function_entries(projects: dict[str, Path]) -> str:
 
 @pytest.fixture
 def node(start_node: Callable[..., Proc], built: Callable[[Path], Path]) -> Proc:
-    projects = {"hello": EXAMPLES / "c" / "hello", "echo": EXAMPLES / "python" / "echo",
-                "busy": FIXTURES / "functions" / "busy"}
+    projects = {"hello-c": EXAMPLES / "c" / "hello", "echo-python": EXAMPLES / "python" / "echo",
+                "busy": FIXTURES / "functions" / "busy",
+                "netprobe": FIXTURES / "functions" / "netprobe",
+                "netprobe-js": FIXTURES / "functions" / "netprobe-js"}
     projects |= {name: FIXTURES / "functions" / name for name in HOSTILE}
     for p in projects.values():
         built(p)
-    routes = ['[[route]]\nroute = "*/"\nfunction = "hello"\n',
-              '[[route]]\nroute = "*/echo"\nfunction = "echo"\n',
+    routes = ['[[route]]\nroute = "*/"\nfunction = "hello-c"\n',
+              '[[route]]\nroute = "*/echo"\nfunction = "echo-python"\n',
               '[[route]]\nroute = "*/busy"\nfunction = "busy"\n',
-              '[[route]]\nroute = "only.example/"\nfunction = "echo"\n']
+              '[[route]]\nroute = "*/netprobe"\nfunction = "netprobe"\n',
+              '[[route]]\nroute = "*/netprobe-js"\nfunction = "netprobe-js"\n',
+              '[[route]]\nroute = "only.example/"\nfunction = "echo-python"\n']
     routes += [f'[[route]]\nroute = "*/hostile/{n}"\nfunction = "{n}"\n' for n in HOSTILE]
     node_table = (
         'id = "node-a"\nregion = "eu-west"\n'
@@ -153,3 +157,49 @@ def test_bad_component_never_takes_the_node_down(start_node: Callable[..., Proc]
     assert r.status_code == 503 and "evil:net/raw-socket@1.0.0" in r.json()["message"]
     assert httpx.get(node.url + "/nothing-here").status_code == 404
     assert "evil:net/raw-socket" in node.log()
+
+
+def test_function_cannot_reach_loopback_or_host_resources(node: Proc) -> None:
+    """No capability unless granted: no sockets, no DNS, no files, no env, a frozen clock."""
+    import socket
+    import threading
+
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen()
+    tcp.settimeout(0.2)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", tcp.getsockname()[1]))
+    udp.settimeout(0.2)
+    port = tcp.getsockname()[1]
+    reached: list[str] = []
+
+    def listen() -> None:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for sock, kind in ((tcp, "tcp"), (udp, "udp")):
+                try:
+                    (sock.accept() if kind == "tcp" else sock.recvfrom(64))
+                    reached.append(kind)
+                except OSError:
+                    pass
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    try:
+        py = httpx.get(node.url + f"/netprobe?port={port}", timeout=30)
+        js = httpx.get(node.url + f"/netprobe-js?port={port}", timeout=30)
+    finally:
+        listener.join()
+        tcp.close()
+        udp.close()
+    assert py.status_code == 200, py.text
+    report = py.json()
+    for key in ("tcp", "udp", "dns", "file", "listdir"):
+        assert report[key].startswith("denied"), (key, report[key])
+    assert report["env"] == {}
+    assert report["wall_clock_moved"] is False
+    assert abs(report["wall_clock"] - time.time()) < 5  # frozen at the request's start
+    # JS: fetch needs wasi:http, which is not granted; it must fail one way or another.
+    assert js.status_code == 500 or js.json()["fetch"].startswith("denied"), js.text
+    assert reached == [], f"a function reached 127.0.0.1 over {reached}"

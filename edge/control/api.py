@@ -1,0 +1,425 @@
+"""The control plane's HTTP API (Starlette). Every call needs `Authorization: Bearer <token>`.
+
+Order of checks, so answers leak nothing: no or unknown token → 401; a token of the wrong kind
+or without the scope → 403 (independent of any function); then another tenant's function looks
+exactly like a missing one → 404. All errors go through `error_response`, the one place that
+turns an EdgeError into a status and a JSON body {"error": reason, "message": ...}.
+
+Store calls run on worker threads (fsync and SQLite must not stall long polls). Long polls wait
+on `RevisionFeed`, an asyncio.Condition notified by the write that made the revision, so they
+wake at once and never poll. It is per process: run one server process per data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from edge.config.function import NAME_RE, parse_function_config
+from edge.control.errors import Forbidden, PayloadTooLarge, Unauthorized
+from edge.control.records import Change, FunctionState, Principal, Version
+from edge.control.signing import Signer
+from edge.control.snapshot import build_snapshot
+from edge.control.split import valid_sticky
+from edge.control.status import status_json
+from edge.control.store import Store
+from edge.control.wire import METADATA_HEADER, decode_metadata
+from edge.errors import BadRequest, ConfigError, EdgeError
+from edge.node.routing import normalize_host
+
+KIB = 1024
+MIB = 1024 * KIB
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    long_poll_max_s: float = 60.0
+    long_poll_default_s: float = 25.0
+    node_stale_after_s: float = 60.0
+    max_component_bytes: int = 64 * MIB
+    max_metadata_bytes: int = 16 * KIB
+
+
+class RevisionFeed:
+    """The latest revision, and a way to wait until it passes a number."""
+
+    def __init__(self, revision: int) -> None:
+        self.revision = revision
+        self._changed = asyncio.Condition()
+
+    async def publish(self, revision: int) -> None:
+        async with self._changed:
+            if revision > self.revision:
+                self.revision = revision
+                self._changed.notify_all()
+
+    async def wait_beyond(self, after: int, timeout_s: float) -> int | None:
+        """The current revision once it is above `after` (or below it: the node is ahead of
+        this database, e.g. after a restore, and should hear so now), else None on timeout."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self.revision != after), timeout_s
+                )
+            except TimeoutError:
+                return None
+            return self.revision
+
+
+def error_response(error: EdgeError) -> JSONResponse:
+    headers = {"www-authenticate": "Bearer"} if error.status == 401 else None
+    return JSONResponse(
+        {"error": error.reason, "message": error.message}, status_code=error.status,
+        headers=headers,
+    )
+
+
+def parse_route_spec(spec: str) -> tuple[str, str]:
+    """`example.com/api` → ("example.com", "/api"); trailing slashes do not make a new route."""
+    if not isinstance(spec, str) or not spec or len(spec) > 512 or any(c.isspace() for c in spec):
+        raise BadRequest(f"route must look like HOST/PATH, got {spec!r}")
+    host, _, path = spec.partition("/")
+    host = normalize_host(host)
+    if not host:
+        raise BadRequest(f"route {spec!r} has no host (use * for any host)")
+    path = path.strip("/")
+    return host, f"/{path}" if path else "/"
+
+
+def version_json(v: Version) -> dict[str, Any]:
+    return {
+        "function": v.function,
+        "number": v.number,
+        "sha256": v.sha256,
+        "size": v.size_bytes,
+        "message": v.message,
+        "author": v.author,
+        "created_unix": v.created_unix,
+        "manifest": v.manifest,
+    }
+
+
+def change_json(c: Change) -> dict[str, Any]:
+    return {"revision": c.revision, "changed": c.changed, "deployment": c.state.to_json()}
+
+
+def _field(body: dict[str, Any], key: str, kind: type[T], default: T | None = None) -> T:
+    value = body.get(key, default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadRequest(f"{key!r} must be {kind.__name__}")
+    return value
+
+
+def _optional_int(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    return _field(body, key, int)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def create_app(
+    store: Store,
+    signer: Signer,
+    settings: ControlSettings | None = None,
+    now: Callable[[], float] = time.time,
+) -> Starlette:
+    settings = settings or ControlSettings()
+    feed = RevisionFeed(store.revision())
+    snapshots: dict[int, bytes] = {}  # the latest one only; signing every version costs
+
+    def run(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+        return anyio.to_thread.run_sync(fn, *args)
+
+    async def authenticate(request: Request) -> Principal:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+        principal = await run(store.authenticate, token.strip())
+        if principal is None:
+            raise Unauthorized("unknown token")
+        return principal
+
+    async def tenant(request: Request, scope: str) -> tuple[int, Principal]:
+        p = await authenticate(request)
+        if p.kind != "api" or p.tenant_id is None:
+            raise Forbidden("node tokens can only fetch snapshots and blobs and report")
+        if scope not in p.scopes:
+            raise Forbidden(f"this token lacks the {scope!r} scope")
+        return p.tenant_id, p
+
+    async def node(request: Request) -> Principal:
+        p = await authenticate(request)
+        if p.kind != "node":
+            raise Forbidden("this endpoint is for edge nodes (node token)")
+        return p
+
+    def function_name(request: Request) -> str:
+        name = str(request.path_params["name"])
+        if not NAME_RE.match(name):
+            raise BadRequest(f"bad function name {name!r}")
+        return name
+
+    async def changed(change: Change) -> JSONResponse:
+        await feed.publish(change.revision)
+        return JSONResponse(change_json(change))
+
+    # --- tenant endpoints -----------------------------------------------------------------------
+
+    async def upload_version(request: Request) -> Response:
+        """Upload a new immutable version (scope deploy).
+
+        Body: the component bytes (application/wasm). Header Edge-Metadata: base64url of JSON
+        {"manifest": <edge.toml as an object>, "message": str}. Answers 201 with the version.
+        """
+        tenant_id, p = await tenant(request, "deploy")
+        name = function_name(request)
+        manifest, message = _metadata(request, settings)
+        try:
+            config = parse_function_config(manifest, f"manifest of {name}")
+        except ConfigError as e:
+            raise BadRequest(e.message) from None
+        if config.name != name:
+            raise BadRequest(f"manifest names function {config.name!r}, not {name!r}")
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > settings.max_component_bytes:
+            raise PayloadTooLarge(f"component is over {settings.max_component_bytes} bytes")
+        data = await request.body()
+        if len(data) > settings.max_component_bytes:
+            raise PayloadTooLarge(f"component is over {settings.max_component_bytes} bytes")
+        if not data:
+            raise BadRequest("empty component")
+        # The blob is durable before the row that references it exists.
+        sha256 = await run(store.blobs.put, data)
+        version = await run(
+            lambda: store.create_version(
+                tenant_id, name, sha256=sha256, size_bytes=len(data), manifest=manifest,
+                message=message, author=p.label,
+            )
+        )
+        return JSONResponse(version_json(version), status_code=201)
+
+    async def list_versions(request: Request) -> Response:
+        """Versions of a function, oldest first, and its deployment (scope read)."""
+        tenant_id, _ = await tenant(request, "read")
+        name = function_name(request)
+        versions = await run(store.versions, tenant_id, name)
+        state: FunctionState | None = await run(store.deployment, tenant_id, name)
+        return JSONResponse(
+            {"function": name, "versions": [version_json(v) for v in versions],
+             "deployment": state.to_json() if state else None}
+        )
+
+    async def deploy(request: Request) -> Response:
+        """Make a version stable, optionally replacing the routes (scope deploy).
+
+        Body: {"version": int, "routes": ["host/path", ...] (optional: keep the current)}.
+        """
+        tenant_id, p = await tenant(request, "deploy")
+        name = function_name(request)
+        body = await _json_body(request)
+        version = _field(body, "version", int)
+        routes = None
+        if body.get("routes") is not None:
+            specs = _field(body, "routes", list)
+            routes = [parse_route_spec(s) for s in specs]
+        return await changed(await run(store.deploy, tenant_id, name, version, routes, p.label))
+
+    async def canary(request: Request) -> Response:
+        """Send a percentage of clients to a version (scope operate).
+
+        Body: {"version": int or null (null removes the canary), "percent": 0..100,
+        "sticky": "ip" or "cookie:NAME" (optional)}.
+        """
+        tenant_id, p = await tenant(request, "operate")
+        name = function_name(request)
+        body = await _json_body(request)
+        version = _optional_int(body, "version")
+        percent = _field(body, "percent", int, 0)
+        sticky = body.get("sticky")
+        if sticky is not None and not (isinstance(sticky, str) and valid_sticky(sticky)):
+            raise BadRequest("sticky must be 'ip' or 'cookie:NAME'")
+        return await changed(
+            await run(store.set_canary, tenant_id, name, version, percent, sticky, p.label)
+        )
+
+    async def promote(request: Request) -> Response:
+        """Make the canary the stable version (scope operate)."""
+        tenant_id, p = await tenant(request, "operate")
+        return await changed(await run(store.promote, tenant_id, function_name(request), p.label))
+
+    async def rollback(request: Request) -> Response:
+        """Return to an earlier version (scope operate). Body: {"to": int (optional; default:
+        the stable version before the current one)}."""
+        tenant_id, p = await tenant(request, "operate")
+        name = function_name(request)
+        to = _optional_int(await _json_body(request), "to")
+        return await changed(await run(store.rollback, tenant_id, name, to, p.label))
+
+    async def status(request: Request) -> Response:
+        """The current revision, every node and region, and this tenant's deployments (scope
+        read)."""
+        tenant_id, _ = await tenant(request, "read")
+
+        def read() -> dict[str, Any]:
+            out = status_json(store.revision(), store.nodes(), now(), settings.node_stale_after_s)
+            states = [store.deployment(tenant_id, n) for n in store.function_names(tenant_id)]
+            out["functions"] = [s.to_json() for s in states if s is not None]
+            return out
+
+        return JSONResponse(await run(read))
+
+    # --- node endpoints -------------------------------------------------------------------------
+
+    async def node_snapshot(request: Request) -> Response:
+        """Long poll for the signed configuration snapshot (node token).
+
+        Query: after=N (the revision the node has; default -1: answer at once), wait_s (at most
+        the server's limit). Answers application/cbor as soon as the revision differs from N,
+        or 204 after wait_s.
+        """
+        await node(request)
+        try:
+            after = int(request.query_params.get("after", "-1"))
+            wait_s = float(request.query_params.get("wait_s", settings.long_poll_default_s))
+        except ValueError:
+            raise BadRequest("after must be an integer and wait_s a number") from None
+        wait_s = min(max(wait_s, 0.0), settings.long_poll_max_s)
+        revision = await feed.wait_beyond(after, wait_s)
+        if revision is None:
+            return Response(status_code=204)
+        if revision not in snapshots:
+            envelope = await run(build_snapshot, store, revision, signer)
+            snapshots.clear()
+            snapshots[revision] = envelope
+        return Response(
+            snapshots[revision], media_type="application/cbor",
+            headers={"edge-revision": str(revision)},
+        )
+
+    async def blob(request: Request) -> Response:
+        """Component bytes by sha256 (node token)."""
+        await node(request)
+        data = await run(store.blobs.get, str(request.path_params["sha256"]))
+        return Response(data, media_type="application/wasm")
+
+    async def node_report(request: Request) -> Response:
+        """A node says what it applied (node token). Body: {"node_id", "region", "revision",
+        "healthy", "convergence_ms" (optional)}."""
+        await node(request)
+        body = await _json_body(request)
+        node_id = _field(body, "node_id", str)
+        region = _field(body, "region", str)
+        if not 0 < len(node_id) <= 128 or not 0 < len(region) <= 64:
+            raise BadRequest("node_id (1..128 chars) and region (1..64) are required")
+        revision = _field(body, "revision", int)
+        healthy = _field(body, "healthy", bool)
+        conv = body.get("convergence_ms")
+        if conv is not None and (isinstance(conv, bool) or not isinstance(conv, int | float)):
+            raise BadRequest("convergence_ms must be a number")
+        await run(store.report_node, node_id, region, revision, healthy,
+                  None if conv is None else float(conv))
+        return JSONResponse({"ok": True, "revision": feed.revision})
+
+    async def public_key(request: Request) -> Response:
+        """The Ed25519 key nodes verify snapshots with (any token)."""
+        await authenticate(request)
+        return JSONResponse(
+            {"algorithm": "ed25519", "public_key": signer.public_key.hex(),
+             "key_id": signer.key_id}
+        )
+
+    async def openapi(request: Request) -> Response:
+        """This API's description (any token)."""
+        await authenticate(request)
+        return JSONResponse(openapi_schema(routes))
+
+    async def on_edge_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, EdgeError)
+        return error_response(exc)
+
+    async def on_http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": reason, "message": exc.detail},
+                            status_code=exc.status_code)
+
+    async def on_crash(_: Request, exc: Exception) -> Response:
+        return error_response(EdgeError("internal error"))
+
+    f = "/v1/functions/{name}"
+    routes: list[BaseRoute] = [
+        Route(f + "/versions", upload_version, methods=["POST"]),
+        Route(f + "/versions", list_versions, methods=["GET"]),
+        Route(f + "/deploy", deploy, methods=["POST"]),
+        Route(f + "/canary", canary, methods=["POST"]),
+        Route(f + "/promote", promote, methods=["POST"]),
+        Route(f + "/rollback", rollback, methods=["POST"]),
+        Route("/v1/status", status, methods=["GET"]),
+        Route("/v1/node/snapshot", node_snapshot, methods=["GET"]),
+        Route("/v1/node/report", node_report, methods=["POST"]),
+        Route("/v1/blobs/{sha256}", blob, methods=["GET"]),
+        Route("/v1/public-key", public_key, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            EdgeError: on_edge_error, HTTPException: on_http_error, Exception: on_crash,
+        },
+    )
+
+
+def _metadata(request: Request, settings: ControlSettings) -> tuple[dict[str, Any], str]:
+    raw = request.headers.get(METADATA_HEADER, "")
+    if len(raw) > settings.max_metadata_bytes:
+        raise PayloadTooLarge(f"Edge-Metadata is over {settings.max_metadata_bytes} bytes")
+    return decode_metadata(raw)
+
+
+def openapi_schema(routes: list[BaseRoute]) -> dict[str, Any]:
+    """OpenAPI 3 from the routes and their docstrings (first line: summary; rest: description).
+    Written by hand because Starlette's generator wants YAML in docstrings."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        if not isinstance(route, Route):
+            continue
+        doc = (route.endpoint.__doc__ or "").strip()
+        summary, _, rest = doc.partition("\n\n")
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            paths.setdefault(route.path, {})[method.lower()] = {
+                "summary": " ".join(summary.split()),
+                "description": " ".join(rest.split()),
+                "security": [{"bearer": []}],
+                "responses": {"200": {"description": "OK"}},
+            }
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "edge control plane", "version": "1"},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": paths,
+    }

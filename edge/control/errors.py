@@ -1,0 +1,67 @@
+"""Control-plane errors. Each maps to an HTTP status in one place (`edge.control.api`)."""
+
+from __future__ import annotations
+
+from edge.errors import EdgeError
+
+
+class Unauthorized(EdgeError):
+    """No token, or a token we do not know. Never says which."""
+
+    status = 401
+    reason = "unauthorized"
+
+
+class Forbidden(EdgeError):
+    """A known token without the scope (or kind) the call needs."""
+
+    status = 403
+    reason = "forbidden"
+
+
+class NotFound(EdgeError):
+    """Also the answer for another tenant's function, so its existence is not revealed."""
+
+    status = 404
+    reason = "not_found"
+
+
+class Conflict(EdgeError):
+    """The request is well formed but contradicts the current state (taken route, no canary)."""
+
+    status = 409
+    reason = "conflict"
+
+
+class PayloadTooLarge(EdgeError):
+    status = 413
+    reason = "payload_too_large"
+
+
+class SnapshotRejected(EdgeError):
+    """A snapshot or version a node must not apply: unsigned, tampered, wrong key, malformed."""
+
+    status = 502
+    reason = "snapshot_rejected"
+
+
+class BlobMismatch(SnapshotRejected):
+    """Component bytes whose sha256 or size differ from the signed version."""
+
+    reason = "blob_mismatch"
+
+
+class ControlUnreachable(EdgeError):
+    """The CLI could not talk to the control plane at all."""
+
+    status = 503
+    reason = "control_unreachable"
+
+
+class RemoteError(EdgeError):
+    """An error answer from the control plane, as the CLI received it."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason

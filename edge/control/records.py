@@ -1,0 +1,98 @@
+"""Typed rows the store hands out. All frozen: a record is a fact as of one read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SCOPES = ("deploy", "operate", "read")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a tenant's api token (with scopes) or a node token (no tenant)."""
+
+    kind: str  # "api" | "node"
+    tenant_id: int | None
+    tenant: str | None
+    scopes: frozenset[str]
+    label: str
+
+
+@dataclass(frozen=True)
+class Version:
+    function: str  # "<tenant>/<name>"
+    number: int
+    sha256: str
+    size_bytes: int
+    manifest: dict[str, Any]
+    message: str
+    author: str
+    created_unix: float
+
+
+@dataclass(frozen=True)
+class FunctionState:
+    """A function's deployment as of one revision."""
+
+    function: str
+    stable: int
+    canary: int | None = None
+    canary_percent: int = 0
+    sticky: str = "ip"
+    routes: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "function": self.function,
+            "stable": self.stable,
+            "canary": self.canary,
+            "canary_percent": self.canary_percent,
+            "sticky": self.sticky,
+            "routes": [f"{h}{p}" for h, p in self.routes],
+        }
+
+
+@dataclass(frozen=True)
+class Change:
+    """The outcome of one write: the revision it made (or the current one if nothing changed)."""
+
+    revision: int
+    changed: bool
+    state: FunctionState
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A function's deployment with its versions looked up, ready for a snapshot."""
+
+    state: FunctionState
+    stable: Version
+    canary: Version | None
+
+
+@dataclass(frozen=True)
+class ConfigAt:
+    revision: int
+    created_unix: float
+    functions: tuple[Resolved, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    region: str
+    applied_revision: int
+    last_report_unix: float
+    healthy: bool
+    convergence_ms: float | None
+
+
+@dataclass(frozen=True)
+class RevisionRow:
+    number: int
+    created_unix: float
+    function: str | None
+    kind: str
+    author: str
+    change: dict[str, Any]

@@ -1,0 +1,272 @@
+"""The configuration snapshot a node applies: format, signing, and strict verification.
+
+Wire format (CBOR, cbor2 canonical=True everywhere):
+
+    envelope = {"payload": bstr, "signature": bstr(64), "key_id": tstr}
+        payload   : the canonical CBOR of the payload map below, as bytes
+        signature : Ed25519 over exactly those payload bytes
+        key_id    : hex of the first 8 bytes of sha256(raw 32-byte public key)
+
+    payload = {
+        "format": 1,
+        "revision": uint,                 # the system-wide revision this is the state after
+        "created_unix": float,            # when that revision was written
+        "routes": [{"host": tstr, "path": tstr, "function": "<tenant>/<name>"}, ...],
+        "functions": {"<tenant>/<name>": {
+            "stable": V, "canary": V / null,
+            "canary_percent": 0..100,
+            "sticky": "ip" / "cookie:NAME"}, ...},
+    }
+    V = {"function": "<tenant>/<name>", "number": uint, "sha256": hex, "size": uint,
+         "manifest": {edge.toml as a map}, "signature": bstr(64)}
+        signature : Ed25519 over canonical CBOR of {"function", "number", "sha256", "size",
+                    "manifest"} (see edge.control.signing.version_message), so a version can be
+                    checked on its own, e.g. a component cached on disk.
+
+Readers ignore unknown keys (room to grow within format 1) and reject everything else that is
+off: any decode error, wrong types, unknown format, a bad signature, a route to an unknown
+function. `open_snapshot` raises only `SnapshotRejected`, whatever the input bytes.
+Component bytes are fetched separately (`GET /v1/blobs/<sha256>`) and checked with `verify_blob`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import cbor2
+
+from edge.config.function import FunctionConfig, parse_function_config
+from edge.control.errors import BlobMismatch, SnapshotRejected
+from edge.control.records import Version
+from edge.control.signing import (
+    SIGNATURE_BYTES,
+    Signer,
+    canonical_cbor,
+    key_id,
+    verify,
+    version_message,
+)
+from edge.control.split import valid_sticky
+from edge.errors import ConfigError
+from edge.node.routing import Route, RoutingTable
+
+if TYPE_CHECKING:  # nodes import this module; they need no SQLite
+    from edge.control.store import Store
+
+FORMAT = 1
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SignedVersion:
+    function: str
+    number: int
+    sha256: str
+    size: int
+    manifest: dict[str, Any]
+    signature: bytes
+    config: FunctionConfig
+
+
+@dataclass(frozen=True)
+class FunctionDeployment:
+    function: str
+    stable: SignedVersion
+    canary: SignedVersion | None
+    canary_percent: int
+    sticky: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    revision: int
+    created_unix: float
+    routes: tuple[Route, ...]
+    functions: Mapping[str, FunctionDeployment]
+
+
+# --- building (control plane) -------------------------------------------------------------------
+
+
+def _version_map(v: Version, signer: Signer) -> dict[str, Any]:
+    return {
+        "function": v.function,
+        "number": v.number,
+        "sha256": v.sha256,
+        "size": v.size_bytes,
+        "manifest": v.manifest,
+        "signature": signer.sign_version(v.function, v.number, v.sha256, v.size_bytes,
+                                         v.manifest),
+    }
+
+
+def build_snapshot(store: Store, revision: int, signer: Signer) -> bytes:
+    """The signed envelope for the configuration right after `revision`."""
+    config = store.config_at(revision)
+    routes: list[dict[str, str]] = []
+    functions: dict[str, Any] = {}
+    for r in config.functions:
+        s = r.state
+        routes.extend({"host": h, "path": p, "function": s.function} for h, p in s.routes)
+        functions[s.function] = {
+            "stable": _version_map(r.stable, signer),
+            "canary": None if r.canary is None else _version_map(r.canary, signer),
+            "canary_percent": s.canary_percent,
+            "sticky": s.sticky,
+        }
+    routes.sort(key=lambda x: (x["host"], x["path"]))
+    payload = canonical_cbor(
+        {
+            "format": FORMAT,
+            "revision": config.revision,
+            "created_unix": float(config.created_unix),
+            "routes": routes,
+            "functions": functions,
+        }
+    )
+    return sign_payload(payload, signer)
+
+
+def sign_payload(payload: bytes, signer: Signer) -> bytes:
+    return canonical_cbor(
+        {"payload": payload, "signature": signer.sign(payload), "key_id": signer.key_id}
+    )
+
+
+# --- opening (nodes) ----------------------------------------------------------------------------
+
+
+def open_snapshot(envelope: bytes, public_key: bytes) -> Snapshot:
+    """Verifies and parses a snapshot. Raises SnapshotRejected for anything not exactly right."""
+    try:
+        return _open(envelope, public_key)
+    except SnapshotRejected:
+        raise
+    except Exception as e:  # the promise: our typed error, nothing else
+        raise SnapshotRejected(f"malformed snapshot: {type(e).__name__}") from None
+
+
+def _open(envelope: bytes, public_key: bytes) -> Snapshot:
+    outer = _decode(envelope, "envelope")
+    payload = _get(outer, "payload", bytes, "envelope")
+    signature = _get(outer, "signature", bytes, "envelope")
+    kid = _get(outer, "key_id", str, "envelope")
+    if kid != key_id(public_key):
+        raise SnapshotRejected(f"snapshot signed by key {kid[:16]!r}, not by the configured key")
+    if not verify(public_key, signature, payload):
+        raise SnapshotRejected("snapshot signature does not verify")
+    body = _decode(payload, "payload")
+    fmt = _get(body, "format", int, "payload")
+    if fmt != FORMAT:
+        raise SnapshotRejected(f"unknown snapshot format {fmt}")
+    revision = _get(body, "revision", int, "payload")
+    if revision < 0:
+        raise SnapshotRejected("negative revision")
+    created = _get(body, "created_unix", float, "payload")
+
+    functions: dict[str, FunctionDeployment] = {}
+    for key, raw in _get(body, "functions", dict, "payload").items():
+        where = f"functions[{key!r}]"
+        if not isinstance(key, str):
+            raise SnapshotRejected("function keys must be strings")
+        entry = _as(raw, dict, where)
+        percent = _get(entry, "canary_percent", int, where)
+        sticky = _get(entry, "sticky", str, where)
+        if not 0 <= percent <= 100 or not valid_sticky(sticky):
+            raise SnapshotRejected(f"{where}: bad canary_percent or sticky")
+        canary_raw = entry.get("canary")
+        functions[key] = FunctionDeployment(
+            key,
+            _signed_version(_get(entry, "stable", dict, where), key, public_key),
+            None if canary_raw is None else _signed_version(_as(canary_raw, dict, where), key,
+                                                            public_key),
+            percent,
+            sticky,
+        )
+
+    routes = []
+    for raw in _get(body, "routes", list, "payload"):
+        r = _as(raw, dict, "route")
+        route = Route(_get(r, "host", str, "route"), _get(r, "path", str, "route"),
+                      _get(r, "function", str, "route"))
+        if route.function not in functions:
+            raise SnapshotRejected(f"route {route.host}{route.path_prefix}: unknown function")
+        routes.append(route)
+    try:
+        RoutingTable(routes)  # rejects duplicates and paths without a leading "/"
+    except ConfigError as e:
+        raise SnapshotRejected(e.message) from None
+    return Snapshot(revision, created, tuple(routes), functions)
+
+
+def _signed_version(raw: dict[Any, Any], function: str, public_key: bytes) -> SignedVersion:
+    where = f"version of {function!r}"
+    manifest = _get(raw, "manifest", dict, where)
+    if not all(isinstance(k, str) for k in manifest):
+        raise SnapshotRejected(f"{where}: manifest keys must be strings")
+    try:
+        config = parse_function_config(manifest, where)
+    except ConfigError as e:
+        raise SnapshotRejected(f"{where}: bad manifest: {e.message}") from None
+    v = SignedVersion(
+        function=_get(raw, "function", str, where),
+        number=_get(raw, "number", int, where),
+        sha256=_get(raw, "sha256", str, where),
+        size=_get(raw, "size", int, where),
+        manifest=manifest,
+        signature=_get(raw, "signature", bytes, where),
+        config=config,
+    )
+    if v.function != function:
+        raise SnapshotRejected(f"{where}: names function {v.function!r}")
+    verify_version(v, public_key)
+    return v
+
+
+def verify_version(v: SignedVersion, public_key: bytes) -> None:
+    if not SHA256_RE.match(v.sha256) or v.size < 0 or v.number < 1:
+        raise SnapshotRejected(f"{v.function} v{v.number}: malformed version")
+    if len(v.signature) != SIGNATURE_BYTES or not verify(
+        public_key, v.signature, version_message(v.function, v.number, v.sha256, v.size,
+                                                 v.manifest)
+    ):
+        raise SnapshotRejected(f"{v.function} v{v.number}: version signature does not verify")
+
+
+def verify_blob(v: SignedVersion, data: bytes) -> None:
+    if len(data) != v.size:
+        raise BlobMismatch(f"{v.function} v{v.number}: {len(data)} bytes, signed size {v.size}")
+    if hashlib.sha256(data).hexdigest() != v.sha256:
+        raise BlobMismatch(f"{v.function} v{v.number}: sha256 differs from the signed version")
+
+
+def _decode(data: bytes, what: str) -> dict[Any, Any]:
+    if not isinstance(data, bytes):
+        raise SnapshotRejected(f"{what} must be bytes")
+    stream = io.BytesIO(data)
+    try:
+        value = cbor2.CBORDecoder(stream).decode()
+    except Exception:  # cbor2 raises many types on garbage
+        raise SnapshotRejected(f"{what} is not valid CBOR") from None
+    if stream.tell() != len(data):  # cbor2.loads would ignore trailing bytes; we do not
+        raise SnapshotRejected(f"{what} has trailing bytes")
+    return _as(value, dict, what)
+
+
+def _as(value: Any, kind: type[T], where: str) -> T:
+    # bool is an int in Python but never a valid number here.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise SnapshotRejected(f"{where}: expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _get(d: dict[Any, Any], key: str, kind: type[T], where: str) -> T:
+    if key not in d:
+        raise SnapshotRejected(f"{where}: missing {key!r}")
+    return _as(d[key], kind, f"{where}.{key}")

@@ -1,0 +1,533 @@
+"""The control plane's state: SQLite (WAL, foreign keys) in one data directory.
+
+Every change is one `BEGIN IMMEDIATE` transaction that also writes exactly one `revisions` row,
+so the revision counter is contiguous and a crash either keeps a whole change or none of it.
+Component bytes live in `BlobStore` and are made durable before the version row that names them.
+Time comes from the injected `now`, so tests can freeze it.
+
+One Store is shared by the server's worker threads; a lock serialises use of the connection
+(SQLite would serialise the writes anyway, and reads here are a few milliseconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from edge.control import history
+from edge.control.blobs import BlobStore
+from edge.control.errors import Conflict, NotFound
+from edge.control.migrations import MIGRATIONS
+from edge.control.records import (
+    SCOPES,
+    Change,
+    ConfigAt,
+    FunctionState,
+    Node,
+    Principal,
+    Resolved,
+    RevisionRow,
+    Version,
+)
+from edge.errors import BadRequest
+
+DB_NAME = "control.db"
+TOKEN_PREFIX = "edge_"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class Store:
+    def __init__(self, data_dir: Path, now: Callable[[], float] = time.time) -> None:
+        self.data_dir = data_dir
+        self.now = now
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(data_dir / "blobs")
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            data_dir / DB_NAME, isolation_level=None, check_same_thread=False, timeout=10
+        )
+        self._db.row_factory = sqlite3.Row
+        self._closed = False
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed deploy survives power loss too, not only a killed process.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self.migrate()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("store is closed")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def migrate(self) -> list[int]:
+        """Applies the migrations not applied yet; returns their numbers."""
+        applied: list[int] = []
+        with self._tx() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_unix REAL NOT NULL)"
+            )
+        for number in sorted(MIGRATIONS):
+            with self._tx() as db:
+                done = db.execute(
+                    "SELECT 1 FROM schema_migrations WHERE version = ?", (number,)
+                ).fetchone()
+                if done:
+                    continue
+                for statement in MIGRATIONS[number]:
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_migrations (version, applied_unix) VALUES (?, ?)",
+                    (number, self.now()),
+                )
+                applied.append(number)
+        return applied
+
+    def schema_versions(self) -> list[int]:
+        with self._tx() as db:
+            rows = db.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+        return [int(r[0]) for r in rows]
+
+    # --- tenants and tokens ---------------------------------------------------------------------
+
+    def create_tenant(self, name: str) -> int:
+        with self._tx() as db:
+            try:
+                cur = db.execute(
+                    "INSERT INTO tenants (name, created_unix) VALUES (?, ?)", (name, self.now())
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"tenant {name!r} already exists") from None
+            return int(cur.lastrowid or 0)
+
+    def tenant_names(self) -> list[str]:
+        with self._tx() as db:
+            return [r[0] for r in db.execute("SELECT name FROM tenants ORDER BY name")]
+
+    def create_token(
+        self, *, tenant: str | None, kind: str, scopes: Sequence[str] = (), label: str
+    ) -> str:
+        """Makes a token and returns it; only its sha256 is stored, so this is the one chance to
+        see it. `tenant` is None for node tokens."""
+        unknown = set(scopes) - set(SCOPES)
+        if unknown:
+            raise BadRequest(f"unknown scope {sorted(unknown)[0]!r}; scopes: {', '.join(SCOPES)}")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self._tx() as db:
+            tenant_id = None
+            if tenant is not None:
+                tenant_id = self._tenant_id(db, tenant)
+            db.execute(
+                "INSERT INTO tokens (token_sha256, kind, tenant_id, scopes, label, created_unix) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (hash_token(token), kind, tenant_id, ",".join(sorted(scopes)), label, self.now()),
+            )
+        return token
+
+    def authenticate(self, token: str) -> Principal | None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT t.kind, t.tenant_id, n.name, t.scopes, t.label FROM tokens t "
+                "LEFT JOIN tenants n ON n.id = t.tenant_id WHERE t.token_sha256 = ?",
+                (hash_token(token),),
+            ).fetchone()
+        if row is None:
+            return None
+        scopes = frozenset(s for s in row["scopes"].split(",") if s)
+        return Principal(row["kind"], row["tenant_id"], row["name"], scopes, row["label"])
+
+    @staticmethod
+    def _tenant_id(db: sqlite3.Connection, name: str) -> int:
+        row = db.execute("SELECT id FROM tenants WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"no tenant {name!r}")
+        return int(row[0])
+
+    # --- functions and versions -----------------------------------------------------------------
+
+    def create_version(
+        self,
+        tenant_id: int,
+        name: str,
+        *,
+        sha256: str,
+        size_bytes: int,
+        manifest: dict[str, Any],
+        message: str,
+        author: str,
+    ) -> Version:
+        """Records a new version of `name` (creating the function on its first version). The
+        blob must already be durable in `self.blobs`."""
+        if not self.blobs.exists(sha256):
+            raise Conflict(f"blob {sha256} is not stored; upload the component first")
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT id FROM functions WHERE tenant_id = ? AND name = ?", (tenant_id, name)
+            ).fetchone()
+            if row is None:
+                cur = db.execute(
+                    "INSERT INTO functions (tenant_id, name, created_unix) VALUES (?, ?, ?)",
+                    (tenant_id, name, self.now()),
+                )
+                function_id = int(cur.lastrowid or 0)
+            else:
+                function_id = int(row[0])
+            number = int(
+                db.execute(
+                    "SELECT COALESCE(MAX(number), 0) + 1 FROM versions WHERE function_id = ?",
+                    (function_id,),
+                ).fetchone()[0]
+            )
+            created = self.now()
+            db.execute(
+                "INSERT INTO versions (function_id, number, sha256, size_bytes, manifest, "
+                "message, author, created_unix) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (function_id, number, sha256, size_bytes, _dumps(manifest), message, author,
+                 created),
+            )
+            key = self._function_key(db, function_id)
+        return Version(key, number, sha256, size_bytes, manifest, message, author, created)
+
+    def versions(self, tenant_id: int, name: str) -> list[Version]:
+        with self._tx() as db:
+            function_id = self._function_id(db, tenant_id, name)
+            rows = db.execute(
+                "SELECT * FROM versions WHERE function_id = ? ORDER BY number", (function_id,)
+            ).fetchall()
+            key = self._function_key(db, function_id)
+        return [self._version(key, r) for r in rows]
+
+    def function_names(self, tenant_id: int) -> list[str]:
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT name FROM functions WHERE tenant_id = ? ORDER BY name", (tenant_id,)
+            )
+            return [r[0] for r in rows]
+
+    @staticmethod
+    def _version(key: str, r: sqlite3.Row) -> Version:
+        return Version(
+            key, r["number"], r["sha256"], r["size_bytes"], json.loads(r["manifest"]),
+            r["message"], r["author"], r["created_unix"],
+        )
+
+    @staticmethod
+    def _function_id(db: sqlite3.Connection, tenant_id: int, name: str) -> int:
+        # Another tenant's function is "not found", exactly like one that does not exist.
+        row = db.execute(
+            "SELECT id FROM functions WHERE tenant_id = ? AND name = ?", (tenant_id, name)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no function {name!r}")
+        return int(row[0])
+
+    @staticmethod
+    def _function_key(db: sqlite3.Connection, function_id: int) -> str:
+        row = db.execute(
+            "SELECT t.name, f.name FROM functions f JOIN tenants t ON t.id = f.tenant_id "
+            "WHERE f.id = ?",
+            (function_id,),
+        ).fetchone()
+        return f"{row[0]}/{row[1]}"
+
+    @staticmethod
+    def _require_version(db: sqlite3.Connection, function_id: int, number: int) -> None:
+        row = db.execute(
+            "SELECT 1 FROM versions WHERE function_id = ? AND number = ?", (function_id, number)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no version {number}")
+
+    # --- deployments: every change here writes exactly one revision -----------------------------
+
+    def deployment(self, tenant_id: int, name: str) -> FunctionState | None:
+        with self._tx() as db:
+            return self._state(db, self._function_id(db, tenant_id, name))
+
+    def deploy(
+        self,
+        tenant_id: int,
+        name: str,
+        version: int,
+        routes: Sequence[tuple[str, str]] | None,
+        author: str,
+    ) -> Change:
+        """Makes `version` stable (clearing any canary) and, if given, sets the routes."""
+        with self._tx() as db:
+            fid = self._function_id(db, tenant_id, name)
+            self._require_version(db, fid, version)
+            old = self._state(db, fid)
+            new_routes = old.routes if old and routes is None else tuple(sorted(set(routes or ())))
+            if routes is not None:
+                self._claim_routes(db, tenant_id, fid, new_routes)
+            if old is not None and old.stable == version:
+                new = FunctionState(old.function, version, old.canary, old.canary_percent,
+                                    old.sticky, new_routes)
+                kind = "routes"
+            else:
+                new = FunctionState(self._function_key(db, fid), version, routes=new_routes,
+                                    sticky=old.sticky if old else "ip")
+                kind = "deploy"
+            return self._write(db, fid, kind, old, new, author)
+
+    def set_canary(
+        self,
+        tenant_id: int,
+        name: str,
+        version: int | None,
+        percent: int,
+        sticky: str | None,
+        author: str,
+    ) -> Change:
+        """Sends `percent` of clients to `version`; `version=None` removes the canary."""
+        if not 0 <= percent <= 100:
+            raise BadRequest(f"percent must be between 0 and 100, got {percent}")
+        with self._tx() as db:
+            fid = self._function_id(db, tenant_id, name)
+            old = self._deployed(db, fid, name)
+            if version is not None:
+                self._require_version(db, fid, version)
+                if version == old.stable:
+                    raise Conflict(f"version {version} is already stable")
+            new = FunctionState(
+                old.function, old.stable, version, percent if version is not None else 0,
+                sticky or old.sticky, old.routes,
+            )
+            return self._write(db, fid, "canary", old, new, author)
+
+    def promote(self, tenant_id: int, name: str, author: str) -> Change:
+        """The canary becomes stable for everyone."""
+        with self._tx() as db:
+            fid = self._function_id(db, tenant_id, name)
+            old = self._deployed(db, fid, name)
+            if old.canary is None:
+                raise Conflict(f"function {name!r} has no canary to promote")
+            new = FunctionState(old.function, old.canary, None, 0, old.sticky, old.routes)
+            return self._write(db, fid, "promote", old, new, author)
+
+    def rollback(self, tenant_id: int, name: str, to: int | None, author: str) -> Change:
+        """Back to version `to`, or to the stable version before the current one (see
+        `edge.control.history`). Any canary is dropped: a rollback is a retreat."""
+        with self._tx() as db:
+            fid = self._function_id(db, tenant_id, name)
+            old = self._deployed(db, fid, name)
+            if to is None:
+                events = [
+                    (r["kind"], json.loads(r["state"])["stable"])
+                    for r in db.execute(
+                        "SELECT kind, state FROM revisions WHERE function_id = ? ORDER BY number",
+                        (fid,),
+                    )
+                ]
+                to = history.previous_stable(events)
+                if to is None:
+                    raise Conflict(f"function {name!r} has no earlier stable version")
+            self._require_version(db, fid, to)
+            if to == old.stable and old.canary is None:
+                raise Conflict(f"version {to} is already stable")
+            new = FunctionState(old.function, to, None, 0, old.sticky, old.routes)
+            return self._write(db, fid, "rollback", old, new, author)
+
+    def _deployed(self, db: sqlite3.Connection, fid: int, name: str) -> FunctionState:
+        state = self._state(db, fid)
+        if state is None:
+            raise Conflict(f"function {name!r} is not deployed yet")
+        return state
+
+    def _state(self, db: sqlite3.Connection, fid: int) -> FunctionState | None:
+        row = db.execute("SELECT * FROM deployments WHERE function_id = ?", (fid,)).fetchone()
+        if row is None:
+            return None
+        routes = db.execute(
+            "SELECT host, path FROM routes WHERE function_id = ? ORDER BY host, path", (fid,)
+        ).fetchall()
+        return FunctionState(
+            self._function_key(db, fid), row["stable_version"], row["canary_version"],
+            row["canary_percent"], row["sticky"], tuple((r[0], r[1]) for r in routes),
+        )
+
+    @staticmethod
+    def _claim_routes(
+        db: sqlite3.Connection, tenant_id: int, fid: int, routes: Sequence[tuple[str, str]]
+    ) -> None:
+        for host, path in routes:
+            other = db.execute(
+                "SELECT 1 FROM routes WHERE host = ? AND tenant_id != ?", (host, tenant_id)
+            ).fetchone()
+            if other is not None:
+                raise Conflict(f"host {host!r} belongs to another tenant")
+            row = db.execute(
+                "SELECT f.name FROM routes r JOIN functions f ON f.id = r.function_id "
+                "WHERE r.host = ? AND r.path = ? AND r.function_id != ?",
+                (host, path, fid),
+            ).fetchone()
+            if row is not None:
+                raise Conflict(f"route {host}{path} is already routed to function {row[0]!r}")
+        db.execute("DELETE FROM routes WHERE function_id = ?", (fid,))
+        db.executemany(
+            "INSERT INTO routes (host, path, tenant_id, function_id) VALUES (?, ?, ?, ?)",
+            [(h, p, tenant_id, fid) for h, p in routes],
+        )
+
+    def _write(
+        self,
+        db: sqlite3.Connection,
+        fid: int,
+        kind: str,
+        old: FunctionState | None,
+        new: FunctionState,
+        author: str,
+    ) -> Change:
+        if old == new:
+            return Change(self._revision(db), False, new)
+        db.execute(
+            "INSERT INTO deployments (function_id, stable_version, canary_version, "
+            "canary_percent, sticky) VALUES (?, ?, ?, ?, ?) ON CONFLICT (function_id) DO UPDATE "
+            "SET stable_version = excluded.stable_version, canary_version = "
+            "excluded.canary_version, canary_percent = excluded.canary_percent, "
+            "sticky = excluded.sticky",
+            (fid, new.stable, new.canary, new.canary_percent, new.sticky),
+        )
+        before = old.to_json() if old else {}
+        after = new.to_json()
+        change = {k: [before.get(k), v] for k, v in after.items() if before.get(k) != v}
+        number = self._revision(db) + 1
+        db.execute(
+            "INSERT INTO revisions (number, created_unix, function_id, kind, author, state, "
+            "change) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (number, self.now(), fid, kind, author, _dumps(after), _dumps(change)),
+        )
+        return Change(number, True, new)
+
+    # --- revisions and snapshots ----------------------------------------------------------------
+
+    @staticmethod
+    def _revision(db: sqlite3.Connection) -> int:
+        return int(db.execute("SELECT COALESCE(MAX(number), 0) FROM revisions").fetchone()[0])
+
+    def revision(self) -> int:
+        with self._tx() as db:
+            return self._revision(db)
+
+    def revisions(self) -> list[RevisionRow]:
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM revisions ORDER BY number").fetchall()
+            keys = {
+                r["function_id"]: self._function_key(db, r["function_id"])
+                for r in rows if r["function_id"] is not None
+            }
+        return [
+            RevisionRow(r["number"], r["created_unix"], keys.get(r["function_id"]), r["kind"],
+                        r["author"], json.loads(r["change"]))
+            for r in rows
+        ]
+
+    def config_at(self, revision: int) -> ConfigAt:
+        """The whole configuration as it was right after `revision`, rebuilt from the revision
+        log (each row holds its function's full state), so it is exact for any past revision."""
+        with self._tx() as db:
+            current = self._revision(db)
+            if not 0 <= revision <= current:
+                raise NotFound(f"no revision {revision} (current is {current})")
+            created = db.execute(
+                "SELECT created_unix FROM revisions WHERE number = ?", (revision,)
+            ).fetchone()
+            rows = db.execute(
+                "SELECT r.function_id, r.state FROM revisions r JOIN (SELECT function_id, "
+                "MAX(number) AS n FROM revisions WHERE number <= ? GROUP BY function_id) m "
+                "ON r.number = m.n ORDER BY r.function_id",
+                (revision,),
+            ).fetchall()
+            resolved = []
+            for row in rows:
+                s = json.loads(row["state"])
+                state = FunctionState(
+                    s["function"], s["stable"], s["canary"], s["canary_percent"], s["sticky"],
+                    tuple(_split_route(r) for r in s["routes"]),
+                )
+                resolved.append(
+                    Resolved(
+                        state,
+                        self._version_row(db, row["function_id"], state.function, state.stable),
+                        None if state.canary is None
+                        else self._version_row(db, row["function_id"], state.function,
+                                               state.canary),
+                    )
+                )
+        return ConfigAt(revision, created[0] if created else 0.0, tuple(resolved))
+
+    def _version_row(self, db: sqlite3.Connection, fid: int, key: str, number: int) -> Version:
+        row = db.execute(
+            "SELECT * FROM versions WHERE function_id = ? AND number = ?", (fid, number)
+        ).fetchone()
+        return self._version(key, row)
+
+    # --- nodes ----------------------------------------------------------------------------------
+
+    def report_node(
+        self, node_id: str, region: str, revision: int, healthy: bool,
+        convergence_ms: float | None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO nodes (id, region, applied_revision, last_report_unix, healthy, "
+                "convergence_ms) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "region = excluded.region, applied_revision = excluded.applied_revision, "
+                "last_report_unix = excluded.last_report_unix, healthy = excluded.healthy, "
+                "convergence_ms = COALESCE(excluded.convergence_ms, nodes.convergence_ms)",
+                (node_id, region, revision, self.now(), int(healthy), convergence_ms),
+            )
+
+    def nodes(self) -> list[Node]:
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM nodes ORDER BY region, id").fetchall()
+        return [
+            Node(r["id"], r["region"], r["applied_revision"], r["last_report_unix"],
+                 bool(r["healthy"]), r["convergence_ms"])
+            for r in rows
+        ]
+
+
+def _split_route(spec: str) -> tuple[str, str]:
+    host, slash, path = spec.partition("/")
+    return host, slash + path

@@ -1,0 +1,249 @@
+"""Which region answers a client: pure functions of the address, the geo DB, health and drains.
+
+Order (best first) for a client address:
+  CIDR override (longest prefix) > country override > continent override > nearest region by
+  great-circle distance from the geo DB location. Special-use addresses (private, loopback,
+  documentation...) and addresses the DB does not locate get `steering.default`. Regions an
+  override does not list follow it, nearest first when the location is known.
+
+`choose` walks that order and takes the first usable region. A region keeps the fraction
+`drain share * weight / 100` of the clients steered to it; which clients is decided by a hash
+of (client subnet, region), so one resolver always gets the same answer for the same state and
+tests can predict it. Weight 0 is a standby used only as a last resort, and when every region
+is down we answer anyway (fail open): a possibly dead region beats no answer.
+
+ECS scope (RFC 7871): the answer for a client is valid for the widest prefix around it over
+which the answer is the same. `Steerer.order` returns, with the order, the network over which
+its inputs cannot change: the geo DB network of the address (the mmdb tree leaf, from
+`get_with_prefix_len`), narrowed so it does not straddle a CIDR override or a special-use
+range. `Steerer.answer` then widens that network one bit at a time while the sibling half
+gives the same answer, checking a sibling by looking up its first address and, when the DB
+network found there is narrower than the sibling, the rest of the sibling piece by piece.
+Every lookup spends from a fixed budget (`SCOPE_LOOKUP_BUDGET`); when it runs out we stop
+widening, which only makes the scope narrower (safe, costs resolver cache hits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from edge.traffic.regions import IPAddress, IPNetwork, Region, Steering
+
+EARTH_RADIUS_KM = 6371.0088
+SCOPE_LOOKUP_BUDGET = 64
+
+# Addresses with no meaningful location (RFC 6890 special-use and friends).
+SPECIAL_NETWORKS: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+        "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15",
+        "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/3",
+        "::/127", "::ffff:0:0/96", "64:ff9b:1::/48", "100::/64", "2001:db8::/32",
+        "fc00::/7", "fe80::/10", "ff00::/8",
+    )
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Location:
+    country: str | None = None
+    continent: str | None = None
+    latitude_deg: float | None = None
+    longitude_deg: float | None = None
+
+
+@dataclass(frozen=True)
+class GeoHit:
+    """A DB record and the DB network it holds for (the whole network, not just the address)."""
+
+    location: Location | None
+    network: IPNetwork
+
+
+class GeoSource(Protocol):
+    def locate(self, addr: IPAddress) -> GeoHit: ...
+
+
+@dataclass(frozen=True)
+class RegionStatus:
+    healthy: bool
+    share: float = 1.0  # drain share: 1 = not draining, 0 = drained
+    weight: int = 100
+
+
+@dataclass(frozen=True)
+class Choice:
+    region: str
+    hashed: bool  # the client-subnet hash took part, so the answer is specific to the subnet
+
+
+@dataclass(frozen=True)
+class Answer:
+    region: str
+    scope_prefix: int
+
+
+def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Haversine distance; accurate to ~0.5% on the Earth, plenty to rank regions."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def bucket(subnet: IPNetwork, region: str) -> float:
+    """A stable number in [0, 1) per (subnet, region). Per region, so two draining regions in a
+    row make independent decisions instead of the second one seeing only the first's leftovers."""
+    digest = hashlib.blake2b(f"{region}|{subnet}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _keep(s: RegionStatus) -> float:
+    return s.share * s.weight / 100
+
+
+def choose(
+    order: Iterable[str], status: Mapping[str, RegionStatus], subnet: IPNetwork
+) -> Choice | None:
+    """First usable region of `order` among those in `status`; None if `status` is empty."""
+    candidates = [r for r in order if r in status]
+    hashed = False
+    for name in candidates:
+        s = status[name]
+        keep = _keep(s)
+        if not s.healthy or keep <= 0:
+            continue
+        if keep >= 1:
+            return Choice(name, hashed)
+        hashed = True
+        if bucket(subnet, name) < keep:
+            return Choice(name, True)
+    last_resorts = (
+        lambda s: s.healthy and s.weight == 0 and s.share > 0,  # standby
+        lambda s: s.healthy,  # drained but alive beats dead
+        lambda s: True,  # fail open: the nearest, even if down
+    )
+    for usable in last_resorts:
+        for name in candidates:
+            if usable(status[name]):
+                return Choice(name, hashed)
+    return None
+
+
+def single_answer(status: Mapping[str, RegionStatus]) -> str | None:
+    """The region every client gets, if the answer does not depend on the client at all.
+
+    Holds because every order lists every region: with exactly one candidate in the first
+    non-empty tier of `choose`, every walk ends there."""
+    if any(s.healthy and 0 < _keep(s) < 1 for s in status.values()):
+        return None
+    tiers = (
+        [n for n, s in status.items() if s.healthy and _keep(s) >= 1],
+        [n for n, s in status.items() if s.healthy and s.weight == 0 and s.share > 0],
+        [n for n, s in status.items() if s.healthy],
+        list(status),
+    )
+    for tier in tiers:
+        if tier:
+            return tier[0] if len(tier) == 1 else None
+    return None
+
+
+def _narrow(addr: IPAddress, net: IPNetwork, boundaries: Iterable[IPNetwork]) -> IPNetwork:
+    """Shrink `net` (around `addr`) until no boundary network lies strictly inside it, so every
+    address in the result has the same longest-match among the boundaries."""
+    inner = [b for b in boundaries if b.version == net.version]
+    while net.prefixlen < net.max_prefixlen:
+        if not any(b.prefixlen > net.prefixlen and b.subnet_of(net) for b in inner):  # type: ignore[arg-type]
+            break
+        net = ipaddress.ip_network((addr, net.prefixlen + 1), strict=False)
+    return net
+
+
+class Steerer:
+    def __init__(self, regions: tuple[Region, ...], steering: Steering, geo: GeoSource) -> None:
+        self._regions = regions
+        self._steering = steering
+        self._geo = geo
+        self._countries = dict(steering.by_country)
+        self._continents = dict(steering.by_continent)
+        self._boundaries = (*(n for n, _ in steering.by_cidr), *SPECIAL_NETWORKS)
+
+    def _override(self, addr: IPAddress, loc: Location | None) -> tuple[str, ...] | None:
+        for net, order in self._steering.by_cidr:
+            if addr in net:
+                return order
+        if loc is not None and loc.country in self._countries:
+            return self._countries[loc.country]
+        if loc is not None and loc.continent in self._continents:
+            return self._continents[loc.continent]
+        return None
+
+    def _tail(self, loc: Location | None) -> list[str]:
+        """All regions, nearest first when the location is known, else in default order."""
+        if loc is not None and loc.latitude_deg is not None and loc.longitude_deg is not None:
+            lat, lon = loc.latitude_deg, loc.longitude_deg
+            return [
+                r.name
+                for r in sorted(
+                    self._regions,
+                    key=lambda r: great_circle_km(lat, lon, r.latitude_deg, r.longitude_deg),
+                )
+            ]
+        default = list(self._steering.default)
+        return default + [r.name for r in self._regions if r.name not in default]
+
+    def order(self, addr: IPAddress) -> tuple[tuple[str, ...], IPNetwork]:
+        """Regions best first for `addr`, and the network around it with the same order."""
+        special = [n for n in SPECIAL_NETWORKS if n.version == addr.version and addr in n]
+        if special:
+            loc, net = None, min(special, key=lambda n: n.prefixlen)
+        else:
+            hit = self._geo.locate(addr)
+            loc, net = hit.location, hit.network
+        net = _narrow(addr, net, self._boundaries)
+        head = list(self._override(addr, loc) or ())
+        order = head + [r for r in self._tail(loc) if r not in head]
+        return tuple(order), net
+
+    def answer(self, subnet: IPNetwork, status: Mapping[str, RegionStatus]) -> Answer | None:
+        """The region for a client subnet and the ECS scope prefix it is valid for."""
+        addr = subnet.network_address
+        order, net = self.order(addr)
+        choice = choose(order, status, subnet)
+        if choice is None:
+            return None
+        if single_answer(status) is not None:
+            return Answer(choice.region, 0)
+        if choice.hashed:
+            return Answer(choice.region, max(subnet.prefixlen, net.prefixlen))
+        budget = [SCOPE_LOOKUP_BUDGET]
+        while net.prefixlen > 0:
+            parent = net.supernet()
+            sibling = next(s for s in parent.subnets() if s != net)
+            if not self._uniform(sibling, choice.region, status, budget):
+                break
+            net = parent
+        return Answer(choice.region, net.prefixlen)
+
+    def _uniform(
+        self, net: IPNetwork, region: str, status: Mapping[str, RegionStatus], budget: list[int]
+    ) -> bool:
+        """True if every address in `net` gets `region` without the hash deciding."""
+        if budget[0] <= 0:
+            return False
+        budget[0] -= 1
+        order, valid = self.order(net.network_address)
+        choice = choose(order, status, net)
+        if choice is None or choice.hashed or choice.region != region:
+            return False
+        if valid.prefixlen <= net.prefixlen:
+            return True
+        rest = net.address_exclude(valid)  # type: ignore[arg-type]
+        return all(self._uniform(part, region, status, budget) for part in rest)

@@ -1,0 +1,233 @@
+"""The HTTP API over real sockets (Hypercorn on 127.0.0.1): auth matrix, the deploy flow,
+node endpoints and the long poll."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from edge.control.api import ControlSettings
+from edge.control.snapshot import open_snapshot, verify_blob
+from edge.control.wire import encode_metadata
+from tests.control.conftest import ControlServer, component, manifest
+
+Start = Callable[..., ControlServer]
+
+
+def upload(c: httpx.Client, name: str = "hello", tag: str = "a") -> httpx.Response:
+    return c.post(
+        f"/v1/functions/{name}/versions",
+        content=component(tag),
+        headers={"edge-metadata": encode_metadata(manifest(name), f"msg {tag}")},
+    )
+
+
+def deployed(server: ControlServer, routes: list[str] | None = None) -> httpx.Client:
+    c = server.client(server.admin)
+    assert upload(c).status_code == 201
+    r = c.post("/v1/functions/hello/deploy",
+               json={"version": 1, "routes": routes or ["example.com/"]})
+    assert r.status_code == 200, r.text
+    return c
+
+
+ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("GET", "/v1/functions/hello/versions", {}),
+    ("POST", "/v1/functions/hello/deploy", {"json": {"version": 1}}),
+    ("POST", "/v1/functions/hello/canary", {"json": {"version": 1, "percent": 5}}),
+    ("POST", "/v1/functions/hello/promote", {"json": {}}),
+    ("POST", "/v1/functions/hello/rollback", {"json": {}}),
+    ("GET", "/v1/status", {}),
+    ("GET", "/v1/node/snapshot?wait_s=0", {}),
+    ("POST", "/v1/node/report", {"json": {}}),
+    ("GET", "/v1/blobs/" + "0" * 64, {}),
+    ("GET", "/v1/public-key", {}),
+    ("GET", "/openapi.json", {}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "kw"), ENDPOINTS)
+def test_missing_or_wrong_token_is_401(
+    start_control: Start, method: str, path: str, kw: dict[str, Any]
+) -> None:
+    server = start_control()
+    for headers in ({}, {"authorization": "Bearer nope"}, {"authorization": "Basic abc"},
+                    {"authorization": "Bearer"}):
+        r = httpx.request(method, server.url + path, headers=headers, **kw)
+        assert r.status_code == 401, (headers, r.text)
+        assert r.json()["error"] == "unauthorized"
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_other_tenants_function_is_404_like_a_missing_one(start_control: Start) -> None:
+    server = start_control()
+    deployed(server)
+    other = server.client(server.token("other"))
+    for method, path, kw in ENDPOINTS[:5]:
+        r = other.request(method, path, **kw)
+        assert r.status_code == 404, (path, r.text)
+        missing = other.request(method, path.replace("hello", "nothere"), **kw)
+        assert missing.status_code == 404
+        assert r.json()["message"] == missing.json()["message"].replace("nothere", "hello")
+    # Its own function of the same name is its own business.
+    assert upload(other).status_code == 201
+    assert other.get("/v1/functions/hello/versions").json()["versions"][0]["function"] == (
+        "other/hello")
+
+
+def test_scopes_are_enforced_with_403(start_control: Start) -> None:
+    server = start_control()
+    deployed(server)
+    read = server.client(server.token("default", ("read",)))
+    operate = server.client(server.token("default", ("operate",)))
+    deploy = server.client(server.token("default", ("deploy",)))
+    node = server.client(server.node)
+    assert read.get("/v1/functions/hello/versions").status_code == 200
+    assert read.get("/v1/status").status_code == 200
+    assert upload(read).status_code == 403
+    assert read.post("/v1/functions/hello/deploy", json={"version": 1}).status_code == 403
+    assert read.post("/v1/functions/hello/promote").status_code == 403
+    assert operate.post("/v1/functions/hello/deploy", json={"version": 1}).status_code == 403
+    assert operate.get("/v1/status").status_code == 403
+    assert upload(deploy).status_code == 201
+    assert deploy.post("/v1/functions/hello/canary",
+                       json={"version": 2, "percent": 5}).status_code == 403
+    assert operate.post("/v1/functions/hello/canary",
+                        json={"version": 2, "percent": 5}).status_code == 200
+    # Node tokens reach only node endpoints, and tenant tokens never reach them.
+    assert node.get("/v1/status").status_code == 403
+    assert node.get("/v1/functions/hello/versions").status_code == 403
+    admin = server.client(server.admin)
+    assert admin.get("/v1/node/snapshot?wait_s=0").status_code == 403
+    assert admin.post("/v1/node/report", json={}).status_code == 403
+    r = read.post("/v1/functions/hello/promote")
+    assert r.json() == {"error": "forbidden", "message": "this token lacks the 'operate' scope"}
+
+
+def test_deploy_flow_and_snapshot_for_nodes(start_control: Start) -> None:
+    server = start_control()
+    admin = deployed(server, ["Example.com:443/app/", "*/"])
+    assert upload(admin, tag="b").json()["number"] == 2
+    r = admin.post("/v1/functions/hello/canary",
+                   json={"version": 2, "percent": 10, "sticky": "cookie:sid"})
+    assert r.json()["revision"] == 2
+    versions = admin.get("/v1/functions/hello/versions").json()
+    assert [v["number"] for v in versions["versions"]] == [1, 2]
+    assert versions["deployment"] == {
+        "function": "default/hello", "stable": 1, "canary": 2, "canary_percent": 10,
+        "sticky": "cookie:sid", "routes": ["*/", "example.com/app"]}
+    assert admin.post("/v1/functions/hello/promote").json()["deployment"]["stable"] == 2
+    assert admin.post("/v1/functions/hello/rollback", json={}).json()["deployment"][
+        "stable"] == 1
+    assert admin.post("/v1/functions/hello/rollback", json={"to": 2}).json()["revision"] == 5
+
+    node = server.client(server.node)
+    key = bytes.fromhex(node.get("/v1/public-key").json()["public_key"])
+    r = node.get("/v1/node/snapshot", params={"after": 0})
+    assert r.headers["content-type"] == "application/cbor" and r.headers["edge-revision"] == "5"
+    snap = open_snapshot(r.content, key)
+    stable = snap.functions["default/hello"].stable
+    assert stable.number == 2
+    blob = node.get(f"/v1/blobs/{stable.sha256}")
+    verify_blob(stable, blob.content)
+    assert hashlib.sha256(blob.content).hexdigest() == stable.sha256
+    assert node.get("/v1/blobs/" + "f" * 64).status_code == 404
+    assert node.get("/v1/blobs/../../etc").status_code == 404
+
+    assert node.post("/v1/node/report", json={"node_id": "n1", "region": "eu",
+                                               "revision": 5, "healthy": True,
+                                               "convergence_ms": 42}).status_code == 200
+    status = admin.get("/v1/status").json()
+    assert status["revision"] == 5
+    (n,) = status["nodes"]
+    assert (n["id"], n["applied_revision"], n["current"], n["convergence_ms"]) == (
+        "n1", 5, True, 42.0)
+    assert status["regions"]["eu"]["current"] == 1
+    assert status["functions"][0]["stable"] == 2
+
+
+def test_bad_requests_are_400_or_409(start_control: Start) -> None:
+    server = start_control()
+    admin = deployed(server)
+    bad_meta = admin.post("/v1/functions/hello/versions", content=b"x",
+                          headers={"edge-metadata": "!!!"})
+    assert bad_meta.status_code == 400
+    wrong_name = admin.post("/v1/functions/other/versions", content=b"x",
+                            headers={"edge-metadata": encode_metadata(manifest(), "")})
+    assert wrong_name.status_code == 400 and "names function" in wrong_name.json()["message"]
+    assert admin.post("/v1/functions/hello/deploy", content=b"{").status_code == 400
+    assert admin.post("/v1/functions/hello/deploy", json={"version": "1"}).status_code == 400
+    assert admin.post("/v1/functions/hello/deploy", json={"version": 9}).status_code == 404
+    assert admin.post("/v1/functions/hello/deploy",
+                      json={"version": 1, "routes": ["no host"]}).status_code == 400
+    assert admin.post("/v1/functions/hello/promote").status_code == 409
+    assert admin.post("/v1/functions/Bad_Name/promote").status_code == 400
+    other = server.client(server.token("other"))
+    upload(other)
+    taken = other.post("/v1/functions/hello/deploy",
+                       json={"version": 1, "routes": ["example.com/x"]})
+    assert taken.status_code == 409
+    assert admin.get("/v1/nowhere").json()["error"] == "not_found"
+
+
+def test_component_size_limit(start_control: Start) -> None:
+    server = start_control(ControlSettings(max_component_bytes=100))
+    admin = server.client(server.admin)
+    r = admin.post("/v1/functions/hello/versions", content=b"x" * 101,
+                   headers={"edge-metadata": encode_metadata(manifest(), "")})
+    assert r.status_code == 413
+
+
+def test_long_poll_wakes_within_half_a_second_of_a_deploy(start_control: Start) -> None:
+    server = start_control()
+    admin = deployed(server)
+    upload(admin, tag="b")
+    node = server.client(server.node)
+    got: dict[str, Any] = {}
+
+    def poll() -> None:
+        r = node.get("/v1/node/snapshot", params={"after": 1, "wait_s": 20})
+        got["at"] = time.monotonic()
+        got["response"] = r
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    time.sleep(0.5)  # the poll is parked on the server
+    assert "response" not in got
+    sent = time.monotonic()
+    assert admin.post("/v1/functions/hello/deploy", json={"version": 2}).status_code == 200
+    thread.join(5)
+    assert got["response"].status_code == 200
+    assert got["response"].headers["edge-revision"] == "2"
+    assert got["at"] - sent < 0.5
+
+
+def test_long_poll_times_out_with_204_and_answers_at_once_when_behind(
+    start_control: Start,
+) -> None:
+    server = start_control()
+    deployed(server)
+    node = server.client(server.node)
+    t0 = time.monotonic()
+    assert node.get("/v1/node/snapshot", params={"after": 1, "wait_s": 0.3}).status_code == 204
+    assert 0.25 < time.monotonic() - t0 < 2
+    assert node.get("/v1/node/snapshot", params={"after": 0, "wait_s": 10}).status_code == 200
+    # A node ahead of this database (restored from backup) hears the truth at once.
+    assert node.get("/v1/node/snapshot", params={"after": 99, "wait_s": 10}).status_code == 200
+    assert node.get("/v1/node/snapshot", params={"after": "x"}).status_code == 400
+
+
+def test_public_key_and_openapi(start_control: Start) -> None:
+    server = start_control()
+    c = server.client(server.admin)
+    key = c.get("/v1/public-key").json()
+    assert key["public_key"] == server.signer.public_key.hex() and key["algorithm"] == "ed25519"
+    spec = c.get("/openapi.json").json()
+    assert "post" in spec["paths"]["/v1/functions/{name}/deploy"]
+    assert spec["paths"]["/v1/node/snapshot"]["get"]["summary"].startswith("Long poll")

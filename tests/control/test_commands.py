@@ -1,0 +1,122 @@
+"""The CLI commands against a real control plane, and the convergence wait on a fake clock."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from typer.testing import CliRunner
+
+from edge.control.client import Convergence, wait_for_nodes
+from edge.control.commands import control_app
+from tests.control.conftest import ControlServer, FakeClock, component
+
+Start = Callable[..., ControlServer]
+
+
+def project(tmp_path: Path) -> tuple[Path, Path]:
+    d = tmp_path / "hello"
+    d.mkdir()
+    (d / "edge.toml").write_text('[function]\nname = "hello"\nlang = "c"\n')
+    wasm = tmp_path / "hello.wasm"
+    wasm.write_bytes(component("cli"))
+    return d, wasm
+
+
+def cli(server: ControlServer, *args: str) -> Any:
+    result = CliRunner().invoke(
+        control_app, list(args),
+        env={"EDGE_CONTROL_URL": server.url, "EDGE_TOKEN": server.admin},
+    )
+    return result
+
+
+def report(server: ControlServer, node_id: str, revision: int) -> None:
+    r = httpx.post(server.url + "/v1/node/report",
+                   headers={"authorization": f"Bearer {server.node}"},
+                   json={"node_id": node_id, "region": "eu", "revision": revision,
+                         "healthy": True, "convergence_ms": 5})
+    assert r.status_code == 200
+
+
+def test_deploy_waits_for_nodes_then_canary_promote_rollback(
+    start_control: Start, tmp_path: Path
+) -> None:
+    server = start_control()
+    proj, wasm = project(tmp_path)
+    report(server, "n1", 0)
+    # A node that applies revision 1 shortly after the deploy.
+    timer = threading.Timer(0.5, report, (server, "n1", 1))
+    timer.start()
+    r = cli(server, "deploy", str(proj), "--component", str(wasm), "--route", "example.com/",
+            "--json", "--timeout-s", "10")
+    timer.join()
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["version"]["number"] == 1 and out["deploy"]["revision"] == 1
+    assert out["convergence"]["converged"] and out["convergence"]["current"] == ["n1"]
+
+    report(server, "n1", 99)  # from here on the node is always ahead
+    r = cli(server, "deploy", str(proj), "--component", str(wasm))
+    assert r.exit_code == 0, r.output
+    assert "deployed v2" in r.stdout
+    r = cli(server, "canary", "hello", "1", "--percent", "20", "--json")
+    assert json.loads(r.stdout)["deployment"]["canary"] == 1
+    r = cli(server, "promote", "hello")
+    assert "promoted: stable v1" in r.stdout
+    r = cli(server, "rollback", "hello")
+    assert "rolled back: stable v2" in r.stdout
+    r = cli(server, "rollback", "hello", "--to", "1", "--json")
+    assert json.loads(r.stdout)["deployment"]["stable"] == 1
+    r = cli(server, "versions", "hello", "--json")
+    assert [v["number"] for v in json.loads(r.stdout)["versions"]] == [1, 2]
+    r = cli(server, "versions", "hello")
+    assert r.exit_code == 0 and "stable" in r.stdout
+    r = cli(server, "status", "--json")
+    assert json.loads(r.stdout)["revision"] == 6
+    r = cli(server, "status")
+    assert r.exit_code == 0 and "n1" in r.stdout and "example.com/" in r.stdout
+
+
+def test_deploy_timeout_names_the_laggards(start_control: Start, tmp_path: Path) -> None:
+    server = start_control()
+    proj, wasm = project(tmp_path)
+    report(server, "slow-node", 0)
+    r = cli(server, "deploy", str(proj), "--component", str(wasm), "--timeout-s", "0.3")
+    assert r.exit_code == 1
+    assert "slow-node" in r.stderr and "revision 1" in r.stderr
+
+
+def test_errors_are_one_line(start_control: Start, tmp_path: Path) -> None:
+    server = start_control()
+    r = cli(server, "promote", "nothere")
+    assert r.exit_code == 1 and r.stderr.strip() == "error: no function 'nothere'"
+    r = CliRunner().invoke(control_app, ["status", "--control", "http://127.0.0.1:1",
+                                         "--token", "x"])
+    assert r.exit_code == 1 and "control plane at http://127.0.0.1:1" in r.stderr
+    r = CliRunner().invoke(control_app, ["status"], env={"EDGE_TOKEN": ""})
+    assert r.exit_code == 1 and "no token" in r.stderr
+
+
+def test_wait_for_nodes_on_a_fake_clock() -> None:
+    clock = FakeClock(0)
+    statuses = iter([
+        {"nodes": [{"id": "a", "applied_revision": 4, "stale": False},
+                   {"id": "b", "applied_revision": 5, "stale": False},
+                   {"id": "gone", "applied_revision": 1, "stale": True}]},
+        {"nodes": [{"id": "a", "applied_revision": 5, "stale": False},
+                   {"id": "b", "applied_revision": 5, "stale": False}]},
+    ])
+    seen: list[Convergence] = []
+    done = wait_for_nodes(lambda: next(statuses), 5, 10, on_progress=seen.append, now=clock,
+                          sleep=clock.advance)
+    assert done.converged and done.elapsed_s == 0.25
+    assert seen[0].laggards == ("a",) and seen[0].stale == ("gone",)
+
+    stuck = {"nodes": [{"id": "a", "applied_revision": 4, "stale": False}]}
+    late = wait_for_nodes(lambda: stuck, 5, 1.0, now=clock, sleep=clock.advance)
+    assert not late.converged and late.laggards == ("a",) and late.elapsed_s >= 1.0
