@@ -91,30 +91,50 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str, proc: Pro
     raise AssertionError(f"{what}: not ready after {timeout_s}s:\n{proc.log()}")
 
 
-@pytest.fixture
-def start_node(tmp_path: Path) -> Iterator[Callable[[str], Proc]]:
-    """start_node(body, node=extra [node] lines) writes a node.toml and runs it."""
-    procs: list[Proc] = []
+# Compiled components are shared by every node a test run starts (keyed by content hash and
+# engine settings, like a node's own cache), so a Python or JS function compiles once per run.
+COMPILED = REPO / ".edge-cache" / "compiled"
 
-    def start(body: str, *, node: str = "", ready: bool = True) -> Proc:
+
+class NodeFactory:
+    """start(body, node=extra [node] lines) writes a node.toml and runs `edge node` on it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[Proc] = []
+
+    def __call__(self, body: str, *, node: str = "", ready: bool = True) -> Proc:
         port = free_port()
-        config = tmp_path / f"node-{port}.toml"
+        config = self.workdir / f"node-{port}.toml"
         if "id =" not in node:
             node += '\nid = "test-node"\nregion = "test-region"\n'
-        header = (
-            f'[node]\nlisten = "127.0.0.1:{port}"\ncache_dir = "{tmp_path / "compiled"}"\n'
-        )
+        header = f'[node]\nlisten = "127.0.0.1:{port}"\ncache_dir = "{COMPILED}"\n'
         config.write_text(header + node + "\n" + body)
-        proc = Proc(_spawn(["node", "--config", str(config)], tmp_path / f"node-{port}.log"),
-                    f"http://127.0.0.1:{port}", tmp_path / f"node-{port}.log")
-        procs.append(proc)
+        log = self.workdir / f"node-{port}.log"
+        proc = Proc(_spawn(["node", "--config", str(config)], log), f"http://127.0.0.1:{port}", log)
+        self.procs.append(proc)
         path = "/readyz" if ready else "/healthz"
-        wait_until(lambda: httpx.get(proc.url + path).status_code == 200, 60, "node", proc)
+        wait_until(lambda: httpx.get(proc.url + path).status_code == 200, 120, "node", proc)
         return proc
 
-    yield start
-    for p in procs:
-        p.stop()
+    def stop_all(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
+    factory = NodeFactory(tmp_path)
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture(scope="module")
+def start_module_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeFactory]:
+    """The same, for one node shared by every test of a module."""
+    factory = NodeFactory(tmp_path_factory.mktemp("nodes"))
+    yield factory
+    factory.stop_all()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import EngineSettings, SandboxEngine
 from edge.sandbox.function import LoadedFunction
 
-from .conftest import EXAMPLES, FIXTURES
+from .conftest import COMPILED, EXAMPLES, FIXTURES
 
 pytestmark = pytest.mark.toolchain
 
@@ -46,7 +46,7 @@ Loader = Callable[..., LoadedFunction]
 def load(
     engine: SandboxEngine, tmp_path: Path, built: Callable[[Path], Path], lines: list[host.LogLine]
 ) -> Loader:
-    cache = CompileCache(engine, tmp_path / "compiled")
+    cache = CompileCache(engine, COMPILED)
 
     def go(project: Path, config: FunctionConfig | None = None) -> LoadedFunction:
         wasm = built(project).read_bytes()

@@ -83,12 +83,13 @@ def create_app(runtime: NodeRuntime) -> Starlette:
             result = await anyio.to_thread.run_sync(
                 function.invoke, guest_request, invocation, limiter=limiter
             )
+            headers = http.response_headers(result.headers, request_id)
         except FunctionError as e:
+            # The function's author needs this line: it is the platform's word on their code.
             runtime.sink(
                 LogLine(function.name, request_id, "error", e.message, "platform", time.time())
             )
             raise
-        headers = http.response_headers(result.headers, request_id)
         body_out = b"" if request.method == "HEAD" else result.body
         return http.RawResponse(result.status, body_out, headers)
 
