@@ -36,8 +36,11 @@ def write_results(name: str, rows: list[dict[str, Any]], extra: dict[str, Any]) 
     doc = {
         "benchmark": name,
         "time_unix": time.time(),
-        "machine": {"python": platform.python_version(), "cpu": platform.processor(),
-                    "system": platform.platform()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpu": platform.processor(),
+            "system": platform.platform(),
+        },
         "rows": rows,
         **extra,
     }

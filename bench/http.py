@@ -58,11 +58,14 @@ def start_edge_node(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     config.write_text(
         f'[node]\nid = "bench"\nregion = "local"\nlisten = "127.0.0.1:{port}"\n'
         f'cache_dir = "{workdir / "compiled"}"\n\n'
-        f'[[function]]\ncomponent = "{component}"\nmanifest = "{component.parent.parent / "edge.toml"}"\n\n'
+        f'[[function]]\nproject = "{component.parent.parent}"\n\n'
         f'[[route]]\nroute = "*/"\nfunction = "{_name(component)}"\n'
     )
-    proc = subprocess.Popen([sys.executable, "-m", "edge", "node", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "node", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
     return proc, f"http://127.0.0.1:{port}/"
 
@@ -75,8 +78,12 @@ def _name(component: Path) -> str:
 
 def start_bare() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.bare_app", f"127.0.0.1:{port}"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_app", f"127.0.0.1:{port}"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_ready(f"http://127.0.0.1:{port}/", proc)
     return proc, f"http://127.0.0.1:{port}/"
 
@@ -93,14 +100,21 @@ def _us(text: str) -> float:
 def run_wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
-        capture_output=True, text=True, check=True, timeout=seconds + 30,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 30,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _us(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _us(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_us": p50, "p99_us": p99,
-            "non_2xx": float(errors.group(1)) if errors else 0.0}
+    return {
+        "rps": rps,
+        "p50_us": p50,
+        "p99_us": p99,
+        "non_2xx": float(errors.group(1)) if errors else 0.0,
+    }
 
 
 def run_asyncio_client(url: str, seconds: int, connections: int) -> dict[str, float]:
@@ -110,6 +124,7 @@ def run_asyncio_client(url: str, seconds: int, connections: int) -> dict[str, fl
         stop = time.monotonic() + seconds
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         async with httpx.AsyncClient(limits=limits) as client:
+
             async def worker() -> None:
                 nonlocal bad
                 while time.monotonic() < stop:
@@ -120,8 +135,12 @@ def run_asyncio_client(url: str, seconds: int, connections: int) -> dict[str, fl
 
             await asyncio.gather(*(worker() for _ in range(connections)))
         ordered = sorted(latencies)
-        return {"rps": len(latencies) / seconds, "p50_us": statistics.median(ordered),
-                "p99_us": ordered[int(0.99 * (len(ordered) - 1))], "non_2xx": float(bad)}
+        return {
+            "rps": len(latencies) / seconds,
+            "p50_us": statistics.median(ordered),
+            "p99_us": ordered[int(0.99 * (len(ordered) - 1))],
+            "non_2xx": float(bad),
+        }
 
     return asyncio.run(go())
 
@@ -138,9 +157,14 @@ def main() -> None:
         edge_proc, edge_url = start_edge_node(Path(tmp))
         bare_proc, bare_url = start_bare()
         try:
-            results: dict[str, list[dict[str, float]]] = {"edge node (C hello)": [], "bare Starlette": []}
+            results: dict[str, list[dict[str, float]]] = {
+                "edge node (C hello)": [],
+                "bare Starlette": [],
+            }
             for _ in range(args.rounds):  # alternate, so drift hits both alike
-                results["edge node (C hello)"].append(load(edge_url, args.seconds, args.connections))
+                results["edge node (C hello)"].append(
+                    load(edge_url, args.seconds, args.connections)
+                )
                 results["bare Starlette"].append(load(bare_url, args.seconds, args.connections))
         finally:
             for p in (edge_proc, bare_proc):
@@ -148,18 +172,28 @@ def main() -> None:
                 p.wait(timeout=10)
     rows = []
     for name, runs in results.items():
-        rows.append({
-            "server": name,
-            "rps_median": round(statistics.median(r["rps"] for r in runs)),
-            "p50_us": round(statistics.median(r["p50_us"] for r in runs)),
-            "p99_us": round(statistics.median(r["p99_us"] for r in runs)),
-            "non_2xx": int(sum(r["non_2xx"] for r in runs)),
-        })
+        rows.append(
+            {
+                "server": name,
+                "rps_median": round(statistics.median(r["rps"] for r in runs)),
+                "p50_us": round(statistics.median(r["p50_us"] for r in runs)),
+                "p99_us": round(statistics.median(r["p99_us"] for r in runs)),
+                "non_2xx": int(sum(r["non_2xx"] for r in runs)),
+            }
+        )
     ratio = rows[0]["rps_median"] / rows[1]["rps_median"]
-    path = write_results("http", rows, {
-        "generator": generator, "seconds": args.seconds, "connections": args.connections,
-        "rounds": args.rounds, "ratio_edge_over_bare": round(ratio, 3), "target_ratio": 0.85,
-    })
+    path = write_results(
+        "http",
+        rows,
+        {
+            "generator": generator,
+            "seconds": args.seconds,
+            "connections": args.connections,
+            "rounds": args.rounds,
+            "ratio_edge_over_bare": round(ratio, 3),
+            "target_ratio": 0.85,
+        },
+    )
     print_table(f"HTTP requests/s, {generator}, {args.connections} connections", rows)
     print(f"ratio edge/bare = {ratio:.3f} (target ≥ 0.85); wrote {path}")
 

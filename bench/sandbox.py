@@ -72,8 +72,9 @@ def main() -> None:
                     fn = LoadedFunction(engine, cache, wasm, config, lambda _: None)
                     n = args.iterations if lang == "c" else max(300, args.iterations // 5)
                     stats = summary_us(measure(fn, n))
-                    rows.append({"function": f"{lang} hello", "policy": policy,
-                                 "pooling": pooling, **stats})
+                    rows.append(
+                        {"function": f"{lang} hello", "policy": policy, "pooling": pooling, **stats}
+                    )
     targets = {"c_fresh_p50_us": 40, "python_fresh_p50_us": 1000}
     path = write_results("sandbox", rows, {"targets": targets})
     print_table("Sandbox overhead per request (fresh instance + call + marshalling)", rows)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import anyio
-from watchfiles import DefaultFilter, awatch
+from watchfiles import Change, DefaultFilter, awatch
 
 from edge.build import build_function
 from edge.config.function import load_function_config
@@ -26,9 +26,12 @@ from edge.node.server import run
 
 
 class _SourceFilter(DefaultFilter):
-    def __call__(self, change: object, path: str) -> bool:
+    """Source changes only: our own build output must not trigger another build."""
+
+    def __call__(self, change: Change, path: str) -> bool:
         parts = Path(path).parts
-        return "build" not in parts and "node_modules" not in parts and super().__call__(change, path)  # type: ignore[arg-type]
+        skip = "build" in parts or "node_modules" in parts
+        return not skip and super().__call__(change, path)
 
 
 def _say(message: str) -> None:

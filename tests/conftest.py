@@ -144,8 +144,9 @@ def start_dev(tmp_path: Path) -> Iterator[Callable[[Path], Proc]]:
     def start(project: Path) -> Proc:
         port = free_port()
         log = tmp_path / f"dev-{port}.log"
-        proc = Proc(_spawn(["dev", str(project), "--port", str(port)], log),
-                    f"http://127.0.0.1:{port}", log)
+        proc = Proc(
+            _spawn(["dev", str(project), "--port", str(port)], log), f"http://127.0.0.1:{port}", log
+        )
         procs.append(proc)
         wait_until(lambda: "serving" in proc.log(), 180, "edge dev", proc)
         return proc

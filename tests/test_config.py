@@ -28,7 +28,9 @@ def test_overrides() -> None:
         "edge.toml",
     )
     assert (cfg.source, cfg.limits.deadline_ms, cfg.limits.memory_limit_bytes) == (
-        "index.js", 250, 64 * MIB,
+        "index.js",
+        250,
+        64 * MIB,
     )
     assert cfg.instance.reuse and cfg.instance.reuse_max_requests == 10
     assert cfg.config == {"greeting": "hi"}
@@ -40,10 +42,19 @@ def test_overrides() -> None:
         ({}, r"edge.toml: function.name is required"),
         ({"function": {"name": "Bad_Name"}}, "function.name must be lower-case"),
         ({"function": {"name": "a", "lang": "rust"}}, "function.lang must be one of python, c, js"),
-        ({"function": {"name": "a"}, "limits": {"deadline_ms": 0}}, "limits.deadline_ms must be between"),
-        ({"function": {"name": "a"}, "limits": {"deadline_ms": "1s"}}, "limits.deadline_ms must be int"),
+        (
+            {"function": {"name": "a"}, "limits": {"deadline_ms": 0}},
+            "limits.deadline_ms must be between",
+        ),
+        (
+            {"function": {"name": "a"}, "limits": {"deadline_ms": "1s"}},
+            "limits.deadline_ms must be int",
+        ),
         ({"function": {"name": "a"}, "limits": {"deadline": 5}}, "limits.deadline: unknown key"),
-        ({"function": {"name": "a"}, "instance": {"policy": "pool"}}, "instance.policy must be one of"),
+        (
+            {"function": {"name": "a"}, "instance": {"policy": "pool"}},
+            "instance.policy must be one of",
+        ),
         ({"function": {"name": "a"}, "config": {"n": 1}}, "config.n must be a string"),
     ],
 )

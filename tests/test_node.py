@@ -27,19 +27,24 @@ def function_entries(projects: dict[str, Path]) -> str:
 
 @pytest.fixture(scope="module")
 def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) -> Proc:
-    projects = {"hello-c": EXAMPLES / "c" / "hello", "echo-python": EXAMPLES / "python" / "echo",
-                "busy": FIXTURES / "functions" / "busy",
-                "netprobe": FIXTURES / "functions" / "netprobe",
-                "netprobe-js": FIXTURES / "functions" / "netprobe-js"}
+    projects = {
+        "hello-c": EXAMPLES / "c" / "hello",
+        "echo-python": EXAMPLES / "python" / "echo",
+        "busy": FIXTURES / "functions" / "busy",
+        "netprobe": FIXTURES / "functions" / "netprobe",
+        "netprobe-js": FIXTURES / "functions" / "netprobe-js",
+    }
     projects |= {name: FIXTURES / "functions" / name for name in HOSTILE}
     for p in projects.values():
         built(p)
-    routes = ['[[route]]\nroute = "*/"\nfunction = "hello-c"\n',
-              '[[route]]\nroute = "*/echo"\nfunction = "echo-python"\n',
-              '[[route]]\nroute = "*/busy"\nfunction = "busy"\n',
-              '[[route]]\nroute = "*/netprobe"\nfunction = "netprobe"\n',
-              '[[route]]\nroute = "*/netprobe-js"\nfunction = "netprobe-js"\n',
-              '[[route]]\nroute = "only.example/"\nfunction = "echo-python"\n']
+    routes = [
+        '[[route]]\nroute = "*/"\nfunction = "hello-c"\n',
+        '[[route]]\nroute = "*/echo"\nfunction = "echo-python"\n',
+        '[[route]]\nroute = "*/busy"\nfunction = "busy"\n',
+        '[[route]]\nroute = "*/netprobe"\nfunction = "netprobe"\n',
+        '[[route]]\nroute = "*/netprobe-js"\nfunction = "netprobe-js"\n',
+        '[[route]]\nroute = "only.example/"\nfunction = "echo-python"\n',
+    ]
     routes += [f'[[route]]\nroute = "*/hostile/{n}"\nfunction = "{n}"\n' for n in HOSTILE]
     node_table = (
         'id = "node-a"\nregion = "eu-west"\n'
@@ -99,7 +104,9 @@ def test_request_body_limit(node: Proc) -> None:
         ("badstatus", 502, "invalid_response"),
     ],
 )
-def test_hostile_function_gets_clean_error(node: Proc, name: str, status: int, reason: str | None) -> None:
+def test_hostile_function_gets_clean_error(
+    node: Proc, name: str, status: int, reason: str | None
+) -> None:
     r = httpx.get(node.url + f"/hostile/{name}", timeout=30)
     assert r.status_code == status
     body = r.json()
@@ -138,13 +145,17 @@ def test_busy_function_does_not_block_others(node: Proc) -> None:
     assert max(latencies) < 0.25, latencies
 
 
-def test_bad_component_never_takes_the_node_down(start_node: Callable[..., Proc], tmp_path: Path) -> None:
+def test_bad_component_never_takes_the_node_down(
+    start_node: Callable[..., Proc], tmp_path: Path
+) -> None:
     corrupt = tmp_path / "corrupt.wasm"
     corrupt.write_bytes(b"\0asm\r\0\x01\0this is not a component")
     forbidden = tmp_path / "forbidden.wasm"
     import wasmtime
 
-    forbidden.write_bytes(bytes(wasmtime.wat2wasm((FIXTURES / "components" / "forbidden_import.wat").read_text())))
+    forbidden.write_bytes(
+        bytes(wasmtime.wat2wasm((FIXTURES / "components" / "forbidden_import.wat").read_text()))
+    )
     body = (
         f'[[function]]\ncomponent = "{corrupt}"\n[[function]]\ncomponent = "{forbidden}"\n'
         '[[route]]\nroute = "*/c"\nfunction = "corrupt"\n'

@@ -50,7 +50,9 @@ def load(
 
     def go(project: Path, config: FunctionConfig | None = None) -> LoadedFunction:
         wasm = built(project).read_bytes()
-        return LoadedFunction(engine, cache, wasm, config or load_function_config(project), lines.append)
+        return LoadedFunction(
+            engine, cache, wasm, config or load_function_config(project), lines.append
+        )
 
     return go
 
@@ -59,7 +61,9 @@ def request(body: bytes = b"", headers: list[tuple[str, str]] | None = None) -> 
     return abi.GuestRequest(
         method="POST",
         url="http://example.com/path?q=1",
-        headers=headers if headers is not None else [("host", "example.com"), ("x-a", "1"), ("x-a", "2")],
+        headers=headers
+        if headers is not None
+        else [("host", "example.com"), ("x-a", "1"), ("x-a", "2")],
         body=body,
         client_ip="81.2.69.142",
         region="eu-west",
@@ -69,7 +73,9 @@ def request(body: bytes = b"", headers: list[tuple[str, str]] | None = None) -> 
     )
 
 
-def invoke(fn: LoadedFunction, req: abi.GuestRequest, lines: list[host.LogLine]) -> abi.GuestResponse:
+def invoke(
+    fn: LoadedFunction, req: abi.GuestRequest, lines: list[host.LogLine]
+) -> abi.GuestResponse:
     return fn.invoke(req, host.Invocation(fn.name, req.request_id, fn.config.config, lines.append))
 
 
@@ -88,16 +94,22 @@ def wat_component(name: str) -> bytes:
         ("no_export", r"does not export `edge:function/handler@0.1.0`"),
     ],
 )
-def test_bad_components_rejected_at_load(engine: SandboxEngine, tmp_path: Path, fixture: str, message: str) -> None:
+def test_bad_components_rejected_at_load(
+    engine: SandboxEngine, tmp_path: Path, fixture: str, message: str
+) -> None:
     cache = CompileCache(engine, tmp_path)
     with pytest.raises(ComponentRejected, match=message):
         LoadedFunction(engine, cache, wat_component(fixture), FunctionConfig(name="x"), print)
 
 
-@pytest.mark.parametrize("junk", [b"", b"\0asm\x01\0\0\0", b"not wasm at all", b"\0asm\r\0\x01\0garbage"])
+@pytest.mark.parametrize(
+    "junk", [b"", b"\0asm\x01\0\0\0", b"not wasm at all", b"\0asm\r\0\x01\0garbage"]
+)
 def test_corrupt_bytes_rejected(engine: SandboxEngine, tmp_path: Path, junk: bytes) -> None:
     with pytest.raises(ComponentRejected, match="not a valid WebAssembly component"):
-        LoadedFunction(engine, CompileCache(engine, tmp_path), junk, FunctionConfig(name="x"), print)
+        LoadedFunction(
+            engine, CompileCache(engine, tmp_path), junk, FunctionConfig(name="x"), print
+        )
 
 
 def test_compile_cache_survives_restart_and_corruption(
@@ -123,7 +135,9 @@ def test_cache_key_includes_engine_settings(engine: SandboxEngine, tmp_path: Pat
     other = SandboxEngine(EngineSettings(max_wasm_stack_bytes=256 * 1024, pooling=False))
     try:
         digest = "ab" * 32
-        assert CompileCache(engine, tmp_path).path_for(digest) != CompileCache(other, tmp_path).path_for(digest)
+        assert CompileCache(engine, tmp_path).path_for(digest) != CompileCache(
+            other, tmp_path
+        ).path_for(digest)
     finally:
         other.close()
 
@@ -149,7 +163,9 @@ def test_echo_sees_the_whole_request(load: Loader, lines: list[host.LogLine], la
     assert body  # binary bodies are covered in test_binary_body_round_trip
 
 
-def test_binary_body_round_trip(engine: SandboxEngine, load: Loader, lines: list[host.LogLine]) -> None:
+def test_binary_body_round_trip(
+    engine: SandboxEngine, load: Loader, lines: list[host.LogLine]
+) -> None:
     fn = load(FIXTURES / "functions" / "mirror")
     body = bytes(range(256)) * 4097  # ~1 MiB, every byte value
     resp = invoke(fn, request(body=body), lines)
@@ -215,7 +231,9 @@ def test_reuse_policy_keeps_state_and_recycles(load: Loader, lines: list[host.Lo
     project = FIXTURES / "functions" / "counter"
     base = load_function_config(project)
     config = FunctionConfig(
-        name=base.name, lang=base.lang, source=base.source,
+        name=base.name,
+        lang=base.lang,
+        source=base.source,
         instance=InstancePolicy("reuse", reuse_max_requests=3),
     )
     fn = load(project, config)
@@ -223,7 +241,9 @@ def test_reuse_policy_keeps_state_and_recycles(load: Loader, lines: list[host.Lo
     assert counts == [b"1", b"2", b"3", b"1", b"2", b"3", b"1"]
 
 
-def test_node_keeps_working_after_every_hostile_function(load: Loader, lines: list[host.LogLine]) -> None:
+def test_node_keeps_working_after_every_hostile_function(
+    load: Loader, lines: list[host.LogLine]
+) -> None:
     hello = load(EXAMPLES / "c" / "hello")
     for name in ["loop", "membomb", "recursion", "trap", "bigresponse", "badstatus"]:
         with pytest.raises(FunctionError):

@@ -1,25 +1,25 @@
 """A function's `edge.toml`: name, language, limits, instance policy, capabilities, config.
 
-    [function]
-    name = "hello"
-    lang = "python"            # python | c | js
-    source = "app.py"          # entry file, relative to the project
+[function]
+name = "hello"
+lang = "python"            # python | c | js
+source = "app.py"          # entry file, relative to the project
 
-    [limits]                   # all optional; defaults below
-    deadline_ms = 100
-    memory_limit_mib = 128
-    request_body_limit_bytes = 10485760
-    response_body_limit_bytes = 10485760
+[limits]                   # all optional; defaults below
+deadline_ms = 100
+memory_limit_mib = 128
+request_body_limit_bytes = 10485760
+response_body_limit_bytes = 10485760
 
-    [instance]
-    policy = "fresh"           # fresh | reuse
-    reuse_max_requests = 100   # with policy = "reuse"
+[instance]
+policy = "fresh"           # fresh | reuse
+reuse_max_requests = 100   # with policy = "reuse"
 
-    [capabilities]             # everything is denied unless granted here
-    wall_clock = false         # true: real time; false: time frozen at the request's start
+[capabilities]             # everything is denied unless granted here
+wall_clock = false         # true: real time; false: time frozen at the request's start
 
-    [config]                   # values the function reads with config.get
-    greeting = "hello"
+[config]                   # values the function reads with config.get
+greeting = "hello"
 """
 
 from __future__ import annotations
@@ -96,7 +96,9 @@ def parse_function_config(data: dict[str, Any], source: str) -> FunctionConfig:
     defaults = Limits()
     limits = Limits(
         deadline_ms=lim.positive_int("deadline_ms", defaults.deadline_ms, 60_000),
-        memory_limit_bytes=lim.positive_int("memory_limit_mib", defaults.memory_limit_bytes // MIB, 4096)
+        memory_limit_bytes=lim.positive_int(
+            "memory_limit_mib", defaults.memory_limit_bytes // MIB, 4096
+        )
         * MIB,
         request_body_limit_bytes=lim.positive_int(
             "request_body_limit_bytes", defaults.request_body_limit_bytes, 1024 * MIB

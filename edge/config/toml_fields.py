@@ -64,7 +64,8 @@ class Table:
     def require(self, key: str, kind: type[T]) -> T:
         if key not in self.data:
             raise ConfigError(f"{self.where(key)} is required")
-        return self.get(key, kind, None)  # type: ignore[arg-type]
+        value = self.data[key]
+        return self.get(key, kind, value)  # type: ignore[no-any-return]
 
     def positive_int(self, key: str, default: int, maximum: int) -> int:
         value = self.get(key, int, default)
@@ -75,7 +76,9 @@ class Table:
     def choice(self, key: str, allowed: tuple[str, ...], default: str) -> str:
         value = self.get(key, str, default)
         if value not in allowed:
-            raise ConfigError(f"{self.where(key)} must be one of {', '.join(allowed)}, got {value!r}")
+            raise ConfigError(
+                f"{self.where(key)} must be one of {', '.join(allowed)}, got {value!r}"
+            )
         return value
 
     def string_map(self, key: str) -> dict[str, str]:

@@ -1,25 +1,25 @@
 """`node.toml`: who the node is, where it listens, and which functions it serves on which routes.
 
-    [node]
-    id = "node-1"
-    region = "local"
-    listen = "127.0.0.1:8787"
-    cache_dir = ".edge-cache"          # compiled components; relative to this file
-    geoip_db = "GeoLite2-City.mmdb"    # optional
-    trusted_proxies = ["127.0.0.1/32"] # whose x-forwarded-for is believed
-    workers = 16                       # threads running wasm
+[node]
+id = "node-1"
+region = "local"
+listen = "127.0.0.1:8787"
+cache_dir = ".edge-cache"          # compiled components; relative to this file
+geoip_db = "GeoLite2-City.mmdb"    # optional
+trusted_proxies = ["127.0.0.1/32"] # whose x-forwarded-for is believed
+workers = 16                       # threads running wasm
 
-    [sandbox]
-    pooling = true
-    epoch_tick_ms = 2
+[sandbox]
+pooling = true
+epoch_tick_ms = 2
 
-    [[function]]
-    project = "sdk/examples/c/hello"   # reads edge.toml and build/<name>.wasm
-    # or: component = "hello.wasm" and manifest = "edge.toml"
+[[function]]
+project = "sdk/examples/c/hello"   # reads edge.toml and build/<name>.wasm
+# or: component = "hello.wasm" and manifest = "edge.toml"
 
-    [[route]]
-    route = "*/"                       # HOST/PATH-PREFIX, "*" for any host
-    function = "hello"
+[[route]]
+route = "*/"                       # HOST/PATH-PREFIX, "*" for any host
+function = "hello"
 """
 
 from __future__ import annotations

@@ -17,8 +17,16 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # Framing is the server's business, not the function's.
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade",
-     "proxy-connection", "te", "trailer"}
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "upgrade",
+        "proxy-connection",
+        "te",
+        "trailer",
+    }
 )
 
 
@@ -53,7 +61,9 @@ def guest_headers(request: Request, request_id: str) -> list[tuple[str, str]]:
     return out
 
 
-def response_headers(headers: Iterable[tuple[str, str]], request_id: str) -> list[tuple[bytes, bytes]]:
+def response_headers(
+    headers: Iterable[tuple[str, str]], request_id: str
+) -> list[tuple[bytes, bytes]]:
     out = []
     for name, value in headers:
         lower = name.lower()

@@ -36,6 +36,8 @@ class LogWriter:
         else:
             stamp = time.strftime("%H:%M:%S", time.localtime(line.time_unix))
             where = "" if line.source == "log" else f" ({line.source})"
-            text = f"{stamp} {line.level:<5} {line.function}{where} [{line.request_id}] {line.message}"
+            text = (
+                f"{stamp} {line.level:<5} {line.function}{where} [{line.request_id}] {line.message}"
+            )
         with self._lock:
             print(text, file=self.stream, flush=True)

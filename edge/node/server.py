@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,10 +27,9 @@ async def run(app: Any, listen: str, on_ready: Callable[[], Awaitable[None]] | N
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        # Not on the main thread (tests run servers in threads): the caller stops us instead.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
     task = asyncio.create_task(serve(app, hypercorn_config(listen), shutdown_trigger=stop.wait))
     if on_ready is not None:
         await on_ready()

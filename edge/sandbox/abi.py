@@ -171,7 +171,9 @@ _FIXED_SIZE = 4096
 def _arena_size(req: GuestRequest) -> int:
     strings = sum(len(s) for s in (req.method, req.url, req.client_ip, req.region))
     strings += len(req.node_id) + len(req.request_id)
-    strings += sum(len(s) for s in (req.geo.country or "", req.geo.continent or "", req.geo.city or ""))
+    strings += sum(
+        len(s) for s in (req.geo.country or "", req.geo.continent or "", req.geo.city or "")
+    )
     headers = sum(len(n) + len(v) + 3 * VAL_SIZE + 16 for n, v in req.headers)
     # Each str may grow up to 4x when encoded as UTF-8, a body byte up to 2x.
     return _FIXED_SIZE + 4 * (strings + headers) + 2 * len(req.body)
@@ -302,7 +304,7 @@ class ResponseBodyOverLimit(AbiError):
         self.size = size
 
 
-def lift_response(result: Val, body_limit: int) -> GuestResponse:
+def lift_response(result: ffi.wasmtime_component_val_t, body_limit: int) -> GuestResponse:
     """Reads the `response` record and frees it (also when it is malformed)."""
     addr = ctypes.addressof(result)
     try:

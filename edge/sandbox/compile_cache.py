@@ -59,7 +59,9 @@ class CompileCache:
         try:
             compiled = component.Component(self.engine.engine, wasm)
         except wasmtime.WasmtimeError as e:
-            raise ComponentRejected(f"not a valid WebAssembly component: {_first_line(e)}") from None
+            raise ComponentRejected(
+                f"not a valid WebAssembly component: {_first_line(e)}"
+            ) from None
         if path is not None:
             _write_atomically(path, bytes(compiled.serialize()))
             # Reload from the file so this instance also gets the mapped, copy-on-write image.

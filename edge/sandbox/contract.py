@@ -32,12 +32,25 @@ WASI_INTERFACES = {
     "wasi:clocks": {"monotonic-clock", "wall-clock"},
     "wasi:random": {"random", "insecure", "insecure-seed"},
     "wasi:cli": {
-        "environment", "exit", "stdin", "stdout", "stderr", "terminal-input", "terminal-output",
-        "terminal-stdin", "terminal-stdout", "terminal-stderr",
+        "environment",
+        "exit",
+        "stdin",
+        "stdout",
+        "stderr",
+        "terminal-input",
+        "terminal-output",
+        "terminal-stdin",
+        "terminal-stdout",
+        "terminal-stderr",
     },
     "wasi:filesystem": {"types", "preopens"},
     "wasi:sockets": {
-        "network", "instance-network", "udp", "udp-create-socket", "tcp", "tcp-create-socket",
+        "network",
+        "instance-network",
+        "udp",
+        "udp-create-socket",
+        "tcp",
+        "tcp-create-socket",
         "ip-name-lookup",
     },
     "wasi:http": {"types", "outgoing-handler"},
@@ -49,7 +62,10 @@ _STR = "string"
 _OPT_STR = "option<string>"
 _OPT_F64 = "option<f64>"
 _HEADERS = "list<tuple<string,string>>"
-_GEO = f"record{{country:{_OPT_STR},continent:{_OPT_STR},city:{_OPT_STR},latitude:{_OPT_F64},longitude:{_OPT_F64}}}"
+_GEO = (
+    f"record{{country:{_OPT_STR},continent:{_OPT_STR},city:{_OPT_STR},"
+    f"latitude:{_OPT_F64},longitude:{_OPT_F64}}}"
+)
 _CONTEXT = f"record{{region:{_STR},node-id:{_STR},request-id:{_STR},geo:{_GEO}}}"
 REQUEST_SHAPE = (
     f"record{{method:{_STR},url:{_STR},headers:{_HEADERS},body:string,client-ip:{_STR},"
@@ -61,9 +77,19 @@ RESPONSE_SHAPE = f"record{{status:u16,headers:{_HEADERS},body:string}}"
 def describe(ty: Any) -> str:
     """A structural, comparable rendering of a component value type."""
     simple = {
-        cm.String: "string", cm.U8: "u8", cm.U16: "u16", cm.U32: "u32", cm.U64: "u64",
-        cm.S8: "s8", cm.S16: "s16", cm.S32: "s32", cm.S64: "s64", cm.F32: "f32", cm.F64: "f64",
-        cm.Bool: "bool", cm.Char: "char",
+        cm.String: "string",
+        cm.U8: "u8",
+        cm.U16: "u16",
+        cm.U32: "u32",
+        cm.U64: "u64",
+        cm.S8: "s8",
+        cm.S16: "s16",
+        cm.S32: "s32",
+        cm.S64: "s64",
+        cm.F32: "f32",
+        cm.F64: "f64",
+        cm.Bool: "bool",
+        cm.Char: "char",
     }
     for cls, name in simple.items():
         if isinstance(ty, cls):
