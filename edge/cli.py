@@ -70,16 +70,42 @@ def dev(
 
 
 @app.command()
-def node(config: Annotated[Path, typer.Option("--config", help="node.toml")]) -> None:
-    """Run an edge node from a node.toml."""
-    from edge.node.main import run_node
+def node(
+    config: Annotated[Path | None, typer.Option("--config", help="node.toml")] = None,
+    control: Annotated[str | None, typer.Option(help="control plane URL to follow")] = None,
+    region: Annotated[str | None, typer.Option(help="this node's region")] = None,
+    node_id: Annotated[str | None, typer.Option("--id", help="this node's id")] = None,
+    listen: Annotated[str | None, typer.Option(help="HOST:PORT")] = None,
+    token: Annotated[str | None, typer.Option(envvar="EDGE_NODE_TOKEN", help="node token")] = None,
+    public_key: Annotated[
+        str | None, typer.Option(envvar="EDGE_PUBLIC_KEY", help="control plane key (hex)")
+    ] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="where applied state is kept")] = None,
+) -> None:
+    """Run an edge node: from a node.toml, or following a control plane (--control)."""
+    from edge.node.main import node_config_from_args, run_node
 
+    if config is None and control is None:
+        print("error: give --config node.toml or --control URL", file=sys.stderr)
+        raise typer.Exit(2)
     try:
-        asyncio.run(run_node(config))
+        settings = node_config_from_args(
+            config, control, region, node_id, listen, token, public_key, state_dir
+        )
+        asyncio.run(run_node(settings))
     except EdgeError as e:
         _fail(e)
     except KeyboardInterrupt:
         pass
+
+
+def _register_subsystems() -> None:
+    from edge.control.commands import register
+
+    register(app)
+
+
+_register_subsystems()
 
 
 def main() -> None:

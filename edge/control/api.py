@@ -329,7 +329,8 @@ def create_app(
 
     async def node_report(request: Request) -> Response:
         """A node says what it applied (node token). Body: {"node_id", "region", "revision",
-        "healthy", "convergence_ms" (optional)}."""
+        "healthy", "convergence_ms" (optional), "last_error" (optional: why it refused the
+        newest snapshot)}."""
         await node(request)
         body = await _json_body(request)
         node_id = _field(body, "node_id", str)
@@ -341,8 +342,11 @@ def create_app(
         conv = body.get("convergence_ms")
         if conv is not None and (isinstance(conv, bool) or not isinstance(conv, int | float)):
             raise BadRequest("convergence_ms must be a number")
+        last_error = body.get("last_error", "")
+        if not isinstance(last_error, str) or len(last_error) > 2000:
+            raise BadRequest("last_error must be a string of at most 2000 characters")
         await run(store.report_node, node_id, region, revision, healthy,
-                  None if conv is None else float(conv))
+                  None if conv is None else float(conv), last_error)
         return JSONResponse({"ok": True, "revision": feed.revision})
 
     async def public_key(request: Request) -> Response:

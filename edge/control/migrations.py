@@ -87,4 +87,6 @@ MIGRATIONS: dict[int, list[str]] = {
             convergence_ms REAL
         )""",
     ],
+    # A node says why it refused a snapshot (bad signature, blob mismatch), empty when it did not.
+    2: ["ALTER TABLE nodes ADD COLUMN last_error TEXT NOT NULL DEFAULT ''"],
 }

@@ -86,6 +86,7 @@ class Node:
     last_report_unix: float
     healthy: bool
     convergence_ms: float | None
+    last_error: str = ""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ def node_json(node: Node, revision: int, now_unix: float, stale_after_s: float) 
         # A node that stopped reporting is listed but not waited for: it may be gone for good.
         "stale": seen_ago_s > stale_after_s,
         "convergence_ms": node.convergence_ms,
+        "last_error": node.last_error,
     }
 
 

@@ -506,16 +506,17 @@ class Store:
 
     def report_node(
         self, node_id: str, region: str, revision: int, healthy: bool,
-        convergence_ms: float | None,
+        convergence_ms: float | None, last_error: str = "",
     ) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO nodes (id, region, applied_revision, last_report_unix, healthy, "
-                "convergence_ms) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                "region = excluded.region, applied_revision = excluded.applied_revision, "
+                "convergence_ms, last_error) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO "
+                "UPDATE SET region = excluded.region, applied_revision = excluded.applied_revision, "
                 "last_report_unix = excluded.last_report_unix, healthy = excluded.healthy, "
-                "convergence_ms = COALESCE(excluded.convergence_ms, nodes.convergence_ms)",
-                (node_id, region, revision, self.now(), int(healthy), convergence_ms),
+                "convergence_ms = COALESCE(excluded.convergence_ms, nodes.convergence_ms), "
+                "last_error = excluded.last_error",
+                (node_id, region, revision, self.now(), int(healthy), convergence_ms, last_error),
             )
 
     def nodes(self) -> list[Node]:
@@ -523,7 +524,7 @@ class Store:
             rows = db.execute("SELECT * FROM nodes ORDER BY region, id").fetchall()
         return [
             Node(r["id"], r["region"], r["applied_revision"], r["last_report_unix"],
-                 bool(r["healthy"]), r["convergence_ms"])
+                 bool(r["healthy"]), r["convergence_ms"], r["last_error"])
             for r in rows
         ]
 

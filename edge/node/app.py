@@ -39,10 +39,17 @@ def create_app(runtime: NodeRuntime) -> Starlette:
         )
         ready = deployment.ready and not waiting
         unavailable = sorted(
-            n for n, f in deployment.functions.items() if isinstance(f, Unavailable)
+            n
+            for n, served in deployment.functions.items()
+            if any(isinstance(f, Unavailable) for f in served.loaded())
         )
         return JSONResponse(
-            {"ready": ready, "waiting": waiting, "unavailable": unavailable},
+            {
+                "ready": ready,
+                "waiting": waiting,
+                "unavailable": unavailable,
+                "revision": deployment.revision,
+            },
             status_code=200 if ready else 503,
         )
 
@@ -58,15 +65,16 @@ def create_app(runtime: NodeRuntime) -> Starlette:
         route = deployment.routes.match(request.headers.get("host", ""), request.url.path)
         if route is None:
             raise NoRoute(f"no function is routed at {request.url.netloc}{request.url.path}")
-        function = deployment.functions.get(route.function)
-        if function is None:
+        served = deployment.functions.get(route.function)
+        if served is None:
             raise NoRoute(f"function {route.function!r} is not loaded yet")
+        peer = request.client.host if request.client else "0.0.0.0"
+        ip = client_ip(peer, request.headers.getlist("x-forwarded-for"), config.trusted_proxies)
+        function, version = served.pick(route.function, ip, request.cookies)
         if isinstance(function, Unavailable):
             raise function.error
         limits = function.config.limits
         body = await http.read_body(request, limits.request_body_limit_bytes)
-        peer = request.client.host if request.client else "0.0.0.0"
-        ip = client_ip(peer, request.headers.getlist("x-forwarded-for"), config.trusted_proxies)
         guest_request = GuestRequest(
             method=request.method,
             url=str(request.url),
@@ -90,6 +98,8 @@ def create_app(runtime: NodeRuntime) -> Starlette:
                 LogLine(function.name, request_id, "error", e.message, "platform", time.time())
             )
             raise
+        if version:
+            headers.append((b"x-edge-version", f"{route.function}@{version}".encode()))
         body_out = b"" if request.method == "HEAD" else result.body
         return http.RawResponse(result.status, body_out, headers)
 

@@ -13,6 +13,12 @@ workers = 16                       # threads running wasm
 pooling = true
 epoch_tick_ms = 2
 
+[control]                          # follow a control plane instead of [[function]]/[[route]]
+url = "http://127.0.0.1:7000"
+token = "..."                      # a node token (or token_file)
+public_key = "hex"                 # the control plane's Ed25519 key: the node's trust root
+state_dir = "state"                # last applied snapshot and blobs, for restarts
+
 [[function]]
 project = "sdk/examples/c/hello"   # reads edge.toml and build/<name>.wasm
 # or: component = "hello.wasm" and manifest = "edge.toml"
@@ -44,6 +50,14 @@ class FunctionSource:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    url: str
+    token: str
+    public_key: bytes
+    state_dir: Path
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node_id: str = field(default_factory=socket.gethostname)
     region: str = "local"
@@ -55,6 +69,34 @@ class NodeConfig:
     sandbox: EngineSettings = field(default_factory=EngineSettings)
     functions: tuple[FunctionSource, ...] = ()
     routes: tuple[Route, ...] = ()
+    control: ControlConfig | None = None
+
+
+def parse_control(table: Table, base: Path) -> ControlConfig | None:
+    if not table.data:
+        return None
+    table.reject_unknown({"url", "token", "token_file", "public_key", "state_dir"})
+    token = table.get("token", str, "")
+    if not token and table.get("token_file", str, ""):
+        try:
+            token = (base / table.get("token_file", str, "")).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{table.where('token_file')}: {e.strerror}") from None
+    if not token:
+        raise ConfigError(f"{table.where('token')} (or token_file) is required")
+    key_hex = table.require("public_key", str)
+    try:
+        key = bytes.fromhex(key_hex)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(f"{table.where('public_key')} must be 64 hex digits (Ed25519)")
+    return ControlConfig(
+        url=table.require("url", str).rstrip("/"),
+        token=token,
+        public_key=key,
+        state_dir=base / table.get("state_dir", str, "state"),
+    )
 
 
 def function_from_project(project: Path) -> FunctionSource:
@@ -64,7 +106,7 @@ def function_from_project(project: Path) -> FunctionSource:
 
 def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConfig:
     root = Table(data, source)
-    root.reject_unknown({"node", "sandbox", "function", "route"})
+    root.reject_unknown({"node", "sandbox", "function", "route", "control"})
     node = root.table("node")
     node.reject_unknown(
         {"id", "region", "listen", "cache_dir", "geoip_db", "trusted_proxies", "workers"}
@@ -124,6 +166,7 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
         ),
         functions=tuple(functions),
         routes=tuple(routes),
+        control=parse_control(root.table("control"), base),
     )
 
 

@@ -1,37 +1,103 @@
-"""`edge node --config node.toml`: listen at once, compile every function, then become ready."""
+"""`edge node`: listen at once, then serve configured functions or follow a control plane."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
 
+from edge.config.toml_fields import Table
 from edge.node.app import create_app
-from edge.node.config import load_node_config
+from edge.node.config import NodeConfig, load_node_config, parse_control, parse_node_config
+from edge.node.follower import ControlSettings, Follower
 from edge.node.logs import LogWriter
+from edge.node.persisted import NodeState
 from edge.node.runtime import NodeRuntime, Unavailable
 from edge.node.server import run
 
 
-async def run_node(config_path: Path) -> None:
-    config = load_node_config(config_path)
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def run_node(config: NodeConfig) -> None:
     runtime = NodeRuntime(config, LogWriter("json"))
     app = create_app(runtime)
+    tasks: list[asyncio.Task[None]] = []
 
-    async def load() -> None:
+    async def load_static() -> None:
         deployment = await anyio.to_thread.run_sync(runtime.load_configured)
-        for name, fn in sorted(deployment.functions.items()):
-            if isinstance(fn, Unavailable):
-                print(f"edge node: {name}: {fn.error.message}", file=sys.stderr, flush=True)
-        print(
+        for name, served in sorted(deployment.functions.items()):
+            for fn in served.loaded():
+                if isinstance(fn, Unavailable):
+                    _say(f"edge node: {name}: {fn.error.message}")
+        _say(
             f"edge node {config.node_id} ({config.region}) ready at http://{config.listen}/ "
-            f"serving {len(deployment.functions)} function(s)",
-            file=sys.stderr,
-            flush=True,
+            f"serving {len(deployment.functions)} function(s)"
         )
 
+    async def follow() -> None:
+        assert config.control is not None
+        control = config.control
+        follower = Follower(
+            runtime,
+            ControlSettings(control.url, control.token, control.public_key),
+            NodeState(control.state_dir),
+        )
+        restored = await follower.restore()
+        kept = " (serving the state kept on disk)" if restored else ""
+        _say(
+            f"edge node {config.node_id} ({config.region}) listening at http://{config.listen}/, "
+            f"following {control.url}{kept}"
+        )
+        tasks.append(asyncio.create_task(follower.run()))
+
     try:
-        await run(app, config.listen, on_ready=load)
+        await run(app, config.listen, on_ready=follow if config.control else load_static)
     finally:
+        for task in tasks:
+            task.cancel()
         runtime.close()
+
+
+def node_config_from_args(
+    config_path: Path | None,
+    control_url: str | None,
+    region: str | None,
+    node_id: str | None,
+    listen: str | None,
+    token: str | None,
+    public_key: str | None,
+    state_dir: Path | None,
+) -> NodeConfig:
+    """A node.toml (optional) with command-line flags on top."""
+    if config_path is not None:
+        config = load_node_config(config_path)
+        base = config_path.parent
+    else:
+        config = parse_node_config({}, "command line", Path.cwd())
+        base = Path.cwd()
+    config = replace(
+        config,
+        region=region or config.region,
+        node_id=node_id or config.node_id,
+        listen=listen or config.listen,
+    )
+    if control_url:
+        known = config.control
+        table = {
+            "url": control_url,
+            "token": token or (known.token if known else ""),
+            "public_key": public_key or (known.public_key.hex() if known else ""),
+            "state_dir": str(
+                state_dir or (known.state_dir if known else Path(".edge-node") / config.node_id)
+            ),
+        }
+        control = parse_control(Table(table, "command line", "control"), base)
+        config = replace(config, control=control)
+    if config.control is not None and config.cache_dir is None:
+        config = replace(config, cache_dir=config.control.state_dir / "compiled")
+    return config

@@ -7,10 +7,11 @@ join a deployment, so the first request after a switch does not pay compilation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.control import split
 from edge.errors import ComponentRejected, EdgeError
 from edge.node.config import FunctionSource, NodeConfig
 from edge.node.geo import GeoLookup
@@ -28,11 +29,39 @@ class Unavailable:
     error: EdgeError
 
 
+Loaded = LoadedFunction | Unavailable
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a routed function name serves: a stable version and, during a canary, a second
+    version for a sticky share of clients (edge.control.split decides who)."""
+
+    stable: Loaded
+    canary: Loaded | None = None
+    canary_percent: int = 0
+    sticky: str = "ip"
+    stable_label: str = ""  # e.g. "3" (version number), shown in x-edge-version
+    canary_label: str = ""
+
+    def pick(self, function: str, client_ip: str, cookies: Mapping[str, str]) -> tuple[Loaded, str]:
+        if self.canary is None or self.canary_percent <= 0:
+            return self.stable, self.stable_label
+        key = split.client_key(self.sticky, client_ip, cookies)
+        if split.side(self.canary_percent, key, function) == "canary":
+            return self.canary, self.canary_label
+        return self.stable, self.stable_label
+
+    def loaded(self) -> list[Loaded]:
+        return [self.stable] if self.canary is None else [self.stable, self.canary]
+
+
 @dataclass(frozen=True)
 class Deployment:
     routes: RoutingTable = field(default_factory=lambda: RoutingTable([]))
-    functions: dict[str, LoadedFunction | Unavailable] = field(default_factory=dict)
+    functions: dict[str, Served] = field(default_factory=dict)
     ready: bool = False
+    revision: int | None = None  # the control plane's revision, when following one
 
 
 class NodeRuntime:
@@ -57,19 +86,23 @@ class NodeRuntime:
             return Unavailable(e)
 
     def deploy(
-        self, routes: Iterable[Route], functions: dict[str, LoadedFunction | Unavailable]
+        self,
+        routes: Iterable[Route],
+        functions: Mapping[str, Served | Loaded],
+        revision: int | None = None,
     ) -> Deployment:
-        deployment = Deployment(RoutingTable(list(routes)), dict(functions), ready=True)
-        self.deployment = deployment
+        served = {name: f if isinstance(f, Served) else Served(f) for name, f in functions.items()}
+        deployment = Deployment(RoutingTable(list(routes)), served, True, revision)
+        self.deployment = deployment  # one assignment: requests see old or new, never a mix
         return deployment
 
     def load_configured(self) -> Deployment:
         loaded = {s.config.name: self.load(s) for s in self.config.functions}
         return self.deploy(self.config.routes, loaded)
 
-    def replace_function(self, name: str, function: LoadedFunction | Unavailable) -> None:
+    def replace_function(self, name: str, function: Loaded) -> None:
         current = self.deployment
-        self.deploy(current.routes.routes, {**current.functions, name: function})
+        self.deploy(current.routes.routes, {**current.functions, name: Served(function)})
 
     def close(self) -> None:
         self.engine.close()
