@@ -512,7 +512,8 @@ class Store:
             db.execute(
                 "INSERT INTO nodes (id, region, applied_revision, last_report_unix, healthy, "
                 "convergence_ms, last_error) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO "
-                "UPDATE SET region = excluded.region, applied_revision = excluded.applied_revision, "
+                "UPDATE SET region = excluded.region, "
+                "applied_revision = excluded.applied_revision, "
                 "last_report_unix = excluded.last_report_unix, healthy = excluded.healthy, "
                 "convergence_ms = COALESCE(excluded.convergence_ms, nodes.convergence_ms), "
                 "last_error = excluded.last_error",

@@ -11,6 +11,7 @@ disk, so a restarted node serves them before the control plane answers, if it ev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -150,10 +151,8 @@ class Follower:
         }
         if self.convergence_ms is not None:
             body["convergence_ms"] = self.convergence_ms
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # the next heartbeat tries again
             await self._client.post("/v1/node/report", json=body)
-        except httpx.HTTPError:
-            pass  # the next heartbeat tries again
 
     async def poll_once(self) -> bool:
         r = await self._client.get(
