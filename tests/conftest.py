@@ -103,12 +103,14 @@ class NodeFactory:
         self.workdir = workdir
         self.procs: list[Proc] = []
 
-    def __call__(self, body: str, *, node: str = "", ready: bool = True) -> Proc:
+    def __call__(
+        self, body: str, *, node: str = "", ready: bool = True, cache_dir: Path = COMPILED
+    ) -> Proc:
         port = free_port()
         config = self.workdir / f"node-{port}.toml"
         if "id =" not in node:
             node += '\nid = "test-node"\nregion = "test-region"\n'
-        header = f'[node]\nlisten = "127.0.0.1:{port}"\ncache_dir = "{COMPILED}"\n'
+        header = f'[node]\nlisten = "127.0.0.1:{port}"\ncache_dir = "{cache_dir}"\n'
         config.write_text(header + node + "\n" + body)
         log = self.workdir / f"node-{port}.log"
         proc = Proc(_spawn(["node", "--config", str(config)], log), f"http://127.0.0.1:{port}", log)

@@ -218,3 +218,21 @@ def test_function_cannot_reach_loopback_or_host_resources(node: Proc) -> None:
     # JS: fetch needs wasi:http, which is not granted; it must fail one way or another.
     assert js.status_code == 500 or js.json()["fetch"].startswith("denied"), js.text
     assert reached == [], f"a function reached 127.0.0.1 over {reached}"
+
+
+def test_ready_only_once_every_function_is_compiled(
+    start_node: Callable[..., Proc], built: Callable[[Path], Path], tmp_path: Path
+) -> None:
+    """An empty compile cache: the node listens at once but is not ready while it compiles."""
+    project = EXAMPLES / "python" / "hello"
+    built(project)
+    body = f'[[function]]\nproject = "{project}"\n[[route]]\nroute = "*/"\nfunction = "hello-python"\n'
+    node = start_node(body, ready=False, cache_dir=tmp_path / "empty-cache")
+    early = httpx.get(node.url + "/readyz")
+    assert early.status_code == 503 and early.json()["ready"] is False
+    assert httpx.get(node.url + "/healthz").status_code == 200
+    deadline = time.monotonic() + 120
+    while httpx.get(node.url + "/readyz").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    r = httpx.get(node.url + "/")
+    assert r.status_code == 200 and r.text == "Hello from Python!\n"

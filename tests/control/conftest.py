@@ -119,6 +119,8 @@ def start_control(tmp_path: Path) -> Iterator[Callable[..., ControlServer]]:
         config.accesslog = None
         config.errorlog = None
         config.graceful_timeout = 1
+        # Longer than any pause in a test: an idle close racing a reused connection is a flake.
+        config.keep_alive_timeout = 120
         loop = asyncio.new_event_loop()
         stop = asyncio.Event()
 
