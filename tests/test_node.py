@@ -226,7 +226,9 @@ def test_ready_only_once_every_function_is_compiled(
     """An empty compile cache: the node listens at once but is not ready while it compiles."""
     project = EXAMPLES / "python" / "hello"
     built(project)
-    body = f'[[function]]\nproject = "{project}"\n[[route]]\nroute = "*/"\nfunction = "hello-python"\n'
+    body = (
+        f'[[function]]\nproject = "{project}"\n[[route]]\nroute = "*/"\nfunction = "hello-python"\n'
+    )
     node = start_node(body, ready=False, cache_dir=tmp_path / "empty-cache")
     early = httpx.get(node.url + "/readyz")
     assert early.status_code == 503 and early.json()["ready"] is False

@@ -119,7 +119,7 @@ async def run_dns(
 
 def dns(
     config: Annotated[Path, typer.Option("--config", help="traffic.toml")],
-    port: Annotated[int | None, typer.Option(help="UDP+TCP port (default: [dns] port)")] = None,
+    port: Annotated[int | None, typer.Option(help="UDP+TCP port (default: dns.port)")] = None,
     host: Annotated[str | None, typer.Option(help="listen address (default 127.0.0.1)")] = None,
     geoip_db: Annotated[
         Path | None, typer.Option(help="a MaxMind .mmdb (default: GeoLite2-City from PyPI)")
