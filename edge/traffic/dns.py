@@ -146,7 +146,7 @@ class Authority:
         )
         response.flags |= dns.flags.AA
         subnet = _client_subnet(ecs, client_addr)
-        rrsets, scope = self._records(q.name, q.rdtype, subnet, now)
+        rrsets, scope = self._records(q.name, q.rdtype, subnet, now, want_scope=ecs is not None)
         if rrsets:
             response.answer.extend(rrsets)
         else:
@@ -168,7 +168,13 @@ class Authority:
         return any(known.is_subdomain(name) for known in self.names)
 
     def _records(
-        self, name: dns.name.Name, rdtype: int, subnet: IPNetwork, now: float
+        self,
+        name: dns.name.Name,
+        rdtype: int,
+        subnet: IPNetwork,
+        now: float,
+        *,
+        want_scope: bool = True,
     ) -> tuple[list[dns.rrset.RRset], int]:
         """The answer RRsets for (name, type) and the ECS scope they are valid for."""
         out: list[dns.rrset.RRset] = []
@@ -185,7 +191,9 @@ class Authority:
             if rdt not in want:
                 continue
             if name in self.hosts:
-                answer = self.steerer.answer(subnet, self.state.status(now, family))
+                answer = self.steerer.answer(
+                    subnet, self.state.status(now, family), scope=want_scope
+                )
                 if answer is None:
                     continue
                 scope = max(scope, answer.scope_prefix)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from edge.traffic.drain import Drain
 from edge.traffic.health import NodeHealth
 from edge.traffic.regions import IPAddress, Node, TrafficConfig
-from edge.traffic.steering import RegionStatus
+from edge.traffic.steering import RegionStatus, quantize_share
 
 
 class TrafficState:
@@ -29,7 +29,8 @@ class TrafficState:
             nodes = [n for n in r.nodes if _address(n, family) is not None]
             if nodes:
                 healthy = any(self.health[n.name].serving for n in nodes)
-                out[r.name] = RegionStatus(healthy, self.drains[r.name].share(now), r.weight)
+                share = quantize_share(self.drains[r.name].share(now))
+                out[r.name] = RegionStatus(healthy, share, r.weight)
         return out
 
     def addresses(self, region: str, family: int) -> list[IPAddress]:

@@ -166,11 +166,56 @@ def _narrow(addr: IPAddress, net: IPNetwork, boundaries: Iterable[IPNetwork]) ->
     return net
 
 
+ANSWER_CACHE_ENTRIES = 65536
+
+
+class _AnswerCache:
+    """Answers by (status, scope network). An answer is valid for every address of its scope
+    network, so one widening serves every later query from inside it: a lookup tries each
+    prefix length of the client address, as integers, which costs microseconds where the
+    widening costs milliseconds. Cleared whole when full, and keyed by the status, so a change
+    of health, weight or drain share never serves a stale answer."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[object, int, int, int], Answer] = {}
+
+    def get(self, key: object, subnet: IPNetwork) -> Answer | None:
+        bits = subnet.max_prefixlen
+        value = int(subnet.network_address)
+        entries = self._entries
+        for prefix in range(subnet.prefixlen, -1, -1):
+            hit = entries.get((key, subnet.version, prefix, value >> (bits - prefix)))
+            if hit is not None:
+                return hit
+        return None
+
+    def put(self, key: object, subnet: IPNetwork, answer: Answer) -> None:
+        if answer.scope_prefix > subnet.prefixlen:
+            return  # valid only for part of the subnet: not reusable for the whole of it
+        if len(self._entries) >= ANSWER_CACHE_ENTRIES:
+            self._entries.clear()
+        bits = subnet.max_prefixlen
+        prefix = answer.scope_prefix
+        shifted = int(subnet.network_address) >> (bits - prefix)
+        self._entries[(key, subnet.version, prefix, shifted)] = answer
+
+
+def _status_key(status: Mapping[str, RegionStatus]) -> object:
+    return tuple(sorted(status.items()))
+
+
+def quantize_share(share: float) -> float:
+    """Drain shares in steps of 1%: answers stay cacheable while a ramp moves, and a client's
+    side still changes at most once per step."""
+    return round(share * 100) / 100
+
+
 class Steerer:
     def __init__(self, regions: tuple[Region, ...], steering: Steering, geo: GeoSource) -> None:
         self._regions = regions
         self._steering = steering
         self._geo = geo
+        self._cache = _AnswerCache()
         self._countries = dict(steering.by_country)
         self._continents = dict(steering.by_continent)
         self._boundaries = (*(n for n, _ in steering.by_cidr), *SPECIAL_NETWORKS)
@@ -212,8 +257,23 @@ class Steerer:
         order = head + [r for r in self._tail(loc) if r not in head]
         return tuple(order), net
 
-    def answer(self, subnet: IPNetwork, status: Mapping[str, RegionStatus]) -> Answer | None:
-        """The region for a client subnet and the ECS scope prefix it is valid for."""
+    def answer(
+        self, subnet: IPNetwork, status: Mapping[str, RegionStatus], *, scope: bool = True
+    ) -> Answer | None:
+        """The region for a client subnet and the ECS scope prefix it is valid for. Without
+        `scope` (a query with no ECS option) the prefix is not computed and is 0."""
+        key = _status_key(status)
+        cached = self._cache.get(key, subnet)
+        if cached is not None:
+            return cached if scope else Answer(cached.region, 0)
+        answer = self._answer(subnet, status, scope)
+        if answer is not None and scope:
+            self._cache.put(key, subnet, answer)
+        return answer
+
+    def _answer(
+        self, subnet: IPNetwork, status: Mapping[str, RegionStatus], scope: bool
+    ) -> Answer | None:
         addr = subnet.network_address
         order, net = self.order(addr)
         choice = choose(order, status, subnet)
@@ -223,6 +283,8 @@ class Steerer:
             return Answer(choice.region, 0)
         if choice.hashed:
             return Answer(choice.region, max(subnet.prefixlen, net.prefixlen))
+        if not scope:
+            return Answer(choice.region, 0)
         budget = [SCOPE_LOOKUP_BUDGET]
         while net.prefixlen > 0:
             parent = net.supernet()

@@ -12,6 +12,7 @@ from edge.traffic.steering import (
     bucket,
     choose,
     great_circle_km,
+    quantize_share,
     single_answer,
 )
 
@@ -215,10 +216,12 @@ def test_scope_never_covers_a_different_answer(make_config: MakeConfig) -> None:
     s = steerer(make_config, geo)
     answer = s.answer(net("1.0.0.0/24"), ALL_UP)
     assert answer is not None and answer.scope_prefix == 24
-    # Exhaustive check of the claim for a small space: every address in the scope agrees.
+    # Exhaustive check of the claim for a small space: every address in the scope agrees
+    # (each asked of a fresh steerer, so the answer cache cannot vouch for itself).
     scope = ipaddress.ip_network(("1.0.0.0", answer.scope_prefix), strict=False)
     for a in list(scope)[:: max(1, scope.num_addresses // 256)]:
-        assert s.answer(ipaddress.ip_network((a, 32)), ALL_UP).region == "eu-west"  # type: ignore[union-attr]
+        fresh = steerer(make_config, geo)
+        assert fresh.answer(ipaddress.ip_network((a, 32)), ALL_UP).region == "eu-west"  # type: ignore[union-attr]
 
 
 def test_scope_search_is_bounded(make_config: MakeConfig) -> None:
@@ -250,3 +253,34 @@ def test_scope_from_the_maxmind_test_db(make_stack: MakeStack) -> None:
     assert london is not None and london.region == "eu-west" and london.scope_prefix == 31
     japan = s.answer(net("2001:218::/48"), ALL_UP)
     assert japan is not None and japan.region == "ap-south" and japan.scope_prefix == 32
+
+
+def test_answer_cache_serves_the_whole_scope_without_lookups(make_config: MakeConfig) -> None:
+    geo = FakeGeo({"1.0.0.0/24": LONDON, "1.0.1.0/24": LONDON, "1.0.2.0/23": TOKYO})
+    s = steerer(make_config, geo)
+    first = s.answer(net("1.0.0.0/24"), ALL_UP)
+    assert first is not None and first.scope_prefix == 23
+    lookups = geo.lookups
+    inside = s.answer(net("1.0.1.77/32"), ALL_UP)
+    assert inside == first and geo.lookups == lookups
+    # A query without ECS gets the region and no scope, from the same entry.
+    plain = s.answer(net("1.0.1.0/24"), ALL_UP, scope=False)
+    assert plain is not None and (plain.region, plain.scope_prefix) == ("eu-west", 0)
+    assert geo.lookups == lookups
+    # Outside the scope: computed afresh.
+    tokyo = s.answer(net("1.0.2.0/24"), ALL_UP)
+    assert tokyo is not None and tokyo.region == "ap-south" and geo.lookups > lookups
+
+
+def test_answer_cache_never_outlives_a_status_change(make_config: MakeConfig) -> None:
+    geo = FakeGeo({"1.0.0.0/24": LONDON})
+    s = steerer(make_config, geo)
+    assert s.answer(net("1.0.0.0/24"), ALL_UP).region == "eu-west"  # type: ignore[union-attr]
+    down = {**ALL_UP, "eu-west": RegionStatus(False)}
+    moved = s.answer(net("1.0.0.0/24"), down)
+    assert moved is not None and moved.region != "eu-west"
+    assert s.answer(net("1.0.0.0/24"), ALL_UP).region == "eu-west"  # type: ignore[union-attr]
+
+
+def test_drain_shares_are_quantized_to_one_percent() -> None:
+    assert quantize_share(0.12345) == 0.12 and quantize_share(0.996) == 1.0
