@@ -1,12 +1,18 @@
 """The edge node's ASGI application: route, run the function in the sandbox, answer.
 
-Wasm runs on worker threads (wasmtime releases the GIL inside calls), so a function that is
-busy for a long time never delays other requests on the event loop.
+Function requests take a plain ASGI path (no middleware stack: it costs more than a small
+function's run); `/healthz` and `/readyz` are a small Starlette app. Cheap functions run inline
+under a short budget and everything else on worker threads (see `inline`): wasmtime releases
+the GIL inside calls, so a function busy for a long time never delays other requests.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
+from collections.abc import Awaitable, Callable, MutableMapping
+from http.cookies import SimpleCookie
+from typing import Any
 
 import anyio
 from starlette.applications import Starlette
@@ -18,15 +24,46 @@ from edge.errors import EdgeError, FunctionError, NoRoute
 from edge.node import http
 from edge.node.client_ip import client_ip
 from edge.node.geo import NO_GEO
+from edge.node.inline import InlineHint
 from edge.node.runtime import NodeRuntime, Unavailable
-from edge.sandbox.abi import GuestRequest
-from edge.sandbox.host import Invocation, LogLine
+from edge.sandbox.abi import GuestRequest, GuestResponse
+from edge.sandbox.function import LoadedFunction, OverBudget
+from edge.sandbox.host import Invocation, LogLine, LogSink
 
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+INLINE_BUDGET_TICKS = 2
+OPS_PATHS = frozenset({"/healthz", "/readyz"})
 
 
-def create_app(runtime: NodeRuntime) -> Starlette:
-    limiter = anyio.CapacityLimiter(runtime.config.workers)
+class _LogBuffer:
+    """Holds an inline attempt's log lines until it is known to count; then passes them on
+    (lines that guest stdio delivers later go straight through), or drops them."""
+
+    def __init__(self, sink: LogSink) -> None:
+        self.sink = sink
+        self.lines: list[LogLine] | None = []
+
+    def __call__(self, line: LogLine) -> None:
+        if self.lines is None:
+            self.sink(line)
+        else:
+            self.lines.append(line)
+
+    def commit(self) -> None:
+        lines, self.lines = self.lines or [], None
+        for line in lines:
+            self.sink(line)
+
+    def discard(self) -> None:
+        self.lines = []
+
+
+def ops_app(runtime: NodeRuntime) -> Starlette:
     config = runtime.config
 
     async def healthz(_: Request) -> Response:
@@ -53,32 +90,64 @@ def create_app(runtime: NodeRuntime) -> Starlette:
             status_code=200 if ready else 503,
         )
 
-    async def serve(request: Request) -> Response:
-        request_id = http.request_id_for(request)
-        try:
-            return await _serve(request, request_id)
-        except EdgeError as e:
-            return http.error_response(e, request_id)
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET", "HEAD"]),
+            Route("/readyz", readyz, methods=["GET", "HEAD"]),
+        ]
+    )
 
-    async def _serve(request: Request, request_id: str) -> Response:
+
+class FunctionServer:
+    def __init__(self, runtime: NodeRuntime) -> None:
+        self.runtime = runtime
+        self.config = runtime.config
+        self.limiter = anyio.CapacityLimiter(runtime.config.workers)
+        self.hints: weakref.WeakKeyDictionary[LoadedFunction, InlineHint] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        request_id = http.request_id_from(headers)
+        try:
+            response = await self._serve(scope, receive, headers, request_id)
+        except EdgeError as e:
+            response = http.error_parts(e, request_id)
+        status, raw_headers, body = response
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, headers: list[tuple[bytes, bytes]], request_id: str
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        runtime, config = self.runtime, self.config
         deployment = runtime.deployment  # one snapshot for the whole request
-        route = deployment.routes.match(request.headers.get("host", ""), request.url.path)
+        host = http.header(headers, b"host")
+        path: str = scope["path"]
+        route = deployment.routes.match(host, path)
         if route is None:
-            raise NoRoute(f"no function is routed at {request.url.netloc}{request.url.path}")
+            raise NoRoute(f"no function is routed at {host}{path}")
         served = deployment.functions.get(route.function)
         if served is None:
             raise NoRoute(f"function {route.function!r} is not loaded yet")
-        peer = request.client.host if request.client else "0.0.0.0"
-        ip = client_ip(peer, request.headers.getlist("x-forwarded-for"), config.trusted_proxies)
-        function, version = served.pick(route.function, ip, request.cookies)
+        client = scope.get("client")
+        peer = client[0] if client else "0.0.0.0"
+        forwarded = http.header_all(headers, b"x-forwarded-for")
+        ip = client_ip(peer, forwarded, config.trusted_proxies) if forwarded else peer
+        cookies: dict[str, str] = {}
+        if served.canary is not None and served.sticky.startswith("cookie:"):
+            jar = SimpleCookie(http.header(headers, b"cookie"))
+            cookies = {k: m.value for k, m in jar.items()}
+        function, version = served.pick(route.function, ip, cookies)
         if isinstance(function, Unavailable):
             raise function.error
         limits = function.config.limits
-        body = await http.read_body(request, limits.request_body_limit_bytes)
+        body = await http.read_body(receive, headers, limits.request_body_limit_bytes)
         guest_request = GuestRequest(
-            method=request.method,
-            url=str(request.url),
-            headers=http.guest_headers(request, request_id),
+            method=scope["method"],
+            url=http.url_of(scope, host),
+            headers=http.guest_headers(headers, request_id),
             body=body,
             client_ip=ip,
             region=config.region,
@@ -86,12 +155,9 @@ def create_app(runtime: NodeRuntime) -> Starlette:
             request_id=request_id,
             geo=runtime.geo.lookup(ip) if runtime.geo else NO_GEO,
         )
-        invocation = Invocation(function.name, request_id, function.config.config, runtime.sink)
         try:
-            result = await anyio.to_thread.run_sync(
-                function.invoke, guest_request, invocation, limiter=limiter
-            )
-            headers = http.response_headers(result.headers, request_id)
+            result = await self._run(function, guest_request, request_id)
+            out_headers = http.response_headers(result.headers, request_id)
         except FunctionError as e:
             # The function's author needs this line: it is the platform's word on their code.
             runtime.sink(
@@ -99,14 +165,52 @@ def create_app(runtime: NodeRuntime) -> Starlette:
             )
             raise
         if version:
-            headers.append((b"x-edge-version", f"{route.function}@{version}".encode()))
-        body_out = b"" if request.method == "HEAD" else result.body
-        return http.RawResponse(result.status, body_out, headers)
+            out_headers.append((b"x-edge-version", f"{route.function}@{version}".encode()))
+        out_body = b"" if scope["method"] == "HEAD" else result.body
+        out_headers.append((b"content-length", str(len(out_body)).encode()))
+        return result.status, out_headers, out_body
 
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET", "HEAD"]),
-            Route("/readyz", readyz, methods=["GET", "HEAD"]),
-            Route("/{path:path}", serve, methods=ALL_METHODS),
-        ]
-    )
+    async def _run(
+        self, function: LoadedFunction, request: GuestRequest, request_id: str
+    ) -> GuestResponse:
+        sink = self.runtime.sink
+        config = function.config.config
+        hint = self.hints.get(function)
+        if hint is None:
+            hint = self.hints[function] = InlineHint()
+        if hint.eligible():
+            buffer = _LogBuffer(sink)
+            invocation = Invocation(function.name, request_id, config, buffer)
+            started = time.perf_counter()
+            try:
+                result = function.invoke(request, invocation, INLINE_BUDGET_TICKS)
+            except OverBudget:
+                buffer.discard()
+                hint.record(time.perf_counter() - started, finished=False)
+            except BaseException:
+                buffer.commit()
+                hint.record(time.perf_counter() - started, finished=True)
+                raise
+            else:
+                buffer.commit()
+                hint.record(time.perf_counter() - started, finished=True)
+                return result
+        invocation = Invocation(function.name, request_id, config, sink)
+        return await anyio.to_thread.run_sync(
+            function.invoke, request, invocation, limiter=self.limiter
+        )
+
+
+def create_app(runtime: NodeRuntime) -> ASGIApp:
+    ops = ops_app(runtime)
+    functions = FunctionServer(runtime)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPS_PATHS:
+            await functions(scope, receive, send)
+        else:
+            await ops(scope, receive, send)
+
+    return app
+
+

@@ -1,18 +1,17 @@
-"""Translating between HTTP (Starlette) and the function contract, and errors into responses."""
+"""Translating between raw ASGI HTTP and the function contract, and errors into responses."""
 
 from __future__ import annotations
 
 import json
 import re
 import uuid
-from collections.abc import Iterable
-
-from starlette.requests import Request
-from starlette.responses import Response
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
 
 from edge.errors import BuildFailed, EdgeError, InvalidResponse, RequestBodyTooLarge
 
 REQUEST_ID = "x-request-id"
+_REQUEST_ID_B = REQUEST_ID.encode()
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # Framing is the server's business, not the function's.
@@ -28,42 +27,67 @@ HOP_BY_HOP = frozenset(
         "trailer",
     }
 )
+RawHeaders = list[tuple[bytes, bytes]]
 
 
-def request_id_for(request: Request) -> str:
+def header(headers: RawHeaders, name: bytes) -> str:
+    for k, v in headers:
+        if k == name:
+            return v.decode("latin-1")
+    return ""
+
+
+def header_all(headers: RawHeaders, name: bytes) -> list[str]:
+    return [v.decode("latin-1") for k, v in headers if k == name]
+
+
+def request_id_from(headers: RawHeaders) -> str:
     """The caller's id when it is sane (so traces join up), else a new one."""
-    given = request.headers.get(REQUEST_ID, "")
-    return given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+    given = header(headers, _REQUEST_ID_B)
+    return given if given and _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
+def url_of(scope: MutableMapping[str, Any], host: str) -> str:
+    if not host:
+        server = scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else "localhost"
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else scope["path"]
+    query = scope.get("query_string", b"")
+    url = f"{scope.get('scheme', 'http')}://{host}{path}"
+    return f"{url}?{query.decode('latin-1')}" if query else url
+
+
+async def read_body(
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]], headers: RawHeaders, limit: int
+) -> bytes:
+    declared = header(headers, b"content-length")
     if declared.isdigit() and int(declared) > limit:
         raise RequestBodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise RequestBodyTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     return b"".join(chunks)
 
 
-def guest_headers(request: Request, request_id: str) -> list[tuple[str, str]]:
+def guest_headers(headers: RawHeaders, request_id: str) -> list[tuple[str, str]]:
     # Header bytes are latin-1 on the wire (RFC 9110); names arrive lower-cased from the server.
-    out = [
-        (k.decode("latin-1"), v.decode("latin-1"))
-        for k, v in request.headers.raw
-        if k.lower() != REQUEST_ID.encode()
-    ]
+    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k != _REQUEST_ID_B]
     out.append((REQUEST_ID, request_id))
     return out
 
 
-def response_headers(
-    headers: Iterable[tuple[str, str]], request_id: str
-) -> list[tuple[bytes, bytes]]:
+def response_headers(headers: Iterable[tuple[str, str]], request_id: str) -> RawHeaders:
     out = []
     for name, value in headers:
         lower = name.lower()
@@ -77,27 +101,21 @@ def response_headers(
             out.append((lower.encode("latin-1"), value.encode("latin-1")))
         except UnicodeEncodeError:
             out.append((lower.encode("latin-1"), value.encode("utf-8")))
-    out.append((REQUEST_ID.encode(), request_id.encode()))
+    out.append((_REQUEST_ID_B, request_id.encode()))
     return out
 
 
-class RawResponse(Response):
-    """A Response whose headers are given as raw pairs, repeated names kept."""
-
-    def __init__(self, status: int, body: bytes, raw_headers: list[tuple[bytes, bytes]]) -> None:
-        self.status_code = status
-        self.body = body
-        self.background = None
-        self.raw_headers = [*raw_headers, (b"content-length", str(len(body)).encode())]
-
-
-def error_response(error: EdgeError, request_id: str) -> Response:
+def error_parts(error: EdgeError, request_id: str) -> tuple[int, RawHeaders, bytes]:
     doc = {"error": error.reason, "message": error.message, "request_id": request_id}
     if isinstance(error, BuildFailed):
         doc["compiler_output"] = error.output  # only `edge dev` serves unbuilt functions
     body = json.dumps(doc).encode()
-    return RawResponse(
+    return (
         error.status,
+        [
+            (b"content-type", b"application/json"),
+            (_REQUEST_ID_B, request_id.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ],
         body,
-        [(b"content-type", b"application/json"), (REQUEST_ID.encode(), request_id.encode())],
     )
