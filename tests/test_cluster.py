@@ -228,7 +228,8 @@ def test_nodes_serve_on_without_the_control_plane(
     t0 = time.monotonic()
     again = follower(start_node, control, "solo", "eu-west", state, ready=False)
     wait_until(lambda: httpx.get(again.url + "/").status_code == 200, 10, "restored node", again)
-    assert time.monotonic() - t0 < 10
+    # Spawn to first answer, Python start-up included (0.65 s measured here); slack for CI.
+    assert time.monotonic() - t0 < 2.0
     assert httpx.get(again.url + "/").text == "before outage\n"
     assert "serving the state kept on disk" in again.log()
     # The control plane returns: the node catches up with what is deployed next.
