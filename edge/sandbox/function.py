@@ -110,7 +110,7 @@ class LoadedFunction:
             ticks = budget_ticks
         else:
             budget_ticks = None
-        with host.bound(invocation):
+        with host.bound(invocation), self.engine.running():
             try:
                 if not self.config.instance.reuse:
                     return self._call(self._instantiate(ticks), request, invocation)
