@@ -101,8 +101,10 @@ def node(
 
 def _register_subsystems() -> None:
     from edge.control.commands import register
+    from edge.traffic.main import dns
 
     register(app)
+    app.command()(dns)
 
 
 _register_subsystems()

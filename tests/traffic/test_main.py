@@ -97,11 +97,11 @@ def health_server() -> Iterator[Callable[[str, int], None]]:
 
 
 class DnsProcess:
-    """`python -m edge.traffic.main` with its stderr read line by line on a thread."""
+    """`edge dns` (python -m edge dns) with its stderr read line by line on a thread."""
 
     def __init__(self, config: Path, geoip_db: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge.traffic.main", "--config", str(config),
+            [sys.executable, "-m", "edge", "dns", "--config", str(config),
              "--port", "0", "--geoip-db", str(geoip_db)],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True,
