@@ -99,6 +99,24 @@ def node(
         pass
 
 
+@app.command()
+def up(
+    state_dir: Annotated[Path, typer.Option(help="where the stack keeps its state")] = Path(
+        ".edge-up"
+    ),
+    control_port: int = 7070,
+    node_port: int = 8787,
+    dns_port: int = 5353,
+) -> None:
+    """The whole system on loopback: control plane, three regions, geo-DNS, a deployed example."""
+    from edge.up import UpSettings, run_up
+
+    try:
+        run_up(UpSettings(state_dir.resolve(), control_port, node_port, dns_port))
+    except EdgeError as e:
+        _fail(e)
+
+
 def _register_subsystems() -> None:
     from edge.control.commands import register
     from edge.traffic.main import dns

@@ -1,0 +1,66 @@
+"""`edge up` as a user runs it: the whole stack on loopback, reachable by DNS and HTTP."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dns.edns
+import dns.message
+import dns.query
+import httpx
+import pytest
+
+from .conftest import REPO, free_port
+
+pytestmark = pytest.mark.toolchain
+
+
+def refused(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) != 0
+
+
+def test_edge_up_serves_the_example_by_geo_dns_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    control_port, node_port, dns_port = free_port(), free_port(), free_port()
+    out = tmp_path / "up.out"
+    with out.open("w") as stdout:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge", "up", "--state-dir", str(tmp_path / "state"),
+             "--control-port", str(control_port), "--node-port", str(node_port),
+             "--dns-port", str(dns_port)],
+            cwd=REPO, stdout=stdout, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while "Ctrl-C stops everything" not in out.read_text():
+            assert proc.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.2)
+        text = out.read_text()
+        assert f"dig @127.0.0.1 -p {dns_port} hello.edge.test A" in text
+        assert f"curl --resolve hello.edge.test:{node_port}:127.0.0.21" in text
+
+        def resolve(subnet: str) -> set[str]:
+            q = dns.message.make_query("hello.edge.test", "A")
+            q.use_edns(0, options=[dns.edns.ECSOption.from_text(subnet)])
+            r = dns.query.udp(q, "127.0.0.1", port=dns_port, timeout=2)
+            return {rr.address for rrset in r.answer for rr in rrset}
+
+        assert resolve("81.2.69.0/24") == {"127.0.0.21"}  # London: eu-west
+        assert resolve("2001:218::/32") == {"127.0.0.31"}  # Japan: ap-south
+        for address in ("127.0.0.11", "127.0.0.21", "127.0.0.31"):
+            r = httpx.get(f"http://{address}:{node_port}/", headers={"host": "hello.edge.test"})
+            assert r.status_code == 200 and r.text == "Hello from C!\n"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    assert code == 0, out.read_text()
+    assert "edge up: stopped" in out.read_text()
+    for address, port in [("127.0.0.1", control_port), ("127.0.0.21", node_port)]:
+        assert refused(address, port), f"{address}:{port} still answers after Ctrl-C"
