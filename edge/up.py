@@ -157,7 +157,8 @@ class Stack:
         with self.console.status("starting the geo-DNS server"):
             traffic = s.state_dir / "traffic.toml"
             traffic.write_text(traffic_toml(s))
-            self.spawn("dns", ["dns", "--config", str(traffic), "--port", str(s.dns_port)])
+            self.spawn("dns", ["dns", "--config", str(traffic), "--port", str(s.dns_port),
+                               "--control", control, "--token", tokens["admin"]])
             self.wait_for("the DNS server", lambda: _dns_answers(s))
         with self.console.status("building and deploying the C hello example"):
             component = build_function(EXAMPLE).read_bytes()
@@ -223,7 +224,8 @@ def run_up(settings: UpSettings) -> None:
             f"  curl --resolve {s.host}.{s.zone.rstrip('.')}:{s.node_port}:{eu.address} "
             f"http://{s.host}.{s.zone.rstrip('.')}:{s.node_port}/\n"
             f"  export EDGE_CONTROL_URL=http://127.0.0.1:{s.control_port} EDGE_TOKEN={admin}\n"
-            f"  edge status\n\nlogs in {stack.logs}; Ctrl-C stops everything.",
+            f"  edge status; edge regions; edge region drain eu-west --over 30s\n\n"
+            f"logs in {stack.logs}; Ctrl-C stops everything.",
             flush=True,
         )
         while all(proc.poll() is None for _, proc in stack.procs):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -57,6 +58,43 @@ def test_edge_up_serves_the_example_by_geo_dns_and_stops_on_ctrl_c(tmp_path: Pat
         for address in ("127.0.0.11", "127.0.0.21", "127.0.0.31"):
             r = httpx.get(f"http://{address}:{node_port}/", headers={"host": "hello.edge.test"})
             assert r.status_code == 200 and r.text == "Hello from C!\n"
+
+        # An operator drains eu-west: London's answers move to the next region, us-east.
+        token = text.split("EDGE_TOKEN=", 1)[1].split()[0]
+        cli = [sys.executable, "-m", "edge"]
+        where = ["--control", f"http://127.0.0.1:{control_port}", "--token", token]
+        drained = subprocess.run(
+            [*cli, "region", "drain", "eu-west", "--over", "1s", *where],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert drained.returncode == 0, drained.stderr
+        wait = time.monotonic() + 10
+        while resolve("81.2.69.0/24") != {"127.0.0.11"}:
+            assert time.monotonic() < wait, "London still answered from eu-west"
+            time.sleep(0.2)
+        time.sleep(1.0)  # the 1 s ramp is over by now (one client subnet may move earlier)
+        listing = subprocess.run(
+            [*cli, "regions", "--json", *where], capture_output=True, text=True, timeout=60
+        )
+        states = {
+            r["name"]: (r["state"], r["share"]) for r in json.loads(listing.stdout)["regions"]
+        }
+        assert states["eu-west"] == ("drained", 0.0) and states["us-east"] == ("active", 1.0)
+        # The drained region's node still answers what reaches it (cached DNS answers).
+        assert httpx.get(f"http://127.0.0.21:{node_port}/").status_code == 200
+        undrained = subprocess.run(
+            [*cli, "region", "undrain", "eu-west", *where],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert undrained.returncode == 0, undrained.stderr
+        wait = time.monotonic() + 10
+        while resolve("81.2.69.0/24") != {"127.0.0.21"}:
+            assert time.monotonic() < wait, "London did not come back to eu-west"
+            time.sleep(0.2)
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)

@@ -27,8 +27,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from edge.config.function import NAME_RE, parse_function_config
-from edge.control.errors import Forbidden, PayloadTooLarge, Unauthorized
+from edge.control.errors import Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from edge.control.records import Change, FunctionState, Principal, Version
+from edge.control.regions import MAX_OVER_S, REGION_RE, share_now
 from edge.control.signing import Signer
 from edge.control.snapshot import build_snapshot
 from edge.control.split import valid_sticky
@@ -357,6 +358,56 @@ def create_app(
              "key_id": signer.key_id}
         )
 
+    # --- regions (operator state) ---------------------------------------------------------------
+
+    async def regions(request: Request) -> Response:
+        """Every region with its drain state and share now, and its nodes (read scope, or a node
+        token: the DNS server and nodes follow drains through this)."""
+        p = await authenticate(request)
+        if p.kind == "api" and "read" not in p.scopes:
+            raise Forbidden("this token lacks the 'read' scope")
+
+        def read() -> dict[str, Any]:
+            now = store.now()
+            drains = store.region_drains()
+            nodes = store.nodes()
+            names = sorted({n.region for n in nodes} | set(drains))
+            out = []
+            for name in names:
+                mine = [n for n in nodes if n.region == name]
+                stale = [n for n in mine if now - n.last_report_unix > settings.node_stale_after_s]
+                drain = drains.get(name)
+                out.append({
+                    "name": name,
+                    "state": drain.state(now) if drain else "active",
+                    "share": round(share_now(drain, now), 4),
+                    "drain": drain.to_json(now) if drain else None,
+                    "nodes": len(mine),
+                    "healthy_nodes": sum(1 for n in mine if n.healthy and n not in stale),
+                })  # fmt: skip
+            return {"now_unix": now, "regions": out}
+
+        return JSONResponse(await run(read))
+
+    async def region_change(request: Request) -> Response:
+        """Drain or undrain a region over `over_s` seconds (operate scope).
+        Body: {"over_s": number}; drain defaults to 300 s, undrain to 0."""
+        await tenant(request, "operate")
+        name = str(request.path_params["name"])
+        action = str(request.path_params["action"])
+        if not REGION_RE.match(name):
+            raise BadRequest(f"bad region name {name!r}")
+        if action not in ("drain", "undrain"):
+            raise NotFound(f"no such region action {action!r}")
+        body = await _json_body(request) if await request.body() else {}
+        over_s = body.get("over_s", 300.0 if action == "drain" else 0.0)
+        if isinstance(over_s, bool) or not isinstance(over_s, int | float):
+            raise BadRequest("over_s must be a number of seconds")
+        if not 0 <= over_s <= MAX_OVER_S:
+            raise BadRequest(f"over_s must be between 0 and {MAX_OVER_S:g}")
+        drain = await run(store.set_region_drain, name, action, float(over_s))
+        return JSONResponse(drain.to_json(store.now()))
+
     async def openapi(request: Request) -> Response:
         """This API's description (any token)."""
         await authenticate(request)
@@ -388,6 +439,8 @@ def create_app(
         Route("/v1/node/report", node_report, methods=["POST"]),
         Route("/v1/blobs/{sha256}", blob, methods=["GET"]),
         Route("/v1/public-key", public_key, methods=["GET"]),
+        Route("/v1/regions", regions, methods=["GET"]),
+        Route("/v1/regions/{name}/{action}", region_change, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     return Starlette(

@@ -101,6 +101,13 @@ class ControlClient:
     def status(self) -> dict[str, Any]:
         return self._json("GET", "/v1/status")
 
+    def regions(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/regions")
+
+    def region(self, name: str, action: str, over_s: float | None) -> dict[str, Any]:
+        body = {} if over_s is None else {"over_s": over_s}
+        return self._json("POST", f"/v1/regions/{name}/{action}", json=body)
+
 
 @dataclass(frozen=True)
 class Convergence:

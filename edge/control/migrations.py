@@ -89,4 +89,14 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     # A node says why it refused a snapshot (bad signature, blob mismatch), empty when it did not.
     2: ["ALTER TABLE nodes ADD COLUMN last_error TEXT NOT NULL DEFAULT ''"],
+    # Operator drains: the newest ramp per region (a region with no row takes all its traffic).
+    3: [
+        """CREATE TABLE region_drains (
+            region TEXT PRIMARY KEY,
+            direction TEXT NOT NULL CHECK (direction IN ('drain', 'undrain')),
+            started_unix REAL NOT NULL,
+            over_s REAL NOT NULL CHECK (over_s >= 0),
+            from_share REAL NOT NULL CHECK (from_share BETWEEN 0 AND 1)
+        )""",
+    ],
 }

@@ -38,6 +38,7 @@ from edge.control.records import (
     RevisionRow,
     Version,
 )
+from edge.control.regions import RegionDrain
 from edge.errors import BadRequest
 
 DB_NAME = "control.db"
@@ -542,6 +543,42 @@ class Store:
                  bool(r["healthy"]), r["convergence_ms"], r["last_error"])
             for r in rows
         ]
+
+    # --- region drains (operator state; not part of any tenant) ---------------------------------
+
+    def region_drains(self) -> dict[str, RegionDrain]:
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM region_drains").fetchall()
+        return {
+            r["region"]: RegionDrain(
+                r["region"], r["direction"], r["started_unix"], r["over_s"], r["from_share"]
+            )
+            for r in rows
+        }
+
+    def set_region_drain(self, region: str, direction: str, over_s: float) -> RegionDrain:
+        """Starts a ramp from the region's share right now, so a drain reversed halfway
+        undrains from where it got to, without a jump."""
+        with self._tx() as db:
+            now = self.now()
+            row = db.execute(
+                "SELECT * FROM region_drains WHERE region = ?", (region,)
+            ).fetchone()
+            current = (
+                RegionDrain(region, row["direction"], row["started_unix"], row["over_s"],
+                            row["from_share"]).share(now)
+                if row is not None
+                else 1.0
+            )
+            drain = RegionDrain(region, direction, now, over_s, current)
+            db.execute(
+                "INSERT INTO region_drains (region, direction, started_unix, over_s, from_share) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (region) DO UPDATE SET "
+                "direction = excluded.direction, started_unix = excluded.started_unix, "
+                "over_s = excluded.over_s, from_share = excluded.from_share",
+                (region, direction, now, over_s, current),
+            )
+        return drain
 
 
 def _split_route(spec: str) -> tuple[str, str]:

@@ -25,6 +25,7 @@ import typer
 
 from edge.errors import ConfigError, EdgeError
 from edge.traffic.dns import Authority
+from edge.traffic.drain_follower import follow_drains
 from edge.traffic.geodb import GeoDB
 from edge.traffic.health_checker import HealthChecker
 from edge.traffic.regions import load_traffic_config
@@ -74,8 +75,11 @@ async def run_dns(
     listen_host: str | None = None,
     port: int | None = None,
     geoip_db: Path | None = None,
+    control: tuple[str, str] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM (or until cancelled). `port` 0 binds a free port; the ready
+    """`control`: (URL, token) of a control plane whose region drains to follow.
+
+    Serve until SIGINT/SIGTERM (or until cancelled). `port` 0 binds a free port; the ready
     line on stderr names the one bound, which is how scripts and tests find it."""
     config = load_traffic_config(config_path)
     host = listen_host or DEFAULT_HOST
@@ -99,6 +103,9 @@ async def run_dns(
             signal.SIGHUP: lambda: reload_geodb(geo),
         }
         installed = []
+        follower = (
+            asyncio.create_task(follow_drains(state, control[0], control[1])) if control else None
+        )
         try:
             checker.start()
             for sig, handler in handlers.items():
@@ -111,6 +118,8 @@ async def run_dns(
             await stop.wait()
             _say("stopping")
         finally:
+            if follower is not None:
+                follower.cancel()
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await checker.aclose()
@@ -124,6 +133,10 @@ def dns(
     geoip_db: Annotated[
         Path | None, typer.Option(help="a MaxMind .mmdb (default: GeoLite2-City from PyPI)")
     ] = None,
+    control: Annotated[
+        str | None, typer.Option(envvar="EDGE_CONTROL_URL", help="follow its region drains")
+    ] = None,
+    token: Annotated[str | None, typer.Option(envvar="EDGE_TOKEN", help="a read token")] = None,
 ) -> None:
     """Serve the traffic.toml zone as an authoritative geo-DNS server (UDP and TCP).
 
@@ -136,7 +149,10 @@ def dns(
         traffic_log.addHandler(handler)
         traffic_log.setLevel(logging.INFO)
     try:
-        asyncio.run(run_dns(config, listen_host=host, port=port, geoip_db=geoip_db))
+        follow = (control, token) if control and token else None
+        asyncio.run(
+            run_dns(config, listen_host=host, port=port, geoip_db=geoip_db, control=follow)
+        )
     except EdgeError as e:
         print(f"error: {e.message}", file=sys.stderr)
         raise typer.Exit(1) from None

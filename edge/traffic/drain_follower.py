@@ -1,0 +1,71 @@
+"""Following the control plane's region drains from the DNS server.
+
+The control plane keeps each region's drain ramp in unix time (edge.control.regions); the DNS
+server's clock is monotonic. Every poll replaces each region's Drain with one that reads the
+ramp through the offset between the two clocks, so answers move smoothly between polls. If the
+control plane cannot be reached, the last known ramps stay in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import httpx
+
+from edge.traffic.drain import Drain, Ramp
+from edge.traffic.state import TrafficState
+
+POLL_S = 1.0
+log = logging.getLogger("edge.traffic")
+
+
+class FollowedDrain(Drain):
+    def __init__(self, ramp: Ramp, offset_s: float) -> None:
+        super().__init__()
+        self.ramp = ramp
+        self.offset_s = offset_s  # unix time = monotonic time + offset
+
+    def share(self, now: float) -> float:
+        return self.ramp.share(now + self.offset_s)
+
+
+def apply_regions(state: TrafficState, regions: list[dict[str, object]], offset_s: float) -> None:
+    """Installs the control plane's ramps (the `regions` list of GET /v1/regions)."""
+    for region in regions:
+        name = str(region.get("name"))
+        drain = region.get("drain")
+        if name not in state.drains:
+            continue
+        if not isinstance(drain, dict):
+            state.drains[name] = Drain()
+            continue
+        to = 0.0 if drain.get("direction") == "drain" else 1.0
+        ramp = Ramp(
+            float(drain["started_unix"]),
+            float(drain["over_s"]),
+            float(drain["from_share"]),
+            to,
+        )
+        state.drains[name] = FollowedDrain(ramp, offset_s)
+
+
+async def follow_drains(state: TrafficState, url: str, token: str) -> None:
+    failing = False
+    async with httpx.AsyncClient(
+        base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=5, trust_env=False
+    ) as http:
+        while True:
+            try:
+                r = await http.get("/v1/regions")
+                r.raise_for_status()
+                apply_regions(state, r.json()["regions"], time.time() - time.monotonic())
+                if failing:
+                    log.info("control plane reachable again; following region drains")
+                failing = False
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+                if not failing:
+                    log.info("cannot read region drains (%s); keeping the last known", e)
+                failing = True
+            await asyncio.sleep(POLL_S)
