@@ -346,8 +346,13 @@ def create_app(
         last_error = body.get("last_error", "")
         if not isinstance(last_error, str) or len(last_error) > 2000:
             raise BadRequest("last_error must be a string of at most 2000 characters")
+        url = body.get("url", "")
+        if not isinstance(url, str) or len(url) > 300 or (
+            url and not url.startswith(("http://", "https://"))
+        ):
+            raise BadRequest("url must be an http(s) URL of at most 300 characters")
         await run(store.report_node, node_id, region, revision, healthy,
-                  None if conv is None else float(conv), last_error)
+                  None if conv is None else float(conv), last_error, url)
         return JSONResponse({"ok": True, "revision": feed.revision})
 
     async def public_key(request: Request) -> Response:
@@ -384,6 +389,10 @@ def create_app(
                     "drain": drain.to_json(now) if drain else None,
                     "nodes": len(mine),
                     "healthy_nodes": sum(1 for n in mine if n.healthy and n not in stale),
+                    # For spill: the nodes of this region that report in and can be reached.
+                    "node_urls": sorted(
+                        n.url for n in mine if n.url and n.healthy and n not in stale
+                    ),
                 })  # fmt: skip
             return {"now_unix": now, "regions": out}
 

@@ -99,4 +99,6 @@ MIGRATIONS: dict[int, list[str]] = {
             from_share REAL NOT NULL CHECK (from_share BETWEEN 0 AND 1)
         )""",
     ],
+    # Where a node can be reached by other nodes (L7 spill while its region drains).
+    4: ["ALTER TABLE nodes ADD COLUMN url TEXT NOT NULL DEFAULT ''"],
 }

@@ -87,6 +87,7 @@ class Node:
     healthy: bool
     convergence_ms: float | None
     last_error: str = ""
+    url: str = ""
 
 
 @dataclass(frozen=True)

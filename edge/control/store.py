@@ -507,7 +507,7 @@ class Store:
 
     def report_node(
         self, node_id: str, region: str, revision: int, healthy: bool,
-        convergence_ms: float | None, last_error: str = "",
+        convergence_ms: float | None, last_error: str = "", url: str = "",
     ) -> None:
         # A node report is liveness, not configuration: it need not survive a power cut, so it
         # skips the fsync (WAL with synchronous=NORMAL stays consistent). Fifty nodes report
@@ -515,24 +515,28 @@ class Store:
         with self._lock:
             self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                self._report_node(node_id, region, revision, healthy, convergence_ms, last_error)
+                self._report_node(
+                    node_id, region, revision, healthy, convergence_ms, last_error, url
+                )
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
 
     def _report_node(
         self, node_id: str, region: str, revision: int, healthy: bool,
-        convergence_ms: float | None, last_error: str,
+        convergence_ms: float | None, last_error: str, url: str,
     ) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO nodes (id, region, applied_revision, last_report_unix, healthy, "
-                "convergence_ms, last_error) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO "
+                "convergence_ms, last_error, url) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO "
                 "UPDATE SET region = excluded.region, "
                 "applied_revision = excluded.applied_revision, "
                 "last_report_unix = excluded.last_report_unix, healthy = excluded.healthy, "
                 "convergence_ms = COALESCE(excluded.convergence_ms, nodes.convergence_ms), "
-                "last_error = excluded.last_error",
-                (node_id, region, revision, self.now(), int(healthy), convergence_ms, last_error),
+                "last_error = excluded.last_error, url = excluded.url",
+                (node_id, region, revision, self.now(), int(healthy), convergence_ms, last_error,
+                 url),
             )
 
     def nodes(self) -> list[Node]:
@@ -540,7 +544,7 @@ class Store:
             rows = db.execute("SELECT * FROM nodes ORDER BY region, id").fetchall()
         return [
             Node(r["id"], r["region"], r["applied_revision"], r["last_report_unix"],
-                 bool(r["healthy"]), r["convergence_ms"], r["last_error"])
+                 bool(r["healthy"]), r["convergence_ms"], r["last_error"], r["url"])
             for r in rows
         ]
 

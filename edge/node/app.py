@@ -15,6 +15,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 
 import anyio
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -26,6 +27,7 @@ from edge.node.client_ip import client_ip
 from edge.node.geo import NO_GEO
 from edge.node.inline import InlineHint
 from edge.node.runtime import NodeRuntime, Unavailable
+from edge.node.spill import SPILLED_FROM, spill_target
 from edge.sandbox.abi import GuestRequest, GuestResponse
 from edge.sandbox.function import LoadedFunction, OverBudget
 from edge.sandbox.host import Invocation, LogLine, LogSink
@@ -37,6 +39,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 INLINE_BUDGET_TICKS = 2
+SPILL_TIMEOUT_S = 30.0
 OPS_PATHS = frozenset({"/healthz", "/readyz"})
 
 
@@ -106,6 +109,7 @@ class FunctionServer:
         self.hints: weakref.WeakKeyDictionary[LoadedFunction, InlineHint] = (
             weakref.WeakKeyDictionary()
         )
+        self.http: httpx.AsyncClient | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -144,6 +148,12 @@ class FunctionServer:
             raise function.error
         limits = function.config.limits
         body = await http.read_body(receive, headers, limits.request_body_limit_bytes)
+        spilled = bool(http.header(headers, SPILLED_FROM.encode()))
+        target = spill_target(runtime.regions, ip, spilled)
+        if target is not None:
+            spill = await self._forward(target, scope, headers, body, request_id, ip)
+            if spill is not None:
+                return spill
         guest_request = GuestRequest(
             method=scope["method"],
             url=http.url_of(scope, host),
@@ -166,9 +176,50 @@ class FunctionServer:
             raise
         if version:
             out_headers.append((b"x-edge-version", f"{route.function}@{version}".encode()))
+        out_headers.append((b"x-edge-region", config.region.encode()))
         out_body = b"" if scope["method"] == "HEAD" else result.body
         out_headers.append((b"content-length", str(len(out_body)).encode()))
         return result.status, out_headers, out_body
+
+    async def _forward(
+        self,
+        target: str,
+        scope: Scope,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        request_id: str,
+        ip: str,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """Sends the request on to a node of the next region (L7 spill). None when that fails:
+        the request is then served here, so a spill never turns into an error."""
+        if self.http is None:
+            self.http = httpx.AsyncClient(timeout=SPILL_TIMEOUT_S, trust_env=False)
+        out = [
+            (k, v)
+            for k, v in headers
+            if k.decode("latin-1") not in http.HOP_BY_HOP and k not in (b"x-forwarded-for",)
+        ]
+        # The next node must see the same client: we are the proxy it trusts or not; either
+        # way the spilled-from header stops a second hop.
+        out += [
+            (SPILLED_FROM.encode(), self.config.region.encode()),
+            (b"x-forwarded-for", ip.encode()),
+            (b"x-request-id", request_id.encode()),
+        ]
+        path = scope.get("raw_path") or scope["path"].encode()
+        query = scope.get("query_string", b"")
+        url = target + path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+        try:
+            r = await self.http.request(scope["method"], url, headers=out, content=body)
+        except httpx.HTTPError:
+            return None
+        raw = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in r.headers.multi_items()
+            if k.lower() not in http.HOP_BY_HOP
+        ]
+        raw.append((b"content-length", str(len(r.content)).encode()))
+        return r.status_code, raw, r.content
 
     async def _run(
         self, function: LoadedFunction, request: GuestRequest, request_id: str
@@ -212,5 +263,3 @@ def create_app(runtime: NodeRuntime) -> ASGIApp:
             await ops(scope, receive, send)
 
     return app
-
-

@@ -25,10 +25,12 @@ from edge.control.snapshot import SignedVersion, Snapshot, open_snapshot, verify
 from edge.errors import EdgeError
 from edge.node.persisted import NodeState
 from edge.node.runtime import Loaded, NodeRuntime, Served, Unavailable
+from edge.node.spill import view_from
 from edge.sandbox.function import LoadedFunction
 
 LONG_POLL_S = 25.0
 HEARTBEAT_S = 5.0
+REGIONS_POLL_S = 1.0  # drain shares change over a ramp; spill follows them this closely
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -148,6 +150,7 @@ class Follower:
             "revision": max(self.applied, 0),
             "healthy": True,
             "last_error": self.last_error[:2000],
+            "url": self.own_url,
         }
         if self.convergence_ms is not None:
             body["convergence_ms"] = self.convergence_ms
@@ -177,10 +180,29 @@ class Follower:
         await self.report()
         return True
 
+    @property
+    def own_url(self) -> str:
+        host, _, port = self.runtime.config.listen.rpartition(":")
+        if host in ("0.0.0.0", "[::]", "::", ""):
+            return ""  # not reachable by other nodes at this address: never a spill target
+        return f"http://{host}:{port}"
+
+    async def refresh_regions(self) -> None:
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+            r = await self._client.get("/v1/regions")
+            r.raise_for_status()
+            self.runtime.regions = view_from(
+                r.json()["regions"], self.runtime.config.region, self.own_url
+            )
+
     async def heartbeat(self) -> None:
+        beats = 0
         while True:
-            await self.report()
-            await asyncio.sleep(HEARTBEAT_S)
+            if beats % int(HEARTBEAT_S / REGIONS_POLL_S) == 0:
+                await self.report()
+            await self.refresh_regions()
+            beats += 1
+            await asyncio.sleep(REGIONS_POLL_S)
 
     async def run(self) -> None:
         beat = asyncio.create_task(self.heartbeat())

@@ -16,6 +16,7 @@ from edge.errors import ComponentRejected, EdgeError
 from edge.node.config import FunctionSource, NodeConfig
 from edge.node.geo import GeoLookup
 from edge.node.routing import Route, RoutingTable
+from edge.node.spill import RegionsView
 from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import SandboxEngine
 from edge.sandbox.function import LoadedFunction
@@ -72,6 +73,9 @@ class NodeRuntime:
         self.cache = CompileCache(self.engine, config.cache_dir)
         self.geo = GeoLookup(config.geoip_db) if config.geoip_db else None
         self.deployment = Deployment()
+        # The control plane's view of the regions (drain shares, other regions' nodes), for
+        # L7 spill; refreshed by the follower, empty for a static node.
+        self.regions = RegionsView()
 
     def load(self, source: FunctionSource) -> LoadedFunction | Unavailable:
         try:
