@@ -10,9 +10,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from .cluster import Control
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -156,3 +160,13 @@ def start_dev(tmp_path: Path) -> Iterator[Callable[[Path], Proc]]:
     yield start
     for p in procs:
         p.stop()
+
+
+@pytest.fixture
+def control(tmp_path: Path) -> Iterator[Control]:
+    """A control plane process with its tokens (see tests/cluster.py)."""
+    from .cluster import start_control
+
+    c = start_control(tmp_path / "control", free_port(), tmp_path / "control.log")
+    yield c
+    c.proc.stop()

@@ -6,12 +6,11 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from edge.node.spill import RegionsView, spill_target, view_from
 
+from .cluster import FUNCTION, Control, converge, follower, upload
 from .conftest import NodeFactory
-from .test_cluster import FUNCTION, Control, control, converge, follower, upload  # noqa: F401
 
 
 def test_view_and_split_are_pure_and_sticky() -> None:
