@@ -62,6 +62,7 @@ def follower(
     state: Path,
     public_key: str | None = None,
     ready: bool = True,
+    cache_dir: Path | None = None,
 ) -> Proc:
     body = (
         f'[control]\nurl = "{control.url}"\ntoken = "{control.tokens["node"]}"\n'
@@ -69,7 +70,9 @@ def follower(
         f'state_dir = "{state}"\n'
     )
     node = f'id = "{node_id}"\nregion = "{region}"\ntrusted_proxies = ["127.0.0.1/32"]\n'
-    return start_node(body, node=node, ready=ready)
+    if cache_dir is None:
+        return start_node(body, node=node, ready=ready)
+    return start_node(body, node=node, ready=ready, cache_dir=cache_dir)
 
 
 def variant(tmp: Path, text: str) -> tuple[bytes, dict[str, object]]:

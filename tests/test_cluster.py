@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edge.build import build_function
+from edge.config.toml_fields import load_toml
 from edge.control.client import ControlClient, wait_for_nodes
 
 from .cluster import FUNCTION, Control, converge, follower, start_control, upload
@@ -238,3 +240,30 @@ def _edge() -> list[str]:
 
 
 Unused = Callable[[], None]
+
+
+def test_first_request_after_a_switch_pays_no_compilation(
+    control: Control, start_node: NodeFactory, tmp_path: Path
+) -> None:
+    """A Python function takes seconds to compile from nothing; the node compiles it before
+    it switches, so the first request after the switch is answered at once."""
+    node = follower(
+        start_node,
+        control,
+        "cold",
+        "eu-west",
+        tmp_path / "cold",
+        cache_dir=tmp_path / "empty-compile-cache",
+    )
+    project = EXAMPLES / "python" / "hello"
+    data = build_function(project).read_bytes()
+    with control.client() as client:
+        version = client.upload_version("hello-python", data, load_toml(project / "edge.toml"), "")
+        converge(client, client.deploy("hello-python", int(version["number"]), ["*/"]))
+    t0 = time.perf_counter()
+    r = httpx.get(node.url + "/")
+    first_s = time.perf_counter() - t0
+    assert r.status_code == 200 and r.text == "Hello from Python!\n"
+    assert first_s < 0.5, f"first request took {first_s:.2f}s: compiled at request time?"
+    compiled = list((tmp_path / "empty-compile-cache").glob("*.cwasm"))
+    assert compiled, "the node did not compile into its cache before switching"
