@@ -33,6 +33,14 @@ class TrafficState:
                 out[r.name] = RegionStatus(healthy, share, r.weight)
         return out
 
+    def fingerprint(self, now: float) -> tuple[object, ...]:
+        """Everything answers depend on besides the query: node health and drain shares (to
+        the 1% steps steering uses). Equal fingerprints mean equal answers."""
+        return (
+            tuple(h.serving for h in self.health.values()),
+            tuple(quantize_share(d.share(now)) for d in self.drains.values()),
+        )
+
     def addresses(self, region: str, family: int) -> list[IPAddress]:
         """Addresses of the region's served nodes; all of them when none is (fail open)."""
         nodes = [n for n in self.config.region(region).nodes if _address(n, family) is not None]

@@ -261,3 +261,20 @@ def test_udp_truncation_and_tcp_full_answer(make_stack: MakeStack) -> None:
     assert not full.flags & dns.flags.TC and len(addresses(full)) == 80
     # A small answer still fits in 512 bytes.
     assert not ask(stack, query(rdtype="A")).flags & dns.flags.TC
+
+
+def test_wire_cache_answers_repeats_with_their_own_id_and_follows_health(
+    make_stack: MakeStack,
+) -> None:
+    stack = make_stack()
+    first = query(ecs=LONDON_ECS, id=1)
+    again = query(ecs=LONDON_ECS, id=2)
+    a = ask_wire(stack, first.to_wire())
+    b = ask_wire(stack, again.to_wire())
+    assert a is not None and b is not None
+    assert a[:2] == b"\x00\x01" and b[:2] == b"\x00\x02" and a[2:] == b[2:]
+    assert len(stack.authority._wire_cache) == 1  # the repeat was served from the cache
+    stack.set_node("eu-west-1", up=False)
+    stack.set_node("eu-west-2", up=False)
+    moved = dns.message.from_wire(ask_wire(stack, again.to_wire()) or b"")
+    assert addresses(moved) == {"192.0.2.1"}  # a health change is a different cache key
