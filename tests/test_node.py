@@ -238,3 +238,36 @@ def test_ready_only_once_every_function_is_compiled(
         time.sleep(0.1)
     r = httpx.get(node.url + "/")
     assert r.status_code == 200 and r.text == "Hello from Python!\n"
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_move_with_real_traffic(node: Proc) -> None:
+    before = httpx.get(node.url + "/metrics").text
+    for _ in range(5):
+        assert httpx.get(node.url + "/").status_code == 200
+    for _ in range(2):
+        assert httpx.get(node.url + "/hostile/trap").status_code == 500
+    after = httpx.get(node.url + "/metrics")
+    assert after.headers["content-type"].startswith("text/plain")
+    text = after.text
+
+    def delta(name: str, **labels: str) -> float:
+        return _metric(text, name, **labels) - _metric(before, name, **labels)
+
+    assert delta("edge_function_requests_total", function="hello-c", status_class="2xx") == 5
+    assert delta("edge_function_requests_total", function="trap", status_class="5xx") == 2
+    assert delta("edge_function_errors_total", function="trap", reason="trap") == 2
+    assert delta("edge_function_duration_seconds_count", function="hello-c") == 5
+    assert delta("edge_function_response_bytes_total", function="hello-c") == 5 * len(
+        "Hello from C!\n"
+    )
+    assert _metric(text, "edge_node_compile_cache", result="hit") + _metric(
+        text, "edge_node_compile_cache", result="miss"
+    ) >= 1
+    assert "81.2.69" not in text and "/hostile" not in text  # no addresses or paths as labels

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import httpx
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -26,8 +27,9 @@ from edge.node import http
 from edge.node.client_ip import client_ip
 from edge.node.geo import NO_GEO
 from edge.node.inline import InlineHint
+from edge.node.metrics import status_class
 from edge.node.runtime import NodeRuntime, Unavailable
-from edge.node.spill import SPILLED_FROM, spill_target
+from edge.node.spill import SPILLED_FROM, spill_region, spill_target
 from edge.sandbox.abi import GuestRequest, GuestResponse
 from edge.sandbox.function import LoadedFunction, OverBudget
 from edge.sandbox.host import Invocation, LogLine, LogSink
@@ -40,7 +42,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 INLINE_BUDGET_TICKS = 2
 SPILL_TIMEOUT_S = 30.0
-OPS_PATHS = frozenset({"/healthz", "/readyz"})
+OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class _LogBuffer:
@@ -93,10 +95,19 @@ def ops_app(runtime: NodeRuntime) -> Starlette:
             status_code=200 if ready else 503,
         )
 
+    async def metrics(_: Request) -> Response:
+        m = runtime.metrics
+        m.cache.labels("hit").set(runtime.cache.stats.hits)
+        m.cache.labels("miss").set(runtime.cache.stats.misses)
+        if runtime.deployment.revision is not None:
+            m.revision.set(runtime.deployment.revision)
+        return Response(m.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ]
     )
 
@@ -114,10 +125,14 @@ class FunctionServer:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         request_id = http.request_id_from(headers)
+        metrics = self.runtime.metrics
+        metrics.in_flight.inc()
         try:
             response = await self._serve(scope, receive, headers, request_id)
         except EdgeError as e:
             response = http.error_parts(e, request_id)
+        finally:
+            metrics.in_flight.dec()
         status, raw_headers, body = response
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": body})
@@ -153,6 +168,7 @@ class FunctionServer:
         if target is not None:
             spill = await self._forward(target, scope, headers, body, request_id, ip)
             if spill is not None:
+                runtime.metrics.spills.labels(spill_region(runtime.regions, target)).inc()
                 return spill
         guest_request = GuestRequest(
             method=scope["method"],
@@ -165,6 +181,9 @@ class FunctionServer:
             request_id=request_id,
             geo=runtime.geo.lookup(ip) if runtime.geo else NO_GEO,
         )
+        metrics = runtime.metrics
+        metrics.bytes_in.labels(route.function).inc(len(body))
+        started = time.perf_counter()
         try:
             result = await self._run(function, guest_request, request_id)
             out_headers = http.response_headers(result.headers, request_id)
@@ -173,7 +192,13 @@ class FunctionServer:
             runtime.sink(
                 LogLine(function.name, request_id, "error", e.message, "platform", time.time())
             )
+            metrics.errors.labels(route.function, e.reason).inc()
+            metrics.requests.labels(route.function, version, status_class(e.status)).inc()
             raise
+        finally:
+            metrics.latency.labels(route.function).observe(time.perf_counter() - started)
+        metrics.requests.labels(route.function, version, status_class(result.status)).inc()
+        metrics.bytes_out.labels(route.function).inc(len(result.body))
         if version:
             out_headers.append((b"x-edge-version", f"{route.function}@{version}".encode()))
         out_headers.append((b"x-edge-region", config.region.encode()))

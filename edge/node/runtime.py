@@ -15,6 +15,7 @@ from edge.control import split
 from edge.errors import ComponentRejected, EdgeError
 from edge.node.config import FunctionSource, NodeConfig
 from edge.node.geo import GeoLookup
+from edge.node.metrics import NodeMetrics
 from edge.node.routing import Route, RoutingTable
 from edge.node.spill import RegionsView
 from edge.sandbox.compile_cache import CompileCache
@@ -76,6 +77,7 @@ class NodeRuntime:
         # The control plane's view of the regions (drain shares, other regions' nodes), for
         # L7 spill; refreshed by the follower, empty for a static node.
         self.regions = RegionsView()
+        self.metrics = NodeMetrics()
 
     def load(self, source: FunctionSource) -> LoadedFunction | Unavailable:
         try:

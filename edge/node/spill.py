@@ -57,3 +57,11 @@ def spill_target(view: RegionsView, client_key: str, already_spilled: bool) -> s
         return None
     _, urls = view.targets[0]
     return urls[int(_fraction("node\0" + client_key) * len(urls))]
+
+
+def spill_region(view: RegionsView, url: str) -> str:
+    """Which region a spill target URL belongs to (a metrics label)."""
+    for region, urls in view.targets:
+        if url in urls:
+            return region
+    return "unknown"
