@@ -58,6 +58,7 @@ class Follower:
         self.convergence_ms: float | None = None
         # Compiled versions by (function, number, sha256): unchanged versions are not reloaded.
         self._loaded: dict[tuple[str, int, str], Loaded] = {}
+        self._report_lock = asyncio.Lock()
         self._client = httpx.AsyncClient(
             base_url=settings.url,
             headers={"authorization": f"Bearer {settings.token}"},
@@ -144,6 +145,12 @@ class Follower:
     # --- the loop ---------------------------------------------------------------------------
 
     async def report(self) -> None:
+        # One report at a time, each built when it is its turn: a heartbeat still in flight with
+        # the old revision must not land after the apply report and move status backwards.
+        async with self._report_lock:
+            await self._report()
+
+    async def _report(self) -> None:
         body = {
             "node_id": self.runtime.config.node_id,
             "region": self.runtime.config.region,
