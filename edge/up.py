@@ -1,10 +1,11 @@
 """`edge up`: the whole system on one machine, on loopback, with one command.
 
 A control plane, three regions (us-east, eu-west, ap-south) with one node each, every node on
-its own loopback address (127.0.0.11/21/31, Linux routes all of 127/8 to lo) and the same port,
-and the geo-DNS server answering for `edge.test.` with those addresses. It deploys the C hello
-example on every route, waits until every node serves it, prints how to reach it, and stops
-every process on Ctrl-C. State lives in ./.edge-up (tokens, control data, node state).
+its own loopback address (127.0.0.11/12/13, Linux routes all of 127/8 to lo) and the same port,
+and the geo-DNS server answering for `edge.test.` with those addresses and following the control
+plane's drains. It registers the regions (location, weight) with the control plane, deploys the
+C hello example on every route, waits until every node serves it, prints how to reach it, and
+stops every process on Ctrl-C. State lives in ./.edge-up (tokens, control data, node state).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ class RegionSpec:
 
 REGIONS = (
     RegionSpec("us-east", 39.04, -77.49, "127.0.0.11"),  # Ashburn
-    RegionSpec("eu-west", 53.35, -6.26, "127.0.0.21"),  # Dublin
-    RegionSpec("ap-south", 19.08, 72.88, "127.0.0.31"),  # Mumbai
+    RegionSpec("eu-west", 53.35, -6.26, "127.0.0.12"),  # Dublin
+    RegionSpec("ap-south", 19.08, 72.88, "127.0.0.13"),  # Mumbai
 )
 
 
@@ -143,6 +144,11 @@ class Stack:
                 ),
             )
         tokens = json.loads((data / "tokens.json").read_text())
+        with self.console.status("registering three regions"), ControlClient(
+            control, tokens["admin"]
+        ) as client:
+            for r in REGIONS:
+                client.set_region(r.name, r.latitude_deg, r.longitude_deg, 100)
         with self.console.status("starting three regions"):
             for r in REGIONS:
                 self.spawn(f"node-{r.name}", [

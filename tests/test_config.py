@@ -75,3 +75,15 @@ def test_node_route_must_name_a_function(tmp_path: Path) -> None:
 def test_node_bad_proxy_cidr(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="trusted_proxies"):
         parse_node_config({"node": {"trusted_proxies": ["nope"]}}, "node.toml", tmp_path)
+
+
+def test_node_advertised_url(tmp_path: Path) -> None:
+    def url(node: dict[str, object]) -> str:
+        return parse_node_config({"node": node}, "node.toml", tmp_path).advertised_url
+
+    assert url({"listen": "127.0.0.12:8787"}) == "http://127.0.0.12:8787"
+    assert url({"listen": "0.0.0.0:80"}) == ""  # not reachable at that address: never a target
+    assert url({"listen": "0.0.0.0:80", "url": "https://n1.example.net/"}) == \
+        "https://n1.example.net"
+    with pytest.raises(ConfigError, match=r"node\.url"):
+        url({"url": "n1.example.net"})

@@ -45,7 +45,7 @@ def test_edge_up_serves_the_example_by_geo_dns_and_stops_on_ctrl_c(tmp_path: Pat
             time.sleep(0.2)
         text = out.read_text()
         assert f"dig @127.0.0.1 -p {dns_port} hello.edge.test A" in text
-        assert f"curl --resolve hello.edge.test:{node_port}:127.0.0.21" in text
+        assert f"curl --resolve hello.edge.test:{node_port}:127.0.0.12" in text
 
         def resolve(subnet: str) -> set[str]:
             q = dns.message.make_query("hello.edge.test", "A")
@@ -53,9 +53,9 @@ def test_edge_up_serves_the_example_by_geo_dns_and_stops_on_ctrl_c(tmp_path: Pat
             r = dns.query.udp(q, "127.0.0.1", port=dns_port, timeout=2)
             return {rr.address for rrset in r.answer for rr in rrset}
 
-        assert resolve("81.2.69.0/24") == {"127.0.0.21"}  # London: eu-west
-        assert resolve("2001:218::/32") == {"127.0.0.31"}  # Japan: ap-south
-        for address in ("127.0.0.11", "127.0.0.21", "127.0.0.31"):
+        assert resolve("81.2.69.0/24") == {"127.0.0.12"}  # London: eu-west
+        assert resolve("2001:218::/32") == {"127.0.0.13"}  # Japan: ap-south
+        for address in ("127.0.0.11", "127.0.0.12", "127.0.0.13"):
             r = httpx.get(f"http://{address}:{node_port}/", headers={"host": "hello.edge.test"})
             assert r.status_code == 200 and r.text == "Hello from C!\n"
 
@@ -82,8 +82,10 @@ def test_edge_up_serves_the_example_by_geo_dns_and_stops_on_ctrl_c(tmp_path: Pat
             r["name"]: (r["state"], r["share"]) for r in json.loads(listing.stdout)["regions"]
         }
         assert states["eu-west"] == ("drained", 0.0) and states["us-east"] == ("active", 1.0)
-        # The drained region's node still answers what reaches it (cached DNS answers).
-        assert httpx.get(f"http://127.0.0.21:{node_port}/").status_code == 200
+        # The drained region's node still answers what reaches it (cached DNS answers), by
+        # forwarding it to the nearest region that is not drained: us-east, not ap-south.
+        spilled = httpx.get(f"http://127.0.0.12:{node_port}/")
+        assert spilled.status_code == 200 and spilled.headers["x-edge-region"] == "us-east"
         undrained = subprocess.run(
             [*cli, "region", "undrain", "eu-west", *where],
             capture_output=True,
@@ -92,7 +94,7 @@ def test_edge_up_serves_the_example_by_geo_dns_and_stops_on_ctrl_c(tmp_path: Pat
         )
         assert undrained.returncode == 0, undrained.stderr
         wait = time.monotonic() + 10
-        while resolve("81.2.69.0/24") != {"127.0.0.21"}:
+        while resolve("81.2.69.0/24") != {"127.0.0.12"}:
             assert time.monotonic() < wait, "London did not come back to eu-west"
             time.sleep(0.2)
     finally:
@@ -100,5 +102,7 @@ def test_edge_up_serves_the_example_by_geo_dns_and_stops_on_ctrl_c(tmp_path: Pat
         code = proc.wait(timeout=60)
     assert code == 0, out.read_text()
     assert "edge up: stopped" in out.read_text()
-    for address, port in [("127.0.0.1", control_port), ("127.0.0.21", node_port)]:
+    stopped = [("127.0.0.1", control_port), ("127.0.0.1", dns_port)]
+    stopped += [(f"127.0.0.1{n}", node_port) for n in (1, 2, 3)]
+    for address, port in stopped:
         assert refused(address, port), f"{address}:{port} still answers after Ctrl-C"

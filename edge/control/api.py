@@ -28,8 +28,8 @@ from starlette.routing import BaseRoute, Route
 
 from edge.config.function import NAME_RE, parse_function_config
 from edge.control.errors import Forbidden, NotFound, PayloadTooLarge, Unauthorized
-from edge.control.records import Change, FunctionState, Principal, Version
-from edge.control.regions import MAX_OVER_S, REGION_RE, share_now
+from edge.control.records import Change, FunctionState, Node, Principal, RegionChange, Version
+from edge.control.regions import MAX_OVER_S, REGION_RE, Region
 from edge.control.signing import Signer
 from edge.control.snapshot import build_snapshot
 from edge.control.split import valid_sticky
@@ -121,6 +121,37 @@ def _field(body: dict[str, Any], key: str, kind: type[T], default: T | None = No
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BadRequest(f"{key!r} must be {kind.__name__}")
     return value
+
+
+def _number(body: dict[str, Any], key: str) -> float:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"{key!r} must be a number")
+    return float(value)
+
+
+def regions_json(
+    regions: dict[str, Region], nodes: list[Node], now: float, stale_after_s: float
+) -> list[dict[str, Any]]:
+    """GET /v1/regions' list (pure): configured regions and regions nodes report from."""
+    out = []
+    for name in sorted(set(regions) | {n.region for n in nodes}):
+        r = regions.get(name, Region(name))
+        mine = [n for n in nodes if n.region == name]
+        fresh = [n for n in mine if now - n.last_report_unix <= stale_after_s]
+        rates = [n.requests_per_s for n in fresh if n.requests_per_s is not None]
+        out.append({
+            **r.state_json(),
+            "configured": name in regions,
+            "state": r.state(now),
+            "share": round(r.share(now), 4),
+            "nodes": len(mine),
+            "healthy_nodes": sum(1 for n in fresh if n.healthy),
+            "stale_nodes": len(mine) - len(fresh),
+            "requests_per_s": round(sum(rates), 3) if rates else None,
+            "node_urls": sorted(n.url for n in fresh if n.url and n.healthy),
+        })  # fmt: skip
+    return out
 
 
 def _optional_int(body: dict[str, Any], key: str) -> int | None:
@@ -351,8 +382,13 @@ def create_app(
             url and not url.startswith(("http://", "https://"))
         ):
             raise BadRequest("url must be an http(s) URL of at most 300 characters")
-        await run(store.report_node, node_id, region, revision, healthy,
-                  None if conv is None else float(conv), last_error, url)
+        requests_total = _optional_int(body, "requests_total")
+        if requests_total is not None and requests_total < 0:
+            raise BadRequest("requests_total must be a counter (>= 0)")
+        made = await run(store.report_node, node_id, region, revision, healthy,
+                         None if conv is None else float(conv), last_error, url, requests_total)
+        if made is not None:  # the node joined or moved: a new snapshot for every node
+            await feed.publish(made)
         return JSONResponse({"ok": True, "revision": feed.revision})
 
     async def public_key(request: Request) -> Response:
@@ -366,56 +402,75 @@ def create_app(
     # --- regions (operator state) ---------------------------------------------------------------
 
     async def regions(request: Request) -> Response:
-        """Every region with its drain state and share now, and its nodes (read scope, or a node
-        token: the DNS server and nodes follow drains through this)."""
+        """Every region: location, weight, drain state and share now, node health and traffic
+        (read scope, or a node token: the DNS server follows drains and weights through this).
+
+        A region is listed if it is configured or a node reports from it. `healthy_nodes`
+        counts nodes reporting healthy within the staleness window; `stale_nodes` those that
+        stopped reporting; `requests_per_s` sums what fresh nodes report (null: none does)."""
         p = await authenticate(request)
         if p.kind == "api" and "read" not in p.scopes:
             raise Forbidden("this token lacks the 'read' scope")
 
         def read() -> dict[str, Any]:
             now = store.now()
-            drains = store.region_drains()
-            nodes = store.nodes()
-            names = sorted({n.region for n in nodes} | set(drains))
-            out = []
-            for name in names:
-                mine = [n for n in nodes if n.region == name]
-                stale = [n for n in mine if now - n.last_report_unix > settings.node_stale_after_s]
-                drain = drains.get(name)
-                out.append({
-                    "name": name,
-                    "state": drain.state(now) if drain else "active",
-                    "share": round(share_now(drain, now), 4),
-                    "drain": drain.to_json(now) if drain else None,
-                    "nodes": len(mine),
-                    "healthy_nodes": sum(1 for n in mine if n.healthy and n not in stale),
-                    # For spill: the nodes of this region that report in and can be reached.
-                    "node_urls": sorted(
-                        n.url for n in mine if n.url and n.healthy and n not in stale
-                    ),
-                })  # fmt: skip
-            return {"now_unix": now, "regions": out}
+            return {
+                "now_unix": now,
+                "revision": store.revision(),
+                "regions": regions_json(
+                    store.regions(), store.nodes(), now, settings.node_stale_after_s
+                ),
+            }
 
         return JSONResponse(await run(read))
 
+    async def region_set(request: Request) -> Response:
+        """Create or update a region's location and weight (operate scope).
+
+        Body: {"latitude": number, "longitude": number, "weight": 0..100 (optional: keep)}.
+        One revision; nodes get it in their next snapshot."""
+        _, p = await tenant(request, "operate")
+        name = region_name(request)
+        body = await _json_body(request)
+        lat, lon = _number(body, "latitude"), _number(body, "longitude")
+        weight = _optional_int(body, "weight")
+        change = await run(store.set_region, name, lat, lon, weight, p.label)
+        return await region_changed(change)
+
     async def region_change(request: Request) -> Response:
         """Drain or undrain a region over `over_s` seconds (operate scope).
-        Body: {"over_s": number}; drain defaults to 300 s, undrain to 0."""
-        await tenant(request, "operate")
-        name = str(request.path_params["name"])
+
+        Body: {"over_s": number}; drain defaults to 300 s, undrain to 0 (at once)."""
+        _, p = await tenant(request, "operate")
+        name = region_name(request)
         action = str(request.path_params["action"])
-        if not REGION_RE.match(name):
-            raise BadRequest(f"bad region name {name!r}")
         if action not in ("drain", "undrain"):
             raise NotFound(f"no such region action {action!r}")
-        body = await _json_body(request) if await request.body() else {}
-        over_s = body.get("over_s", 300.0 if action == "drain" else 0.0)
+        body = await _json_body(request)
+        over_s = body.get("over_s")
+        if over_s is None:
+            over_s = 300.0 if action == "drain" else 0.0
         if isinstance(over_s, bool) or not isinstance(over_s, int | float):
             raise BadRequest("over_s must be a number of seconds")
         if not 0 <= over_s <= MAX_OVER_S:
             raise BadRequest(f"over_s must be between 0 and {MAX_OVER_S:g}")
-        drain = await run(store.set_region_drain, name, action, float(over_s))
-        return JSONResponse(drain.to_json(store.now()))
+        change = await run(store.set_region_drain, name, action, float(over_s), p.label)
+        return await region_changed(change)
+
+    def region_name(request: Request) -> str:
+        name = str(request.path_params["name"])
+        if not REGION_RE.match(name):
+            raise BadRequest(f"bad region name {name!r} (lowercase letters, digits and -)")
+        return name
+
+    async def region_changed(change: RegionChange) -> JSONResponse:
+        await feed.publish(change.revision)
+        now = store.now()
+        r = change.region
+        return JSONResponse({
+            "revision": change.revision, "changed": change.changed, **r.state_json(),
+            "state": r.state(now), "share": round(r.share(now), 4),
+        })  # fmt: skip
 
     async def openapi(request: Request) -> Response:
         """This API's description (any token)."""
@@ -449,6 +504,7 @@ def create_app(
         Route("/v1/blobs/{sha256}", blob, methods=["GET"]),
         Route("/v1/public-key", public_key, methods=["GET"]),
         Route("/v1/regions", regions, methods=["GET"]),
+        Route("/v1/regions/{name}", region_set, methods=["PUT"]),
         Route("/v1/regions/{name}/{action}", region_change, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]

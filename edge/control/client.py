@@ -108,6 +108,14 @@ class ControlClient:
         body = {} if over_s is None else {"over_s": over_s}
         return self._json("POST", f"/v1/regions/{name}/{action}", json=body)
 
+    def set_region(
+        self, name: str, latitude: float, longitude: float, weight: int | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"latitude": latitude, "longitude": longitude}
+        if weight is not None:
+            body["weight"] = weight
+        return self._json("PUT", f"/v1/regions/{name}", json=body)
+
 
 @dataclass(frozen=True)
 class Convergence:

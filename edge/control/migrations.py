@@ -101,4 +101,69 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     # Where a node can be reached by other nodes (L7 spill while its region drains).
     4: ["ALTER TABLE nodes ADD COLUMN url TEXT NOT NULL DEFAULT ''"],
+    5: [
+        # Regions become configuration: location, weight and drain ramp, changed only through
+        # revisions (so they reach nodes in the snapshot). NULL location or weight: not set
+        # here (a region known only from node reports or a drain); readers use their default.
+        """CREATE TABLE regions (
+            name TEXT PRIMARY KEY,
+            latitude REAL CHECK (latitude BETWEEN -90 AND 90),
+            longitude REAL CHECK (longitude BETWEEN -180 AND 180),
+            weight INTEGER CHECK (weight BETWEEN 0 AND 100),
+            drain_direction TEXT CHECK (drain_direction IN ('drain', 'undrain')),
+            drain_started_unix REAL,
+            drain_over_s REAL CHECK (drain_over_s >= 0),
+            drain_from_share REAL CHECK (drain_from_share BETWEEN 0 AND 1),
+            CHECK ((latitude IS NULL) = (longitude IS NULL)),
+            CHECK ((drain_direction IS NULL) = (drain_started_unix IS NULL)
+                   AND (drain_direction IS NULL) = (drain_over_s IS NULL)
+                   AND (drain_direction IS NULL) = (drain_from_share IS NULL))
+        )""",
+        """INSERT INTO regions (name, drain_direction, drain_started_unix, drain_over_s,
+                               drain_from_share)
+           SELECT region, direction, started_unix, over_s, from_share FROM region_drains""",
+        # SQLite cannot alter a CHECK: rebuild `revisions` with the new kinds and a `subject`
+        # (the region name or node id of a change that belongs to no function). Nothing
+        # references `revisions`, so dropping the old table breaks no foreign key. The whole
+        # migration is one transaction (Store.migrate): a crash leaves the old schema intact.
+        """CREATE TABLE revisions_v5 (
+            number INTEGER PRIMARY KEY,
+            created_unix REAL NOT NULL,
+            function_id INTEGER REFERENCES functions(id),
+            subject TEXT,
+            kind TEXT NOT NULL CHECK (kind IN ('deploy', 'canary', 'promote', 'rollback',
+                                               'routes', 'region', 'node')),
+            author TEXT NOT NULL,
+            state TEXT NOT NULL,
+            change TEXT NOT NULL,
+            CHECK ((kind IN ('region', 'node')) = (function_id IS NULL)),
+            CHECK ((kind IN ('region', 'node')) = (subject IS NOT NULL))
+        )""",
+        """INSERT INTO revisions_v5 (number, created_unix, function_id, subject, kind, author,
+                                    state, change)
+           SELECT number, created_unix, function_id, NULL, kind, author, state, change
+           FROM revisions""",
+        "DROP TABLE revisions",
+        "ALTER TABLE revisions_v5 RENAME TO revisions",
+        "CREATE INDEX revisions_by_function ON revisions(function_id, number)",
+        "CREATE INDEX revisions_by_subject ON revisions(kind, subject, number)",
+        # Drains made before this migration become region revisions, so snapshots carry them.
+        """INSERT INTO revisions (number, created_unix, function_id, subject, kind, author,
+                                 state, change)
+           SELECT (SELECT COALESCE(MAX(number), 0) FROM revisions)
+                      + ROW_NUMBER() OVER (ORDER BY region),
+                  started_unix, NULL, region, 'region', 'migration 5',
+                  json_object('name', region, 'latitude', NULL, 'longitude', NULL,
+                              'weight', NULL,
+                              'drain', json_object('direction', direction,
+                                                   'started_unix', started_unix,
+                                                   'over_s', over_s,
+                                                   'from_share', from_share)),
+                  '{}'
+           FROM region_drains""",
+        "DROP TABLE region_drains",
+        # Nodes report a request counter; the store keeps the rate between two reports.
+        "ALTER TABLE nodes ADD COLUMN requests_total INTEGER",
+        "ALTER TABLE nodes ADD COLUMN requests_per_s REAL",
+    ],
 }

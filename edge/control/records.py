@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.control.regions import Region
+
 SCOPES = ("deploy", "operate", "read")
 
 
@@ -72,10 +74,28 @@ class Resolved:
 
 
 @dataclass(frozen=True)
+class NodeEndpoint:
+    """Where another node can reach a node (for L7 spill): part of the configuration."""
+
+    id: str
+    region: str
+    url: str
+
+
+@dataclass(frozen=True)
+class RegionChange:
+    revision: int
+    changed: bool
+    region: Region
+
+
+@dataclass(frozen=True)
 class ConfigAt:
     revision: int
     created_unix: float
     functions: tuple[Resolved, ...] = field(default_factory=tuple)
+    regions: tuple[Region, ...] = field(default_factory=tuple)
+    nodes: tuple[NodeEndpoint, ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -88,6 +108,8 @@ class Node:
     convergence_ms: float | None
     last_error: str = ""
     url: str = ""
+    requests_total: int | None = None
+    requests_per_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -98,3 +120,4 @@ class RevisionRow:
     kind: str
     author: str
     change: dict[str, Any]
+    subject: str | None = None  # the region or node of a "region" or "node" change

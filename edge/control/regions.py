@@ -1,8 +1,13 @@
-"""Region drain state as the control plane keeps it, and what it means at a given time (pure).
+"""Regions as the control plane keeps them and snapshots carry them, and what a drain ramp
+means at a given time (pure).
 
-A drain or undrain is a linear ramp of the region's share of traffic from where it stood when
-the operator asked, to 0 (drain) or 1 (undrain), over `over_s` seconds. The DNS server and the
-nodes turn the share into answers and spills; this module only says what the share is.
+A region has an optional location (for nearest-region spill), an optional weight (0..100; None:
+not set here, so the DNS server keeps its traffic.toml weight and nodes use 100) and at most one
+drain ramp. A drain or undrain is a linear ramp of the region's share of traffic from where it
+stood when the operator asked, to 0 (drain) or 1 (undrain), over `over_s` seconds. The DNS
+server and the nodes turn the share into answers and spills; this module only says what the
+share is. Ramps are in unix time: every host reads them with its own clock, so hosts should be
+NTP-synchronised (a skew of a second moves a 5-minute ramp by a second, nothing worse).
 """
 
 from __future__ import annotations
@@ -38,6 +43,15 @@ class RegionDrain:
             return "drained" if done else "draining"
         return "active" if done else "undraining"
 
+    def state_json(self) -> dict[str, Any]:
+        """What a revision and a snapshot keep: the ramp, without anything computed at a time."""
+        return {
+            "direction": self.direction,
+            "started_unix": self.started_unix,
+            "over_s": self.over_s,
+            "from_share": self.from_share,
+        }
+
     def to_json(self, now_unix: float) -> dict[str, Any]:
         return {
             "region": self.region,
@@ -48,6 +62,57 @@ class RegionDrain:
             "over_s": self.over_s,
             "from_share": self.from_share,
         }
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    latitude_deg: float | None = None
+    longitude_deg: float | None = None
+    weight: int | None = None
+    drain: RegionDrain | None = None
+
+    def share(self, now_unix: float) -> float:
+        return share_now(self.drain, now_unix)
+
+    def state(self, now_unix: float) -> str:
+        return "active" if self.drain is None else self.drain.state(now_unix)
+
+    def state_json(self) -> dict[str, Any]:
+        """The region as one revision row keeps it (and as GET /v1/regions shows it)."""
+        return {
+            "name": self.name,
+            "latitude": self.latitude_deg,
+            "longitude": self.longitude_deg,
+            "weight": self.weight,
+            "drain": None if self.drain is None else self.drain.state_json(),
+        }
+
+    @staticmethod
+    def from_state(state: dict[str, Any]) -> Region:
+        name = str(state["name"])
+        d = state.get("drain")
+        lat, lon, weight = state.get("latitude"), state.get("longitude"), state.get("weight")
+        return Region(
+            name,
+            None if lat is None else float(lat),
+            None if lon is None else float(lon),
+            None if weight is None else int(weight),
+            None if d is None else RegionDrain(
+                name, str(d["direction"]), float(d["started_unix"]), float(d["over_s"]),
+                float(d["from_share"]),
+            ),
+        )  # fmt: skip
+
+
+def check_region_fields(latitude: float, longitude: float, weight: int | None) -> None:
+    """Raises ValueError naming the field that is out of range."""
+    if not -90 <= latitude <= 90:
+        raise ValueError(f"latitude must be between -90 and 90, got {latitude:g}")
+    if not -180 <= longitude <= 180:
+        raise ValueError(f"longitude must be between -180 and 180, got {longitude:g}")
+    if weight is not None and not 0 <= weight <= 100:
+        raise ValueError(f"weight must be between 0 and 100, got {weight}")
 
 
 def share_now(drain: RegionDrain | None, now_unix: float) -> float:

@@ -16,6 +16,12 @@ Wire format (CBOR, cbor2 canonical=True everywhere):
             "stable": V, "canary": V / null,
             "canary_percent": 0..100,
             "sticky": "ip" / "cookie:NAME"}, ...},
+        "regions": {"<region>": {         # optional (added within format 1; absent: none)
+            "latitude": float / null, "longitude": float / null,
+            "weight": 0..100 / null,      # null: not set at the control plane
+            "drain": {"direction": "drain" / "undrain", "started_unix": float,
+                      "over_s": float, "from_share": 0..1} / null}, ...},
+        "nodes": {"<node id>": {"region": tstr, "url": "http(s)://..."}, ...},  # optional
     }
     V = {"function": "<tenant>/<name>", "number": uint, "sha256": hex, "size": uint,
          "manifest": {edge.toml as a map}, "signature": bstr(64)}
@@ -35,14 +41,15 @@ import hashlib
 import io
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import cbor2
 
 from edge.config.function import FunctionConfig, parse_function_config
 from edge.control.errors import BlobMismatch, SnapshotRejected
-from edge.control.records import Version
+from edge.control.records import NodeEndpoint, Version
+from edge.control.regions import REGION_RE, Region, RegionDrain, check_region_fields
 from edge.control.signing import (
     SIGNATURE_BYTES,
     Signer,
@@ -89,6 +96,8 @@ class Snapshot:
     created_unix: float
     routes: tuple[Route, ...]
     functions: Mapping[str, FunctionDeployment]
+    regions: Mapping[str, Region] = field(default_factory=dict)
+    nodes: Mapping[str, NodeEndpoint] = field(default_factory=dict)
 
 
 # --- building (control plane) -------------------------------------------------------------------
@@ -121,6 +130,11 @@ def build_snapshot(store: Store, revision: int, signer: Signer) -> bytes:
             "sticky": s.sticky,
         }
     routes.sort(key=lambda x: (x["host"], x["path"]))
+    regions = {}
+    for region in config.regions:
+        state = region.state_json()
+        del state["name"]
+        regions[region.name] = state
     payload = canonical_cbor(
         {
             "format": FORMAT,
@@ -128,6 +142,8 @@ def build_snapshot(store: Store, revision: int, signer: Signer) -> bytes:
             "created_unix": float(config.created_unix),
             "routes": routes,
             "functions": functions,
+            "regions": regions,
+            "nodes": {n.id: {"region": n.region, "url": n.url} for n in config.nodes},
         }
     )
     return sign_payload(payload, signer)
@@ -202,7 +218,56 @@ def _open(envelope: bytes, public_key: bytes) -> Snapshot:
         RoutingTable(routes)  # rejects duplicates and paths without a leading "/"
     except ConfigError as e:
         raise SnapshotRejected(e.message) from None
-    return Snapshot(revision, created, tuple(routes), functions)
+    regions = {
+        name: _region(name, raw) for name, raw in _as(body.get("regions", {}), dict,
+                                                       "regions").items()
+    }  # fmt: skip
+    nodes = {}
+    for node_id, raw in _as(body.get("nodes", {}), dict, "nodes").items():
+        where = f"nodes[{node_id!r}]"
+        entry = _as(raw, dict, where)
+        node = NodeEndpoint(
+            _as(node_id, str, where), _get(entry, "region", str, where), _get(entry, "url", str,
+                                                                              where)
+        )  # fmt: skip
+        if not node.url.startswith(("http://", "https://")):
+            raise SnapshotRejected(f"{where}: url must be http(s)")
+        nodes[node.id] = node
+    return Snapshot(revision, created, tuple(routes), functions, regions, nodes)
+
+
+def _region(name: Any, raw: Any) -> Region:
+    where = f"regions[{name!r}]"
+    if not isinstance(name, str) or not REGION_RE.match(name):
+        raise SnapshotRejected(f"{where}: bad region name")
+    entry = _as(raw, dict, where)
+    lat, lon, weight = entry.get("latitude"), entry.get("longitude"), entry.get("weight")
+    if (lat is None) != (lon is None):
+        raise SnapshotRejected(f"{where}: latitude and longitude go together")
+    if lat is not None:
+        lat = _as(lat, float, f"{where}.latitude")
+        lon = _as(lon, float, f"{where}.longitude")
+    if weight is not None:
+        weight = _as(weight, int, f"{where}.weight")
+    try:
+        check_region_fields(lat or 0.0, lon or 0.0, weight)
+    except ValueError as e:
+        raise SnapshotRejected(f"{where}: {e}") from None
+    drain = None
+    if entry.get("drain") is not None:
+        d = _as(entry["drain"], dict, f"{where}.drain")
+        drain = RegionDrain(
+            name,
+            _get(d, "direction", str, f"{where}.drain"),
+            _get(d, "started_unix", float, f"{where}.drain"),
+            _get(d, "over_s", float, f"{where}.drain"),
+            _get(d, "from_share", float, f"{where}.drain"),
+        )
+        if drain.direction not in ("drain", "undrain") or drain.over_s < 0 or not (
+            0 <= drain.from_share <= 1
+        ):
+            raise SnapshotRejected(f"{where}: bad drain")
+    return Region(name, lat, lon, weight, drain)
 
 
 def _signed_version(raw: dict[Any, Any], function: str, public_key: bytes) -> SignedVersion:

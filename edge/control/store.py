@@ -33,12 +33,14 @@ from edge.control.records import (
     ConfigAt,
     FunctionState,
     Node,
+    NodeEndpoint,
     Principal,
+    RegionChange,
     Resolved,
     RevisionRow,
     Version,
 )
-from edge.control.regions import RegionDrain
+from edge.control.regions import Region, RegionDrain, check_region_fields
 from edge.errors import BadRequest
 
 DB_NAME = "control.db"
@@ -459,7 +461,7 @@ class Store:
             }
         return [
             RevisionRow(r["number"], r["created_unix"], keys.get(r["function_id"]), r["kind"],
-                        r["author"], json.loads(r["change"]))
+                        r["author"], json.loads(r["change"]), r["subject"])
             for r in rows
         ]
 
@@ -475,10 +477,18 @@ class Store:
             ).fetchone()
             rows = db.execute(
                 "SELECT r.function_id, r.state FROM revisions r JOIN (SELECT function_id, "
-                "MAX(number) AS n FROM revisions WHERE number <= ? GROUP BY function_id) m "
-                "ON r.number = m.n ORDER BY r.function_id",
+                "MAX(number) AS n FROM revisions WHERE number <= ? AND function_id IS NOT NULL "
+                "GROUP BY function_id) m ON r.number = m.n ORDER BY r.function_id",
                 (revision,),
             ).fetchall()
+            regions = tuple(
+                Region.from_state(s) for s in self._subjects_at(db, "region", revision)
+            )
+            nodes = tuple(
+                NodeEndpoint(s["node"], s["region"], s["url"])
+                for s in self._subjects_at(db, "node", revision)
+                if s["url"]
+            )
             resolved = []
             for row in rows:
                 s = json.loads(row["state"])
@@ -495,7 +505,33 @@ class Store:
                                                state.canary),
                     )
                 )
-        return ConfigAt(revision, created[0] if created else 0.0, tuple(resolved))
+        return ConfigAt(
+            revision, created[0] if created else 0.0, tuple(resolved), regions, nodes
+        )
+
+    @staticmethod
+    def _subjects_at(db: sqlite3.Connection, kind: str, revision: int) -> list[dict[str, Any]]:
+        """The newest state of every region (or node) as of `revision`, by subject."""
+        rows = db.execute(
+            "SELECT r.state FROM revisions r JOIN (SELECT subject, MAX(number) AS n "
+            "FROM revisions WHERE kind = ? AND number <= ? GROUP BY subject) m "
+            "ON r.number = m.n ORDER BY r.subject",
+            (kind, revision),
+        ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def _write_subject(
+        self, db: sqlite3.Connection, kind: str, subject: str, before: dict[str, Any],
+        after: dict[str, Any], author: str,
+    ) -> int:
+        change = {k: [before.get(k), v] for k, v in after.items() if before.get(k) != v}
+        number = self._revision(db) + 1
+        db.execute(
+            "INSERT INTO revisions (number, created_unix, function_id, subject, kind, author, "
+            "state, change) VALUES (?, ?, NULL, ?, ?, ?, ?, ?)",
+            (number, self.now(), subject, kind, author, _dumps(after), _dumps(change)),
+        )
+        return number
 
     def _version_row(self, db: sqlite3.Connection, fid: int, key: str, number: int) -> Version:
         row = db.execute(
@@ -508,81 +544,175 @@ class Store:
     def report_node(
         self, node_id: str, region: str, revision: int, healthy: bool,
         convergence_ms: float | None, last_error: str = "", url: str = "",
-    ) -> None:
-        # A node report is liveness, not configuration: it need not survive a power cut, so it
-        # skips the fsync (WAL with synchronous=NORMAL stays consistent). Fifty nodes report
-        # at the same moment after every deploy, and fsyncs would queue behind one another.
+        requests_total: int | None = None,
+    ) -> int | None:
+        """Records a node's report. A node that joins with a URL, or changes its region or URL,
+        changes where spilled requests may go: that is one "node" revision, whose number is
+        returned (None when the report changed no configuration)."""
         with self._lock:
+            if self._closed:
+                raise RuntimeError("store is closed")
+            row = self._db.execute(
+                "SELECT region, url FROM nodes WHERE id = ?", (node_id,)
+            ).fetchone()
+            known = (row["region"], row["url"]) if row is not None else (region, "")
+            args = (node_id, region, revision, healthy, convergence_ms, last_error, url,
+                    requests_total)
+            if known != (region, url):
+                with self._tx() as db:
+                    self._report_node(db, *args)
+                    before = {"node": node_id, "region": known[0], "url": known[1]}
+                    after = {"node": node_id, "region": region, "url": url}
+                    return self._write_subject(db, "node", node_id, before, after, node_id)
+            # A report that changes no configuration is liveness: it need not survive a power
+            # cut, so it skips the fsync (WAL with synchronous=NORMAL stays consistent). Fifty
+            # nodes report at the same moment after every deploy; fsyncs would queue up.
             self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                self._report_node(
-                    node_id, region, revision, healthy, convergence_ms, last_error, url
-                )
+                with self._tx() as db:
+                    self._report_node(db, *args)
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
+            return None
 
     def _report_node(
-        self, node_id: str, region: str, revision: int, healthy: bool,
-        convergence_ms: float | None, last_error: str, url: str,
+        self, db: sqlite3.Connection, node_id: str, region: str, revision: int, healthy: bool,
+        convergence_ms: float | None, last_error: str, url: str, requests_total: int | None,
     ) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO nodes (id, region, applied_revision, last_report_unix, healthy, "
-                "convergence_ms, last_error, url) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (id) DO "
-                "UPDATE SET region = excluded.region, "
-                "applied_revision = excluded.applied_revision, "
-                "last_report_unix = excluded.last_report_unix, healthy = excluded.healthy, "
-                "convergence_ms = COALESCE(excluded.convergence_ms, nodes.convergence_ms), "
-                "last_error = excluded.last_error, url = excluded.url",
-                (node_id, region, revision, self.now(), int(healthy), convergence_ms, last_error,
-                 url),
-            )
+        now = self.now()
+        row = db.execute(
+            "SELECT last_report_unix, requests_total FROM nodes WHERE id = ?", (node_id,)
+        ).fetchone()
+        rate = None
+        if row is not None and requests_total is not None and row["requests_total"] is not None:
+            elapsed = now - row["last_report_unix"]
+            delta = requests_total - row["requests_total"]
+            if elapsed > 0 and delta >= 0:  # a restarted node's counter starts again from 0
+                rate = delta / elapsed
+        db.execute(
+            "INSERT INTO nodes (id, region, applied_revision, last_report_unix, healthy, "
+            "convergence_ms, last_error, url, requests_total, requests_per_s) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO "
+            "UPDATE SET region = excluded.region, "
+            "applied_revision = excluded.applied_revision, "
+            "last_report_unix = excluded.last_report_unix, healthy = excluded.healthy, "
+            "convergence_ms = COALESCE(excluded.convergence_ms, nodes.convergence_ms), "
+            "last_error = excluded.last_error, url = excluded.url, "
+            "requests_total = excluded.requests_total, requests_per_s = excluded.requests_per_s",
+            (node_id, region, revision, now, int(healthy), convergence_ms, last_error, url,
+             requests_total, rate),
+        )
 
     def nodes(self) -> list[Node]:
         with self._tx() as db:
             rows = db.execute("SELECT * FROM nodes ORDER BY region, id").fetchall()
         return [
             Node(r["id"], r["region"], r["applied_revision"], r["last_report_unix"],
-                 bool(r["healthy"]), r["convergence_ms"], r["last_error"], r["url"])
+                 bool(r["healthy"]), r["convergence_ms"], r["last_error"], r["url"],
+                 r["requests_total"], r["requests_per_s"])
             for r in rows
         ]
 
-    # --- region drains (operator state; not part of any tenant) ---------------------------------
+    # --- regions (operator configuration; not part of any tenant) -------------------------------
+    # Every change is one "region" revision holding the region's whole state, so snapshots carry
+    # regions and the configuration at any past revision can be rebuilt, as for functions.
 
-    def region_drains(self) -> dict[str, RegionDrain]:
+    def regions(self) -> dict[str, Region]:
         with self._tx() as db:
-            rows = db.execute("SELECT * FROM region_drains").fetchall()
-        return {
-            r["region"]: RegionDrain(
-                r["region"], r["direction"], r["started_unix"], r["over_s"], r["from_share"]
-            )
-            for r in rows
-        }
+            rows = db.execute("SELECT * FROM regions ORDER BY name").fetchall()
+        return {r["name"]: _region(r) for r in rows}
 
-    def set_region_drain(self, region: str, direction: str, over_s: float) -> RegionDrain:
+    def known_regions(self) -> set[str]:
+        """Configured regions and regions nodes report from."""
+        with self._tx() as db:
+            rows = db.execute("SELECT name FROM regions UNION SELECT region FROM nodes")
+            return {r[0] for r in rows}
+
+    def set_region(
+        self, name: str, latitude_deg: float, longitude_deg: float, weight: int | None,
+        author: str,
+    ) -> RegionChange:
+        """Creates or updates a region's location and weight (None keeps the current weight).
+        Its drain, if any, is kept."""
+        try:
+            check_region_fields(latitude_deg, longitude_deg, weight)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        with self._tx() as db:
+            old = self._region(db, name)
+            new = Region(
+                name, float(latitude_deg), float(longitude_deg),
+                old.weight if weight is None else weight, old.drain,
+            )  # fmt: skip
+            return self._write_region(db, old, new, author)
+
+    def set_region_drain(
+        self, region: str, direction: str, over_s: float, author: str = ""
+    ) -> RegionChange:
         """Starts a ramp from the region's share right now, so a drain reversed halfway
-        undrains from where it got to, without a jump."""
+        undrains from where it got to, without a jump. Draining a drained region (or
+        undraining an active one) changes nothing. The region must be known: configured or
+        reported by a node, so a typo does not create a region."""
+        if direction not in ("drain", "undrain"):
+            raise BadRequest(f"direction must be drain or undrain, got {direction!r}")
         with self._tx() as db:
-            now = self.now()
-            row = db.execute(
-                "SELECT * FROM region_drains WHERE region = ?", (region,)
+            known = db.execute(
+                "SELECT 1 FROM regions WHERE name = ? UNION SELECT 1 FROM nodes WHERE region = ?",
+                (region, region),
             ).fetchone()
-            current = (
-                RegionDrain(region, row["direction"], row["started_unix"], row["over_s"],
-                            row["from_share"]).share(now)
-                if row is not None
-                else 1.0
-            )
-            drain = RegionDrain(region, direction, now, over_s, current)
-            db.execute(
-                "INSERT INTO region_drains (region, direction, started_unix, over_s, from_share) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (region) DO UPDATE SET "
-                "direction = excluded.direction, started_unix = excluded.started_unix, "
-                "over_s = excluded.over_s, from_share = excluded.from_share",
-                (region, direction, now, over_s, current),
-            )
-        return drain
+            if known is None:
+                names = [r[0] for r in db.execute(
+                    "SELECT name FROM regions UNION SELECT region FROM nodes ORDER BY 1"
+                )]  # fmt: skip
+                raise NotFound(f"no region {region!r} (known: {', '.join(names) or 'none'})")
+            old = self._region(db, region)
+            now = self.now()
+            current = old.share(now)
+            target = 0.0 if direction == "drain" else 1.0
+            if current == target and (old.drain is None or old.drain.direction == direction):
+                return RegionChange(self._revision(db), False, old)
+            drain: RegionDrain | None = RegionDrain(region, direction, now, over_s, current)
+            if direction == "undrain" and over_s <= 0:
+                drain = None  # back to full share at once: no ramp left to remember
+            new = Region(old.name, old.latitude_deg, old.longitude_deg, old.weight, drain)
+            return self._write_region(db, old, new, author)
+
+    @staticmethod
+    def _region(db: sqlite3.Connection, name: str) -> Region:
+        row = db.execute("SELECT * FROM regions WHERE name = ?", (name,)).fetchone()
+        return Region(name) if row is None else _region(row)
+
+    def _write_region(
+        self, db: sqlite3.Connection, old: Region, new: Region, author: str
+    ) -> RegionChange:
+        if old == new:
+            return RegionChange(self._revision(db), False, new)
+        d = new.drain
+        db.execute(
+            "INSERT INTO regions (name, latitude, longitude, weight, drain_direction, "
+            "drain_started_unix, drain_over_s, drain_from_share) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET latitude = excluded.latitude, "
+            "longitude = excluded.longitude, weight = excluded.weight, "
+            "drain_direction = excluded.drain_direction, "
+            "drain_started_unix = excluded.drain_started_unix, "
+            "drain_over_s = excluded.drain_over_s, drain_from_share = excluded.drain_from_share",
+            (new.name, new.latitude_deg, new.longitude_deg, new.weight,
+             d and d.direction, d and d.started_unix, d and d.over_s, d and d.from_share),
+        )  # fmt: skip
+        number = self._write_subject(
+            db, "region", new.name, old.state_json(), new.state_json(), author
+        )
+        return RegionChange(number, True, new)
+
+
+def _region(r: sqlite3.Row) -> Region:
+    drain = None
+    if r["drain_direction"] is not None:
+        drain = RegionDrain(
+            r["name"], r["drain_direction"], r["drain_started_unix"], r["drain_over_s"],
+            r["drain_from_share"],
+        )
+    return Region(r["name"], r["latitude"], r["longitude"], r["weight"], drain)
 
 
 def _split_route(spec: str) -> tuple[str, str]:

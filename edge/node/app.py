@@ -29,7 +29,7 @@ from edge.node.geo import NO_GEO
 from edge.node.inline import InlineHint
 from edge.node.metrics import status_class
 from edge.node.runtime import NodeRuntime, Unavailable
-from edge.node.spill import SPILLED_FROM, spill_region, spill_target
+from edge.node.spill import SPILLED_FROM, spill_decision
 from edge.sandbox.abi import GuestRequest, GuestResponse
 from edge.sandbox.function import LoadedFunction, OverBudget
 from edge.sandbox.host import Invocation, LogLine, LogSink
@@ -41,7 +41,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 INLINE_BUDGET_TICKS = 2
-SPILL_TIMEOUT_S = 30.0
+# A spill target that does not accept the connection at once is skipped and the request served
+# here; one that accepted gets as long as a slow function may take.
+SPILL_TIMEOUT = httpx.Timeout(30.0, connect=1.0, pool=1.0)
+SPILL_AVOID_S = 5.0  # how long a target that failed is left out
 OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
@@ -121,6 +124,7 @@ class FunctionServer:
             weakref.WeakKeyDictionary()
         )
         self.http: httpx.AsyncClient | None = None
+        self.failed_targets: dict[str, float] = {}  # spill URL -> monotonic time it failed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -163,13 +167,17 @@ class FunctionServer:
             raise function.error
         limits = function.config.limits
         body = await http.read_body(receive, headers, limits.request_body_limit_bytes)
-        spilled = bool(http.header(headers, SPILLED_FROM.encode()))
-        target = spill_target(runtime.regions, ip, spilled)
-        if target is not None:
-            spill = await self._forward(target, scope, headers, body, request_id, ip)
-            if spill is not None:
-                runtime.metrics.spills.labels(spill_region(runtime.regions, target)).inc()
-                return spill
+        spill = spill_decision(
+            deployment.topology, config.region, config.advertised_url, time.time(), ip,
+            already_spilled=bool(http.header(headers, SPILLED_FROM.encode())),
+            avoid=self._avoided(),
+        )  # fmt: skip
+        if spill is not None:
+            answer = await self._forward(spill.url, scope, headers, body, request_id, ip)
+            if answer is not None:
+                runtime.metrics.spills.labels(spill.region).inc()
+                return answer
+            self.failed_targets[spill.url] = time.monotonic()
         guest_request = GuestRequest(
             method=scope["method"],
             url=http.url_of(scope, host),
@@ -218,7 +226,7 @@ class FunctionServer:
         """Sends the request on to a node of the next region (L7 spill). None when that fails:
         the request is then served here, so a spill never turns into an error."""
         if self.http is None:
-            self.http = httpx.AsyncClient(timeout=SPILL_TIMEOUT_S, trust_env=False)
+            self.http = httpx.AsyncClient(timeout=SPILL_TIMEOUT, trust_env=False)
         out = [
             (k, v)
             for k, v in headers
@@ -245,6 +253,15 @@ class FunctionServer:
         ]
         raw.append((b"content-length", str(len(r.content)).encode()))
         return r.status_code, raw, r.content
+
+    def _avoided(self) -> frozenset[str]:
+        if not self.failed_targets:
+            return frozenset()
+        now = time.monotonic()
+        self.failed_targets = {
+            u: t for u, t in self.failed_targets.items() if now - t < SPILL_AVOID_S
+        }
+        return frozenset(self.failed_targets)
 
     async def _run(
         self, function: LoadedFunction, request: GuestRequest, request_id: str

@@ -4,6 +4,8 @@
 id = "node-1"
 region = "local"
 listen = "127.0.0.1:8787"
+url = "http://10.0.0.5:8787"       # where other nodes reach this one (L7 spill); default
+                                   # http://<listen>, none when listening on a wildcard
 cache_dir = ".edge-cache"          # compiled components; relative to this file
 geoip_db = "GeoLite2-City.mmdb"    # optional
 trusted_proxies = ["127.0.0.1/32"] # whose x-forwarded-for is believed
@@ -62,6 +64,7 @@ class NodeConfig:
     node_id: str = field(default_factory=socket.gethostname)
     region: str = "local"
     listen: str = "127.0.0.1:8787"
+    url: str = ""  # advertised to other nodes; "" derives it from `listen`
     cache_dir: Path | None = None
     geoip_db: Path | None = None
     trusted_proxies: tuple[Network, ...] = ()
@@ -70,6 +73,17 @@ class NodeConfig:
     functions: tuple[FunctionSource, ...] = ()
     routes: tuple[Route, ...] = ()
     control: ControlConfig | None = None
+
+    @property
+    def advertised_url(self) -> str:
+        """Where other nodes reach this one; "" (never a spill target) when only a wildcard
+        listen address is known."""
+        if self.url:
+            return self.url
+        host, _, port = self.listen.rpartition(":")
+        if host in ("0.0.0.0", "[::]", "::", ""):
+            return ""
+        return f"http://{host}:{port}"
 
 
 def parse_control(table: Table, base: Path) -> ControlConfig | None:
@@ -109,8 +123,11 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
     root.reject_unknown({"node", "sandbox", "function", "route", "control"})
     node = root.table("node")
     node.reject_unknown(
-        {"id", "region", "listen", "cache_dir", "geoip_db", "trusted_proxies", "workers"}
+        {"id", "region", "listen", "url", "cache_dir", "geoip_db", "trusted_proxies", "workers"}
     )
+    url = node.get("url", str, "").rstrip("/")
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{node.where('url')} must be an http:// or https:// URL, got {url!r}")
     sb = root.table("sandbox")
     sb.reject_unknown({"pooling", "epoch_tick_ms"})
     proxies = node.get("trusted_proxies", list, [])
@@ -156,6 +173,7 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
         node_id=node.get("id", str, socket.gethostname()),
         region=node.get("region", str, "local"),
         listen=node.get("listen", str, "127.0.0.1:8787"),
+        url=url,
         cache_dir=path("cache_dir"),
         geoip_db=path("geoip_db"),
         trusted_proxies=trusted,

@@ -25,12 +25,11 @@ from edge.control.snapshot import SignedVersion, Snapshot, open_snapshot, verify
 from edge.errors import EdgeError
 from edge.node.persisted import NodeState
 from edge.node.runtime import Loaded, NodeRuntime, Served, Unavailable
-from edge.node.spill import view_from
+from edge.node.spill import Topology
 from edge.sandbox.function import LoadedFunction
 
 LONG_POLL_S = 25.0
 HEARTBEAT_S = 5.0
-REGIONS_POLL_S = 1.0  # drain shares change over a ramp; spill follows them this closely
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -121,7 +120,10 @@ class Follower:
             return served
 
         served = await anyio.to_thread.run_sync(compile_all)
-        self.runtime.deploy(snapshot.routes, served, revision=snapshot.revision)
+        self.runtime.deploy(
+            snapshot.routes, served, revision=snapshot.revision,
+            topology=Topology(snapshot.regions, snapshot.nodes),
+        )  # fmt: skip
         live = {(v.function, v.number, v.sha256) for v in versions}
         self._loaded = {k: f for k, f in self._loaded.items() if k in live}
         self.state.save_snapshot(envelope)
@@ -158,6 +160,7 @@ class Follower:
             "healthy": True,
             "last_error": self.last_error[:2000],
             "url": self.own_url,
+            "requests_total": self.runtime.metrics.requests_total(),
         }
         if self.convergence_ms is not None:
             body["convergence_ms"] = self.convergence_ms
@@ -189,27 +192,12 @@ class Follower:
 
     @property
     def own_url(self) -> str:
-        host, _, port = self.runtime.config.listen.rpartition(":")
-        if host in ("0.0.0.0", "[::]", "::", ""):
-            return ""  # not reachable by other nodes at this address: never a spill target
-        return f"http://{host}:{port}"
-
-    async def refresh_regions(self) -> None:
-        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
-            r = await self._client.get("/v1/regions")
-            r.raise_for_status()
-            self.runtime.regions = view_from(
-                r.json()["regions"], self.runtime.config.region, self.own_url
-            )
+        return self.runtime.config.advertised_url
 
     async def heartbeat(self) -> None:
-        beats = 0
         while True:
-            if beats % int(HEARTBEAT_S / REGIONS_POLL_S) == 0:
-                await self.report()
-            await self.refresh_regions()
-            beats += 1
-            await asyncio.sleep(REGIONS_POLL_S)
+            await self.report()
+            await asyncio.sleep(HEARTBEAT_S)
 
     async def run(self) -> None:
         beat = asyncio.create_task(self.heartbeat())

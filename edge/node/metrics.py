@@ -49,6 +49,18 @@ class NodeMetrics:
             "edge_node_compile_cache", "Compile cache lookups since start", ["result"], registry=r
         )
 
+    def requests_total(self) -> int:
+        """Function requests served since start (all labels): nodes report it, and the control
+        plane turns two reports into requests per second."""
+        return int(
+            sum(
+                sample.value
+                for metric in self.requests.collect()
+                for sample in metric.samples
+                if sample.name.endswith("_total")
+            )
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -17,7 +17,7 @@ from edge.node.config import FunctionSource, NodeConfig
 from edge.node.geo import GeoLookup
 from edge.node.metrics import NodeMetrics
 from edge.node.routing import Route, RoutingTable
-from edge.node.spill import RegionsView
+from edge.node.spill import Topology
 from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import SandboxEngine
 from edge.sandbox.function import LoadedFunction
@@ -64,6 +64,8 @@ class Deployment:
     functions: dict[str, Served] = field(default_factory=dict)
     ready: bool = False
     revision: int | None = None  # the control plane's revision, when following one
+    # Regions and other nodes, for L7 spill while this node's region drains.
+    topology: Topology = field(default_factory=Topology)
 
 
 class NodeRuntime:
@@ -74,9 +76,6 @@ class NodeRuntime:
         self.cache = CompileCache(self.engine, config.cache_dir)
         self.geo = GeoLookup(config.geoip_db) if config.geoip_db else None
         self.deployment = Deployment()
-        # The control plane's view of the regions (drain shares, other regions' nodes), for
-        # L7 spill; refreshed by the follower, empty for a static node.
-        self.regions = RegionsView()
         self.metrics = NodeMetrics()
 
     def load(self, source: FunctionSource) -> LoadedFunction | Unavailable:
@@ -96,9 +95,12 @@ class NodeRuntime:
         routes: Iterable[Route],
         functions: Mapping[str, Served | Loaded],
         revision: int | None = None,
+        topology: Topology | None = None,
     ) -> Deployment:
         served = {name: f if isinstance(f, Served) else Served(f) for name, f in functions.items()}
-        deployment = Deployment(RoutingTable(list(routes)), served, True, revision)
+        deployment = Deployment(
+            RoutingTable(list(routes)), served, True, revision, topology or Topology()
+        )
         self.deployment = deployment  # one assignment: requests see old or new, never a mix
         return deployment
 
@@ -108,7 +110,10 @@ class NodeRuntime:
 
     def replace_function(self, name: str, function: Loaded) -> None:
         current = self.deployment
-        self.deploy(current.routes.routes, {**current.functions, name: Served(function)})
+        self.deploy(
+            current.routes.routes, {**current.functions, name: Served(function)},
+            current.revision, current.topology,
+        )  # fmt: skip
 
     def close(self) -> None:
         self.engine.close()

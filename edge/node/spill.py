@@ -1,67 +1,109 @@
 """L7 spill while a region drains (pure): which requests a draining node forwards, and where.
 
 DNS moves new clients away over the drain ramp, but resolvers keep cached answers, so requests
-keep arriving at a draining region's nodes. Those nodes answer a share of them (the region's
-share now) and forward the rest to a node of the next region, so no request fails and the
-region empties at the pace DNS does. The split hashes the client key, so a client is either
-kept or forwarded for the whole ramp step, not flipped per request. A forwarded request carries
-a marker header and is never forwarded again.
+keep arriving at a draining region's nodes. Those nodes serve a share of them (the region's
+share now, read from the ramp in the snapshot with the caller's clock) and forward the rest to
+a node of the next region, so no request fails and the region empties at the pace DNS does.
 
-"Next region": the other regions at full share that have reachable nodes, in name order (the
-control plane does not know region coordinates yet, so nearest-first is not possible here).
+Who is kept: a client whose bucket is below the share. The bucket is `steering.bucket` of the
+client's network (/24 for IPv4, /56 for IPv6: what resolvers send as ECS by default) and the
+region, exactly what the DNS server hashes, so a client DNS still sends here is served here and
+only clients holding an outdated answer are forwarded. The same client gets the same decision
+at every request of a ramp step, and as the share falls the kept set only shrinks.
+
+Where: the next region is the nearest other region by great-circle distance that is not
+drained (share > 0) and has a node with a URL; regions without a location come after those
+with one, then by name; weight-0 (standby) regions come last. A forwarded request carries
+SPILLED_FROM and is never forwarded again. Targets the caller saw fail are skipped for a while
+(`avoid`), so a dead node costs one failed attempt, not one per request.
 """
 
 from __future__ import annotations
 
-import hashlib
+import ipaddress
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+
+from edge.control.records import NodeEndpoint
+from edge.control.regions import Region
+from edge.traffic.steering import bucket, great_circle_km
 
 SPILLED_FROM = "x-edge-spilled-from"
+CLIENT_PREFIX_V4 = 24
+CLIENT_PREFIX_V6 = 56
 
 
 @dataclass(frozen=True)
-class RegionsView:
-    """What a node knows of the regions, from the control plane's GET /v1/regions."""
+class Topology:
+    """Regions and reachable nodes, from the applied snapshot (empty for a static node)."""
 
-    own_share: float = 1.0
-    # (region, node URLs) of regions at full share, in preference order.
-    targets: tuple[tuple[str, tuple[str, ...]], ...] = field(default_factory=tuple)
-
-
-def view_from(regions: list[dict[str, Any]], own_region: str, own_url: str) -> RegionsView:
-    own_share = 1.0
-    targets = []
-    for r in sorted(regions, key=lambda r: str(r.get("name"))):
-        name = str(r.get("name"))
-        share = float(r.get("share", 1.0))
-        if name == own_region:
-            own_share = share
-            continue
-        urls = tuple(str(u) for u in r.get("node_urls") or [] if str(u) != own_url)
-        if share >= 1.0 and urls:
-            targets.append((name, urls))
-    return RegionsView(own_share, tuple(targets))
+    regions: Mapping[str, Region] = field(default_factory=dict)
+    nodes: Mapping[str, NodeEndpoint] = field(default_factory=dict)
 
 
-def _fraction(key: str) -> float:
-    digest = hashlib.sha256(key.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+@dataclass(frozen=True)
+class Spill:
+    region: str
+    url: str
 
 
-def spill_target(view: RegionsView, client_key: str, already_spilled: bool) -> str | None:
-    """The node URL to forward to, or None to serve here."""
-    if already_spilled or view.own_share >= 1.0 or not view.targets:
+def client_bucket(client_ip: str, region: str) -> float:
+    """Where a client falls in [0, 1) for `region`: the DNS server's bucket for its subnet."""
+    try:
+        addr = ipaddress.ip_address(client_ip)
+    except ValueError:  # not an address (a test client, a broken proxy): hash it as text
+        return bucket(ipaddress.ip_network("0.0.0.0/32"), f"{region}|{client_ip}")
+    prefix = CLIENT_PREFIX_V4 if addr.version == 4 else CLIENT_PREFIX_V6
+    return bucket(ipaddress.ip_network(f"{addr}/{prefix}", strict=False), region)
+
+
+def region_order(topology: Topology, own_region: str) -> list[str]:
+    """Other regions, best spill target first (see the module docstring)."""
+    own = topology.regions.get(own_region)
+    names = {n.region for n in topology.nodes.values()} | set(topology.regions)
+    names.discard(own_region)
+
+    def key(name: str) -> tuple[int, float, str]:
+        r = topology.regions.get(name, Region(name))
+        standby = int(r.weight == 0)
+        if own is None or own.latitude_deg is None or own.longitude_deg is None:
+            return standby, 0.0, name
+        if r.latitude_deg is None or r.longitude_deg is None:
+            return standby, float("inf"), name
+        km = great_circle_km(own.latitude_deg, own.longitude_deg, r.latitude_deg,
+                             r.longitude_deg)  # fmt: skip
+        return standby, km, name
+
+    return sorted(names, key=key)
+
+
+def spill_decision(
+    topology: Topology,
+    own_region: str,
+    own_url: str,
+    now_unix: float,
+    client_ip: str,
+    *,
+    already_spilled: bool = False,
+    avoid: Collection[str] = (),
+) -> Spill | None:
+    """Where to forward this request, or None to serve it here."""
+    if already_spilled:
         return None
-    if _fraction("keep\0" + client_key) < view.own_share:
+    own = topology.regions.get(own_region)
+    share = 1.0 if own is None else own.share(now_unix)
+    if share >= 1.0 or client_bucket(client_ip, own_region) < share:
         return None
-    _, urls = view.targets[0]
-    return urls[int(_fraction("node\0" + client_key) * len(urls))]
-
-
-def spill_region(view: RegionsView, url: str) -> str:
-    """Which region a spill target URL belongs to (a metrics label)."""
-    for region, urls in view.targets:
-        if url in urls:
-            return region
-    return "unknown"
+    for name in region_order(topology, own_region):
+        region = topology.regions.get(name)
+        if region is not None and region.share(now_unix) <= 0.0:
+            continue  # drained: sending clients there would undo its drain
+        urls = sorted(
+            n.url for n in topology.nodes.values()
+            if n.region == name and n.url and n.url != own_url and n.url not in avoid
+        )  # fmt: skip
+        if urls:
+            # Spread over the region's nodes, the same node for the same client.
+            pick = int(client_bucket(client_ip, "node|" + name) * len(urls))
+            return Spill(name, urls[pick])
+    return None  # nowhere to go: serving here beats failing

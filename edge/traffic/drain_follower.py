@@ -1,9 +1,12 @@
-"""Following the control plane's region drains from the DNS server.
+"""Following the control plane's region drains and weights from the DNS server.
 
 The control plane keeps each region's drain ramp in unix time (edge.control.regions); the DNS
 server's clock is monotonic. Every poll replaces each region's Drain with one that reads the
-ramp through the offset between the two clocks, so answers move smoothly between polls. If the
-control plane cannot be reached, the last known ramps stay in force.
+ramp through the offset between the two clocks, so answers move smoothly between polls. A weight
+set at the control plane replaces the region's traffic.toml weight; a region whose weight is not
+set there (null) keeps traffic.toml's. If the control plane cannot be reached, the last known
+ramps and weights stay in force. Regions the control plane knows but traffic.toml does not are
+ignored: DNS answers only with the addresses it is configured with.
 """
 
 from __future__ import annotations
@@ -32,12 +35,17 @@ class FollowedDrain(Drain):
 
 
 def apply_regions(state: TrafficState, regions: list[dict[str, object]], offset_s: float) -> None:
-    """Installs the control plane's ramps (the `regions` list of GET /v1/regions)."""
+    """Installs the control plane's ramps and weights (the `regions` list of GET /v1/regions)."""
     for region in regions:
         name = str(region.get("name"))
         drain = region.get("drain")
         if name not in state.drains:
             continue
+        weight = region.get("weight")
+        if isinstance(weight, int) and not isinstance(weight, bool) and 0 <= weight <= 100:
+            state.weights[name] = weight
+        else:
+            state.weights.pop(name, None)
         if not isinstance(drain, dict):
             state.drains[name] = Drain()
             continue

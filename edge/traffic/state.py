@@ -21,6 +21,8 @@ class TrafficState:
             for n in config.nodes
         }
         self.drains: dict[str, Drain] = {r.name: Drain() for r in config.regions}
+        # Weights set at the control plane, over traffic.toml's (see drain_follower).
+        self.weights: dict[str, int] = {}
 
     def status(self, now: float, family: int) -> dict[str, RegionStatus]:
         """Regions that have addresses of `family` (4 or 6), with health for that family."""
@@ -30,7 +32,7 @@ class TrafficState:
             if nodes:
                 healthy = any(self.health[n.name].serving for n in nodes)
                 share = quantize_share(self.drains[r.name].share(now))
-                out[r.name] = RegionStatus(healthy, share, r.weight)
+                out[r.name] = RegionStatus(healthy, share, self.weights.get(r.name, r.weight))
         return out
 
     def fingerprint(self, now: float) -> tuple[object, ...]:
@@ -39,6 +41,7 @@ class TrafficState:
         return (
             tuple(h.serving for h in self.health.values()),
             tuple(quantize_share(d.share(now)) for d in self.drains.values()),
+            tuple(sorted(self.weights.items())),
         )
 
     def addresses(self, region: str, family: int) -> list[IPAddress]:

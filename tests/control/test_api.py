@@ -49,6 +49,9 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/v1/blobs/" + "0" * 64, {}),
     ("GET", "/v1/public-key", {}),
     ("GET", "/openapi.json", {}),
+    ("GET", "/v1/regions", {}),
+    ("PUT", "/v1/regions/eu-west", {"json": {"latitude": 53.35, "longitude": -6.26}}),
+    ("POST", "/v1/regions/eu-west/drain", {"json": {"over_s": 60}}),
 ]
 
 
@@ -108,6 +111,17 @@ def test_scopes_are_enforced_with_403(start_control: Start) -> None:
     assert admin.post("/v1/node/report", json={}).status_code == 403
     r = read.post("/v1/functions/hello/promote")
     assert r.json() == {"error": "forbidden", "message": "this token lacks the 'operate' scope"}
+    # Regions: operators change them, readers and nodes (and the DNS server) list them.
+    where = {"latitude": 53.35, "longitude": -6.26}
+    assert read.put("/v1/regions/eu-west", json=where).status_code == 403
+    assert deploy.put("/v1/regions/eu-west", json=where).status_code == 403
+    assert node.put("/v1/regions/eu-west", json=where).status_code == 403
+    assert operate.put("/v1/regions/eu-west", json=where).status_code == 200
+    assert read.post("/v1/regions/eu-west/drain", json={}).status_code == 403
+    assert node.post("/v1/regions/eu-west/drain", json={}).status_code == 403
+    assert operate.post("/v1/regions/eu-west/drain", json={}).status_code == 200
+    assert {read.get("/v1/regions").status_code, node.get("/v1/regions").status_code} == {200}
+    assert deploy.get("/v1/regions").status_code == 403
 
 
 def test_deploy_flow_and_snapshot_for_nodes(start_control: Start) -> None:
