@@ -23,11 +23,13 @@ import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 
 from edge.config.function import NAME_RE, parse_function_config
+from edge.control.dashboard import Dashboard
 from edge.control.errors import Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from edge.control.live import TrafficWindow, parse_report
 from edge.control.records import Change, FunctionState, Node, Principal, RegionChange, Version
 from edge.control.regions import MAX_OVER_S, REGION_RE, Region
 from edge.control.signing import Signer
@@ -51,6 +53,7 @@ class ControlSettings:
     node_stale_after_s: float = 60.0
     max_component_bytes: int = 64 * MIB
     max_metadata_bytes: int = 16 * KIB
+    traffic_window_s: float = 10.0
 
 
 class RevisionFeed:
@@ -183,6 +186,7 @@ def create_app(
     settings = settings or ControlSettings()
     feed = RevisionFeed(store.revision())
     snapshots: dict[int, bytes] = {}  # the latest one only; signing every version costs
+    traffic = TrafficWindow(settings.traffic_window_s, now)
 
     def run(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         return anyio.to_thread.run_sync(fn, *args)
@@ -391,6 +395,35 @@ def create_app(
             await feed.publish(made)
         return JSONResponse({"ok": True, "revision": feed.revision})
 
+    async def node_traffic(request: Request) -> Response:
+        """A node's request counters per function and version (node token), for the live view.
+
+        Body: {"node_id", "region", "started_unix": when the node process started,
+        "series": [{"function": "TENANT/NAME", "version": str, "buckets": [counts]}]}, counters
+        since the node started, one count per latency bucket of /metrics plus one for slower.
+        Kept in memory only; nodes send it every second while they serve requests."""
+        await node(request)
+        traffic.add(parse_report(await _json_body(request)))
+        return JSONResponse({"ok": True})
+
+    async def traffic_view(request: Request) -> Response:
+        """Requests per second, p50 and p99 per function and region, over the last few seconds
+        (scope read; only this tenant's functions).
+
+        Query: function=NAME (optional: only that function; 404 if the tenant has none so
+        named). Rows come from nodes' traffic reports; `window_s` says how far back they look."""
+        tenant_id, p = await tenant(request, "read")
+        view = traffic.view(str(p.tenant))
+        only = request.query_params.get("function")
+        if only is not None:
+            if not NAME_RE.match(only):
+                raise BadRequest(f"bad function name {only!r}")
+            if only not in await run(store.function_names, tenant_id):
+                raise NotFound(f"no function {only!r}")
+            for key in ("regions", "functions"):
+                view[key] = [row for row in view[key] if row["function"] == only]
+        return JSONResponse(view)
+
     async def public_key(request: Request) -> Response:
         """The Ed25519 key nodes verify snapshots with (any token)."""
         await authenticate(request)
@@ -472,6 +505,10 @@ def create_app(
             "state": r.state(now), "share": round(r.share(now), 4),
         })  # fmt: skip
 
+    async def to_dashboard(_: Request) -> Response:
+        """The operator dashboard (a static page that asks for a token)."""
+        return RedirectResponse("/dashboard/")
+
     async def openapi(request: Request) -> Response:
         """This API's description (any token)."""
         await authenticate(request)
@@ -501,12 +538,16 @@ def create_app(
         Route("/v1/status", status, methods=["GET"]),
         Route("/v1/node/snapshot", node_snapshot, methods=["GET"]),
         Route("/v1/node/report", node_report, methods=["POST"]),
+        Route("/v1/node/traffic", node_traffic, methods=["POST"]),
+        Route("/v1/traffic", traffic_view, methods=["GET"]),
         Route("/v1/blobs/{sha256}", blob, methods=["GET"]),
         Route("/v1/public-key", public_key, methods=["GET"]),
         Route("/v1/regions", regions, methods=["GET"]),
         Route("/v1/regions/{name}", region_set, methods=["PUT"]),
         Route("/v1/regions/{name}/{action}", region_change, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/", to_dashboard, methods=["GET"]),
+        Mount("/dashboard", Dashboard()),
     ]
     return Starlette(
         routes=routes,

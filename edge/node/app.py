@@ -204,7 +204,9 @@ class FunctionServer:
             metrics.requests.labels(route.function, version, status_class(e.status)).inc()
             raise
         finally:
-            metrics.latency.labels(route.function).observe(time.perf_counter() - started)
+            elapsed_s = time.perf_counter() - started
+            metrics.latency.labels(route.function).observe(elapsed_s)
+            runtime.tally.observe(route.function, version, elapsed_s)
         metrics.requests.labels(route.function, version, status_class(result.status)).inc()
         metrics.bytes_out.labels(route.function).inc(len(result.body))
         if version:
