@@ -11,8 +11,10 @@ between consecutive reports, stamped with the time they arrived, for `window_s` 
   inside the bucket the rank falls in, like Prometheus' histogram_quantile.
 
 A counter that goes down, or a new `started_unix`, means the node restarted: its counts are
-then all new. Time is injected; the server passes the wall clock, tests a fake one. State is in
-memory only: after a control plane restart the first report of each node is a new baseline.
+then all new. So are the counts of a series first seen from a node that started less than a
+window ago; otherwise a first report is only a baseline. Time is injected; the server passes
+the wall clock, tests a fake one. State is in memory only: after a control plane restart the
+first report of each node is a new baseline.
 """
 
 from __future__ import annotations
@@ -158,7 +160,13 @@ class TrafficWindow:
                 if len(self._tracks) >= self.max_tracks:
                     self.refused += 1
                     continue
-                self._tracks[key] = _Track(report.region, report.started_unix, s.buckets, now, now)
+                track = self._tracks[key] = _Track(
+                    report.region, report.started_unix, s.buckets, now, now
+                )
+                # A node younger than the window counted everything it reports inside it.
+                if now - report.started_unix < self.window_s and any(s.buckets):
+                    track.since_unix = min(report.started_unix, now)
+                    track.deltas.append((now, s.buckets))
                 continue
             restarted = track.started_unix != report.started_unix or any(
                 new < old for new, old in zip(s.buckets, track.baseline, strict=True)

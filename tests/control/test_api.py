@@ -52,6 +52,8 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/v1/regions", {}),
     ("PUT", "/v1/regions/eu-west", {"json": {"latitude": 53.35, "longitude": -6.26}}),
     ("POST", "/v1/regions/eu-west/drain", {"json": {"over_s": 60}}),
+    ("GET", "/v1/traffic", {}),
+    ("POST", "/v1/node/traffic", {"json": {}}),
 ]
 
 

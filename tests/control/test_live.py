@@ -119,6 +119,21 @@ def test_first_report_is_only_a_baseline() -> None:
     assert w.view("t")["regions"] == []
 
 
+def test_a_node_younger_than_the_window_counts_from_its_start() -> None:
+    clock = FakeClock()
+    w = TrafficWindow(window_s=10, now=clock)
+    started = clock() - 4
+    w.add(parse_report(report("n1", "eu", {("t/f", "1"): histogram(b5=40)}, started=started)))
+    [row] = w.view("t")["regions"]
+    assert (row["requests"], row["requests_per_s"]) == (40, 10.0)  # 40 requests in its 4 s
+    # A clock ahead of ours: counted, with a rate once some of our time has passed.
+    w.add(parse_report(report("n2", "eu", {("t/g", "1"): histogram(b5=6)}, started=clock() + 5)))
+    assert [r["function"] for r in w.view("t")["regions"]] == ["f"]
+    clock.advance(2)
+    # 40 requests in 6 s; 6 in the 2 s since we first heard of it.
+    assert [r["requests_per_s"] for r in w.view("t")["regions"]] == [6.667, 3.0]
+
+
 def test_merges_nodes_and_versions_per_region_and_over_regions() -> None:
     clock = FakeClock()
     w = TrafficWindow(window_s=10, now=clock)
