@@ -1,4 +1,4 @@
-"""The operator dashboard: three static files shipped in the package (edge/control/dashboard/),
+"""The operator dashboard: three static files shipped in the package (edge/control/static/),
 served at /dashboard/ without a token.
 
 The page holds no data: its script asks for an API token, keeps it in sessionStorage (gone when
@@ -25,7 +25,7 @@ HEADERS = (
 
 class Dashboard:
     def __init__(self) -> None:
-        self.files = StaticFiles(packages=[("edge.control", "dashboard")], html=True)
+        self.files = StaticFiles(packages=[("edge.control", "static")], html=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def with_headers(message: Message) -> None:
