@@ -231,7 +231,7 @@ def run_up(settings: UpSettings) -> None:
             f"http://{s.host}.{s.zone.rstrip('.')}:{s.node_port}/\n"
             f"  export EDGE_CONTROL_URL=http://127.0.0.1:{s.control_port} EDGE_TOKEN={admin}\n"
             f"  edge status; edge regions; edge region drain eu-west --over 30s\n"
-            f"  open http://127.0.0.1:{s.control_port}/dashboard/ (sign in with EDGE_TOKEN)\n\n"
+            f"  dashboard: http://127.0.0.1:{s.control_port}/dashboard/ (token: EDGE_TOKEN)\n\n"
             f"logs in {stack.logs}; Ctrl-C stops everything.",
             flush=True,
         )
