@@ -11,10 +11,10 @@ between consecutive reports, stamped with the time they arrived, for `window_s` 
   inside the bucket the rank falls in, like Prometheus' histogram_quantile.
 
 A counter that goes down, or a new `started_unix`, means the node restarted: its counts are
-then all new. So are the counts of a series first seen from a node that started less than a
-window ago; otherwise a first report is only a baseline. Time is injected; the server passes
-the wall clock, tests a fake one. State is in memory only: after a control plane restart the
-first report of each node is a new baseline.
+then all new. So are the counts of a series we have not seen before whose first request (its
+`since_unix`) is less than a window ago; otherwise a first report is only a baseline. Time is
+injected; the server passes the wall clock, tests a fake one. State is in memory only: after a
+control plane restart the first report of each node is a new baseline.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ Buckets = tuple[int, ...]
 class Series:
     function: str  # "<tenant>/<name>" as routed on the node
     version: str
+    since_unix: float  # when the node counted this series' first request
     buckets: Buckets
 
 
@@ -65,9 +66,7 @@ def parse_report(body: dict[str, Any]) -> TrafficReport:
     region = _text(body, "region", 64)
     if not node_id or not region:
         raise BadRequest("node_id and region must not be empty")
-    started = body.get("started_unix")
-    if isinstance(started, bool) or not isinstance(started, int | float) or started < 0:
-        raise BadRequest("started_unix must be a number of seconds")
+    started = _seconds(body, "started_unix")
     raw = body.get("series")
     if not isinstance(raw, list):
         raise BadRequest("series must be a list")
@@ -83,6 +82,7 @@ def parse_report(body: dict[str, Any]) -> TrafficReport:
         if not tenant or not NAME_RE.match(name):
             raise BadRequest(f"{where}function must be TENANT/NAME, got {function!r}")
         version = _text(entry, "version", 32, where)
+        since = _seconds(entry, "since_unix", where)
         buckets = entry.get("buckets")
         if (
             not isinstance(buckets, list)
@@ -90,8 +90,15 @@ def parse_report(body: dict[str, Any]) -> TrafficReport:
             or not all(type(c) is int and 0 <= c < MAX_COUNT for c in buckets)
         ):
             raise BadRequest(f"{where}buckets must be {BUCKET_COUNT} counts (integers >= 0)")
-        series.append(Series(function, version, tuple(buckets)))
-    return TrafficReport(node_id, region, float(started), tuple(series))
+        series.append(Series(function, version, since, tuple(buckets)))
+    return TrafficReport(node_id, region, started, tuple(series))
+
+
+def _seconds(body: dict[str, Any], key: str, where: str = "") -> float:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 2**40:
+        raise BadRequest(f"{where}{key!r} must be a unix time in seconds")
+    return float(value)
 
 
 def quantile(q: float, buckets: Buckets) -> float | None:
@@ -163,9 +170,9 @@ class TrafficWindow:
                 track = self._tracks[key] = _Track(
                     report.region, report.started_unix, s.buckets, now, now
                 )
-                # A node younger than the window counted everything it reports inside it.
-                if now - report.started_unix < self.window_s and any(s.buckets):
-                    track.since_unix = min(report.started_unix, now)
+                # A series younger than the window counted everything it reports inside it.
+                if now - s.since_unix < self.window_s and any(s.buckets):
+                    track.since_unix = min(s.since_unix, now)
                     track.deltas.append((now, s.buckets))
                 continue
             restarted = track.started_unix != report.started_unix or any(

@@ -26,22 +26,26 @@ def bucket_of(seconds: float) -> int:
 
 class Tally:
     def __init__(self, now: Callable[[], float] = time.time) -> None:
+        self.now = now
         # Tells the control plane which life of the node these counters belong to: a restarted
         # node counts from zero again, and must not look like negative traffic.
         self.started_unix = now()
         self.observations = 0  # changes whenever anything is counted: nothing new, no report
         self._buckets: dict[tuple[str, str], list[int]] = {}
+        self._since: dict[tuple[str, str], float] = {}  # when each series counted its first
 
     def observe(self, function: str, version: str, seconds: float) -> None:
         counts = self._buckets.get((function, version))
         if counts is None:
             counts = self._buckets[(function, version)] = [0] * BUCKET_COUNT
+            self._since[(function, version)] = self.now()
         counts[bucket_of(seconds)] += 1
         self.observations += 1
 
     def series(self) -> list[dict[str, Any]]:
         """The `series` of a traffic report: one entry per (function, version) ever served."""
         return [
-            {"function": f, "version": v, "buckets": list(counts)}
+            {"function": f, "version": v, "since_unix": self._since[(f, v)],
+             "buckets": list(counts)}
             for (f, v), counts in sorted(self._buckets.items())
         ]

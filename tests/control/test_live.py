@@ -31,14 +31,20 @@ def histogram(**counts: int) -> tuple[int, ...]:
 
 
 def report(
-    node: str, region: str, series: dict[tuple[str, str], tuple[int, ...]], started: float = 1.0
+    node: str,
+    region: str,
+    series: dict[tuple[str, str], tuple[int, ...]],
+    started: float = 1.0,
+    since: float | None = None,
 ) -> dict[str, Any]:
     return {
         "node_id": node,
         "region": region,
         "started_unix": started,
         "series": [
-            {"function": f, "version": v, "buckets": list(b)} for (f, v), b in series.items()
+            {"function": f, "version": v, "since_unix": started if since is None else since,
+             "buckets": list(b)}
+            for (f, v), b in series.items()
         ],
     }
 
@@ -80,13 +86,14 @@ def test_tally_counts_per_function_and_version_since_start() -> None:
     clock = FakeClock(50.0)
     tally = Tally(now=clock)
     tally.observe("t/a", "1", 0.0015)
+    clock.advance(3)
     tally.observe("t/a", "1", 0.0015)
     tally.observe("t/a", "2", 30.0)
     assert tally.started_unix == 50.0
     assert tally.observations == 3
     assert tally.series() == [
-        {"function": "t/a", "version": "1", "buckets": list(histogram(b5=2))},
-        {"function": "t/a", "version": "2", "buckets": list(histogram(b17=1))},
+        entry(function="t/a", since_unix=50.0, buckets=list(histogram(b5=2))),
+        entry(function="t/a", version="2", since_unix=53.0, buckets=list(histogram(b17=1))),
     ]
 
 
@@ -119,15 +126,15 @@ def test_first_report_is_only_a_baseline() -> None:
     assert w.view("t")["regions"] == []
 
 
-def test_a_node_younger_than_the_window_counts_from_its_start() -> None:
+def test_a_series_younger_than_the_window_counts_from_its_first_request() -> None:
     clock = FakeClock()
     w = TrafficWindow(window_s=10, now=clock)
-    started = clock() - 4
-    w.add(parse_report(report("n1", "eu", {("t/f", "1"): histogram(b5=40)}, started=started)))
+    since = clock() - 4
+    w.add(parse_report(report("n1", "eu", {("t/f", "1"): histogram(b5=40)}, since=since)))
     [row] = w.view("t")["regions"]
     assert (row["requests"], row["requests_per_s"]) == (40, 10.0)  # 40 requests in its 4 s
     # A clock ahead of ours: counted, with a rate once some of our time has passed.
-    w.add(parse_report(report("n2", "eu", {("t/g", "1"): histogram(b5=6)}, started=clock() + 5)))
+    w.add(parse_report(report("n2", "eu", {("t/g", "1"): histogram(b5=6)}, since=clock() + 5)))
     assert [r["function"] for r in w.view("t")["regions"]] == ["f"]
     clock.advance(2)
     # 40 requests in 6 s; 6 in the 2 s since we first heard of it.
@@ -206,6 +213,12 @@ def test_idle_series_are_forgotten_and_tracks_are_bounded() -> None:
     assert w.refused == 1  # the idle ones were forgotten, so there is room again
 
 
+def entry(**change: Any) -> dict[str, Any]:
+    """One well-formed series entry with `change` applied (None removes the key)."""
+    good = {"function": "t/f", "version": "1", "since_unix": 1, "buckets": [0] * BUCKET_COUNT}
+    return {k: v for k, v in {**good, **change}.items() if v is not None}
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -214,15 +227,18 @@ def test_idle_series_are_forgotten_and_tracks_are_bounded() -> None:
         {"region": "x" * 65},
         {"started_unix": "soon"},
         {"started_unix": True},
+        {"started_unix": 1e20},
         {"series": {}},
         {"series": [5]},
-        {"series": [{"function": "noslash", "version": "1", "buckets": [0] * BUCKET_COUNT}]},
-        {"series": [{"function": "t/Bad Name", "version": "1", "buckets": [0] * BUCKET_COUNT}]},
-        {"series": [{"function": "t/f", "version": 1, "buckets": [0] * BUCKET_COUNT}]},
-        {"series": [{"function": "t/f", "version": "1", "buckets": [0] * 3}]},
-        {"series": [{"function": "t/f", "version": "1", "buckets": [-1] * BUCKET_COUNT}]},
-        {"series": [{"function": "t/f", "version": "1", "buckets": [0.5] * BUCKET_COUNT}]},
-        {"series": [{"function": "t/f", "version": "1", "buckets": [True] * BUCKET_COUNT}]},
+        {"series": [entry(since_unix=None)]},
+        {"series": [entry(since_unix=-1)]},
+        {"series": [entry(function="noslash")]},
+        {"series": [entry(function="t/Bad Name")]},
+        {"series": [entry(version=1)]},
+        {"series": [entry(buckets=[0] * 3)]},
+        {"series": [entry(buckets=[-1] * BUCKET_COUNT)]},
+        {"series": [entry(buckets=[0.5] * BUCKET_COUNT)]},
+        {"series": [entry(buckets=[True] * BUCKET_COUNT)]},
     ],
 )
 def test_malformed_reports_are_bad_requests(change: dict[str, Any]) -> None:

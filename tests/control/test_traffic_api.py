@@ -19,7 +19,8 @@ def traffic(count: int, function: str = "default/hello", started: float = 1.0) -
     buckets[5] = count  # every request between 1 and 2 ms
     return {
         "node_id": "n1", "region": "eu-west", "started_unix": started,
-        "series": [{"function": function, "version": "1", "buckets": buckets}],
+        "series": [{"function": function, "version": "1", "since_unix": started,
+                    "buckets": buckets}],
     }  # fmt: skip
 
 

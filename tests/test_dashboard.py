@@ -1,6 +1,7 @@
-"""The dashboard end to end in headless Chromium (the system's, driven by Playwright): a control
-plane and two follower nodes as processes on 127.0.0.1, a function serving requests, then the
-page: sign in, see regions, nodes, the function and its live traffic, drain and undrain a region.
+"""The dashboard end to end: a control plane and two follower nodes as processes on 127.0.0.1
+and a function serving requests. Nodes report their traffic and GET /v1/traffic adds it up; in
+headless Chromium (the system's, driven by Playwright) the page signs in, shows regions, nodes,
+the function and its live traffic, and drains and undrains a region.
 
 Outside CI a missing browser skips this test; in CI (`CI` set, as .ci/run does) it fails.
 """
@@ -95,6 +96,32 @@ def region_state(control: Control, name: str) -> str:
     with control.client() as client:
         regions = client.regions()["regions"]
     return str(next(r["state"] for r in regions if r["name"] == name))
+
+
+def test_nodes_report_live_traffic_per_function_and_region(
+    control: Control, stack: list[Proc]
+) -> None:
+    eu, us = stack
+    with httpx.Client(timeout=10) as http:
+        for node, count in ((eu, 30), (us, 20)):
+            for _ in range(count):
+                assert http.get(node.url + "/").status_code == 200
+    admin = httpx.Client(base_url=control.url, timeout=10,
+                         headers={"authorization": f"Bearer {control.tokens['admin']}"})
+    with admin:
+        view: dict[str, Any] = {}
+        deadline = time.monotonic() + 8  # nodes report every second; the window is 10 s
+        while time.monotonic() < deadline:
+            view = admin.get("/v1/traffic").json()
+            if [f["requests"] for f in view["functions"]] == [50]:
+                break
+            time.sleep(0.2)
+    [total] = view["functions"]
+    assert (total["function"], total["requests"]) == (FUNCTION, 50), view
+    assert total["requests_per_s"] > 0 and set(total["versions"]) == {"1"}
+    assert 0 < total["p50_ms"] <= total["p99_ms"] < 10_000
+    by_region = {r["region"]: r["requests"] for r in view["regions"]}
+    assert by_region == {"eu-west": 30, "us-east": 20}
 
 
 def test_dashboard_shows_the_stack_and_drains_a_region(
