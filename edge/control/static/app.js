@@ -152,7 +152,7 @@ function renderFunctions(status) {
     const name = shortName(d.function);
     const list = (versions.get(name) || []).map((v) => {
       const tag = v === d.stable ? " stable" : v === d.canary ? " canary" : "";
-      return el("span", `v${v}${tag} `, tag ? "stable" : "");
+      return el("span", `v${v}${tag} `, v === d.stable ? "stable" : "");
     });
     return [
       name,
