@@ -90,6 +90,23 @@ def error_response(error: EdgeError) -> JSONResponse:
     )
 
 
+_DRAIN_LIMIT_BYTES = 64 * 1024
+
+
+async def _drain_small_body(request: Request) -> bool:
+    """Reads what is left of a small request body; False when a large one is left unread."""
+    if request.method in ("GET", "HEAD"):
+        return True
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit() or int(length) > _DRAIN_LIMIT_BYTES:
+        return "transfer-encoding" not in request.headers and length is None
+    try:
+        await request.body()
+    except Exception:  # a client that hung up mid-body gets its error anyway
+        return False
+    return True
+
+
 def parse_route_spec(spec: str) -> tuple[str, str]:
     """`example.com/api` → ("example.com", "/api"); trailing slashes do not make a new route."""
     if not isinstance(spec, str) or not spec or len(spec) > 512 or any(c.isspace() for c in spec):
@@ -514,9 +531,14 @@ def create_app(
         await authenticate(request)
         return JSONResponse(openapi_schema(routes))
 
-    async def on_edge_error(_: Request, exc: Exception) -> Response:
+    async def on_edge_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, EdgeError)
-        return error_response(exc)
+        response = error_response(exc)
+        if not await _drain_small_body(request):
+            # An unread request body leaves the connection mid-message: Hypercorn would drop it
+            # after this response and a keep-alive client's next request would see a reset.
+            response.headers["connection"] = "close"
+        return response
 
     async def on_http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
