@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import BaseRoute, Match
 
 from edge.control.records import Node
+from edge.control.status import node_json
 
 # 10 ms to 5 min: loopback pushes take ~0.1 s, 50 nodes ~1 s, a node back from an outage minutes.
 CONVERGENCE_BUCKETS_S = (
@@ -44,11 +45,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def node_state(node: Node, revision: int, now_unix: float, stale_after_s: float) -> str:
-    if now_unix - node.last_report_unix > stale_after_s:
+    """One word for what `edge status` says about the node (the same rules: `node_json`)."""
+    row = node_json(node, revision, now_unix, stale_after_s)
+    if row["stale"]:
         return "unreachable"
-    if node.last_error:
+    if row["last_error"]:
         return "refused"
-    return "current" if node.applied_revision >= revision else "behind"
+    return "current" if row["current"] else "behind"
 
 
 class ControlMetrics:

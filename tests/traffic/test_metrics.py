@@ -159,6 +159,17 @@ def test_metrics_listen_is_off_by_default_and_checked(
         _cli(), ["--config", str(config), "--port", "0", "--metrics-listen", "nowhere"]
     )
     assert result.exit_code == 1 and "--metrics-listen must be HOST:PORT" in result.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = CliRunner().invoke(
+            _cli(),
+            ["--config", str(config), "--port", "0", "--geoip-db", str(CITY_TEST_DB),
+             "--metrics-listen", busy],
+        )  # fmt: skip
+    assert result.exit_code == 1
+    assert f"error: cannot listen for metrics on {busy}" in result.output
 
 
 def test_an_answer_served_from_the_wire_cache_counts_like_the_first(
