@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -30,6 +32,7 @@ from edge.config.function import NAME_RE, parse_function_config
 from edge.control.dashboard import Dashboard
 from edge.control.errors import Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from edge.control.live import TrafficWindow, parse_report
+from edge.control.metrics import ControlMetrics
 from edge.control.records import Change, FunctionState, Node, Principal, RegionChange, Version
 from edge.control.regions import MAX_OVER_S, REGION_RE, Region
 from edge.control.signing import Signer
@@ -202,6 +205,10 @@ def create_app(
 ) -> Starlette:
     settings = settings or ControlSettings()
     feed = RevisionFeed(store.revision())
+    metrics = ControlMetrics(
+        store.revision, store.nodes, store.revision_created, settings.node_stale_after_s,
+        store.now,
+    )  # fmt: skip
     snapshots: dict[int, bytes] = {}  # the latest one only; signing every version costs
     traffic = TrafficWindow(settings.traffic_window_s, now)
 
@@ -406,6 +413,9 @@ def create_app(
         requests_total = _optional_int(body, "requests_total")
         if requests_total is not None and requests_total < 0:
             raise BadRequest("requests_total must be a counter (>= 0)")
+        if not last_error:
+            # Before the store: once `edge status` shows the node current, this is counted.
+            await run(metrics.node_reported, node_id, revision)
         made = await run(store.report_node, node_id, region, revision, healthy,
                          None if conv is None else float(conv), last_error, url, requests_total)
         if made is not None:  # the node joined or moved: a new snapshot for every node
@@ -531,6 +541,9 @@ def create_app(
         await authenticate(request)
         return JSONResponse(openapi_schema(routes))
 
+    async def metrics_page(_: Request) -> Response:
+        return Response(await run(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
+
     async def on_edge_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, EdgeError)
         response = error_response(exc)
@@ -571,8 +584,11 @@ def create_app(
         Route("/", to_dashboard, methods=["GET"]),
         Mount("/dashboard", Dashboard()),
     ]
+    # Not in `routes`: the OpenAPI description is of the token-protected API.
+    served = [*routes, Route("/metrics", metrics_page, methods=["GET"])]
     return Starlette(
-        routes=routes,
+        routes=served,
+        middleware=[Middleware(metrics.middleware(served))],
         exception_handlers={
             EdgeError: on_edge_error, HTTPException: on_http_error, Exception: on_crash,
         },

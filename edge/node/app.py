@@ -27,7 +27,7 @@ from edge.node import http
 from edge.node.client_ip import client_ip
 from edge.node.geo import NO_GEO
 from edge.node.inline import InlineHint
-from edge.node.metrics import status_class
+from edge.node.metrics import FunctionSeries
 from edge.node.runtime import NodeRuntime, Unavailable
 from edge.node.spill import SPILLED_FROM, spill_decision
 from edge.sandbox.abi import GuestRequest, GuestResponse
@@ -99,12 +99,7 @@ def ops_app(runtime: NodeRuntime) -> Starlette:
         )
 
     async def metrics(_: Request) -> Response:
-        m = runtime.metrics
-        m.cache.labels("hit").set(runtime.cache.stats.hits)
-        m.cache.labels("miss").set(runtime.cache.stats.misses)
-        if runtime.deployment.revision is not None:
-            m.revision.set(runtime.deployment.revision)
-        return Response(m.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[
@@ -189,26 +184,25 @@ class FunctionServer:
             request_id=request_id,
             geo=runtime.geo.lookup(ip) if runtime.geo else NO_GEO,
         )
-        metrics = runtime.metrics
-        metrics.bytes_in.labels(route.function).inc(len(body))
+        series = runtime.metrics.series(route.function, version)
+        series.bytes_in.inc(len(body))
         started = time.perf_counter()
         try:
-            result = await self._run(function, guest_request, request_id)
+            result = await self._run(function, guest_request, request_id, series)
             out_headers = http.response_headers(result.headers, request_id)
         except FunctionError as e:
             # The function's author needs this line: it is the platform's word on their code.
             runtime.sink(
                 LogLine(function.name, request_id, "error", e.message, "platform", time.time())
             )
-            metrics.errors.labels(route.function, e.reason).inc()
-            metrics.requests.labels(route.function, version, status_class(e.status)).inc()
+            series.failed(e)
             raise
         finally:
             elapsed_s = time.perf_counter() - started
-            metrics.latency.labels(route.function).observe(elapsed_s)
+            series.latency.observe(elapsed_s)
             runtime.tally.observe(route.function, version, elapsed_s)
-        metrics.requests.labels(route.function, version, status_class(result.status)).inc()
-        metrics.bytes_out.labels(route.function).inc(len(result.body))
+        series.answered(result.status)
+        series.bytes_out.inc(len(result.body))
         if version:
             out_headers.append((b"x-edge-version", f"{route.function}@{version}".encode()))
         out_headers.append((b"x-edge-region", config.region.encode()))
@@ -266,7 +260,11 @@ class FunctionServer:
         return frozenset(self.failed_targets)
 
     async def _run(
-        self, function: LoadedFunction, request: GuestRequest, request_id: str
+        self,
+        function: LoadedFunction,
+        request: GuestRequest,
+        request_id: str,
+        series: FunctionSeries,
     ) -> GuestResponse:
         sink = self.runtime.sink
         config = function.config.config
@@ -280,20 +278,33 @@ class FunctionServer:
             try:
                 result = function.invoke(request, invocation, INLINE_BUDGET_TICKS)
             except OverBudget:
+                _instantiated(invocation, series)
                 buffer.discard()
                 hint.record(time.perf_counter() - started, finished=False)
             except BaseException:
                 buffer.commit()
                 hint.record(time.perf_counter() - started, finished=True)
+                _instantiated(invocation, series)
                 raise
             else:
                 buffer.commit()
                 hint.record(time.perf_counter() - started, finished=True)
+                _instantiated(invocation, series)
                 return result
         invocation = Invocation(function.name, request_id, config, sink)
-        return await anyio.to_thread.run_sync(
-            function.invoke, request, invocation, limiter=self.limiter
-        )
+        try:
+            return await anyio.to_thread.run_sync(
+                function.invoke, request, invocation, limiter=self.limiter
+            )
+        finally:
+            _instantiated(invocation, series)
+
+
+def _instantiated(invocation: Invocation, series: FunctionSeries) -> None:
+    # Every instantiation counts, the inline attempt's too when it ran over its budget and the
+    # request was run again on a thread: both were paid for.
+    if invocation.instantiate_s is not None:
+        series.instantiate.observe(invocation.instantiate_s)
 
 
 def create_app(runtime: NodeRuntime) -> ASGIApp:

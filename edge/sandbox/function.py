@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from dataclasses import dataclass
 
 import wasmtime
@@ -81,7 +82,8 @@ class LoadedFunction:
     def name(self) -> str:
         return self.config.name
 
-    def _instantiate(self, ticks: int) -> _Live:
+    def _instantiate(self, ticks: int, invocation: host.Invocation) -> _Live:
+        started = time.perf_counter()
         store = wasmtime.Store(self.engine.engine)
         store.set_limits(memory_size=self.config.limits.memory_limit_bytes)
         output = host.OutputRoute()
@@ -95,6 +97,7 @@ class LoadedFunction:
             raise _classify(e, self.config, "instantiating") from None
         func = instance.get_func(store, self._index)
         assert func is not None
+        invocation.instantiate_s = time.perf_counter() - started
         return _Live(store, func, output)
 
     def invoke(
@@ -113,7 +116,7 @@ class LoadedFunction:
         with host.bound(invocation), self.engine.running():
             try:
                 if not self.config.instance.reuse:
-                    return self._call(self._instantiate(ticks), request, invocation)
+                    return self._call(self._instantiate(ticks, invocation), request, invocation)
                 return self._invoke_reusing(request, invocation, ticks)
             except DeadlineExceeded:
                 if budget_ticks is not None:
@@ -125,11 +128,11 @@ class LoadedFunction:
     ) -> abi.GuestResponse:
         # Never two requests in one instance: a request that finds it busy gets a fresh one.
         if not self._reuse_lock.acquire(blocking=False):
-            return self._call(self._instantiate(ticks), request, invocation)
+            return self._call(self._instantiate(ticks, invocation), request, invocation)
         try:
             live, self._reused = self._reused, None
             if live is None:
-                live = self._instantiate(ticks)
+                live = self._instantiate(ticks, invocation)
             live.store.set_epoch_deadline(ticks)
             # Raising drops the instance: a reused instance never outlives a trap.
             response = self._call(live, request, invocation)

@@ -50,6 +50,8 @@ class Invocation:
     started_unix: float = field(default_factory=time.time)
     lines: int = 0
     dropped: int = 0
+    # Set when this invocation created a fresh instance (not when it reused one): for metrics.
+    instantiate_s: float | None = None
 
     def log(self, level: str, message: str, source: str) -> None:
         if self.lines >= MAX_LOG_LINES_PER_REQUEST:

@@ -28,7 +28,8 @@ from edge.traffic.dns import Authority
 from edge.traffic.drain_follower import follow_drains
 from edge.traffic.geodb import GeoDB
 from edge.traffic.health_checker import HealthChecker
-from edge.traffic.regions import load_traffic_config
+from edge.traffic.metrics import DnsCollector, serve_metrics
+from edge.traffic.regions import check_listen, load_traffic_config
 from edge.traffic.server import DnsServer
 from edge.traffic.state import TrafficState
 from edge.traffic.steering import Steerer
@@ -76,8 +77,10 @@ async def run_dns(
     port: int | None = None,
     geoip_db: Path | None = None,
     control: tuple[str, str] | None = None,
+    metrics_listen: str | None = None,
 ) -> None:
     """`control`: (URL, token) of a control plane whose region drains to follow.
+    `metrics_listen`: HOST:PORT for /metrics, over `[dns] metrics_listen` ("" turns it off).
 
     Serve until SIGINT/SIGTERM (or until cancelled). `port` 0 binds a free port; the ready
     line on stderr names the one bound, which is how scripts and tests find it."""
@@ -92,6 +95,14 @@ async def run_dns(
             bound = await server.start(host, want)
         except OSError as e:  # taken, privileged (< 1024 without the capability), not ours
             raise OSError(f"cannot listen on {_endpoint(host, want)} (udp+tcp): {e}") from e
+        scrape = config.dns.metrics_listen if metrics_listen is None else metrics_listen
+        exporter = None
+        if scrape:
+            try:
+                exporter = serve_metrics(scrape, DnsCollector(authority.stats, state))
+            except OSError as e:
+                await server.close()
+                raise OSError(f"cannot listen for metrics on {scrape}: {e}") from e
         checker = HealthChecker(state)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -114,6 +125,8 @@ async def run_dns(
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(sig, handler)
                     installed.append(sig)
+            if exporter is not None:
+                _say(f"metrics at http://{scrape}/metrics")
             _say(f"authoritative for {config.dns.zone} on {_endpoint(host, bound)} (udp+tcp)")
             await stop.wait()
             _say("stopping")
@@ -124,6 +137,9 @@ async def run_dns(
                 loop.remove_signal_handler(sig)
             await checker.aclose()
             await server.close()
+            if exporter is not None:
+                exporter.shutdown()
+                exporter.server_close()
 
 
 def dns(
@@ -137,6 +153,10 @@ def dns(
         str | None, typer.Option(envvar="EDGE_CONTROL_URL", help="follow its region drains")
     ] = None,
     token: Annotated[str | None, typer.Option(envvar="EDGE_TOKEN", help="a read token")] = None,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT for Prometheus /metrics (default: dns.metrics_listen)"),
+    ] = None,
 ) -> None:
     """Serve the traffic.toml zone as an authoritative geo-DNS server (UDP and TCP).
 
@@ -150,9 +170,14 @@ def dns(
         traffic_log.setLevel(logging.INFO)
     try:
         follow = (control, token) if control and token else None
+        if metrics_listen:
+            check_listen(metrics_listen, "--metrics-listen")
         asyncio.run(
-            run_dns(config, listen_host=host, port=port, geoip_db=geoip_db, control=follow)
-        )
+            run_dns(
+                config, listen_host=host, port=port, geoip_db=geoip_db, control=follow,
+                metrics_listen=metrics_listen,
+            )
+        )  # fmt: skip
     except EdgeError as e:
         print(f"error: {e.message}", file=sys.stderr)
         raise typer.Exit(1) from None
