@@ -134,8 +134,9 @@ class Output:
             print(message, file=self.stderr, flush=True)
 
     def _write_json(self, value: Any) -> None:
-        print(json.dumps(value, indent=None if self._lines else 2, sort_keys=True),
-              file=self.stdout, flush=True)
+        # One line for pipes (a server's events are JSON lines); indented for a person's terminal.
+        indent = 2 if self.stdout.isatty() and not self._lines else None
+        print(json.dumps(value, indent=indent, sort_keys=True), file=self.stdout, flush=True)
 
     # --- servers --------------------------------------------------------------------------
 

@@ -122,7 +122,7 @@ async def run_dns(
                 "ready",
                 f"edge dns: authoritative for {config.dns.zone} on {_endpoint(host, bound)} "
                 "(udp+tcp)",
-                zone=config.dns.zone, host=host, port=bound,
+                zone=str(config.dns.zone), host=host, port=bound,
             )
             await stop.wait()
             say.event("stopping", "edge dns: stopping")
