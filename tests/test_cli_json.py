@@ -297,3 +297,27 @@ def test_dev_reports_builds_as_json_lines(servers: Any, tmp_path: Path) -> None:
     assert dev.event("change")["event"] == "change"
     failed = dev.event("build_failed")
     assert failed["type"] == "build_failed" and failed["serving_last_good"] and failed["output"]
+
+
+@pytest.mark.toolchain
+def test_up_announces_the_stack_in_json_lines(servers: Any, tmp_path: Path) -> None:
+    control_port, node_port, dns_port = free_port(), free_port(), free_port()
+    up = servers(["up", "--state-dir", str(tmp_path / "state"), "--control-port",
+                  str(control_port), "--node-port", str(node_port), "--dns-port", str(dns_port)],
+                 tmp_path / "up.log")
+    ready = up.event("ready", 240)
+    assert ready["control_url"] == f"http://127.0.0.1:{control_port}"
+    assert ready["dns"] == f"127.0.0.1:{dns_port}" and ready["host"] == "hello.edge.test"
+    assert ready["regions"] == {"us-east": "127.0.0.11", "eu-west": "127.0.0.12",
+                                "ap-south": "127.0.0.13"}
+    served = httpx.get(f"http://{ready['regions']['eu-west']}:{node_port}/",
+                       headers={"host": ready["host"]})
+    assert served.status_code == 200
+    where = ["--control", ready["control_url"], "--token", ready["admin_token"]]
+    listed = edge_json("regions", *where)["regions"]
+    assert {(r["name"], r["state"], r["healthy_nodes"]) for r in listed} == {
+        ("us-east", "active", 1), ("eu-west", "active", 1), ("ap-south", "active", 1)
+    }
+    up.proc.send_signal(signal.SIGINT)
+    assert up.event("stopped", 60) == {"event": "stopped"}
+    assert up.proc.wait(60) == 0

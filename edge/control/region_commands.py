@@ -8,6 +8,7 @@ entry merged into the answer, with `waited_s`).
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Annotated, Any
 
@@ -85,7 +86,7 @@ def _wait(out: Output, client: ControlClient, name: str, action: str) -> dict[st
     with out.progress(f"{name} {action}") as bar:
 
         def show(region: dict[str, Any], left_s: float) -> None:
-            left = f", {left_s:.0f} s left" if left_s else ""
+            left = f", {math.ceil(left_s)} s left" if left_s else ""
             bar.update(ramp_progress(region) * 100, 100,
                        f"share {region['share']:.0%} ({region['state']}{left})")
 
