@@ -17,6 +17,22 @@ from edge.errors import BuildFailed, ConfigError
 
 LANGUAGES: dict[str, Language] = {"c": c.LANGUAGE, "python": python.LANGUAGE, "js": js.LANGUAGE}
 
+# What each tool run is doing, by the start of its description, for the progress display.
+PHASES = (
+    ("zig cc", "compiling"),
+    ("esbuild", "bundling"),
+    ("componentize-py bindings", "generating bindings"),
+    ("componentize-", "componentizing"),
+    ("wasm-tools component wit", "checking exports"),
+    ("wasm-tools component", "componentizing"),
+)
+
+
+def phase(what: str) -> str:
+    """`zig cc (hello)` -> `compiling with zig cc (hello)`."""
+    verb = next((verb for prefix, verb in PHASES if what.startswith(prefix)), None)
+    return what if verb is None else f"{verb} with {what}"
+
 
 @dataclass
 class BuildStats:
@@ -74,13 +90,13 @@ def build(
 ) -> BuildResult:
     """`build_function` that also says what it did; `on_step` hears each step as it starts."""
     start = clock()
-    step = on_step or (lambda _what: None)
+    step: Callable[[str], None] = on_step or (lambda _what: None)
     project_dir = project_dir.resolve()
     cfg = load_function_config(project_dir)
     if not (project_dir / cfg.source).is_file():
         raise ConfigError(f"{project_dir / 'edge.toml'}: source file {cfg.source!r} not found")
     lang = LANGUAGES[cfg.lang]
-    tools = replace(toolchain or Toolchain(), on_step=step)
+    tools = replace(toolchain or Toolchain(), on_step=lambda what: step(phase(what)))
     out = output_path(project_dir, cfg)
 
     def done(hit: bool) -> BuildResult:
@@ -103,7 +119,6 @@ def build(
         work = Work(Path(tmp))
         built = lang.compile(project_dir, cfg, tools, work)
         stats.compiles += 1
-        step("checking exports")
         check_exports(built, tools, work)
         atomic_copy(built, out)
         if use_cache:
