@@ -51,12 +51,14 @@ def hello_project(tmp_path: Path) -> Path:
     return project
 
 
-def test_control_commands_answer_json(
-    control: Control, start_node: NodeFactory, tmp_path: Path
-) -> None:
+@pytest.fixture
+def project(control: Control, start_node: NodeFactory, tmp_path: Path) -> Path:
+    """The C hello to deploy, and one node in eu-west following `control` to deploy it to."""
     follower(start_node, control, "eu-1", "eu-west", tmp_path / "eu-1")
-    project = hello_project(tmp_path)
+    return hello_project(tmp_path)
 
+
+def test_control_commands_answer_json(control: Control, project: Path, tmp_path: Path) -> None:
     d = edge_json("deploy", str(project), "--route", "*/", control=control)
     assert d["function"] == FUNCTION and d["version"]["number"] == 1
     assert d["revision"] == d["deploy"]["revision"] == d["convergence"]["revision"]
@@ -147,11 +149,7 @@ def test_new_and_build_json(tmp_path: Path) -> None:
     assert json.loads(taken.stdout)["error"]["type"] == "config_error"
 
 
-def test_progress_goes_to_the_terminal_not_to_stdout(
-    control: Control, start_node: NodeFactory, tmp_path: Path
-) -> None:
-    follower(start_node, control, "us-1", "us-east", tmp_path / "us-1")
-    project = hello_project(tmp_path)
+def test_progress_goes_to_the_terminal_not_to_stdout(control: Control, project: Path) -> None:
     primary, secondary = pty.openpty()  # stderr is a terminal, stdout a pipe (a script)
     env = {**os.environ, "EDGE_CONTROL_URL": control.url, "EDGE_TOKEN": control.tokens["admin"],
            "TERM": "xterm", "COLUMNS": "120"}
@@ -182,10 +180,8 @@ def test_progress_goes_to_the_terminal_not_to_stdout(
 
 
 def test_people_get_a_summary_on_stdout_and_progress_on_stderr(
-    control: Control, start_node: NodeFactory, tmp_path: Path
+    control: Control, project: Path
 ) -> None:
-    follower(start_node, control, "ap-1", "ap-south", tmp_path / "ap-1")
-    project = hello_project(tmp_path)
     r = edge("deploy", str(project), "--route", "*/", control=control)
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 1, r.stdout
