@@ -7,7 +7,6 @@ there has never been a good build, requests get a 503 that carries the compiler 
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import anyio
@@ -90,10 +89,8 @@ class DevServer:
 
     async def serve(self) -> None:
         await self.rebuild()
-        host, port = self.runtime.config.listen.rsplit(":", 1)
 
         async def announce() -> None:
-            await _wait_listening(host, int(port))
             self.out.event(
                 "ready",
                 f"edge dev: serving {self.config.name} at {self.url} (Ctrl-C to stop)",
@@ -106,17 +103,6 @@ class DevServer:
         finally:
             watcher.cancel()
             self.runtime.close()
-
-
-async def _wait_listening(host: str, port: int, timeout_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            await asyncio.sleep(0.02)
 
 
 def serve_dev(project: Path, host: str, port: int, out: Output | None = None) -> None:

@@ -9,6 +9,7 @@ import pty
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -317,3 +318,22 @@ def test_up_announces_the_stack_in_json_lines(servers: Any, tmp_path: Path) -> N
     up.proc.send_signal(signal.SIGINT)
     assert up.event("stopped", 60) == {"event": "stopped"}
     assert up.proc.wait(60) == 0
+
+
+def test_a_taken_port_is_a_listen_failed_error_and_never_ready(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        r = edge("control", "--data", str(tmp_path / "cp"), "--listen", listen, "--json",
+                 ok=False)
+        node = edge("node", "--control", "http://127.0.0.1:1", "--token", "t", "--public-key",
+                    "00" * 32, "--listen", listen, "--state-dir", str(tmp_path / "n"), "--json",
+                    ok=False)
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [e.get("event") for e in events] == ["bootstrapped", None]  # no "ready"
+    error = events[-1]["error"]
+    assert r.returncode == 1 and error["type"] == "listen_failed"
+    assert error["message"].startswith(f"cannot listen on {listen}: ")
+    assert node.returncode == 1
+    assert json.loads(node.stdout)["error"]["type"] == "listen_failed"
