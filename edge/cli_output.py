@@ -192,18 +192,22 @@ def _fail_code(out: Output, error: EdgeError, code: int) -> int:
 
 
 def run_app(app: typer.Typer, argv: list[str]) -> NoReturn:
-    """Runs the CLI. With --json anywhere in `argv`, usage errors and crashes are JSON too."""
-    if "--json" not in argv:
-        app()
-        sys.exit(0)
-    out = Output(True)
+    """Runs the CLI. An EdgeError a command lets out still gets the right output; with --json
+    anywhere in `argv`, usage errors and crashes are JSON too."""
+    as_json = "--json" in argv
+    out = Output(as_json)
     try:
-        code = app(args=argv, standalone_mode=False)
+        # Standalone, typer prints usage errors itself and exits; otherwise they come here.
+        code = app(args=argv, standalone_mode=not as_json)
+    except EdgeError as e:
+        code = _fail_code(out, e, EXIT_FAILED)
     except typer.Abort:
         code = EXIT_FAILED
     except TyperException as e:  # a missing argument, a bad option value
         code = _fail_code(out, UsageError(e.format_message()), EXIT_USAGE)
-    except Exception as e:  # a bug of ours: still an answer a script can parse
-        traceback.print_exc(file=sys.stderr)
+    except Exception as e:
+        if not as_json:
+            raise
+        traceback.print_exc(file=sys.stderr)  # a bug of ours: still an answer a script parses
         code = _fail_code(out, EdgeError(f"internal error: {e!r}"), EXIT_FAILED)
     sys.exit(code if isinstance(code, int) else 0)

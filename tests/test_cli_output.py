@@ -77,8 +77,8 @@ def test_run_app_turns_usage_errors_and_crashes_into_json(
         raise RuntimeError(f"bug {count}")
 
     @app.command()
-    def other() -> None:
-        pass
+    def forgetful(as_json: bool = typer.Option(False, "--json")) -> None:
+        raise NotFound("no such thing")  # not inside `with Output(...)`
 
     with pytest.raises(SystemExit) as usage:
         run_app(app, ["boom", "many", "--json"])
@@ -94,6 +94,15 @@ def test_run_app_turns_usage_errors_and_crashes_into_json(
         "type": "internal_error", "message": "internal error: RuntimeError('bug 3')"
     }
     assert "Traceback" in captured.err  # the bug is still reported in full
+
+    for args, stdout, stderr in ((["forgetful"], "", "error: no such thing\n"),
+                                 (["forgetful", "--json"],
+                                  '{"error": {"message": "no such thing", "type": "not_found"}}\n',
+                                  "")):
+        with pytest.raises(SystemExit) as exited:
+            run_app(app, args)
+        assert exited.value.code == 1
+        assert capsys.readouterr() == (stdout, stderr)
 
 
 def listing(*regions: dict[str, Any], now: float = 100.0) -> dict[str, Any]:
