@@ -16,6 +16,11 @@ Usage in a command:
             with out.spinner("asking") as step:
                 result = do_it(name, on_step=step)
             out.result(result, f"{name}: done")  # the JSON document, or the sentence
+                                                 # (or a function printing a table: out.show)
+
+A follower (`--follow`) or server prints `out.event("line", human_text, **fields)` per item;
+a long wait uses `with out.progress("what") as bar: bar.update(done, total, "detail")`;
+warnings go through `out.note`. Never print to stdout directly.
 """
 
 from __future__ import annotations
