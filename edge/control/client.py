@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from edge.control.errors import ControlUnreachable, RemoteError
+from edge.control.errors import ControlUnreachable, NotFound, RemoteError
 from edge.control.wire import METADATA_HEADER, encode_metadata
 
 DEFAULT_URL = "http://127.0.0.1:7000"
@@ -154,3 +154,52 @@ def wait_for_nodes(
         if state.converged or state.elapsed_s >= timeout_s:
             return state
         sleep(interval_s)
+
+
+# A region's state while its ramp runs, and once it is over, per operator action.
+RAMPING = {"drain": "draining", "undrain": "undraining"}
+
+
+def ramp_progress(region: dict[str, Any]) -> float:
+    """How far a GET /v1/regions entry's drain or undrain ramp has got, 0..1 (1: no ramp)."""
+    d = region.get("drain")
+    if not d:
+        return 1.0
+    target = 0.0 if d["direction"] == "drain" else 1.0
+    span = target - float(d["from_share"])
+    if span == 0:
+        return 1.0
+    return min(1.0, max(0.0, (float(region["share"]) - float(d["from_share"])) / span))
+
+
+def ramp_left_s(region: dict[str, Any], now_unix: float) -> float:
+    d = region.get("drain")
+    if not d:
+        return 0.0
+    return max(0.0, float(d["started_unix"]) + float(d["over_s"]) - now_unix)
+
+
+def wait_for_region(
+    fetch_regions: Callable[[], dict[str, Any]],
+    name: str,
+    action: str,
+    *,
+    on_progress: Callable[[dict[str, Any], float], None] = lambda _r, _left: None,
+    interval_s: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Polls GET /v1/regions until region `name` is no longer ramping the way `action` started
+    it; returns its last entry. That is the end of the ramp, or an earlier stop when another
+    change (an undrain during a drain) took over. `on_progress` gets the entry and the seconds
+    the ramp has left."""
+    while True:
+        listing = fetch_regions()
+        region = next((r for r in listing["regions"] if r["name"] == name), None)
+        if region is None:
+            raise NotFound(f"no region {name!r}")
+        left_s = ramp_left_s(region, float(listing["now_unix"]))
+        on_progress(region, left_s)
+        if region["state"] != RAMPING[action]:
+            return dict(region)
+        # Wake at the ramp's end rather than up to an interval after it.
+        sleep(max(0.05, min(interval_s, left_s + 0.01)))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import anyio
 
+from edge.cli_output import Output
 from edge.config.toml_fields import Table
 from edge.node.app import create_app
 from edge.node.config import NodeConfig, load_node_config, parse_control, parse_node_config
@@ -19,11 +19,9 @@ from edge.node.runtime import NodeRuntime, Unavailable
 from edge.node.server import run
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-async def run_node(config: NodeConfig) -> None:
+async def run_node(config: NodeConfig, out: Output | None = None) -> None:
+    say = out or Output()
+    url = f"http://{config.listen}/"
     runtime = NodeRuntime(config, LogWriter("json"))
     app = create_app(runtime)
     tasks: list[asyncio.Task[None]] = []
@@ -33,10 +31,14 @@ async def run_node(config: NodeConfig) -> None:
         for name, served in sorted(deployment.functions.items()):
             for fn in served.loaded():
                 if isinstance(fn, Unavailable):
-                    _say(f"edge node: {name}: {fn.error.message}")
-        _say(
-            f"edge node {config.node_id} ({config.region}) ready at http://{config.listen}/ "
-            f"serving {len(deployment.functions)} function(s)"
+                    say.event("function_error", f"edge node: {name}: {fn.error.message}",
+                              function=name, type=fn.error.reason, message=fn.error.message)
+        say.event(
+            "ready",
+            f"edge node {config.node_id} ({config.region}) ready at {url} "
+            f"serving {len(deployment.functions)} function(s)",
+            url=url, node_id=config.node_id, region=config.region,
+            functions=sorted(deployment.functions),
         )
 
     async def follow() -> None:
@@ -49,9 +51,12 @@ async def run_node(config: NodeConfig) -> None:
         )
         restored = await follower.restore()
         kept = " (serving the state kept on disk)" if restored else ""
-        _say(
-            f"edge node {config.node_id} ({config.region}) listening at http://{config.listen}/, "
-            f"following {control.url}{kept}"
+        say.event(
+            "ready",
+            f"edge node {config.node_id} ({config.region}) listening at {url}, "
+            f"following {control.url}{kept}",
+            url=url, node_id=config.node_id, region=config.region, control=control.url,
+            restored=bool(restored),
         )
         tasks.append(asyncio.create_task(follower.run()))
 

@@ -23,7 +23,8 @@ from typing import Annotated
 
 import typer
 
-from edge.errors import ConfigError, EdgeError
+from edge.cli_output import JsonOption, Output
+from edge.errors import ConfigError, ListenFailed
 from edge.traffic.dns import Authority
 from edge.traffic.drain_follower import follow_drains
 from edge.traffic.geodb import GeoDB
@@ -39,10 +40,6 @@ from edge.traffic.steering import Steerer
 DEFAULT_HOST = "127.0.0.1"
 
 
-def _say(message: str) -> None:
-    print(f"edge dns: {message}", file=sys.stderr, flush=True)
-
-
 def open_geodb(path: Path | None) -> GeoDB:
     """The geo database at `path`, or the GeoLite2-City from `maxminddb-geolite2`."""
     try:
@@ -55,14 +52,18 @@ def open_geodb(path: Path | None) -> GeoDB:
         ) from None
 
 
-def reload_geodb(geo: GeoDB) -> bool:
+def reload_geodb(geo: GeoDB, out: Output | None = None) -> bool:
     """Re-open the geo database file; on a bad file keep serving from the loaded one."""
+    say = out or Output()
     try:
         geo.reload()
     except ConfigError as e:
-        _say(f"geoip reload failed, still serving the previous database: {e.message}")
+        say.event("geoip_reload_failed",
+                  f"edge dns: geoip reload failed, still serving the previous database: "
+                  f"{e.message}", path=str(geo.path), message=e.message)
         return False
-    _say(f"geoip database reloaded from {geo.path}")
+    say.event("geoip_reloaded", f"edge dns: geoip database reloaded from {geo.path}",
+              path=str(geo.path))
     return True
 
 
@@ -78,12 +79,15 @@ async def run_dns(
     geoip_db: Path | None = None,
     control: tuple[str, str] | None = None,
     metrics_listen: str | None = None,
+    out: Output | None = None,
 ) -> None:
     """`control`: (URL, token) of a control plane whose region drains to follow.
     `metrics_listen`: HOST:PORT for /metrics, over `[dns] metrics_listen` ("" turns it off).
 
     Serve until SIGINT/SIGTERM (or until cancelled). `port` 0 binds a free port; the ready
-    line on stderr names the one bound, which is how scripts and tests find it."""
+    line on stderr (or the ready event with --json) names the one bound, which is how scripts
+    and tests find it."""
+    say = out or Output()
     config = load_traffic_config(config_path)
     host = listen_host or DEFAULT_HOST
     with open_geodb(geoip_db) as geo:
@@ -111,7 +115,7 @@ async def run_dns(
             signal.SIGTERM: stop.set,
             # The reload runs on the loop between queries, so no query sees a half-swapped DB;
             # opening an .mmdb is an mmap plus a few probe lookups, short enough to do inline.
-            signal.SIGHUP: lambda: reload_geodb(geo),
+            signal.SIGHUP: lambda: reload_geodb(geo, say),
         }
         installed = []
         follower = (
@@ -126,10 +130,16 @@ async def run_dns(
                     loop.add_signal_handler(sig, handler)
                     installed.append(sig)
             if exporter is not None:
-                _say(f"metrics at http://{scrape}/metrics")
-            _say(f"authoritative for {config.dns.zone} on {_endpoint(host, bound)} (udp+tcp)")
+                say.note(f"edge dns: metrics at http://{scrape}/metrics")
+            say.event(
+                "ready",
+                f"edge dns: authoritative for {config.dns.zone} on {_endpoint(host, bound)} "
+                "(udp+tcp)",
+                zone=str(config.dns.zone), host=host, port=bound,
+                metrics=f"http://{scrape}/metrics" if exporter is not None else None,
+            )
             await stop.wait()
-            _say("stopping")
+            say.event("stopping", "edge dns: stopping")
         finally:
             if follower is not None:
                 follower.cancel()
@@ -157,10 +167,12 @@ def dns(
         str | None,
         typer.Option(help="HOST:PORT for Prometheus /metrics (default: dns.metrics_listen)"),
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Serve the traffic.toml zone as an authoritative geo-DNS server (UDP and TCP).
 
-    SIGHUP re-reads the geoip database; SIGINT/SIGTERM stop."""
+    SIGHUP re-reads the geoip database; SIGINT/SIGTERM stop. --json: events on stdout, one per
+    line (ready with the bound port, geoip_reloaded, stopping); health changes stay on stderr."""
     # Health transitions are the operator's main signal; httpx's per-request lines are noise.
     traffic_log = logging.getLogger("edge.traffic")
     if not traffic_log.handlers:
@@ -168,24 +180,17 @@ def dns(
         handler.setFormatter(logging.Formatter("edge dns: %(message)s"))
         traffic_log.addHandler(handler)
         traffic_log.setLevel(logging.INFO)
-    try:
+    with Output(as_json) as out:
         follow = (control, token) if control and token else None
         if metrics_listen:
             check_listen(metrics_listen, "--metrics-listen")
-        asyncio.run(
-            run_dns(
-                config, listen_host=host, port=port, geoip_db=geoip_db, control=follow,
-                metrics_listen=metrics_listen,
-            )
-        )  # fmt: skip
-    except EdgeError as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        raise typer.Exit(1) from None
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:  # a Ctrl-C before the handlers are in place
-        pass
+        try:
+            asyncio.run(run_dns(config, listen_host=host, port=port, geoip_db=geoip_db,
+                                control=follow, metrics_listen=metrics_listen, out=out))
+        except OSError as e:
+            raise ListenFailed(str(e)) from None
+        except KeyboardInterrupt:  # a Ctrl-C before the handlers are in place
+            pass
 
 
 if __name__ == "__main__":
