@@ -18,6 +18,7 @@ from edge.node.geo import GeoLookup
 from edge.node.metrics import NodeMetrics
 from edge.node.routing import Route, RoutingTable
 from edge.node.spill import Topology
+from edge.node.tracing import SpanExporter
 from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import SandboxEngine
 from edge.sandbox.function import LoadedFunction
@@ -77,6 +78,7 @@ class NodeRuntime:
         self.geo = GeoLookup(config.geoip_db) if config.geoip_db else None
         self.deployment = Deployment()
         self.metrics = NodeMetrics()
+        self.spans: SpanExporter | None = None  # set when an OTLP endpoint is configured
 
     def load(self, source: FunctionSource) -> LoadedFunction | Unavailable:
         try:

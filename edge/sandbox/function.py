@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from dataclasses import dataclass
 
 import wasmtime
@@ -81,7 +82,8 @@ class LoadedFunction:
     def name(self) -> str:
         return self.config.name
 
-    def _instantiate(self, ticks: int) -> _Live:
+    def _instantiate(self, ticks: int, marks: list[tuple[str, int, int]] | None = None) -> _Live:
+        started = time.time_ns() if marks is not None else 0
         store = wasmtime.Store(self.engine.engine)
         store.set_limits(memory_size=self.config.limits.memory_limit_bytes)
         output = host.OutputRoute()
@@ -95,6 +97,8 @@ class LoadedFunction:
             raise _classify(e, self.config, "instantiating") from None
         func = instance.get_func(store, self._index)
         assert func is not None
+        if marks is not None:
+            marks.append(("instantiate", started, time.time_ns()))
         return _Live(store, func, output)
 
     def invoke(
@@ -113,7 +117,8 @@ class LoadedFunction:
         with host.bound(invocation), self.engine.running():
             try:
                 if not self.config.instance.reuse:
-                    return self._call(self._instantiate(ticks), request, invocation)
+                    live = self._instantiate(ticks, invocation.marks)
+                    return self._call(live, request, invocation)
                 return self._invoke_reusing(request, invocation, ticks)
             except DeadlineExceeded:
                 if budget_ticks is not None:
@@ -125,11 +130,11 @@ class LoadedFunction:
     ) -> abi.GuestResponse:
         # Never two requests in one instance: a request that finds it busy gets a fresh one.
         if not self._reuse_lock.acquire(blocking=False):
-            return self._call(self._instantiate(ticks), request, invocation)
+            return self._call(self._instantiate(ticks, invocation.marks), request, invocation)
         try:
             live, self._reused = self._reused, None
             if live is None:
-                live = self._instantiate(ticks)
+                live = self._instantiate(ticks, invocation.marks)
             live.store.set_epoch_deadline(ticks)
             # Raising drops the instance: a reused instance never outlives a trap.
             response = self._call(live, request, invocation)
@@ -144,6 +149,15 @@ class LoadedFunction:
         self, live: _Live, request: abi.GuestRequest, invocation: host.Invocation
     ) -> abi.GuestResponse:
         live.output.invocation = invocation
+        marks = invocation.marks
+        started = time.time_ns() if marks is not None else 0
+        try:
+            return self._execute(live, request)
+        finally:
+            if marks is not None:
+                marks.append(("execute", started, time.time_ns()))
+
+    def _execute(self, live: _Live, request: abi.GuestRequest) -> abi.GuestResponse:
         param = abi.LoweredRequest(request)
         result = abi.Val()
         err = ffi.wasmtime_component_func_call(

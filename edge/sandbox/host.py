@@ -34,6 +34,8 @@ class LogLine:
     message: str
     source: str  # "log" (the log import), "stdout", "stderr", or "platform"
     time_unix: float
+    version: str = ""  # the deployed version's label ("3"), "" for a static node
+    trace_id: str = ""  # W3C trace id of the request (edge.node.tracecontext)
 
 
 LogSink = Callable[[LogLine], None]
@@ -48,6 +50,11 @@ class Invocation:
     config: Mapping[str, str]
     sink: LogSink
     started_unix: float = field(default_factory=time.time)
+    version: str = ""
+    trace_id: str = ""
+    # (span name, start, end) in unix ns, appended by the sandbox only when the request's spans
+    # are recorded: None costs nothing.
+    marks: list[tuple[str, int, int]] | None = None
     lines: int = 0
     dropped: int = 0
 
@@ -58,7 +65,8 @@ class Invocation:
         self.lines += 1
         if len(message) > MAX_LOG_LINE_BYTES:
             message = message[:MAX_LOG_LINE_BYTES] + "…(truncated)"
-        self.sink(LogLine(self.function, self.request_id, level, message, source, time.time()))
+        self.sink(LogLine(self.function, self.request_id, level, message, source, time.time(),
+                          self.version, self.trace_id))  # fmt: skip
 
 
 _local = threading.local()
