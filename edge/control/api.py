@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 
 from edge.config.function import NAME_RE, parse_function_config
 from edge.control.errors import Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from edge.control.logs_api import log_routes
 from edge.control.records import Change, FunctionState, Node, Principal, RegionChange, Version
 from edge.control.regions import MAX_OVER_S, REGION_RE, Region
 from edge.control.signing import Signer
@@ -508,6 +509,7 @@ def create_app(
         Route("/v1/regions/{name}/{action}", region_change, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
+    routes += log_routes(store, RevisionFeed(0), tenant, node, _json_body, run, function_name, now)
     return Starlette(
         routes=routes,
         exception_handlers={
