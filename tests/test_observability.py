@@ -22,7 +22,7 @@ from edge.config.toml_fields import load_toml
 from edge.node.tracecontext import parse_traceparent
 
 from .cluster import Control, converge, follower, start_control
-from .conftest import EXAMPLES, REPO, NodeFactory, Proc, free_port
+from .conftest import EXAMPLES, FIXTURES, REPO, NodeFactory, Proc, free_port
 from .otlp_receiver import OtlpReceiver
 
 pytestmark = pytest.mark.toolchain
@@ -60,6 +60,10 @@ def stack(
             data = built(project).read_bytes()
             v = client.upload_version(FUNCTION, data, load_toml(project / "edge.toml"), "logs")
             converge(client, client.deploy(FUNCTION, int(v["number"]), ["*/"]))
+            trap = FIXTURES / "functions" / "trap"
+            t = client.upload_version("trap", built(trap).read_bytes(),
+                                      load_toml(trap / "edge.toml"), "traps")  # fmt: skip
+            converge(client, client.deploy("trap", int(t["number"]), ["*/trap"]))
             converge(client, client.region("eu-west", "drain", 0.0))
             converge(client, {"revision": client.status()["revision"]})
         yield Stack(control, eu, us, receiver)
@@ -68,11 +72,13 @@ def stack(
         receiver.close()
 
 
-def logged(control: Control, request_id: str, timeout_s: float = 15.0) -> dict[str, Any]:
+def logged(
+    control: Control, request_id: str, timeout_s: float = 15.0, function: str = FUNCTION
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     with control.client() as client:
         while True:
-            lines = client.logs(FUNCTION)["lines"]
+            lines = client.logs(function)["lines"]
             found = [x for x in lines if x["request_id"] == request_id]
             if found or time.monotonic() > deadline:
                 assert found, lines
@@ -127,6 +133,15 @@ def test_a_trace_continues_across_a_spill_and_its_spans_reach_the_collector(
     assert r3.headers["traceparent"].startswith(f"00-{quiet}-")
     logged(stack.control, r3.headers["x-request-id"])  # by then its spans would have come
     assert stack.receiver.trace(quiet, 1, timeout_s=1.0) == []
+
+
+def test_a_trap_is_in_the_functions_log_with_the_request_and_trace(stack: Stack) -> None:
+    r = httpx.get(stack.eu.url + "/trap", headers={"x-request-id": "trap-check"})
+    assert r.status_code == 500 and r.json()["error"] == "trap"
+    line = logged(stack.control, "trap-check", function="trap")
+    assert (line["source"], line["level"], line["node"]) == ("platform", "error", "us-1")
+    assert line["message"].startswith("function trapped")
+    assert line["trace_id"] == r.headers["traceparent"].split("-")[1]
 
 
 def test_edge_logs_follow_gets_a_line_from_a_function_on_another_node_within_a_second(

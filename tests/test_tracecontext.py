@@ -108,4 +108,22 @@ def test_a_new_trace_is_sampled_only_when_this_node_exports() -> None:
     assert off.trace_id != on.trace_id
     off.add("execute", 1, 2)
     off.note("x", 1)
-    assert off.finish(200) == [] and off.attributes == {}
+    assert off.finish(200) == [] and off.attributes is None
+
+
+def test_a_node_without_an_endpoint_never_loads_the_sdk() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, edge.node.main, edge.node.app\n"
+        "from edge.node.config import parse_node_config\n"
+        "from pathlib import Path\n"
+        "assert edge.node.main.span_exporter(parse_node_config({}, 'x', Path('.'))) is None\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -81,6 +81,9 @@ class LogShipper:
         self.shipped_total += len(batch.lines)
         return True
 
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
     async def run(self) -> None:
         failures = 0
         try:
@@ -96,4 +99,4 @@ class LogShipper:
                 else:
                     failures += 1
         finally:
-            await self._client.aclose()
+            await self.aclose()

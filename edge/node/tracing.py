@@ -26,7 +26,7 @@ from edge.node.tracecontext import (
     clean_tracestate,
     format_traceparent,
     new_span_id,
-    new_trace_id,
+    new_trace_and_span_id,
     parse_traceparent,
 )
 
@@ -54,7 +54,7 @@ class RequestTrace:
     tracestate: str
     started_ns: int
     spans: list[SpanRecord] | None  # None: not recorded (no exporter, or not sampled)
-    attributes: dict[str, AttributeValue] = field(default_factory=dict)
+    attributes: dict[str, AttributeValue] | None = None  # of the route span, when recorded
 
     @classmethod
     def start(cls, traceparent: str, tracestate: str, exporting: bool) -> RequestTrace:
@@ -62,20 +62,22 @@ class RequestTrace:
         exports; a caller's trace keeps the caller's decision."""
         parent = parse_traceparent(traceparent) if traceparent else None
         if parent is None:
-            trace_id, parent_id, flags, state = new_trace_id(), "", SAMPLED if exporting else 0, ""
+            trace_id, span_id = new_trace_and_span_id()
+            parent_id, flags, state = "", SAMPLED if exporting else 0, ""
         else:
-            trace_id, parent_id, flags = parent.trace_id, parent.parent_id, parent.flags
+            trace_id, span_id = parent.trace_id, new_span_id()
+            parent_id, flags = parent.parent_id, parent.flags
             state = clean_tracestate(tracestate) if tracestate else ""
-        recorded = exporting and bool(flags & SAMPLED)
-        return cls(trace_id, new_span_id(), parent_id, flags, state,
-                   time.time_ns() if recorded else 0, [] if recorded else None)  # fmt: skip
+        if exporting and flags & SAMPLED:
+            return cls(trace_id, span_id, parent_id, flags, state, time.time_ns(), [], {})
+        return cls(trace_id, span_id, parent_id, flags, state, 0, None)
 
     def traceparent(self, span_id: str | None = None) -> str:
         """The header naming `span_id` (default: the route span) as the parent."""
         return format_traceparent(self.trace_id, span_id or self.span_id, self.flags)
 
     def note(self, key: str, value: AttributeValue) -> None:
-        if self.spans is not None:
+        if self.attributes is not None:
             self.attributes[key] = value
 
     def add(
@@ -97,9 +99,9 @@ class RequestTrace:
         """Every span of this request, the route span last; [] when not recorded."""
         if self.spans is None:
             return []
-        self.attributes["http.response.status_code"] = status
+        attributes = {**(self.attributes or {}), "http.response.status_code": status}
         route = SpanRecord("route", self.span_id, self.parent_id, self.started_ns,
-                           time.time_ns(), "server", self.attributes, error)  # fmt: skip
+                           time.time_ns(), "server", attributes, error)  # fmt: skip
         return [*self.spans, route]
 
 
