@@ -28,30 +28,6 @@ _SHORT_RE = re.compile(r"^[A-Za-z0-9._:-]{0,128}$")
 
 
 @dataclass(frozen=True)
-class StoredLine:
-    seq: int
-    tenant: str
-    function: str
-    version: str
-    region: str
-    node: str
-    request_id: str
-    trace_id: str
-    level: str
-    source: str
-    message: str
-    time_unix: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq, "time": self.time_unix, "function": self.function,
-            "version": self.version, "region": self.region, "node": self.node,
-            "request_id": self.request_id, "trace_id": self.trace_id, "level": self.level,
-            "source": self.source, "message": self.message,
-        }  # fmt: skip
-
-
-@dataclass(frozen=True)
 class NodeLine:
     """One valid line of a node's batch, before it is numbered."""
 
@@ -64,6 +40,22 @@ class NodeLine:
     source: str
     message: str
     time_unix: float
+
+
+@dataclass(frozen=True)
+class StoredLine:
+    seq: int
+    region: str
+    node: str
+    line: NodeLine
+
+    def to_json(self) -> dict[str, Any]:
+        x = self.line
+        return {
+            "seq": self.seq, "time": x.time_unix, "function": x.function, "version": x.version,
+            "region": self.region, "node": self.node, "request_id": x.request_id,
+            "trace_id": x.trace_id, "level": x.level, "source": x.source, "message": x.message,
+        }  # fmt: skip
 
 
 def parse_line(raw: Any) -> NodeLine | None:
@@ -124,9 +116,7 @@ class LogStore:
             if ring is None:
                 ring = self._tenants[line.tenant] = deque(maxlen=self.per_tenant_lines)
             self.seq += 1
-            ring.append(StoredLine(self.seq, line.tenant, line.function, line.version, region,
-                                   node, line.request_id, line.trace_id, line.level,
-                                   line.source, line.message, line.time_unix))  # fmt: skip
+            ring.append(StoredLine(self.seq, region, node, line))
             kept += 1
         return kept
 
@@ -143,8 +133,8 @@ class LogStore:
         """The newest `limit` lines of `function` matching the filters, oldest first."""
         found = [
             s for s in self._tenants.get(tenant, ())
-            if s.seq > after_seq and s.function == function
-            and (since_unix is None or s.time_unix >= since_unix)
+            if s.seq > after_seq and s.line.function == function
+            and (since_unix is None or s.line.time_unix >= since_unix)
             and (region is None or s.region == region)
         ]  # fmt: skip
         return found[-limit:] if limit > 0 else []

@@ -37,8 +37,9 @@ def test_each_tenant_keeps_its_own_newest_lines() -> None:
     store.add("n1", "eu", [node_line("quiet", "hello", "mine")], {"quiet", "loud"})
     store.add("n1", "eu", [node_line("loud", "hello", f"spam {i}") for i in range(50)],
               {"quiet", "loud"})
-    assert [s.message for s in store.query("quiet", "hello")] == ["mine"]
-    assert [s.message for s in store.query("loud", "hello")] == [f"spam {i}" for i in range(45, 50)]
+    assert [s.line.message for s in store.query("quiet", "hello")] == ["mine"]
+    loud = [s.line.message for s in store.query("loud", "hello")]
+    assert loud == [f"spam {i}" for i in range(45, 50)]
     # Unknown tenants are not stored at all.
     assert store.add("n1", "eu", [node_line("ghost", "hello", "x")], {"quiet"}) == 0
     assert store.query("ghost", "hello") == []
@@ -50,14 +51,14 @@ def test_queries_filter_by_function_time_region_cursor_and_limit() -> None:
     store.add("eu-1", "eu-west", [node_line("t", "a", "old", 10.0), node_line("t", "b", "b")], t)
     store.add("us-1", "us-east", [node_line("t", "a", "new", 20.0)], t)
     store.add("eu-1", "eu-west", [node_line("t", "a", "newest", 30.0)], t)
-    assert [s.message for s in store.query("t", "a")] == ["old", "new", "newest"]
-    assert [s.message for s in store.query("t", "a", since_unix=15.0)] == ["new", "newest"]
-    assert [s.message for s in store.query("t", "a", region="us-east")] == ["new"]
+    assert [s.line.message for s in store.query("t", "a")] == ["old", "new", "newest"]
+    assert [s.line.message for s in store.query("t", "a", since_unix=15.0)] == ["new", "newest"]
+    assert [s.line.message for s in store.query("t", "a", region="us-east")] == ["new"]
     assert [(s.node, s.region) for s in store.query("t", "a", region="eu-west")] == [
         ("eu-1", "eu-west"), ("eu-1", "eu-west")]
     first = store.query("t", "a")[0]
-    assert [s.message for s in store.query("t", "a", after_seq=first.seq)] == ["new", "newest"]
-    assert [s.message for s in store.query("t", "a", limit=1)] == ["newest"]
+    assert [s.line.message for s in store.query("t", "a", after_seq=first.seq)] == ["new", "newest"]
+    assert [s.line.message for s in store.query("t", "a", limit=1)] == ["newest"]
     assert store.query("t", "a", limit=0) == []
 
 
