@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from edge.control.errors import NotFound
+from edge.control.errors import NotFound, PayloadTooLarge
 from edge.control.logs import LogStore, parse_batch
 from edge.control.records import Principal
 from edge.control.regions import REGION_RE, parse_duration_s
@@ -27,6 +27,7 @@ from edge.errors import BadRequest
 
 HEARTBEAT_S = 15.0
 MAX_LIMIT = 10_000
+MAX_BATCH_BYTES = 16 * 1024 * 1024  # a node's batch is at most 1000 lines of 4 KiB
 NDJSON = "application/x-ndjson"
 
 
@@ -87,6 +88,9 @@ def log_routes(
         "request_id", "trace_id", "level", "source", "message", "time"}, ...]}. Malformed lines
         and lines of unknown tenants are counted in "rejected", not stored."""
         await node(request)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BATCH_BYTES:
+            raise PayloadTooLarge(f"a log batch is limited to {MAX_BATCH_BYTES} bytes")
         node_id, region, lines, malformed = parse_batch(await json_body(request))
         if any(line.tenant not in known for line in lines):
             known.update(await run(store.tenant_names))

@@ -4,6 +4,7 @@ real sockets: nodes ship, tenants read only their own functions' lines, follow s
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -144,6 +145,12 @@ def test_log_endpoints_check_token_kind_and_query(start_control: Start) -> None:
         r = admin.get(f"/v1/functions/hello/logs?{query}")
         assert r.status_code == 400 and r.json()["error"] == "bad_request", query
     assert server.client(server.node).post("/v1/node/logs", content=b"[").status_code == 400
+    # A batch declared too big is refused before its body is read.
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST /v1/node/logs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer "
+                     f"{server.node}\r\ncontent-length: 99999999\r\n\r\n".encode())  # fmt: skip
+        assert sock.recv(64).startswith(b"HTTP/1.1 413")
     ship(server, [raw("default/hello", "eu")], "eu-west")
     ship(server, [raw("default/hello", "us")], "us-east")
     ship(server, [raw("default/hello", "old", time=time.time() - 3600)], "us-east")
