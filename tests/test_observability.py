@@ -56,14 +56,13 @@ def stack(
             client.set_region("us-east", 39.04, -77.49, 100)
             eu = follower(start_module_node, control, "eu-1", "eu-west", tmp / "eu", extra=tracing)
             us = follower(start_module_node, control, "us-1", "us-east", tmp / "us", extra=tracing)
-            project = EXAMPLES / "c" / "config"
-            data = built(project).read_bytes()
-            v = client.upload_version(FUNCTION, data, load_toml(project / "edge.toml"), "logs")
-            converge(client, client.deploy(FUNCTION, int(v["number"]), ["*/"]))
-            trap = FIXTURES / "functions" / "trap"
-            t = client.upload_version("trap", built(trap).read_bytes(),
-                                      load_toml(trap / "edge.toml"), "traps")  # fmt: skip
-            converge(client, client.deploy("trap", int(t["number"]), ["*/trap"]))
+            for project, route in [(EXAMPLES / "c" / "config", "*/"),
+                                   (EXAMPLES / "c" / "echo", "*/echo"),
+                                   (FIXTURES / "functions" / "trap", "*/trap")]:  # fmt: skip
+                manifest = load_toml(project / "edge.toml")
+                name = str(manifest["function"]["name"])
+                v = client.upload_version(name, built(project).read_bytes(), manifest, "test")
+                converge(client, client.deploy(name, int(v["number"]), [route]))
             converge(client, client.region("eu-west", "drain", 0.0))
             converge(client, {"revision": client.status()["revision"]})
         yield Stack(control, eu, us, receiver)
@@ -133,6 +132,17 @@ def test_a_trace_continues_across_a_spill_and_its_spans_reach_the_collector(
     assert r3.headers["traceparent"].startswith(f"00-{quiet}-")
     logged(stack.control, r3.headers["x-request-id"])  # by then its spans would have come
     assert stack.receiver.trace(quiet, 1, timeout_s=1.0) == []
+
+
+def test_the_forwarded_request_carries_the_trace_and_tracestate(stack: Stack) -> None:
+    trace, caller = "5bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    r = httpx.get(stack.eu.url + "/echo", headers={
+        "traceparent": f"00-{trace}-{caller}-01", "tracestate": "vendor=abc,other=1"})  # fmt: skip
+    seen = dict(r.json()["headers"])  # what the function in us-east was given
+    assert r.json()["region"] == "us-east"
+    forward = next(s for s in stack.receiver.trace(trace, 5) if s.name == "forward")
+    assert seen["traceparent"] == f"00-{trace}-{forward.span_id}-01"
+    assert seen["tracestate"] == "vendor=abc,other=1"
 
 
 def test_a_trap_is_in_the_functions_log_with_the_request_and_trace(stack: Stack) -> None:
