@@ -127,3 +127,10 @@ def test_a_node_without_an_endpoint_never_loads_the_sdk() -> None:
                          timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_function_cannot_set_the_platforms_trace_or_request_id_headers() -> None:
+    from edge.node.http import response_headers
+
+    got = response_headers([("traceparent", VALID), ("X-Request-Id", "forged"), ("a", "b")], "r1")
+    assert got == [(b"a", b"b"), (b"x-request-id", b"r1")]
