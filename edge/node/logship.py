@@ -41,12 +41,21 @@ class LogShipper:
         self.interval_s = interval_s
         self.say = say or (lambda m: print(f"edge node: {m}", file=sys.stderr, flush=True))
         self.shipped_total = 0
-        self._client = httpx.AsyncClient(
-            base_url=control_url,
-            headers={"authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(10.0),
-            trust_env=False,
-        )
+        self._control_url = control_url
+        self._token = token
+        # Made at the first shipment: building a client (its TLS context) costs tens of ms,
+        # which a node starting up should spend answering requests.
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                base_url=self._control_url,
+                headers={"authorization": f"Bearer {self._token}"},
+                timeout=httpx.Timeout(10.0),
+                trust_env=False,
+            )
+        return self._client
 
     def __call__(self, line: LogLine) -> None:
         """The log sink: never blocks, never raises (a full buffer counts the line)."""
@@ -66,7 +75,7 @@ class LogShipper:
         if not batch:
             return True
         try:
-            r = await self._client.post("/v1/node/logs", json=self.body(batch))
+            r = await self._http().post("/v1/node/logs", json=self.body(batch))
         except httpx.HTTPError:
             self.buffer.put_back(batch)
             return False
@@ -82,7 +91,8 @@ class LogShipper:
         return True
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
 
     async def run(self) -> None:
         failures = 0
