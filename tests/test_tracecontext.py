@@ -95,6 +95,9 @@ def test_a_request_joins_the_callers_trace_and_keeps_its_sampling() -> None:
     assert spans[0].parent_id == t.span_id and spans[1].parent_id == SPAN
     assert spans[1].attributes == {"edge.function": "default/hello",
                                    "http.response.status_code": 200}
+    # Flags we do not know are not passed on; a later version is answered as 00.
+    later = RequestTrace.start(f"01-{TRACE}-{SPAN}-ff-extra", "", exporting=False)
+    assert later.traceparent() == f"00-{TRACE}-{later.span_id}-03"
     # The caller did not sample: we propagate and record nothing.
     quiet = RequestTrace.start(f"00-{TRACE}-{SPAN}-00", "", exporting=True)
     assert quiet.spans is None and quiet.traceparent().endswith("-00")

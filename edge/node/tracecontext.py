@@ -20,6 +20,9 @@ from typing import NamedTuple
 TRACEPARENT = b"traceparent"
 TRACESTATE = b"tracestate"
 SAMPLED = 0x01
+# sampled, and Level 2's "random trace id"; other bits are unknown to us and, as the
+# recommendation asks, not passed on.
+KNOWN_FLAGS = 0x03
 # One compiled match checks every field's length and alphabet at once (cheaper than per-char
 # checks in Python); the rules it cannot say are checked after it.
 _TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")

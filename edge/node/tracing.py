@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from edge.node.tracecontext import (
+    KNOWN_FLAGS,
     SAMPLED,
     clean_tracestate,
     format_traceparent,
@@ -66,7 +67,7 @@ class RequestTrace:
             parent_id, flags, state = "", SAMPLED if exporting else 0, ""
         else:
             trace_id, span_id = parent.trace_id, new_span_id()
-            parent_id, flags = parent.parent_id, parent.flags
+            parent_id, flags = parent.parent_id, parent.flags & KNOWN_FLAGS
             state = clean_tracestate(tracestate) if tracestate else ""
         if exporting and flags & SAMPLED:
             return cls(trace_id, span_id, parent_id, flags, state, time.time_ns(), [], {})
