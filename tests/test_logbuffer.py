@@ -81,3 +81,20 @@ def test_lines_from_many_threads_are_kept_or_counted_exactly() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError):
         LogBuffer(0)
+
+
+def test_lines_over_the_per_request_cap_are_reported_when_the_request_ends() -> None:
+    from edge.sandbox.host import MAX_LOG_LINES_PER_REQUEST, Invocation
+
+    got: list[LogLine] = []
+    inv = Invocation("t/a", "req-1", {}, got.append, version="2", trace_id="ab" * 16)
+    for i in range(MAX_LOG_LINES_PER_REQUEST + 5):
+        inv.log("info", f"line {i}", "log")
+    assert len(got) == MAX_LOG_LINES_PER_REQUEST
+    inv.report_dropped()
+    inv.report_dropped()  # said once
+    last = got[-1]
+    assert len(got) == MAX_LOG_LINES_PER_REQUEST + 1
+    assert (last.level, last.source, last.request_id, last.version, last.trace_id) == (
+        "warn", "platform", "req-1", "2", "ab" * 16)  # fmt: skip
+    assert last.message.startswith("5 log lines dropped")

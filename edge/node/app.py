@@ -328,12 +328,12 @@ class FunctionServer:
             except BaseException:
                 buffer.commit()
                 hint.record(time.perf_counter() - started, finished=True)
-                _add_marks(trace, invocation)
+                _finish(trace, invocation)
                 raise
             else:
                 buffer.commit()
                 hint.record(time.perf_counter() - started, finished=True)
-                _add_marks(trace, invocation)
+                _finish(trace, invocation)
                 return result
         invocation = Invocation(key, request_id, config, sink, version=version,
                                 trace_id=trace.trace_id, marks=[] if recorded else None)
@@ -342,12 +342,14 @@ class FunctionServer:
                 function.invoke, request, invocation, limiter=self.limiter
             )
         finally:
-            _add_marks(trace, invocation)
+            _finish(trace, invocation)
 
 
-def _add_marks(trace: RequestTrace, invocation: Invocation) -> None:
+def _finish(trace: RequestTrace, invocation: Invocation) -> None:
+    """After an invocation that counts: its spans, and the count of lines the cap refused."""
     for name, start_ns, end_ns in invocation.marks or ():
         trace.add(name, start_ns, end_ns)
+    invocation.report_dropped()
 
 
 def create_app(runtime: NodeRuntime) -> ASGIApp:

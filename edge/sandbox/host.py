@@ -68,6 +68,17 @@ class Invocation:
         self.sink(LogLine(self.function, self.request_id, level, message, source, time.time(),
                           self.version, self.trace_id))  # fmt: skip
 
+    def report_dropped(self) -> None:
+        """Once the request is over: says how many lines the per-request cap refused."""
+        if self.dropped:
+            self.sink(LogLine(
+                self.function, self.request_id, "warn",
+                f"{self.dropped} log lines dropped: over the limit of "
+                f"{MAX_LOG_LINES_PER_REQUEST} per request", "platform", time.time(),
+                self.version, self.trace_id,
+            ))  # fmt: skip
+            self.dropped = 0
+
 
 _local = threading.local()
 
