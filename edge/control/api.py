@@ -32,6 +32,7 @@ from edge.config.function import NAME_RE, parse_function_config
 from edge.control.dashboard import Dashboard
 from edge.control.errors import Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from edge.control.live import TrafficWindow, parse_report
+from edge.control.logs_api import log_routes
 from edge.control.metrics import ControlMetrics
 from edge.control.records import Change, FunctionState, Node, Principal, RegionChange, Version
 from edge.control.regions import MAX_OVER_S, REGION_RE, Region
@@ -584,6 +585,7 @@ def create_app(
         Route("/", to_dashboard, methods=["GET"]),
         Mount("/dashboard", Dashboard()),
     ]
+    routes += log_routes(store, RevisionFeed(0), tenant, node, _json_body, run, function_name, now)
     # Not in `routes`: the OpenAPI description is of the token-protected API.
     served = [*routes, Route("/metrics", metrics_page, methods=["GET"])]
     return Starlette(

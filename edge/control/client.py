@@ -3,8 +3,9 @@ the server's status, reason and message; a dead connection becomes `ControlUnrea
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -50,13 +51,7 @@ class ControlClient:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
             raise ControlUnreachable(f"control plane at {self.url}: {e}") from None
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-                reason, message = str(body["error"]), str(body["message"])
-            except (ValueError, KeyError, TypeError):
-                reason, message = "http_error", response.text[:200] or response.reason_phrase
-            raise RemoteError(response.status_code, reason, message)
+        _raise_for_status(response)
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -101,6 +96,30 @@ class ControlClient:
     def status(self) -> dict[str, Any]:
         return self._json("GET", "/v1/status")
 
+    def logs(
+        self, name: str, *, since: str | None = None, region: str | None = None,
+        after: int = 0, limit: int | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """{"lines": [...], "next": seq}; `since` is a duration such as "10m"."""
+        return self._json("GET", f"/v1/functions/{name}/logs",
+                          params=_log_params(since, region, after, limit))  # fmt: skip
+
+    def follow_logs(
+        self, name: str, *, since: str | None = None, region: str | None = None, after: int = 0
+    ) -> Iterator[dict[str, Any]]:
+        """Lines as they arrive, until the caller stops iterating or the connection ends."""
+        params = {**_log_params(since, region, after, None), "follow": "1"}
+        try:
+            with self._http.stream("GET", f"/v1/functions/{name}/logs", params=params) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    _raise_for_status(r)
+                for text in r.iter_lines():
+                    if text.strip():  # empty lines are the server's heartbeat
+                        yield json.loads(text)
+        except httpx.HTTPError as e:
+            raise ControlUnreachable(f"control plane at {self.url}: {e}") from None
+
     def regions(self) -> dict[str, Any]:
         return self._json("GET", "/v1/regions")
 
@@ -115,6 +134,30 @@ class ControlClient:
         if weight is not None:
             body["weight"] = weight
         return self._json("PUT", f"/v1/regions/{name}", json=body)
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        reason, message = str(body["error"]), str(body["message"])
+    except (ValueError, KeyError, TypeError):
+        reason, message = "http_error", response.text[:200] or response.reason_phrase
+    raise RemoteError(response.status_code, reason, message)
+
+
+def _log_params(
+    since: str | None, region: str | None, after: int, limit: int | None
+) -> dict[str, str]:
+    params = {"after": str(after)}
+    if since:
+        params["since"] = since
+    if region:
+        params["region"] = region
+    if limit is not None:
+        params["limit"] = str(limit)
+    return params
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ class LoadedFunction:
 
     def _instantiate(self, ticks: int, invocation: host.Invocation) -> _Live:
         started = time.perf_counter()
+        marks = invocation.marks
+        started_ns = time.time_ns() if marks is not None else 0
         store = wasmtime.Store(self.engine.engine)
         store.set_limits(memory_size=self.config.limits.memory_limit_bytes)
         output = host.OutputRoute()
@@ -98,6 +100,8 @@ class LoadedFunction:
         func = instance.get_func(store, self._index)
         assert func is not None
         invocation.instantiate_s = time.perf_counter() - started
+        if marks is not None:
+            marks.append(("instantiate", started_ns, time.time_ns()))
         return _Live(store, func, output)
 
     def invoke(
@@ -147,6 +151,15 @@ class LoadedFunction:
         self, live: _Live, request: abi.GuestRequest, invocation: host.Invocation
     ) -> abi.GuestResponse:
         live.output.invocation = invocation
+        marks = invocation.marks
+        started = time.time_ns() if marks is not None else 0
+        try:
+            return self._execute(live, request)
+        finally:
+            if marks is not None:
+                marks.append(("execute", started, time.time_ns()))
+
+    def _execute(self, live: _Live, request: abi.GuestRequest) -> abi.GuestResponse:
         param = abi.LoweredRequest(request)
         result = abi.Val()
         err = ffi.wasmtime_component_func_call(
