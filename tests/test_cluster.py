@@ -18,7 +18,7 @@ import pytest
 
 from edge.build import build_function
 from edge.config.toml_fields import load_toml
-from edge.control.client import ControlClient, wait_for_nodes
+from edge.control.client import ControlClient
 
 from .cluster import FUNCTION, Control, converge, follower, start_control, upload
 from .conftest import EXAMPLES, NodeFactory, Proc, wait_until
@@ -180,7 +180,7 @@ def test_tampered_blob_and_wrong_key_are_refused(
     with control.client() as client:
         v1 = upload(client, tmp_path, "trusted")
         result = client.deploy(FUNCTION, v1, ["*/"])
-        wait_for_nodes(client.status, int(result["revision"]), 15)
+        client.wait_for(int(result["revision"]), 15)
         assert httpx.get(good.url + "/").text == "trusted\n"
         # The node with the wrong key applies nothing and says why.
         assert httpx.get(bad.url + "/readyz").status_code == 503

@@ -6,14 +6,15 @@ exactly like a missing one → 404. All errors go through `error_response`, the 
 turns an EdgeError into a status and a JSON body {"error": reason, "message": ...}.
 
 Store calls run on worker threads (fsync and SQLite must not stall long polls). Long polls wait
-on `RevisionFeed`, an asyncio.Condition notified by the write that made the revision, so they
-wake at once and never poll. It is per process: run one server process per data directory.
+on `edge.control.feeds`: a change signs its snapshot once and then wakes every waiting node at
+the same moment; `GET /v1/status?revision=R` wakes on the node report that completes R. All of
+it is per process: run one server process per data directory. Known tokens, recent snapshots
+and blobs are answered from memory, so a deploy's burst of node requests touches no disk.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,7 +28,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from edge.config.function import NAME_RE, parse_function_config
+from edge.control.admin_api import admin_routes
+from edge.control.bodies import field, json_body, number, optional_int
 from edge.control.errors import Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from edge.control.feeds import NodeWatch, RevisionFeed, SnapshotCache
 from edge.control.records import Change, FunctionState, Node, Principal, RegionChange, Version
 from edge.control.regions import MAX_OVER_S, REGION_RE, Region
 from edge.control.signing import Signer
@@ -51,32 +55,6 @@ class ControlSettings:
     node_stale_after_s: float = 60.0
     max_component_bytes: int = 64 * MIB
     max_metadata_bytes: int = 16 * KIB
-
-
-class RevisionFeed:
-    """The latest revision, and a way to wait until it passes a number."""
-
-    def __init__(self, revision: int) -> None:
-        self.revision = revision
-        self._changed = asyncio.Condition()
-
-    async def publish(self, revision: int) -> None:
-        async with self._changed:
-            if revision > self.revision:
-                self.revision = revision
-                self._changed.notify_all()
-
-    async def wait_beyond(self, after: int, timeout_s: float) -> int | None:
-        """The current revision once it is above `after` (or below it: the node is ahead of
-        this database, e.g. after a restore, and should hear so now), else None on timeout."""
-        async with self._changed:
-            try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self.revision != after), timeout_s
-                )
-            except TimeoutError:
-                return None
-            return self.revision
 
 
 def error_response(error: EdgeError) -> JSONResponse:
@@ -116,20 +94,6 @@ def change_json(c: Change) -> dict[str, Any]:
     return {"revision": c.revision, "changed": c.changed, "deployment": c.state.to_json()}
 
 
-def _field(body: dict[str, Any], key: str, kind: type[T], default: T | None = None) -> T:
-    value = body.get(key, default)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise BadRequest(f"{key!r} must be {kind.__name__}")
-    return value
-
-
-def _number(body: dict[str, Any], key: str) -> float:
-    value = body.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadRequest(f"{key!r} must be a number")
-    return float(value)
-
-
 def regions_json(
     regions: dict[str, Region], nodes: list[Node], now: float, stale_after_s: float
 ) -> list[dict[str, Any]]:
@@ -154,26 +118,6 @@ def regions_json(
     return out
 
 
-def _optional_int(body: dict[str, Any], key: str) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    return _field(body, key, int)
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw:
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
-
-
 def create_app(
     store: Store,
     signer: Signer,
@@ -182,16 +126,25 @@ def create_app(
 ) -> Starlette:
     settings = settings or ControlSettings()
     feed = RevisionFeed(store.revision())
-    snapshots: dict[int, bytes] = {}  # the latest one only; signing every version costs
+    watch = NodeWatch(store.nodes(), settings.node_stale_after_s, now)
 
     def run(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         return anyio.to_thread.run_sync(fn, *args)
+
+    snapshots = SnapshotCache(lambda revision: run(build_snapshot, store, revision, signer))
+
+    async def publish(revision: int) -> None:
+        # Signed before anyone is woken, so every waiting node is answered from memory.
+        with contextlib.suppress(EdgeError):  # a waiter retries the build and reports why
+            await snapshots.get(revision)
+        await feed.publish(revision)
 
     async def authenticate(request: Request) -> Principal:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-        principal = await run(store.authenticate, token.strip())
+        token = token.strip()
+        principal = store.known_principal(token) or await run(store.authenticate, token)
         if principal is None:
             raise Unauthorized("unknown token")
         return principal
@@ -217,7 +170,7 @@ def create_app(
         return name
 
     async def changed(change: Change) -> JSONResponse:
-        await feed.publish(change.revision)
+        await publish(change.revision)
         return JSONResponse(change_json(change))
 
     # --- tenant endpoints -----------------------------------------------------------------------
@@ -273,11 +226,11 @@ def create_app(
         """
         tenant_id, p = await tenant(request, "deploy")
         name = function_name(request)
-        body = await _json_body(request)
-        version = _field(body, "version", int)
+        body = await json_body(request)
+        version = field(body, "version", int)
         routes = None
         if body.get("routes") is not None:
-            specs = _field(body, "routes", list)
+            specs = field(body, "routes", list)
             routes = [parse_route_spec(s) for s in specs]
         return await changed(await run(store.deploy, tenant_id, name, version, routes, p.label))
 
@@ -289,9 +242,9 @@ def create_app(
         """
         tenant_id, p = await tenant(request, "operate")
         name = function_name(request)
-        body = await _json_body(request)
-        version = _optional_int(body, "version")
-        percent = _field(body, "percent", int, 0)
+        body = await json_body(request)
+        version = optional_int(body, "version")
+        percent = field(body, "percent", int, 0)
         sticky = body.get("sticky")
         if sticky is not None and not (isinstance(sticky, str) and valid_sticky(sticky)):
             raise BadRequest("sticky must be 'ip' or 'cookie:NAME'")
@@ -309,13 +262,24 @@ def create_app(
         the stable version before the current one)}."""
         tenant_id, p = await tenant(request, "operate")
         name = function_name(request)
-        to = _optional_int(await _json_body(request), "to")
+        to = optional_int(await json_body(request), "to")
         return await changed(await run(store.rollback, tenant_id, name, to, p.label))
 
     async def status(request: Request) -> Response:
         """The current revision, every node and region, and this tenant's deployments (scope
-        read)."""
+        read).
+
+        Query (optional): revision=R and wait_s=S: answer as soon as every live node has
+        applied R (woken by the report that completes it), or after S seconds (at most the
+        server's long-poll limit) with the laggards still behind. `edge deploy` waits so."""
         tenant_id, _ = await tenant(request, "read")
+        if "revision" in request.query_params:
+            try:
+                wanted = int(request.query_params["revision"])
+                wait_s = float(request.query_params.get("wait_s", settings.long_poll_default_s))
+            except ValueError:
+                raise BadRequest("revision must be an integer and wait_s a number") from None
+            await watch.wait_applied(wanted, min(max(wait_s, 0.0), settings.long_poll_max_s))
 
         def read() -> dict[str, Any]:
             out = status_json(store.revision(), store.nodes(), now(), settings.node_stale_after_s)
@@ -344,19 +308,16 @@ def create_app(
         revision = await feed.wait_beyond(after, wait_s)
         if revision is None:
             return Response(status_code=204)
-        if revision not in snapshots:
-            envelope = await run(build_snapshot, store, revision, signer)
-            snapshots.clear()
-            snapshots[revision] = envelope
         return Response(
-            snapshots[revision], media_type="application/cbor",
+            await snapshots.get(revision), media_type="application/cbor",
             headers={"edge-revision": str(revision)},
         )
 
     async def blob(request: Request) -> Response:
         """Component bytes by sha256 (node token)."""
         await node(request)
-        data = await run(store.blobs.get, str(request.path_params["sha256"]))
+        sha256 = str(request.path_params["sha256"])
+        data = store.blobs.cached(sha256) or await run(store.blobs.get, sha256)
         return Response(data, media_type="application/wasm")
 
     async def node_report(request: Request) -> Response:
@@ -364,13 +325,13 @@ def create_app(
         "healthy", "convergence_ms" (optional), "last_error" (optional: why it refused the
         newest snapshot)}."""
         await node(request)
-        body = await _json_body(request)
-        node_id = _field(body, "node_id", str)
-        region = _field(body, "region", str)
+        body = await json_body(request)
+        node_id = field(body, "node_id", str)
+        region = field(body, "region", str)
         if not 0 < len(node_id) <= 128 or not 0 < len(region) <= 64:
             raise BadRequest("node_id (1..128 chars) and region (1..64) are required")
-        revision = _field(body, "revision", int)
-        healthy = _field(body, "healthy", bool)
+        revision = field(body, "revision", int)
+        healthy = field(body, "healthy", bool)
         conv = body.get("convergence_ms")
         if conv is not None and (isinstance(conv, bool) or not isinstance(conv, int | float)):
             raise BadRequest("convergence_ms must be a number")
@@ -382,13 +343,14 @@ def create_app(
             url and not url.startswith(("http://", "https://"))
         ):
             raise BadRequest("url must be an http(s) URL of at most 300 characters")
-        requests_total = _optional_int(body, "requests_total")
+        requests_total = optional_int(body, "requests_total")
         if requests_total is not None and requests_total < 0:
             raise BadRequest("requests_total must be a counter (>= 0)")
         made = await run(store.report_node, node_id, region, revision, healthy,
                          None if conv is None else float(conv), last_error, url, requests_total)
         if made is not None:  # the node joined or moved: a new snapshot for every node
-            await feed.publish(made)
+            await publish(made)
+        await watch.reported(node_id, revision)
         return JSONResponse({"ok": True, "revision": feed.revision})
 
     async def public_key(request: Request) -> Response:
@@ -431,9 +393,9 @@ def create_app(
         One revision; nodes get it in their next snapshot."""
         _, p = await tenant(request, "operate")
         name = region_name(request)
-        body = await _json_body(request)
-        lat, lon = _number(body, "latitude"), _number(body, "longitude")
-        weight = _optional_int(body, "weight")
+        body = await json_body(request)
+        lat, lon = number(body, "latitude"), number(body, "longitude")
+        weight = optional_int(body, "weight")
         change = await run(store.set_region, name, lat, lon, weight, p.label)
         return await region_changed(change)
 
@@ -446,7 +408,7 @@ def create_app(
         action = str(request.path_params["action"])
         if action not in ("drain", "undrain"):
             raise NotFound(f"no such region action {action!r}")
-        body = await _json_body(request)
+        body = await json_body(request)
         over_s = body.get("over_s")
         if over_s is None:
             over_s = 300.0 if action == "drain" else 0.0
@@ -464,7 +426,7 @@ def create_app(
         return name
 
     async def region_changed(change: RegionChange) -> JSONResponse:
-        await feed.publish(change.revision)
+        await publish(change.revision)
         now = store.now()
         r = change.region
         return JSONResponse({
@@ -506,6 +468,7 @@ def create_app(
         Route("/v1/regions", regions, methods=["GET"]),
         Route("/v1/regions/{name}", region_set, methods=["PUT"]),
         Route("/v1/regions/{name}/{action}", region_change, methods=["POST"]),
+        *admin_routes(store, authenticate),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     return Starlette(

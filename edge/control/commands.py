@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -22,7 +22,7 @@ from rich.table import Table
 
 from edge.config.function import parse_function_config
 from edge.config.toml_fields import load_toml
-from edge.control.client import DEFAULT_URL, ControlClient, Convergence, wait_for_nodes
+from edge.control.client import DEFAULT_URL, ControlClient, Convergence
 from edge.errors import BadRequest, BuildFailed, EdgeError
 
 ControlUrl = Annotated[
@@ -119,11 +119,11 @@ def deploy(
         result = client.deploy(config.name, version["number"], route or None)
         revision = int(result["revision"])
         if as_json:
-            state = wait_for_nodes(client.status, revision, timeout_s)
+            state = client.wait_for(revision, timeout_s)
         else:
             print(f"{config.name}: uploaded v{version['number']} ({len(data)} bytes, "
                   f"sha256 {version['sha256'][:12]})", file=sys.stderr)
-            state = _wait_with_progress(client.status, revision, timeout_s)
+            state = _wait_with_progress(client, revision, timeout_s)
     if as_json:
         _print_json({"version": version, "deploy": result, "convergence": _conv_json(state)})
     else:
@@ -144,9 +144,7 @@ def _conv_json(c: Convergence) -> dict[str, Any]:
             "elapsed_s": round(c.elapsed_s, 3)}
 
 
-def _wait_with_progress(
-    fetch: Callable[[], dict[str, Any]], revision: int, timeout_s: float
-) -> Convergence:
+def _wait_with_progress(client: ControlClient, revision: int, timeout_s: float) -> Convergence:
     with Progress(
         TextColumn("[bold]revision {task.fields[revision]}"),
         BarColumn(),
@@ -163,7 +161,7 @@ def _wait_with_progress(
                             completed=len(c.current) if c.current or c.laggards else 1,
                             waiting=waiting)
 
-        return wait_for_nodes(fetch, revision, timeout_s, on_progress=show)
+        return client.wait_for(revision, timeout_s, on_progress=show)
 
 
 def versions(

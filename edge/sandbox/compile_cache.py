@@ -3,13 +3,21 @@
 Key: sha256 of the component's bytes + the engine fingerprint (wasmtime version and settings
 that change generated code). A corrupt or stale cache file is recompiled and replaced, never
 trusted: wasmtime checks the header and refuses artifacts from another version or config.
+
+Several nodes on one host may share the directory: a compile holds an exclusive lock on
+`<file>.lock`, so when all of them get the same new version at once one compiles and the others
+wait and map its result (compiling is ~10x the cost of loading; fifty compiles of one component
+would each take a core).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,14 +55,28 @@ class CompileCache:
         """Returns the compiled component, from disk when possible. Raises ComponentRejected."""
         digest = digest or content_hash(wasm)
         path = self.path_for(digest)
-        if path is not None and path.exists():
-            try:
-                # deserialize_file maps the file, so memory images can be copy-on-write.
-                compiled = component.Component.deserialize_file(self.engine.engine, str(path))
-                self.stats.hits += 1
-                return compiled
-            except wasmtime.WasmtimeError:
-                path.unlink(missing_ok=True)
+        if path is None:
+            return self._compile(wasm, None)
+        compiled = self._mapped(path)
+        if compiled is not None:
+            return compiled
+        with _exclusive(path.with_name(path.name + ".lock")):
+            # Another node sharing the directory may have compiled it while we waited.
+            return self._mapped(path) or self._compile(wasm, path)
+
+    def _mapped(self, path: Path) -> component.Component | None:
+        if not path.exists():
+            return None
+        try:
+            # deserialize_file maps the file, so memory images can be copy-on-write.
+            compiled = component.Component.deserialize_file(self.engine.engine, str(path))
+        except wasmtime.WasmtimeError:
+            path.unlink(missing_ok=True)
+            return None
+        self.stats.hits += 1
+        return compiled
+
+    def _compile(self, wasm: bytes, path: Path | None) -> component.Component:
         self.stats.misses += 1
         try:
             compiled = component.Component(self.engine.engine, wasm)
@@ -67,6 +89,13 @@ class CompileCache:
             # Reload from the file so this instance also gets the mapped, copy-on-write image.
             return component.Component.deserialize_file(self.engine.engine, str(path))
         return compiled
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    with lock_path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def _first_line(e: Exception) -> str:
