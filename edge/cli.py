@@ -118,12 +118,13 @@ def up(
 
 
 def _register_subsystems() -> None:
-    from edge.control import region_commands
+    from edge.control import admin_commands, region_commands
     from edge.control.commands import register
     from edge.traffic.main import dns
 
     register(app)
     region_commands.register(app)
+    admin_commands.register(app)
     app.command()(dns)
 
 

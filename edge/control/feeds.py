@@ -31,6 +31,8 @@ class RevisionFeed:
         """The current revision once it is above `after` (or below it: the node is ahead of
         this database, e.g. after a restore, and should hear so now), else None on timeout."""
         async with self._changed:
+            if self.revision != after:  # wait_for(…, 0) would time out even so
+                return self.revision
             try:
                 await asyncio.wait_for(
                     self._changed.wait_for(lambda: self.revision != after), timeout_s
@@ -96,6 +98,8 @@ class NodeWatch:
     async def wait_applied(self, revision: int, timeout_s: float) -> bool:
         """True once no live node is behind `revision`; False if timeout_s passes first."""
         async with self._changed:
+            if not self.laggards(revision):
+                return True
             try:
                 await asyncio.wait_for(
                     self._changed.wait_for(lambda: not self.laggards(revision)), timeout_s
