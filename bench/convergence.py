@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import ctypes
 import json
+import os
 import random
 import shutil
 import signal
@@ -485,8 +486,11 @@ async def run_one(
         cluster.start_control(cp_port)
         cluster.start_nodes(ports)
         up_s = await cluster.wait_serving(START_TIMEOUT_S)
+        load_before = os.getloadavg()[0]
         row = await measure(cluster, variants, args)
         row["startup_s"] = round(up_s, 1)
+        # The machine is shared: the 1-minute load average before and after says how much.
+        row["loadavg_1m"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
         row["mode_desc"] = (
             f"{n} node processes" if mode == "process"
             else f"{cluster.hosts} processes x {n // cluster.hosts}+ nodes, one engine each"
@@ -562,6 +566,7 @@ def main() -> None:
                     "reported dep.": both(r, "reported_deploy"),
                     "reported rb.": both(r, "reported_rollback"),
                     "failed/ok": f"{r['requests_failed']}/{r['requests_ok']}",
+                    "load": "→".join(str(x) for x in r["loadavg_1m"]),
                 }
                 for r in rows
             ],

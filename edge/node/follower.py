@@ -135,8 +135,10 @@ class Follower:
                 )
             return served
 
-        # Everything new is loaded, and nothing else, before the switch.
-        served = await anyio.to_thread.run_sync(compile_all)
+        if blobs:
+            served = await anyio.to_thread.run_sync(compile_all)
+        else:  # every version is loaded already (a rollback, a route change): no thread hop
+            served = compile_all()
         self.runtime.deploy(
             snapshot.routes, served, revision=snapshot.revision,
             topology=Topology(snapshot.regions, snapshot.nodes),
@@ -145,8 +147,6 @@ class Follower:
         old = [k for k in self._loaded if k not in live]
         for k in old[: max(0, len(old) - KEEP_LOADED)]:
             del self._loaded[k]
-        if fetch:  # restored from disk: it is there already
-            await anyio.to_thread.run_sync(self.state.save_snapshot, envelope)
         self.applied = snapshot.revision
         self.last_error = ""
         return snapshot
@@ -207,7 +207,11 @@ class Follower:
             raise
         self.convergence_ms = max(0.0, (time.time() - snapshot.created_unix) * 1000)
         self.say(f"applied revision {snapshot.revision} in {self.convergence_ms:.0f} ms")
-        await self.report()
+        # Kept for a restart (static stability) while the report is on its way: the report
+        # does not wait for the fsync. A crash in between restarts from the snapshot before.
+        await asyncio.gather(
+            self.report(), anyio.to_thread.run_sync(self.state.save_snapshot, envelope)
+        )
         return True
 
     @property
