@@ -238,4 +238,7 @@ class Follower:
                     failures += 1
         finally:
             beat.cancel()
-            await self._client.aclose()
+            await self.close()
+
+    async def close(self) -> None:
+        await self._client.aclose()
