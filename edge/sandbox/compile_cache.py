@@ -56,13 +56,24 @@ class CompileCache:
         digest = digest or content_hash(wasm)
         path = self.path_for(digest)
         if path is None:
-            return self._compile(wasm, None)
+            return self._compile(wasm)
         compiled = self._mapped(path)
         if compiled is not None:
+            self.stats.hits += 1
             return compiled
+        # Only the compile holds the lock, not the mapping: fifty nodes mapping one after the
+        # other would each wait for the one before to be scheduled.
         with _exclusive(path.with_name(path.name + ".lock")):
-            # Another node sharing the directory may have compiled it while we waited.
-            return self._mapped(path) or self._compile(wasm, path)
+            here = not path.exists()  # else another node sharing the directory compiled it
+            if here:
+                _write_atomically(path, bytes(self._compile(wasm).serialize()))
+        # Mapped from the file, so this node also gets the copy-on-write image; a file wasmtime
+        # refuses (and deletes) is compiled in memory instead.
+        compiled = self._mapped(path)
+        if compiled is None:
+            return self._compile(wasm)
+        self.stats.hits += not here
+        return compiled
 
     def _mapped(self, path: Path) -> component.Component | None:
         if not path.exists():
@@ -73,22 +84,16 @@ class CompileCache:
         except wasmtime.WasmtimeError:
             path.unlink(missing_ok=True)
             return None
-        self.stats.hits += 1
         return compiled
 
-    def _compile(self, wasm: bytes, path: Path | None) -> component.Component:
+    def _compile(self, wasm: bytes) -> component.Component:
         self.stats.misses += 1
         try:
-            compiled = component.Component(self.engine.engine, wasm)
+            return component.Component(self.engine.engine, wasm)
         except wasmtime.WasmtimeError as e:
             raise ComponentRejected(
                 f"not a valid WebAssembly component: {_first_line(e)}"
             ) from None
-        if path is not None:
-            _write_atomically(path, bytes(compiled.serialize()))
-            # Reload from the file so this instance also gets the mapped, copy-on-write image.
-            return component.Component.deserialize_file(self.engine.engine, str(path))
-        return compiled
 
 
 @contextmanager
