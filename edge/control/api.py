@@ -1,8 +1,9 @@
 """The control plane's HTTP API (Starlette). Every call needs `Authorization: Bearer <token>`.
 
-Order of checks, so answers leak nothing: no or unknown token → 401; a token of the wrong kind
-or without the scope → 403 (independent of any function); then another tenant's function looks
-exactly like a missing one → 404. All errors go through `error_response`, the one place that
+Order of checks, so answers leak nothing: no, unknown or revoked token → 401; a token of the
+wrong kind or without the scope → 403 (independent of any function); then another tenant's
+function looks exactly like a missing one → 404. Tenants and tokens are managed through
+`edge.control.admin_api` (scope "admin"). All errors go through `error_response`, the one place that
 turns an EdgeError into a status and a JSON body {"error": reason, "message": ...}.
 
 Store calls run on worker threads (fsync and SQLite must not stall long polls). Long polls wait
