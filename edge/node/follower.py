@@ -10,7 +10,8 @@ disk, so a restarted node serves them before the control plane answers, if it ev
 A version is known by (function, number, sha256), all covered by its signature: one compiled
 and verified before needs neither its blob nor a compile again. The versions served now and the
 `KEEP_LOADED` most recently replaced ones stay loaded, so a rollback switches at once. Disk
-reads, hashing and fsyncs run on worker threads: the event loop keeps serving requests.
+reads, hashing and fsyncs run on worker threads: the event loop keeps serving requests. New
+blobs and the snapshot are written (blobs first) after the switch, while the report is sent.
 """
 
 from __future__ import annotations
@@ -94,29 +95,46 @@ class Follower:
         self._loaded.move_to_end(key)
         return self._loaded[key]
 
-    async def _blob(self, v: SignedVersion, fetch: bool) -> bytes:
-        data = await anyio.to_thread.run_sync(self.state.blob, v.sha256)
-        if data is not None:
-            verify_blob(v, data)
-            return data
+    async def _blob(self, v: SignedVersion, fetch: bool, fetched: dict[str, bytes]) -> bytes:
+        """The verified bytes of `v`: from disk, else from the control plane (into `fetched`,
+        for the caller to save: the fsync need not delay the switch)."""
+        if self.state.has_blob(v.sha256):  # a stat, no thread hop for a blob that is new
+            data = await anyio.to_thread.run_sync(self.state.blob, v.sha256)
+            if data is not None:
+                verify_blob(v, data)
+                return data
         if not fetch:
             raise SnapshotRejected(f"{v.function} v{v.number}: blob missing on disk")
         r = await self._client.get(f"/v1/blobs/{v.sha256}")
         r.raise_for_status()
         verify_blob(v, r.content)  # raises BlobMismatch: a tampered blob is never stored or run
-        await anyio.to_thread.run_sync(self.state.save_blob, v.sha256, r.content)
+        fetched[v.sha256] = r.content
         return r.content
 
     async def apply(self, envelope: bytes, *, fetch: bool = True) -> Snapshot:
-        """Verifies, loads and switches to `envelope` (fetching missing blobs if `fetch`)."""
+        """Verifies, loads and switches to `envelope` (fetching missing blobs if `fetch`, and
+        saving them before it returns)."""
+        snapshot, fetched = await self._switch(envelope, fetch)
+        await anyio.to_thread.run_sync(self._persist, fetched, None)
+        return snapshot
+
+    def _persist(self, fetched: dict[str, bytes], envelope: bytes | None) -> None:
+        # Blobs first: a snapshot on disk never names a blob that is not there.
+        for sha256, data in fetched.items():
+            self.state.save_blob(sha256, data)
+        if envelope is not None:
+            self.state.save_snapshot(envelope)
+
+    async def _switch(self, envelope: bytes, fetch: bool) -> tuple[Snapshot, dict[str, bytes]]:
         snapshot = open_snapshot(envelope, self.settings.public_key)
         versions = [
             v for d in snapshot.functions.values() for v in (d.stable, d.canary) if v is not None
         ]
         blobs: dict[str, bytes] = {}
+        fetched: dict[str, bytes] = {}
         for v in versions:
             if _key(v) not in self._loaded and v.sha256 not in blobs:
-                blobs[v.sha256] = await self._blob(v, fetch)
+                blobs[v.sha256] = await self._blob(v, fetch, fetched)
 
         def compile_all() -> dict[str, Served]:
             served = {}
@@ -149,7 +167,7 @@ class Follower:
             del self._loaded[k]
         self.applied = snapshot.revision
         self.last_error = ""
-        return snapshot
+        return snapshot, fetched
 
     async def restore(self) -> bool:
         """Serves the snapshot kept on disk, if there is a good one, before any network."""
@@ -196,7 +214,7 @@ class Follower:
         r.raise_for_status()
         envelope = r.content
         try:
-            snapshot = await self.apply(envelope)
+            snapshot, fetched = await self._switch(envelope, fetch=True)
         except SnapshotRejected as e:
             error = f"refused revision {r.headers.get('edge-revision', '?')}: {e.message}"
             if error != self.last_error:  # say it once, not at every retry
@@ -208,9 +226,9 @@ class Follower:
         self.convergence_ms = max(0.0, (time.time() - snapshot.created_unix) * 1000)
         self.say(f"applied revision {snapshot.revision} in {self.convergence_ms:.0f} ms")
         # Kept for a restart (static stability) while the report is on its way: the report
-        # does not wait for the fsync. A crash in between restarts from the snapshot before.
+        # does not wait for the fsyncs. A crash in between restarts from the snapshot before.
         await asyncio.gather(
-            self.report(), anyio.to_thread.run_sync(self.state.save_snapshot, envelope)
+            self.report(), anyio.to_thread.run_sync(self._persist, fetched, envelope)
         )
         return True
 
