@@ -66,6 +66,16 @@ def error_response(error: EdgeError) -> JSONResponse:
     )
 
 
+def closing_if_body(request: Request, response: Response) -> Response:
+    """An error may be answered before the request body is read (a 403 on an upload): the
+    server then cannot reuse the connection, so it says so, and the client does not send its
+    next request into a connection that is being closed."""
+    if request.headers.get("transfer-encoding") or request.headers.get("content-length", "0") \
+            not in ("", "0"):
+        response.headers["connection"] = "close"
+    return response
+
+
 def parse_route_spec(spec: str) -> tuple[str, str]:
     """`example.com/api` → ("example.com", "/api"); trailing slashes do not make a new route."""
     if not isinstance(spec, str) or not spec or len(spec) > 512 or any(c.isspace() for c in spec):
@@ -440,18 +450,19 @@ def create_app(
         await authenticate(request)
         return JSONResponse(openapi_schema(routes))
 
-    async def on_edge_error(_: Request, exc: Exception) -> Response:
+    async def on_edge_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, EdgeError)
-        return error_response(exc)
+        return closing_if_body(request, error_response(exc))
 
-    async def on_http_error(_: Request, exc: Exception) -> Response:
+    async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": reason, "message": exc.detail},
-                            status_code=exc.status_code)
+        return closing_if_body(request, JSONResponse(
+            {"error": reason, "message": exc.detail}, status_code=exc.status_code
+        ))  # fmt: skip
 
-    async def on_crash(_: Request, exc: Exception) -> Response:
-        return error_response(EdgeError("internal error"))
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        return closing_if_body(request, error_response(EdgeError("internal error")))
 
     f = "/v1/functions/{name}"
     routes: list[BaseRoute] = [

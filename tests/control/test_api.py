@@ -245,3 +245,16 @@ def test_public_key_and_openapi(start_control: Start) -> None:
     spec = c.get("/openapi.json").json()
     assert "post" in spec["paths"]["/v1/functions/{name}/deploy"]
     assert spec["paths"]["/v1/node/snapshot"]["get"]["summary"].startswith("Long poll")
+
+
+def test_an_error_before_the_body_is_read_closes_that_connection(start_control: Start) -> None:
+    """A 403 on an upload is answered before its body is read, so the server cannot reuse the
+    connection: it says `connection: close`, and the client's next request goes to a new one
+    instead of failing on the one being closed."""
+    server = start_control()
+    reader = server.client(server.token("default", ("read",)))
+    for _ in range(10):
+        r = upload(reader)
+        assert r.status_code == 403 and r.headers["connection"] == "close"
+        assert reader.get("/v1/status").status_code == 200
+    assert reader.get("/v1/nothing").headers.get("connection") != "close"  # no body: kept
