@@ -64,7 +64,7 @@ def create_token(
     tenant: Annotated[str | None, typer.Option(help="the tenant the token acts for")] = None,
     scope: Annotated[
         list[str] | None,
-        typer.Option("--scope", help=f"repeat: {'|'.join(TOKEN_SCOPES)}"),
+        typer.Option("--scope", help=f"{'|'.join(TOKEN_SCOPES)}; repeat or comma-separate"),
     ] = None,
     name: Annotated[str, typer.Option(help="a label shown in `edge token list`")] = "",
     node: Annotated[bool, typer.Option("--node", help="a node token (no tenant, no scope)")]
@@ -74,11 +74,12 @@ def create_token(
     as_json: JsonOut = False,
 ) -> None:
     """Create a token and print its secret, once (only its hash is kept)."""
-    if not node and (tenant is None or not scope):
+    scopes = [x.strip() for s in scope or [] for x in s.split(",") if x.strip()]  # a,b works
+    if not node and (tenant is None or not scopes):
         console.print("error: give --tenant and at least one --scope (or --node)")
         raise typer.Exit(2)
     with _client(control, token) as client:
-        result = client.create_token(tenant, scope or [], name, node=node)
+        result = client.create_token(tenant, scopes, name, node=node)
     if as_json:
         _print_json(result)
         return

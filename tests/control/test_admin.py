@@ -159,6 +159,9 @@ def test_cli_tenant_and_token_commands(start_control: Start) -> None:
     assert r.exit_code == 0, r.output
     r = edge(server, server.admin, "tenant", "list")
     assert r.exit_code == 0 and "acme" in r.stdout and "default" in r.stdout
+    r = edge(server, server.admin, "token", "create", "--tenant", "acme", "--scope",
+             "operate,read", "--name", "ops", "--json")
+    assert json.loads(r.stdout)["scopes"] == ["operate", "read"]
     r = edge(server, server.admin, "token", "create", "--tenant", "acme", "--scope", "deploy",
              "--scope", "read", "--name", "ci")
     assert r.exit_code == 0, r.output
