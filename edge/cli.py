@@ -115,13 +115,14 @@ def up(
 
 
 def _register_subsystems() -> None:
-    from edge.control import log_commands, region_commands
+    from edge.control import admin_commands, log_commands, region_commands
     from edge.control.commands import register
     from edge.traffic.main import dns
 
     register(app)
     region_commands.register(app)
     log_commands.register(app)
+    admin_commands.register(app)
     app.command()(dns)
 
 

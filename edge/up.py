@@ -23,7 +23,7 @@ import httpx
 from edge.build import build_function
 from edge.cli_output import Output
 from edge.config.toml_fields import load_toml
-from edge.control.client import ControlClient, wait_for_nodes
+from edge.control.client import ControlClient
 from edge.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ class Stack:
                 name = str(manifest["function"]["name"])
                 version = client.upload_version(name, component, manifest, "edge up")
                 result = client.deploy(name, int(version["number"]), ["*/"])
-                state = wait_for_nodes(client.status, int(result["revision"]), 60)
+                state = client.wait_for(int(result["revision"]), 60)
                 if not state.converged:
                     raise ConfigError(f"nodes did not apply the deploy: {state.laggards}")
         return str(tokens["admin"])

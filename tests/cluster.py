@@ -11,7 +11,7 @@ import httpx
 
 from edge.build import build_function
 from edge.config.toml_fields import load_toml
-from edge.control.client import ControlClient, wait_for_nodes
+from edge.control.client import ControlClient
 
 from .conftest import EXAMPLES, NodeFactory, Proc, _spawn, wait_until
 
@@ -92,5 +92,5 @@ def upload(client: ControlClient, tmp: Path, text: str) -> int:
 
 
 def converge(client: ControlClient, result: dict[str, object]) -> None:
-    state = wait_for_nodes(client.status, int(result["revision"]), 60)  # type: ignore[call-overload]
+    state = client.wait_for(int(result["revision"]), 60)
     assert state.converged, state

@@ -18,7 +18,7 @@ import pytest
 
 from edge.build import build_function
 from edge.config.toml_fields import load_toml
-from edge.control.client import ControlClient, wait_for_nodes
+from edge.control.client import ControlClient
 
 from .cluster import FUNCTION, Control, converge, follower, start_control, upload
 from .conftest import EXAMPLES, NodeFactory, Proc, wait_until
@@ -178,7 +178,7 @@ def test_tampered_blob_and_wrong_key_are_refused(
     with control.client() as client:
         v1 = upload(client, tmp_path, "trusted")
         result = client.deploy(FUNCTION, v1, ["*/"])
-        wait_for_nodes(client.status, int(result["revision"]), 15)
+        client.wait_for(int(result["revision"]), 15)
         assert httpx.get(good.url + "/").text == "trusted\n"
         # The node with the wrong key applies nothing and says why.
         assert httpx.get(bad.url + "/readyz").status_code == 503
@@ -265,3 +265,30 @@ def test_first_request_after_a_switch_pays_no_compilation(
     assert first_s < 0.5, f"first request took {first_s:.2f}s: compiled at request time?"
     compiled = list((tmp_path / "empty-compile-cache").glob("*.cwasm"))
     assert compiled, "the node did not compile into its cache before switching"
+
+
+def _cache_lookups(node: Proc) -> float:
+    text = httpx.get(node.url + "/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("edge_node_compile_cache_lookups_total{")
+    )
+
+
+def test_rollback_to_a_recent_version_neither_loads_nor_compiles(
+    control: Control, start_node: NodeFactory, tmp_path: Path
+) -> None:
+    """The versions a node served recently stay loaded: rolling back to one switches without
+    a compile-cache lookup (let alone a compile)."""
+    node = follower(start_node, control, "rb", "eu-west", tmp_path / "rb")
+    with control.client() as client:
+        v1 = upload(client, tmp_path, "first")
+        converge(client, client.deploy(FUNCTION, v1, ["*/"]))
+        converge(client, client.deploy(FUNCTION, upload(client, tmp_path, "second"), None))
+        assert httpx.get(node.url + "/").text == "second\n"
+        lookups = _cache_lookups(node)
+        converge(client, client.rollback(FUNCTION, v1))
+    r = httpx.get(node.url + "/")
+    assert r.text == "first\n" and r.headers["x-edge-version"] == f"default/{FUNCTION}@{v1}"
+    assert _cache_lookups(node) == lookups >= 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -129,6 +130,29 @@ def test_compile_cache_survives_restart_and_corruption(
     third = CompileCache(engine, tmp_path)
     third.load(wasm)
     assert third.stats.misses == 1 and artifact.read_bytes() != b"garbage"
+
+
+def test_nodes_sharing_a_cache_directory_compile_a_component_once(
+    engine: SandboxEngine, tmp_path: Path, built: Callable[[Path], Path]
+) -> None:
+    """Eight "nodes" (cache objects over one directory) get the same new component at once:
+    one compiles it, the others map its result."""
+    wasm = built(EXAMPLES / "c" / "hello").read_bytes()
+    caches = [CompileCache(engine, tmp_path) for _ in range(8)]
+    start = threading.Barrier(len(caches))
+
+    def node(cache: CompileCache) -> None:
+        start.wait()
+        cache.load(wasm)
+
+    threads = [threading.Thread(target=node, args=(c,)) for c in caches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(c.stats.misses for c in caches) == 1
+    assert sum(c.stats.hits for c in caches) == len(caches) - 1
+    assert len(list(tmp_path.glob("*.cwasm"))) == 1
 
 
 def test_cache_key_includes_engine_settings(engine: SandboxEngine, tmp_path: Path) -> None:

@@ -1,19 +1,21 @@
 """The control plane's HTTP API (Starlette). Every call needs `Authorization: Bearer <token>`.
 
-Order of checks, so answers leak nothing: no or unknown token → 401; a token of the wrong kind
-or without the scope → 403 (independent of any function); then another tenant's function looks
-exactly like a missing one → 404. All errors go through `error_response`, the one place that
+Order of checks, so answers leak nothing: no, unknown or revoked token → 401; a token of the
+wrong kind or without the scope → 403 (independent of any function); then another tenant's
+function looks exactly like a missing one → 404. Tenants and tokens are managed through
+`edge.control.admin_api` (scope "admin"). All errors go through `error_response`, the one place that
 turns an EdgeError into a status and a JSON body {"error": reason, "message": ...}.
 
 Store calls run on worker threads (fsync and SQLite must not stall long polls). Long polls wait
-on `RevisionFeed`, an asyncio.Condition notified by the write that made the revision, so they
-wake at once and never poll. It is per process: run one server process per data directory.
+on `edge.control.feeds`: a change signs its snapshot once and then wakes every waiting node at
+the same moment; `GET /v1/status?revision=R` wakes on the node report that completes R. All of
+it is per process: run one server process per data directory. Known tokens, recent snapshots
+and blobs are answered from memory, so a deploy's burst of node requests touches no disk.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,8 +31,11 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from edge.config.function import NAME_RE, parse_function_config
+from edge.control.admin_api import admin_routes
+from edge.control.bodies import field, json_body, number, optional_int
 from edge.control.dashboard import Dashboard
 from edge.control.errors import Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from edge.control.feeds import NodeWatch, RevisionFeed, SnapshotCache
 from edge.control.live import TrafficWindow, parse_report
 from edge.control.logs_api import log_routes
 from edge.control.metrics import ControlMetrics
@@ -60,32 +65,6 @@ class ControlSettings:
     traffic_window_s: float = 10.0
 
 
-class RevisionFeed:
-    """The latest revision, and a way to wait until it passes a number."""
-
-    def __init__(self, revision: int) -> None:
-        self.revision = revision
-        self._changed = asyncio.Condition()
-
-    async def publish(self, revision: int) -> None:
-        async with self._changed:
-            if revision > self.revision:
-                self.revision = revision
-                self._changed.notify_all()
-
-    async def wait_beyond(self, after: int, timeout_s: float) -> int | None:
-        """The current revision once it is above `after` (or below it: the node is ahead of
-        this database, e.g. after a restore, and should hear so now), else None on timeout."""
-        async with self._changed:
-            try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self.revision != after), timeout_s
-                )
-            except TimeoutError:
-                return None
-            return self.revision
-
-
 def error_response(error: EdgeError) -> JSONResponse:
     headers = {"www-authenticate": "Bearer"} if error.status == 401 else None
     return JSONResponse(
@@ -94,21 +73,14 @@ def error_response(error: EdgeError) -> JSONResponse:
     )
 
 
-_DRAIN_LIMIT_BYTES = 64 * 1024
-
-
-async def _drain_small_body(request: Request) -> bool:
-    """Reads what is left of a small request body; False when a large one is left unread."""
-    if request.method in ("GET", "HEAD"):
-        return True
-    length = request.headers.get("content-length")
-    if length is None or not length.isdigit() or int(length) > _DRAIN_LIMIT_BYTES:
-        return "transfer-encoding" not in request.headers and length is None
-    try:
-        await request.body()
-    except Exception:  # a client that hung up mid-body gets its error anyway
-        return False
-    return True
+def closing_if_body(request: Request, response: Response) -> Response:
+    """An error may be answered before the request body is read (a 403 on an upload): the
+    server then cannot reuse the connection, so it says so, and the client does not send its
+    next request into a connection that is being closed."""
+    if request.headers.get("transfer-encoding") or request.headers.get("content-length", "0") \
+            not in ("", "0"):
+        response.headers["connection"] = "close"
+    return response
 
 
 def parse_route_spec(spec: str) -> tuple[str, str]:
@@ -140,20 +112,6 @@ def change_json(c: Change) -> dict[str, Any]:
     return {"revision": c.revision, "changed": c.changed, "deployment": c.state.to_json()}
 
 
-def _field(body: dict[str, Any], key: str, kind: type[T], default: T | None = None) -> T:
-    value = body.get(key, default)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise BadRequest(f"{key!r} must be {kind.__name__}")
-    return value
-
-
-def _number(body: dict[str, Any], key: str) -> float:
-    value = body.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadRequest(f"{key!r} must be a number")
-    return float(value)
-
-
 def regions_json(
     regions: dict[str, Region], nodes: list[Node], now: float, stale_after_s: float
 ) -> list[dict[str, Any]]:
@@ -178,26 +136,6 @@ def regions_json(
     return out
 
 
-def _optional_int(body: dict[str, Any], key: str) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    return _field(body, key, int)
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw:
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    return body
-
-
 def create_app(
     store: Store,
     signer: Signer,
@@ -210,17 +148,26 @@ def create_app(
         store.revision, store.nodes, store.revision_created, settings.node_stale_after_s,
         store.now,
     )  # fmt: skip
-    snapshots: dict[int, bytes] = {}  # the latest one only; signing every version costs
     traffic = TrafficWindow(settings.traffic_window_s, now)
+    watch = NodeWatch(store.nodes(), settings.node_stale_after_s, now)
 
     def run(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         return anyio.to_thread.run_sync(fn, *args)
+
+    snapshots = SnapshotCache(lambda revision: run(build_snapshot, store, revision, signer))
+
+    async def publish(revision: int) -> None:
+        # Signed before anyone is woken, so every waiting node is answered from memory.
+        with contextlib.suppress(EdgeError):  # a waiter retries the build and reports why
+            await snapshots.get(revision)
+        await feed.publish(revision)
 
     async def authenticate(request: Request) -> Principal:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-        principal = await run(store.authenticate, token.strip())
+        token = token.strip()
+        principal = store.known_principal(token) or await run(store.authenticate, token)
         if principal is None:
             raise Unauthorized("unknown token")
         return principal
@@ -246,7 +193,7 @@ def create_app(
         return name
 
     async def changed(change: Change) -> JSONResponse:
-        await feed.publish(change.revision)
+        await publish(change.revision)
         return JSONResponse(change_json(change))
 
     # --- tenant endpoints -----------------------------------------------------------------------
@@ -302,11 +249,11 @@ def create_app(
         """
         tenant_id, p = await tenant(request, "deploy")
         name = function_name(request)
-        body = await _json_body(request)
-        version = _field(body, "version", int)
+        body = await json_body(request)
+        version = field(body, "version", int)
         routes = None
         if body.get("routes") is not None:
-            specs = _field(body, "routes", list)
+            specs = field(body, "routes", list)
             routes = [parse_route_spec(s) for s in specs]
         return await changed(await run(store.deploy, tenant_id, name, version, routes, p.label))
 
@@ -318,9 +265,9 @@ def create_app(
         """
         tenant_id, p = await tenant(request, "operate")
         name = function_name(request)
-        body = await _json_body(request)
-        version = _optional_int(body, "version")
-        percent = _field(body, "percent", int, 0)
+        body = await json_body(request)
+        version = optional_int(body, "version")
+        percent = field(body, "percent", int, 0)
         sticky = body.get("sticky")
         if sticky is not None and not (isinstance(sticky, str) and valid_sticky(sticky)):
             raise BadRequest("sticky must be 'ip' or 'cookie:NAME'")
@@ -338,13 +285,24 @@ def create_app(
         the stable version before the current one)}."""
         tenant_id, p = await tenant(request, "operate")
         name = function_name(request)
-        to = _optional_int(await _json_body(request), "to")
+        to = optional_int(await json_body(request), "to")
         return await changed(await run(store.rollback, tenant_id, name, to, p.label))
 
     async def status(request: Request) -> Response:
         """The current revision, every node and region, and this tenant's deployments (scope
-        read)."""
+        read).
+
+        Query (optional): revision=R and wait_s=S: answer as soon as every live node has
+        applied R (woken by the report that completes it), or after S seconds (at most the
+        server's long-poll limit) with the laggards still behind. `edge deploy` waits so."""
         tenant_id, _ = await tenant(request, "read")
+        if "revision" in request.query_params:
+            try:
+                wanted = int(request.query_params["revision"])
+                wait_s = float(request.query_params.get("wait_s", settings.long_poll_default_s))
+            except ValueError:
+                raise BadRequest("revision must be an integer and wait_s a number") from None
+            await watch.wait_applied(wanted, min(max(wait_s, 0.0), settings.long_poll_max_s))
 
         def read() -> dict[str, Any]:
             out = status_json(store.revision(), store.nodes(), now(), settings.node_stale_after_s)
@@ -373,19 +331,16 @@ def create_app(
         revision = await feed.wait_beyond(after, wait_s)
         if revision is None:
             return Response(status_code=204)
-        if revision not in snapshots:
-            envelope = await run(build_snapshot, store, revision, signer)
-            snapshots.clear()
-            snapshots[revision] = envelope
         return Response(
-            snapshots[revision], media_type="application/cbor",
+            await snapshots.get(revision), media_type="application/cbor",
             headers={"edge-revision": str(revision)},
         )
 
     async def blob(request: Request) -> Response:
         """Component bytes by sha256 (node token)."""
         await node(request)
-        data = await run(store.blobs.get, str(request.path_params["sha256"]))
+        sha256 = str(request.path_params["sha256"])
+        data = store.blobs.cached(sha256) or await run(store.blobs.get, sha256)
         return Response(data, media_type="application/wasm")
 
     async def node_report(request: Request) -> Response:
@@ -393,13 +348,13 @@ def create_app(
         "healthy", "convergence_ms" (optional), "last_error" (optional: why it refused the
         newest snapshot)}."""
         await node(request)
-        body = await _json_body(request)
-        node_id = _field(body, "node_id", str)
-        region = _field(body, "region", str)
+        body = await json_body(request)
+        node_id = field(body, "node_id", str)
+        region = field(body, "region", str)
         if not 0 < len(node_id) <= 128 or not 0 < len(region) <= 64:
             raise BadRequest("node_id (1..128 chars) and region (1..64) are required")
-        revision = _field(body, "revision", int)
-        healthy = _field(body, "healthy", bool)
+        revision = field(body, "revision", int)
+        healthy = field(body, "healthy", bool)
         conv = body.get("convergence_ms")
         if conv is not None and (isinstance(conv, bool) or not isinstance(conv, int | float)):
             raise BadRequest("convergence_ms must be a number")
@@ -411,7 +366,7 @@ def create_app(
             url and not url.startswith(("http://", "https://"))
         ):
             raise BadRequest("url must be an http(s) URL of at most 300 characters")
-        requests_total = _optional_int(body, "requests_total")
+        requests_total = optional_int(body, "requests_total")
         if requests_total is not None and requests_total < 0:
             raise BadRequest("requests_total must be a counter (>= 0)")
         if not last_error:
@@ -420,7 +375,8 @@ def create_app(
         made = await run(store.report_node, node_id, region, revision, healthy,
                          None if conv is None else float(conv), last_error, url, requests_total)
         if made is not None:  # the node joined or moved: a new snapshot for every node
-            await feed.publish(made)
+            await publish(made)
+        await watch.reported(node_id, revision)
         return JSONResponse({"ok": True, "revision": feed.revision})
 
     async def node_traffic(request: Request) -> Response:
@@ -431,7 +387,7 @@ def create_app(
         since the node started, one count per latency bucket of /metrics plus one for slower.
         Kept in memory only; nodes send it every second while they serve requests."""
         await node(request)
-        traffic.add(parse_report(await _json_body(request)))
+        traffic.add(parse_report(await json_body(request)))
         return JSONResponse({"ok": True})
 
     async def traffic_view(request: Request) -> Response:
@@ -492,9 +448,9 @@ def create_app(
         One revision; nodes get it in their next snapshot."""
         _, p = await tenant(request, "operate")
         name = region_name(request)
-        body = await _json_body(request)
-        lat, lon = _number(body, "latitude"), _number(body, "longitude")
-        weight = _optional_int(body, "weight")
+        body = await json_body(request)
+        lat, lon = number(body, "latitude"), number(body, "longitude")
+        weight = optional_int(body, "weight")
         change = await run(store.set_region, name, lat, lon, weight, p.label)
         return await region_changed(change)
 
@@ -507,7 +463,7 @@ def create_app(
         action = str(request.path_params["action"])
         if action not in ("drain", "undrain"):
             raise NotFound(f"no such region action {action!r}")
-        body = await _json_body(request)
+        body = await json_body(request)
         over_s = body.get("over_s")
         if over_s is None:
             over_s = 300.0 if action == "drain" else 0.0
@@ -525,7 +481,7 @@ def create_app(
         return name
 
     async def region_changed(change: RegionChange) -> JSONResponse:
-        await feed.publish(change.revision)
+        await publish(change.revision)
         now = store.now()
         r = change.region
         return JSONResponse({
@@ -547,21 +503,17 @@ def create_app(
 
     async def on_edge_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, EdgeError)
-        response = error_response(exc)
-        if not await _drain_small_body(request):
-            # An unread request body leaves the connection mid-message: Hypercorn would drop it
-            # after this response and a keep-alive client's next request would see a reset.
-            response.headers["connection"] = "close"
-        return response
+        return closing_if_body(request, error_response(exc))
 
-    async def on_http_error(_: Request, exc: Exception) -> Response:
+    async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": reason, "message": exc.detail},
-                            status_code=exc.status_code)
+        return closing_if_body(request, JSONResponse(
+            {"error": reason, "message": exc.detail}, status_code=exc.status_code
+        ))  # fmt: skip
 
-    async def on_crash(_: Request, exc: Exception) -> Response:
-        return error_response(EdgeError("internal error"))
+    async def on_crash(request: Request, exc: Exception) -> Response:
+        return closing_if_body(request, error_response(EdgeError("internal error")))
 
     f = "/v1/functions/{name}"
     routes: list[BaseRoute] = [
@@ -581,11 +533,12 @@ def create_app(
         Route("/v1/regions", regions, methods=["GET"]),
         Route("/v1/regions/{name}", region_set, methods=["PUT"]),
         Route("/v1/regions/{name}/{action}", region_change, methods=["POST"]),
+        *admin_routes(store, authenticate),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/", to_dashboard, methods=["GET"]),
         Mount("/dashboard", Dashboard()),
     ]
-    routes += log_routes(store, RevisionFeed(0), tenant, node, _json_body, run, function_name, now)
+    routes += log_routes(store, RevisionFeed(0), tenant, node, json_body, run, function_name, now)
     # Not in `routes`: the OpenAPI description is of the token-protected API.
     served = [*routes, Route("/metrics", metrics_page, methods=["GET"])]
     return Starlette(

@@ -1,8 +1,8 @@
 """First start of a data directory: the signing key, tenant "default", and its first tokens.
 
 The tokens are written once to DATA/tokens.json (0600) and printed once; only their hashes are
-in the database, so losing that file means making new tokens (an admin subcommand for more
-tenants and tokens is still to come).
+in the database. The admin token also has the "admin" scope: `edge tenant create`, `edge token
+create|list|revoke` make more tenants and tokens (and replace these ones) through the API.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.control.records import SCOPES
+from edge.control.records import TOKEN_SCOPES
 from edge.control.signing import Signer, write_private_file
 from edge.control.store import Store
 
@@ -34,7 +34,7 @@ def bootstrap(store: Store, data_dir: Path) -> Bootstrap:
     tokens = {
         "tenant": DEFAULT_TENANT,
         "admin": store.create_token(
-            tenant=DEFAULT_TENANT, kind="api", scopes=SCOPES, label="default-admin"
+            tenant=DEFAULT_TENANT, kind="api", scopes=TOKEN_SCOPES, label="default-admin"
         ),
         "node": store.create_token(tenant=None, kind="node", label="node"),
         "public_key": signer.public_key.hex(),

@@ -93,8 +93,47 @@ class ControlClient:
     def rollback(self, name: str, to: int | None) -> dict[str, Any]:
         return self._json("POST", f"/v1/functions/{name}/rollback", json={"to": to})
 
-    def status(self) -> dict[str, Any]:
-        return self._json("GET", "/v1/status")
+    def status(self, revision: int | None = None, wait_s: float = 0.0) -> dict[str, Any]:
+        """With `revision`: the server answers once every live node has applied it (woken by
+        the report that completes it), or after `wait_s` seconds."""
+        params = {} if revision is None else {"revision": revision, "wait_s": wait_s}
+        return self._json("GET", "/v1/status", params=params)
+
+    def wait_for(
+        self,
+        revision: int,
+        timeout_s: float,
+        on_progress: Callable[[Convergence], None] = lambda _: None,
+    ) -> Convergence:
+        """Until every live node has applied `revision` (or `timeout_s`), long-polling status:
+        it returns the moment the last node reports, and shows progress about once a second."""
+        deadline = time.monotonic() + timeout_s
+        return wait_for_nodes(
+            lambda: self.status(revision, max(0.0, min(1.0, deadline - time.monotonic()))),
+            revision, timeout_s, on_progress=on_progress, interval_s=0.0,
+        )  # fmt: skip
+
+    def create_tenant(self, name: str) -> dict[str, Any]:
+        return self._json("POST", "/v1/tenants", json={"name": name})
+
+    def tenants(self) -> dict[str, Any]:
+        return self._json("GET", "/v1/tenants")
+
+    def create_token(
+        self, tenant: str | None, scopes: list[str], name: str = "", node: bool = False
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = (
+            {"kind": "node"} if node else {"kind": "api", "tenant": tenant, "scopes": scopes}
+        )
+        if name:
+            body["name"] = name
+        return self._json("POST", "/v1/tokens", json=body)
+
+    def tokens(self, tenant: str | None = None) -> dict[str, Any]:
+        return self._json("GET", "/v1/tokens", params={"tenant": tenant} if tenant else {})
+
+    def revoke_token(self, token_id: int) -> dict[str, Any]:
+        return self._json("POST", f"/v1/tokens/{token_id}/revoke")
 
     def logs(
         self, name: str, *, since: str | None = None, region: str | None = None,

@@ -8,7 +8,7 @@ Every client command takes --control/EDGE_CONTROL_URL, --token/EDGE_TOKEN and --
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -20,7 +20,7 @@ from rich.table import Table
 from edge.cli_output import JsonOption, Output
 from edge.config.function import parse_function_config
 from edge.config.toml_fields import load_toml
-from edge.control.client import DEFAULT_URL, ControlClient, Convergence, wait_for_nodes
+from edge.control.client import DEFAULT_URL, ControlClient, Convergence
 from edge.errors import BadRequest, EdgeError
 
 ControlUrl = Annotated[
@@ -124,16 +124,10 @@ def deploy(
                     f"sha256 {version['sha256'][:12]})")
             result = client.deploy(config.name, version["number"], route or None)
             revision = int(result["revision"])
-            last: dict[str, Any] = {}
-
-            def fetch() -> dict[str, Any]:
-                last.update(client.status())
-                return last
-
-            state = _wait_with_progress(out, fetch, revision, timeout_s)
+            state = _wait_with_progress(out, client, revision, timeout_s)
+            nodes = _nodes_json(client.status(), revision)
         doc = {"function": config.name, "revision": revision, "version": version,
-               "deploy": result, "convergence": _conv_json(state),
-               "nodes": _nodes_json(last, revision),
+               "deploy": result, "convergence": _conv_json(state), "nodes": nodes,
                "build": None if built is None else built.to_json()}
         for node_id in state.stale:
             out.note(f"warning: node {node_id} has stopped reporting; not waited for")
@@ -165,7 +159,7 @@ def _conv_json(c: Convergence) -> dict[str, Any]:
 
 
 def _wait_with_progress(
-    out: Output, fetch: Callable[[], dict[str, Any]], revision: int, timeout_s: float
+    out: Output, client: ControlClient, revision: int, timeout_s: float
 ) -> Convergence:
     with out.progress(f"revision {revision}") as bar:
 
@@ -175,7 +169,7 @@ def _wait_with_progress(
             bar.update(len(c.current) if live else 1, live or 1,
                        f"{len(c.current)}/{live} nodes{waiting}")
 
-        return wait_for_nodes(fetch, revision, timeout_s, on_progress=show)
+        return client.wait_for(revision, timeout_s, on_progress=show)
 
 
 def versions(

@@ -166,4 +166,12 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE nodes ADD COLUMN requests_total INTEGER",
         "ALTER TABLE nodes ADD COLUMN requests_per_s REAL",
     ],
+    6: [
+        # Revoked tokens stay listed (who had access, until when) but no longer authenticate.
+        "ALTER TABLE tokens ADD COLUMN revoked_unix REAL",
+        # The first-start token was always meant as the operator's: it may now manage tenants
+        # and tokens (scope "admin"). Scopes are stored sorted, so "admin" goes first.
+        """UPDATE tokens SET scopes = 'admin,' || scopes
+           WHERE kind = 'api' AND label = 'default-admin' AND scopes NOT LIKE '%admin%'""",
+    ],
 }

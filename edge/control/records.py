@@ -8,6 +8,9 @@ from typing import Any
 from edge.control.regions import Region
 
 SCOPES = ("deploy", "operate", "read")
+# Manages tenants and tokens of every tenant: the operator's scope, not a tenant's.
+ADMIN_SCOPE = "admin"
+TOKEN_SCOPES = (ADMIN_SCOPE, *SCOPES)
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,38 @@ class Principal:
     tenant: str | None
     scopes: frozenset[str]
     label: str
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token as listed: never its secret, never its hash."""
+
+    id: int
+    kind: str  # "api" | "node"
+    tenant: str | None
+    scopes: tuple[str, ...]
+    name: str
+    created_unix: float
+    revoked_unix: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "kind": self.kind, "tenant": self.tenant, "scopes": list(self.scopes),
+            "name": self.name, "created_unix": self.created_unix,
+            "revoked_unix": self.revoked_unix, "revoked": self.revoked_unix is not None,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    created_unix: float
+    functions: int
+    active_tokens: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "created_unix": self.created_unix,
+                "functions": self.functions, "active_tokens": self.active_tokens}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import sqlite3
 import threading
@@ -28,7 +29,7 @@ from edge.control.blobs import BlobStore
 from edge.control.errors import Conflict, NotFound
 from edge.control.migrations import MIGRATIONS
 from edge.control.records import (
-    SCOPES,
+    TOKEN_SCOPES,
     Change,
     ConfigAt,
     FunctionState,
@@ -38,12 +39,15 @@ from edge.control.records import (
     RegionChange,
     Resolved,
     RevisionRow,
+    Tenant,
+    TokenInfo,
     Version,
 )
 from edge.control.regions import Region, RegionDrain, check_region_fields
 from edge.errors import BadRequest
 
 DB_NAME = "control.db"
+TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 TOKEN_PREFIX = "edge_"
 
 
@@ -62,6 +66,8 @@ class Store:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.blobs = BlobStore(data_dir / "blobs")
         self._lock = threading.RLock()
+        # Tokens that authenticated, by sha256; cleared by every revocation.
+        self._principals: dict[str, Principal] = {}
         self._db = sqlite3.connect(
             data_dir / DB_NAME, isolation_level=None, check_same_thread=False, timeout=10
         )
@@ -134,10 +140,16 @@ class Store:
     # --- tenants and tokens ---------------------------------------------------------------------
 
     def create_tenant(self, name: str) -> int:
+        if not TENANT_RE.match(name):
+            raise BadRequest(
+                f"bad tenant name {name!r}: 1-63 lowercase letters, digits and -, "
+                "starting with a letter or digit"
+            )
         with self._tx() as db:
+            now = self.now()
             try:
                 cur = db.execute(
-                    "INSERT INTO tenants (name, created_unix) VALUES (?, ?)", (name, self.now())
+                    "INSERT INTO tenants (name, created_unix) VALUES (?, ?)", (name, now)
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(f"tenant {name!r} already exists") from None
@@ -147,37 +159,106 @@ class Store:
         with self._tx() as db:
             return [r[0] for r in db.execute("SELECT name FROM tenants ORDER BY name")]
 
+    def tenants(self) -> list[Tenant]:
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT t.name, t.created_unix, "
+                "(SELECT COUNT(*) FROM functions f WHERE f.tenant_id = t.id), "
+                "(SELECT COUNT(*) FROM tokens k WHERE k.tenant_id = t.id "
+                " AND k.revoked_unix IS NULL) FROM tenants t ORDER BY t.name"
+            ).fetchall()
+        return [Tenant(r[0], r[1], r[2], r[3]) for r in rows]
+
     def create_token(
         self, *, tenant: str | None, kind: str, scopes: Sequence[str] = (), label: str
     ) -> str:
         """Makes a token and returns it; only its sha256 is stored, so this is the one chance to
         see it. `tenant` is None for node tokens."""
-        unknown = set(scopes) - set(SCOPES)
+        return self.issue_token(tenant=tenant, kind=kind, scopes=scopes, label=label)[1]
+
+    def issue_token(
+        self, *, tenant: str | None, kind: str, scopes: Sequence[str] = (), label: str
+    ) -> tuple[TokenInfo, str]:
+        """`create_token`, also returning what `tokens()` will list for it."""
+        unknown = set(scopes) - set(TOKEN_SCOPES)
         if unknown:
-            raise BadRequest(f"unknown scope {sorted(unknown)[0]!r}; scopes: {', '.join(SCOPES)}")
+            raise BadRequest(
+                f"unknown scope {sorted(unknown)[0]!r}; scopes: {', '.join(TOKEN_SCOPES)}"
+            )
+        if kind == "api" and (tenant is None or not scopes):
+            raise BadRequest("an api token needs a tenant and at least one scope")
+        if kind == "node" and (tenant is not None or scopes):
+            raise BadRequest("a node token has no tenant and no scopes")
+        if kind not in ("api", "node"):
+            raise BadRequest(f"token kind must be api or node, got {kind!r}")
+        if not 0 < len(label) <= 100:
+            raise BadRequest("a token name is 1 to 100 characters")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        ordered = tuple(sorted(set(scopes)))
         with self._tx() as db:
-            tenant_id = None
-            if tenant is not None:
-                tenant_id = self._tenant_id(db, tenant)
-            db.execute(
+            tenant_id = None if tenant is None else self._tenant_id(db, tenant)
+            now = self.now()
+            cur = db.execute(
                 "INSERT INTO tokens (token_sha256, kind, tenant_id, scopes, label, created_unix) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (hash_token(token), kind, tenant_id, ",".join(sorted(scopes)), label, self.now()),
+                (hash_token(token), kind, tenant_id, ",".join(ordered), label, now),
             )
-        return token
+        return TokenInfo(int(cur.lastrowid or 0), kind, tenant, ordered, label, now, None), token
+
+    def tokens(self, tenant: str | None = None) -> list[TokenInfo]:
+        """Every token (of `tenant` only, if given), revoked ones included, oldest first."""
+        args: tuple[int, ...]
+        with self._tx() as db:
+            where, args = "", ()
+            if tenant is not None:
+                where, args = "WHERE t.tenant_id = ?", (self._tenant_id(db, tenant),)
+            rows = db.execute(
+                "SELECT t.id, t.kind, n.name, t.scopes, t.label, t.created_unix, t.revoked_unix "
+                f"FROM tokens t LEFT JOIN tenants n ON n.id = t.tenant_id {where} ORDER BY t.id",
+                args,
+            ).fetchall()
+        return [_token_info(r) for r in rows]
+
+    def revoke_token(self, token_id: int) -> TokenInfo:
+        """Revokes at once: the next request with it gets 401. Revoking twice changes nothing."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE tokens SET revoked_unix = ? WHERE id = ? AND revoked_unix IS NULL",
+                (self.now(), token_id),
+            )
+            row = db.execute(
+                "SELECT t.id, t.kind, n.name, t.scopes, t.label, t.created_unix, t.revoked_unix "
+                "FROM tokens t LEFT JOIN tenants n ON n.id = t.tenant_id WHERE t.id = ?",
+                (token_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no token {token_id}")
+            # Inside the transaction, so no request can re-fill the cache with the old answer.
+            self._principals.clear()
+        return _token_info(row)
 
     def authenticate(self, token: str) -> Principal | None:
+        digest = hash_token(token)
         with self._tx() as db:
             row = db.execute(
                 "SELECT t.kind, t.tenant_id, n.name, t.scopes, t.label FROM tokens t "
-                "LEFT JOIN tenants n ON n.id = t.tenant_id WHERE t.token_sha256 = ?",
-                (hash_token(token),),
+                "LEFT JOIN tenants n ON n.id = t.tenant_id "
+                "WHERE t.token_sha256 = ? AND t.revoked_unix IS NULL",
+                (digest,),
             ).fetchone()
-        if row is None:
-            return None
-        scopes = frozenset(s for s in row["scopes"].split(",") if s)
-        return Principal(row["kind"], row["tenant_id"], row["name"], scopes, row["label"])
+            if row is None:
+                return None
+            scopes = frozenset(s for s in row["scopes"].split(",") if s)
+            principal = Principal(
+                row["kind"], row["tenant_id"], row["name"], scopes, row["label"]
+            )
+            self._principals[digest] = principal
+        return principal
+
+    def known_principal(self, token: str) -> Principal | None:
+        """A token `authenticate` accepted before and nobody revoked since, from memory (no
+        I/O, for the request path); None means "ask `authenticate`", not "unknown"."""
+        return self._principals.get(hash_token(token))
 
     @staticmethod
     def _tenant_id(db: sqlite3.Connection, name: str) -> int:
@@ -721,6 +802,12 @@ def _region(r: sqlite3.Row) -> Region:
             r["drain_from_share"],
         )
     return Region(r["name"], r["latitude"], r["longitude"], r["weight"], drain)
+
+
+def _token_info(r: sqlite3.Row) -> TokenInfo:
+    return TokenInfo(
+        r[0], r[1], r[2], tuple(x for x in r[3].split(",") if x), r[4], r[5], r[6]
+    )
 
 
 def _split_route(spec: str) -> tuple[str, str]:

@@ -6,6 +6,12 @@ blob's sha256), every version is compiled, and only then is the routing table sw
 assignment, so no request sees half a revision and none pays compilation. Anything refused
 leaves the last good state serving and is reported. The applied snapshot and blobs are kept on
 disk, so a restarted node serves them before the control plane answers, if it ever does.
+
+A version is known by (function, number, sha256), all covered by its signature: one compiled
+and verified before needs neither its blob nor a compile again. The versions served now and the
+`KEEP_LOADED` most recently replaced ones stay loaded, so a rollback switches at once. Disk
+reads, hashing and fsyncs run on worker threads: the event loop keeps serving requests. New
+blobs and the snapshot are written (blobs first) after the switch, while the report is sent.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,9 +36,17 @@ from edge.node.spill import Topology
 from edge.sandbox.function import LoadedFunction
 
 LONG_POLL_S = 25.0
+KEEP_LOADED = 8  # loaded versions kept beyond those served, for rollbacks
 HEARTBEAT_S = 5.0
 TRAFFIC_S = 1.0  # traffic counters, for the dashboard's live view; only when they moved
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+VersionKey = tuple[str, int, str]
+
+
+def _key(v: SignedVersion) -> VersionKey:
+    return (v.function, v.number, v.sha256)
 
 
 @dataclass(frozen=True)
@@ -56,8 +71,8 @@ class Follower:
         self.applied: int = -1
         self.last_error = ""
         self.convergence_ms: float | None = None
-        # Compiled versions by (function, number, sha256): unchanged versions are not reloaded.
-        self._loaded: dict[tuple[str, int, str], Loaded] = {}
+        # Loaded versions by (function, number, sha256), least recently served first.
+        self._loaded: OrderedDict[VersionKey, Loaded] = OrderedDict()
         self._report_lock = asyncio.Lock()
         self._traffic_sent = 0  # the tally's observation count the control plane last received
         self._client = httpx.AsyncClient(
@@ -69,48 +84,67 @@ class Follower:
 
     # --- applying ---------------------------------------------------------------------------
 
-    def _load_version(self, v: SignedVersion, data: bytes) -> Loaded:
-        key = (v.function, v.number, v.sha256)
+    def _load_version(self, v: SignedVersion, data: bytes | None) -> Loaded:
+        key = _key(v)
         if key not in self._loaded:
+            assert data is not None  # apply fetched every blob not loaded yet
             try:
                 self._loaded[key] = LoadedFunction(
                     self.runtime.engine, self.runtime.cache, data, v.config, self.runtime.sink
                 )
             except EdgeError as e:
                 self._loaded[key] = Unavailable(e)
+        self._loaded.move_to_end(key)
         return self._loaded[key]
 
-    async def _blob(self, v: SignedVersion) -> bytes:
-        data = self.state.blob(v.sha256)
-        if data is None:
-            r = await self._client.get(f"/v1/blobs/{v.sha256}")
-            r.raise_for_status()
-            data = r.content
-        verify_blob(v, data)  # raises BlobMismatch: a tampered blob is never stored or run
-        self.state.save_blob(v.sha256, data)
-        return data
+    async def _blob(self, v: SignedVersion, fetch: bool, fetched: dict[str, bytes]) -> bytes:
+        """The verified bytes of `v`: from disk, else from the control plane (into `fetched`,
+        for the caller to save: the fsync need not delay the switch)."""
+        if self.state.has_blob(v.sha256):  # a stat, no thread hop for a blob that is new
+            data = await anyio.to_thread.run_sync(self.state.blob, v.sha256)
+            if data is not None:
+                verify_blob(v, data)
+                return data
+        if not fetch:
+            raise SnapshotRejected(f"{v.function} v{v.number}: blob missing on disk")
+        r = await self._client.get(f"/v1/blobs/{v.sha256}")
+        r.raise_for_status()
+        verify_blob(v, r.content)  # raises BlobMismatch: a tampered blob is never stored or run
+        fetched[v.sha256] = r.content
+        return r.content
 
     async def apply(self, envelope: bytes, *, fetch: bool = True) -> Snapshot:
+        """Verifies, loads and switches to `envelope` (fetching missing blobs if `fetch`, and
+        saving them before it returns)."""
+        snapshot, fetched = await self._switch(envelope, fetch)
+        await anyio.to_thread.run_sync(self._persist, fetched, None)
+        return snapshot
+
+    def _persist(self, fetched: dict[str, bytes], envelope: bytes | None) -> None:
+        # Blobs first: a snapshot on disk never names a blob that is not there.
+        for sha256, data in fetched.items():
+            self.state.save_blob(sha256, data)
+        if envelope is not None:
+            self.state.save_snapshot(envelope)
+
+    async def _switch(self, envelope: bytes, fetch: bool) -> tuple[Snapshot, dict[str, bytes]]:
         snapshot = open_snapshot(envelope, self.settings.public_key)
         versions = [
             v for d in snapshot.functions.values() for v in (d.stable, d.canary) if v is not None
         ]
         blobs: dict[str, bytes] = {}
+        fetched: dict[str, bytes] = {}
         for v in versions:
-            if fetch:
-                blobs[v.sha256] = await self._blob(v)
-            else:
-                local = self.state.blob(v.sha256)
-                if local is None:
-                    raise SnapshotRejected(f"{v.function} v{v.number}: blob missing on disk")
-                verify_blob(v, local)
-                blobs[v.sha256] = local
+            if _key(v) not in self._loaded and v.sha256 not in blobs:
+                blobs[v.sha256] = await self._blob(v, fetch, fetched)
 
         def compile_all() -> dict[str, Served]:
             served = {}
             for name, d in snapshot.functions.items():
-                stable = self._load_version(d.stable, blobs[d.stable.sha256])
-                canary = self._load_version(d.canary, blobs[d.canary.sha256]) if d.canary else None
+                stable = self._load_version(d.stable, blobs.get(d.stable.sha256))
+                canary = (
+                    self._load_version(d.canary, blobs.get(d.canary.sha256)) if d.canary else None
+                )
                 served[name] = Served(
                     stable,
                     canary,
@@ -121,17 +155,21 @@ class Follower:
                 )
             return served
 
-        served = await anyio.to_thread.run_sync(compile_all)
+        if blobs:
+            served = await anyio.to_thread.run_sync(compile_all)
+        else:  # every version is loaded already (a rollback, a route change): no thread hop
+            served = compile_all()
         self.runtime.deploy(
             snapshot.routes, served, revision=snapshot.revision,
             topology=Topology(snapshot.regions, snapshot.nodes),
         )  # fmt: skip
-        live = {(v.function, v.number, v.sha256) for v in versions}
-        self._loaded = {k: f for k, f in self._loaded.items() if k in live}
-        self.state.save_snapshot(envelope)
+        live = {_key(v) for v in versions}
+        old = [k for k in self._loaded if k not in live]
+        for k in old[: max(0, len(old) - KEEP_LOADED)]:
+            del self._loaded[k]
         self.applied = snapshot.revision
         self.last_error = ""
-        return snapshot
+        return snapshot, fetched
 
     async def restore(self) -> bool:
         """Serves the snapshot kept on disk, if there is a good one, before any network."""
@@ -178,7 +216,7 @@ class Follower:
         r.raise_for_status()
         envelope = r.content
         try:
-            snapshot = await self.apply(envelope)
+            snapshot, fetched = await self._switch(envelope, fetch=True)
         except SnapshotRejected as e:
             error = f"refused revision {r.headers.get('edge-revision', '?')}: {e.message}"
             if error != self.last_error:  # say it once, not at every retry
@@ -189,7 +227,11 @@ class Follower:
             raise
         self.convergence_ms = max(0.0, (time.time() - snapshot.created_unix) * 1000)
         self.say(f"applied revision {snapshot.revision} in {self.convergence_ms:.0f} ms")
-        await self.report()
+        # Kept for a restart (static stability) while the report is on its way: the report
+        # does not wait for the fsyncs. A crash in between restarts from the snapshot before.
+        await asyncio.gather(
+            self.report(), anyio.to_thread.run_sync(self._persist, fetched, envelope)
+        )
         return True
 
     @property
@@ -239,4 +281,7 @@ class Follower:
         finally:
             beat.cancel()
             counters.cancel()
-            await self._client.aclose()
+            await self.close()
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -44,6 +44,9 @@ class NodeState:
     def save_snapshot(self, envelope: bytes) -> None:
         write_atomically(self.directory / SNAPSHOT_FILE, envelope)
 
+    def has_blob(self, sha256: str) -> bool:
+        return (self.blobs / sha256).exists()
+
     def blob(self, sha256: str) -> bytes | None:
         """The blob, only if its bytes still hash to its name."""
         try:

@@ -75,10 +75,15 @@ class Deployment:
 
 
 class NodeRuntime:
-    def __init__(self, config: NodeConfig, sink: LogSink) -> None:
+    def __init__(
+        self, config: NodeConfig, sink: LogSink, engine: SandboxEngine | None = None
+    ) -> None:
+        """`engine`: one shared by several runtimes in a process (bench.convergence's inproc
+        mode); its owner closes it. By default the runtime makes and closes its own."""
         self.config = config
         self.sink = sink
-        self.engine = SandboxEngine(config.sandbox)
+        self._owns_engine = engine is None
+        self.engine = engine or SandboxEngine(config.sandbox)
         self.cache = CompileCache(self.engine, config.cache_dir)
         self.geo = GeoLookup(config.geoip_db) if config.geoip_db else None
         self.deployment = Deployment()
@@ -127,6 +132,7 @@ class NodeRuntime:
         )  # fmt: skip
 
     def close(self) -> None:
-        self.engine.close()
+        if self._owns_engine:
+            self.engine.close()
         if self.geo is not None:
             self.geo.close()

@@ -3,13 +3,21 @@
 Key: sha256 of the component's bytes + the engine fingerprint (wasmtime version and settings
 that change generated code). A corrupt or stale cache file is recompiled and replaced, never
 trusted: wasmtime checks the header and refuses artifacts from another version or config.
+
+Several nodes on one host may share the directory: a compile holds an exclusive lock on
+`<file>.lock`, so when all of them get the same new version at once one compiles and the others
+wait and map its result (compiling is ~10x the cost of loading; fifty compiles of one component
+would each take a core).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,26 +55,52 @@ class CompileCache:
         """Returns the compiled component, from disk when possible. Raises ComponentRejected."""
         digest = digest or content_hash(wasm)
         path = self.path_for(digest)
-        if path is not None and path.exists():
-            try:
-                # deserialize_file maps the file, so memory images can be copy-on-write.
-                compiled = component.Component.deserialize_file(self.engine.engine, str(path))
-                self.stats.hits += 1
-                return compiled
-            except wasmtime.WasmtimeError:
-                path.unlink(missing_ok=True)
+        if path is None:
+            return self._compile(wasm)
+        compiled = self._mapped(path)
+        if compiled is not None:
+            self.stats.hits += 1
+            return compiled
+        # Only the compile holds the lock, not the mapping: fifty nodes mapping one after the
+        # other would each wait for the one before to be scheduled.
+        with _exclusive(path.with_name(path.name + ".lock")):
+            here = not path.exists()  # else another node sharing the directory compiled it
+            if here:
+                _write_atomically(path, bytes(self._compile(wasm).serialize()))
+        # Mapped from the file, so this node also gets the copy-on-write image; a file wasmtime
+        # refuses (and deletes) is compiled in memory instead.
+        compiled = self._mapped(path)
+        if compiled is None:
+            return self._compile(wasm)
+        self.stats.hits += not here
+        return compiled
+
+    def _mapped(self, path: Path) -> component.Component | None:
+        if not path.exists():
+            return None
+        try:
+            # deserialize_file maps the file, so memory images can be copy-on-write.
+            compiled = component.Component.deserialize_file(self.engine.engine, str(path))
+        except wasmtime.WasmtimeError:
+            path.unlink(missing_ok=True)
+            return None
+        return compiled
+
+    def _compile(self, wasm: bytes) -> component.Component:
         self.stats.misses += 1
         try:
-            compiled = component.Component(self.engine.engine, wasm)
+            return component.Component(self.engine.engine, wasm)
         except wasmtime.WasmtimeError as e:
             raise ComponentRejected(
                 f"not a valid WebAssembly component: {_first_line(e)}"
             ) from None
-        if path is not None:
-            _write_atomically(path, bytes(compiled.serialize()))
-            # Reload from the file so this instance also gets the mapped, copy-on-write image.
-            return component.Component.deserialize_file(self.engine.engine, str(path))
-        return compiled
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    with lock_path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def _first_line(e: Exception) -> str:

@@ -120,3 +120,30 @@ def test_wait_for_nodes_on_a_fake_clock() -> None:
     stuck = {"nodes": [{"id": "a", "applied_revision": 4, "stale": False}]}
     late = wait_for_nodes(lambda: stuck, 5, 1.0, now=clock, sleep=clock.advance)
     assert not late.converged and late.laggards == ("a",) and late.elapsed_s >= 1.0
+
+
+def test_status_long_poll_answers_on_the_report_that_completes_a_revision(
+    start_control: Start, tmp_path: Path
+) -> None:
+    server = start_control()
+    proj, wasm = project(tmp_path)
+    report(server, "n1", 0)
+    report(server, "n2", 0)
+    r = cli(server, "deploy", str(proj), "--component", str(wasm), "--route", "example.com/",
+            "--timeout-s", "0")
+    assert r.exit_code == 1  # nobody has applied it yet
+    admin = server.client(server.admin)
+    # Not there yet: the wait ends after wait_s and says who is behind.
+    behind = admin.get("/v1/status", params={"revision": 1, "wait_s": 0.2}).json()
+    assert {n["id"]: n["current"] for n in behind["nodes"]} == {"n1": False, "n2": False}
+    # The answer comes with the report that completes revision 1, not before it.
+    reports = [threading.Timer(0.2, report, (server, "n1", 1)),
+               threading.Timer(0.4, report, (server, "n2", 1))]
+    for t in reports:
+        t.start()
+    done = admin.get("/v1/status", params={"revision": 1, "wait_s": 30}).json()
+    for t in reports:
+        t.join()
+    assert all(n["applied_revision"] == 1 for n in done["nodes"])
+    bad = admin.get("/v1/status", params={"revision": "x"})
+    assert bad.status_code == 400 and bad.json()["error"] == "bad_request"

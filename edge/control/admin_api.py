@@ -1,0 +1,99 @@
+"""Tenants and tokens over HTTP, for a token with the "admin" scope (the operator's; the token
+made at first start has it).
+
+A token's secret is in the answer that creates it and nowhere else: the store keeps its
+sha256. A revoked token stays listed and answers 401 from the next request on. Any other token
+gets 403 here, whatever it asks about, so these routes reveal nothing to tenants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from edge.control.bodies import field, json_body
+from edge.control.errors import Forbidden, NotFound
+from edge.control.records import ADMIN_SCOPE, TOKEN_SCOPES, Principal
+from edge.control.store import Store
+from edge.errors import BadRequest
+
+T = TypeVar("T")
+Authenticate = Callable[[Request], Awaitable[Principal]]
+
+
+def admin_routes(store: Store, authenticate: Authenticate) -> list[Route]:
+    def run(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+        return anyio.to_thread.run_sync(fn, *args)
+
+    async def admin(request: Request) -> Principal:
+        p = await authenticate(request)
+        if p.kind != "api" or ADMIN_SCOPE not in p.scopes:
+            raise Forbidden("this token lacks the 'admin' scope")
+        return p
+
+    async def create_tenant(request: Request) -> Response:
+        """Create a tenant (admin scope). Body: {"name": str}. Answers 201, 409 if it exists."""
+        await admin(request)
+        name = field(await json_body(request), "name", str)
+        await run(store.create_tenant, name)
+        tenant = next(t for t in await run(store.tenants) if t.name == name)
+        return JSONResponse(tenant.to_json(), status_code=201)
+
+    async def list_tenants(request: Request) -> Response:
+        """Every tenant, with its number of functions and of unrevoked tokens (admin scope)."""
+        await admin(request)
+        return JSONResponse({"tenants": [t.to_json() for t in await run(store.tenants)]})
+
+    async def create_token(request: Request) -> Response:
+        """Create a token (admin scope); its secret is in this answer only.
+
+        Body: {"tenant": str, "scopes": ["deploy" | "operate" | "read" | "admin", ...],
+        "name": str (optional)} for an API token, or {"kind": "node", "name": str (optional)}
+        for a node token (no tenant, no scopes). Answers 201 with the listing fields and
+        "token"."""
+        p = await admin(request)
+        body = await json_body(request)
+        kind = field(body, "kind", str, "api")
+        name = field(body, "name", str, "")
+        if kind == "node":
+            tenant, scopes = None, []
+        else:
+            tenant = field(body, "tenant", str)
+            scopes = field(body, "scopes", list)
+            if not scopes or not all(isinstance(s, str) for s in scopes):
+                raise BadRequest(f"scopes must be a non-empty list of {', '.join(TOKEN_SCOPES)}")
+        label = name or f"{tenant or 'node'} by {p.label}"
+        info, secret = await run(
+            lambda: store.issue_token(tenant=tenant, kind=kind, scopes=scopes, label=label)
+        )
+        return JSONResponse({**info.to_json(), "token": secret}, status_code=201)
+
+    async def list_tokens(request: Request) -> Response:
+        """Every token, revoked ones included, without secrets (admin scope). Query:
+        tenant=NAME (optional) for one tenant's."""
+        await admin(request)
+        tenant = request.query_params.get("tenant")
+        tokens = await run(store.tokens, tenant)
+        return JSONResponse({"tokens": [t.to_json() for t in tokens]})
+
+    async def revoke_token(request: Request) -> Response:
+        """Revoke a token by id (admin scope): from the next request on it gets 401."""
+        await admin(request)
+        try:
+            token_id = int(request.path_params["id"])
+        except ValueError:
+            raise NotFound(f"no token {request.path_params['id']!r}") from None
+        return JSONResponse((await run(store.revoke_token, token_id)).to_json())
+
+    return [
+        Route("/v1/tenants", create_tenant, methods=["POST"]),
+        Route("/v1/tenants", list_tenants, methods=["GET"]),
+        Route("/v1/tokens", create_token, methods=["POST"]),
+        Route("/v1/tokens", list_tokens, methods=["GET"]),
+        Route("/v1/tokens/{id}/revoke", revoke_token, methods=["POST"]),
+    ]

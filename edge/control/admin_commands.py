@@ -1,0 +1,124 @@
+"""`edge tenant create|list` and `edge token create|list|revoke`: the operator's commands, for a
+token with the "admin" scope (the one printed at the control plane's first start has it).
+
+`edge token create` prints the new secret once, on stdout alone (so `$(edge token create ...)`
+captures just the token); the control plane keeps only its sha256.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from edge.cli_output import EXIT_USAGE, JsonOption, Output
+from edge.control.client import DEFAULT_URL
+from edge.control.commands import ControlUrl, Token, _client
+from edge.control.records import TOKEN_SCOPES
+from edge.errors import UsageError
+
+tenant_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Tenants (admin).")
+token_app = typer.Typer(no_args_is_help=True, add_completion=False, help="API tokens (admin).")
+
+
+def _when(unix: float | None) -> str:
+    if unix is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@tenant_app.command("create")
+def create_tenant(
+    name: str, control: ControlUrl = DEFAULT_URL, token: Token = "", as_json: JsonOption = False
+) -> None:
+    """Create tenant NAME (lowercase letters, digits and -)."""
+    with Output(as_json) as out, _client(control, token) as client:
+        result = client.create_tenant(name)
+        out.note(f"tenant {result['name']} created; next: edge token create --tenant "
+                 f"{result['name']} --scope deploy")
+        out.result(result)
+
+
+@tenant_app.command("list")
+def list_tenants(
+    control: ControlUrl = DEFAULT_URL, token: Token = "", as_json: JsonOption = False
+) -> None:
+    """Every tenant, its functions and unrevoked tokens."""
+    with Output(as_json) as out, _client(control, token) as client:
+        result = client.tenants()
+        table = Table("tenant", "created", "functions", "tokens")
+        for t in result["tenants"]:
+            table.add_row(t["name"], _when(t["created_unix"]), str(t["functions"]),
+                          str(t["active_tokens"]))
+        out.result(result, lambda: out.show(table))
+
+
+@token_app.command("create")
+def create_token(
+    tenant: Annotated[str | None, typer.Option(help="the tenant the token acts for")] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option("--scope", help=f"{'|'.join(TOKEN_SCOPES)}; repeat or comma-separate"),
+    ] = None,
+    name: Annotated[str, typer.Option(help="a label shown in `edge token list`")] = "",
+    node: Annotated[bool, typer.Option("--node", help="a node token (no tenant, no scope)")]
+    = False,
+    control: ControlUrl = DEFAULT_URL,
+    token: Token = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Create a token and print its secret, once (only its hash is kept)."""
+    scopes = [x.strip() for s in scope or [] for x in s.split(",") if x.strip()]  # a,b works
+    with Output(as_json) as out:
+        if not node and (tenant is None or not scopes):
+            out.fail(UsageError("give --tenant and at least one --scope (or --node)"), EXIT_USAGE)
+        with _client(control, token) as client:
+            result = client.create_token(tenant, scopes, name, node=node)
+        who = "node token" if node else f"tenant {result['tenant']}, {','.join(result['scopes'])}"
+        out.note(f"token {result['id']} ({who}, name {result['name']!r}); shown only now:")
+        out.result(result, result["token"])  # stdout is the secret alone
+
+
+@token_app.command("list")
+def list_tokens(
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's")] = None,
+    control: ControlUrl = DEFAULT_URL,
+    token: Token = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Every token (never a secret), revoked ones included."""
+    with Output(as_json) as out, _client(control, token) as client:
+        result = client.tokens(tenant)
+        table = Table("id", "kind", "tenant", "scopes", "name", "created", "revoked")
+        for t in result["tokens"]:
+            table.add_row(*token_row(t))
+        out.result(result, lambda: out.show(table))
+
+
+def token_row(t: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        str(t["id"]), t["kind"], t["tenant"] or "-", ",".join(t["scopes"]) or "-", t["name"],
+        _when(t["created_unix"]), _when(t["revoked_unix"]),
+    )  # fmt: skip
+
+
+@token_app.command("revoke")
+def revoke_token(
+    token_id: Annotated[int, typer.Argument(metavar="ID", help="from `edge token list`")],
+    control: ControlUrl = DEFAULT_URL,
+    token: Token = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Revoke token ID: its next request gets 401."""
+    with Output(as_json) as out, _client(control, token) as client:
+        result = client.revoke_token(token_id)
+        out.note(f"token {result['id']} ({result['name']}) revoked at "
+                 f"{_when(result['revoked_unix'])}")
+        out.result(result)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(tenant_app, name="tenant")
+    app.add_typer(token_app, name="token")

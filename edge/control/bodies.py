@@ -1,0 +1,46 @@
+"""Reading JSON request bodies strictly: a wrong type is a BadRequest naming the field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+
+from edge.errors import BadRequest
+
+T = TypeVar("T")
+
+
+def field(body: dict[str, Any], key: str, kind: type[T], default: T | None = None) -> T:
+    value = body.get(key, default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadRequest(f"{key!r} must be {kind.__name__}")
+    return value
+
+
+def number(body: dict[str, Any], key: str) -> float:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(f"{key!r} must be a number")
+    return float(value)
+
+
+def optional_int(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    return field(body, key, int)
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body

@@ -1,0 +1,215 @@
+"""Tenants and tokens through the admin API and the CLI, against a real control plane on
+127.0.0.1: scopes enforced, revocation at once, and other tenants' tokens learn nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from typer.testing import CliRunner
+
+from edge.cli import app
+from edge.control.store import Store, hash_token
+from tests.control.conftest import ControlServer, component, manifest
+from tests.control.test_api import upload
+
+Start = Callable[..., ControlServer]
+
+
+def edge(server: ControlServer, token: str, *args: str) -> Any:
+    return CliRunner().invoke(
+        app, list(args), env={"EDGE_CONTROL_URL": server.url, "EDGE_TOKEN": token}
+    )
+
+
+def make_token(admin: httpx.Client, tenant: str, *scopes: str, name: str = "") -> dict[str, Any]:
+    r = admin.post("/v1/tokens", json={"tenant": tenant, "scopes": list(scopes), "name": name})
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def test_admin_creates_tenants_and_scoped_tokens_that_work(start_control: Start) -> None:
+    server = start_control()
+    admin = server.client(server.admin)
+    r = admin.post("/v1/tenants", json={"name": "acme"})
+    assert r.status_code == 201 and r.json()["name"] == "acme"
+    assert admin.post("/v1/tenants", json={"name": "acme"}).status_code == 409
+    assert admin.post("/v1/tenants", json={"name": "Bad/Name"}).status_code == 400
+    assert admin.post("/v1/tenants", json={}).status_code == 400
+    deploy = make_token(admin, "acme", "deploy", "read", name="ci")
+    assert deploy["token"].startswith("edge_") and deploy["scopes"] == ["deploy", "read"]
+    assert deploy["name"] == "ci" and deploy["tenant"] == "acme" and not deploy["revoked"]
+    # Only the hash is stored: the secret appears in no listing and nowhere in the database.
+    listed = admin.get("/v1/tokens", params={"tenant": "acme"}).json()["tokens"]
+    assert [t["id"] for t in listed] == [deploy["id"]]
+    assert deploy["token"] not in json.dumps(listed)
+    data = server.store.data_dir
+    db = b"".join(p.read_bytes() for p in data.glob("control.db*"))  # with the WAL
+    assert deploy["token"].encode() not in db and hash_token(deploy["token"]).encode() in db
+    # The new token deploys in its tenant.
+    ci = server.client(deploy["token"])
+    assert upload(ci).status_code == 201
+    assert ci.post("/v1/functions/hello/deploy", json={"version": 1, "routes": ["acme.test/"]})\
+        .status_code == 200
+    tenants = {t["name"]: t for t in admin.get("/v1/tenants").json()["tenants"]}
+    assert tenants["acme"]["functions"] == 1 and tenants["acme"]["active_tokens"] == 1
+    assert set(tenants) == {"acme", "default"}
+    # Bad requests are typed 400s, never crashes.
+    for bad in ({"tenant": "acme", "scopes": ["root"]}, {"tenant": "acme", "scopes": []},
+                {"tenant": "acme", "scopes": "deploy"}, {"scopes": ["read"]},
+                {"tenant": "acme", "scopes": ["read"], "name": "x" * 101}):
+        assert admin.post("/v1/tokens", json=bad).status_code == 400, bad
+    assert admin.post("/v1/tokens", json={"tenant": "nope", "scopes": ["read"]}).status_code \
+        == 404
+    assert admin.post("/v1/tokens/abc/revoke").status_code == 404
+    assert admin.post("/v1/tokens/9999/revoke").status_code == 404
+
+
+def test_scopes_are_enforced_on_new_tokens(start_control: Start) -> None:
+    server = start_control()
+    admin = server.client(server.admin)
+    admin.post("/v1/tenants", json={"name": "acme"})
+    deployer = server.client(make_token(admin, "acme", "deploy")["token"])
+    operator = server.client(make_token(admin, "acme", "operate")["token"])
+    reader = server.client(make_token(admin, "acme", "read")["token"])
+    assert upload(deployer).status_code == 201
+    assert deployer.post("/v1/functions/hello/deploy", json={"version": 1}).status_code == 200
+    assert upload(deployer, tag="v2").status_code == 201
+    # read cannot deploy; deploy cannot operate (canary, rollback, drain); operate cannot deploy.
+    assert upload(reader, tag="v3").status_code == 403
+    assert reader.post("/v1/functions/hello/deploy", json={"version": 2}).status_code == 403
+    assert deployer.post("/v1/functions/hello/rollback", json={}).status_code == 403
+    assert deployer.post("/v1/functions/hello/canary",
+                         json={"version": 2, "percent": 10}).status_code == 403
+    assert deployer.post("/v1/regions/eu-west/drain", json={}).status_code == 403
+    assert operator.post("/v1/functions/hello/deploy", json={"version": 2}).status_code == 403
+    assert operator.post("/v1/functions/hello/canary",
+                         json={"version": 2, "percent": 10}).status_code == 200
+    assert reader.get("/v1/functions/hello/versions").status_code == 200
+    # No tenant token, whatever its scopes, manages tenants or tokens.
+    everything = server.client(make_token(admin, "acme", "deploy", "operate", "read")["token"])
+    for client in (deployer, operator, reader, everything, server.client(server.node)):
+        assert client.get("/v1/tokens").status_code == 403
+        assert client.post("/v1/tenants", json={"name": "mine"}).status_code == 403
+        assert client.post("/v1/tokens", json={"tenant": "acme", "scopes": ["admin"]})\
+            .status_code == 403
+        assert client.post("/v1/tokens/1/revoke").status_code == 403
+    assert server.client(None).get("/v1/tenants").status_code == 401
+    assert server.client("edge_wrong").get("/v1/tokens").status_code == 401
+
+
+def test_revoked_tokens_get_401_at_once(start_control: Start) -> None:
+    server = start_control()
+    admin = server.client(server.admin)
+    made = make_token(admin, "default", "read")
+    reader = server.client(made["token"])
+    assert reader.get("/v1/status").status_code == 200  # now known (and remembered)
+    r = admin.post(f"/v1/tokens/{made['id']}/revoke")
+    assert r.status_code == 200 and r.json()["revoked"] is True
+    first_revoked = r.json()["revoked_unix"]
+    r = reader.get("/v1/status")
+    assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+    # Revoking again changes nothing; the token stays listed as revoked.
+    again = admin.post(f"/v1/tokens/{made['id']}/revoke").json()
+    assert again["revoked_unix"] == first_revoked
+    listed = {t["id"]: t for t in admin.get("/v1/tokens").json()["tokens"]}
+    assert listed[made["id"]]["revoked"] is True
+    # A revoked node token cannot follow any more.
+    node = admin.post("/v1/tokens", json={"kind": "node", "name": "edge-7"}).json()
+    assert node["kind"] == "node" and node["tenant"] is None and node["scopes"] == []
+    follower = server.client(node["token"])
+    assert follower.get("/v1/node/snapshot", params={"wait_s": 0}).status_code == 200
+    admin.post(f"/v1/tokens/{node['id']}/revoke")
+    assert follower.get("/v1/node/snapshot", params={"wait_s": 0}).status_code == 401
+
+
+def test_other_tenants_token_learns_nothing(start_control: Start) -> None:
+    server = start_control()
+    admin = server.client(server.admin)
+    for tenant in ("acme", "globex"):
+        admin.post("/v1/tenants", json={"name": tenant})
+    acme = server.client(make_token(admin, "acme", "deploy", "operate", "read")["token"])
+    globex = server.client(make_token(admin, "globex", "deploy", "operate", "read")["token"])
+    assert upload(acme).status_code == 201
+    acme.post("/v1/functions/hello/deploy", json={"version": 1, "routes": ["acme.test/"]})
+    # acme's function and a function nobody has look exactly alike to globex: 404, same body.
+    for path, method, body in (("/v1/functions/{}/versions", "GET", None),
+                               ("/v1/functions/{}/rollback", "POST", {}),
+                               ("/v1/functions/{}/deploy", "POST", {"version": 1}),
+                               ("/v1/functions/{}/canary", "POST", {"version": 1, "percent": 5})):
+        theirs = globex.request(method, path.format("hello"), json=body)
+        nobody = globex.request(method, path.format("hello2"), json=body)
+        assert theirs.status_code == nobody.status_code == 404
+        assert theirs.json()["message"].replace("hello", "X") \
+            == nobody.json()["message"].replace("hello2", "X")
+    assert globex.get("/v1/status").json()["functions"] == []
+    # globex uploading "hello" makes its own function; acme's is untouched.
+    assert upload(globex, tag="g").status_code == 201
+    assert [v["number"] for v in acme.get("/v1/functions/hello/versions").json()["versions"]] \
+        == [1]
+
+
+def test_cli_tenant_and_token_commands(start_control: Start) -> None:
+    server = start_control()
+    r = edge(server, server.admin, "tenant", "create", "acme")
+    assert r.exit_code == 0, r.output
+    r = edge(server, server.admin, "tenant", "list")
+    assert r.exit_code == 0 and "acme" in r.stdout and "default" in r.stdout
+    r = edge(server, server.admin, "token", "create", "--tenant", "acme", "--scope",
+             "operate,read", "--name", "ops", "--json")
+    assert json.loads(r.stdout)["scopes"] == ["operate", "read"]
+    r = edge(server, server.admin, "token", "create", "--tenant", "acme", "--scope", "deploy",
+             "--scope", "read", "--name", "ci")
+    assert r.exit_code == 0, r.output
+    secret = r.stdout.strip()  # stdout is the secret alone
+    assert secret.startswith("edge_") and "\n" not in secret
+    ci = server.client(secret)
+    assert ci.get("/v1/status").status_code == 200
+    r = edge(server, server.admin, "token", "list", "--json")
+    tokens = json.loads(r.stdout)["tokens"]
+    mine = next(t for t in tokens if t["name"] == "ci")
+    assert secret not in r.stdout and mine["scopes"] == ["deploy", "read"]
+    r = edge(server, server.admin, "token", "list", "--tenant", "acme")
+    assert r.exit_code == 0 and "ci" in r.stdout and "default-admin" not in r.stdout
+    r = edge(server, server.admin, "token", "revoke", str(mine["id"]))
+    assert r.exit_code == 0 and "revoked" in r.stderr
+    assert ci.get("/v1/status").status_code == 401
+    r = edge(server, server.admin, "token", "create", "--node", "--json")
+    assert json.loads(r.stdout)["kind"] == "node"
+    # Errors are one line; a tenant token cannot use the admin commands.
+    r = edge(server, server.admin, "tenant", "create", "acme")
+    assert r.exit_code == 1 and r.stderr.strip() == "error: tenant 'acme' already exists"
+    r = edge(server, server.admin, "token", "create", "--tenant", "acme")
+    assert r.exit_code == 2
+    reader = server.token("acme", ("read",))
+    r = edge(server, reader, "tenant", "list")
+    assert r.exit_code == 1 and "admin" in r.stderr
+
+
+def test_migration_6_gives_the_first_token_admin(tmp_path: Path) -> None:
+    """A data directory made before migration 6: its first-start token becomes the admin one,
+    other tokens do not."""
+    data = tmp_path / "old"
+    with Store(data) as store:
+        store.create_tenant("default")
+        first = store.create_token(tenant="default", kind="api", scopes=("deploy", "read"),
+                                   label="default-admin")
+        other = store.create_token(tenant="default", kind="api", scopes=("read",), label="ci")
+        # Undo 6 as it would be on such a directory: scopes as then written, no revocations.
+        with store._tx() as db:
+            db.execute("UPDATE tokens SET scopes = REPLACE(scopes, 'admin,', '')")
+            db.execute("DELETE FROM schema_migrations WHERE version = 6")
+            db.execute("ALTER TABLE tokens DROP COLUMN revoked_unix")
+    with Store(data) as store:
+        assert 6 in store.schema_versions()
+        p_first, p_other = store.authenticate(first), store.authenticate(other)
+        assert p_first is not None and p_other is not None
+        assert "admin" in p_first.scopes and "admin" not in p_other.scopes
+        v = store.create_version(1, "hello", sha256=store.blobs.put(component("m")),
+                                 size_bytes=len(component("m")), manifest=manifest(),
+                                 message="", author="t")
+        assert v.number == 1

@@ -1,0 +1,85 @@
+"""A node's follower against a real control plane on 127.0.0.1: snapshots that are unsigned,
+signed by another key, or changed on the node's own disk are refused, and the last good state
+keeps serving. (tests/test_cluster.py covers tampered blobs and a wrong key with node
+processes.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import cbor2
+import pytest
+
+from edge.config.toml_fields import load_toml
+from edge.control.errors import SnapshotRejected
+from edge.control.signing import Signer, canonical_cbor
+from edge.control.snapshot import build_snapshot, sign_payload
+from edge.control.wire import METADATA_HEADER, encode_metadata
+from edge.node.config import parse_node_config
+from edge.node.follower import ControlSettings, Follower
+from edge.node.logs import LogWriter
+from edge.node.persisted import SNAPSHOT_FILE, NodeState
+from edge.node.runtime import NodeRuntime
+from edge.sandbox.function import LoadedFunction
+from tests.conftest import EXAMPLES
+from tests.control.conftest import ControlServer
+
+pytestmark = pytest.mark.toolchain
+Start = Callable[..., ControlServer]
+
+
+def make_follower(server: ControlServer, tmp_path: Path, state: Path) -> Follower:
+    config = parse_node_config({"node": {"cache_dir": str(tmp_path / "compiled")}}, "test",
+                               tmp_path)
+    runtime = NodeRuntime(config, LogWriter("json"))
+    return Follower(runtime, ControlSettings(server.url, server.node, server.signer.public_key),
+                    NodeState(state), say=lambda _: None)
+
+
+def test_unsigned_wrongly_signed_and_locally_changed_snapshots_are_refused(
+    start_control: Start, built: Callable[[Path], Path], tmp_path: Path
+) -> None:
+    server = start_control()
+    project = EXAMPLES / "c" / "hello"
+    admin = server.client(server.admin)
+    r = admin.post("/v1/functions/hello-c/versions", content=built(project).read_bytes(),
+                   headers={METADATA_HEADER: encode_metadata(load_toml(project / "edge.toml"),
+                                                             "")})
+    assert r.status_code == 201, r.text
+    revision = admin.post("/v1/functions/hello-c/deploy",
+                          json={"version": 1, "routes": ["*/"]}).json()["revision"]
+    state = tmp_path / "state"
+    follower = make_follower(server, tmp_path, state)
+
+    async def scenario() -> None:
+        assert await follower.poll_once()
+        good = follower.runtime.deployment
+        assert good.revision == revision
+        assert isinstance(good.functions["default/hello-c"].stable, LoadedFunction)
+        payload = cbor2.loads(build_snapshot(server.store, revision, server.signer))["payload"]
+        unsigned = canonical_cbor({"payload": payload, "key_id": server.signer.key_id})
+        for bad in (unsigned, sign_payload(payload, Signer.generate())):
+            with pytest.raises(SnapshotRejected):
+                await follower.apply(bad)
+            assert follower.runtime.deployment is good  # the last good state serves on
+        await follower.close()
+        follower.runtime.close()
+
+    asyncio.run(scenario())
+    # Restarted, the node serves what it kept, verified again ...
+    again = make_follower(server, tmp_path, state)
+    assert asyncio.run(again.restore()) and again.runtime.deployment.revision == revision
+    again.runtime.close()
+    # ... and refuses it when it was changed on disk: it waits for the control plane instead.
+    (state / SNAPSHOT_FILE).write_bytes(unsigned_copy(state / SNAPSHOT_FILE))
+    changed = make_follower(server, tmp_path, state)
+    assert not asyncio.run(changed.restore())  # restore makes no request: nothing to close
+    assert changed.runtime.deployment.revision is None and not changed.runtime.deployment.ready
+    changed.runtime.close()
+
+
+def unsigned_copy(path: Path) -> bytes:
+    envelope = cbor2.loads(path.read_bytes())
+    return canonical_cbor({"payload": envelope["payload"], "key_id": envelope["key_id"]})
