@@ -27,11 +27,11 @@ import dns.rrset
 from edge.traffic.regions import IPNetwork, TrafficConfig
 from edge.traffic.state import TrafficState
 from edge.traffic.steering import Steerer
+from edge.traffic.wire_cache import WireCache
 
 Transport = Literal["udp", "tcp"]
 
 HEADER_BYTES = 12
-WIRE_CACHE_ENTRIES = 100_000
 MIN_UDP_PAYLOAD_BYTES = 512  # RFC 6891 6.2.5: smaller advertised sizes mean 512
 TCP_MAX_BYTES = 65535
 ZONE_TTL_S = 3600  # SOA, NS and glue change with deployments, not with health
@@ -94,7 +94,7 @@ class Authority:
         self.hosts = set(d.hosts)
         self.glue = {g.name: g for g in d.glue}
         self.names = {self.zone, *self.hosts, *self.glue}
-        self._wire_cache: dict[tuple[object, ...], bytes] = {}
+        self.cache = WireCache()
         rname = dns.name.Name(("hostmaster",)).concatenate(self.zone)
         # refresh, retry, expire only matter to secondaries; minimum is the negative-cache TTL.
         soa = f"{d.nameservers[0]} {rname} {d.soa_serial} 3600 600 1209600 {d.ttl_s}"
@@ -108,18 +108,17 @@ class Authority:
     ) -> bytes | None:
         if len(wire) < HEADER_BYTES:
             return None  # not even an id to answer to
-        # The same query from the same client in the same state gets the same answer: serve
-        # it from the wire cache with only the id changed. Parsing and rendering a message
-        # with dnspython costs far more than the whole lookup.
-        key = (wire[2:], client_addr, transport, self.state.fingerprint(now))
-        cached = self._wire_cache.get(key)
-        if cached is not None:
-            return wire[:2] + cached
+        # The same query in the same state gets the same answer (from anywhere in its ECS
+        # scope): serve it from the wire cache with the id (and ECS address) swapped in.
+        # Parsing and rendering a message with dnspython costs far more than the lookup. The
+        # fingerprint is read before answering, so an answer that raced a state change is
+        # filed under the old fingerprint and dropped at the next query.
+        out = self.cache.get(wire, client_addr, transport, self.state.fingerprint(now))
+        if out is not None:
+            return out
         out = self._handle(wire, client_addr, transport, now)
         if out is not None:
-            if len(self._wire_cache) >= WIRE_CACHE_ENTRIES:
-                self._wire_cache.clear()
-            self._wire_cache[key] = out[2:]
+            self.cache.put(wire, client_addr, transport, out)
         return out
 
     def _handle(

@@ -13,6 +13,7 @@ streak reaches the named threshold (None: move at once).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,6 +60,8 @@ class NodeHealth:
         self.fail_streak = 0
         self.last_check_s: float | None = None
         self.changed_s: float | None = None
+        # Told of every change of `state` (TrafficState counts them to invalidate answers).
+        self.on_change: Callable[[], None] | None = None
 
     @property
     def serving(self) -> bool:
@@ -85,6 +88,8 @@ class NodeHealth:
         if t.target is not self.state and streak >= limit:
             self.state = t.target
             self.changed_s = now
+            if self.on_change is not None:
+                self.on_change()
         return self.state
 
 
