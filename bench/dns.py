@@ -69,6 +69,7 @@ CITY_TEST_DB = REPO.parent / "shared" / "geoip" / "GeoIP2-City-Test.mmdb"
 START_TIMEOUT_S = 30.0
 QUERY_TIMEOUT_S = 2.0
 SERVER_CPU, CLIENT_CPU = "0", "1"
+UDP_WORKERS_RE = re.compile(r"answering UDP with (\d+) worker")
 
 
 # --- Configs -----------------------------------------------------------------------------------
@@ -104,7 +105,13 @@ def render_traffic_config(
 
 
 def render_gdnsd(
-    dest: Path, config: TrafficConfig, *, port: int, geoip_db: Path, health_port: int, threads: int
+    dest: Path,
+    config: TrafficConfig,
+    *,
+    port: int,
+    geoip_db: Path,
+    health_port: int,
+    threads: int | None,
 ) -> Path:
     """A gdnsd config dir (config + zones/) for the same region map; returns the dir."""
     h = config.health
@@ -116,7 +123,7 @@ def render_gdnsd(
     (dest / "config").write_text(
         string.Template((GDNSD_DIR / "config.template").read_text()).substitute(
             listen=f"127.0.0.1:{port}",
-            threads=threads,
+            threads_line=f"  udp_threads => {threads}" if threads else "",
             run_dir=dest / "run",
             state_dir=dest / "state",
             health_port=health_port,
@@ -222,11 +229,13 @@ def wait_answering(server: Server, timeout_s: float = START_TIMEOUT_S) -> None:
     raise RuntimeError(f"{server.name} did not start:\n{server.log.read_text()[-3000:]}")
 
 
-def start_ours(config_path: Path, geoip_db: Path, work: Path) -> Server:
+def start_ours(config_path: Path, geoip_db: Path, work: Path, workers: int | None) -> Server:
     port = free_port()
     log = work / "ours.log"
     argv = [sys.executable, "-m", "edge.traffic.main", "--config", str(config_path),
             "--port", str(port), "--geoip-db", str(geoip_db)]  # fmt: skip
+    if workers is not None:
+        argv += ["--workers", str(workers)]
     with log.open("wb") as out:
         proc = subprocess.Popen(
             pinned(SERVER_CPU, argv), cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=out
@@ -236,7 +245,7 @@ def start_ours(config_path: Path, geoip_db: Path, work: Path) -> Server:
     return server
 
 
-def start_gdnsd(config: TrafficConfig, geoip_db: Path, work: Path, threads: int) -> Server:
+def start_gdnsd(config: TrafficConfig, geoip_db: Path, work: Path, threads: int | None) -> Server:
     port = free_port()
     conf = render_gdnsd(
         work / "gdnsd", config, port=port, geoip_db=geoip_db,
@@ -408,7 +417,12 @@ def main() -> None:
     parser.add_argument("--subnets", type=int, default=2000, help="client /24s in the query mix")
     parser.add_argument("--check", type=int, default=300, help="subnets to compare answers on")
     parser.add_argument("--latency-seconds", type=int, default=5)
-    parser.add_argument("--gdnsd-threads", type=int, default=1, help="gdnsd udp_threads")
+    parser.add_argument(
+        "--gdnsd-threads", type=int, default=None, help="gdnsd udp_threads (default: gdnsd's, 2)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="our UDP workers (default: dns.workers, auto)"
+    )
     parser.add_argument("--geoip-db", type=Path, default=None, help="default: GeoLite2-City")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
@@ -434,7 +448,7 @@ def main() -> None:
         config_path = work / "traffic.toml"
         config = render_traffic_config(config_path, health_port)
         with health_endpoints(config, health_port):
-            servers = [start_ours(config_path, db, work)]
+            servers = [start_ours(config_path, db, work, args.workers)]
             try:
                 servers.append(start_gdnsd(config, db, work, args.gdnsd_threads))
                 ours, gd = servers
@@ -459,6 +473,7 @@ def main() -> None:
                     )
                     for server in servers
                 }  # fmt: skip
+                workers_line = UDP_WORKERS_RE.search(ours.log.read_text())
             finally:
                 for server in servers:
                     server.stop()
@@ -496,7 +511,8 @@ def main() -> None:
         "dnsperf": {"settings": settings.argv(), "latency_rate_qps": rate,
                     "example_argv": runs["ours"][0]["argv"]},
         "pinning": {"servers_cpu": SERVER_CPU, "dnsperf_cpu": CLIENT_CPU} if pinning() else None,
-        "gdnsd_udp_threads": args.gdnsd_threads,
+        "gdnsd_udp_threads": args.gdnsd_threads or "default (2)",
+        "ours_udp_workers": int(workers_line.group(1)) if workers_line else None,
         "agreement": agree,
     }  # fmt: skip
     path = write_results("dns", rows, extra)

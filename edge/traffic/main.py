@@ -1,12 +1,13 @@
 """`edge dns --config traffic.toml`: the authoritative geo-DNS server as one process.
 
 Wires the pieces once, in one direction: traffic.toml -> GeoDB -> Steerer and TrafficState ->
-Authority -> DnsServer (UDP+TCP), with the HealthChecker feeding the same TrafficState. All of
-it runs on one event loop, which is what lets `TrafficState` go without locks.
+Authority -> DnsServer (UDP on a thread, TCP on the event loop), with the HealthChecker and the
+drain follower feeding the same TrafficState on the event loop. `dns.workers` > 1 adds UDP
+worker processes on the same port that follow that state (edge/traffic/workers.py).
 
 Signals: SIGHUP re-opens the geo database file (operators replace it on disk when MaxMind
 publishes a new one) and keeps the old one if the new file does not load; SIGINT and SIGTERM
-stop the server, close the sockets and the health probes, and return.
+stop the server, the workers, the sockets and the health probes, and return.
 
     python -m edge.traffic.main --config bench/gdnsd/traffic.toml --port 5353
 """
@@ -32,6 +33,7 @@ from edge.traffic.regions import load_traffic_config
 from edge.traffic.server import DnsServer
 from edge.traffic.state import TrafficState
 from edge.traffic.steering import Steerer
+from edge.traffic.workers import WorkerPool, default_workers
 
 # Loopback unless told otherwise: a server started by hand for a try-out must not answer the
 # network. Production passes --host with the service address (or 0.0.0.0).
@@ -65,6 +67,13 @@ def reload_geodb(geo: GeoDB) -> bool:
     return True
 
 
+def _reloaded(geo: GeoDB, steerer: Steerer, state: TrafficState, pool: WorkerPool) -> None:
+    if reload_geodb(geo):
+        steerer.forget()  # cached answers came from the old database
+        state.invalidate()
+        pool.reload_geodb()
+
+
 def _endpoint(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -76,8 +85,10 @@ async def run_dns(
     port: int | None = None,
     geoip_db: Path | None = None,
     control: tuple[str, str] | None = None,
+    workers: int | None = None,
 ) -> None:
-    """`control`: (URL, token) of a control plane whose region drains to follow.
+    """`control`: (URL, token) of a control plane whose region drains to follow. `workers`:
+    UDP workers in all, this process included (default `dns.workers`; 0 there: one per CPU).
 
     Serve until SIGINT/SIGTERM (or until cancelled). `port` 0 binds a free port; the ready
     line on stderr names the one bound, which is how scripts and tests find it."""
@@ -85,13 +96,17 @@ async def run_dns(
     host = listen_host or DEFAULT_HOST
     with open_geodb(geoip_db) as geo:
         state = TrafficState(config)
-        authority = Authority(config, Steerer(config.regions, config.steering, geo), state)
+        steerer = Steerer(config.regions, config.steering, geo)
+        authority = Authority(config, steerer, state)
         server = DnsServer(authority, tcp_idle_timeout_s=config.dns.tcp_idle_timeout_s)
         want = config.dns.port if port is None else port
+        count = workers if workers is not None else config.dns.workers
+        count = count or default_workers()
         try:
-            bound = await server.start(host, want)
+            bound = await server.start(host, want, reuse_port=count > 1)
         except OSError as e:  # taken, privileged (< 1024 without the capability), not ours
             raise OSError(f"cannot listen on {_endpoint(host, want)} (udp+tcp): {e}") from e
+        pool = WorkerPool(config, geo, state, host, bound)
         checker = HealthChecker(state)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -100,13 +115,15 @@ async def run_dns(
             signal.SIGTERM: stop.set,
             # The reload runs on the loop between queries, so no query sees a half-swapped DB;
             # opening an .mmdb is an mmap plus a few probe lookups, short enough to do inline.
-            signal.SIGHUP: lambda: reload_geodb(geo),
+            signal.SIGHUP: lambda: _reloaded(geo, steerer, state, pool),
         }
         installed = []
         follower = (
             asyncio.create_task(follow_drains(state, control[0], control[1])) if control else None
         )
         try:
+            await pool.start(count - 1)
+            pool.watch()
             checker.start()
             for sig, handler in handlers.items():
                 # Off the main thread (an embedding test) there are no signal handlers: the
@@ -114,6 +131,7 @@ async def run_dns(
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(sig, handler)
                     installed.append(sig)
+            _say(f"answering UDP with {count} worker{'s' if count > 1 else ''}")
             _say(f"authoritative for {config.dns.zone} on {_endpoint(host, bound)} (udp+tcp)")
             await stop.wait()
             _say("stopping")
@@ -123,6 +141,7 @@ async def run_dns(
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await checker.aclose()
+            await pool.aclose()
             await server.close()
 
 
@@ -137,6 +156,10 @@ def dns(
         str | None, typer.Option(envvar="EDGE_CONTROL_URL", help="follow its region drains")
     ] = None,
     token: Annotated[str | None, typer.Option(envvar="EDGE_TOKEN", help="a read token")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=0, max=256, help="UDP workers (default: dns.workers; 0: one per CPU)"),
+    ] = None,
 ) -> None:
     """Serve the traffic.toml zone as an authoritative geo-DNS server (UDP and TCP).
 
@@ -151,7 +174,14 @@ def dns(
     try:
         follow = (control, token) if control and token else None
         asyncio.run(
-            run_dns(config, listen_host=host, port=port, geoip_db=geoip_db, control=follow)
+            run_dns(
+                config,
+                listen_host=host,
+                port=port,
+                geoip_db=geoip_db,
+                control=follow,
+                workers=workers,
+            )
         )
     except EdgeError as e:
         print(f"error: {e.message}", file=sys.stderr)

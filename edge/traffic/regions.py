@@ -7,6 +7,7 @@ nameservers = ["ns1.edge.test."]      # NS at the apex; the first is the SOA MNA
 ttl_s = 30
 port = 53
 tcp_idle_timeout_s = 10
+workers = 0                           # UDP workers sharing the port; 0 = one per usable CPU
 
 [[dns.glue]]                          # addresses for in-zone nameservers
 name = "ns1.edge.test."
@@ -60,6 +61,7 @@ REGION_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 CONTINENTS = ("AF", "AN", "AS", "EU", "NA", "OC", "SA")
 MAX_TTL_S = 86_400
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class DnsConfig:
     tcp_idle_timeout_s: float = 10.0
     # Our own EDNS UDP payload ceiling: 1232 avoids IP fragmentation (DNS flag day 2020).
     max_udp_payload_bytes: int = 1232
+    workers: int = 0  # 0: one per CPU this process may run on
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,7 @@ def _parse_dns(root: Table) -> DnsConfig:
             "port",
             "tcp_idle_timeout_s",
             "max_udp_payload_bytes",
+            "workers",
         }
     )
     zone = _name(t, "zone", t.require("zone", str), None)
@@ -199,6 +203,11 @@ def _parse_dns(root: Table) -> DnsConfig:
                 tuple(ipaddress.IPv6Address(_addr(g, "ipv6", a, 6)) for a in _strings(g, "ipv6")),
             )
         )
+    workers = t.get("workers", int, 0)
+    if not 0 <= workers <= MAX_WORKERS:
+        raise ConfigError(
+            f"{t.where('workers')} must be between 0 and {MAX_WORKERS}, got {workers}"
+        )
     port = t.get("port", int, 53)
     if not 0 <= port <= 65535:
         raise ConfigError(f"{t.where('port')} must be between 0 and 65535, got {port}")
@@ -212,6 +221,7 @@ def _parse_dns(root: Table) -> DnsConfig:
         port=port,
         tcp_idle_timeout_s=_float_in(t, "tcp_idle_timeout_s", 0.01, 3600.0, 10.0),
         max_udp_payload_bytes=t.positive_int("max_udp_payload_bytes", 1232, 65535),
+        workers=workers,
     )
 
 

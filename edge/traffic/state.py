@@ -57,6 +57,10 @@ class TrafficState:
         for listener in self.listeners:
             listener()
 
+    def invalidate(self) -> None:
+        """Something answers depend on changed outside this state (the geo database)."""
+        self._changed()
+
     def set_drain(self, region: str, drain: Drain) -> None:
         drain.on_change = self._changed
         self.drains[region] = drain

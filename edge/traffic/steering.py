@@ -189,6 +189,9 @@ class _AnswerCache:
                 return hit
         return None
 
+    def clear(self) -> None:
+        self._entries.clear()
+
     def put(self, key: object, subnet: IPNetwork, answer: Answer) -> None:
         if answer.scope_prefix > subnet.prefixlen:
             return  # valid only for part of the subnet: not reusable for the whole of it
@@ -219,6 +222,10 @@ class Steerer:
         self._countries = dict(steering.by_country)
         self._continents = dict(steering.by_continent)
         self._boundaries = (*(n for n, _ in steering.by_cidr), *SPECIAL_NETWORKS)
+
+    def forget(self) -> None:
+        """Drop cached answers: the geo database under them changed."""
+        self._cache.clear()
 
     def _override(self, addr: IPAddress, loc: Location | None) -> tuple[str, ...] | None:
         for net, order in self._steering.by_cidr:

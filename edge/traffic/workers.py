@@ -1,0 +1,218 @@
+"""UDP worker processes: more cores for the hot path, one traffic state.
+
+`edge dns` (the parent) owns health checks, drain following, TCP and signals, and answers UDP
+itself on one socket (a udp_loop thread). With `workers = N` it starts N - 1 processes, each
+with its own socket bound to the same port with SO_REUSEPORT: the kernel spreads clients over
+the sockets by address and port. A worker has its own Authority, Steerer and GeoDB (the .mmdb
+is mapped, so its pages are shared) and follows the parent's TrafficState through a pipe: a
+snapshot before it answers anything, then one after every change (`TrafficState.listeners`),
+applied by a thread while the main thread answers. SIGHUP's geo database reload is forwarded
+the same way. A worker stops when its pipe closes, so none outlives the parent, and the
+parent starts a new one when a worker dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.errors import ConfigError
+from edge.traffic.dns import Authority
+from edge.traffic.geodb import GeoDB
+from edge.traffic.regions import TrafficConfig
+from edge.traffic.state import StateSnapshot, TrafficState
+from edge.traffic.steering import Steerer
+from edge.traffic.udp_loop import UdpLoop, bind_udp
+
+log = logging.getLogger(__name__)
+
+# Spawn, not fork: the parent has an event loop and threads by the time workers start.
+CONTEXT = multiprocessing.get_context("spawn")
+STOP_TIMEOUT_S = 5.0
+WATCH_INTERVAL_S = 1.0
+READY_TIMEOUT_S = 60.0  # a fresh interpreter importing dnspython on a busy machine
+READY = ("ready", None)
+
+Message = tuple[str, object]  # ("state", StateSnapshot) | ("geodb", path)
+
+
+def default_workers() -> int:
+    """One per CPU this process may run on (taskset and cgroup cpusets included)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_main(
+    config: TrafficConfig,
+    geo_path: str,
+    sock: socket.socket,
+    conn: multiprocessing.connection.Connection,
+) -> None:
+    # The parent decides when to stop and reload; a terminal's Ctrl-C reaches the whole group.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    with GeoDB(Path(geo_path)) as geo:
+        state = TrafficState(config)
+        steerer = Steerer(config.regions, config.steering, geo)
+        authority = Authority(config, steerer, state)
+        try:
+            first = conn.recv()
+        except (EOFError, OSError):
+            return
+        _apply(first, state, geo, steerer)
+        conn.send(READY)
+        loop = UdpLoop(sock, authority, time.monotonic)
+        threading.Thread(
+            target=_follow, args=(conn, state, geo, steerer, loop), name="dns-state", daemon=True
+        ).start()
+        loop.run()
+        sock.close()
+
+
+def _apply(message: Message, state: TrafficState, geo: GeoDB, steerer: Steerer) -> None:
+    kind, body = message
+    if kind == "state" and isinstance(body, StateSnapshot):
+        state.apply(body)
+    elif kind == "geodb" and isinstance(body, str):
+        try:
+            geo.reload(Path(body))
+        except ConfigError as e:  # the parent loaded it; keep serving the previous one
+            log.error("dns worker: geoip reload failed: %s", e.message)
+            return
+        steerer.forget()
+        state.invalidate()
+
+
+def _follow(
+    conn: multiprocessing.connection.Connection,
+    state: TrafficState,
+    geo: GeoDB,
+    steerer: Steerer,
+    loop: UdpLoop,
+) -> None:
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            break
+        _apply(message, state, geo, steerer)
+    loop.stop()  # the parent is gone or stopping: so is this process
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    conn: multiprocessing.connection.Connection
+
+
+class WorkerPool:
+    """`count` worker processes answering UDP on (host, port) from `state`'s snapshots."""
+
+    def __init__(
+        self, config: TrafficConfig, geo: GeoDB, state: TrafficState, host: str, port: int
+    ) -> None:
+        self.config = config
+        self.geo = geo
+        self.state = state
+        self.host = host
+        self.port = port
+        self.workers: list[_Worker] = []
+        self._watch: asyncio.Task[None] | None = None
+        state.listeners.append(self._push_state)
+
+    async def start(self, count: int) -> None:
+        """Start `count` workers and wait until each has the state and is answering: its
+        socket takes a share of the clients from the moment it is bound."""
+        for _ in range(count):
+            self.workers.append(self._spawn())
+        for worker in self.workers:
+            await asyncio.to_thread(self._wait_ready, worker)
+
+    def _wait_ready(self, worker: _Worker) -> None:
+        try:
+            ready = worker.conn.poll(READY_TIMEOUT_S) and worker.conn.recv() == READY
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            raise OSError(f"UDP worker {worker.process.pid} did not start")
+
+    def _spawn(self) -> _Worker:
+        sock = bind_udp(self.host, self.port, reuse_port=True)
+        receive, send = CONTEXT.Pipe()
+        process = CONTEXT.Process(
+            target=worker_main,
+            args=(self.config, str(self.geo.path), sock, receive),
+            name="edge-dns-udp",
+            daemon=True,
+        )
+        try:
+            process.start()
+        finally:
+            sock.close()  # the worker has its own copy; ours would take a share of clients
+            receive.close()
+        worker = _Worker(process, send)
+        self._send(worker, ("state", self.state.snapshot()))
+        return worker
+
+    def _send(self, worker: _Worker, message: Message) -> None:
+        try:
+            worker.conn.send(message)
+        except OSError as e:  # a dead worker: the watcher replaces it
+            log.debug("dns: cannot reach UDP worker %s: %s", worker.process.pid, e)
+
+    def _push_state(self) -> None:
+        snapshot = self.state.snapshot()
+        for worker in self.workers:
+            self._send(worker, ("state", snapshot))
+
+    def reload_geodb(self) -> None:
+        for worker in self.workers:
+            self._send(worker, ("geodb", str(self.geo.path)))
+
+    def watch(self) -> None:
+        """Replace workers that die, from the running event loop, until `aclose`."""
+        self._watch = asyncio.create_task(self._watch_loop(), name="dns-workers")
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            for i, worker in enumerate(self.workers):
+                if not worker.process.is_alive():
+                    log.error(
+                        "dns: UDP worker %s exited (%s); starting another",
+                        worker.process.pid, worker.process.exitcode,
+                    )  # fmt: skip
+                    worker.conn.close()
+                    self.workers[i] = self._spawn()
+                    await asyncio.to_thread(self._wait_ready, self.workers[i])
+
+    async def aclose(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._push_state in self.state.listeners:
+            self.state.listeners.remove(self._push_state)
+        for worker in self.workers:
+            worker.conn.close()  # the worker's follower sees EOF and stops its UDP loop
+        await asyncio.to_thread(self._join)
+        self.workers = []
+
+    def _join(self) -> None:
+        for worker in self.workers:
+            worker.process.join(STOP_TIMEOUT_S)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(STOP_TIMEOUT_S)
