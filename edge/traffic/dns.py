@@ -112,13 +112,14 @@ class Authority:
         # scope): serve it from the wire cache with the id (and ECS address) swapped in.
         # Parsing and rendering a message with dnspython costs far more than the lookup. The
         # fingerprint is read before answering, so an answer that raced a state change is
-        # filed under the old fingerprint and dropped at the next query.
-        out = self.cache.get(wire, client_addr, transport, self.state.fingerprint(now))
+        # filed under the old fingerprint, which no later query reads.
+        tiers = self.cache.tiers(self.state.fingerprint(now))
+        out = tiers.get(wire, client_addr, transport)
         if out is not None:
             return out
         out = self._handle(wire, client_addr, transport, now)
         if out is not None:
-            self.cache.put(wire, client_addr, transport, out)
+            tiers.put(wire, client_addr, transport, out)
         return out
 
     def _handle(

@@ -103,7 +103,9 @@ async def run_dns(
         count = workers if workers is not None else config.dns.workers
         count = count or default_workers()
         try:
-            bound = await server.start(host, want, reuse_port=count > 1)
+            bound = await server.start(
+                host, want, udp_threads=config.dns.udp_threads, reuse_port=count > 1
+            )
         except OSError as e:  # taken, privileged (< 1024 without the capability), not ours
             raise OSError(f"cannot listen on {_endpoint(host, want)} (udp+tcp): {e}") from e
         pool = WorkerPool(config, geo, state, host, bound)
@@ -131,7 +133,11 @@ async def run_dns(
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(sig, handler)
                     installed.append(sig)
-            _say(f"answering UDP with {count} worker{'s' if count > 1 else ''}")
+            threads = config.dns.udp_threads
+            _say(
+                f"answering UDP with {count} worker{'s' if count > 1 else ''} "
+                f"of {threads} thread{'s' if threads > 1 else ''}"
+            )
             _say(f"authoritative for {config.dns.zone} on {_endpoint(host, bound)} (udp+tcp)")
             await stop.wait()
             _say("stopping")

@@ -7,7 +7,8 @@ nameservers = ["ns1.edge.test."]      # NS at the apex; the first is the SOA MNA
 ttl_s = 30
 port = 53
 tcp_idle_timeout_s = 10
-workers = 0                           # UDP workers sharing the port; 0 = one per usable CPU
+workers = 0                           # UDP worker processes; 0 = one per usable CPU
+udp_threads = 2                       # UDP sockets+threads per process (system calls overlap)
 
 [[dns.glue]]                          # addresses for in-zone nameservers
 name = "ns1.edge.test."
@@ -62,6 +63,7 @@ COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 CONTINENTS = ("AF", "AN", "AS", "EU", "NA", "OC", "SA")
 MAX_TTL_S = 86_400
 MAX_WORKERS = 256
+MAX_UDP_THREADS = 64
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class DnsConfig:
     # Our own EDNS UDP payload ceiling: 1232 avoids IP fragmentation (DNS flag day 2020).
     max_udp_payload_bytes: int = 1232
     workers: int = 0  # 0: one per CPU this process may run on
+    udp_threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,7 @@ def _parse_dns(root: Table) -> DnsConfig:
             "tcp_idle_timeout_s",
             "max_udp_payload_bytes",
             "workers",
+            "udp_threads",
         }
     )
     zone = _name(t, "zone", t.require("zone", str), None)
@@ -222,6 +226,7 @@ def _parse_dns(root: Table) -> DnsConfig:
         tcp_idle_timeout_s=_float_in(t, "tcp_idle_timeout_s", 0.01, 3600.0, 10.0),
         max_udp_payload_bytes=t.positive_int("max_udp_payload_bytes", 1232, 65535),
         workers=workers,
+        udp_threads=t.positive_int("udp_threads", 2, MAX_UDP_THREADS),
     )
 
 

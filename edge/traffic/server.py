@@ -28,13 +28,17 @@ class DnsServer:
         self.tcp_idle_timeout_s = tcp_idle_timeout_s
         self.clock = clock
         self.port = 0
-        self._udp: UdpThread | None = None
+        self._udp: list[UdpThread] = []
         self._tcp: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
-        """Bind UDP and TCP on the same port (port 0: a free one) and return it. `reuse_port`:
-        worker processes will bind more UDP sockets on it (`bind_udp(..., reuse_port=True)`)."""
+    async def start(
+        self, host: str, port: int, *, udp_threads: int = 1, reuse_port: bool = False
+    ) -> int:
+        """Bind UDP and TCP on the same port (port 0: a free one) and return it, with one UDP
+        socket and thread per `udp_threads`. `reuse_port`: worker processes will bind more
+        UDP sockets on it (`bind_udp(..., reuse_port=True)`)."""
+        reuse_port = reuse_port or udp_threads > 1
         last_error: OSError | None = None
         for _ in range(BIND_ATTEMPTS if port == 0 else 1):
             udp = bind_udp(host, port, reuse_port=reuse_port)
@@ -45,7 +49,17 @@ class DnsServer:
                 udp.close()
                 last_error = e
                 continue
-            self._udp, self.port = UdpThread(udp, self.authority, self.clock), bound
+            socks = [udp]
+            try:
+                for _ in range(udp_threads - 1):
+                    socks.append(bind_udp(host, bound, reuse_port=True))
+            except OSError:
+                for sock in socks:
+                    sock.close()
+                self._tcp.close()
+                raise
+            self._udp = [UdpThread(sock, self.authority, self.clock) for sock in socks]
+            self.port = bound
             return bound
         raise OSError(f"dns: could not bind UDP and TCP on {host}:{port}: {last_error}")
 
@@ -81,9 +95,9 @@ class DnsServer:
                 await writer.wait_closed()
 
     async def close(self) -> None:
-        if self._udp is not None:
-            await asyncio.to_thread(self._udp.stop)
-            self._udp = None
+        for thread in self._udp:
+            await asyncio.to_thread(thread.stop)
+        self._udp = []
         if self._tcp is not None:
             self._tcp.close()
             for writer in list(self._writers):  # idle keep-alive clients would hold wait_closed

@@ -85,38 +85,46 @@ def echoed_scope(out: bytes, wire: bytes, start: int) -> int | None:
 
 
 class WireCache:
+    """Holds the tiers for the current state fingerprint. Several UDP threads answer at once:
+    each takes the tiers for the fingerprint it read before answering and files its answer
+    there, so an answer computed from an older state lands in tiers no newer query reads."""
+
     def __init__(self, entries: int = ENTRIES) -> None:
         self.entries = entries
-        self._exact: dict[tuple[bytes, str, str], bytes] = {}
-        self._scoped: dict[tuple[bytes, str, int, int], bytes] = {}
-        self._fingerprint: object = None
+        self._current: tuple[object, CacheTiers] = (None, CacheTiers(self))
         self.exact_hits = 0
         self.scope_hits = 0
 
-    def __len__(self) -> int:
-        return len(self._exact)
+    def tiers(self, fingerprint: object) -> CacheTiers:
+        current_fingerprint, tiers = self._current  # one read: swapped whole by any thread
+        if fingerprint != current_fingerprint:
+            tiers = CacheTiers(self)
+            self._current = (fingerprint, tiers)
+        return tiers
 
-    def get(self, wire: bytes, client: str, transport: str, fingerprint: object) -> bytes | None:
-        if fingerprint != self._fingerprint:
-            self._exact.clear()
-            self._scoped.clear()
-            self._fingerprint = fingerprint
-            return None
+
+class CacheTiers:
+    def __init__(self, owner: WireCache) -> None:
+        self.owner = owner
+        self.exact: dict[tuple[bytes, str, str], bytes] = {}
+        self.scoped: dict[tuple[bytes, str, int, int], bytes] = {}
+
+    def get(self, wire: bytes, client: str, transport: str) -> bytes | None:
         key = (wire[2:], client, transport)
-        hit = self._exact.get(key)
+        hit = self.exact.get(key)
         if hit is not None:
-            self.exact_hits += 1
+            self.owner.exact_hits += 1
             return wire[:2] + hit
         ecs = parse_ecs(wire)
         if ecs is None:
             return None
         start, bits, source, value = ecs
         head = wire[2:start]
-        scoped = self._scoped
+        scoped = self.scoped
         for prefix in range(source, -1, -1):
             body = scoped.get((head, transport, prefix, value >> (bits - prefix)))
             if body is not None:
-                self.scope_hits += 1
+                self.owner.scope_hits += 1
                 out = wire[:2] + body + wire[start:]
                 self._store_exact(key, out[2:])
                 return out
@@ -131,12 +139,12 @@ class WireCache:
         scope = echoed_scope(out, wire, start)
         if scope is None or scope > source:
             return  # a scope longer than the source holds for part of the client's subnet only
-        if len(self._scoped) >= self.entries:
-            self._scoped.clear()
+        if len(self.scoped) >= self.owner.entries:
+            self.scoped.clear()
         key = (wire[2:start], transport, scope, value >> (bits - scope))
-        self._scoped[key] = out[2 : len(out) - (len(wire) - start)]
+        self.scoped[key] = out[2 : len(out) - (len(wire) - start)]
 
     def _store_exact(self, key: tuple[bytes, str, str], body: bytes) -> None:
-        if len(self._exact) >= self.entries:
-            self._exact.clear()
-        self._exact[key] = body
+        if len(self.exact) >= self.owner.entries:
+            self.exact.clear()
+        self.exact[key] = body

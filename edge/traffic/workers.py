@@ -1,14 +1,16 @@
 """UDP worker processes: more cores for the hot path, one traffic state.
 
 `edge dns` (the parent) owns health checks, drain following, TCP and signals, and answers UDP
-itself on one socket (a udp_loop thread). With `workers = N` it starts N - 1 processes, each
-with its own socket bound to the same port with SO_REUSEPORT: the kernel spreads clients over
-the sockets by address and port. A worker has its own Authority, Steerer and GeoDB (the .mmdb
-is mapped, so its pages are shared) and follows the parent's TrafficState through a pipe: a
-snapshot before it answers anything, then one after every change (`TrafficState.listeners`),
-applied by a thread while the main thread answers. SIGHUP's geo database reload is forwarded
-the same way. A worker stops when its pipe closes, so none outlives the parent, and the
-parent starts a new one when a worker dies.
+itself (`udp_threads` sockets, one udp_loop thread each). With `workers = N` it starts N - 1
+processes, each with as many sockets and threads of its own, all bound to the same port with
+SO_REUSEPORT: the kernel spreads clients over the sockets by address and port. A worker has its
+own Authority, Steerer and GeoDB (the .mmdb is mapped, so its pages are shared) and follows the
+parent's TrafficState through a pipe: a snapshot before it answers anything, then one after
+every change (`TrafficState.listeners`), applied by a thread while the main thread answers. The
+parent waits for each worker's ack (a bounded wait), so once a change is made in the parent
+every worker answers with it, as the parent's own UDP thread does. SIGHUP's geo database reload
+is forwarded the same way. A worker stops when its pipe closes, so none outlives the parent,
+and the parent starts a new one when a worker dies.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.errors import ConfigError
@@ -41,7 +44,9 @@ CONTEXT = multiprocessing.get_context("spawn")
 STOP_TIMEOUT_S = 5.0
 WATCH_INTERVAL_S = 1.0
 READY_TIMEOUT_S = 60.0  # a fresh interpreter importing dnspython on a busy machine
+ACK_TIMEOUT_S = 1.0  # a worker that does not ack in this long is busy or dying: go on
 READY = ("ready", None)
+ACK = ("ack", None)
 
 Message = tuple[str, object]  # ("state", StateSnapshot) | ("geodb", path)
 
@@ -57,7 +62,7 @@ def default_workers() -> int:
 def worker_main(
     config: TrafficConfig,
     geo_path: str,
-    sock: socket.socket,
+    socks: list[socket.socket],
     conn: multiprocessing.connection.Connection,
 ) -> None:
     # The parent decides when to stop and reload; a terminal's Ctrl-C reaches the whole group.
@@ -73,12 +78,18 @@ def worker_main(
             return
         _apply(first, state, geo, steerer)
         conn.send(READY)
-        loop = UdpLoop(sock, authority, time.monotonic)
+        loops = [UdpLoop(sock, authority, time.monotonic) for sock in socks]
         threading.Thread(
-            target=_follow, args=(conn, state, geo, steerer, loop), name="dns-state", daemon=True
+            target=_follow, args=(conn, state, geo, steerer, loops), name="dns-state", daemon=True
         ).start()
-        loop.run()
-        sock.close()
+        others = [threading.Thread(target=loop.run, daemon=True) for loop in loops[1:]]
+        for thread in others:
+            thread.start()
+        loops[0].run()
+        for thread in others:
+            thread.join(STOP_TIMEOUT_S)
+        for sock in socks:
+            sock.close()
 
 
 def _apply(message: Message, state: TrafficState, geo: GeoDB, steerer: Steerer) -> None:
@@ -100,7 +111,7 @@ def _follow(
     state: TrafficState,
     geo: GeoDB,
     steerer: Steerer,
-    loop: UdpLoop,
+    loops: list[UdpLoop],
 ) -> None:
     while True:
         try:
@@ -108,13 +119,22 @@ def _follow(
         except (EOFError, OSError):
             break
         _apply(message, state, geo, steerer)
-    loop.stop()  # the parent is gone or stopping: so is this process
+        try:
+            conn.send(ACK)
+        except OSError:
+            break
+    for loop in loops:  # the parent is gone or stopping: so is this process
+        loop.stop()
 
 
 @dataclass
 class _Worker:
     process: multiprocessing.process.BaseProcess
     conn: multiprocessing.connection.Connection
+    ready: bool = False
+    # One exchange (message, ack) at a time: pushes come from the event loop, the first
+    # snapshot after READY from the thread that waited for it.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class WorkerPool:
@@ -123,6 +143,7 @@ class WorkerPool:
     def __init__(
         self, config: TrafficConfig, geo: GeoDB, state: TrafficState, host: str, port: int
     ) -> None:
+        self.threads = config.dns.udp_threads
         self.config = config
         self.geo = geo
         self.state = state
@@ -147,39 +168,56 @@ class WorkerPool:
             ready = False
         if not ready:
             raise OSError(f"UDP worker {worker.process.pid} did not start")
+        worker.ready = True
+        # Changes made while it started were not pushed to it: send the state as it is now.
+        self._call(worker, lambda: ("state", self.state.snapshot()))
 
     def _spawn(self) -> _Worker:
-        sock = bind_udp(self.host, self.port, reuse_port=True)
+        socks: list[socket.socket] = []
         receive, send = CONTEXT.Pipe()
-        process = CONTEXT.Process(
-            target=worker_main,
-            args=(self.config, str(self.geo.path), sock, receive),
-            name="edge-dns-udp",
-            daemon=True,
-        )
         try:
+            for _ in range(self.threads):
+                socks.append(bind_udp(self.host, self.port, reuse_port=True))
+            process = CONTEXT.Process(
+                target=worker_main,
+                args=(self.config, str(self.geo.path), socks, receive),
+                name="edge-dns-udp",
+                daemon=True,
+            )
             process.start()
         finally:
-            sock.close()  # the worker has its own copy; ours would take a share of clients
+            for sock in socks:  # the worker has its own; ours would take a share of clients
+                sock.close()
             receive.close()
         worker = _Worker(process, send)
-        self._send(worker, ("state", self.state.snapshot()))
+        try:
+            send.send(("state", self.state.snapshot()))  # answered by READY, not ACK
+        except OSError as e:
+            log.error("dns: cannot reach UDP worker %s: %s", process.pid, e)
         return worker
 
-    def _send(self, worker: _Worker, message: Message) -> None:
-        try:
-            worker.conn.send(message)
-        except OSError as e:  # a dead worker: the watcher replaces it
-            log.debug("dns: cannot reach UDP worker %s: %s", worker.process.pid, e)
+    def _call(self, worker: _Worker, message: Callable[[], Message]) -> None:
+        """Send (the message made under the lock, so the newest state goes last) and wait
+        for the ack, bounded."""
+        with worker.lock:
+            try:
+                worker.conn.send(message())
+                if worker.conn.poll(ACK_TIMEOUT_S):
+                    worker.conn.recv()
+                else:
+                    log.warning("dns: UDP worker %s did not ack in time", worker.process.pid)
+            except (EOFError, OSError) as e:  # a dead worker: the watcher replaces it
+                log.debug("dns: cannot reach UDP worker %s: %s", worker.process.pid, e)
 
     def _push_state(self) -> None:
-        snapshot = self.state.snapshot()
         for worker in self.workers:
-            self._send(worker, ("state", snapshot))
+            if worker.ready:
+                self._call(worker, lambda: ("state", self.state.snapshot()))
 
     def reload_geodb(self) -> None:
         for worker in self.workers:
-            self._send(worker, ("geodb", str(self.geo.path)))
+            if worker.ready:
+                self._call(worker, lambda: ("geodb", str(self.geo.path)))
 
     def watch(self) -> None:
         """Replace workers that die, from the running event loop, until `aclose`."""
@@ -196,7 +234,10 @@ class WorkerPool:
                     )  # fmt: skip
                     worker.conn.close()
                     self.workers[i] = self._spawn()
-                    await asyncio.to_thread(self._wait_ready, self.workers[i])
+                    try:
+                        await asyncio.to_thread(self._wait_ready, self.workers[i])
+                    except OSError as e:
+                        log.error("dns: %s", e)
 
     async def aclose(self) -> None:
         if self._watch is not None:

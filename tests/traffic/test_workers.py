@@ -1,0 +1,168 @@
+"""The UDP hot loop (batched and one datagram at a time) and the worker processes that follow
+the parent's traffic state, over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import dns.edns
+import dns.message
+import dns.rcode
+import pytest
+
+from edge.errors import ConfigError
+from edge.traffic import mmsg
+from edge.traffic.geodb import GeoDB
+from edge.traffic.udp_loop import UdpLoop, bind_udp
+from edge.traffic.workers import WorkerPool
+
+from .conftest import BASE_TOML, MakeConfig, MakeStack, Stack
+from .test_dns import LONDON_ECS, addresses, query
+
+TIMEOUT_S = 5.0
+EU_WEST = {"192.0.2.11", "192.0.2.12"}
+US_EAST = {"192.0.2.1"}
+
+
+def ask(
+    port: int, q: dns.message.Message, sock: socket.socket | None = None
+) -> dns.message.Message:
+    own = sock is None
+    s = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.settimeout(TIMEOUT_S)
+        s.sendto(q.to_wire(), ("127.0.0.1", port))
+        return dns.message.from_wire(s.recv(65535))
+    finally:
+        if own:
+            s.close()
+
+
+@pytest.fixture(params=["batched", "single"])
+def loop_port(request: pytest.FixtureRequest, make_stack: MakeStack) -> Iterator[tuple[int, Stack]]:
+    batched = request.param == "batched"
+    if batched and not mmsg.available():
+        pytest.skip("recvmmsg/sendmmsg need Linux with glibc")
+    stack = make_stack()
+    sock = bind_udp("127.0.0.1", 0)
+    loop = UdpLoop(sock, stack.authority, time.monotonic)
+    thread = threading.Thread(target=loop.run, kwargs={"batched": batched}, daemon=True)
+    thread.start()
+    yield sock.getsockname()[1], stack
+    loop.stop()
+    thread.join(TIMEOUT_S)
+    assert not thread.is_alive(), "stop() did not end the loop"
+    sock.close()
+
+
+def test_loop_answers_a_burst_with_each_querys_id(loop_port: tuple[int, Stack]) -> None:
+    port, _ = loop_port
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(TIMEOUT_S)
+        # Sent back to back so the batched loop takes several in one receive; the response
+        # in the middle gets no reply, and the replies around it still go out.
+        response = dns.message.make_response(query(id=999)).to_wire()
+        wires = [query(ecs=LONDON_ECS, id=i).to_wire() for i in range(40)]
+        for i, wire in enumerate(wires):
+            s.sendto(wire, ("127.0.0.1", port))
+            if i == 20:
+                s.sendto(response, ("127.0.0.1", port))
+        replies = [dns.message.from_wire(s.recv(65535)) for _ in wires]
+    assert sorted(r.id for r in replies) == list(range(40))
+    assert all(addresses(r) == EU_WEST and r.rcode() == dns.rcode.NOERROR for r in replies)
+
+
+def test_loop_follows_health_from_another_thread(loop_port: tuple[int, Stack]) -> None:
+    port, stack = loop_port
+    assert addresses(ask(port, query(ecs=LONDON_ECS))) == EU_WEST
+    stack.set_node("eu-west-1", up=False)
+    stack.set_node("eu-west-2", up=False)
+    assert addresses(ask(port, query(ecs=LONDON_ECS))) == US_EAST
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _start_pool(stack: Stack, geo: GeoDB, count: int) -> WorkerPool:
+    pool = WorkerPool(stack.config, geo, stack.state, "127.0.0.1", free_udp_port())
+    await pool.start(count)
+    return pool
+
+
+def test_a_worker_process_follows_health_drain_and_reloads(
+    make_stack: MakeStack, city_db: GeoDB
+) -> None:
+    async def scenario() -> None:
+        stack = make_stack()
+        # The only socket on the port is the worker's: every answer below comes from it.
+        pool = await _start_pool(stack, city_db, 1)
+        try:
+            port = pool.port
+            london = query(ecs=dns.edns.ECSOption("81.2.69.142", 32))
+            neighbour = query(ecs=dns.edns.ECSOption("81.2.69.143", 32), id=4242)
+            assert addresses(await asyncio.to_thread(ask, port, london)) == EU_WEST
+            stack.set_node("eu-west-1", up=False)
+            stack.set_node("eu-west-2", up=False)
+            moved = await asyncio.to_thread(ask, port, neighbour)
+            assert moved.id == 4242 and addresses(moved) == US_EAST
+            stack.set_node("eu-west-1", up=True)
+            stack.set_node("eu-west-2", up=True)
+            assert addresses(await asyncio.to_thread(ask, port, london)) == EU_WEST
+            stack.state.drains["eu-west"].start(0.0, over_s=0)
+            assert addresses(await asyncio.to_thread(ask, port, london)) == US_EAST
+            stack.state.set_weight("us-east", 0)
+            assert addresses(await asyncio.to_thread(ask, port, london)) == {"192.0.2.21"}
+            pool.reload_geodb()  # the same file again: answers stay
+            assert addresses(await asyncio.to_thread(ask, port, london)) == {"192.0.2.21"}
+        finally:
+            processes = [w.process for w in pool.workers]
+            await pool.aclose()
+        assert processes and all(not p.is_alive() for p in processes)
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_worker_is_replaced(make_stack: MakeStack, city_db: GeoDB) -> None:
+    async def scenario() -> None:
+        stack = make_stack()
+        pool = await _start_pool(stack, city_db, 1)
+        pool.watch()
+        try:
+            first = pool.workers[0].process
+            assert first.pid is not None
+            os.kill(first.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while pool.workers[0].process is first or not pool.workers[0].process.is_alive():
+                assert time.monotonic() < deadline, "the dead worker was not replaced"
+                await asyncio.sleep(0.1)
+            stack.set_node("eu-west-1", up=False)
+            stack.set_node("eu-west-2", up=False)
+            # Replaced and given the state; allow for it still starting its loop.
+            reply = await asyncio.to_thread(ask, pool.port, query(ecs=LONDON_ECS))
+            assert addresses(reply) == US_EAST
+        finally:
+            await pool.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_workers_setting(make_config: MakeConfig) -> None:
+    assert make_config().dns.workers == 0
+    base = make_config().dns
+    assert base.workers == 0
+
+    assert (
+        make_config(base=BASE_TOML.replace("ttl_s = 30", "ttl_s = 30\nworkers = 4")).dns.workers
+        == 4
+    )
+    with pytest.raises(ConfigError, match=r"workers must be between 0 and 256"):
+        make_config(base=BASE_TOML.replace("ttl_s = 30", "ttl_s = 30\nworkers = -1"))
