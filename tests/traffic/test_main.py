@@ -99,10 +99,10 @@ def health_server() -> Iterator[Callable[[str, int], None]]:
 class DnsProcess:
     """`edge dns` (python -m edge dns) with its stderr read line by line on a thread."""
 
-    def __init__(self, config: Path, geoip_db: Path) -> None:
+    def __init__(self, config: Path, geoip_db: Path, extra: tuple[str, ...] = ()) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge", "dns", "--config", str(config),
-             "--port", "0", "--geoip-db", str(geoip_db)],
+             "--port", "0", "--geoip-db", str(geoip_db), *extra],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -158,8 +158,8 @@ class DnsProcess:
 def start_dns(tmp_path: Path) -> Iterator[Callable[..., DnsProcess]]:
     procs: list[DnsProcess] = []
 
-    def start(config: Path, geoip_db: Path = CITY_TEST_DB) -> DnsProcess:
-        procs.append(DnsProcess(config, geoip_db))
+    def start(config: Path, geoip_db: Path = CITY_TEST_DB, *extra: str) -> DnsProcess:
+        procs.append(DnsProcess(config, geoip_db, extra))
         return procs[-1]
 
     yield start
@@ -222,6 +222,21 @@ def test_health_checker_drops_a_dead_node(
     server = start_dns(example_config(tmp_path / "traffic.toml", port))
     assert until(lambda: server.addresses(LONDON) == {"127.0.0.21"})
     server.wait_line(re.compile(r"health: eu-west-2 unknown -> down"))
+
+
+def test_every_worker_process_follows_health(
+    tmp_path: Path,
+    start_dns: Callable[..., DnsProcess],
+    health_server: Callable[[str, int], None],
+) -> None:
+    port = free_port("127.0.0.21")
+    health_server("127.0.0.21", port)  # eu-west-1 answers; eu-west-2 refuses connections
+    config = example_config(tmp_path / "traffic.toml", port)
+    server = start_dns(config, CITY_TEST_DB, "--workers", "3")
+    assert any("answering UDP with 3 workers of 2 threads" in line for line in server.seen)
+    # Each query goes out from a new source port, so the kernel spreads them over the six
+    # sockets of the three processes: 40 queries all missing one socket is ~(5/6)^40 = 0.07%.
+    assert until(lambda: all(server.addresses(LONDON) == {"127.0.0.21"} for _ in range(40)))
 
 
 def test_sighup_keeps_the_old_db_on_a_bad_file_and_takes_a_good_one(

@@ -19,6 +19,7 @@ import pytest
 from edge.errors import ConfigError
 from edge.traffic import mmsg
 from edge.traffic.geodb import GeoDB
+from edge.traffic.server import DnsServer
 from edge.traffic.udp_loop import UdpLoop, bind_udp
 from edge.traffic.workers import WorkerPool
 
@@ -166,3 +167,53 @@ def test_workers_setting(make_config: MakeConfig) -> None:
     )
     with pytest.raises(ConfigError, match=r"workers must be between 0 and 256"):
         make_config(base=BASE_TOML.replace("ttl_s = 30", "ttl_s = 30\nworkers = -1"))
+
+
+def test_udp_threads_setting(make_config: MakeConfig) -> None:
+    assert make_config().dns.udp_threads == 2
+    base = BASE_TOML.replace("ttl_s = 30", "ttl_s = 30\nudp_threads = 0")
+    with pytest.raises(ConfigError, match=r"udp_threads must be between 1 and 64, got 0"):
+        make_config(base=base)
+
+
+def test_an_answer_raced_by_a_state_change_is_never_served_after_it(make_stack: MakeStack) -> None:
+    """Two UDP threads: one answers from the old state while the other already sees the new
+    one. The old answer is filed under the old fingerprint, which no later query reads."""
+    stack = make_stack()
+    wire = query(ecs=LONDON_ECS).to_wire()
+    cache, state = stack.authority.cache, stack.state
+    old = cache.tiers(state.fingerprint(0.0))  # the slow thread took its tiers...
+    stack.set_node("eu-west-1", up=False)
+    stack.set_node("eu-west-2", up=False)
+    new = cache.tiers(state.fingerprint(0.0))  # ...the fast one already sees the change
+    assert new is not old
+    out = stack.authority.handle(wire, "127.0.0.1", "udp", 0.0)
+    assert out is not None and addresses(dns.message.from_wire(out)) == US_EAST
+    stale = query(ecs=LONDON_ECS, id=5).to_wire()
+    old.put(wire, "127.0.0.1", "udp", stale)  # the slow thread files what it computed
+    again = stack.authority.handle(wire, "127.0.0.1", "udp", 0.0)
+    assert again is not None and addresses(dns.message.from_wire(again)) == US_EAST
+
+
+def test_server_with_two_udp_threads_answers_on_both_sockets(make_stack: MakeStack) -> None:
+    async def scenario() -> None:
+        stack = make_stack()
+        server = DnsServer(stack.authority, tcp_idle_timeout_s=1.0)
+        port = await server.start("127.0.0.1", 0, udp_threads=2)
+        try:
+            assert len(server._udp) == 2 and all(t.thread.is_alive() for t in server._udp)
+            # Clients spread over the two sockets by source port; every one gets its answer.
+            for i in range(16):
+                r = await asyncio.to_thread(ask, port, query(ecs=LONDON_ECS, id=i))
+                assert r.id == i and addresses(r) == EU_WEST
+            stack.set_node("eu-west-1", up=False)
+            stack.set_node("eu-west-2", up=False)
+            for i in range(16):
+                r = await asyncio.to_thread(ask, port, query(ecs=LONDON_ECS, id=i))
+                assert addresses(r) == US_EAST
+            threads = list(server._udp)
+        finally:
+            await server.close()
+        assert not any(t.thread.is_alive() for t in threads)
+
+    asyncio.run(scenario())
