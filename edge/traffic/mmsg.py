@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 import socket
 import sys
@@ -80,8 +81,12 @@ class Batch:
         self.batch = batch
         self.family = sock.family
         self.namelen = 16 if sock.family == socket.AF_INET else SOCKADDR_BYTES
-        self._rdata = ctypes.create_string_buffer(batch * SLOT_BYTES)
-        self._sdata = ctypes.create_string_buffer(batch * SLOT_BYTES)
+        # Anonymous mappings, not ctypes buffers: those are zero-filled up front, 8 MiB of
+        # resident memory per socket; a mapping's pages only become resident when a datagram
+        # lands in them (a page or two per slot for DNS-sized messages).
+        self._maps = [mmap.mmap(-1, batch * SLOT_BYTES) for _ in range(2)]
+        self._rdata = (ctypes.c_char * (batch * SLOT_BYTES)).from_buffer(self._maps[0])
+        self._sdata = (ctypes.c_char * (batch * SLOT_BYTES)).from_buffer(self._maps[1])
         self._names = ctypes.create_string_buffer(batch * SOCKADDR_BYTES)
         self._riov = (_Iovec * batch)()
         self._siov = (_Iovec * batch)()

@@ -87,6 +87,41 @@ def test_loop_follows_health_from_another_thread(loop_port: tuple[int, Stack]) -
     assert addresses(ask(port, query(ecs=LONDON_ECS))) == US_EAST
 
 
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.parametrize("batched", [True, False])
+def test_loop_on_ipv6_reports_the_client_address(make_stack: MakeStack, batched: bool) -> None:
+    if batched and not mmsg.available():
+        pytest.skip("recvmmsg/sendmmsg need Linux with glibc")
+    stack = make_stack()
+    sock = bind_udp("::1", 0)
+    loop = UdpLoop(sock, stack.authority, time.monotonic)
+    thread = threading.Thread(target=loop.run, kwargs={"batched": batched}, daemon=True)
+    thread.start()
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.settimeout(TIMEOUT_S)
+            s.sendto(query(id=77).to_wire(), ("::1", sock.getsockname()[1]))
+            r = dns.message.from_wire(s.recv(65535))
+        # No ECS: the client address steers. ::1 is special-use: the default order, us-east;
+        # a wrongly decoded address (not special) would very likely land elsewhere or fail.
+        assert r.id == 77 and addresses(r) == US_EAST
+        tiers = stack.authority.cache.tiers(stack.state.fingerprint(0.0))
+        assert [client for _, client, _ in tiers.exact] == ["::1"]  # as recvfrom reports it
+    finally:
+        loop.stop()
+        thread.join(TIMEOUT_S)
+        sock.close()
+
+
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
