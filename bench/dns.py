@@ -257,7 +257,7 @@ def wait_answering(server: Server, timeout_s: float = START_TIMEOUT_S) -> None:
     raise RuntimeError(f"{server.name} did not start:\n{server.log.read_text()[-3000:]}")
 
 
-def start_ours(config_path: Path, geoip_db: Path, work: Path, workers: int | None) -> Server:
+def start_ours(config_path: Path, geoip_db: Path, work: Path, workers: int | None = None) -> Server:
     port = free_port()
     log = work / "ours.log"
     argv = [sys.executable, "-m", "edge.traffic.main", "--config", str(config_path),
