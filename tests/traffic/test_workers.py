@@ -4,6 +4,7 @@ the parent's traffic state, over real sockets on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -45,21 +46,29 @@ def ask(
             s.close()
 
 
-@pytest.fixture(params=["batched", "single"])
-def loop_port(request: pytest.FixtureRequest, make_stack: MakeStack) -> Iterator[tuple[int, Stack]]:
-    batched = request.param == "batched"
+@contextlib.contextmanager
+def running_loop(stack: Stack, host: str, batched: bool) -> Iterator[int]:
+    """A UdpLoop for `stack` on a thread, bound to a free port on `host`; yields the port."""
     if batched and not mmsg.available():
         pytest.skip("recvmmsg/sendmmsg need Linux with glibc")
-    stack = make_stack()
-    sock = bind_udp("127.0.0.1", 0)
+    sock = bind_udp(host, 0)
     loop = UdpLoop(sock, stack.authority, time.monotonic)
     thread = threading.Thread(target=loop.run, kwargs={"batched": batched}, daemon=True)
     thread.start()
-    yield sock.getsockname()[1], stack
-    loop.stop()
-    thread.join(TIMEOUT_S)
+    try:
+        yield int(sock.getsockname()[1])
+    finally:
+        loop.stop()
+        thread.join(TIMEOUT_S)
+        sock.close()
     assert not thread.is_alive(), "stop() did not end the loop"
-    sock.close()
+
+
+@pytest.fixture(params=["batched", "single"])
+def loop_port(request: pytest.FixtureRequest, make_stack: MakeStack) -> Iterator[tuple[int, Stack]]:
+    stack = make_stack()
+    with running_loop(stack, "127.0.0.1", request.param == "batched") as port:
+        yield port, stack
 
 
 def test_loop_answers_a_burst_with_each_querys_id(loop_port: tuple[int, Stack]) -> None:
@@ -99,27 +108,18 @@ def ipv6_loopback() -> bool:
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback")
 @pytest.mark.parametrize("batched", [True, False])
 def test_loop_on_ipv6_reports_the_client_address(make_stack: MakeStack, batched: bool) -> None:
-    if batched and not mmsg.available():
-        pytest.skip("recvmmsg/sendmmsg need Linux with glibc")
     stack = make_stack()
-    sock = bind_udp("::1", 0)
-    loop = UdpLoop(sock, stack.authority, time.monotonic)
-    thread = threading.Thread(target=loop.run, kwargs={"batched": batched}, daemon=True)
-    thread.start()
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.settimeout(TIMEOUT_S)
-            s.sendto(query(id=77).to_wire(), ("::1", sock.getsockname()[1]))
-            r = dns.message.from_wire(s.recv(65535))
-        # No ECS: the client address steers. ::1 is special-use: the default order, us-east;
-        # a wrongly decoded address (not special) would very likely land elsewhere or fail.
-        assert r.id == 77 and addresses(r) == US_EAST
-        tiers = stack.authority.cache.tiers(stack.state.fingerprint(0.0))
-        assert [client for _, client, _ in tiers.exact] == ["::1"]  # as recvfrom reports it
-    finally:
-        loop.stop()
-        thread.join(TIMEOUT_S)
-        sock.close()
+    with (
+        running_loop(stack, "::1", batched) as port,
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s,
+    ):
+        s.settimeout(TIMEOUT_S)
+        s.sendto(query(id=77).to_wire(), ("::1", port))
+        r = dns.message.from_wire(s.recv(65535))
+    # No ECS: the client address steers. ::1 is special-use: the default order, us-east.
+    assert r.id == 77 and addresses(r) == US_EAST
+    tiers = stack.authority.cache.tiers(stack.state.fingerprint(0.0))
+    assert [client for _, client, _ in tiers.exact] == ["::1"]  # as recvfrom reports it
 
 
 def free_udp_port() -> int:
