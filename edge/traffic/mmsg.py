@@ -24,7 +24,6 @@ import sys
 BATCH = 64
 SLOT_BYTES = 65536  # a whole datagram per slot: nothing is ever cut
 MSG_WAITFORONE = 0x10000
-MSG_DONTWAIT = 0x40
 SOCKADDR_BYTES = 28  # sockaddr_in6, the larger of the two
 
 
@@ -112,17 +111,12 @@ class Batch:
         self._rlens = memoryview(self._rmsg).cast("B").cast("I")
         self._slens = memoryview(self._siov).cast("B").cast("Q")
 
-    def recv(self, spins: int = 0) -> int:
-        """Wait for datagrams; their count (0: interrupted, look at the stop flag). First try
-        `spins` times without blocking: a thread that sleeps waits for the scheduler to run it
-        again, which on a busy CPU takes longer than the next query takes to arrive."""
+    def recv(self) -> int:
+        """Wait for datagrams; their count (0: interrupted, look at the stop flag)."""
         assert _LIBC is not None
-        fd, msgs = self.sock.fileno(), ctypes.addressof(self._rmsg)
-        for _ in range(spins):
-            n: int = _LIBC.recvmmsg(fd, msgs, self.batch, MSG_DONTWAIT, None)
-            if n > 0:
-                return n
-        n = _LIBC.recvmmsg(fd, msgs, self.batch, MSG_WAITFORONE, None)
+        n: int = _LIBC.recvmmsg(
+            self.sock.fileno(), ctypes.addressof(self._rmsg), self.batch, MSG_WAITFORONE, None
+        )
         if n < 0:
             err = ctypes.get_errno()
             if err in (errno.EINTR, errno.EAGAIN):
