@@ -24,15 +24,15 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from edge.traffic.metrics import DnsStats
+from edge.traffic.metrics import DROPPED, DnsStats
 from edge.traffic.regions import IPNetwork, TrafficConfig
 from edge.traffic.state import TrafficState
 from edge.traffic.steering import Steerer
+from edge.traffic.wire_cache import WireCache
 
 Transport = Literal["udp", "tcp"]
 
 HEADER_BYTES = 12
-WIRE_CACHE_ENTRIES = 100_000
 MIN_UDP_PAYLOAD_BYTES = 512  # RFC 6891 6.2.5: smaller advertised sizes mean 512
 TCP_MAX_BYTES = 65535
 ZONE_TTL_S = 3600  # SOA, NS and glue change with deployments, not with health
@@ -95,8 +95,7 @@ class Authority:
         self.hosts = set(d.hosts)
         self.glue = {g.name: g for g in d.glue}
         self.names = {self.zone, *self.hosts, *self.glue}
-        # Cached answer bytes (id stripped) and the metrics outcome they count as.
-        self._wire_cache: dict[tuple[object, ...], tuple[bytes, int]] = {}
+        self.cache = WireCache()
         self.stats = DnsStats()
         rname = dns.name.Name(("hostmaster",)).concatenate(self.zone)
         # refresh, retry, expire only matter to secondaries; minimum is the negative-cache TTL.
@@ -107,28 +106,36 @@ class Authority:
         )
 
     def handle(
-        self, wire: bytes, client_addr: str, transport: Transport, now: float
+        self,
+        wire: bytes,
+        client_addr: str,
+        transport: Transport,
+        now: float,
+        counts: list[int] | None = None,
     ) -> bytes | None:
+        """`counts`: the calling thread's tally (`DnsStats.tally`); the event loop's when None."""
+        if counts is None:
+            counts = self.stats.counts
         if len(wire) < HEADER_BYTES:
-            self.stats.dropped += 1
+            counts[DROPPED] += 1
             return None  # not even an id to answer to
-        # The same query from the same client in the same state gets the same answer: serve
-        # it from the wire cache with only the id changed. Parsing and rendering a message
-        # with dnspython costs far more than the whole lookup.
-        key = (wire[2:], client_addr, transport, self.state.fingerprint(now))
-        cached = self._wire_cache.get(key)
-        if cached is not None:
-            self.stats.counts[cached[1]] += 1
-            return wire[:2] + cached[0]
+        # The same query in the same state gets the same answer (from anywhere in its ECS
+        # scope): serve it from the wire cache with the id (and ECS address) swapped in, and
+        # count it under the outcome filed with it. Parsing and rendering a message with
+        # dnspython costs far more than the lookup. The fingerprint is read before answering,
+        # so an answer that raced a state change is filed under the old fingerprint, which no
+        # later query reads.
+        tiers = self.cache.tiers(self.state.fingerprint(now))
+        out = tiers.get(wire, client_addr, transport, counts)
+        if out is not None:
+            return out
         answered = self._handle(wire, client_addr, transport, now)
         if answered is None:
-            self.stats.dropped += 1
+            counts[DROPPED] += 1
             return None
         out, outcome = answered
-        self.stats.counts[outcome] += 1
-        if len(self._wire_cache) >= WIRE_CACHE_ENTRIES:
-            self._wire_cache.clear()
-        self._wire_cache[key] = (out[2:], outcome)
+        counts[outcome] += 1
+        tiers.put(wire, client_addr, transport, out, outcome)
         return out
 
     def _handle(

@@ -13,6 +13,8 @@ Rules (the table below is the whole machine):
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -69,6 +71,18 @@ class Drain:
     def __init__(self) -> None:
         self._state = DrainState.ACTIVE
         self._ramp: Ramp | None = None
+        # Told of every start/undrain (TrafficState counts them to invalidate answers).
+        self.on_change: Callable[[], None] | None = None
+
+    def __getstate__(self) -> dict[str, object]:
+        # Sent to worker processes: the callback belongs to this process's TrafficState.
+        return {**self.__dict__, "on_change": None}
+
+    def settles_at(self) -> float:
+        """The time from which `share` stays put until the next event (-inf: already)."""
+        if self._ramp is None or self._ramp.over_s <= 0:
+            return -math.inf
+        return self._ramp.start_s + self._ramp.over_s
 
     def state(self, now: float) -> DrainState:
         self._advance(now)
@@ -99,4 +113,6 @@ class Drain:
         if target is not None:
             self._ramp = Ramp(now, over_s, current, target)
         self._advance(now)
+        if self.on_change is not None:
+            self.on_change()
         return self._state

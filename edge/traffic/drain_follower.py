@@ -33,6 +33,9 @@ class FollowedDrain(Drain):
     def share(self, now: float) -> float:
         return self.ramp.share(now + self.offset_s)
 
+    def settles_at(self) -> float:
+        return self.ramp.start_s + self.ramp.over_s - self.offset_s
+
 
 def apply_regions(state: TrafficState, regions: list[dict[str, object]], offset_s: float) -> None:
     """Installs the control plane's ramps and weights (the `regions` list of GET /v1/regions)."""
@@ -42,12 +45,13 @@ def apply_regions(state: TrafficState, regions: list[dict[str, object]], offset_
         if name not in state.drains:
             continue
         weight = region.get("weight")
-        if isinstance(weight, int) and not isinstance(weight, bool) and 0 <= weight <= 100:
-            state.weights[name] = weight
-        else:
-            state.weights.pop(name, None)
+        valid = isinstance(weight, int) and not isinstance(weight, bool) and 0 <= weight <= 100
+        state.set_weight(name, weight if isinstance(weight, int) and valid else None)
+        current = state.drains[name]
+        # Replaced only when it changes: every replacement drops the cached answers.
         if not isinstance(drain, dict):
-            state.drains[name] = Drain()
+            if isinstance(current, FollowedDrain):
+                state.set_drain(name, Drain())
             continue
         to = 0.0 if drain.get("direction") == "drain" else 1.0
         ramp = Ramp(
@@ -56,7 +60,8 @@ def apply_regions(state: TrafficState, regions: list[dict[str, object]], offset_
             float(drain["from_share"]),
             to,
         )
-        state.drains[name] = FollowedDrain(ramp, offset_s)
+        if not isinstance(current, FollowedDrain) or current.ramp != ramp:
+            state.set_drain(name, FollowedDrain(ramp, offset_s))
 
 
 async def follow_drains(state: TrafficState, url: str, token: str) -> None:

@@ -76,17 +76,19 @@ class GeoDB:
         keep serving from the previous database."""
         new_path = path if path is not None else self.path
         new = _open(new_path)
-        old, self._reader, self.path = self._reader, new, new_path
-        old.close()
+        # The old reader is dropped, not closed: a query on another thread may hold it
+        # mid-lookup; it is unmapped when the last reference goes.
+        self._reader, self.path = new, new_path
 
     def locate(self, addr: IPAddress) -> GeoHit:
-        if self._reader is None:
+        reader = self._reader  # once: a reload may swap it meanwhile
+        if reader is None:
             raise ValueError("GeoDB is closed")
         bits = addr.max_prefixlen
-        if addr.version == 6 and self._reader.metadata().ip_version == 4:
+        if addr.version == 6 and reader.metadata().ip_version == 4:
             return GeoHit(None, ipaddress.ip_network((addr, 0)))
         try:
-            record, prefix = self._reader.get_with_prefix_len(addr)
+            record, prefix = reader.get_with_prefix_len(addr)
         except (maxminddb.InvalidDatabaseError, ValueError):
             # A file that breaks mid-tree must not break DNS: no location, scope the full address.
             return GeoHit(None, ipaddress.ip_network((addr, bits)))

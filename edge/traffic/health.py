@@ -13,6 +13,7 @@ streak reaches the named threshold (None: move at once).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -60,6 +61,8 @@ class NodeHealth:
         self.last_check_s: float | None = None
         self.changed_s: float | None = None
         self.changes: dict[NodeState, int] = {}  # by the state entered, for metrics
+        # Told of every change of `state` (TrafficState counts them to invalidate answers).
+        self.on_change: Callable[[], None] | None = None
 
     @property
     def serving(self) -> bool:
@@ -87,6 +90,8 @@ class NodeHealth:
             self.state = t.target
             self.changed_s = now
             self.changes[t.target] = self.changes.get(t.target, 0) + 1
+            if self.on_change is not None:
+                self.on_change()
         return self.state
 
 

@@ -1,12 +1,13 @@
 """`edge dns --config traffic.toml`: the authoritative geo-DNS server as one process.
 
 Wires the pieces once, in one direction: traffic.toml -> GeoDB -> Steerer and TrafficState ->
-Authority -> DnsServer (UDP+TCP), with the HealthChecker feeding the same TrafficState. All of
-it runs on one event loop, which is what lets `TrafficState` go without locks.
+Authority -> DnsServer (UDP on a thread, TCP on the event loop), with the HealthChecker and the
+drain follower feeding the same TrafficState on the event loop. `dns.workers` > 1 adds UDP
+worker processes on the same port that follow that state (edge/traffic/workers.py).
 
 Signals: SIGHUP re-opens the geo database file (operators replace it on disk when MaxMind
 publishes a new one) and keeps the old one if the new file does not load; SIGINT and SIGTERM
-stop the server, close the sockets and the health probes, and return.
+stop the server, the workers, the sockets and the health probes, and return.
 
     python -m edge.traffic.main --config bench/gdnsd/traffic.toml --port 5353
 """
@@ -34,6 +35,7 @@ from edge.traffic.regions import check_listen, load_traffic_config
 from edge.traffic.server import DnsServer
 from edge.traffic.state import TrafficState
 from edge.traffic.steering import Steerer
+from edge.traffic.workers import WorkerPool, default_workers
 
 # Loopback unless told otherwise: a server started by hand for a try-out must not answer the
 # network. Production passes --host with the service address (or 0.0.0.0).
@@ -67,6 +69,15 @@ def reload_geodb(geo: GeoDB, out: Output | None = None) -> bool:
     return True
 
 
+def _reloaded(
+    geo: GeoDB, steerer: Steerer, state: TrafficState, pool: WorkerPool, out: Output
+) -> None:
+    if reload_geodb(geo, out):
+        steerer.forget()  # cached answers came from the old database
+        state.invalidate()
+        pool.reload_geodb()
+
+
 def _endpoint(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -79,10 +90,13 @@ async def run_dns(
     geoip_db: Path | None = None,
     control: tuple[str, str] | None = None,
     metrics_listen: str | None = None,
+    workers: int | None = None,
     out: Output | None = None,
 ) -> None:
     """`control`: (URL, token) of a control plane whose region drains to follow.
     `metrics_listen`: HOST:PORT for /metrics, over `[dns] metrics_listen` ("" turns it off).
+    `workers`: UDP workers in all, this process included (default `dns.workers`; 0 there: one
+    per CPU).
 
     Serve until SIGINT/SIGTERM (or until cancelled). `port` 0 binds a free port; the ready
     line on stderr (or the ready event with --json) names the one bound, which is how scripts
@@ -92,18 +106,24 @@ async def run_dns(
     host = listen_host or DEFAULT_HOST
     with open_geodb(geoip_db) as geo:
         state = TrafficState(config)
-        authority = Authority(config, Steerer(config.regions, config.steering, geo), state)
+        steerer = Steerer(config.regions, config.steering, geo)
+        authority = Authority(config, steerer, state)
         server = DnsServer(authority, tcp_idle_timeout_s=config.dns.tcp_idle_timeout_s)
         want = config.dns.port if port is None else port
+        count = workers if workers is not None else config.dns.workers
+        count = count or default_workers()
         try:
-            bound = await server.start(host, want)
+            bound = await server.start(
+                host, want, udp_threads=config.dns.udp_threads, reuse_port=count > 1
+            )
         except OSError as e:  # taken, privileged (< 1024 without the capability), not ours
             raise OSError(f"cannot listen on {_endpoint(host, want)} (udp+tcp): {e}") from e
+        pool = WorkerPool(config, geo, state, host, bound, authority.stats)
         scrape = config.dns.metrics_listen if metrics_listen is None else metrics_listen
         exporter = None
         if scrape:
             try:
-                exporter = serve_metrics(scrape, DnsCollector(authority.stats, state))
+                exporter = serve_metrics(scrape, DnsCollector(authority.stats, state, pool.ship))
             except OSError as e:
                 await server.close()
                 raise OSError(f"cannot listen for metrics on {scrape}: {e}") from e
@@ -115,13 +135,15 @@ async def run_dns(
             signal.SIGTERM: stop.set,
             # The reload runs on the loop between queries, so no query sees a half-swapped DB;
             # opening an .mmdb is an mmap plus a few probe lookups, short enough to do inline.
-            signal.SIGHUP: lambda: reload_geodb(geo, say),
+            signal.SIGHUP: lambda: _reloaded(geo, steerer, state, pool, say),
         }
         installed = []
         follower = (
             asyncio.create_task(follow_drains(state, control[0], control[1])) if control else None
         )
         try:
+            await pool.start(count - 1)
+            pool.watch()
             checker.start()
             for sig, handler in handlers.items():
                 # Off the main thread (an embedding test) there are no signal handlers: the
@@ -131,12 +153,18 @@ async def run_dns(
                     installed.append(sig)
             if exporter is not None:
                 say.note(f"edge dns: metrics at http://{scrape}/metrics")
+            threads = config.dns.udp_threads
+            say.note(
+                f"edge dns: answering UDP with {count} worker{'s' if count > 1 else ''} "
+                f"of {threads} thread{'s' if threads > 1 else ''}"
+            )
             say.event(
                 "ready",
                 f"edge dns: authoritative for {config.dns.zone} on {_endpoint(host, bound)} "
                 "(udp+tcp)",
                 zone=str(config.dns.zone), host=host, port=bound,
                 metrics=f"http://{scrape}/metrics" if exporter is not None else None,
+                workers=count, udp_threads=threads,
             )
             await stop.wait()
             say.event("stopping", "edge dns: stopping")
@@ -146,6 +174,7 @@ async def run_dns(
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await checker.aclose()
+            await pool.aclose()
             await server.close()
             if exporter is not None:
                 exporter.shutdown()
@@ -167,6 +196,10 @@ def dns(
         str | None,
         typer.Option(help="HOST:PORT for Prometheus /metrics (default: dns.metrics_listen)"),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=0, max=256, help="UDP workers (default: dns.workers; 0: one per CPU)"),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Serve the traffic.toml zone as an authoritative geo-DNS server (UDP and TCP).
@@ -186,7 +219,8 @@ def dns(
             check_listen(metrics_listen, "--metrics-listen")
         try:
             asyncio.run(run_dns(config, listen_host=host, port=port, geoip_db=geoip_db,
-                                control=follow, metrics_listen=metrics_listen, out=out))
+                                control=follow, metrics_listen=metrics_listen, workers=workers,
+                                out=out))
         except OSError as e:
             raise ListenFailed(str(e)) from None
         except KeyboardInterrupt:  # a Ctrl-C before the handlers are in place

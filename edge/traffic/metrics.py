@@ -3,9 +3,14 @@ when scraped, and served by a small HTTP listener (`[dns] metrics_listen` or `ed
 --metrics-listen HOST:PORT`; off by default, so a DNS server never opens a port it was not
 told to).
 
-Per query the Authority bumps `counts[outcome]`, where an outcome (query type, rcode, steered
-region, transport) is interned to an index once, and a wire-cache hit carries the index of the
-answer it repeats, so a cached answer costs one increment and no parsing. Labels are bounded:
+Per query the Authority bumps `counts[outcome]` in the tally of the thread answering (each UDP
+thread has its own, the event loop another, so no increment races another writer), where an
+outcome (query type, rcode, steered region, transport) is interned to an index once per
+process, and a wire-cache hit carries the index of the answer it repeats, so a cached answer
+costs one increment and no parsing. UDP worker processes count in their own DnsStats and ship
+what they counted since the last time to the parent (`since` there, `add` here), every second
+and on every scrape (edge/traffic/workers.py), so the parent's /metrics counts every process.
+Labels are bounded:
 query types outside a short list are `other`, rcodes are the few we send, regions come from
 traffic.toml, nodes from traffic.toml. No client addresses or names.
 
@@ -17,6 +22,7 @@ region}` (1 while served), `edge_dns_region_share{region}` (drain share now).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
@@ -37,14 +43,30 @@ QTYPES = frozenset(
 Outcome = tuple[str, str, str, str]  # (qtype, rcode, region or "", transport)
 
 
+# Tally slot 0: packets answered with silence (too short, or not a query).
+DROPPED = 0
+_DROPPED_KEY: Outcome = ("", "", "", "")
+Shipment = list[tuple[Outcome, int]]  # counts by outcome, from a worker process
+
+
 class DnsStats:
-    """Query outcomes as plain integers; the event loop (or one worker) is the only writer."""
+    """Query outcomes as plain integers, in one tally (list) per writing thread."""
 
     def __init__(self) -> None:
-        self.counts: list[int] = []
-        self.dropped = 0
-        self._outcomes: list[Outcome] = []
+        self._lock = threading.Lock()  # interning, tallies joining, shipments
+        self._outcomes: list[Outcome] = [_DROPPED_KEY]
         self._ids: dict[Outcome, int] = {}
+        self._tallies: list[list[int]] = []
+        self._shipped: dict[Outcome, int] = {}  # from worker processes
+        self._sent: list[int] = []  # this process's totals at the last `since`
+        self.counts = self.tally()  # the event loop's (TCP)
+
+    def tally(self) -> list[int]:
+        """A new tally for one thread to count into: only that thread may write it."""
+        with self._lock:
+            counts = [0] * len(self._outcomes)
+            self._tallies.append(counts)
+        return counts
 
     def outcome(
         self,
@@ -57,15 +79,52 @@ class DnsStats:
         key = (_qtype_label(qtype), dns.rcode.to_text(rcode), region or "", transport)
         index = self._ids.get(key)
         if index is None:
-            index = self._ids[key] = len(self._outcomes)
-            self._outcomes.append(key)
-            self.counts.append(0)
+            with self._lock:
+                index = self._ids.get(key)
+                if index is None:
+                    index = len(self._outcomes)
+                    self._outcomes.append(key)
+                    for counts in self._tallies:
+                        counts.append(0)
+                    # Published last: any thread that sees the index finds its slot.
+                    self._ids[key] = index
         return index
 
+    def _local(self) -> tuple[list[Outcome], list[int]]:
+        """This process's outcomes and their totals over every tally."""
+        with self._lock:
+            outcomes = list(self._outcomes)
+            tallies = [list(t) for t in self._tallies]
+        return outcomes, [sum(t[i] for t in tallies) for i in range(len(outcomes))]
+
     def totals(self) -> list[tuple[Outcome, int]]:
-        # Copies first: the loop may append an outcome while a scrape reads (another thread).
-        outcomes, counts = list(self._outcomes), list(self.counts)
-        return list(zip(outcomes, counts, strict=False))
+        """Answered queries by outcome: this process's and those shipped by workers."""
+        outcomes, totals = self._local()
+        merged = dict(zip(outcomes[1:], totals[1:], strict=True))
+        with self._lock:
+            shipped = dict(self._shipped)
+        shipped.pop(_DROPPED_KEY, None)
+        for key, count in shipped.items():
+            merged[key] = merged.get(key, 0) + count
+        return list(merged.items())
+
+    def dropped(self) -> int:
+        _, totals = self._local()
+        with self._lock:
+            return totals[DROPPED] + self._shipped.get(_DROPPED_KEY, 0)
+
+    def since(self) -> Shipment:
+        """What this process counted since the last call (a worker's shipment); one caller."""
+        outcomes, totals = self._local()
+        sent = self._sent + [0] * (len(totals) - len(self._sent))
+        self._sent = totals
+        return [(o, n - s) for o, n, s in zip(outcomes, totals, sent, strict=True) if n > s]
+
+    def add(self, shipment: Shipment) -> None:
+        """Counts shipped by a worker process."""
+        with self._lock:
+            for key, count in shipment:
+                self._shipped[key] = self._shipped.get(key, 0) + count
 
 
 def _qtype_label(qtype: dns.rdatatype.RdataType | None) -> str:
@@ -76,13 +135,20 @@ def _qtype_label(qtype: dns.rdatatype.RdataType | None) -> str:
 
 class DnsCollector(Collector):
     def __init__(
-        self, stats: DnsStats, state: TrafficState, clock: Callable[[], float] = time.monotonic
+        self,
+        stats: DnsStats,
+        state: TrafficState,
+        refresh: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stats = stats
         self.state = state
+        self.refresh = refresh  # brings in the workers' counts before a scrape reads them
         self.clock = clock  # the DNS server's clock, which drains run on
 
     def collect(self) -> Iterator[Metric]:
+        if self.refresh is not None:
+            self.refresh()
         queries: dict[tuple[str, str, str], int] = {}
         answers: dict[str, int] = {r.name: 0 for r in self.state.config.regions}
         for (qtype, rcode, region, transport), count in self.stats.totals():
@@ -105,7 +171,7 @@ class DnsCollector(Collector):
         yield a
         yield CounterMetricFamily(
             "edge_dns_dropped", "Packets not answered (too short, or not a query)",
-            value=self.stats.dropped,
+            value=self.stats.dropped(),
         )  # fmt: skip
         changes = CounterMetricFamily(
             "edge_dns_health_changes", "Node health state changes, by the state entered",

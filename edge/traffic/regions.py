@@ -8,6 +8,8 @@ ttl_s = 30
 port = 53
 tcp_idle_timeout_s = 10
 metrics_listen = "127.0.0.1:9153"     # Prometheus /metrics over HTTP; "" (the default): none
+workers = 0                           # UDP worker processes; 0 = one per usable CPU
+udp_threads = 2                       # UDP sockets+threads per process (system calls overlap)
 
 [[dns.glue]]                          # addresses for in-zone nameservers
 name = "ns1.edge.test."
@@ -61,6 +63,8 @@ REGION_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
 CONTINENTS = ("AF", "AN", "AS", "EU", "NA", "OC", "SA")
 MAX_TTL_S = 86_400
+MAX_WORKERS = 256
+MAX_UDP_THREADS = 64
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class DnsConfig:
     # Our own EDNS UDP payload ceiling: 1232 avoids IP fragmentation (DNS flag day 2020).
     max_udp_payload_bytes: int = 1232
     metrics_listen: str = ""  # HOST:PORT of the /metrics HTTP listener; "" = none
+    workers: int = 0  # 0: one per CPU this process may run on
+    udp_threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,8 @@ def _parse_dns(root: Table) -> DnsConfig:
             "tcp_idle_timeout_s",
             "max_udp_payload_bytes",
             "metrics_listen",
+            "workers",
+            "udp_threads",
         }
     )
     zone = _name(t, "zone", t.require("zone", str), None)
@@ -202,6 +210,11 @@ def _parse_dns(root: Table) -> DnsConfig:
                 tuple(ipaddress.IPv6Address(_addr(g, "ipv6", a, 6)) for a in _strings(g, "ipv6")),
             )
         )
+    workers = t.get("workers", int, 0)
+    if not 0 <= workers <= MAX_WORKERS:
+        raise ConfigError(
+            f"{t.where('workers')} must be between 0 and {MAX_WORKERS}, got {workers}"
+        )
     port = t.get("port", int, 53)
     if not 0 <= port <= 65535:
         raise ConfigError(f"{t.where('port')} must be between 0 and 65535, got {port}")
@@ -216,6 +229,8 @@ def _parse_dns(root: Table) -> DnsConfig:
         tcp_idle_timeout_s=_float_in(t, "tcp_idle_timeout_s", 0.01, 3600.0, 10.0),
         max_udp_payload_bytes=t.positive_int("max_udp_payload_bytes", 1232, 65535),
         metrics_listen=check_listen(t.get("metrics_listen", str, ""), t.where("metrics_listen")),
+        workers=workers,
+        udp_threads=t.positive_int("udp_threads", 2, MAX_UDP_THREADS),
     )
 
 

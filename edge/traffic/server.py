@@ -1,4 +1,5 @@
-"""Thin asyncio shells around `Authority.handle`: UDP datagrams and TCP with 2-byte framing."""
+"""The server around `Authority.handle`: UDP on a blocking thread (udp_loop), TCP with 2-byte
+framing on asyncio (rare, and it needs timeouts per connection)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import cast
 
 from edge.traffic.dns import Authority
+from edge.traffic.udp_loop import UdpThread, bind_udp
 
 log = logging.getLogger(__name__)
 
@@ -17,31 +18,6 @@ Clock = Callable[[], float]
 MAX_TCP_CONNECTIONS = 256
 MAX_QUERIES_PER_CONNECTION = 1000  # then close; the client reconnects (bounds one peer's hold)
 BIND_ATTEMPTS = 20
-
-
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, authority: Authority, clock: Clock) -> None:
-        self.authority = authority
-        self.clock = clock
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # The selector loop's datagram transport does not subclass DatagramTransport.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        try:
-            reply = self.authority.handle(data, str(addr[0]), "udp", self.clock())
-        except Exception:
-            # handle() promises not to raise; if a bug makes it, one query is lost, not the server.
-            log.exception("dns: handler failed on a UDP query from %s", addr[0])
-            return
-        if reply is not None and self.transport is not None:
-            self.transport.sendto(reply, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable from a client that went away: nothing to do.
-        log.debug("dns: udp error %s", exc)
 
 
 class DnsServer:
@@ -52,26 +28,38 @@ class DnsServer:
         self.tcp_idle_timeout_s = tcp_idle_timeout_s
         self.clock = clock
         self.port = 0
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: list[UdpThread] = []
         self._tcp: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self, host: str, port: int) -> int:
-        """Bind UDP and TCP on the same port (port 0: a free one) and return it."""
-        loop = asyncio.get_running_loop()
+    async def start(
+        self, host: str, port: int, *, udp_threads: int = 1, reuse_port: bool = False
+    ) -> int:
+        """Bind UDP and TCP on the same port (port 0: a free one) and return it, with one UDP
+        socket and thread per `udp_threads`. `reuse_port`: worker processes will bind more
+        UDP sockets on it (`bind_udp(..., reuse_port=True)`)."""
+        reuse_port = reuse_port or udp_threads > 1
         last_error: OSError | None = None
         for _ in range(BIND_ATTEMPTS if port == 0 else 1):
-            udp, _proto = await loop.create_datagram_endpoint(
-                lambda: _Udp(self.authority, self.clock), local_addr=(host, port)
-            )
-            bound = int(udp.get_extra_info("sockname")[1])
+            udp = bind_udp(host, port, reuse_port=reuse_port)
+            bound = int(udp.getsockname()[1])
             try:
                 self._tcp = await asyncio.start_server(self._serve_tcp, host, bound)
             except OSError as e:  # the TCP side of a free UDP port can be taken: try another
                 udp.close()
                 last_error = e
                 continue
-            self._udp, self.port = udp, bound
+            socks = [udp]
+            try:
+                for _ in range(udp_threads - 1):
+                    socks.append(bind_udp(host, bound, reuse_port=True))
+            except OSError:
+                for sock in socks:
+                    sock.close()
+                self._tcp.close()
+                raise
+            self._udp = [UdpThread(sock, self.authority, self.clock) for sock in socks]
+            self.port = bound
             return bound
         raise OSError(f"dns: could not bind UDP and TCP on {host}:{port}: {last_error}")
 
@@ -107,9 +95,9 @@ class DnsServer:
                 await writer.wait_closed()
 
     async def close(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
+        for thread in self._udp:
+            await asyncio.to_thread(thread.stop)
+        self._udp = []
         if self._tcp is not None:
             self._tcp.close()
             for writer in list(self._writers):  # idle keep-alive clients would hold wait_closed

@@ -1,28 +1,82 @@
 """The live traffic state: one NodeHealth per node and one Drain per region, read per query.
 
-Only the event loop touches it (health checker and DNS handler run on the same loop), so it
-needs no locking.
+Answers are cached (`wire_cache`), so every change that can move an answer bumps `generation`:
+node health transitions and drain events report themselves through `on_change`, drains and
+weights from the control plane go through `set_drain` / `set_weight`. While a drain ramp moves,
+the shares (in the 1% steps steering uses) are part of the fingerprint too, so answers follow
+the ramp without an event.
+
+Writers: the health checker and drain follower on the event loop, or, in a UDP worker process,
+the thread applying the parent's snapshots (`apply`). Readers may run on another thread; a
+reader that raced a write serves that one answer and drops its cache at the next query, because
+the generation is bumped after the write and readers take the fingerprint before they answer.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from edge.traffic.drain import Drain
-from edge.traffic.health import NodeHealth
+from edge.traffic.health import NodeHealth, NodeState
 from edge.traffic.regions import IPAddress, Node, TrafficConfig
 from edge.traffic.steering import RegionStatus, quantize_share
+
+
+@dataclass(frozen=True)
+class StateSnapshot:
+    """What a worker process needs to answer like the parent: picklable, no callbacks."""
+
+    health: tuple[tuple[str, NodeState], ...]
+    drains: tuple[tuple[str, Drain], ...]
+    weights: tuple[tuple[str, int], ...]
 
 
 class TrafficState:
     def __init__(self, config: TrafficConfig) -> None:
         self.config = config
         h = config.health
-        self.health: dict[str, NodeHealth] = {
-            n.name: NodeHealth(rise=h.rise, fall=h.fall, interval_s=h.interval_s)
-            for n in config.nodes
-        }
-        self.drains: dict[str, Drain] = {r.name: Drain() for r in config.regions}
+        self.generation = 0
+        self._moving_until = -math.inf
+        self.listeners: list[Callable[[], None]] = []
+        self.health: dict[str, NodeHealth] = {}
+        for n in config.nodes:
+            health = NodeHealth(rise=h.rise, fall=h.fall, interval_s=h.interval_s)
+            health.on_change = self._changed
+            self.health[n.name] = health
+        self.drains: dict[str, Drain] = {}
+        for r in config.regions:
+            self.set_drain(r.name, Drain())
         # Weights set at the control plane, over traffic.toml's (see drain_follower).
         self.weights: dict[str, int] = {}
+
+    def _changed(self) -> None:
+        self._moving_until = max((d.settles_at() for d in self.drains.values()), default=-math.inf)
+        self.generation += 1
+        for listener in self.listeners:
+            listener()
+
+    def invalidate(self) -> None:
+        """Something answers depend on changed outside this state (the geo database)."""
+        self._changed()
+
+    def set_drain(self, region: str, drain: Drain) -> None:
+        drain.on_change = self._changed
+        self.drains[region] = drain
+        self._changed()
+
+    def set_weight(self, region: str, weight: int | None) -> None:
+        """`None`: back to traffic.toml's weight."""
+        if self.weights.get(region) == weight:
+            return
+        weights = dict(self.weights)  # replaced whole: a reader never sees it change size
+        if weight is None:
+            weights.pop(region, None)
+        else:
+            weights[region] = weight
+        self.weights = weights
+        self._changed()
 
     def status(self, now: float, family: int) -> dict[str, RegionStatus]:
         """Regions that have addresses of `family` (4 or 6), with health for that family."""
@@ -35,14 +89,33 @@ class TrafficState:
                 out[r.name] = RegionStatus(healthy, share, self.weights.get(r.name, r.weight))
         return out
 
-    def fingerprint(self, now: float) -> tuple[object, ...]:
-        """Everything answers depend on besides the query: node health and drain shares (to
-        the 1% steps steering uses). Equal fingerprints mean equal answers."""
-        return (
-            tuple(h.serving for h in self.health.values()),
-            tuple(quantize_share(d.share(now)) for d in self.drains.values()),
-            tuple(sorted(self.weights.items())),
+    def fingerprint(self, now: float) -> object:
+        """Equal fingerprints mean equal answers: the generation, plus the drain shares (to
+        the 1% steps steering uses) while a ramp moves. Cheap when nothing moves: it runs
+        for every query."""
+        if now < self._moving_until:
+            shares = tuple(quantize_share(d.share(now)) for d in self.drains.values())
+            return (self.generation, shares)
+        return self.generation
+
+    def snapshot(self) -> StateSnapshot:
+        return StateSnapshot(
+            tuple((name, h.state) for name, h in self.health.items()),
+            tuple(self.drains.items()),
+            tuple(self.weights.items()),
         )
+
+    def apply(self, snapshot: StateSnapshot) -> None:
+        """Take over another process's state (health as decided there, not re-checked)."""
+        for name, node_state in snapshot.health:
+            if name in self.health:
+                self.health[name].state = node_state
+        for name, drain in snapshot.drains:
+            if name in self.drains:
+                drain.on_change = self._changed
+                self.drains[name] = drain
+        self.weights = {k: v for k, v in snapshot.weights if k in self.drains}
+        self._changed()
 
     def addresses(self, region: str, family: int) -> list[IPAddress]:
         """Addresses of the region's served nodes; all of them when none is (fail open)."""

@@ -155,18 +155,44 @@ def single_answer(status: Mapping[str, RegionStatus]) -> str | None:
     return None
 
 
-def _narrow(addr: IPAddress, net: IPNetwork, boundaries: Iterable[IPNetwork]) -> IPNetwork:
+Boundary = tuple[int, int]  # (prefix length, network address as an int)
+
+
+def _boundaries(networks: Iterable[IPNetwork]) -> dict[int, tuple[Boundary, ...]]:
+    """By IP version, as integers: `order` runs dozens of times per new client subnet (scope
+    widening), and ipaddress containment tests cost microseconds each."""
+    out: dict[int, list[Boundary]] = {4: [], 6: []}
+    for n in networks:
+        out[n.version].append((n.prefixlen, int(n.network_address)))
+    return {v: tuple(b) for v, b in out.items()}
+
+
+def _narrow(addr: IPAddress, net: IPNetwork, boundaries: tuple[Boundary, ...]) -> IPNetwork:
     """Shrink `net` (around `addr`) until no boundary network lies strictly inside it, so every
     address in the result has the same longest-match among the boundaries."""
-    inner = [b for b in boundaries if b.version == net.version]
-    while net.prefixlen < net.max_prefixlen:
-        if not any(b.prefixlen > net.prefixlen and b.subnet_of(net) for b in inner):  # type: ignore[arg-type]
+    bits = net.max_prefixlen
+    value = int(net.network_address)
+    prefix = net.prefixlen
+    while prefix < bits:
+        shift = bits - prefix
+        if not any(p > prefix and b >> shift == value >> shift for p, b in boundaries):
             break
-        net = ipaddress.ip_network((addr, net.prefixlen + 1), strict=False)
-    return net
+        prefix += 1
+        value = (int(addr) >> (bits - prefix)) << (bits - prefix)
+    if prefix == net.prefixlen:
+        return net
+    return ipaddress.ip_network((addr, prefix), strict=False)
+
+
+def _special(addr: IPAddress, special: tuple[Boundary, ...]) -> int | None:
+    """The prefix length of the widest special-use network holding `addr`, if any."""
+    bits, value = addr.max_prefixlen, int(addr)
+    hits = [p for p, b in special if value >> (bits - p) == b >> (bits - p)]
+    return min(hits) if hits else None
 
 
 ANSWER_CACHE_ENTRIES = 65536
+TAIL_CACHE_ENTRIES = 65536  # distinct DB locations (city coordinates)
 
 
 class _AnswerCache:
@@ -188,6 +214,9 @@ class _AnswerCache:
             if hit is not None:
                 return hit
         return None
+
+    def clear(self) -> None:
+        self._entries.clear()
 
     def put(self, key: object, subnet: IPNetwork, answer: Answer) -> None:
         if answer.scope_prefix > subnet.prefixlen:
@@ -218,7 +247,13 @@ class Steerer:
         self._cache = _AnswerCache()
         self._countries = dict(steering.by_country)
         self._continents = dict(steering.by_continent)
-        self._boundaries = (*(n for n, _ in steering.by_cidr), *SPECIAL_NETWORKS)
+        self._boundaries = _boundaries((*(n for n, _ in steering.by_cidr), *SPECIAL_NETWORKS))
+        self._special = _boundaries(SPECIAL_NETWORKS)
+        self._tails: dict[tuple[float, float] | None, list[str]] = {}
+
+    def forget(self) -> None:
+        """Drop cached answers: the geo database under them changed."""
+        self._cache.clear()
 
     def _override(self, addr: IPAddress, loc: Location | None) -> tuple[str, ...] | None:
         for net, order in self._steering.by_cidr:
@@ -232,6 +267,17 @@ class Steerer:
 
     def _tail(self, loc: Location | None) -> list[str]:
         """All regions, nearest first when the location is known, else in default order."""
+        key = None
+        if loc is not None and loc.latitude_deg is not None and loc.longitude_deg is not None:
+            key = (loc.latitude_deg, loc.longitude_deg)
+        tail = self._tails.get(key)
+        if tail is None:
+            if len(self._tails) >= TAIL_CACHE_ENTRIES:
+                self._tails.clear()
+            tail = self._tails[key] = self._sorted_tail(loc)
+        return tail
+
+    def _sorted_tail(self, loc: Location | None) -> list[str]:
         if loc is not None and loc.latitude_deg is not None and loc.longitude_deg is not None:
             lat, lon = loc.latitude_deg, loc.longitude_deg
             return [
@@ -246,13 +292,13 @@ class Steerer:
 
     def order(self, addr: IPAddress) -> tuple[tuple[str, ...], IPNetwork]:
         """Regions best first for `addr`, and the network around it with the same order."""
-        special = [n for n in SPECIAL_NETWORKS if n.version == addr.version and addr in n]
-        if special:
-            loc, net = None, min(special, key=lambda n: n.prefixlen)
+        special = _special(addr, self._special[addr.version])
+        if special is not None:
+            loc, net = None, ipaddress.ip_network((addr, special), strict=False)
         else:
             hit = self._geo.locate(addr)
             loc, net = hit.location, hit.network
-        net = _narrow(addr, net, self._boundaries)
+        net = _narrow(addr, net, self._boundaries[addr.version])
         head = list(self._override(addr, loc) or ())
         order = head + [r for r in self._tail(loc) if r not in head]
         return tuple(order), net

@@ -1,3 +1,4 @@
+import ipaddress
 import struct
 
 import dns.edns
@@ -9,6 +10,7 @@ import dns.rdatatype
 import pytest
 
 from edge.traffic.dns import Transport
+from edge.traffic.wire_cache import parse_ecs
 
 from .conftest import BASE_TOML, MakeStack, Stack
 
@@ -273,8 +275,99 @@ def test_wire_cache_answers_repeats_with_their_own_id_and_follows_health(
     b = ask_wire(stack, again.to_wire())
     assert a is not None and b is not None
     assert a[:2] == b"\x00\x01" and b[:2] == b"\x00\x02" and a[2:] == b[2:]
-    assert len(stack.authority._wire_cache) == 1  # the repeat was served from the cache
+    assert stack.authority.cache.exact_hits == 1  # the repeat was served from the cache
     stack.set_node("eu-west-1", up=False)
     stack.set_node("eu-west-2", up=False)
     moved = dns.message.from_wire(ask_wire(stack, again.to_wire()) or b"")
     assert addresses(moved) == {"192.0.2.1"}  # a health change is a different cache key
+
+
+def _scope_net(r: dns.message.Message) -> ipaddress.IPv4Network:
+    echoed = ecs_of(r)
+    return ipaddress.IPv4Network((echoed.address, echoed.scopelen), strict=False)
+
+
+def test_scope_cache_serves_another_subnet_of_the_scope_with_its_id_and_address(
+    make_stack: MakeStack,
+) -> None:
+    stack = make_stack()
+    first = ask(stack, query(ecs=dns.edns.ECSOption("81.2.69.142", 32), id=7))
+    scope = _scope_net(first)
+    assert scope.prefixlen == 31  # the London network of the test DB
+    # The other address of the /31: same scope network, another subnet, another id.
+    other = query(ecs=dns.edns.ECSOption("81.2.69.143", 32), id=9)
+    out = ask_wire(stack, other.to_wire())
+    assert out is not None and stack.authority.cache.scope_hits == 1
+    r = dns.message.from_wire(out)
+    assert r.id == 9 and addresses(r) == addresses(first)
+    echoed = ecs_of(r)
+    assert (echoed.address, echoed.srclen, echoed.scopelen) == ("81.2.69.143", 32, 31)
+    # The same as the full path renders for that query in a fresh stack (dnspython shuffles
+    # the records of an RRset, so compare them as sets).
+    fresh = dns.message.from_wire(ask_wire(make_stack(), other.to_wire()) or b"")
+    assert (r.flags, r.rcode(), r.payload, r.answer[0].ttl) == (
+        fresh.flags, fresh.rcode(), fresh.payload, fresh.answer[0].ttl,
+    )  # fmt: skip
+    assert addresses(r) == addresses(fresh) and ecs_of(r) == ecs_of(fresh)
+
+
+def test_scope_cache_never_answers_outside_the_scope_or_across_types(make_stack: MakeStack) -> None:
+    stack = make_stack()
+    ask(stack, query(ecs=dns.edns.ECSOption("81.2.69.142", 32)))
+    seattle = ask(stack, query(ecs=dns.edns.ECSOption("216.160.83.56", 32)))
+    assert addresses(seattle) == {"192.0.2.1"}
+    aaaa = ask(stack, query(rdtype="AAAA", ecs=dns.edns.ECSOption("81.2.69.143", 32)))
+    assert addresses(aaaa) == {"2001:db8::11"}
+    # A different EDNS payload size is a different key: the client's UDP size is respected.
+    big = ask(stack, query(ecs=dns.edns.ECSOption("81.2.69.143", 32), payload=4096))
+    assert big.payload == 1232 and addresses(big) == {"192.0.2.11", "192.0.2.12"}
+    assert stack.authority.cache.scope_hits == 0
+
+
+def test_scope_cache_follows_health_and_drain(make_stack: MakeStack) -> None:
+    stack = make_stack()
+    ask(stack, query(ecs=dns.edns.ECSOption("81.2.69.142", 32)))
+    stack.set_node("eu-west-1", up=False)
+    stack.set_node("eu-west-2", up=False)
+    moved = ask(stack, query(ecs=dns.edns.ECSOption("81.2.69.143", 32)))
+    assert addresses(moved) == {"192.0.2.1"}
+    stack.set_node("eu-west-1", up=True)
+    stack.set_node("eu-west-2", up=True)
+    assert addresses(ask(stack, query(ecs=LONDON_ECS))) == {"192.0.2.11", "192.0.2.12"}
+    stack.state.drains["eu-west"].start(0.0, over_s=0)
+    assert addresses(ask(stack, query(ecs=LONDON_ECS))) == {"192.0.2.1"}
+    stack.state.set_weight("us-east", 0)
+    assert addresses(ask(stack, query(ecs=LONDON_ECS))) == {"192.0.2.21"}
+
+
+def test_cache_follows_a_drain_ramp_without_events(make_stack: MakeStack) -> None:
+    """Mid-ramp the shares move with the clock alone; the cache must not freeze them."""
+    stack = make_stack()
+    stack.state.drains["eu-west"].start(0.0, over_s=100.0)
+    london = query(ecs=LONDON_ECS).to_wire()
+    first = dns.message.from_wire(ask_wire(stack, london, now=0.0) or b"")
+    assert addresses(first) == {"192.0.2.11", "192.0.2.12"}
+    end = dns.message.from_wire(ask_wire(stack, london, now=100.0) or b"")
+    assert addresses(end) == {"192.0.2.1"}  # drained: the cached eu-west answer is gone
+
+
+def test_parse_ecs_takes_only_the_plain_shape() -> None:
+    plain = query(ecs=dns.edns.ECSOption("81.2.69.0", 24)).to_wire()
+    parsed = parse_ecs(plain)
+    assert parsed is not None and parsed[1:] == (32, 24, int(ipaddress.IPv4Address("81.2.69.0")))
+    assert plain[parsed[0] :] == bytes([81, 2, 69])
+    v6 = parse_ecs(query(ecs=dns.edns.ECSOption("2001:218::", 32)).to_wire())
+    assert v6 is not None and v6[1:3] == (128, 32)
+    assert parse_ecs(query().to_wire()) is None  # no OPT
+    assert parse_ecs(query(use_edns=0).to_wire()) is None  # OPT without ECS
+    assert parse_ecs(query(ecs=dns.edns.ECSOption("81.2.69.0", 0)).to_wire()) is None
+    stray = bytearray(plain)
+    stray[-5] = 23  # source /23, but 81.2.69 has a bit set past it
+    assert parse_ecs(bytes(stray)) is None
+    cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"12345678")
+    two = dns.message.make_query(
+        "www.edge.test.", "A", use_edns=0, options=[LONDON_ECS, cookie]
+    ).to_wire()
+    assert parse_ecs(two) is None
+    for cut in range(len(plain)):
+        parse_ecs(plain[:cut])  # never raises on a truncated query

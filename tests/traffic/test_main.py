@@ -158,8 +158,8 @@ class DnsProcess:
 def start_dns(tmp_path: Path) -> Iterator[Callable[..., DnsProcess]]:
     procs: list[DnsProcess] = []
 
-    def start(config: Path, geoip_db: Path = CITY_TEST_DB) -> DnsProcess:
-        procs.append(DnsProcess(config, geoip_db))
+    def start(config: Path, geoip_db: Path = CITY_TEST_DB, *extra: str) -> DnsProcess:
+        procs.append(DnsProcess(config, geoip_db, extra))
         return procs[-1]
 
     yield start
@@ -212,15 +212,23 @@ def test_serves_geo_answers_over_udp_and_tcp(
     assert isinstance(ecs, dns.edns.ECSOption) and ecs.scopelen > 0
 
 
+@pytest.mark.parametrize("workers", [None, 3])
 def test_health_checker_drops_a_dead_node(
     tmp_path: Path,
     start_dns: Callable[..., DnsProcess],
     health_server: Callable[[str, int], None],
+    workers: int | None,
 ) -> None:
     port = free_port("127.0.0.21")
     health_server("127.0.0.21", port)  # eu-west-1 answers; eu-west-2 refuses connections
-    server = start_dns(example_config(tmp_path / "traffic.toml", port))
-    assert until(lambda: server.addresses(LONDON) == {"127.0.0.21"})
+    extra = ("--workers", str(workers)) if workers else ()
+    server = start_dns(example_config(tmp_path / "traffic.toml", port), CITY_TEST_DB, *extra)
+    if workers:
+        assert any(f"answering UDP with {workers} workers of 2" in line for line in server.seen)
+    # Each query goes out from a new source port, so the kernel spreads them over the sockets
+    # (six with 3 workers): 40 queries all missing one socket is ~(5/6)^40 = 0.07%. Every
+    # process must have taken the parent's health for all 40 to agree.
+    assert until(lambda: all(server.addresses(LONDON) == {"127.0.0.21"} for _ in range(40)))
     server.wait_line(re.compile(r"health: eu-west-2 unknown -> down"))
 
 

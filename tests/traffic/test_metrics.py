@@ -14,10 +14,12 @@ import dns.edns
 import dns.message
 import dns.query
 import dns.rcode
+import dns.rdatatype
 import pytest
 from typer.testing import CliRunner
 
 from edge.errors import ConfigError
+from edge.traffic.metrics import DROPPED, DnsStats
 from edge.traffic.regions import load_traffic_config
 
 from ..metrics_text import Scrape, delta
@@ -186,3 +188,49 @@ def test_an_answer_served_from_the_wire_cache_counts_like_the_first(
 
 def _with_dns_key(line: str) -> str:
     return BASE_TOML.replace("ttl_s = 30\n", f"ttl_s = 30\n{line}\n", 1)
+
+
+def test_each_thread_counts_in_its_own_tally_and_shipments_add_up() -> None:
+    worker, parent = DnsStats(), DnsStats()
+    first = worker.tally()
+    a = worker.outcome(dns.rdatatype.A, dns.rcode.NOERROR, "eu-west", "udp")
+    second = worker.tally()
+    first[a] += 2
+    second[a] += 1
+    # Interned after both tallies exist: every tally grows a slot before the index is out.
+    nx = worker.outcome(dns.rdatatype.AAAA, dns.rcode.NXDOMAIN, None, "udp")
+    second[nx] += 1
+    first[DROPPED] += 1
+    parent.add(worker.since())
+    assert worker.since() == []  # shipped once only
+    first[a] += 1
+    parent.add(worker.since())
+    local = parent.outcome(dns.rdatatype.A, dns.rcode.NOERROR, "eu-west", "udp")
+    parent.counts[local] += 10  # the parent's own answers
+    expected = {("A", "NOERROR", "eu-west", "udp"): 14, ("AAAA", "NXDOMAIN", "", "udp"): 1}
+    assert dict(parent.totals()) == expected
+    assert parent.dropped() == 1 and worker.dropped() == 1
+
+
+def test_every_worker_process_is_counted(tmp_path: Path) -> None:
+    """`--workers 2`: the parent and one worker process, two UDP sockets each; queries from
+    many source ports land on all four, and the parent's /metrics counts every answer."""
+    listen = f"127.0.0.1:{free_port('127.0.0.1')}"
+    config = example_config(tmp_path / "traffic.toml", free_port("127.0.0.1"))
+    proc = DnsProcess(config, CITY_TEST_DB, ["--workers", "2", "--metrics-listen", listen])
+    url, total = f"http://{listen}", 120
+    try:
+        assert any("answering UDP with 2 workers of 2 threads" in line for line in proc.seen)
+        before = Scrape.of(url)
+        for i in range(total):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a new source port
+                s.settimeout(TIMEOUT_S)
+                s.sendto(dns.message.make_query(f"h{i % 7}.edge.test.", "A").to_wire(),
+                         ("127.0.0.1", proc.port))  # fmt: skip
+                assert dns.message.from_wire(s.recv(512)).rcode() == dns.rcode.NXDOMAIN
+        q = "edge_dns_queries_total"
+        assert until(lambda: delta(before, Scrape.of(url), q) == total)
+        after = Scrape.of(url)
+        assert delta(before, after, q, qtype="A", rcode="NXDOMAIN", transport="udp") == total
+    finally:
+        proc.stop()
