@@ -55,9 +55,11 @@ class SandboxEngine:
         self.engine = wasmtime.Engine(config)
         self._stop = threading.Event()
         # The ticker sleeps while no wasm runs: an idle node (or 50 of them on one machine)
-        # should not wake 500 times a second for nothing.
-        self._running = 0
-        self._lock = threading.Lock()
+        # should not wake 500 times a second for nothing. Running calls are tokens in a set
+        # (adding and discarding are atomic under the GIL, so no lock per request); only the
+        # call that finds the ticker asleep pays for waking it.
+        self._active: set[object] = set()
+        self._awake = True
         self._work = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="epoch-ticker", daemon=True)
         self._ticker.start()
@@ -66,25 +68,20 @@ class SandboxEngine:
         """Context manager around any wasm execution (instantiation included)."""
         return _Running(self)
 
-    def _enter(self) -> None:
-        with self._lock:
-            self._running += 1
-            if self._running == 1:
-                self._work.set()
-
-    def _exit(self) -> None:
-        with self._lock:
-            self._running -= 1
-            if self._running == 0:
-                self._work.clear()
-
     def _tick(self) -> None:
         interval = self.settings.epoch_tick_ms / 1000
         while not self._stop.is_set():
-            self._work.wait(timeout=1.0)
+            if not self._active:
+                # Announce sleep before the last look: a call that starts after that look
+                # sees `_awake` false and sets the event, so no wake-up is lost.
+                self._awake = False
+                self._work.clear()
+                if not self._active:
+                    self._work.wait(timeout=1.0)
+                self._awake = True
             if self._stop.wait(interval):
                 return
-            if self._work.is_set():
+            if self._active:
                 # Deadlines count from the current epoch when a call starts, so epochs that
                 # pass while nothing runs do not matter.
                 self.engine.increment_epoch()
@@ -126,11 +123,16 @@ def _enable_pooling(config: wasmtime.Config, s: EngineSettings) -> None:
 
 
 class _Running:
+    __slots__ = ("engine",)
+
     def __init__(self, engine: SandboxEngine) -> None:
         self.engine = engine
 
     def __enter__(self) -> None:
-        self.engine._enter()
+        engine = self.engine
+        engine._active.add(self)
+        if not engine._awake:
+            engine._work.set()
 
     def __exit__(self, *exc: object) -> None:
-        self.engine._exit()
+        self.engine._active.discard(self)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import wasmtime
 from wasmtime import _ffi as ffi
-from wasmtime import component as cm
 
 from edge.config.function import FunctionConfig
 from edge.errors import (
@@ -23,12 +22,10 @@ from edge.errors import (
     MemoryLimitExceeded,
     ResponseTooLarge,
 )
-from edge.sandbox import abi, host
+from edge.sandbox import abi, capi, host
 from edge.sandbox.compile_cache import CompileCache, content_hash
 from edge.sandbox.contract import HANDLER_EXPORT, HANDLER_FUNC, check_component
 from edge.sandbox.engine import SandboxEngine
-
-_ValPtr = ctypes.POINTER(abi.Val)
 
 
 class OverBudget(Exception):
@@ -39,10 +36,10 @@ class OverBudget(Exception):
 
 @dataclass
 class _Live:
-    """One instantiated component in its own store."""
+    """One instantiated component in its own store; `store.close()` ends it."""
 
-    store: wasmtime.Store
-    func: cm.Func
+    store: capi.Store
+    func: ffi.wasmtime_component_func_t
     output: host.OutputRoute
     uses: int = 0
 
@@ -71,6 +68,12 @@ class LoadedFunction:
         index = self.component.get_export_index(HANDLER_FUNC, handler)
         assert index is not None  # check_component verified it
         self._index = index
+        # Addresses for the raw C calls of every request (see capi); the objects behind them
+        # live as long as this function.
+        self._engine_ptr = capi.address(engine.engine)
+        self._linker_ptr = capi.address(self.linker)
+        self._component_ptr = capi.address(self.component)
+        self._index_ptr = capi.address(index)
         self._deadline_ticks = engine.deadline_ticks(config.limits.deadline_ms)
         # A component that imports no WASI (a C function, say) needs no WASI context per store.
         self._needs_wasi = any(name.startswith("wasi:") for name in self.imports)
@@ -82,19 +85,26 @@ class LoadedFunction:
         return self.config.name
 
     def _instantiate(self, ticks: int) -> _Live:
-        store = wasmtime.Store(self.engine.engine)
-        store.set_limits(memory_size=self.config.limits.memory_limit_bytes)
-        output = host.OutputRoute()
-        if self._needs_wasi:
-            store.set_wasi(host.wasi_config(output))
         # Instantiation runs guest start code, so the deadline applies from here.
-        store.set_epoch_deadline(ticks)
+        store = capi.Store(self._engine_ptr, self.config.limits.memory_limit_bytes, ticks)
         try:
-            instance = self.linker.instantiate(store, self.component)
-        except wasmtime.WasmtimeError as e:
-            raise _classify(e, self.config, "instantiating") from None
-        func = instance.get_func(store, self._index)
-        assert func is not None
+            output = host.OutputRoute()
+            if self._needs_wasi:
+                store.set_wasi(host.wasi_config(output))
+            instance = ffi.wasmtime_component_instance_t()
+            err = capi.linker_instantiate(
+                self._linker_ptr, store.context, self._component_ptr, ctypes.addressof(instance)
+            )
+            if err:
+                raise _classify(capi.error(err), self.config, "instantiating")
+            func = ffi.wasmtime_component_func_t()
+            found = capi.instance_get_func(
+                ctypes.addressof(instance), store.context, self._index_ptr, ctypes.addressof(func)
+            )
+            assert found  # check_component verified the export
+        except BaseException:
+            store.close()
+            raise
         return _Live(store, func, output)
 
     def invoke(
@@ -113,7 +123,7 @@ class LoadedFunction:
         with host.bound(invocation), self.engine.running():
             try:
                 if not self.config.instance.reuse:
-                    return self._call(self._instantiate(ticks), request, invocation)
+                    return self._call_once(self._instantiate(ticks), request, invocation)
                 return self._invoke_reusing(request, invocation, ticks)
             except DeadlineExceeded:
                 if budget_ticks is not None:
@@ -125,20 +135,33 @@ class LoadedFunction:
     ) -> abi.GuestResponse:
         # Never two requests in one instance: a request that finds it busy gets a fresh one.
         if not self._reuse_lock.acquire(blocking=False):
-            return self._call(self._instantiate(ticks), request, invocation)
+            return self._call_once(self._instantiate(ticks), request, invocation)
         try:
             live, self._reused = self._reused, None
             if live is None:
                 live = self._instantiate(ticks)
-            live.store.set_epoch_deadline(ticks)
-            # Raising drops the instance: a reused instance never outlives a trap.
-            response = self._call(live, request, invocation)
+            capi.set_epoch_deadline(live.store.context, ticks)
+            try:
+                response = self._call(live, request, invocation)
+            except BaseException:
+                live.store.close()  # a reused instance never outlives a trap
+                raise
             live.uses += 1
             if live.uses < self.config.instance.reuse_max_requests:
                 self._reused = live
+            else:
+                live.store.close()
             return response
         finally:
             self._reuse_lock.release()
+
+    def _call_once(
+        self, live: _Live, request: abi.GuestRequest, invocation: host.Invocation
+    ) -> abi.GuestResponse:
+        try:
+            return self._call(live, request, invocation)
+        finally:
+            live.store.close()
 
     def _call(
         self, live: _Live, request: abi.GuestRequest, invocation: host.Invocation
@@ -146,16 +169,11 @@ class LoadedFunction:
         live.output.invocation = invocation
         param = abi.LoweredRequest(request)
         result = abi.Val()
-        err = ffi.wasmtime_component_func_call(
-            ctypes.byref(live.func._func),
-            live.store._context(),
-            ctypes.cast(param.pointer, _ValPtr),
-            1,
-            ctypes.byref(result),
-            1,
-        )
+        func = ctypes.addressof(live.func)
+        context = live.store.context
+        err = capi.func_call(func, context, param.pointer, 1, ctypes.addressof(result), 1)
         if err:
-            raise _classify(wasmtime.WasmtimeError._from_ptr(err), self.config, "running")
+            raise _classify(capi.error(err), self.config, "running")
         try:
             response = abi.lift_response(result, self.config.limits.response_body_limit_bytes)
         except abi.ResponseBodyOverLimit as e:
@@ -165,10 +183,9 @@ class LoadedFunction:
             ) from None
         except abi.AbiError as e:
             raise InvalidResponse(f"function returned an invalid response: {e}") from None
-        try:
-            live.func.post_return(live.store)
-        except wasmtime.WasmtimeError as e:
-            raise _classify(e, self.config, "cleaning up") from None
+        err = capi.func_post_return(func, context)
+        if err:
+            raise _classify(capi.error(err), self.config, "cleaning up")
         if not 100 <= response.status <= 599:
             raise InvalidResponse(f"function returned HTTP status {response.status}")
         return response
