@@ -27,7 +27,6 @@ from edge.node import http
 from edge.node.client_ip import client_ip
 from edge.node.geo import NO_GEO
 from edge.node.inline import InlineHint
-from edge.node.metrics import status_class
 from edge.node.runtime import NodeRuntime, Unavailable
 from edge.node.spill import SPILLED_FROM, spill_decision
 from edge.sandbox.abi import GuestRequest, GuestResponse
@@ -46,6 +45,7 @@ INLINE_BUDGET_TICKS = 2
 SPILL_TIMEOUT = httpx.Timeout(30.0, connect=1.0, pool=1.0)
 SPILL_AVOID_S = 5.0  # how long a target that failed is left out
 OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+SPILLED_FROM_B = SPILLED_FROM.encode()
 
 
 class _LogBuffer:
@@ -167,11 +167,13 @@ class FunctionServer:
             raise function.error
         limits = function.config.limits
         body = await http.read_body(receive, headers, limits.request_body_limit_bytes)
-        spill = spill_decision(
-            deployment.topology, config.region, config.advertised_url, time.time(), ip,
-            already_spilled=bool(http.header(headers, SPILLED_FROM.encode())),
-            avoid=self._avoided(),
-        )  # fmt: skip
+        spill = None
+        if config.region in deployment.topology.regions:  # else nothing can drain: no spill
+            spill = spill_decision(
+                deployment.topology, config.region, config.advertised_url, time.time(), ip,
+                already_spilled=bool(http.header(headers, SPILLED_FROM_B)),
+                avoid=self._avoided(),
+            )  # fmt: skip
         if spill is not None:
             answer = await self._forward(spill.url, scope, headers, body, request_id, ip)
             if answer is not None:
@@ -189,8 +191,8 @@ class FunctionServer:
             request_id=request_id,
             geo=runtime.geo.lookup(ip) if runtime.geo else NO_GEO,
         )
-        metrics = runtime.metrics
-        metrics.bytes_in.labels(route.function).inc(len(body))
+        metrics = runtime.metrics.function(route.function, version)
+        metrics.bytes_in.inc(len(body))
         started = time.perf_counter()
         try:
             result = await self._run(function, guest_request, request_id)
@@ -200,13 +202,13 @@ class FunctionServer:
             runtime.sink(
                 LogLine(function.name, request_id, "error", e.message, "platform", time.time())
             )
-            metrics.errors.labels(route.function, e.reason).inc()
-            metrics.requests.labels(route.function, version, status_class(e.status)).inc()
+            metrics.error(e.reason)
+            metrics.request(e.status)
             raise
         finally:
-            metrics.latency.labels(route.function).observe(time.perf_counter() - started)
-        metrics.requests.labels(route.function, version, status_class(result.status)).inc()
-        metrics.bytes_out.labels(route.function).inc(len(result.body))
+            metrics.latency.observe(time.perf_counter() - started)
+        metrics.request(result.status)
+        metrics.bytes_out.inc(len(result.body))
         if version:
             out_headers.append((b"x-edge-version", f"{route.function}@{version}".encode()))
         out_headers.append((b"x-edge-region", config.region.encode()))
@@ -274,19 +276,21 @@ class FunctionServer:
         if hint.eligible():
             buffer = _LogBuffer(sink)
             invocation = Invocation(function.name, request_id, config, buffer)
-            started = time.perf_counter()
+            # CPU time of this thread, not wall time: on a busy machine the loop's thread can be
+            # descheduled mid-run, and that says nothing about what the function costs.
+            started = time.thread_time()
             try:
                 result = function.invoke(request, invocation, INLINE_BUDGET_TICKS)
             except OverBudget:
                 buffer.discard()
-                hint.record(time.perf_counter() - started, finished=False)
+                hint.record(time.thread_time() - started, finished=False)
             except BaseException:
                 buffer.commit()
-                hint.record(time.perf_counter() - started, finished=True)
+                hint.record(time.thread_time() - started, finished=True)
                 raise
             else:
                 buffer.commit()
-                hint.record(time.perf_counter() - started, finished=True)
+                hint.record(time.thread_time() - started, finished=True)
                 return result
         invocation = Invocation(function.name, request_id, config, sink)
         return await anyio.to_thread.run_sync(

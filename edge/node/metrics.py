@@ -7,6 +7,8 @@ Labels stay bounded: function names and versions come from deployments, status i
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # 50 µs to 10 s, roughly x2 apart: fine enough to read p50/p99 of a C hello and of a slow call.
@@ -48,6 +50,15 @@ class NodeMetrics:
         self.cache = Gauge(
             "edge_node_compile_cache", "Compile cache lookups since start", ["result"], registry=r
         )
+        self._functions: dict[tuple[str, str], FunctionMetrics] = {}
+
+    def function(self, name: str, version: str) -> FunctionMetrics:
+        """The children of one function version, looked up once: `labels()` costs more than
+        the count it feeds (it locks and hashes per call)."""
+        found = self._functions.get((name, version))
+        if found is None:
+            found = self._functions[(name, version)] = FunctionMetrics(self, name, version)
+        return found
 
     def requests_total(self) -> int:
         """Function requests served since start (all labels): nodes report it, and the control
@@ -67,3 +78,27 @@ class NodeMetrics:
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
+
+
+class FunctionMetrics:
+    """The labelled metrics of one function version."""
+
+    def __init__(self, metrics: NodeMetrics, name: str, version: str) -> None:
+        self.metrics = metrics
+        self.name = name
+        self.version = version
+        self.latency = metrics.latency.labels(name)
+        self.bytes_in = metrics.bytes_in.labels(name)
+        self.bytes_out = metrics.bytes_out.labels(name)
+        self._requests: dict[int, Any] = {}
+
+    def request(self, status: int) -> None:
+        child = self._requests.get(status)
+        if child is None:
+            child = self._requests[status] = self.metrics.requests.labels(
+                self.name, self.version, status_class(status)
+            )
+        child.inc()
+
+    def error(self, reason: str) -> None:
+        self.metrics.errors.labels(self.name, reason).inc()
