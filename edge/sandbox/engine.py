@@ -15,6 +15,8 @@ from importlib.metadata import version
 import wasmtime
 from wasmtime import _ffi as ffi
 
+from edge.sandbox.prepare import Preparer
+
 MIB = 1024 * 1024
 
 
@@ -28,6 +30,10 @@ class EngineSettings:
     pool_max_memory_bytes: int = 1024 * MIB
     pool_warm_slots: int = 64
     max_wasm_stack_bytes: int = 512 * 1024
+    # Fresh instances made ahead of requests for functions slower than this to instantiate
+    # (median thread CPU time of their first instantiations); see prepare.py.
+    prepare_instances: bool = True
+    prepare_above_us: int = 200
 
     def fingerprint(self) -> str:
         """What a serialized component depends on besides its bytes (compile cache key part)."""
@@ -63,6 +69,7 @@ class SandboxEngine:
         self._work = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="epoch-ticker", daemon=True)
         self._ticker.start()
+        self.preparer = Preparer()
 
     def running(self) -> _Running:
         """Context manager around any wasm execution (instantiation included)."""
@@ -90,6 +97,7 @@ class SandboxEngine:
         return ticks_for(deadline_ms, self.settings.epoch_tick_ms)
 
     def close(self) -> None:
+        self.preparer.close()
         self._stop.set()
         self._work.set()
         if self._ticker.is_alive() and threading.current_thread() is not self._ticker:

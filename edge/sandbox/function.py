@@ -7,7 +7,9 @@ runs (the calls go through ctypes), so a busy function does not stall the event 
 from __future__ import annotations
 
 import ctypes
+import statistics
 import threading
+import time
 from dataclasses import dataclass
 
 import wasmtime
@@ -22,7 +24,7 @@ from edge.errors import (
     MemoryLimitExceeded,
     ResponseTooLarge,
 )
-from edge.sandbox import abi, capi, host
+from edge.sandbox import abi, capi, host, prepare
 from edge.sandbox.compile_cache import CompileCache, content_hash
 from edge.sandbox.contract import HANDLER_EXPORT, HANDLER_FUNC, check_component
 from edge.sandbox.engine import SandboxEngine
@@ -79,10 +81,20 @@ class LoadedFunction:
         self._needs_wasi = any(name.startswith("wasi:") for name in self.imports)
         self._reuse_lock = threading.Lock()
         self._reused: _Live | None = None
+        # Fresh instances made ahead of requests, once instantiation proves slow (see prepare).
+        self._slot = prepare.Slot()
+        self._prepared = False
+        measure = engine.settings.prepare_instances and not config.instance.reuse
+        self._instantiate_samples: list[float] | None = [] if measure else None
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def prepares_instances(self) -> bool:
+        """Whether fresh instances are now made ahead of requests (see prepare)."""
+        return self._prepared
 
     def _instantiate(self, ticks: int) -> _Live:
         # Instantiation runs guest start code, so the deadline applies from here.
@@ -123,12 +135,76 @@ class LoadedFunction:
         with host.bound(invocation), self.engine.running():
             try:
                 if not self.config.instance.reuse:
-                    return self._call_once(self._instantiate(ticks), request, invocation)
+                    return self._call_once(self._fresh(ticks), request, invocation)
                 return self._invoke_reusing(request, invocation, ticks)
             except DeadlineExceeded:
                 if budget_ticks is not None:
                     raise OverBudget() from None
                 raise
+
+    def _fresh(self, ticks: int) -> _Live:
+        if self._prepared:
+            live = self._take_prepared()
+            if live is not None:
+                capi.set_epoch_deadline(live.store.context, ticks)
+                return live
+            return self._instantiate(ticks)
+        samples = self._instantiate_samples
+        if samples is None:
+            return self._instantiate(ticks)
+        started = time.thread_time()
+        live = self._instantiate(ticks)
+        samples.append(time.thread_time() - started)
+        if len(samples) >= prepare.SAMPLES:
+            self._instantiate_samples = None
+            if statistics.median(samples) * 1e6 >= self.engine.settings.prepare_above_us:
+                self._prepared = True
+                self._want_one()
+        return live
+
+    def _want_one(self) -> None:
+        slot = self._slot
+        with slot.cv:
+            if slot.preparing or slot.ready is not None:
+                return
+            slot.preparing = True
+        self.engine.preparer.want(self)
+
+    def _take_prepared(self) -> _Live | None:
+        slot = self._slot
+        with slot.cv:
+            # One request may wait for the instance in the making (it is further along than
+            # a new one would be); others make their own rather than queue behind it.
+            if slot.ready is None and slot.preparing and not slot.waiting:
+                slot.waiting = True
+                slot.cv.wait_for(
+                    lambda: slot.ready is not None or not slot.preparing, prepare.WAIT_S
+                )
+                slot.waiting = False
+            live, slot.ready = slot.ready, None
+            start = not slot.preparing
+            if start:
+                slot.preparing = True
+        if start:
+            self.engine.preparer.want(self)
+        assert live is None or isinstance(live, _Live)
+        return live
+
+    def refill(self) -> None:
+        """Makes the ready instance; runs on the engine's preparer thread."""
+        slot = self._slot
+        live: _Live | None = None
+        try:
+            if self._prepared and slot.ready is None:
+                with self.engine.running():
+                    live = self._instantiate(self._deadline_ticks)
+        except Exception:  # requests will instantiate (and report the error) themselves
+            self._prepared = False
+        with slot.cv:
+            slot.preparing = False
+            if live is not None:
+                slot.ready = live
+            slot.cv.notify_all()
 
     def _invoke_reusing(
         self, request: abi.GuestRequest, invocation: host.Invocation, ticks: int
@@ -161,7 +237,10 @@ class LoadedFunction:
         try:
             return self._call(live, request, invocation)
         finally:
-            live.store.close()
+            if self._prepared:  # an expensive store is also expensive to tear down
+                self.engine.preparer.retire(live.store)
+            else:
+                live.store.close()
 
     def _call(
         self, live: _Live, request: abi.GuestRequest, invocation: host.Invocation
