@@ -38,12 +38,36 @@ class OverBudget(Exception):
 
 @dataclass
 class _Live:
-    """One instantiated component in its own store; `store.close()` ends it."""
+    """One instantiated component in its own store; `store.close()` ends it. `func` is the
+    address of its handler's `wasmtime_component_func_t`, kept alive by `func_owner`."""
 
     store: capi.Store
-    func: ffi.wasmtime_component_func_t
+    func: int
+    func_owner: object
     output: host.OutputRoute
     uses: int = 0
+
+
+class _Scratch:
+    """Per-thread C structs for one fresh request: instance handle, function, result val.
+    Reusing them spares three ctypes allocations a request; a thread runs one call at a time."""
+
+    def __init__(self) -> None:
+        self.instance = ffi.wasmtime_component_instance_t()
+        self.func = ffi.wasmtime_component_func_t()
+        self.result = abi.Val()
+        self.instance_at = ctypes.addressof(self.instance)
+        self.func_at = ctypes.addressof(self.func)
+
+
+_threads = threading.local()
+
+
+def _scratch() -> _Scratch:
+    found: _Scratch | None = getattr(_threads, "scratch", None)
+    if found is None:
+        found = _threads.scratch = _Scratch()
+    return found
 
 
 class LoadedFunction:
@@ -96,28 +120,31 @@ class LoadedFunction:
         """Whether fresh instances are now made ahead of requests (see prepare)."""
         return self._prepared
 
-    def _instantiate(self, ticks: int) -> _Live:
+    def _instantiate(self, ticks: int, own: bool = False) -> _Live:
+        """`own`: the instance outlives this call or leaves this thread (reuse, prepared), so
+        it gets its own function struct instead of the thread's scratch one."""
+        scratch = _scratch()
         # Instantiation runs guest start code, so the deadline applies from here.
         store = capi.Store(self._engine_ptr, self.config.limits.memory_limit_bytes, ticks)
         try:
             output = host.OutputRoute()
             if self._needs_wasi:
                 store.set_wasi(host.wasi_config(output))
-            instance = ffi.wasmtime_component_instance_t()
             err = capi.linker_instantiate(
-                self._linker_ptr, store.context, self._component_ptr, ctypes.addressof(instance)
+                self._linker_ptr, store.context, self._component_ptr, scratch.instance_at
             )
             if err:
                 raise _classify(capi.error(err), self.config, "instantiating")
-            func = ffi.wasmtime_component_func_t()
+            owner = ffi.wasmtime_component_func_t() if own else scratch.func
+            func = ctypes.addressof(owner) if own else scratch.func_at
             found = capi.instance_get_func(
-                ctypes.addressof(instance), store.context, self._index_ptr, ctypes.addressof(func)
+                scratch.instance_at, store.context, self._index_ptr, func
             )
             assert found  # check_component verified the export
         except BaseException:
             store.close()
             raise
-        return _Live(store, func, output)
+        return _Live(store, func, owner, output)
 
     def invoke(
         self,
@@ -197,7 +224,7 @@ class LoadedFunction:
         try:
             if self._prepared and slot.ready is None:
                 with self.engine.running():
-                    live = self._instantiate(self._deadline_ticks)
+                    live = self._instantiate(self._deadline_ticks, own=True)
         except Exception:  # requests will instantiate (and report the error) themselves
             self._prepared = False
         with slot.cv:
@@ -215,7 +242,7 @@ class LoadedFunction:
         try:
             live, self._reused = self._reused, None
             if live is None:
-                live = self._instantiate(ticks)
+                live = self._instantiate(ticks, own=True)
             capi.set_epoch_deadline(live.store.context, ticks)
             try:
                 response = self._call(live, request, invocation)
@@ -247,8 +274,8 @@ class LoadedFunction:
     ) -> abi.GuestResponse:
         live.output.invocation = invocation
         param = abi.LoweredRequest(request)
-        result = abi.Val()
-        func = ctypes.addressof(live.func)
+        result = _scratch().result
+        func = live.func
         context = live.store.context
         err = capi.func_call(func, context, param.pointer, 1, ctypes.addressof(result), 1)
         if err:
