@@ -130,13 +130,13 @@ class FunctionServer:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         request_id = http.request_id_from(headers)
         metrics = self.runtime.metrics
-        metrics.in_flight.inc()
+        metrics.in_flight_now += 1
         try:
             response = await self._serve(scope, receive, headers, request_id)
         except EdgeError as e:
             response = http.error_parts(e, request_id)
         finally:
-            metrics.in_flight.dec()
+            metrics.in_flight_now -= 1
         status, raw_headers, body = response
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": body})
@@ -192,7 +192,6 @@ class FunctionServer:
             geo=runtime.geo.lookup(ip) if runtime.geo else NO_GEO,
         )
         metrics = runtime.metrics.function(route.function, version)
-        metrics.bytes_in.inc(len(body))
         started = time.perf_counter()
         try:
             result = await self._run(function, guest_request, request_id)
@@ -203,12 +202,11 @@ class FunctionServer:
                 LogLine(function.name, request_id, "error", e.message, "platform", time.time())
             )
             metrics.error(e.reason)
-            metrics.request(e.status)
+            metrics.request(e.status, len(body), 0)
             raise
         finally:
             metrics.latency.observe(time.perf_counter() - started)
-        metrics.request(result.status)
-        metrics.bytes_out.inc(len(result.body))
+        metrics.request(result.status, len(body), len(result.body))
         if version:
             out_headers.append((b"x-edge-version", f"{route.function}@{version}".encode()))
         out_headers.append((b"x-edge-region", config.region.encode()))

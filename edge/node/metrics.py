@@ -3,11 +3,14 @@ so several nodes in one process (tests, benchmarks) keep their own counts.
 
 Labels stay bounded: function names and versions come from deployments, status is a class
 (2xx...), reasons are the platform's own error codes; never paths or client addresses.
+
+The per-request counts are plain integers, added on the event loop's thread (where every
+request is routed and answered) and moved into the Prometheus metrics when someone reads them
+(`flush`, from `/metrics` and the follower's reports, on the same thread): a Prometheus
+counter takes a lock per increment, and a request makes seven of them.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -51,6 +54,7 @@ class NodeMetrics:
             "edge_node_compile_cache", "Compile cache lookups since start", ["result"], registry=r
         )
         self._functions: dict[tuple[str, str], FunctionMetrics] = {}
+        self.in_flight_now = 0
 
     def function(self, name: str, version: str) -> FunctionMetrics:
         """The children of one function version, looked up once: `labels()` costs more than
@@ -60,9 +64,15 @@ class NodeMetrics:
             found = self._functions[(name, version)] = FunctionMetrics(self, name, version)
         return found
 
+    def flush(self) -> None:
+        self.in_flight.set(self.in_flight_now)
+        for function in list(self._functions.values()):
+            function.flush()
+
     def requests_total(self) -> int:
         """Function requests served since start (all labels): nodes report it, and the control
         plane turns two reports into requests per second."""
+        self.flush()
         return int(
             sum(
                 sample.value
@@ -73,6 +83,7 @@ class NodeMetrics:
         )
 
     def exposition(self) -> bytes:
+        self.flush()
         return generate_latest(self.registry)
 
 
@@ -81,24 +92,34 @@ def status_class(status: int) -> str:
 
 
 class FunctionMetrics:
-    """The labelled metrics of one function version."""
+    """The labelled metrics of one function version, with counts not yet flushed."""
 
     def __init__(self, metrics: NodeMetrics, name: str, version: str) -> None:
         self.metrics = metrics
         self.name = name
         self.version = version
         self.latency = metrics.latency.labels(name)
-        self.bytes_in = metrics.bytes_in.labels(name)
-        self.bytes_out = metrics.bytes_out.labels(name)
-        self._requests: dict[int, Any] = {}
+        self._bytes_in_child = metrics.bytes_in.labels(name)
+        self._bytes_out_child = metrics.bytes_out.labels(name)
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.by_status: dict[int, int] = {}
 
-    def request(self, status: int) -> None:
-        child = self._requests.get(status)
-        if child is None:
-            child = self._requests[status] = self.metrics.requests.labels(
-                self.name, self.version, status_class(status)
-            )
-        child.inc()
+    def request(self, status: int, bytes_in: int, bytes_out: int) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+        self.bytes_in += bytes_in
+        self.bytes_out += bytes_out
 
     def error(self, reason: str) -> None:
         self.metrics.errors.labels(self.name, reason).inc()
+
+    def flush(self) -> None:
+        by_status, self.by_status = self.by_status, {}
+        bytes_in, self.bytes_in = self.bytes_in, 0
+        bytes_out, self.bytes_out = self.bytes_out, 0
+        for status, count in by_status.items():
+            self.metrics.requests.labels(self.name, self.version, status_class(status)).inc(count)
+        if bytes_in:
+            self._bytes_in_child.inc(bytes_in)
+        if bytes_out:
+            self._bytes_out_child.inc(bytes_out)

@@ -18,6 +18,7 @@ from wasmtime import _ffi as ffi
 from edge.sandbox.prepare import Preparer
 
 MIB = 1024 * 1024
+IDLE_TICKS = 250  # ticks without wasm before the ticker sleeps (0.5 s at 2 ms)
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,13 @@ class SandboxEngine:
             _enable_pooling(config, self.settings)
         self.engine = wasmtime.Engine(config)
         self._stop = threading.Event()
-        # The ticker sleeps while no wasm runs: an idle node (or 50 of them on one machine)
-        # should not wake 500 times a second for nothing. Running calls are tokens in a set
-        # (adding and discarding are atomic under the GIL, so no lock per request); only the
-        # call that finds the ticker asleep pays for waking it.
+        # The ticker sleeps once no wasm has run for IDLE_TICKS ticks: an idle node (or 50 of
+        # them on one machine) should not wake 500 times a second for nothing, and a busy one
+        # should not pay a thread wake-up per request. Running calls are tokens in a set
+        # (adding and discarding are atomic under the GIL, so no lock per request); `_entries`
+        # only tells the ticker that calls happened (a lost increment does no harm).
         self._active: set[object] = set()
+        self._entries = 0
         self._awake = True
         self._work = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="epoch-ticker", daemon=True)
@@ -77,8 +80,15 @@ class SandboxEngine:
 
     def _tick(self) -> None:
         interval = self.settings.epoch_tick_ms / 1000
+        idle = 0
+        seen = self._entries
         while not self._stop.is_set():
-            if not self._active:
+            if self._active or self._entries != seen:
+                seen = self._entries
+                idle = 0
+            else:
+                idle += 1
+            if idle >= IDLE_TICKS:
                 # Announce sleep before the last look: a call that starts after that look
                 # sees `_awake` false and sets the event, so no wake-up is lost.
                 self._awake = False
@@ -86,6 +96,7 @@ class SandboxEngine:
                 if not self._active:
                     self._work.wait(timeout=1.0)
                 self._awake = True
+                idle = 0
             if self._stop.wait(interval):
                 return
             if self._active:
@@ -139,6 +150,7 @@ class _Running:
     def __enter__(self) -> None:
         engine = self.engine
         engine._active.add(self)
+        engine._entries += 1
         if not engine._awake:
             engine._work.set()
 
