@@ -166,7 +166,9 @@ class FunctionServer:
         if isinstance(function, Unavailable):
             raise function.error
         limits = function.config.limits
-        body = await http.read_body(receive, headers, limits.request_body_limit_bytes)
+        body = await http.read_body(
+            receive, headers, limits.request_body_limit_bytes, scope.get("http_version", "1.1")
+        )
         spill = None
         if config.region in deployment.topology.regions:  # else nothing can drain: no spill
             spill = spill_decision(

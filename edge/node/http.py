@@ -79,9 +79,20 @@ def url_of(scope: MutableMapping[str, Any], host: str) -> str:
 
 
 async def read_body(
-    receive: Callable[[], Awaitable[MutableMapping[str, Any]]], headers: RawHeaders, limit: int
+    receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+    headers: RawHeaders,
+    limit: int,
+    http_version: str = "1.1",
 ) -> bytes:
     declared = header(headers, b"content-length")
+    if (
+        not declared
+        and http_version in ("1.0", "1.1")
+        and not header(headers, b"transfer-encoding")
+    ):
+        # HTTP/1 without either header means no body (RFC 9112 6.3): waiting for the server's
+        # empty body message would cost a turn of the event loop per request.
+        return b""
     if declared.isdigit() and int(declared) > limit:
         raise RequestBodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
     chunks = []
