@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from edge.errors import BuildFailed, EdgeError
+from edge.cli_output import EXIT_USAGE, JsonOption, Output, run_app
+from edge.errors import UsageError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Edge functions on WebAssembly.")
-
-
-def _fail(error: EdgeError) -> None:
-    print(f"error: {error.message}", file=sys.stderr)
-    if isinstance(error, BuildFailed) and error.output:
-        print(error.output.rstrip(), file=sys.stderr)
-    raise typer.Exit(1)
 
 
 @app.command()
@@ -26,30 +21,31 @@ def new(
     name: str,
     lang: Annotated[str, typer.Option(help="python, c or js")] = "python",
     directory: Annotated[Path | None, typer.Option("--dir", help="where (default ./NAME)")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Create a function project: edge.toml, a source file and a README."""
     from edge.build.scaffold import new_project
 
     dest = directory or Path(name)
-    try:
+    with Output(as_json) as out:
         files = new_project(dest, name, lang)
-    except EdgeError as e:
-        _fail(e)
-    for f in files:
-        print(f"created {f}")
-    print(f"next: edge dev {dest}")
+    out.result(
+        {"function": name, "lang": lang, "project": str(dest), "files": [str(f) for f in files]},
+        "".join(f"created {f}\n" for f in files) + f"next: edge dev {dest}",
+    )
 
 
 @app.command()
-def build(project: Annotated[Path, typer.Argument()] = Path(".")) -> None:
-    """Compile the function in PROJECT to a WebAssembly component in PROJECT/build/."""
-    from edge.build import build_function
+def build(project: Annotated[Path, typer.Argument()] = Path("."), as_json: JsonOption = False,
+          ) -> None:
+    """Compile the function in PROJECT to a WebAssembly component in PROJECT/build/.
 
-    try:
-        out = build_function(project)
-    except EdgeError as e:
-        _fail(e)
-    print(out)
+    Ends with one line: the component's path, size, build time and whether the cache had it."""
+    from edge.build.report import build_with_progress, summary
+
+    with Output(as_json) as out:
+        built = build_with_progress(out, project)
+    out.result(built.to_json(), summary(built))
 
 
 @app.command()
@@ -57,16 +53,15 @@ def dev(
     project: Annotated[Path, typer.Argument()] = Path("."),
     port: int = 8787,
     host: str = "127.0.0.1",
+    as_json: JsonOption = False,
 ) -> None:
-    """Serve PROJECT locally on the production runtime, rebuilding on save."""
+    """Serve PROJECT locally on the production runtime, rebuilding on save.
+
+    --json: one event per line on stdout (build, build_failed, ready)."""
     from edge.dev import serve_dev
 
-    try:
-        serve_dev(project, host, port)
-    except EdgeError as e:
-        _fail(e)
-    except KeyboardInterrupt:
-        pass
+    with Output(as_json) as out, contextlib.suppress(KeyboardInterrupt):
+        serve_dev(project, host, port, out)
 
 
 @app.command()
@@ -81,22 +76,22 @@ def node(
         str | None, typer.Option(envvar="EDGE_PUBLIC_KEY", help="control plane key (hex)")
     ] = None,
     state_dir: Annotated[Path | None, typer.Option(help="where applied state is kept")] = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Run an edge node: from a node.toml, or following a control plane (--control)."""
+    """Run an edge node: from a node.toml, or following a control plane (--control).
+
+    --json: events on stdout, one per line (ready, function_error); request logs stay on stderr."""
     from edge.node.main import node_config_from_args, run_node
 
+    out = Output(as_json)
     if config is None and control is None:
-        print("error: give --config node.toml or --control URL", file=sys.stderr)
-        raise typer.Exit(2)
-    try:
+        out.fail(UsageError("give --config node.toml or --control URL"), EXIT_USAGE)
+    with out:
         settings = node_config_from_args(
             config, control, region, node_id, listen, token, public_key, state_dir
         )
-        asyncio.run(run_node(settings))
-    except EdgeError as e:
-        _fail(e)
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_node(settings, out))
 
 
 @app.command()
@@ -107,23 +102,26 @@ def up(
     control_port: int = 7070,
     node_port: int = 8787,
     dns_port: int = 5353,
+    as_json: JsonOption = False,
 ) -> None:
-    """The whole system on loopback: control plane, three regions, geo-DNS, a deployed example."""
+    """The whole system on loopback: control plane, three regions, geo-DNS, a deployed example.
+
+    --json: events on stdout, one per line (ready with every address and the admin token,
+    stopped)."""
     from edge.up import UpSettings, run_up
 
-    try:
-        run_up(UpSettings(state_dir.resolve(), control_port, node_port, dns_port))
-    except EdgeError as e:
-        _fail(e)
+    with Output(as_json) as out:
+        run_up(UpSettings(state_dir.resolve(), control_port, node_port, dns_port), out)
 
 
 def _register_subsystems() -> None:
-    from edge.control import region_commands
+    from edge.control import log_commands, region_commands
     from edge.control.commands import register
     from edge.traffic.main import dns
 
     register(app)
     region_commands.register(app)
+    log_commands.register(app)
     app.command()(dns)
 
 
@@ -131,4 +129,4 @@ _register_subsystems()
 
 
 def main() -> None:
-    app()
+    run_app(app, sys.argv[1:])

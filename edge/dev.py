@@ -7,14 +7,13 @@ there has never been a good build, requests get a 503 that carries the compiler 
 from __future__ import annotations
 
 import asyncio
-import socket
-import sys
 from pathlib import Path
 
 import anyio
 from watchfiles import Change, DefaultFilter, awatch
 
-from edge.build import build_function
+from edge.build import build
+from edge.cli_output import Output
 from edge.config.function import load_function_config
 from edge.errors import BuildFailed, EdgeError
 from edge.node.app import create_app
@@ -34,12 +33,9 @@ class _SourceFilter(DefaultFilter):
         return not skip and super().__call__(change, path)
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 class DevServer:
-    def __init__(self, project: Path, host: str, port: int) -> None:
+    def __init__(self, project: Path, host: str, port: int, out: Output | None = None) -> None:
+        self.out = out or Output()
         self.project = project.resolve()
         self.config = load_function_config(self.project)
         node_config = NodeConfig(
@@ -59,40 +55,47 @@ class DevServer:
         name = self.config.name
         try:
             self.config = load_function_config(self.project)
-            component = await anyio.to_thread.run_sync(build_function, self.project)
+            built = await anyio.to_thread.run_sync(build, self.project)
             loaded = await anyio.to_thread.run_sync(
-                self.runtime.load, FunctionSource(self.config, component)
+                self.runtime.load, FunctionSource(self.config, built.path)
             )
         except EdgeError as e:
             loaded = Unavailable(e)
         if isinstance(loaded, Unavailable):
-            detail = loaded.error.output if isinstance(loaded.error, BuildFailed) else ""
-            _say(f"edge dev: build failed: {loaded.error.message}")
-            if detail:
-                _say(detail.rstrip())
-            if self.has_good_build:
-                _say("edge dev: still serving the last good build")
-            else:
+            error = loaded.error
+            detail = error.output if isinstance(error, BuildFailed) else ""
+            kept = "\nedge dev: still serving the last good build" if self.has_good_build else ""
+            self.out.event(
+                "build_failed",
+                f"edge dev: build failed: {error.message}"
+                + (f"\n{detail.rstrip()}" if detail else "") + kept,
+                type=error.reason, message=error.message, output=detail,
+                serving_last_good=self.has_good_build,
+            )
+            if not self.has_good_build:
                 self.runtime.replace_function(name, loaded)
             return False
         # The route names the function; a renamed function gets the route.
         self.runtime.deploy([Route("*", "/", self.config.name)], {self.config.name: loaded})
         self.has_good_build = True
-        _say(f"edge dev: built {self.config.name} ({self.config.lang})")
+        self.out.event("built", f"edge dev: built {self.config.name} ({self.config.lang})",
+                       **built.to_json())
         return True
 
     async def watch(self) -> None:
         async for _ in awatch(self.project, watch_filter=_SourceFilter(), debounce=200):
-            _say("edge dev: change detected, rebuilding")
+            self.out.event("change", "edge dev: change detected, rebuilding")
             await self.rebuild()
 
     async def serve(self) -> None:
         await self.rebuild()
-        host, port = self.runtime.config.listen.rsplit(":", 1)
 
         async def announce() -> None:
-            await _wait_listening(host, int(port))
-            _say(f"edge dev: serving {self.config.name} at {self.url} (Ctrl-C to stop)")
+            self.out.event(
+                "ready",
+                f"edge dev: serving {self.config.name} at {self.url} (Ctrl-C to stop)",
+                url=self.url, function=self.config.name,
+            )
 
         watcher = asyncio.create_task(self.watch())
         try:
@@ -102,16 +105,5 @@ class DevServer:
             self.runtime.close()
 
 
-async def _wait_listening(host: str, port: int, timeout_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            await asyncio.sleep(0.02)
-
-
-def serve_dev(project: Path, host: str, port: int) -> None:
-    asyncio.run(DevServer(project, host, port).serve())
+def serve_dev(project: Path, host: str, port: int, out: Output | None = None) -> None:
+    asyncio.run(DevServer(project, host, port, out).serve())

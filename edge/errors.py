@@ -26,6 +26,12 @@ class BadRequest(EdgeError):
     reason = "bad_request"
 
 
+class UsageError(BadRequest):
+    """A command line that does not parse: a missing argument, a bad option value."""
+
+    reason = "usage_error"
+
+
 class NoRoute(EdgeError):
     status = 404
     reason = "no_route"
@@ -83,6 +89,12 @@ class ConfigError(EdgeError):
     """A config file is wrong. The message names the file, the key and what is allowed."""
 
     reason = "config_error"
+
+
+class ListenFailed(ConfigError):
+    """A server cannot bind its address: taken, privileged, or not this host's."""
+
+    reason = "listen_failed"
 
 
 # --- Building functions -------------------------------------------------------------------------

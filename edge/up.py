@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from rich.console import Console
 
 from edge.build import build_function
+from edge.cli_output import Output
 from edge.config.toml_fields import load_toml
 from edge.control.client import ControlClient, wait_for_nodes
 from edge.errors import ConfigError
@@ -93,9 +93,9 @@ def traffic_toml(s: UpSettings) -> str:
 
 
 class Stack:
-    def __init__(self, settings: UpSettings, console: Console) -> None:
+    def __init__(self, settings: UpSettings, out: Output) -> None:
         self.s = settings
-        self.console = console
+        self.out = out
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.logs = settings.state_dir / "logs"
 
@@ -131,7 +131,7 @@ class Stack:
         s = self.s
         data = s.state_dir / "control"
         control = f"http://127.0.0.1:{s.control_port}"
-        with self.console.status("starting the control plane"):
+        with self.out.spinner("starting the control plane"):
             self.spawn(
                 "control",
                 ["control", "--data", str(data), "--listen", f"127.0.0.1:{s.control_port}"],
@@ -144,12 +144,12 @@ class Stack:
                 ),
             )
         tokens = json.loads((data / "tokens.json").read_text())
-        with self.console.status("registering three regions"), ControlClient(
+        with self.out.spinner("registering three regions"), ControlClient(
             control, tokens["admin"]
         ) as client:
             for r in REGIONS:
                 client.set_region(r.name, r.latitude_deg, r.longitude_deg, 100)
-        with self.console.status("starting three regions"):
+        with self.out.spinner("starting three regions"):
             for r in REGIONS:
                 self.spawn(f"node-{r.name}", [
                     "node", "--control", control, "--region", r.name, "--id", f"{r.name}-1",
@@ -160,13 +160,13 @@ class Stack:
             for r in REGIONS:
                 url = f"http://{r.address}:{s.node_port}/healthz"
                 self.wait_for(f"node {r.name}", lambda u=url: httpx.get(u).status_code == 200)
-        with self.console.status("starting the geo-DNS server"):
+        with self.out.spinner("starting the geo-DNS server"):
             traffic = s.state_dir / "traffic.toml"
             traffic.write_text(traffic_toml(s))
             self.spawn("dns", ["dns", "--config", str(traffic), "--port", str(s.dns_port),
                                "--control", control, "--token", tokens["admin"]])
             self.wait_for("the DNS server", lambda: _dns_answers(s))
-        with self.console.status("building and deploying the C hello example"):
+        with self.out.spinner("building and deploying the C hello example"):
             component = build_function(EXAMPLE).read_bytes()
             manifest = load_toml(EXAMPLE / "edge.toml")
             with ControlClient(control, tokens["admin"]) as client:
@@ -202,9 +202,9 @@ def _dns_answers(s: UpSettings) -> bool:
         return False
 
 
-def run_up(settings: UpSettings) -> None:
-    console = Console(stderr=True)
-    stack = Stack(settings, console)
+def run_up(settings: UpSettings, out: Output | None = None) -> None:
+    out = out or Output()
+    stack = Stack(settings, out)
     stopping = False
 
     def interrupt(_sig: int, _frame: object) -> None:
@@ -219,28 +219,36 @@ def run_up(settings: UpSettings) -> None:
         admin = stack.start()
         s = settings
         eu = next(r for r in REGIONS if r.name == "eu-west")
-        console.print(
-            f"[bold green]edge up:[/] control plane http://127.0.0.1:{s.control_port}/, "
+        host = f"{s.host}.{s.zone.rstrip('.')}"
+        out.event(
+            "ready",
+            f"edge up: control plane http://127.0.0.1:{s.control_port}/, "
             f"regions {', '.join(f'{r.name} ({r.address})' for r in REGIONS)}, "
-            f"DNS 127.0.0.1:{s.dns_port}"
+            f"DNS 127.0.0.1:{s.dns_port}",
+            control_url=f"http://127.0.0.1:{s.control_port}", admin_token=admin,
+            dns=f"127.0.0.1:{s.dns_port}", host=host, node_port=s.node_port,
+            regions={r.name: r.address for r in REGIONS}, logs=str(stack.logs),
+            dashboard=f"http://127.0.0.1:{s.control_port}/dashboard/",
         )
-        print(
-            f"\n  dig @127.0.0.1 -p {s.dns_port} {s.host}.{s.zone.rstrip('.')} A "
-            "+subnet=81.2.69.0/24      # a London client: eu-west\n"
-            f"  curl --resolve {s.host}.{s.zone.rstrip('.')}:{s.node_port}:{eu.address} "
-            f"http://{s.host}.{s.zone.rstrip('.')}:{s.node_port}/\n"
-            f"  export EDGE_CONTROL_URL=http://127.0.0.1:{s.control_port} EDGE_TOKEN={admin}\n"
-            f"  edge status; edge regions; edge region drain eu-west --over 30s\n\n"
-            f"logs in {stack.logs}; Ctrl-C stops everything.",
-            flush=True,
-        )
+        if not out.json:  # the how-to for people; scripts have it all in the ready event
+            print(
+                f"\n  dig @127.0.0.1 -p {s.dns_port} {host} A "
+                "+subnet=81.2.69.0/24      # a London client: eu-west\n"
+                f"  curl --resolve {host}:{s.node_port}:{eu.address} "
+                f"http://{host}:{s.node_port}/\n"
+                f"  export EDGE_CONTROL_URL=http://127.0.0.1:{s.control_port} EDGE_TOKEN={admin}\n"
+                f"  edge status; edge regions; edge region drain eu-west --over 30s\n"
+                f"  dashboard: http://127.0.0.1:{s.control_port}/dashboard/ (token: EDGE_TOKEN)\n\n"
+                f"logs in {stack.logs}; Ctrl-C stops everything.",
+                flush=True,
+            )
         while all(proc.poll() is None for _, proc in stack.procs):
             time.sleep(0.5)
         dead = [name for name, proc in stack.procs if proc.poll() is not None]
-        console.print(f"[red]edge up: {', '.join(dead)} exited; stopping[/]")
+        out.event("exited", f"edge up: {', '.join(dead)} exited; stopping", processes=dead)
     except KeyboardInterrupt:
         pass
     finally:
-        with console.status("stopping"):
+        with out.spinner("stopping"):
             stack.stop()
-        console.print("edge up: stopped")
+        out.event("stopped", "edge up: stopped")

@@ -63,11 +63,13 @@ def follower(
     public_key: str | None = None,
     ready: bool = True,
     cache_dir: Path | None = None,
+    extra: str = "",
 ) -> Proc:
+    """`extra`: more node.toml tables (e.g. [tracing]) after [control]."""
     body = (
         f'[control]\nurl = "{control.url}"\ntoken = "{control.tokens["node"]}"\n'
         f'public_key = "{public_key or control.tokens["public_key"]}"\n'
-        f'state_dir = "{state}"\n'
+        f'state_dir = "{state}"\n{extra}'
     )
     node = f'id = "{node_id}"\nregion = "{region}"\ntrusted_proxies = ["127.0.0.1/32"]\n'
     if cache_dir is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.build import Toolchain, build_function, stats
+from edge.build import Toolchain, build, build_function, stats
 from edge.build.cache import cache_key
 from edge.build.scaffold import new_project
 from edge.errors import BuildFailed, ConfigError, ToolchainMissing
@@ -142,6 +142,21 @@ def test_cache_hit_skips_compiler(tmp_path: Path) -> None:
     build_function(project, cache_dir=cache)
     assert stats.compiles == compiles + 2
     assert len(list(cache.glob("*.wasm"))) == 2
+
+
+@pytest.mark.toolchain
+def test_build_reports_its_steps_and_whether_the_cache_had_it(tmp_path: Path) -> None:
+    project = copy_example("c", "hello", tmp_path)
+    steps: list[str] = []
+    first = build(project, cache_dir=tmp_path / "cache", on_step=steps.append)
+    assert not first.cache_hit and first.function == "hello-c" and first.lang == "c"
+    assert first.size_bytes == first.path.stat().st_size > 0
+    assert [s.split(" with ")[0] for s in steps] == [
+        "hashing inputs", "compiling", "componentizing", "componentizing", "checking exports"
+    ]
+    steps.clear()
+    again = build(project, cache_dir=tmp_path / "cache", on_step=steps.append)
+    assert again.cache_hit and again.path == first.path and steps == ["hashing inputs"]
 
 
 @pytest.mark.toolchain

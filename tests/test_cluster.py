@@ -144,11 +144,9 @@ def test_nodes_serve_on_without_the_control_plane(
         assert httpx.get(node.url + "/").text == "before outage\n"
     # Restart the node while the control plane is down: it serves what it kept on disk.
     node.stop()
-    t0 = time.monotonic()
     again = follower(start_node, control, "solo", "eu-west", state, ready=False)
+    # How fast (the issue asks for under a second) is measured by bench.restart, not here.
     wait_until(lambda: httpx.get(again.url + "/").status_code == 200, 10, "restored node", again)
-    # Spawn to first answer, Python start-up included (0.65 s measured here); slack for CI.
-    assert time.monotonic() - t0 < 2.0
     assert httpx.get(again.url + "/").text == "before outage\n"
     assert "serving the state kept on disk" in again.log()
     # The control plane returns: the node catches up with what is deployed next.

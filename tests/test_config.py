@@ -87,3 +87,29 @@ def test_node_advertised_url(tmp_path: Path) -> None:
         "https://n1.example.net"
     with pytest.raises(ConfigError, match=r"node\.url"):
         url({"url": "n1.example.net"})
+
+
+def test_node_tracing_and_logs_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge.node.main import node_config_from_args
+
+    off = parse_node_config({}, "node.toml", tmp_path)
+    assert off.tracing.otlp_endpoint == "" and off.logs.ship_interval_ms == 200
+    on = parse_node_config(
+        {"tracing": {"otlp_endpoint": "http://127.0.0.1:4318/", "service_name": "edge-eu"},
+         "logs": {"ship_interval_ms": 50, "buffer_lines": 100}},
+        "node.toml", tmp_path,
+    )  # fmt: skip
+    assert (on.tracing.otlp_endpoint, on.tracing.service_name) == (
+        "http://127.0.0.1:4318", "edge-eu")  # fmt: skip
+    assert (on.logs.ship_interval_ms, on.logs.buffer_lines) == (50, 100)
+    for data, message in [
+        ({"tracing": {"otlp_endpoint": "127.0.0.1:4318"}}, "tracing.otlp_endpoint must be"),
+        ({"tracing": {"endpoint": "x"}}, "tracing.endpoint: unknown key"),
+        ({"logs": {"buffer_lines": 0}}, "logs.buffer_lines must be between 1"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_node_config(data, "node.toml", tmp_path)
+    # The standard variable turns export on when the file does not say.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    args = (None, None, None, None, None, None, None, None)
+    assert node_config_from_args(*args).tracing.otlp_endpoint == "http://collector:4318"

@@ -267,7 +267,6 @@ def test_metrics_move_with_real_traffic(node: Proc) -> None:
     assert delta("edge_function_response_bytes_total", function="hello-c") == 5 * len(
         "Hello from C!\n"
     )
-    assert _metric(text, "edge_node_compile_cache", result="hit") + _metric(
-        text, "edge_node_compile_cache", result="miss"
-    ) >= 1
+    lookups = "edge_node_compile_cache_lookups_total"
+    assert _metric(text, lookups, result="hit") + _metric(text, lookups, result="miss") >= 1
     assert "81.2.69" not in text and "/hostile" not in text  # no addresses or paths as labels

@@ -46,6 +46,9 @@ def test_edge_up_serves_the_example_by_geo_dns_and_stops_on_ctrl_c(tmp_path: Pat
         text = out.read_text()
         assert f"dig @127.0.0.1 -p {dns_port} hello.edge.test A" in text
         assert f"curl --resolve hello.edge.test:{node_port}:127.0.0.12" in text
+        dashboard = f"http://127.0.0.1:{control_port}/dashboard/"
+        assert dashboard in text
+        assert httpx.get(dashboard).status_code == 200
 
         def resolve(subnet: str) -> set[str]:
             q = dns.message.make_query("hello.edge.test", "A")

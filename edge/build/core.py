@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edge.build import c, js, python
@@ -14,6 +16,22 @@ from edge.config.function import FunctionConfig, load_function_config
 from edge.errors import BuildFailed, ConfigError
 
 LANGUAGES: dict[str, Language] = {"c": c.LANGUAGE, "python": python.LANGUAGE, "js": js.LANGUAGE}
+
+# What each tool run is doing, by the start of its description, for the progress display.
+PHASES = (
+    ("zig cc", "compiling"),
+    ("esbuild", "bundling"),
+    ("componentize-py bindings", "generating bindings"),
+    ("componentize-", "componentizing"),
+    ("wasm-tools component wit", "checking exports"),
+    ("wasm-tools component", "componentizing"),
+)
+
+
+def phase(what: str) -> str:
+    """`zig cc (hello)` -> `compiling with zig cc (hello)`."""
+    verb = next((verb for prefix, verb in PHASES if what.startswith(prefix)), None)
+    return what if verb is None else f"{verb} with {what}"
 
 
 @dataclass
@@ -31,6 +49,21 @@ def output_path(project_dir: Path, cfg: FunctionConfig) -> Path:
     return project_dir / "build" / f"{cfg.name}.wasm"
 
 
+@dataclass(frozen=True)
+class BuildResult:
+    function: str
+    lang: str
+    path: Path
+    size_bytes: int
+    seconds: float
+    cache_hit: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {"function": self.function, "lang": self.lang, "path": str(self.path),
+                "size_bytes": self.size_bytes, "seconds": round(self.seconds, 3),
+                "cache_hit": self.cache_hit}
+
+
 def build_function(
     project_dir: Path,
     *,
@@ -43,14 +76,33 @@ def build_function(
     Raises ConfigError (bad edge.toml, missing source), ToolchainMissing (naming the package to
     install) or BuildFailed (with the compiler's output).
     """
+    return build(project_dir, cache_dir=cache_dir, toolchain=toolchain, use_cache=use_cache).path
+
+
+def build(
+    project_dir: Path,
+    *,
+    cache_dir: Path | None = None,
+    toolchain: Toolchain | None = None,
+    use_cache: bool = True,
+    on_step: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> BuildResult:
+    """`build_function` that also says what it did; `on_step` hears each step as it starts."""
+    start = clock()
+    step: Callable[[str], None] = on_step or (lambda _what: None)
     project_dir = project_dir.resolve()
     cfg = load_function_config(project_dir)
     if not (project_dir / cfg.source).is_file():
         raise ConfigError(f"{project_dir / 'edge.toml'}: source file {cfg.source!r} not found")
     lang = LANGUAGES[cfg.lang]
-    tools = toolchain or Toolchain()
+    tools = replace(toolchain or Toolchain(), on_step=lambda what: step(phase(what)))
     out = output_path(project_dir, cfg)
 
+    def done(hit: bool) -> BuildResult:
+        return BuildResult(cfg.name, cfg.lang, out, out.stat().st_size, clock() - start, hit)
+
+    step("hashing inputs")
     key = cache_key(
         cfg.lang,
         lang.toolchain_version(tools),
@@ -61,7 +113,7 @@ def build_function(
     if hit is not None:
         atomic_copy(hit, out)
         stats.cache_hits += 1
-        return out
+        return done(True)
 
     with tempfile.TemporaryDirectory(prefix=f"edge-build-{cfg.name}-") as tmp:
         work = Work(Path(tmp))
@@ -71,7 +123,7 @@ def build_function(
         atomic_copy(built, out)
         if use_cache:
             store(cdir, key, built)
-    return out
+    return done(False)
 
 
 def component_wit(component: Path, tools: Toolchain, work: Work) -> str:

@@ -54,6 +54,8 @@ class Toolchain:
     js_bin_dir: Path = SDK_DIR / "js" / "node_modules" / ".bin"
     timeout_s: float = DEFAULT_TIMEOUT_S
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    # Told the `what` of each tool run as it starts (the CLI's spinner shows it).
+    on_step: Callable[[str], None] = lambda _what: None
 
     def _find(self, name: str, dirs: Sequence[Path]) -> str:
         for d in dirs:
@@ -91,6 +93,7 @@ class Toolchain:
 
         Raises BuildFailed (carrying the tool's output) on a non-zero exit or a timeout.
         """
+        self.on_step(what)
         # A private temp dir: concurrent builds never see each other's scratch files, and
         # everything goes away with the build's work dir.
         tmp.mkdir(parents=True, exist_ok=True)

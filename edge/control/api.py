@@ -20,14 +20,20 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 
 from edge.config.function import NAME_RE, parse_function_config
+from edge.control.dashboard import Dashboard
 from edge.control.errors import Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from edge.control.live import TrafficWindow, parse_report
+from edge.control.logs_api import log_routes
+from edge.control.metrics import ControlMetrics
 from edge.control.records import Change, FunctionState, Node, Principal, RegionChange, Version
 from edge.control.regions import MAX_OVER_S, REGION_RE, Region
 from edge.control.signing import Signer
@@ -51,6 +57,7 @@ class ControlSettings:
     node_stale_after_s: float = 60.0
     max_component_bytes: int = 64 * MIB
     max_metadata_bytes: int = 16 * KIB
+    traffic_window_s: float = 10.0
 
 
 class RevisionFeed:
@@ -85,6 +92,23 @@ def error_response(error: EdgeError) -> JSONResponse:
         {"error": error.reason, "message": error.message}, status_code=error.status,
         headers=headers,
     )
+
+
+_DRAIN_LIMIT_BYTES = 64 * 1024
+
+
+async def _drain_small_body(request: Request) -> bool:
+    """Reads what is left of a small request body; False when a large one is left unread."""
+    if request.method in ("GET", "HEAD"):
+        return True
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit() or int(length) > _DRAIN_LIMIT_BYTES:
+        return "transfer-encoding" not in request.headers and length is None
+    try:
+        await request.body()
+    except Exception:  # a client that hung up mid-body gets its error anyway
+        return False
+    return True
 
 
 def parse_route_spec(spec: str) -> tuple[str, str]:
@@ -182,7 +206,12 @@ def create_app(
 ) -> Starlette:
     settings = settings or ControlSettings()
     feed = RevisionFeed(store.revision())
+    metrics = ControlMetrics(
+        store.revision, store.nodes, store.revision_created, settings.node_stale_after_s,
+        store.now,
+    )  # fmt: skip
     snapshots: dict[int, bytes] = {}  # the latest one only; signing every version costs
+    traffic = TrafficWindow(settings.traffic_window_s, now)
 
     def run(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         return anyio.to_thread.run_sync(fn, *args)
@@ -385,11 +414,43 @@ def create_app(
         requests_total = _optional_int(body, "requests_total")
         if requests_total is not None and requests_total < 0:
             raise BadRequest("requests_total must be a counter (>= 0)")
+        if not last_error:
+            # Before the store: once `edge status` shows the node current, this is counted.
+            await run(metrics.node_reported, node_id, revision)
         made = await run(store.report_node, node_id, region, revision, healthy,
                          None if conv is None else float(conv), last_error, url, requests_total)
         if made is not None:  # the node joined or moved: a new snapshot for every node
             await feed.publish(made)
         return JSONResponse({"ok": True, "revision": feed.revision})
+
+    async def node_traffic(request: Request) -> Response:
+        """A node's request counters per function and version (node token), for the live view.
+
+        Body: {"node_id", "region", "started_unix": when the node process started,
+        "series": [{"function": "TENANT/NAME", "version": str, "buckets": [counts]}]}, counters
+        since the node started, one count per latency bucket of /metrics plus one for slower.
+        Kept in memory only; nodes send it every second while they serve requests."""
+        await node(request)
+        traffic.add(parse_report(await _json_body(request)))
+        return JSONResponse({"ok": True})
+
+    async def traffic_view(request: Request) -> Response:
+        """Requests per second, p50 and p99 per function and region, over the last few seconds
+        (scope read; only this tenant's functions).
+
+        Query: function=NAME (optional: only that function; 404 if the tenant has none so
+        named). Rows come from nodes' traffic reports; `window_s` says how far back they look."""
+        tenant_id, p = await tenant(request, "read")
+        view = traffic.view(str(p.tenant))
+        only = request.query_params.get("function")
+        if only is not None:
+            if not NAME_RE.match(only):
+                raise BadRequest(f"bad function name {only!r}")
+            if only not in await run(store.function_names, tenant_id):
+                raise NotFound(f"no function {only!r}")
+            for key in ("regions", "functions"):
+                view[key] = [row for row in view[key] if row["function"] == only]
+        return JSONResponse(view)
 
     async def public_key(request: Request) -> Response:
         """The Ed25519 key nodes verify snapshots with (any token)."""
@@ -472,14 +533,26 @@ def create_app(
             "state": r.state(now), "share": round(r.share(now), 4),
         })  # fmt: skip
 
+    async def to_dashboard(_: Request) -> Response:
+        """The operator dashboard (a static page that asks for a token)."""
+        return RedirectResponse("/dashboard/")
+
     async def openapi(request: Request) -> Response:
         """This API's description (any token)."""
         await authenticate(request)
         return JSONResponse(openapi_schema(routes))
 
-    async def on_edge_error(_: Request, exc: Exception) -> Response:
+    async def metrics_page(_: Request) -> Response:
+        return Response(await run(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
+
+    async def on_edge_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, EdgeError)
-        return error_response(exc)
+        response = error_response(exc)
+        if not await _drain_small_body(request):
+            # An unread request body leaves the connection mid-message: Hypercorn would drop it
+            # after this response and a keep-alive client's next request would see a reset.
+            response.headers["connection"] = "close"
+        return response
 
     async def on_http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -501,15 +574,23 @@ def create_app(
         Route("/v1/status", status, methods=["GET"]),
         Route("/v1/node/snapshot", node_snapshot, methods=["GET"]),
         Route("/v1/node/report", node_report, methods=["POST"]),
+        Route("/v1/node/traffic", node_traffic, methods=["POST"]),
+        Route("/v1/traffic", traffic_view, methods=["GET"]),
         Route("/v1/blobs/{sha256}", blob, methods=["GET"]),
         Route("/v1/public-key", public_key, methods=["GET"]),
         Route("/v1/regions", regions, methods=["GET"]),
         Route("/v1/regions/{name}", region_set, methods=["PUT"]),
         Route("/v1/regions/{name}/{action}", region_change, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/", to_dashboard, methods=["GET"]),
+        Mount("/dashboard", Dashboard()),
     ]
+    routes += log_routes(store, RevisionFeed(0), tenant, node, _json_body, run, function_name, now)
+    # Not in `routes`: the OpenAPI description is of the token-protected API.
+    served = [*routes, Route("/metrics", metrics_page, methods=["GET"])]
     return Starlette(
-        routes=routes,
+        routes=served,
+        middleware=[Middleware(metrics.middleware(served))],
         exception_handlers={
             EdgeError: on_edge_error, HTTPException: on_http_error, Exception: on_crash,
         },

@@ -3,15 +3,16 @@ the server's status, reason and message; a dead connection becomes `ControlUnrea
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import httpx
 
-from edge.control.errors import ControlUnreachable, RemoteError
+from edge.control.errors import ControlUnreachable, NotFound, RemoteError
 from edge.control.wire import METADATA_HEADER, encode_metadata
 
 DEFAULT_URL = "http://127.0.0.1:7000"
@@ -50,13 +51,7 @@ class ControlClient:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
             raise ControlUnreachable(f"control plane at {self.url}: {e}") from None
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-                reason, message = str(body["error"]), str(body["message"])
-            except (ValueError, KeyError, TypeError):
-                reason, message = "http_error", response.text[:200] or response.reason_phrase
-            raise RemoteError(response.status_code, reason, message)
+        _raise_for_status(response)
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -101,6 +96,30 @@ class ControlClient:
     def status(self) -> dict[str, Any]:
         return self._json("GET", "/v1/status")
 
+    def logs(
+        self, name: str, *, since: str | None = None, region: str | None = None,
+        after: int = 0, limit: int | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """{"lines": [...], "next": seq}; `since` is a duration such as "10m"."""
+        return self._json("GET", f"/v1/functions/{name}/logs",
+                          params=_log_params(since, region, after, limit))  # fmt: skip
+
+    def follow_logs(
+        self, name: str, *, since: str | None = None, region: str | None = None, after: int = 0
+    ) -> Iterator[dict[str, Any]]:
+        """Lines as they arrive, until the caller stops iterating or the connection ends."""
+        params = {**_log_params(since, region, after, None), "follow": "1"}
+        try:
+            with self._http.stream("GET", f"/v1/functions/{name}/logs", params=params) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    _raise_for_status(r)
+                for text in r.iter_lines():
+                    if text.strip():  # empty lines are the server's heartbeat
+                        yield json.loads(text)
+        except httpx.HTTPError as e:
+            raise ControlUnreachable(f"control plane at {self.url}: {e}") from None
+
     def regions(self) -> dict[str, Any]:
         return self._json("GET", "/v1/regions")
 
@@ -115,6 +134,30 @@ class ControlClient:
         if weight is not None:
             body["weight"] = weight
         return self._json("PUT", f"/v1/regions/{name}", json=body)
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        reason, message = str(body["error"]), str(body["message"])
+    except (ValueError, KeyError, TypeError):
+        reason, message = "http_error", response.text[:200] or response.reason_phrase
+    raise RemoteError(response.status_code, reason, message)
+
+
+def _log_params(
+    since: str | None, region: str | None, after: int, limit: int | None
+) -> dict[str, str]:
+    params = {"after": str(after)}
+    if since:
+        params["since"] = since
+    if region:
+        params["region"] = region
+    if limit is not None:
+        params["limit"] = str(limit)
+    return params
 
 
 @dataclass(frozen=True)
@@ -154,3 +197,52 @@ def wait_for_nodes(
         if state.converged or state.elapsed_s >= timeout_s:
             return state
         sleep(interval_s)
+
+
+# A region's state while its ramp runs, and once it is over, per operator action.
+RAMPING = {"drain": "draining", "undrain": "undraining"}
+
+
+def ramp_progress(region: dict[str, Any]) -> float:
+    """How far a GET /v1/regions entry's drain or undrain ramp has got, 0..1 (1: no ramp)."""
+    d = region.get("drain")
+    if not d:
+        return 1.0
+    target = 0.0 if d["direction"] == "drain" else 1.0
+    span = target - float(d["from_share"])
+    if span == 0:
+        return 1.0
+    return min(1.0, max(0.0, (float(region["share"]) - float(d["from_share"])) / span))
+
+
+def ramp_left_s(region: dict[str, Any], now_unix: float) -> float:
+    d = region.get("drain")
+    if not d:
+        return 0.0
+    return max(0.0, float(d["started_unix"]) + float(d["over_s"]) - now_unix)
+
+
+def wait_for_region(
+    fetch_regions: Callable[[], dict[str, Any]],
+    name: str,
+    action: str,
+    *,
+    on_progress: Callable[[dict[str, Any], float], None] = lambda _r, _left: None,
+    interval_s: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Polls GET /v1/regions until region `name` is no longer ramping the way `action` started
+    it; returns its last entry. That is the end of the ramp, or an earlier stop when another
+    change (an undrain during a drain) took over. `on_progress` gets the entry and the seconds
+    the ramp has left."""
+    while True:
+        listing = fetch_regions()
+        region = next((r for r in listing["regions"] if r["name"] == name), None)
+        if region is None:
+            raise NotFound(f"no region {name!r}")
+        left_s = ramp_left_s(region, float(listing["now_unix"]))
+        on_progress(region, left_s)
+        if region["state"] != RAMPING[action]:
+            return dict(region)
+        # Wake at the ramp's end rather than up to an interval after it.
+        sleep(max(0.05, min(interval_s, left_s + 0.01)))

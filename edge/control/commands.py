@@ -8,87 +8,92 @@ Every client command takes --control/EDGE_CONTROL_URL, --token/EDGE_TOKEN and --
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edge.cli_output import JsonOption, Output
 from edge.config.function import parse_function_config
 from edge.config.toml_fields import load_toml
 from edge.control.client import DEFAULT_URL, ControlClient, Convergence, wait_for_nodes
-from edge.errors import BadRequest, BuildFailed, EdgeError
+from edge.errors import BadRequest, EdgeError
 
 ControlUrl = Annotated[
     str, typer.Option("--control", envvar="EDGE_CONTROL_URL", help="control plane URL")
 ]
 Token = Annotated[str, typer.Option("--token", envvar="EDGE_TOKEN", help="API token")]
-JsonOut = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
 
+# Kept for commands written before edge.cli_output; new code uses Output.
+JsonOut = JsonOption
 console = Console(stderr=True)
 
 
 def _fail(error: EdgeError) -> NoReturn:
-    print(f"error: {error.message}", file=sys.stderr)
-    if isinstance(error, BuildFailed) and error.output:
-        print(error.output.rstrip(), file=sys.stderr)
-    raise typer.Exit(1)
+    Output().fail(error)
+
+
+def _print_json(value: Any) -> None:
+    Output(True).result(value)
 
 
 @contextmanager
 def _client(url: str, token: str) -> Iterator[ControlClient]:
+    """A client for the control plane; raises EdgeError (run it inside `with Output(...)`)."""
     if not token:
-        _fail(BadRequest("no token: pass --token or set EDGE_TOKEN"))
-    try:
-        with ControlClient(url, token) as client:
-            yield client
-    except EdgeError as e:
-        _fail(e)
+        raise BadRequest("no token: pass --token or set EDGE_TOKEN")
+    with ControlClient(url, token) as client:
+        yield client
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True))
-
-
-def _print_change(result: dict[str, Any], what: str) -> None:
+def _change_line(result: dict[str, Any], what: str) -> str:
     d = result["deployment"]
     if not result["changed"]:
-        print(f"{d['function']}: nothing changed (revision {result['revision']})")
-        return
+        return f"{d['function']}: nothing changed (revision {result['revision']})"
     canary = f", canary v{d['canary']} at {d['canary_percent']}%" if d["canary"] else ""
-    print(f"{d['function']}: {what}: stable v{d['stable']}{canary} "
-          f"(revision {result['revision']})")
+    return (f"{d['function']}: {what}: stable v{d['stable']}{canary} "
+            f"(revision {result['revision']})")
+
+
+class NotConverged(EdgeError):
+    """Some live nodes did not apply the revision in time (the change itself is made)."""
+
+    status = 504
+    reason = "not_converged"
 
 
 def serve(
     data: Annotated[Path, typer.Option("--data", help="data directory (created if new)")],
     listen: Annotated[str, typer.Option(help="HOST:PORT")] = "127.0.0.1:7000",
+    as_json: JsonOption = False,
 ) -> None:
-    """Run the control plane. The first start creates tenant "default" and prints its tokens."""
+    """Run the control plane. The first start creates tenant "default" and prints its tokens.
+
+    --json: events on stdout, one per line (bootstrapped with the tokens, ready)."""
     from edge.control.server import run_control
 
-    try:
-        asyncio.run(run_control(data, listen))
-    except EdgeError as e:
-        _fail(e)
-    except KeyboardInterrupt:
-        pass
+    with Output(as_json) as out, suppress(KeyboardInterrupt):
+        asyncio.run(run_control(data, listen, out=out))
 
 
-def _build(project: Path, component: Path | None) -> Path:
+def _component(out: Output, project: Path, component: Path | None) -> tuple[bytes, Any]:
+    """The component's bytes and, when built here, the BuildResult (for the JSON output)."""
     if component is not None:
-        return component
+        try:
+            return component.read_bytes(), None
+        except OSError as e:
+            raise BadRequest(f"cannot read component: {e}") from None
     try:
-        from edge.build import build_function
+        from edge.build.report import build_with_progress, summary
     except ImportError:
-        _fail(BadRequest("building is not available here; pass --component FILE"))
-    return build_function(project)
+        raise BadRequest("building is not available here; pass --component FILE") from None
+    built = build_with_progress(out, project)
+    out.say(summary(built))
+    return built.path.read_bytes(), built
 
 
 def deploy(
@@ -103,39 +108,54 @@ def deploy(
     timeout_s: Annotated[float, typer.Option("--timeout-s", help="wait for nodes")] = 60.0,
     control: ControlUrl = DEFAULT_URL,
     token: Token = "",
-    as_json: JsonOut = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Build PROJECT, upload it as a new version, make it stable, and wait for every node."""
-    try:
+    """Build PROJECT, upload it as a new version, make it stable, and wait for every node.
+
+    Shows the build's step, then every node's progress towards the new revision; ends with one
+    line: version, revision, nodes and seconds. --json: version, revision and every node."""
+    with Output(as_json) as out:
         manifest = load_toml(project / "edge.toml")
         config = parse_function_config(manifest, str(project / "edge.toml"))
-        data = _build(project, component).read_bytes()
-    except EdgeError as e:
-        _fail(e)
-    except OSError as e:
-        _fail(BadRequest(f"cannot read component: {e}"))
-    with _client(control, token) as client:
-        version = client.upload_version(config.name, data, manifest, message)
-        result = client.deploy(config.name, version["number"], route or None)
-        revision = int(result["revision"])
-        if as_json:
-            state = wait_for_nodes(client.status, revision, timeout_s)
-        else:
-            print(f"{config.name}: uploaded v{version['number']} ({len(data)} bytes, "
-                  f"sha256 {version['sha256'][:12]})", file=sys.stderr)
-            state = _wait_with_progress(client.status, revision, timeout_s)
-    if as_json:
-        _print_json({"version": version, "deploy": result, "convergence": _conv_json(state)})
-    else:
-        _print_change(result, f"deployed v{version['number']}")
+        data, built = _component(out, project, component)
+        with _client(control, token) as client:
+            version = client.upload_version(config.name, data, manifest, message)
+            out.say(f"{config.name}: uploaded v{version['number']} ({len(data)} bytes, "
+                    f"sha256 {version['sha256'][:12]})")
+            result = client.deploy(config.name, version["number"], route or None)
+            revision = int(result["revision"])
+            last: dict[str, Any] = {}
+
+            def fetch() -> dict[str, Any]:
+                last.update(client.status())
+                return last
+
+            state = _wait_with_progress(out, fetch, revision, timeout_s)
+        doc = {"function": config.name, "revision": revision, "version": version,
+               "deploy": result, "convergence": _conv_json(state),
+               "nodes": _nodes_json(last, revision),
+               "build": None if built is None else built.to_json()}
         for node_id in state.stale:
-            print(f"warning: node {node_id} has stopped reporting; not waited for",
-                  file=sys.stderr)
-    if not state.converged:
-        if not as_json:
-            print(f"error: after {timeout_s:g}s these nodes have not applied revision "
-                  f"{revision}: {', '.join(state.laggards)}", file=sys.stderr)
-        raise typer.Exit(1)
+            out.note(f"warning: node {node_id} has stopped reporting; not waited for")
+        if not state.converged:
+            out.fail(NotConverged(
+                f"after {timeout_s:g}s these nodes have not applied revision {revision}: "
+                f"{', '.join(state.laggards)}"), done=doc)
+        out.result(doc, _change_line(result, f"deployed v{version['number']}")
+                   + f"; {_nodes_line(state)}")
+
+
+def _nodes_line(c: Convergence) -> str:
+    live = len(c.current) + len(c.laggards)
+    if live == 0:
+        return "no nodes reporting"
+    return f"{len(c.current)}/{live} nodes in {c.elapsed_s:.2f} s"
+
+
+def _nodes_json(status: dict[str, Any], revision: int) -> list[dict[str, Any]]:
+    return [{"id": n["id"], "region": n["region"], "applied_revision": n["applied_revision"],
+             "current": n["applied_revision"] >= revision, "stale": n["stale"],
+             "healthy": n["healthy"]} for n in status.get("nodes", [])]
 
 
 def _conv_json(c: Convergence) -> dict[str, Any]:
@@ -145,36 +165,25 @@ def _conv_json(c: Convergence) -> dict[str, Any]:
 
 
 def _wait_with_progress(
-    fetch: Callable[[], dict[str, Any]], revision: int, timeout_s: float
+    out: Output, fetch: Callable[[], dict[str, Any]], revision: int, timeout_s: float
 ) -> Convergence:
-    with Progress(
-        TextColumn("[bold]revision {task.fields[revision]}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} nodes  {task.fields[waiting]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task("nodes", total=None, revision=revision, waiting="")
+    with out.progress(f"revision {revision}") as bar:
 
         def show(c: Convergence) -> None:
-            waiting = ("waiting: " + ", ".join(c.laggards[:5])) if c.laggards else ""
-            progress.update(task, total=len(c.current) + len(c.laggards) or 1,
-                            completed=len(c.current) if c.current or c.laggards else 1,
-                            waiting=waiting)
+            live = len(c.current) + len(c.laggards)
+            waiting = ("  waiting: " + ", ".join(c.laggards[:5])) if c.laggards else ""
+            bar.update(len(c.current) if live else 1, live or 1,
+                       f"{len(c.current)}/{live} nodes{waiting}")
 
         return wait_for_nodes(fetch, revision, timeout_s, on_progress=show)
 
 
 def versions(
-    name: str, control: ControlUrl = DEFAULT_URL, token: Token = "", as_json: JsonOut = False
+    name: str, control: ControlUrl = DEFAULT_URL, token: Token = "", as_json: JsonOption = False
 ) -> None:
     """List a function's versions and which are stable and canary."""
-    with _client(control, token) as client:
+    with Output(as_json) as out, _client(control, token) as client:
         result = client.versions(name)
-    if as_json:
-        _print_json(result)
-        return
     d = result["deployment"] or {}
     table = Table("version", "", "sha256", "size", "author", "message")
     for v in reversed(result["versions"]):
@@ -183,7 +192,7 @@ def versions(
                 else "")
         table.add_row(str(v["number"]), mark, v["sha256"][:12], str(v["size"]), v["author"],
                       v["message"])
-    Console().print(table)
+    out.result(result, lambda: out.show(table))
 
 
 def rollback(
@@ -192,12 +201,12 @@ def rollback(
     = None,
     control: ControlUrl = DEFAULT_URL,
     token: Token = "",
-    as_json: JsonOut = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Go back to the previous stable version, or to --to N. Drops any canary."""
-    with _client(control, token) as client:
+    with Output(as_json) as out, _client(control, token) as client:
         result = client.rollback(name, to)
-    _print_json(result) if as_json else _print_change(result, "rolled back")
+    out.result(result, _change_line(result, "rolled back"))
 
 
 def canary(
@@ -207,43 +216,46 @@ def canary(
     sticky: Annotated[str | None, typer.Option(help="ip or cookie:NAME")] = None,
     control: ControlUrl = DEFAULT_URL,
     token: Token = "",
-    as_json: JsonOut = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Send PERCENT of clients (sticky per client) to VERSION."""
-    with _client(control, token) as client:
+    with Output(as_json) as out, _client(control, token) as client:
         result = client.canary(name, version, percent, sticky)
-    _print_json(result) if as_json else _print_change(result, "canary")
+    out.result(result, _change_line(result, "canary"))
 
 
 def promote(
-    name: str, control: ControlUrl = DEFAULT_URL, token: Token = "", as_json: JsonOut = False
+    name: str, control: ControlUrl = DEFAULT_URL, token: Token = "", as_json: JsonOption = False
 ) -> None:
     """Make the canary the stable version for everyone."""
-    with _client(control, token) as client:
+    with Output(as_json) as out, _client(control, token) as client:
         result = client.promote(name)
-    _print_json(result) if as_json else _print_change(result, "promoted")
+    out.result(result, _change_line(result, "promoted"))
 
 
-def status(control: ControlUrl = DEFAULT_URL, token: Token = "", as_json: JsonOut = False) -> None:
+def status(
+    control: ControlUrl = DEFAULT_URL, token: Token = "", as_json: JsonOption = False
+) -> None:
     """The current revision and, per region and node, what is applied and when last seen."""
-    with _client(control, token) as client:
+    with Output(as_json) as out, _client(control, token) as client:
         result = client.status()
-    if as_json:
-        _print_json(result)
-        return
-    out = Console()
-    out.print(f"revision {result['revision']}")
     table = Table("node", "region", "applied", "healthy", "last seen", "convergence")
     for n in result["nodes"]:
         seen = f"{n['last_seen_s_ago']:.0f}s ago" + (" (stale)" if n["stale"] else "")
         conv = "" if n["convergence_ms"] is None else f"{n['convergence_ms']:.0f} ms"
         table.add_row(n["id"], n["region"], str(n["applied_revision"]),
                       "yes" if n["healthy"] else "NO", seen, conv)
-    out.print(table)
-    for f in result.get("functions", []):
-        canary_text = f", canary v{f['canary']} {f['canary_percent']}%" if f["canary"] else ""
-        out.print(f"{f['function']}: stable v{f['stable']}{canary_text} "
-                  f"routes {' '.join(f['routes']) or '-'}")
+    lines = [f"{f['function']}: stable v{f['stable']}"
+             + (f", canary v{f['canary']} {f['canary_percent']}%" if f["canary"] else "")
+             + f" routes {' '.join(f['routes']) or '-'}" for f in result.get("functions", [])]
+
+    def human() -> None:
+        out.show(f"revision {result['revision']}")
+        out.show(table)
+        for line in lines:
+            out.show(line)
+
+    out.result(result, human)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,32 +1,32 @@
 """`edge region drain|undrain|set NAME` and `edge regions`: operator commands for regions.
 
 Every command talks to the control plane (--control/--token or EDGE_CONTROL_URL/EDGE_TOKEN) and
-prints a sentence, or with --json the API's answer unchanged.
+prints a sentence, or with --json the API's answer unchanged. `drain|undrain --wait` follows the
+ramp with a progress bar of the share and returns when it is over (--json: the region's final
+entry merged into the answer, with `waited_s`).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from edge.control.client import DEFAULT_URL
-from edge.control.commands import (
-    ControlUrl,
-    JsonOut,
-    Token,
-    _client,
-    _fail,
-    _print_json,
-    console,
-)
+from edge.cli_output import JsonOption, Output
+from edge.control.client import DEFAULT_URL, ControlClient, ramp_progress, wait_for_region
+from edge.control.commands import ControlUrl, Token, _client
 from edge.control.regions import parse_duration_s
-from edge.errors import BadRequest, EdgeError
+from edge.errors import BadRequest
 
 region_app = typer.Typer(no_args_is_help=True, add_completion=False,
                          help="Drain and undrain regions.")
+
+Wait = Annotated[
+    bool, typer.Option("--wait", help="show the share as it ramps and return when it is done")
+]
 
 
 def _over(text: str | None) -> float | None:
@@ -35,7 +35,7 @@ def _over(text: str | None) -> float | None:
     try:
         return parse_duration_s(text)
     except ValueError as e:
-        _fail(BadRequest(str(e)))
+        raise BadRequest(str(e)) from None
 
 
 @region_app.command()
@@ -43,12 +43,13 @@ def drain(
     name: str,
     over: Annotated[str | None, typer.Option("--over", help="ramp length: 30s, 5m (default 5m)")]
     = None,
+    wait: Wait = False,
     control: ControlUrl = DEFAULT_URL,
     token: Token = "",
-    as_json: JsonOut = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Lower NAME's share of traffic to zero over --over; DNS answers move to the next region."""
-    _change(name, "drain", _over(over), control, token, as_json)
+    _change(name, "drain", over, wait, control, token, as_json)
 
 
 @region_app.command()
@@ -56,29 +57,40 @@ def undrain(
     name: str,
     over: Annotated[str | None, typer.Option("--over", help="ramp length (default: at once)")]
     = None,
+    wait: Wait = False,
     control: ControlUrl = DEFAULT_URL,
     token: Token = "",
-    as_json: JsonOut = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Bring NAME back to its full share of traffic."""
-    _change(name, "undrain", _over(over), control, token, as_json)
+    _change(name, "undrain", over, wait, control, token, as_json)
 
 
-def _change(name: str, action: str, over_s: float | None, control: str, token: str,
+def _change(name: str, action: str, over: str | None, wait: bool, control: str, token: str,
             as_json: bool) -> None:
-    try:
-        with _client(control, token) as client:
-            result = client.region(name, action, over_s)
-    except EdgeError as e:
-        _fail(e)
-    if as_json:
-        _print_json(result)
-        return
+    with Output(as_json) as out, _client(control, token) as client:
+        result = client.region(name, action, _over(over))
+        if wait:
+            start = time.monotonic()
+            final = _wait(out, client, name, action)
+            result = {**result, **final, "waited_s": round(time.monotonic() - start, 3)}
     drain = result.get("drain") or {}
     ramp = f", ramp {drain['over_s']:g}s" if drain else ""
     same = "" if result.get("changed", True) else "; unchanged"
-    console.print(f"{name}: {result['state']} (share {result['share']:.0%} now{ramp}{same}), "
-                  f"revision {result['revision']}")
+    waited = f" after {result['waited_s']:.1f} s" if "waited_s" in result else ""
+    out.result(result, f"{name}: {result['state']} (share {result['share']:.0%} now{ramp}{same})"
+                       f"{waited}, revision {result['revision']}")
+
+
+def _wait(out: Output, client: ControlClient, name: str, action: str) -> dict[str, Any]:
+    with out.progress(f"{name} {action}") as bar:
+
+        def show(region: dict[str, Any], left_s: float) -> None:
+            left = f", {math.ceil(left_s)} s left" if left_s else ""
+            bar.update(ramp_progress(region) * 100, 100,
+                       f"share {region['share']:.0%} ({region['state']}{left})")
+
+        return wait_for_region(client.regions, name, action, on_progress=show)
 
 
 @region_app.command("set")
@@ -91,37 +103,27 @@ def set_region(
     ] = None,
     control: ControlUrl = DEFAULT_URL,
     token: Token = "",
-    as_json: JsonOut = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Create or update region NAME: its location (for nearest-region spill) and weight."""
-    try:
-        with _client(control, token) as client:
-            result = client.set_region(name, lat, lon, weight)
-    except EdgeError as e:
-        _fail(e)
-    if as_json:
-        _print_json(result)
-        return
+    with Output(as_json) as out, _client(control, token) as client:
+        result = client.set_region(name, lat, lon, weight)
     w = "unset" if result["weight"] is None else result["weight"]
     same = "" if result["changed"] else " (unchanged)"
-    console.print(f"{name}: {result['latitude']:g}, {result['longitude']:g}, weight {w}"
-                  f"{same}, revision {result['revision']}")
+    out.result(result, f"{name}: {result['latitude']:g}, {result['longitude']:g}, weight {w}"
+                       f"{same}, revision {result['revision']}")
 
 
-def regions(control: ControlUrl = DEFAULT_URL, token: Token = "", as_json: JsonOut = False) -> None:
+def regions(
+    control: ControlUrl = DEFAULT_URL, token: Token = "", as_json: JsonOption = False
+) -> None:
     """Every region: state, share of traffic now, weight, node health and requests/s."""
-    try:
-        with _client(control, token) as client:
-            result = client.regions()
-    except EdgeError as e:
-        _fail(e)
-    if as_json:
-        _print_json(result)
-        return
+    with Output(as_json) as out, _client(control, token) as client:
+        result = client.regions()
     table = Table("region", "state", "share", "weight", "health", "nodes", "traffic")
     for r in result["regions"]:
         table.add_row(*region_row(r))
-    Console().print(table)  # the listing is output (stdout), like `edge status`
+    out.result(result, lambda: out.show(table))
 
 
 def region_row(r: dict[str, Any]) -> tuple[str, ...]:

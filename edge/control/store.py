@@ -452,6 +452,14 @@ class Store:
         with self._tx() as db:
             return self._revision(db)
 
+    def revision_created(self, revision: int) -> float | None:
+        """When `revision` was made (this store's clock), None if there is no such revision."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT created_unix FROM revisions WHERE number = ?", (revision,)
+            ).fetchone()
+        return None if row is None else float(row[0])
+
     def revisions(self) -> list[RevisionRow]:
         with self._tx() as db:
             rows = db.execute("SELECT * FROM revisions ORDER BY number").fetchall()

@@ -27,8 +27,11 @@ from edge.node import http
 from edge.node.client_ip import client_ip
 from edge.node.geo import NO_GEO
 from edge.node.inline import InlineHint
+from edge.node.metrics import FunctionSeries
 from edge.node.runtime import NodeRuntime, Unavailable
-from edge.node.spill import SPILLED_FROM, spill_decision
+from edge.node.spill import SPILLED_FROM, Spill, spill_decision
+from edge.node.tracecontext import TRACEPARENT, TRACESTATE, new_span_id
+from edge.node.tracing import RequestTrace
 from edge.sandbox.abi import GuestRequest, GuestResponse
 from edge.sandbox.function import LoadedFunction, OverBudget
 from edge.sandbox.host import Invocation, LogLine, LogSink
@@ -44,8 +47,12 @@ INLINE_BUDGET_TICKS = 2
 # here; one that accepted gets as long as a slow function may take.
 SPILL_TIMEOUT = httpx.Timeout(30.0, connect=1.0, pool=1.0)
 SPILL_AVOID_S = 5.0  # how long a target that failed is left out
-OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 SPILLED_FROM_B = SPILLED_FROM.encode()
+OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Replaced on a forward: framing, the client address and the caller's trace context.
+_NOT_FORWARDED = frozenset(
+    [h.encode() for h in http.HOP_BY_HOP] + [b"x-forwarded-for", TRACEPARENT, TRACESTATE]
+)
 
 
 class _LogBuffer:
@@ -99,12 +106,7 @@ def ops_app(runtime: NodeRuntime) -> Starlette:
         )
 
     async def metrics(_: Request) -> Response:
-        m = runtime.metrics
-        m.cache.labels("hit").set(runtime.cache.stats.hits)
-        m.cache.labels("miss").set(runtime.cache.stats.misses)
-        if runtime.deployment.revision is not None:
-            m.revision.set(runtime.deployment.revision)
-        return Response(m.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
         routes=[
@@ -129,20 +131,38 @@ class FunctionServer:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         request_id = http.request_id_from(headers)
+        exporter = self.runtime.spans
+        traceparent = http.header(headers, TRACEPARENT)
+        trace = RequestTrace.start(
+            traceparent, http.header(headers, TRACESTATE) if traceparent else "",
+            exporter is not None,
+        )  # fmt: skip
         metrics = self.runtime.metrics
-        metrics.in_flight_now += 1
+        metrics.in_flight.inc()
+        error = ""
         try:
-            response = await self._serve(scope, receive, headers, request_id)
+            response = await self._serve(scope, receive, headers, request_id, trace)
         except EdgeError as e:
             response = http.error_parts(e, request_id)
+            error = e.reason
         finally:
-            metrics.in_flight_now -= 1
+            metrics.in_flight.dec()
         status, raw_headers, body = response
+        # The caller can find this request's trace (and this node's span) from the answer.
+        raw_headers.append((TRACEPARENT, trace.traceparent().encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": body})
+        if trace.spans is not None and exporter is not None:
+            exporter.export(trace.trace_id, trace.flags, bool(trace.parent_id),
+                            trace.finish(status, error))  # fmt: skip
 
     async def _serve(
-        self, scope: Scope, receive: Receive, headers: list[tuple[bytes, bytes]], request_id: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        headers: list[tuple[bytes, bytes]],
+        request_id: str,
+        trace: RequestTrace,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         runtime, config = self.runtime, self.config
         deployment = runtime.deployment  # one snapshot for the whole request
@@ -163,6 +183,8 @@ class FunctionServer:
             jar = SimpleCookie(http.header(headers, b"cookie"))
             cookies = {k: m.value for k, m in jar.items()}
         function, version = served.pick(route.function, ip, cookies)
+        trace.note("edge.function", route.function)
+        trace.note("edge.version", version)
         if isinstance(function, Unavailable):
             raise function.error
         limits = function.config.limits
@@ -177,7 +199,7 @@ class FunctionServer:
                 avoid=self._avoided(),
             )  # fmt: skip
         if spill is not None:
-            answer = await self._forward(spill.url, scope, headers, body, request_id, ip)
+            answer = await self._forward(spill, scope, headers, body, request_id, ip, trace)
             if answer is not None:
                 runtime.metrics.spills.labels(spill.region).inc()
                 return answer
@@ -193,22 +215,26 @@ class FunctionServer:
             request_id=request_id,
             geo=runtime.geo.lookup(ip) if runtime.geo else NO_GEO,
         )
-        metrics = runtime.metrics.function(route.function, version)
+        series = runtime.metrics.series(route.function, version)
+        series.bytes_in.inc(len(body))
         started = time.perf_counter()
         try:
-            result = await self._run(function, guest_request, request_id)
+            result = await self._run(
+                function, guest_request, route.function, version, request_id, trace, series
+            )
             out_headers = http.response_headers(result.headers, request_id)
         except FunctionError as e:
             # The function's author needs this line: it is the platform's word on their code.
-            runtime.sink(
-                LogLine(function.name, request_id, "error", e.message, "platform", time.time())
-            )
-            metrics.error(e.reason)
-            metrics.request(e.status, len(body), 0)
+            runtime.sink(LogLine(route.function, request_id, "error", e.message, "platform",
+                                 time.time(), version, trace.trace_id))  # fmt: skip
+            series.failed(e)
             raise
         finally:
-            metrics.latency.observe(time.perf_counter() - started)
-        metrics.request(result.status, len(body), len(result.body))
+            elapsed_s = time.perf_counter() - started
+            series.latency.observe(elapsed_s)
+            runtime.tally.observe(route.function, version, elapsed_s)
+        series.answered(result.status)
+        series.bytes_out.inc(len(result.body))
         if version:
             out_headers.append((b"x-edge-version", f"{route.function}@{version}".encode()))
         out_headers.append((b"x-edge-region", config.region.encode()))
@@ -218,40 +244,48 @@ class FunctionServer:
 
     async def _forward(
         self,
-        target: str,
+        spill: Spill,
         scope: Scope,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         request_id: str,
         ip: str,
+        trace: RequestTrace,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         """Sends the request on to a node of the next region (L7 spill). None when that fails:
         the request is then served here, so a spill never turns into an error."""
         if self.http is None:
             self.http = httpx.AsyncClient(timeout=SPILL_TIMEOUT, trust_env=False)
-        out = [
-            (k, v)
-            for k, v in headers
-            if k.decode("latin-1") not in http.HOP_BY_HOP and k not in (b"x-forwarded-for",)
-        ]
+        out = [(k, v) for k, v in headers if k not in _NOT_FORWARDED]
         # The next node must see the same client: we are the proxy it trusts or not; either
-        # way the spilled-from header stops a second hop.
+        # way the spilled-from header stops a second hop. Its span hangs under the forward.
+        span_id = new_span_id()
         out += [
             (SPILLED_FROM.encode(), self.config.region.encode()),
             (b"x-forwarded-for", ip.encode()),
             (b"x-request-id", request_id.encode()),
+            (TRACEPARENT, trace.traceparent(span_id).encode()),
         ]
+        if trace.tracestate:
+            out.append((TRACESTATE, trace.tracestate.encode()))
         path = scope.get("raw_path") or scope["path"].encode()
         query = scope.get("query_string", b"")
-        url = target + path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+        url = spill.url + path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+        started = time.time_ns()
         try:
             r = await self.http.request(scope["method"], url, headers=out, content=body)
-        except httpx.HTTPError:
+        except httpx.HTTPError as e:
+            trace.add("forward", started, time.time_ns(), span_id=span_id, kind="client",
+                      attributes={"edge.spill.region": spill.region, "url.full": url},
+                      error=type(e).__name__)  # fmt: skip
             return None
+        trace.add("forward", started, time.time_ns(), span_id=span_id, kind="client",
+                  attributes={"edge.spill.region": spill.region, "url.full": url,
+                              "http.response.status_code": r.status_code})  # fmt: skip
         raw = [
             (k.lower().encode("latin-1"), v.encode("latin-1"))
             for k, v in r.headers.multi_items()
-            if k.lower() not in http.HOP_BY_HOP
+            if k.lower() not in http.HOP_BY_HOP and k.lower() != "traceparent"
         ]
         raw.append((b"content-length", str(len(r.content)).encode()))
         return r.status_code, raw, r.content
@@ -266,36 +300,71 @@ class FunctionServer:
         return frozenset(self.failed_targets)
 
     async def _run(
-        self, function: LoadedFunction, request: GuestRequest, request_id: str
+        self,
+        function: LoadedFunction,
+        request: GuestRequest,
+        key: str,
+        version: str,
+        request_id: str,
+        trace: RequestTrace,
+        series: FunctionSeries,
     ) -> GuestResponse:
+        """Runs the function; `key` is its routed name ("tenant/name" on a follower), which
+        its log lines carry so the control plane can file them."""
         sink = self.runtime.sink
         config = function.config.config
         hint = self.hints.get(function)
         if hint is None:
             hint = self.hints[function] = InlineHint()
+        recorded = trace.spans is not None
         if hint.eligible():
             buffer = _LogBuffer(sink)
-            invocation = Invocation(function.name, request_id, config, buffer)
+            invocation = Invocation(key, request_id, config, buffer, version=version,
+                                    trace_id=trace.trace_id, marks=[] if recorded else None)
             # CPU time of this thread, not wall time: on a busy machine the loop's thread can be
             # descheduled mid-run, and that says nothing about what the function costs.
             started = time.thread_time()
             try:
                 result = function.invoke(request, invocation, INLINE_BUDGET_TICKS)
             except OverBudget:
+                _instantiated(invocation, series)
                 buffer.discard()
                 hint.record(time.thread_time() - started, finished=False)
             except BaseException:
                 buffer.commit()
                 hint.record(time.thread_time() - started, finished=True)
+                _instantiated(invocation, series)
+                _finish(trace, invocation)
                 raise
             else:
                 buffer.commit()
                 hint.record(time.thread_time() - started, finished=True)
+                _instantiated(invocation, series)
+                _finish(trace, invocation)
                 return result
-        invocation = Invocation(function.name, request_id, config, sink)
-        return await anyio.to_thread.run_sync(
-            function.invoke, request, invocation, limiter=self.limiter
-        )
+        invocation = Invocation(key, request_id, config, sink, version=version,
+                                trace_id=trace.trace_id, marks=[] if recorded else None)
+        try:
+            return await anyio.to_thread.run_sync(
+                function.invoke, request, invocation, limiter=self.limiter
+            )
+        finally:
+            _instantiated(invocation, series)
+            _finish(trace, invocation)
+
+
+def _instantiated(invocation: Invocation, series: FunctionSeries) -> None:
+    # Every instantiation counts, the inline attempt's too when it ran over its budget and the
+    # request was run again on a thread: both were paid for.
+    if invocation.instantiate_s is not None:
+        series.instantiate.observe(invocation.instantiate_s)
+
+
+def _finish(trace: RequestTrace, invocation: Invocation) -> None:
+    """After an invocation that counts: its spans, and the count of lines the cap refused."""
+    for name, start_ns, end_ns in invocation.marks or ():
+        trace.add(name, start_ns, end_ns)
+    invocation.report_dropped()
 
 
 def create_app(runtime: NodeRuntime) -> ASGIApp:

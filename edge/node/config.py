@@ -17,6 +17,14 @@ epoch_tick_ms = 2
 prepare_instances = true           # keep one fresh instance ready for functions whose
 prepare_above_us = 200             # instantiation takes longer than this (Python, JS)
 
+[tracing]                          # off unless an endpoint is set here or in
+otlp_endpoint = "http://127.0.0.1:4318"  # OTEL_EXPORTER_OTLP_ENDPOINT; /v1/traces is added
+service_name = "edge-node"
+
+[logs]                             # function logs shipped to the control plane (when following)
+ship_interval_ms = 200
+buffer_lines = 10000               # held while the control plane is slow; beyond, counted drops
+
 [control]                          # follow a control plane instead of [[function]]/[[route]]
 url = "http://127.0.0.1:7000"
 token = "..."                      # a node token (or token_file)
@@ -62,6 +70,18 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    otlp_endpoint: str = ""  # "" exports nothing, and no span is recorded
+    service_name: str = "edge-node"
+
+
+@dataclass(frozen=True)
+class LogShipConfig:
+    ship_interval_ms: int = 200
+    buffer_lines: int = 10_000
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node_id: str = field(default_factory=socket.gethostname)
     region: str = "local"
@@ -75,6 +95,8 @@ class NodeConfig:
     functions: tuple[FunctionSource, ...] = ()
     routes: tuple[Route, ...] = ()
     control: ControlConfig | None = None
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    logs: LogShipConfig = field(default_factory=LogShipConfig)
 
     @property
     def advertised_url(self) -> str:
@@ -115,6 +137,24 @@ def parse_control(table: Table, base: Path) -> ControlConfig | None:
     )
 
 
+def parse_tracing(table: Table) -> TracingConfig:
+    table.reject_unknown({"otlp_endpoint", "service_name"})
+    endpoint = table.get("otlp_endpoint", str, "").rstrip("/")
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{table.where('otlp_endpoint')} must be an http:// or https:// URL, got {endpoint!r}"
+        )
+    return TracingConfig(endpoint, table.get("service_name", str, "edge-node") or "edge-node")
+
+
+def parse_logs(table: Table) -> LogShipConfig:
+    table.reject_unknown({"ship_interval_ms", "buffer_lines"})
+    return LogShipConfig(
+        ship_interval_ms=table.positive_int("ship_interval_ms", 200, 60_000),
+        buffer_lines=table.positive_int("buffer_lines", 10_000, 1_000_000),
+    )
+
+
 def function_from_project(project: Path) -> FunctionSource:
     config = load_function_config(project)
     return FunctionSource(config, project / "build" / f"{config.name}.wasm")
@@ -122,7 +162,9 @@ def function_from_project(project: Path) -> FunctionSource:
 
 def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConfig:
     root = Table(data, source)
-    root.reject_unknown({"node", "sandbox", "function", "route", "control"})
+    root.reject_unknown(
+        {"node", "sandbox", "function", "route", "control", "tracing", "logs"}
+    )
     node = root.table("node")
     node.reject_unknown(
         {"id", "region", "listen", "url", "cache_dir", "geoip_db", "trusted_proxies", "workers"}
@@ -189,6 +231,8 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
         functions=tuple(functions),
         routes=tuple(routes),
         control=parse_control(root.table("control"), base),
+        tracing=parse_tracing(root.table("tracing")),
+        logs=parse_logs(root.table("logs")),
     )
 
 

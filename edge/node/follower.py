@@ -30,6 +30,7 @@ from edge.sandbox.function import LoadedFunction
 
 LONG_POLL_S = 25.0
 HEARTBEAT_S = 5.0
+TRAFFIC_S = 1.0  # traffic counters, for the dashboard's live view; only when they moved
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -58,6 +59,7 @@ class Follower:
         # Compiled versions by (function, number, sha256): unchanged versions are not reloaded.
         self._loaded: dict[tuple[str, int, str], Loaded] = {}
         self._report_lock = asyncio.Lock()
+        self._traffic_sent = 0  # the tally's observation count the control plane last received
         self._client = httpx.AsyncClient(
             base_url=settings.url,
             headers={"authorization": f"Bearer {settings.token}"},
@@ -199,8 +201,30 @@ class Follower:
             await self.report()
             await asyncio.sleep(HEARTBEAT_S)
 
+    async def report_traffic(self) -> None:
+        tally = self.runtime.tally
+        observations = tally.observations
+        if observations == self._traffic_sent:
+            return
+        body = {
+            "node_id": self.runtime.config.node_id,
+            "region": self.runtime.config.region,
+            "started_unix": tally.started_unix,
+            "series": tally.series(),
+        }
+        with contextlib.suppress(httpx.HTTPError):  # counters since start: the next one catches up
+            r = await self._client.post("/v1/node/traffic", json=body)
+            if r.is_success:
+                self._traffic_sent = observations
+
+    async def traffic(self) -> None:
+        while True:
+            await asyncio.sleep(TRAFFIC_S)
+            await self.report_traffic()
+
     async def run(self) -> None:
         beat = asyncio.create_task(self.heartbeat())
+        counters = asyncio.create_task(self.traffic())
         failures = 0
         try:
             while True:
@@ -214,4 +238,5 @@ class Follower:
                     failures += 1
         finally:
             beat.cancel()
+            counters.cancel()
             await self._client.aclose()

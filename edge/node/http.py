@@ -30,6 +30,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 RawHeaders = list[tuple[bytes, bytes]]
+# Response headers the node sets itself; a function's own value would contradict them.
+_PLATFORM_SET = frozenset({REQUEST_ID, "traceparent"})
 
 
 def header(headers: RawHeaders, name: bytes) -> str:
@@ -122,7 +124,7 @@ def response_headers(headers: Iterable[tuple[str, str]], request_id: str) -> Raw
     out = []
     for name, value in headers:
         lower = name.lower()
-        if lower in HOP_BY_HOP or lower == REQUEST_ID:
+        if lower in HOP_BY_HOP or lower in _PLATFORM_SET:
             continue
         if not _TOKEN_RE.match(name):
             raise InvalidResponse(f"function returned an invalid header name {name[:64]!r}")

@@ -1,6 +1,7 @@
 """Where function log lines and platform errors about a function go: one line each on stderr.
 
-`json` for nodes (a collector reads it), `pretty` for `edge dev` (a person reads it).
+`json` for nodes (a collector reads it), `pretty` for `edge dev` (a person reads it). A node
+that follows a control plane also ships them there (edge.node.logship).
 """
 
 from __future__ import annotations
@@ -9,9 +10,23 @@ import json
 import sys
 import threading
 import time
-from typing import TextIO
+from collections.abc import Sequence
+from typing import Any, TextIO
 
-from edge.sandbox.host import LogLine
+from edge.sandbox.host import LogLine, LogSink
+
+
+def line_json(line: LogLine) -> dict[str, Any]:
+    return {
+        "time": line.time_unix,
+        "function": line.function,
+        "version": line.version,
+        "request_id": line.request_id,
+        "trace_id": line.trace_id,
+        "level": line.level,
+        "source": line.source,
+        "message": line.message,
+    }
 
 
 class LogWriter:
@@ -22,17 +37,7 @@ class LogWriter:
 
     def __call__(self, line: LogLine) -> None:
         if self.fmt == "json":
-            text = json.dumps(
-                {
-                    "time": line.time_unix,
-                    "function": line.function,
-                    "request_id": line.request_id,
-                    "level": line.level,
-                    "source": line.source,
-                    "message": line.message,
-                },
-                ensure_ascii=False,
-            )
+            text = json.dumps(line_json(line), ensure_ascii=False)
         else:
             stamp = time.strftime("%H:%M:%S", time.localtime(line.time_unix))
             where = "" if line.source == "log" else f" ({line.source})"
@@ -41,3 +46,14 @@ class LogWriter:
             )
         with self._lock:
             print(text, file=self.stream, flush=True)
+
+
+class Tee:
+    """One sink feeding several (stderr and the shipper)."""
+
+    def __init__(self, sinks: Sequence[LogSink]) -> None:
+        self.sinks = tuple(sinks)
+
+    def __call__(self, line: LogLine) -> None:
+        for sink in self.sinks:
+            sink(line)

@@ -3,28 +3,49 @@
 from __future__ import annotations
 
 import asyncio
-import sys
+import os
 from dataclasses import replace
 from pathlib import Path
 
 import anyio
 
+from edge.cli_output import Output
 from edge.config.toml_fields import Table
 from edge.node.app import create_app
 from edge.node.config import NodeConfig, load_node_config, parse_control, parse_node_config
 from edge.node.follower import ControlSettings, Follower
-from edge.node.logs import LogWriter
+from edge.node.logbuffer import LogBuffer
+from edge.node.logs import LogWriter, Tee
+from edge.node.logship import LogShipper
 from edge.node.persisted import NodeState
 from edge.node.runtime import NodeRuntime, Unavailable
 from edge.node.server import run
+from edge.node.tracing import SpanExporter
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def span_exporter(config: NodeConfig) -> SpanExporter | None:
+    if not config.tracing.otlp_endpoint:
+        return None
+    from edge.node.otlp import OtlpExporter  # the SDK loads only when it is used
+
+    t = config.tracing
+    return OtlpExporter(t.otlp_endpoint, t.service_name, config.node_id, config.region)
 
 
-async def run_node(config: NodeConfig) -> None:
-    runtime = NodeRuntime(config, LogWriter("json"))
+async def run_node(config: NodeConfig, out: Output | None = None) -> None:
+    say = out or Output()
+    url = f"http://{config.listen}/"
+    shipper = None
+    if config.control is not None:
+        shipper = LogShipper(
+            config.control.url, config.control.token, config.node_id, config.region,
+            LogBuffer(config.logs.buffer_lines), config.logs.ship_interval_ms / 1000,
+        )  # fmt: skip
+    writer = LogWriter("json")
+    runtime = NodeRuntime(config, writer if shipper is None else Tee([writer, shipper]))
+    runtime.spans = span_exporter(config)
+    if runtime.spans is not None:
+        say.note(f"edge node: exporting spans to {config.tracing.otlp_endpoint} (OTLP/HTTP)")
     app = create_app(runtime)
     tasks: list[asyncio.Task[None]] = []
 
@@ -33,10 +54,14 @@ async def run_node(config: NodeConfig) -> None:
         for name, served in sorted(deployment.functions.items()):
             for fn in served.loaded():
                 if isinstance(fn, Unavailable):
-                    _say(f"edge node: {name}: {fn.error.message}")
-        _say(
-            f"edge node {config.node_id} ({config.region}) ready at http://{config.listen}/ "
-            f"serving {len(deployment.functions)} function(s)"
+                    say.event("function_error", f"edge node: {name}: {fn.error.message}",
+                              function=name, type=fn.error.reason, message=fn.error.message)
+        say.event(
+            "ready",
+            f"edge node {config.node_id} ({config.region}) ready at {url} "
+            f"serving {len(deployment.functions)} function(s)",
+            url=url, node_id=config.node_id, region=config.region,
+            functions=sorted(deployment.functions),
         )
 
     async def follow() -> None:
@@ -49,17 +74,24 @@ async def run_node(config: NodeConfig) -> None:
         )
         restored = await follower.restore()
         kept = " (serving the state kept on disk)" if restored else ""
-        _say(
-            f"edge node {config.node_id} ({config.region}) listening at http://{config.listen}/, "
-            f"following {control.url}{kept}"
+        say.event(
+            "ready",
+            f"edge node {config.node_id} ({config.region}) listening at {url}, "
+            f"following {control.url}{kept}",
+            url=url, node_id=config.node_id, region=config.region, control=control.url,
+            restored=bool(restored),
         )
         tasks.append(asyncio.create_task(follower.run()))
+        if shipper is not None:
+            tasks.append(asyncio.create_task(shipper.run()))
 
     try:
         await run(app, config.listen, on_ready=follow if config.control else load_static)
     finally:
         for task in tasks:
             task.cancel()
+        if runtime.spans is not None:
+            runtime.spans.close()  # flushes what is queued
         runtime.close()
 
 
@@ -98,6 +130,9 @@ def node_config_from_args(
         }
         control = parse_control(Table(table, "command line", "control"), base)
         config = replace(config, control=control)
+    env_endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    if env_endpoint and not config.tracing.otlp_endpoint:
+        config = replace(config, tracing=replace(config.tracing, otlp_endpoint=env_endpoint))
     if config.control is not None and config.cache_dir is None:
         config = replace(config, cache_dir=config.control.state_dir / "compiled")
     return config

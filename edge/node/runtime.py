@@ -18,6 +18,8 @@ from edge.node.geo import GeoLookup
 from edge.node.metrics import NodeMetrics
 from edge.node.routing import Route, RoutingTable
 from edge.node.spill import Topology
+from edge.node.tally import Tally
+from edge.node.tracing import SpanExporter
 from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import SandboxEngine
 from edge.sandbox.function import LoadedFunction
@@ -54,6 +56,10 @@ class Served:
             return self.canary, self.canary_label
         return self.stable, self.stable_label
 
+    def labels(self) -> list[str]:
+        """The version labels it serves (metrics keep series for these only)."""
+        return [self.stable_label] + ([self.canary_label] if self.canary is not None else [])
+
     def loaded(self) -> list[Loaded]:
         return [self.stable] if self.canary is None else [self.stable, self.canary]
 
@@ -76,7 +82,11 @@ class NodeRuntime:
         self.cache = CompileCache(self.engine, config.cache_dir)
         self.geo = GeoLookup(config.geoip_db) if config.geoip_db else None
         self.deployment = Deployment()
-        self.metrics = NodeMetrics()
+        self.metrics = NodeMetrics(
+            config.node_id, config.region, self.cache.stats, lambda: self.deployment.revision
+        )
+        self.tally = Tally()
+        self.spans: SpanExporter | None = None  # set when an OTLP endpoint is configured
 
     def load(self, source: FunctionSource) -> LoadedFunction | Unavailable:
         try:
@@ -102,6 +112,7 @@ class NodeRuntime:
             RoutingTable(list(routes)), served, True, revision, topology or Topology()
         )
         self.deployment = deployment  # one assignment: requests see old or new, never a mix
+        self.metrics.retain((name, v) for name, f in served.items() for v in f.labels())
         return deployment
 
     def load_configured(self) -> Deployment:

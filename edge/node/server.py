@@ -5,32 +5,64 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
+from edge.errors import ListenFailed
 
-def hypercorn_config(listen: str) -> Config:
+BACKLOG = 1024
+
+
+def hypercorn_config(bind: str) -> Config:
     config = Config()
-    config.bind = [listen]
+    config.bind = [bind]
     config.accesslog = None
     config.errorlog = "-"
     config.loglevel = "WARNING"
+    config.backlog = BACKLOG
     # Keep-alive clients (load generators, proxies) reuse connections.
     config.keep_alive_timeout = 75
     return config
 
 
+def listening_socket(listen: str) -> socket.socket:
+    """A bound, listening TCP socket for HOST:PORT ([v6]:PORT), or ListenFailed.
+
+    Bound here rather than by Hypercorn so that a taken port is a typed error at once, and so
+    that `on_ready` runs only once connections are accepted (the kernel queues them until
+    Hypercorn's accept loop starts)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as e:
+        raise ListenFailed(f"cannot listen on {listen}: {e}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, int(port)))
+        sock.listen(BACKLOG)
+    except (OSError, ValueError) as e:  # taken, privileged, not this host's, not a port
+        sock.close()
+        raise ListenFailed(f"cannot listen on {listen}: {e}") from None
+    return sock
+
+
 async def run(app: Any, listen: str, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
+    sock = listening_socket(listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         # Not on the main thread (tests run servers in threads): the caller stops us instead.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    task = asyncio.create_task(serve(app, hypercorn_config(listen), shutdown_trigger=stop.wait))
+    # Hypercorn takes the descriptor over (and closes it at shutdown).
+    config = hypercorn_config(f"fd://{sock.detach()}")
+    task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
     if on_ready is not None:
         await on_ready()
     await task

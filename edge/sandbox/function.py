@@ -162,31 +162,42 @@ class LoadedFunction:
         with host.bound(invocation), self.engine.running():
             try:
                 if not self.config.instance.reuse:
-                    return self._call_once(self._fresh(ticks), request, invocation)
+                    return self._call_once(self._fresh(ticks, invocation), request, invocation)
                 return self._invoke_reusing(request, invocation, ticks)
             except DeadlineExceeded:
                 if budget_ticks is not None:
                     raise OverBudget() from None
                 raise
 
-    def _fresh(self, ticks: int) -> _Live:
+    def _fresh(self, ticks: int, invocation: host.Invocation) -> _Live:
         if self._prepared:
             live = self._take_prepared()
             if live is not None:
                 capi.set_epoch_deadline(live.store.context, ticks)
                 return live
-            return self._instantiate(ticks)
+            return self._instantiate_for(invocation, ticks)
         samples = self._instantiate_samples
         if samples is None:
-            return self._instantiate(ticks)
+            return self._instantiate_for(invocation, ticks)
         started = time.thread_time()
-        live = self._instantiate(ticks)
+        live = self._instantiate_for(invocation, ticks)
         samples.append(time.thread_time() - started)
         if len(samples) >= prepare.SAMPLES:
             self._instantiate_samples = None
             if statistics.median(samples) * 1e6 >= self.engine.settings.prepare_above_us:
                 self._prepared = True
                 self._want_one()
+        return live
+
+    def _instantiate_for(self, invocation: host.Invocation, ticks: int, own: bool = False) -> _Live:
+        """`_instantiate` on a request's path: the request's metrics and spans see it."""
+        started = time.perf_counter()
+        marks = invocation.marks
+        started_ns = time.time_ns() if marks is not None else 0
+        live = self._instantiate(ticks, own)
+        invocation.instantiate_s = time.perf_counter() - started
+        if marks is not None:
+            marks.append(("instantiate", started_ns, time.time_ns()))
         return live
 
     def _want_one(self) -> None:
@@ -238,11 +249,11 @@ class LoadedFunction:
     ) -> abi.GuestResponse:
         # Never two requests in one instance: a request that finds it busy gets a fresh one.
         if not self._reuse_lock.acquire(blocking=False):
-            return self._call_once(self._instantiate(ticks), request, invocation)
+            return self._call_once(self._instantiate_for(invocation, ticks), request, invocation)
         try:
             live, self._reused = self._reused, None
             if live is None:
-                live = self._instantiate(ticks, own=True)
+                live = self._instantiate_for(invocation, ticks, own=True)
             capi.set_epoch_deadline(live.store.context, ticks)
             try:
                 response = self._call(live, request, invocation)
@@ -273,6 +284,15 @@ class LoadedFunction:
         self, live: _Live, request: abi.GuestRequest, invocation: host.Invocation
     ) -> abi.GuestResponse:
         live.output.invocation = invocation
+        marks = invocation.marks
+        started = time.time_ns() if marks is not None else 0
+        try:
+            return self._execute(live, request)
+        finally:
+            if marks is not None:
+                marks.append(("execute", started, time.time_ns()))
+
+    def _execute(self, live: _Live, request: abi.GuestRequest) -> abi.GuestResponse:
         param = abi.LoweredRequest(request)
         result = _scratch().result
         func = live.func

@@ -34,6 +34,8 @@ class LogLine:
     message: str
     source: str  # "log" (the log import), "stdout", "stderr", or "platform"
     time_unix: float
+    version: str = ""  # the deployed version's label ("3"), "" for a static node
+    trace_id: str = ""  # W3C trace id of the request (edge.node.tracecontext)
 
 
 LogSink = Callable[[LogLine], None]
@@ -48,8 +50,15 @@ class Invocation:
     config: Mapping[str, str]
     sink: LogSink
     started_unix: float = field(default_factory=time.time)
+    version: str = ""
+    trace_id: str = ""
+    # (span name, start, end) in unix ns, appended by the sandbox only when the request's spans
+    # are recorded: None costs nothing.
+    marks: list[tuple[str, int, int]] | None = None
     lines: int = 0
     dropped: int = 0
+    # Set when this invocation created a fresh instance (not when it reused one): for metrics.
+    instantiate_s: float | None = None
 
     def log(self, level: str, message: str, source: str) -> None:
         if self.lines >= MAX_LOG_LINES_PER_REQUEST:
@@ -58,7 +67,19 @@ class Invocation:
         self.lines += 1
         if len(message) > MAX_LOG_LINE_BYTES:
             message = message[:MAX_LOG_LINE_BYTES] + "…(truncated)"
-        self.sink(LogLine(self.function, self.request_id, level, message, source, time.time()))
+        self.sink(LogLine(self.function, self.request_id, level, message, source, time.time(),
+                          self.version, self.trace_id))  # fmt: skip
+
+    def report_dropped(self) -> None:
+        """Once the request is over: says how many lines the per-request cap refused."""
+        if self.dropped:
+            self.sink(LogLine(
+                self.function, self.request_id, "warn",
+                f"{self.dropped} log lines dropped: over the limit of "
+                f"{MAX_LOG_LINES_PER_REQUEST} per request", "platform", time.time(),
+                self.version, self.trace_id,
+            ))  # fmt: skip
+            self.dropped = 0
 
 
 _local = threading.local()

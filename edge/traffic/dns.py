@@ -24,6 +24,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from edge.traffic.metrics import DnsStats
 from edge.traffic.regions import IPNetwork, TrafficConfig
 from edge.traffic.state import TrafficState
 from edge.traffic.steering import Steerer
@@ -94,7 +95,9 @@ class Authority:
         self.hosts = set(d.hosts)
         self.glue = {g.name: g for g in d.glue}
         self.names = {self.zone, *self.hosts, *self.glue}
-        self._wire_cache: dict[tuple[object, ...], bytes] = {}
+        # Cached answer bytes (id stripped) and the metrics outcome they count as.
+        self._wire_cache: dict[tuple[object, ...], tuple[bytes, int]] = {}
+        self.stats = DnsStats()
         rname = dns.name.Name(("hostmaster",)).concatenate(self.zone)
         # refresh, retry, expire only matter to secondaries; minimum is the negative-cache TTL.
         soa = f"{d.nameservers[0]} {rname} {d.soa_serial} 3600 600 1209600 {d.ttl_s}"
@@ -107,6 +110,7 @@ class Authority:
         self, wire: bytes, client_addr: str, transport: Transport, now: float
     ) -> bytes | None:
         if len(wire) < HEADER_BYTES:
+            self.stats.dropped += 1
             return None  # not even an id to answer to
         # The same query from the same client in the same state gets the same answer: serve
         # it from the wire cache with only the id changed. Parsing and rendering a message
@@ -114,36 +118,48 @@ class Authority:
         key = (wire[2:], client_addr, transport, self.state.fingerprint(now))
         cached = self._wire_cache.get(key)
         if cached is not None:
-            return wire[:2] + cached
-        out = self._handle(wire, client_addr, transport, now)
-        if out is not None:
-            if len(self._wire_cache) >= WIRE_CACHE_ENTRIES:
-                self._wire_cache.clear()
-            self._wire_cache[key] = out[2:]
+            self.stats.counts[cached[1]] += 1
+            return wire[:2] + cached[0]
+        answered = self._handle(wire, client_addr, transport, now)
+        if answered is None:
+            self.stats.dropped += 1
+            return None
+        out, outcome = answered
+        self.stats.counts[outcome] += 1
+        if len(self._wire_cache) >= WIRE_CACHE_ENTRIES:
+            self._wire_cache.clear()
+        self._wire_cache[key] = (out[2:], outcome)
         return out
 
     def _handle(
         self, wire: bytes, client_addr: str, transport: Transport, now: float
-    ) -> bytes | None:
+    ) -> tuple[bytes, int] | None:
+        """The response and its metrics outcome (see DnsStats), or None for silence."""
         flags = struct.unpack("!H", wire[2:4])[0]
         if flags & dns.flags.QR:
             return None  # a response, not a query: answering could start a reflection loop
         query = None
+        region = None
         try:
             if (flags >> 11) & 0xF != dns.opcode.QUERY:
                 raise OpcodeNotImplemented("only QUERY")
             query = _parse(wire)
-            response = self._respond(query, client_addr, now)
+            response, region = self._respond(query, client_addr, now)
         except DnsError as err:
             out = _error_response(wire, query, err)
             if isinstance(out, bytes):
-                return out
+                return out, self.stats.outcome(None, err.rcode, None, transport)
             response = out
-        return _render(response, query, transport, self.config.dns.max_udp_payload_bytes)
+        qtype = query.question[0].rdtype if query is not None and query.question else None
+        return (
+            _render(response, query, transport, self.config.dns.max_udp_payload_bytes),
+            self.stats.outcome(qtype, response.rcode(), region, transport),
+        )
 
     def _respond(
         self, query: dns.message.Message, client_addr: str, now: float
-    ) -> dns.message.Message:
+    ) -> tuple[dns.message.Message, str | None]:
+        """The response, and the region steering picked for it (None: no steered answer)."""
         if query.edns > 0:
             raise BadVersion(f"EDNS version {query.edns}")
         if len(query.question) != 1:
@@ -165,7 +181,9 @@ class Authority:
         )
         response.flags |= dns.flags.AA
         subnet = _client_subnet(ecs, client_addr)
-        rrsets, scope = self._records(q.name, q.rdtype, subnet, now, want_scope=ecs is not None)
+        rrsets, scope, region = self._records(
+            q.name, q.rdtype, subnet, now, want_scope=ecs is not None
+        )
         if rrsets:
             response.answer.extend(rrsets)
         else:
@@ -180,7 +198,7 @@ class Authority:
             response.use_edns(
                 0, 0, self.config.dns.max_udp_payload_bytes, query.payload, [echoed], response.pad
             )
-        return response
+        return response, region
 
     def _exists(self, name: dns.name.Name) -> bool:
         # A name above a configured one (an empty non-terminal) exists: NODATA, not NXDOMAIN.
@@ -194,10 +212,12 @@ class Authority:
         now: float,
         *,
         want_scope: bool = True,
-    ) -> tuple[list[dns.rrset.RRset], int]:
-        """The answer RRsets for (name, type) and the ECS scope they are valid for."""
+    ) -> tuple[list[dns.rrset.RRset], int, str | None]:
+        """The answer RRsets for (name, type), the ECS scope they are valid for, and the region
+        steering picked (None when no steered address is in the answer)."""
         out: list[dns.rrset.RRset] = []
         scope = 0
+        region = None
         want = {rdtype} if rdtype != dns.rdatatype.ANY else {
             dns.rdatatype.SOA, dns.rdatatype.NS, dns.rdatatype.A, dns.rdatatype.AAAA,
         }  # fmt: skip
@@ -218,6 +238,7 @@ class Authority:
                 scope = max(scope, answer.scope_prefix)
                 addrs = [str(a) for a in self.state.addresses(answer.region, family)]
                 ttl = self.config.dns.ttl_s
+                region = answer.region if addrs else region
             elif name in self.glue:
                 g = self.glue[name]
                 addrs = [str(a) for a in (g.ipv4 if family == 4 else g.ipv6)]
@@ -226,7 +247,7 @@ class Authority:
                 continue
             if addrs:
                 out.append(dns.rrset.from_text_list(name, ttl, "IN", rdt, addrs))
-        return out, scope
+        return out, scope, region
 
 
 def _parse(wire: bytes) -> dns.message.Message:

@@ -59,6 +59,7 @@ class NodeHealth:
         self.fail_streak = 0
         self.last_check_s: float | None = None
         self.changed_s: float | None = None
+        self.changes: dict[NodeState, int] = {}  # by the state entered, for metrics
 
     @property
     def serving(self) -> bool:
@@ -85,6 +86,7 @@ class NodeHealth:
         if t.target is not self.state and streak >= limit:
             self.state = t.target
             self.changed_s = now
+            self.changes[t.target] = self.changes.get(t.target, 0) + 1
         return self.state
 
 

@@ -23,12 +23,14 @@ from typing import Annotated
 
 import typer
 
-from edge.errors import ConfigError, EdgeError
+from edge.cli_output import JsonOption, Output
+from edge.errors import ConfigError, ListenFailed
 from edge.traffic.dns import Authority
 from edge.traffic.drain_follower import follow_drains
 from edge.traffic.geodb import GeoDB
 from edge.traffic.health_checker import HealthChecker
-from edge.traffic.regions import load_traffic_config
+from edge.traffic.metrics import DnsCollector, serve_metrics
+from edge.traffic.regions import check_listen, load_traffic_config
 from edge.traffic.server import DnsServer
 from edge.traffic.state import TrafficState
 from edge.traffic.steering import Steerer
@@ -36,10 +38,6 @@ from edge.traffic.steering import Steerer
 # Loopback unless told otherwise: a server started by hand for a try-out must not answer the
 # network. Production passes --host with the service address (or 0.0.0.0).
 DEFAULT_HOST = "127.0.0.1"
-
-
-def _say(message: str) -> None:
-    print(f"edge dns: {message}", file=sys.stderr, flush=True)
 
 
 def open_geodb(path: Path | None) -> GeoDB:
@@ -54,14 +52,18 @@ def open_geodb(path: Path | None) -> GeoDB:
         ) from None
 
 
-def reload_geodb(geo: GeoDB) -> bool:
+def reload_geodb(geo: GeoDB, out: Output | None = None) -> bool:
     """Re-open the geo database file; on a bad file keep serving from the loaded one."""
+    say = out or Output()
     try:
         geo.reload()
     except ConfigError as e:
-        _say(f"geoip reload failed, still serving the previous database: {e.message}")
+        say.event("geoip_reload_failed",
+                  f"edge dns: geoip reload failed, still serving the previous database: "
+                  f"{e.message}", path=str(geo.path), message=e.message)
         return False
-    _say(f"geoip database reloaded from {geo.path}")
+    say.event("geoip_reloaded", f"edge dns: geoip database reloaded from {geo.path}",
+              path=str(geo.path))
     return True
 
 
@@ -76,11 +78,16 @@ async def run_dns(
     port: int | None = None,
     geoip_db: Path | None = None,
     control: tuple[str, str] | None = None,
+    metrics_listen: str | None = None,
+    out: Output | None = None,
 ) -> None:
     """`control`: (URL, token) of a control plane whose region drains to follow.
+    `metrics_listen`: HOST:PORT for /metrics, over `[dns] metrics_listen` ("" turns it off).
 
     Serve until SIGINT/SIGTERM (or until cancelled). `port` 0 binds a free port; the ready
-    line on stderr names the one bound, which is how scripts and tests find it."""
+    line on stderr (or the ready event with --json) names the one bound, which is how scripts
+    and tests find it."""
+    say = out or Output()
     config = load_traffic_config(config_path)
     host = listen_host or DEFAULT_HOST
     with open_geodb(geoip_db) as geo:
@@ -92,6 +99,14 @@ async def run_dns(
             bound = await server.start(host, want)
         except OSError as e:  # taken, privileged (< 1024 without the capability), not ours
             raise OSError(f"cannot listen on {_endpoint(host, want)} (udp+tcp): {e}") from e
+        scrape = config.dns.metrics_listen if metrics_listen is None else metrics_listen
+        exporter = None
+        if scrape:
+            try:
+                exporter = serve_metrics(scrape, DnsCollector(authority.stats, state))
+            except OSError as e:
+                await server.close()
+                raise OSError(f"cannot listen for metrics on {scrape}: {e}") from e
         checker = HealthChecker(state)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -100,7 +115,7 @@ async def run_dns(
             signal.SIGTERM: stop.set,
             # The reload runs on the loop between queries, so no query sees a half-swapped DB;
             # opening an .mmdb is an mmap plus a few probe lookups, short enough to do inline.
-            signal.SIGHUP: lambda: reload_geodb(geo),
+            signal.SIGHUP: lambda: reload_geodb(geo, say),
         }
         installed = []
         follower = (
@@ -114,9 +129,17 @@ async def run_dns(
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(sig, handler)
                     installed.append(sig)
-            _say(f"authoritative for {config.dns.zone} on {_endpoint(host, bound)} (udp+tcp)")
+            if exporter is not None:
+                say.note(f"edge dns: metrics at http://{scrape}/metrics")
+            say.event(
+                "ready",
+                f"edge dns: authoritative for {config.dns.zone} on {_endpoint(host, bound)} "
+                "(udp+tcp)",
+                zone=str(config.dns.zone), host=host, port=bound,
+                metrics=f"http://{scrape}/metrics" if exporter is not None else None,
+            )
             await stop.wait()
-            _say("stopping")
+            say.event("stopping", "edge dns: stopping")
         finally:
             if follower is not None:
                 follower.cancel()
@@ -124,6 +147,9 @@ async def run_dns(
                 loop.remove_signal_handler(sig)
             await checker.aclose()
             await server.close()
+            if exporter is not None:
+                exporter.shutdown()
+                exporter.server_close()
 
 
 def dns(
@@ -137,10 +163,16 @@ def dns(
         str | None, typer.Option(envvar="EDGE_CONTROL_URL", help="follow its region drains")
     ] = None,
     token: Annotated[str | None, typer.Option(envvar="EDGE_TOKEN", help="a read token")] = None,
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT for Prometheus /metrics (default: dns.metrics_listen)"),
+    ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Serve the traffic.toml zone as an authoritative geo-DNS server (UDP and TCP).
 
-    SIGHUP re-reads the geoip database; SIGINT/SIGTERM stop."""
+    SIGHUP re-reads the geoip database; SIGINT/SIGTERM stop. --json: events on stdout, one per
+    line (ready with the bound port, geoip_reloaded, stopping); health changes stay on stderr."""
     # Health transitions are the operator's main signal; httpx's per-request lines are noise.
     traffic_log = logging.getLogger("edge.traffic")
     if not traffic_log.handlers:
@@ -148,19 +180,17 @@ def dns(
         handler.setFormatter(logging.Formatter("edge dns: %(message)s"))
         traffic_log.addHandler(handler)
         traffic_log.setLevel(logging.INFO)
-    try:
+    with Output(as_json) as out:
         follow = (control, token) if control and token else None
-        asyncio.run(
-            run_dns(config, listen_host=host, port=port, geoip_db=geoip_db, control=follow)
-        )
-    except EdgeError as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        raise typer.Exit(1) from None
-    except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:  # a Ctrl-C before the handlers are in place
-        pass
+        if metrics_listen:
+            check_listen(metrics_listen, "--metrics-listen")
+        try:
+            asyncio.run(run_dns(config, listen_host=host, port=port, geoip_db=geoip_db,
+                                control=follow, metrics_listen=metrics_listen, out=out))
+        except OSError as e:
+            raise ListenFailed(str(e)) from None
+        except KeyboardInterrupt:  # a Ctrl-C before the handlers are in place
+            pass
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ nameservers = ["ns1.edge.test."]      # NS at the apex; the first is the SOA MNA
 ttl_s = 30
 port = 53
 tcp_idle_timeout_s = 10
+metrics_listen = "127.0.0.1:9153"     # Prometheus /metrics over HTTP; "" (the default): none
 
 [[dns.glue]]                          # addresses for in-zone nameservers
 name = "ns1.edge.test."
@@ -112,6 +113,7 @@ class DnsConfig:
     tcp_idle_timeout_s: float = 10.0
     # Our own EDNS UDP payload ceiling: 1232 avoids IP fragmentation (DNS flag day 2020).
     max_udp_payload_bytes: int = 1232
+    metrics_listen: str = ""  # HOST:PORT of the /metrics HTTP listener; "" = none
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,7 @@ def _parse_dns(root: Table) -> DnsConfig:
             "port",
             "tcp_idle_timeout_s",
             "max_udp_payload_bytes",
+            "metrics_listen",
         }
     )
     zone = _name(t, "zone", t.require("zone", str), None)
@@ -212,7 +215,20 @@ def _parse_dns(root: Table) -> DnsConfig:
         port=port,
         tcp_idle_timeout_s=_float_in(t, "tcp_idle_timeout_s", 0.01, 3600.0, 10.0),
         max_udp_payload_bytes=t.positive_int("max_udp_payload_bytes", 1232, 65535),
+        metrics_listen=check_listen(t.get("metrics_listen", str, ""), t.where("metrics_listen")),
     )
+
+
+def check_listen(value: str, where: str) -> str:
+    """"" or HOST:PORT (IPv6 in brackets: "[::1]:9153"); returned unchanged when valid."""
+    if not value:
+        return value
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{where} must be HOST:PORT (port 1-65535) or \"\", got {value!r}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ConfigError(f"{where}: put an IPv6 address in brackets, as in [::1]:9153")
+    return value
 
 
 def _addr(table: Table, key: str, value: str, version: int) -> IPAddress:

@@ -52,6 +52,8 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/v1/regions", {}),
     ("PUT", "/v1/regions/eu-west", {"json": {"latitude": 53.35, "longitude": -6.26}}),
     ("POST", "/v1/regions/eu-west/drain", {"json": {"over_s": 60}}),
+    ("GET", "/v1/traffic", {}),
+    ("POST", "/v1/node/traffic", {"json": {}}),
 ]
 
 
@@ -245,3 +247,16 @@ def test_public_key_and_openapi(start_control: Start) -> None:
     spec = c.get("/openapi.json").json()
     assert "post" in spec["paths"]["/v1/functions/{name}/deploy"]
     assert spec["paths"]["/v1/node/snapshot"]["get"]["summary"].startswith("Long poll")
+
+
+def test_a_refused_request_with_a_body_leaves_the_keep_alive_connection_usable(
+    start_control: Start,
+) -> None:
+    server = start_control()
+    deployed(server)
+    read = server.client(server.token("default", ("read",)))
+    for _ in range(10):
+        # Refused before the handler reads its body; the next request reuses the connection.
+        assert upload(read).status_code == 403
+        assert read.post("/v1/functions/hello/deploy", json={"version": 1}).status_code == 403
+        assert read.get("/v1/status").status_code == 200

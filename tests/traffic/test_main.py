@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import dns.edns
@@ -99,10 +99,10 @@ def health_server() -> Iterator[Callable[[str, int], None]]:
 class DnsProcess:
     """`edge dns` (python -m edge dns) with its stderr read line by line on a thread."""
 
-    def __init__(self, config: Path, geoip_db: Path) -> None:
+    def __init__(self, config: Path, geoip_db: Path, extra: Sequence[str] = ()) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge", "dns", "--config", str(config),
-             "--port", "0", "--geoip-db", str(geoip_db)],
+             "--port", "0", "--geoip-db", str(geoip_db), *extra],
             cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip

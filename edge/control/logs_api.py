@@ -1,0 +1,141 @@
+"""The function-log endpoints of the control plane API (see edge.control.logs for the store).
+
+    POST /v1/node/logs                nodes ship batches (node token)
+    GET  /v1/functions/{name}/logs    a tenant reads its function's lines (read scope), or with
+                                      follow=1 keeps the answer open and streams new ones
+
+A follow answer is NDJSON: one JSON line per log line, and an empty line every
+HEARTBEAT_S when nothing happens, so a client (and any proxy) sees the stream is alive.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from edge.control.errors import NotFound, PayloadTooLarge
+from edge.control.logs import LogStore, parse_batch
+from edge.control.records import Principal
+from edge.control.regions import REGION_RE, parse_duration_s
+from edge.errors import BadRequest
+
+HEARTBEAT_S = 15.0
+MAX_LIMIT = 10_000
+MAX_BATCH_BYTES = 16 * 1024 * 1024  # a node's batch is at most 1000 lines of 4 KiB
+NDJSON = "application/x-ndjson"
+
+
+class Feed(Protocol):
+    """edge.control.api.RevisionFeed, here counting log lines."""
+
+    revision: int
+
+    async def publish(self, revision: int) -> None: ...
+
+    async def wait_beyond(self, after: int, timeout_s: float) -> int | None: ...
+
+
+TenantAuth = Callable[[Request, str], Awaitable[tuple[int, Principal]]]
+NodeAuth = Callable[[Request], Awaitable[Principal]]
+JsonBody = Callable[[Request], Awaitable[dict[str, Any]]]
+Run = Callable[..., Awaitable[Any]]
+
+
+def _query(request: Request, now: float) -> tuple[int, float | None, str | None, int, bool]:
+    q = request.query_params
+    try:
+        after = int(q.get("after", "0"))
+        limit = int(q.get("limit", "1000"))
+    except ValueError:
+        raise BadRequest("after and limit must be integers") from None
+    since = None
+    if q.get("since"):
+        try:
+            since = now - parse_duration_s(q["since"])
+        except ValueError as e:
+            raise BadRequest(f"since: {e}") from None
+    region = q.get("region") or None
+    if region is not None and not REGION_RE.match(region):
+        raise BadRequest(f"bad region name {region!r}")
+    follow = q.get("follow", "") in ("1", "true", "yes")
+    return after, since, region, max(0, min(limit, MAX_LIMIT)), follow
+
+
+def log_routes(
+    store: Any,  # edge.control.store.Store
+    feed: Feed,
+    tenant: TenantAuth,
+    node: NodeAuth,
+    json_body: JsonBody,
+    run: Run,
+    function_name: Callable[[Request], str],
+    now: Callable[[], float] = time.time,
+    logs: LogStore | None = None,
+) -> list[BaseRoute]:
+    logs = logs or LogStore()
+    known: set[str] = set()  # tenant names; reread when a batch names another one
+
+    async def node_logs(request: Request) -> Response:
+        """Ship function log lines (node token).
+
+        Body: {"node_id", "region", "lines": [{"function": "<tenant>/<name>", "version",
+        "request_id", "trace_id", "level", "source", "message", "time"}, ...]}. Malformed lines
+        and lines of unknown tenants are counted in "rejected", not stored."""
+        await node(request)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BATCH_BYTES:
+            raise PayloadTooLarge(f"a log batch is limited to {MAX_BATCH_BYTES} bytes")
+        node_id, region, lines, malformed = parse_batch(await json_body(request))
+        if any(line.tenant not in known for line in lines):
+            known.update(await run(store.tenant_names))
+        kept = logs.add(node_id, region, lines, known)
+        if kept:
+            await feed.publish(logs.seq)
+        return JSONResponse({"kept": kept, "rejected": malformed + len(lines) - kept})
+
+    async def function_logs(request: Request) -> Response:
+        """A function's log lines from every node, oldest first (scope read).
+
+        Query: since (a duration: 90s, 10m, 1h), region, after (the seq of the last line seen),
+        limit (the newest N; default 1000), follow=1 (stream NDJSON, new lines as they come).
+        Each line: seq, time, function, version, region, node, request_id, trace_id, level,
+        source ("log", "stdout", "stderr", or "platform" for the platform's own errors such as
+        traps and deadlines), message."""
+        tenant_id, p = await tenant(request, "read")
+        name = function_name(request)
+        if name not in await run(store.function_names, tenant_id):
+            raise NotFound(f"no function {name!r}")
+        after, since, region, limit, follow = _query(request, now())
+        assert p.tenant is not None
+        who = p.tenant
+        if not follow:
+            lines = logs.query(who, name, after_seq=after, since_unix=since, region=region,
+                               limit=limit)  # fmt: skip
+            return JSONResponse({"lines": [s.to_json() for s in lines],
+                                 "next": lines[-1].seq if lines else max(after, 0)})
+
+        async def stream() -> AsyncIterator[str]:
+            cursor, first = after, True
+            while True:
+                upto = logs.seq
+                lines = logs.query(who, name, after_seq=cursor, since_unix=since,
+                                   region=region, limit=limit if first else MAX_LIMIT)
+                first, cursor = False, upto
+                if lines:
+                    yield "".join(json.dumps(s.to_json(), ensure_ascii=False) + "\n"
+                                  for s in lines)  # fmt: skip
+                if await feed.wait_beyond(cursor, HEARTBEAT_S) is None:
+                    yield "\n"
+
+        return StreamingResponse(stream(), media_type=NDJSON)
+
+    return [
+        Route("/v1/node/logs", node_logs, methods=["POST"]),
+        Route("/v1/functions/{name}/logs", function_logs, methods=["GET"]),
+    ]

@@ -1,0 +1,254 @@
+// The edge dashboard: polls the control plane's JSON API with the token the operator typed
+// (kept in sessionStorage) and renders it. Data only ever becomes text (textContent), never
+// markup. Buttons call the same endpoints as the CLI; the API checks the token's scope.
+
+const POLL_MS = 1500;
+const KEY = "edge-token";
+const $ = (id) => document.getElementById(id);
+
+let timer = null;
+let versionsAt = -1; // the revision the versions column was fetched at
+const versions = new Map(); // function name -> [version numbers]
+
+class ApiError extends Error {
+  constructor(status, reason, message) {
+    super(message);
+    this.status = status;
+    this.reason = reason;
+  }
+}
+
+async function api(method, path, body) {
+  const init = { method, headers: { authorization: `Bearer ${sessionStorage.getItem(KEY)}` } };
+  if (body !== undefined) {
+    init.headers["content-type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, init);
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) throw new ApiError(r.status, data.error || "http_error", data.message || r.statusText);
+  return data;
+}
+
+function say(text, error = false) {
+  $("message").textContent = text;
+  $("message").className = error ? "error" : "";
+}
+
+function el(tag, text, cls) {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+}
+
+function button(label, onClick, enabled = true) {
+  const b = el("button", label);
+  b.type = "button";
+  b.disabled = !enabled;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+// Replaces a table's rows only when what they show changed, so a button is not swapped out
+// under the pointer at every poll.
+function fill(id, rows, signature, empty) {
+  const body = $(id).tBodies[0];
+  if (body.dataset.signature === signature) return;
+  body.dataset.signature = signature;
+  body.replaceChildren();
+  if (rows.length === 0) {
+    const tr = body.insertRow();
+    tr.append(el("td", empty, "empty"));
+    tr.cells[0].colSpan = $(id).tHead.rows[0].cells.length;
+    return;
+  }
+  // A cell is a string or number, {text, cls}, or {nodes: [elements]}.
+  for (const cells of rows) {
+    const tr = body.insertRow();
+    for (const c of cells) {
+      if (c !== null && typeof c === "object") {
+        const td = el("td", c.text, c.cls);
+        if (c.nodes) td.append(...c.nodes);
+        tr.append(td);
+      } else {
+        tr.append(el("td", c));
+      }
+    }
+  }
+}
+
+const num = (v, digits) => ({ text: v === null || v === undefined ? "-" : v.toFixed(digits), cls: "num" });
+
+function health(r) {
+  if (r.nodes === 0) return "no nodes";
+  if (r.healthy_nodes === r.nodes) return "healthy";
+  return r.healthy_nodes === 0 ? "down" : "degraded";
+}
+
+// --- actions ---------------------------------------------------------------------------------
+
+async function act(what, method, path, body) {
+  try {
+    const r = await api(method, path, body);
+    say(`${what}: ${r.state ?? "done"}${r.changed === false ? " (unchanged)" : ""}, revision ${r.revision}`);
+  } catch (e) {
+    say(`${what}: ${e.message}`, true);
+    if (e.status === 401) return signOut("the token was refused");
+  }
+  await refresh().catch(() => {}); // the next poll says what is wrong
+}
+
+function regionAction(name, action) {
+  const over_s = Number($("ramp").value);
+  return act(`${action} ${name}`, "POST", `/v1/regions/${encodeURIComponent(name)}/${action}`, { over_s });
+}
+
+function functionAction(name, action) {
+  const body = action === "rollback" ? { to: null } : {};
+  return act(`${action} ${name}`, "POST", `/v1/functions/${encodeURIComponent(name)}/${action}`, body);
+}
+
+// --- rendering -------------------------------------------------------------------------------
+
+function renderRegions(data) {
+  const rows = data.regions.map((r) => [
+    r.name,
+    { text: r.state, cls: `state-${r.state}` },
+    `${Math.round(r.share * 100)}%`,
+    r.weight ?? "-",
+    { text: health(r), cls: health(r) === "healthy" ? "" : "bad" },
+    `${r.healthy_nodes}/${r.nodes}` + (r.stale_nodes ? ` (${r.stale_nodes} stale)` : ""),
+    num(r.requests_per_s, 1),
+    { nodes: [
+      button("Drain", () => regionAction(r.name, "drain"), r.state !== "drained"),
+      button("Undrain", () => regionAction(r.name, "undrain"), r.state !== "active"),
+    ] },
+  ]);
+  const sig = JSON.stringify(data.regions.map((r) => [r.name, r.state, r.share, r.weight,
+    r.nodes, r.healthy_nodes, r.stale_nodes, r.requests_per_s]));
+  fill("regions", rows, sig, "no regions yet");
+}
+
+function renderNodes(status) {
+  $("revision").textContent = `revision ${status.revision}`;
+  const rows = status.nodes.map((n) => [
+    n.id,
+    n.region,
+    { text: n.applied_revision + (n.current ? "" : " (behind)"), cls: n.current ? "num" : "num bad" },
+    { text: n.stale ? "stale" : n.healthy ? "yes" : "no", cls: n.healthy && !n.stale ? "" : "bad" },
+    `${Math.round(n.last_seen_s_ago)} s ago`,
+    { text: n.last_error || "", cls: "bad" },
+  ]);
+  const sig = JSON.stringify(status.nodes.map((n) => [n.id, n.region, n.applied_revision,
+    n.current, n.healthy, n.stale, Math.round(n.last_seen_s_ago), n.last_error]));
+  fill("nodes", rows, sig, "no node has reported yet");
+}
+
+const shortName = (f) => f.slice(f.indexOf("/") + 1);
+
+function renderFunctions(status) {
+  const rows = status.functions.map((d) => {
+    const name = shortName(d.function);
+    const list = (versions.get(name) || []).map((v) => {
+      const tag = v === d.stable ? " stable" : v === d.canary ? " canary" : "";
+      return el("span", `v${v}${tag} `, v === d.stable ? "stable" : "");
+    });
+    return [
+      name,
+      `v${d.stable}`,
+      d.canary === null ? "-" : `v${d.canary} at ${d.canary_percent}% (${d.sticky})`,
+      { nodes: list },
+      d.routes.join(" "),
+      { nodes: [
+        button("Promote", () => functionAction(name, "promote"), d.canary !== null),
+        button("Roll back", () => functionAction(name, "rollback")),
+      ] },
+    ];
+  });
+  const sig = JSON.stringify([status.functions, [...versions]]);
+  fill("functions", rows, sig, "nothing deployed yet");
+}
+
+function renderTraffic(t) {
+  $("window").textContent = `(last ${t.window_s} s)`;
+  const byVersion = (row) => Object.entries(row.versions).map(([v, r]) => `v${v}: ${r.toFixed(1)}`).join("  ");
+  const rows = [];
+  for (const f of t.functions) {
+    rows.push([{ text: f.function, cls: "stable" }, "all", num(f.requests_per_s, 1),
+      num(f.p50_ms, 2), num(f.p99_ms, 2), byVersion(f)]);
+    for (const r of t.regions.filter((r) => r.function === f.function)) {
+      rows.push(["", r.region, num(r.requests_per_s, 1), num(r.p50_ms, 2), num(r.p99_ms, 2),
+        byVersion(r)]);
+    }
+  }
+  fill("traffic", rows, JSON.stringify([t.functions, t.regions]), "no requests in the window");
+}
+
+async function loadVersions(status) {
+  if (status.revision === versionsAt) return;
+  await Promise.all(status.functions.map(async (d) => {
+    const name = shortName(d.function);
+    const r = await api("GET", `/v1/functions/${encodeURIComponent(name)}/versions`);
+    versions.set(name, r.versions.map((v) => v.number));
+  }));
+  versionsAt = status.revision;
+}
+
+async function refresh() {
+  const [regions, status, traffic] = await Promise.all([
+    api("GET", "/v1/regions"), api("GET", "/v1/status"), api("GET", "/v1/traffic"),
+  ]);
+  await loadVersions(status);
+  renderRegions(regions);
+  renderNodes(status);
+  renderFunctions(status);
+  renderTraffic(traffic);
+}
+
+let pollFailed = false;
+
+async function poll() {
+  try {
+    await refresh();
+    if (pollFailed) say("");
+    pollFailed = false;
+  } catch (e) {
+    if (e.status === 401) return signOut("the token was refused");
+    say(e instanceof ApiError ? e.message : `control plane unreachable (${e.message})`, true);
+    pollFailed = true;
+  }
+  timer = setTimeout(poll, POLL_MS);
+}
+
+// --- session ---------------------------------------------------------------------------------
+
+function signOut(reason) {
+  clearTimeout(timer);
+  sessionStorage.removeItem(KEY);
+  versionsAt = -1;
+  versions.clear();
+  $("main").hidden = true;
+  $("logout").hidden = true;
+  $("login").hidden = false;
+  say(reason || "", Boolean(reason));
+}
+
+function start() {
+  $("login").hidden = true;
+  $("main").hidden = false;
+  $("logout").hidden = false;
+  say("");
+  poll();
+}
+
+$("login").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(KEY, $("token").value.trim());
+  $("token").value = "";
+  start();
+});
+$("logout").addEventListener("click", () => signOut());
+
+if (sessionStorage.getItem(KEY)) start();
+else signOut();

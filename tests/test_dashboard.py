@@ -1,0 +1,194 @@
+"""The dashboard end to end: a control plane and two follower nodes as processes on 127.0.0.1
+and a function serving requests. Nodes report their traffic and GET /v1/traffic adds it up; in
+headless Chromium (the system's, driven by Playwright) the page signs in, shows regions, nodes,
+the function and its live traffic, and drains and undrains a region.
+
+Outside CI a missing browser skips this test; in CI (`CI` set, as .ci/run does) it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .cluster import FUNCTION, Control, converge, follower, upload
+from .conftest import NodeFactory, Proc
+
+pytestmark = pytest.mark.toolchain
+
+CHROMIUM = "/usr/bin/chromium"
+# The system browser as it is: no sandbox (root in CI), no GPU, nothing fetched in background.
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+WAIT_MS = 15_000
+
+
+def browser_or_skip() -> Any:
+    """Playwright's sync API, or a skip outside CI / a loud failure in CI."""
+    missing = ""
+    if not (os.access(CHROMIUM, os.X_OK) or shutil.which("chromium")):
+        missing = f"{CHROMIUM} not found (apt-get install chromium)"
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing = missing or "playwright is not installed (pip install -e '.[dev]')"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"the dashboard test needs a browser in CI: {missing}")
+        pytest.skip(missing)
+    return sync_api
+
+
+class Traffic:
+    """Requests to every node until stopped (bounded in count and time), so rates stay live."""
+
+    def __init__(self, nodes: list[Proc]) -> None:
+        self.nodes = nodes
+        self.stop = threading.Event()
+        self.sent = 0
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 120
+        with httpx.Client(timeout=10) as http:
+            while not self.stop.is_set() and time.monotonic() < deadline and self.sent < 20_000:
+                for node in self.nodes:
+                    http.get(node.url + "/")
+                    self.sent += 1
+                time.sleep(0.01)
+
+    def __enter__(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+@pytest.fixture
+def stack(control: Control, start_node: NodeFactory, tmp_path: Path) -> Iterator[list[Proc]]:
+    client = control.client()
+    client.set_region("eu-west", 53.35, -6.26, 100)
+    client.set_region("us-east", 39.04, -77.49, 100)
+    version = upload(client, tmp_path, "Hello from the dashboard test")
+    client.deploy(FUNCTION, version, ["*/"])
+    nodes = [
+        follower(start_node, control, "eu-1", "eu-west", tmp_path / "eu-1"),
+        follower(start_node, control, "us-1", "us-east", tmp_path / "us-1"),
+    ]
+    converge(client, client.deploy(FUNCTION, version, None))
+    yield nodes
+    client.close()
+
+
+def region_state(control: Control, name: str) -> str:
+    with control.client() as client:
+        regions = client.regions()["regions"]
+    return str(next(r["state"] for r in regions if r["name"] == name))
+
+
+def test_nodes_report_live_traffic_per_function_and_region(
+    control: Control, stack: list[Proc]
+) -> None:
+    eu, us = stack
+    with httpx.Client(timeout=10) as http:
+        for node, count in ((eu, 30), (us, 20)):
+            for _ in range(count):
+                assert http.get(node.url + "/").status_code == 200
+    admin = httpx.Client(base_url=control.url, timeout=10,
+                         headers={"authorization": f"Bearer {control.tokens['admin']}"})
+    with admin:
+        view: dict[str, Any] = {}
+        deadline = time.monotonic() + 8  # nodes report every second; the window is 10 s
+        while time.monotonic() < deadline:
+            view = admin.get("/v1/traffic").json()
+            if [f["requests"] for f in view["functions"]] == [50]:
+                break
+            time.sleep(0.2)
+    [total] = view["functions"]
+    assert (total["function"], total["requests"]) == (FUNCTION, 50), view
+    assert total["requests_per_s"] > 0 and set(total["versions"]) == {"1"}
+    assert 0 < total["p50_ms"] <= total["p99_ms"] < 10_000
+    by_region = {r["region"]: r["requests"] for r in view["regions"]}
+    assert by_region == {"eu-west": 30, "us-east": 20}
+
+
+def test_dashboard_shows_the_stack_and_drains_a_region(
+    control: Control, stack: list[Proc]
+) -> None:
+    sync_api = browser_or_skip()
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as pw, Traffic(stack) as traffic:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(control.url + "/")  # redirects to /dashboard/
+
+            # A wrong token is refused and the form comes back.
+            page.fill("#token", "edge_not-a-token")
+            page.click("#login button[type=submit]")
+            expect(page.locator("#message")).to_have_text("the token was refused", timeout=WAIT_MS)
+            expect(page.locator("#login")).to_be_visible()
+
+            page.fill("#token", control.tokens["admin"])
+            page.click("#login button[type=submit]")
+
+            regions = page.locator("#regions tbody tr")
+            eu = regions.filter(has_text="eu-west")
+            expect(eu.locator("td").nth(1)).to_have_text("active", timeout=WAIT_MS)
+            expect(regions.filter(has_text="us-east").locator("td").nth(4)).to_have_text(
+                "healthy", timeout=WAIT_MS
+            )
+
+            nodes = page.locator("#nodes tbody tr")
+            with control.client() as client:
+                revision = client.status()["revision"]
+            for node_id in ("eu-1", "us-1"):
+                row = nodes.filter(has_text=node_id)
+                expect(row.locator("td").nth(2)).to_have_text(str(revision), timeout=WAIT_MS)
+
+            function = page.locator("#functions tbody tr").filter(has_text=FUNCTION)
+            expect(function.locator("td").nth(1)).to_have_text("v1", timeout=WAIT_MS)
+            expect(function.locator("td").nth(3)).to_contain_text("v1 stable")
+
+            # Live traffic: the function over all regions, then each region, with a rate and p99.
+            rows = page.locator("#traffic tbody tr")
+            expect(rows.filter(has_text="eu-west")).to_be_visible(timeout=WAIT_MS)
+            expect(rows.filter(has_text="us-east")).to_be_visible(timeout=WAIT_MS)
+            total = rows.filter(has_text=FUNCTION).first.locator("td")
+            assert float(total.nth(2).inner_text()) > 0
+            assert float(total.nth(4).inner_text()) > 0  # p99 in ms
+            assert traffic.sent > 0
+
+            # Drain eu-west over the default ramp (5 min): draining, on the page and in the API.
+            eu.get_by_role("button", name="Drain", exact=True).click()
+            expect(eu.locator("td").nth(1)).to_have_text("draining", timeout=WAIT_MS)
+            assert region_state(control, "eu-west") == "draining"
+            expect(page.locator("#message")).to_contain_text("drain eu-west: draining")
+
+            # Undrain at once.
+            page.select_option("#ramp", "0")
+            eu.get_by_role("button", name="Undrain", exact=True).click()
+            expect(eu.locator("td").nth(1)).to_have_text("active", timeout=WAIT_MS)
+            assert region_state(control, "eu-west") == "active"
+
+            # Signing out forgets the token: a reload asks for it again.
+            page.click("#logout")
+            page.reload()
+            expect(page.locator("#login")).to_be_visible()
+            assert errors == []
+        finally:
+            browser.close()
