@@ -5,14 +5,14 @@ converts `list<u8>` one byte per Python object: about 250 µs for a small reques
 for a 10 MiB body. The contract (sdk/wit/function.wit) is ours and fixed per version, so this
 module writes the `wasmtime_component_val_t` tree directly:
 
-- strings are copied with one C call each (our own prototype of `wasm_byte_vec_new` takes
-  `bytes` as is, where wasmtime-py's needs a ctypes array);
+- the tree lives in one Python-owned buffer written with precompiled `struct`s (the C API
+  only borrows parameters), and the result is read back the same way;
 - bodies are `string`s carrying bytes as ISO-8859-1 code points (see `type body` in the WIT):
   the C API converts a `list<u8>` one 32-byte val per byte, about 200 ns per byte through the
   call (a 1 MiB body cost 400 ms), where a string is one copy.
 
-Ownership follows the C API: the caller owns the parameter vals and deletes them after the
-call; the callee-produced result val is deleted here after lifting.
+Ownership follows the C API: the caller owns the parameter vals (here: a reused buffer); the
+callee-produced result val's contents are deleted here after lifting.
 """
 
 from __future__ import annotations
