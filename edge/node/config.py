@@ -15,7 +15,7 @@ workers = 16                       # threads running wasm
 pooling = true
 epoch_tick_ms = 2
 prepare_instances = true           # keep one fresh instance ready for functions whose
-prepare_above_us = 200             # instantiation takes longer than this (Python, JS)
+prepare_above_us = 200             # instantiation takes longer than this (Python)
 
 [tracing]                          # off unless an endpoint is set here or in
 otlp_endpoint = "http://127.0.0.1:4318"  # OTEL_EXPORTER_OTLP_ENDPOINT; /v1/traces is added
