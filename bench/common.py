@@ -55,4 +55,4 @@ def print_table(title: str, rows: list[dict[str, Any]]) -> None:
         table.add_column(key)
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
-    Console().print(table)
+    Console(width=200).print(table)

@@ -88,13 +88,21 @@ def start_bare() -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port}/"
 
 
-_UNITS = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0}
+_UNITS = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0, "m": 60_000_000.0}
 
 
 def _us(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    m = re.match(r"([\d.]+)(us|ms|s|m)", text)
     assert m, text
     return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _percentile_us(out: str, q: int) -> float:
+    # The "Latency Distribution" lines look like "     50%  612.00us".
+    m = re.search(rf"^\s+{q}%\s+(\S+)\s*$", out, re.M)
+    if m is None:
+        raise SystemExit(f"no {q}% line in wrk's output:\n{out}")
+    return _us(m.group(1))
 
 
 def run_wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
@@ -106,9 +114,8 @@ def run_wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
         timeout=seconds + 30,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    # The "Latency Distribution" lines look like "     50%  612.00us".
-    p50 = _us(re.search(r"^\s+50%\s+(\S+)$", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _us(re.search(r"^\s+99%\s+(\S+)$", out, re.M).group(1))  # type: ignore[union-attr]
+    p50 = _percentile_us(out, 50)
+    p99 = _percentile_us(out, 99)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
         "rps": rps,

@@ -47,6 +47,7 @@ INLINE_BUDGET_TICKS = 2
 # here; one that accepted gets as long as a slow function may take.
 SPILL_TIMEOUT = httpx.Timeout(30.0, connect=1.0, pool=1.0)
 SPILL_AVOID_S = 5.0  # how long a target that failed is left out
+SPILLED_FROM_B = SPILLED_FROM.encode()
 OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # Replaced on a forward: framing, the client address and the caller's trace context.
 _NOT_FORWARDED = frozenset(
@@ -187,12 +188,16 @@ class FunctionServer:
         if isinstance(function, Unavailable):
             raise function.error
         limits = function.config.limits
-        body = await http.read_body(receive, headers, limits.request_body_limit_bytes)
-        spill = spill_decision(
-            deployment.topology, config.region, config.advertised_url, time.time(), ip,
-            already_spilled=bool(http.header(headers, SPILLED_FROM.encode())),
-            avoid=self._avoided(),
-        )  # fmt: skip
+        body = await http.read_body(
+            receive, headers, limits.request_body_limit_bytes, scope.get("http_version", "1.1")
+        )
+        spill = None
+        if config.region in deployment.topology.regions:  # else nothing can drain: no spill
+            spill = spill_decision(
+                deployment.topology, config.region, config.advertised_url, time.time(), ip,
+                already_spilled=bool(http.header(headers, SPILLED_FROM_B)),
+                avoid=self._avoided(),
+            )  # fmt: skip
         if spill is not None:
             answer = await self._forward(spill, scope, headers, body, request_id, ip, trace)
             if answer is not None:
@@ -316,22 +321,24 @@ class FunctionServer:
             buffer = _LogBuffer(sink)
             invocation = Invocation(key, request_id, config, buffer, version=version,
                                     trace_id=trace.trace_id, marks=[] if recorded else None)
-            started = time.perf_counter()
+            # CPU time of this thread, not wall time: on a busy machine the loop's thread can be
+            # descheduled mid-run, and that says nothing about what the function costs.
+            started = time.thread_time()
             try:
                 result = function.invoke(request, invocation, INLINE_BUDGET_TICKS)
             except OverBudget:
                 _instantiated(invocation, series)
                 buffer.discard()
-                hint.record(time.perf_counter() - started, finished=False)
+                hint.record(time.thread_time() - started, finished=False)
             except BaseException:
                 buffer.commit()
-                hint.record(time.perf_counter() - started, finished=True)
+                hint.record(time.thread_time() - started, finished=True)
                 _instantiated(invocation, series)
                 _finish(trace, invocation)
                 raise
             else:
                 buffer.commit()
-                hint.record(time.perf_counter() - started, finished=True)
+                hint.record(time.thread_time() - started, finished=True)
                 _instantiated(invocation, series)
                 _finish(trace, invocation)
                 return result

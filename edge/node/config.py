@@ -14,6 +14,8 @@ workers = 16                       # threads running wasm
 [sandbox]
 pooling = true
 epoch_tick_ms = 2
+prepare_instances = true           # keep one fresh instance ready for functions whose
+prepare_above_us = 200             # instantiation takes longer than this (Python)
 
 [tracing]                          # off unless an endpoint is set here or in
 otlp_endpoint = "http://127.0.0.1:4318"  # OTEL_EXPORTER_OTLP_ENDPOINT; /v1/traces is added
@@ -171,7 +173,7 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
     if url and not url.startswith(("http://", "https://")):
         raise ConfigError(f"{node.where('url')} must be an http:// or https:// URL, got {url!r}")
     sb = root.table("sandbox")
-    sb.reject_unknown({"pooling", "epoch_tick_ms"})
+    sb.reject_unknown({"pooling", "epoch_tick_ms", "prepare_instances", "prepare_above_us"})
     proxies = node.get("trusted_proxies", list, [])
     try:
         trusted = parse_networks([str(p) for p in proxies])
@@ -223,6 +225,8 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
         sandbox=EngineSettings(
             pooling=sb.get("pooling", bool, True),
             epoch_tick_ms=sb.positive_int("epoch_tick_ms", 2, 1000),
+            prepare_instances=sb.get("prepare_instances", bool, True),
+            prepare_above_us=sb.positive_int("prepare_above_us", 200, 10_000_000),
         ),
         functions=tuple(functions),
         routes=tuple(routes),

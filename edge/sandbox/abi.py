@@ -5,14 +5,14 @@ converts `list<u8>` one byte per Python object: about 250 µs for a small reques
 for a 10 MiB body. The contract (sdk/wit/function.wit) is ours and fixed per version, so this
 module writes the `wasmtime_component_val_t` tree directly:
 
-- strings are copied with one C call each (our own prototype of `wasm_byte_vec_new` takes
-  `bytes` as is, where wasmtime-py's needs a ctypes array);
+- the tree lives in one Python-owned buffer written with precompiled `struct`s (the C API
+  only borrows parameters), and the result is read back the same way;
 - bodies are `string`s carrying bytes as ISO-8859-1 code points (see `type body` in the WIT):
   the C API converts a `list<u8>` one 32-byte val per byte, about 200 ns per byte through the
   call (a 1 MiB body cost 400 ms), where a string is one copy.
 
-Ownership follows the C API: the caller owns the parameter vals and deletes them after the
-call; the callee-produced result val is deleted here after lifting.
+Ownership follows the C API: the caller owns the parameter vals (here: a reused buffer); the
+callee-produced result val's contents are deleted here after lifting.
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ class Geo:
     longitude: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class GuestRequest:
-    """The `request` record of edge:function/types@0.1.0, as the host builds it."""
+    """The `request` record of edge:function/types@0.1.0, as the host builds it. Not frozen:
+    a frozen dataclass's `__init__` costs five times as much, once per request."""
 
     method: str
     url: str
@@ -85,136 +86,146 @@ class GuestResponse:
 #
 # The parameter tree is written into one Python-owned buffer: the C API only borrows parameter
 # vals (it copies them into its own representation for the call), so nothing here is handed to
-# wasmtime's allocator and nothing needs `val_delete`. One buffer, one allocation, and plain
-# `struct.pack_into` writes instead of dozens of ctypes calls.
-
-_VAL_HEAD = struct.Struct("<B7xQQ")  # kind, then (size, pointer) for string/list/record/tuple
-_VAL_PTR = struct.Struct("<B7xQ")  # kind, then one pointer (option)
-_VAL_F64 = struct.Struct("<B7xd")
-_VEC = struct.Struct("<QQ")  # wasm_byte_vec_t / record entry name: (size, pointer)
-
-
-class _Arena:
-    """A bump allocator over one zeroed ctypes buffer, addressed by absolute pointers."""
-
-    def __init__(self, size: int) -> None:
-        self.cbuf = ctypes.create_string_buffer(size)
-        self.base = ctypes.addressof(self.cbuf)
-        # Writes go through a memoryview: much cheaper than slicing the ctypes array.
-        self.buf = memoryview(self.cbuf).cast("B")
-        self.top = 0
-
-    def alloc(self, size: int) -> int:
-        """Returns the offset of `size` fresh bytes, 8-aligned."""
-        offset = (self.top + 7) & ~7
-        self.top = offset + size
-        return offset
-
-    def bytes_at(self, data: bytes) -> int:
-        offset = self.alloc(len(data))
-        self.buf[offset : offset + len(data)] = data
-        return self.base + offset
-
-    def string(self, offset: int, text: str) -> None:
-        data = text.encode("utf-8")
-        _VAL_HEAD.pack_into(self.buf, offset, KIND_STRING, len(data), self.bytes_at(data))
-
-    def record(self, offset: int, names: Sequence[bytes]) -> list[int]:
-        """Makes the val at `offset` a record; returns the offsets of its field vals."""
-        entries = self.alloc(len(names) * ENTRY_SIZE)
-        _VAL_HEAD.pack_into(self.buf, offset, KIND_RECORD, len(names), self.base + entries)
-        out = []
-        for i, name in enumerate(names):
-            entry = entries + i * ENTRY_SIZE
-            _VEC.pack_into(self.buf, entry, len(name), self.bytes_at(name))
-            out.append(entry + _ENTRY_VAL_OFFSET)
-        return out
-
-    def option_string(self, offset: int, text: str | None) -> None:
-        if text is None:
-            _VAL_PTR.pack_into(self.buf, offset, KIND_OPTION, 0)
-            return
-        inner = self.alloc(VAL_SIZE)
-        self.string(inner, text)
-        _VAL_PTR.pack_into(self.buf, offset, KIND_OPTION, self.base + inner)
-
-    def option_f64(self, offset: int, number: float | None) -> None:
-        if number is None:
-            _VAL_PTR.pack_into(self.buf, offset, KIND_OPTION, 0)
-            return
-        inner = self.alloc(VAL_SIZE)
-        _VAL_F64.pack_into(self.buf, inner, KIND_F64, number)
-        _VAL_PTR.pack_into(self.buf, offset, KIND_OPTION, self.base + inner)
-
-    def headers(self, offset: int, headers: Sequence[tuple[str, str]]) -> None:
-        items = self.alloc(len(headers) * VAL_SIZE)
-        _VAL_HEAD.pack_into(self.buf, offset, KIND_LIST, len(headers), self.base + items)
-        for i, (name, value) in enumerate(headers):
-            pair = self.alloc(2 * VAL_SIZE)
-            _VAL_HEAD.pack_into(self.buf, items + i * VAL_SIZE, KIND_TUPLE, 2, self.base + pair)
-            self.string(pair, name)
-            self.string(pair + VAL_SIZE, value)
-
-    def body(self, offset: int, data: bytes) -> None:
-        encoded = encode_body(data)
-        _VAL_HEAD.pack_into(self.buf, offset, KIND_STRING, len(encoded), self.bytes_at(encoded))
-
+# wasmtime's allocator and nothing needs `val_delete`. The three records sit at fixed offsets,
+# so one precompiled `struct` write fills all their vals (field names included, as constants),
+# one more the header list, and one slice assignment all string bytes: a handful of C calls
+# per request instead of several per field.
 
 _ENTRY_VAL_OFFSET = ffi.wasmtime_component_valrecord_entry.val.offset
 _REQUEST_FIELDS = [b"method", b"url", b"headers", b"body", b"client-ip", b"context"]
 _CONTEXT_FIELDS = [b"region", b"node-id", b"request-id", b"geo"]
 _GEO_FIELDS = [b"country", b"continent", b"city", b"latitude", b"longitude"]
-# Vals, record entries and names of the fixed part of the tree, plus alignment slack.
-_FIXED_SIZE = 4096
+_OPTIONAL_STRINGS = 3  # country, continent, city; then latitude and longitude (f64)
+
+# An entry is a name (size, pointer) and a val: kind, 7 bytes padding, 24 bytes of payload.
+_ENTRY_2 = "QQB7xQQ8x"  # a val with a (size, pointer) payload: string, list, record
+_ENTRY_PTR = "QQB7xQ16x"  # a val with one pointer: option
+_VAL_2 = "B7xQQ8x"
+_VAL_F64 = "B7xd16x"
+_ROOT = 0
+_REQUEST_AT = VAL_SIZE
+_CONTEXT_AT = _REQUEST_AT + len(_REQUEST_FIELDS) * ENTRY_SIZE
+_GEO_AT = _CONTEXT_AT + len(_CONTEXT_FIELDS) * ENTRY_SIZE
+_INNER_AT = _GEO_AT + len(_GEO_FIELDS) * ENTRY_SIZE  # the vals inside geo's options
+_NAMES_AT = _INNER_AT + len(_GEO_FIELDS) * VAL_SIZE
+_TREE = struct.Struct(
+    "<"
+    + _ENTRY_2 * (len(_REQUEST_FIELDS) + len(_CONTEXT_FIELDS))
+    + _ENTRY_PTR * len(_GEO_FIELDS)
+    + _VAL_2 * _OPTIONAL_STRINGS
+    + _VAL_F64 * (len(_GEO_FIELDS) - _OPTIONAL_STRINGS)
+)
+assert _TREE.size == _NAMES_AT - _REQUEST_AT
+# Argument positions in `_TREE`: 5 per string/list/record entry (name size, name, kind, size,
+# pointer), 4 per option entry, then the options' inner vals (3 per string, 2 per f64).
+_STRING_SLOTS = (3, 8, 18, 23, 33, 38, 43, 71, 74, 77)  # method, url, body, client-ip, region,
+# node-id, request-id, country, continent, city
+_HEADERS_SLOT = 13
+_CONTEXT_SLOT = 28
+_GEO_SLOT = 48
+_OPTION_SLOTS = (53, 57, 61, 65, 69)
+_LATITUDE_SLOT = 80
+_ROOT_VAL = struct.Struct("<" + _VAL_2)
+_HEADER_VALS = 3 * VAL_SIZE  # the tuple in the list, and its two strings
+_header_structs: dict[int, struct.Struct] = {}
 
 
-def _arena_size(req: GuestRequest) -> int:
-    strings = sum(len(s) for s in (req.method, req.url, req.client_ip, req.region))
-    strings += len(req.node_id) + len(req.request_id)
-    strings += sum(
-        len(s) for s in (req.geo.country or "", req.geo.continent or "", req.geo.city or "")
-    )
-    headers = sum(len(n) + len(v) + 3 * VAL_SIZE + 16 for n, v in req.headers)
-    # Each str may grow up to 4x when encoded as UTF-8, a body byte up to 2x.
-    return _FIXED_SIZE + 4 * (strings + headers) + 2 * len(req.body)
+def _headers_struct(n: int) -> struct.Struct:
+    # n tuples, then their 2n strings; cached per count (requests carry few distinct counts).
+    found = _header_structs.get(n)
+    if found is None:
+        found = _header_structs[n] = struct.Struct("<" + _VAL_2 * (3 * n))
+    return found
 
 
-class _RequestArena(_Arena):
-    """An arena whose fixed part (the three records and their field names) is written once;
-    each request rewrites only the values. One per worker thread, reused request after request,
-    which is safe because the C API only borrows the parameter for the duration of the call."""
+class _RequestArena:
+    """One zeroed ctypes buffer holding a lowered request: the fixed part (records and field
+    names) first, then header vals, then string bytes. One per worker thread, reused request
+    after request, which is safe because the C API only borrows the parameter for the call."""
 
     def __init__(self, size: int) -> None:
-        super().__init__(size)
         self.size = size
-        self.root = self.alloc(VAL_SIZE)
-        self.request_fields = self.record(self.root, _REQUEST_FIELDS)
-        self.context_fields = self.record(self.request_fields[5], _CONTEXT_FIELDS)
-        self.geo_fields = self.record(self.context_fields[3], _GEO_FIELDS)
-        self.fixed_top = self.top
+        self.cbuf = ctypes.create_string_buffer(size)
+        self.base = base = ctypes.addressof(self.cbuf)
+        # Writes go through a memoryview: much cheaper than slicing the ctypes array.
+        self.buf = memoryview(self.cbuf).cast("B")
+        at = _NAMES_AT
+        names: list[tuple[int, int]] = []
+        for name in _REQUEST_FIELDS + _CONTEXT_FIELDS + _GEO_FIELDS:
+            self.buf[at : at + len(name)] = name
+            names.append((len(name), base + at))
+            at += len(name)
+        self.dynamic_at = (at + 7) & ~7
+        _ROOT_VAL.pack_into(self.buf, _ROOT, KIND_RECORD, len(_REQUEST_FIELDS), base + _REQUEST_AT)
+        # The `_TREE` arguments with everything but string sizes, pointers and geo set.
+        entry_kinds = [KIND_STRING, KIND_STRING, KIND_LIST, KIND_STRING, KIND_STRING, KIND_RECORD]
+        entry_kinds += [KIND_STRING, KIND_STRING, KIND_STRING, KIND_RECORD]
+        template: list[int | float] = []
+        for (name_size, name_at), kind in zip(names, entry_kinds, strict=False):
+            template += (name_size, name_at, kind, 0, 0)
+        template[_CONTEXT_SLOT : _CONTEXT_SLOT + 2] = (len(_CONTEXT_FIELDS), base + _CONTEXT_AT)
+        template[_GEO_SLOT : _GEO_SLOT + 2] = (len(_GEO_FIELDS), base + _GEO_AT)
+        for name_size, name_at in names[len(entry_kinds) :]:
+            template += (name_size, name_at, KIND_OPTION, 0)
+        template += (KIND_STRING, 0, 0) * _OPTIONAL_STRINGS
+        template += (KIND_F64, 0.0) * (len(_GEO_FIELDS) - _OPTIONAL_STRINGS)
+        self.template = template
+        self.header_templates: dict[int, list[int]] = {}
 
-    def lower(self, req: GuestRequest) -> int:
-        self.top = self.fixed_top
-        method, url, headers, body, client_ip, _ = self.request_fields
-        self.string(method, req.method)
-        self.string(url, req.url)
-        self.headers(headers, req.headers)
-        self.body(body, req.body)
-        self.string(client_ip, req.client_ip)
-        region, node_id, request_id, _ = self.context_fields
-        self.string(region, req.region)
-        self.string(node_id, req.node_id)
-        self.string(request_id, req.request_id)
-        country, continent, city, lat, lon = self.geo_fields
-        self.option_string(country, req.geo.country)
-        self.option_string(continent, req.geo.continent)
-        self.option_string(city, req.geo.city)
-        self.option_f64(lat, req.geo.latitude)
-        self.option_f64(lon, req.geo.longitude)
-        return self.base + self.root
+    def lower(self, strings: list[bytes], headers: list[bytes], geo: Geo, total: int) -> int:
+        """`strings`: as `_STRING_SLOTS` lists them, encoded (b"" for an absent option);
+        `headers`: name, value, name, value, ..."""
+        base = self.base
+        n = len(headers) // 2
+        data_at = self.dynamic_at + n * _HEADER_VALS
+        self.buf[data_at : data_at + total] = b"".join(strings + headers)
+        ptr = base + data_at
+        args = self.template.copy()
+        for slot, s in zip(_STRING_SLOTS, strings, strict=True):
+            args[slot] = size = len(s)
+            args[slot + 1] = ptr
+            ptr += size
+        args[_HEADERS_SLOT] = n
+        args[_HEADERS_SLOT + 1] = base + self.dynamic_at
+        inner = base + _INNER_AT
+        if geo.country is not None:
+            args[_OPTION_SLOTS[0]] = inner
+        if geo.continent is not None:
+            args[_OPTION_SLOTS[1]] = inner + VAL_SIZE
+        if geo.city is not None:
+            args[_OPTION_SLOTS[2]] = inner + 2 * VAL_SIZE
+        if geo.latitude is not None:
+            args[_OPTION_SLOTS[3]] = inner + 3 * VAL_SIZE
+            args[_LATITUDE_SLOT] = geo.latitude
+        if geo.longitude is not None:
+            args[_OPTION_SLOTS[4]] = inner + 4 * VAL_SIZE
+            args[_LATITUDE_SLOT + 2] = geo.longitude
+        _TREE.pack_into(self.buf, _REQUEST_AT, *args)
+        if n:
+            items = self._header_template(n).copy()
+            slot = 3 * n + 1  # the size of the first string, after n tuples of 3 arguments
+            for h in headers:
+                items[slot] = size = len(h)
+                items[slot + 1] = ptr
+                ptr += size
+                slot += 3
+            _headers_struct(n).pack_into(self.buf, self.dynamic_at, *items)
+        return base + _ROOT
+
+    def _header_template(self, n: int) -> list[int]:
+        found = self.header_templates.get(n)
+        if found is None:
+            pairs = self.base + self.dynamic_at + n * VAL_SIZE
+            found = []
+            for i in range(n):
+                found += (KIND_TUPLE, 2, pairs + i * 2 * VAL_SIZE)
+            found += (KIND_STRING, 0, 0) * (2 * n)
+            self.header_templates[n] = found
+        return found
 
 
 _THREAD_ARENA_BYTES = 64 * 1024
+_FIXED_BYTES = 1024  # the fixed part and alignment slack; checked below
 _threads = threading.local()
 
 
@@ -222,39 +233,47 @@ class LoweredRequest:
     """The `request` param, valid while this object lives; pass `pointer` to the call."""
 
     def __init__(self, req: GuestRequest) -> None:
-        need = _arena_size(req)
+        geo = req.geo
+        strings = [
+            req.method.encode(),
+            req.url.encode(),
+            encode_body(req.body),
+            req.client_ip.encode(),
+            req.region.encode(),
+            req.node_id.encode(),
+            req.request_id.encode(),
+            b"" if geo.country is None else geo.country.encode(),
+            b"" if geo.continent is None else geo.continent.encode(),
+            b"" if geo.city is None else geo.city.encode(),
+        ]
+        headers = [part.encode() for pair in req.headers for part in pair]
+        total = sum(map(len, strings)) + sum(map(len, headers))
+        need = _FIXED_BYTES + len(headers) // 2 * _HEADER_VALS + total
         if need <= _THREAD_ARENA_BYTES:
             arena: _RequestArena | None = getattr(_threads, "arena", None)
             if arena is None:
                 arena = _threads.arena = _RequestArena(_THREAD_ARENA_BYTES)
         else:
-            arena = _RequestArena(need + _FIXED_SIZE)  # a large request gets its own, once
+            arena = _RequestArena(need)  # a large request gets its own, once
         self._arena = arena
-        self.pointer = arena.lower(req)
+        self.pointer = arena.lower(strings, headers, geo, total)
+
+
+assert _RequestArena(_FIXED_BYTES).dynamic_at <= _FIXED_BYTES
 
 
 # --- lifting ------------------------------------------------------------------------------------
+#
+# The result tree lives in wasmtime's memory. Each node is read with one `string_at` (a copy of
+# a few dozen bytes) and unpacked with a precompiled `struct`, rather than through ctypes
+# structure objects, which cost an allocation and a descriptor lookup per field.
 
-
-def _kind(addr: int) -> int:
-    return ctypes.c_uint8.from_address(addr).value
-
-
-def _expect(addr: int, kind: int, what: str) -> None:
-    if _kind(addr) != kind:
-        raise AbiError(f"{what}: unexpected value kind {_kind(addr)}")
-
-
-def _get_string(addr: int, what: str) -> str:
-    _expect(addr, KIND_STRING, what)
-    vec = ffi.wasm_byte_vec_t.from_address(addr + PAYLOAD_OFFSET)
-    return ctypes.string_at(vec.data, vec.size).decode("utf-8") if vec.size else ""
-
-
-def _list(addr: int, what: str) -> tuple[int, int]:
-    _expect(addr, KIND_LIST, what)
-    lst = ffi.wasmtime_component_vallist.from_address(addr + PAYLOAD_OFFSET)
-    return ctypes.cast(lst.data, ctypes.c_void_p).value or 0, lst.size
+_string_at = ctypes.string_at
+_HEAD = struct.Struct("<B7xQQ")  # kind, then the (size, pointer) of a string, list or record
+_FIELD = struct.Struct("<QQB7xQQ")  # a record entry: name (size, pointer), val kind, payload
+_PAIR = struct.Struct("<B7xQQ8xB7xQQ")  # a tuple's two string vals
+_RESPONSE_FIELDS = 3
+_RESPONSE_NAME_SIZES = (len("status"), len("headers"), len("body"))
 
 
 def encode_body(data: bytes) -> bytes:
@@ -274,27 +293,36 @@ def decode_body(encoded: bytes) -> bytes:
         ) from None
 
 
-def _get_body(addr: int, limit: int) -> bytes:
-    _expect(addr, KIND_STRING, "body")
-    vec = ffi.wasm_byte_vec_t.from_address(addr + PAYLOAD_OFFSET)
+def _get_body(kind: int, size: int, data: int, limit: int) -> bytes:
+    if kind != KIND_STRING:
+        raise AbiError(f"body: unexpected value kind {kind}")
     # Decoding never grows the size, so the encoded size bounds the work before we do it.
-    if vec.size > 2 * limit:
-        raise ResponseBodyOverLimit(vec.size)
-    body = decode_body(ctypes.string_at(vec.data, vec.size)) if vec.size else b""
+    if size > 2 * limit:
+        raise ResponseBodyOverLimit(size)
+    body = decode_body(_string_at(data, size)) if size else b""
     if len(body) > limit:
         raise ResponseBodyOverLimit(len(body))
     return body
 
 
-def _get_headers(addr: int) -> Headers:
-    base, n = _list(addr, "headers")
+def _get_headers(kind: int, n: int, items: int) -> Headers:
+    if kind != KIND_LIST:
+        raise AbiError(f"headers: unexpected value kind {kind}")
     out: Headers = []
+    raw = _string_at(items, n * VAL_SIZE) if n else b""
     for i in range(n):
-        item = base + i * VAL_SIZE
-        _expect(item, KIND_TUPLE, "header")
-        tup = ffi.wasmtime_component_valtuple.from_address(item + PAYLOAD_OFFSET)
-        pair = ctypes.cast(tup.data, ctypes.c_void_p).value or 0
-        out.append((_get_string(pair, "header name"), _get_string(pair + VAL_SIZE, "header value")))
+        tkind, tsize, pair = _HEAD.unpack_from(raw, i * VAL_SIZE)
+        if tkind != KIND_TUPLE or tsize != 2:
+            raise AbiError(f"header: unexpected value kind {tkind}")
+        nkind, nsize, name, vkind, vsize, value = _PAIR.unpack_from(_string_at(pair, 2 * VAL_SIZE))
+        if nkind != KIND_STRING or vkind != KIND_STRING:
+            raise AbiError("header: name and value must be strings")
+        out.append(
+            (
+                _string_at(name, nsize).decode("utf-8") if nsize else "",
+                _string_at(value, vsize).decode("utf-8") if vsize else "",
+            )
+        )
     return out
 
 
@@ -308,27 +336,26 @@ def lift_response(result: ffi.wasmtime_component_val_t, body_limit: int) -> Gues
     """Reads the `response` record and frees it (also when it is malformed)."""
     addr = ctypes.addressof(result)
     try:
-        _expect(addr, KIND_RECORD, "response")
-        rec = ffi.wasmtime_component_valrecord.from_address(addr + PAYLOAD_OFFSET)
-        fields: dict[str, int] = {}
-        base = ctypes.cast(rec.data, ctypes.c_void_p).value or 0
-        val_offset = ffi.wasmtime_component_valrecord_entry.val.offset
-        for i in range(rec.size):
-            entry = base + i * ENTRY_SIZE
-            name = ffi.wasm_byte_vec_t.from_address(entry)
-            fields[ctypes.string_at(name.data, name.size).decode()] = entry + val_offset
+        kind, n, entries = _HEAD.unpack(_string_at(addr, 24))
+        if kind != KIND_RECORD:
+            raise AbiError(f"response: unexpected value kind {kind}")
+        # Load checked the export's type (contract.RESPONSE_SHAPE), and wasmtime builds the
+        # record in type order: status, headers, body. The name sizes confirm it cheaply.
+        if n != _RESPONSE_FIELDS:
+            raise AbiError(f"response record has {n} fields, not {_RESPONSE_FIELDS}")
+        raw = _string_at(entries, n * ENTRY_SIZE)
+        sname, _, skind, status, _ = _FIELD.unpack_from(raw, 0)
+        hname, _, hkind, hcount, hitems = _FIELD.unpack_from(raw, ENTRY_SIZE)
+        bname, _, bkind, bsize, bdata = _FIELD.unpack_from(raw, 2 * ENTRY_SIZE)
+        if (sname, hname, bname) != _RESPONSE_NAME_SIZES:
+            raise AbiError("response record fields are not status, headers, body")
+        if skind != KIND_U16:
+            raise AbiError(f"status: unexpected value kind {skind}")
         try:
-            status_addr = fields["status"]
-            _expect(status_addr, KIND_U16, "status")
-            status = ctypes.c_uint16.from_address(status_addr + PAYLOAD_OFFSET).value
-            return GuestResponse(
-                status=status,
-                headers=_get_headers(fields["headers"]),
-                body=_get_body(fields["body"], body_limit),
-            )
-        except KeyError as e:
-            raise AbiError(f"response record lacks field {e}") from None
+            headers = _get_headers(hkind, hcount, hitems)
         except UnicodeDecodeError as e:
             raise AbiError(f"response header is not UTF-8: {e}") from None
+        # Only the u16's two bytes of the payload are defined.
+        return GuestResponse(status & 0xFFFF, headers, _get_body(bkind, bsize, bdata, body_limit))
     finally:
         _val_delete(addr)

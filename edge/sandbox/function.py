@@ -7,13 +7,13 @@ runs (the calls go through ctypes), so a busy function does not stall the event 
 from __future__ import annotations
 
 import ctypes
+import statistics
 import threading
 import time
 from dataclasses import dataclass
 
 import wasmtime
 from wasmtime import _ffi as ffi
-from wasmtime import component as cm
 
 from edge.config.function import FunctionConfig
 from edge.errors import (
@@ -24,12 +24,10 @@ from edge.errors import (
     MemoryLimitExceeded,
     ResponseTooLarge,
 )
-from edge.sandbox import abi, host
+from edge.sandbox import abi, capi, host, prepare
 from edge.sandbox.compile_cache import CompileCache, content_hash
 from edge.sandbox.contract import HANDLER_EXPORT, HANDLER_FUNC, check_component
 from edge.sandbox.engine import SandboxEngine
-
-_ValPtr = ctypes.POINTER(abi.Val)
 
 
 class OverBudget(Exception):
@@ -40,12 +38,36 @@ class OverBudget(Exception):
 
 @dataclass
 class _Live:
-    """One instantiated component in its own store."""
+    """One instantiated component in its own store; `store.close()` ends it. `func` is the
+    address of its handler's `wasmtime_component_func_t`, kept alive by `func_owner`."""
 
-    store: wasmtime.Store
-    func: cm.Func
+    store: capi.Store
+    func: int
+    func_owner: object
     output: host.OutputRoute
     uses: int = 0
+
+
+class _Scratch:
+    """Per-thread C structs for one fresh request: instance handle, function, result val.
+    Reusing them spares three ctypes allocations a request; a thread runs one call at a time."""
+
+    def __init__(self) -> None:
+        self.instance = ffi.wasmtime_component_instance_t()
+        self.func = ffi.wasmtime_component_func_t()
+        self.result = abi.Val()
+        self.instance_at = ctypes.addressof(self.instance)
+        self.func_at = ctypes.addressof(self.func)
+
+
+_threads = threading.local()
+
+
+def _scratch() -> _Scratch:
+    found: _Scratch | None = getattr(_threads, "scratch", None)
+    if found is None:
+        found = _threads.scratch = _Scratch()
+    return found
 
 
 class LoadedFunction:
@@ -72,37 +94,57 @@ class LoadedFunction:
         index = self.component.get_export_index(HANDLER_FUNC, handler)
         assert index is not None  # check_component verified it
         self._index = index
+        # Addresses for the raw C calls of every request (see capi); the objects behind them
+        # live as long as this function.
+        self._engine_ptr = capi.address(engine.engine)
+        self._linker_ptr = capi.address(self.linker)
+        self._component_ptr = capi.address(self.component)
+        self._index_ptr = capi.address(index)
         self._deadline_ticks = engine.deadline_ticks(config.limits.deadline_ms)
         # A component that imports no WASI (a C function, say) needs no WASI context per store.
         self._needs_wasi = any(name.startswith("wasi:") for name in self.imports)
         self._reuse_lock = threading.Lock()
         self._reused: _Live | None = None
+        # Fresh instances made ahead of requests, once instantiation proves slow (see prepare).
+        self._slot = prepare.Slot()
+        self._prepared = False
+        measure = engine.settings.prepare_instances and not config.instance.reuse
+        self._instantiate_samples: list[float] | None = [] if measure else None
 
     @property
     def name(self) -> str:
         return self.config.name
 
-    def _instantiate(self, ticks: int, invocation: host.Invocation) -> _Live:
-        started = time.perf_counter()
-        marks = invocation.marks
-        started_ns = time.time_ns() if marks is not None else 0
-        store = wasmtime.Store(self.engine.engine)
-        store.set_limits(memory_size=self.config.limits.memory_limit_bytes)
-        output = host.OutputRoute()
-        if self._needs_wasi:
-            store.set_wasi(host.wasi_config(output))
+    @property
+    def prepares_instances(self) -> bool:
+        """Whether fresh instances are now made ahead of requests (see prepare)."""
+        return self._prepared
+
+    def _instantiate(self, ticks: int, own: bool = False) -> _Live:
+        """`own`: the instance outlives this call or leaves this thread (reuse, prepared), so
+        it gets its own function struct instead of the thread's scratch one."""
+        scratch = _scratch()
         # Instantiation runs guest start code, so the deadline applies from here.
-        store.set_epoch_deadline(ticks)
+        store = capi.Store(self._engine_ptr, self.config.limits.memory_limit_bytes, ticks)
         try:
-            instance = self.linker.instantiate(store, self.component)
-        except wasmtime.WasmtimeError as e:
-            raise _classify(e, self.config, "instantiating") from None
-        func = instance.get_func(store, self._index)
-        assert func is not None
-        invocation.instantiate_s = time.perf_counter() - started
-        if marks is not None:
-            marks.append(("instantiate", started_ns, time.time_ns()))
-        return _Live(store, func, output)
+            output = host.OutputRoute()
+            if self._needs_wasi:
+                store.set_wasi(host.wasi_config(output))
+            err = capi.linker_instantiate(
+                self._linker_ptr, store.context, self._component_ptr, scratch.instance_at
+            )
+            if err:
+                raise _classify(capi.error(err), self.config, "instantiating")
+            owner = ffi.wasmtime_component_func_t() if own else scratch.func
+            func = ctypes.addressof(owner) if own else scratch.func_at
+            found = capi.instance_get_func(
+                scratch.instance_at, store.context, self._index_ptr, func
+            )
+            assert found  # check_component verified the export
+        except BaseException:
+            store.close()
+            raise
+        return _Live(store, func, owner, output)
 
     def invoke(
         self,
@@ -120,32 +162,123 @@ class LoadedFunction:
         with host.bound(invocation), self.engine.running():
             try:
                 if not self.config.instance.reuse:
-                    return self._call(self._instantiate(ticks, invocation), request, invocation)
+                    return self._call_once(self._fresh(ticks, invocation), request, invocation)
                 return self._invoke_reusing(request, invocation, ticks)
             except DeadlineExceeded:
                 if budget_ticks is not None:
                     raise OverBudget() from None
                 raise
 
+    def _fresh(self, ticks: int, invocation: host.Invocation) -> _Live:
+        if self._prepared:
+            live = self._take_prepared()
+            if live is not None:
+                capi.set_epoch_deadline(live.store.context, ticks)
+                return live
+            return self._instantiate_for(invocation, ticks)
+        samples = self._instantiate_samples
+        if samples is None:
+            return self._instantiate_for(invocation, ticks)
+        started = time.thread_time()
+        live = self._instantiate_for(invocation, ticks)
+        samples.append(time.thread_time() - started)
+        if len(samples) >= prepare.SAMPLES:
+            self._instantiate_samples = None
+            if statistics.median(samples) * 1e6 >= self.engine.settings.prepare_above_us:
+                self._prepared = True
+                self._want_one()
+        return live
+
+    def _instantiate_for(self, invocation: host.Invocation, ticks: int, own: bool = False) -> _Live:
+        """`_instantiate` on a request's path: the request's metrics and spans see it."""
+        started = time.perf_counter()
+        marks = invocation.marks
+        started_ns = time.time_ns() if marks is not None else 0
+        live = self._instantiate(ticks, own)
+        invocation.instantiate_s = time.perf_counter() - started
+        if marks is not None:
+            marks.append(("instantiate", started_ns, time.time_ns()))
+        return live
+
+    def _want_one(self) -> None:
+        slot = self._slot
+        with slot.cv:
+            if slot.preparing or slot.ready is not None:
+                return
+            slot.preparing = True
+        self.engine.preparer.want(self)
+
+    def _take_prepared(self) -> _Live | None:
+        slot = self._slot
+        with slot.cv:
+            # One request may wait for the instance in the making (it is further along than
+            # a new one would be); others make their own rather than queue behind it.
+            if slot.ready is None and slot.preparing and not slot.waiting:
+                slot.waiting = True
+                slot.cv.wait_for(
+                    lambda: slot.ready is not None or not slot.preparing, prepare.WAIT_S
+                )
+                slot.waiting = False
+            live, slot.ready = slot.ready, None
+            start = not slot.preparing
+            if start:
+                slot.preparing = True
+        if start:
+            self.engine.preparer.want(self)
+        assert live is None or isinstance(live, _Live)
+        return live
+
+    def refill(self) -> None:
+        """Makes the ready instance; runs on the engine's preparer thread."""
+        slot = self._slot
+        live: _Live | None = None
+        try:
+            if self._prepared and slot.ready is None:
+                with self.engine.running():
+                    live = self._instantiate(self._deadline_ticks, own=True)
+        except Exception:  # requests will instantiate (and report the error) themselves
+            self._prepared = False
+        with slot.cv:
+            slot.preparing = False
+            if live is not None:
+                slot.ready = live
+            slot.cv.notify_all()
+
     def _invoke_reusing(
         self, request: abi.GuestRequest, invocation: host.Invocation, ticks: int
     ) -> abi.GuestResponse:
         # Never two requests in one instance: a request that finds it busy gets a fresh one.
         if not self._reuse_lock.acquire(blocking=False):
-            return self._call(self._instantiate(ticks, invocation), request, invocation)
+            return self._call_once(self._instantiate_for(invocation, ticks), request, invocation)
         try:
             live, self._reused = self._reused, None
             if live is None:
-                live = self._instantiate(ticks, invocation)
-            live.store.set_epoch_deadline(ticks)
-            # Raising drops the instance: a reused instance never outlives a trap.
-            response = self._call(live, request, invocation)
+                live = self._instantiate_for(invocation, ticks, own=True)
+            capi.set_epoch_deadline(live.store.context, ticks)
+            try:
+                response = self._call(live, request, invocation)
+            except BaseException:
+                live.store.close()  # a reused instance never outlives a trap
+                raise
             live.uses += 1
             if live.uses < self.config.instance.reuse_max_requests:
                 self._reused = live
+            else:
+                live.store.close()
             return response
         finally:
             self._reuse_lock.release()
+
+    def _call_once(
+        self, live: _Live, request: abi.GuestRequest, invocation: host.Invocation
+    ) -> abi.GuestResponse:
+        try:
+            return self._call(live, request, invocation)
+        finally:
+            if self._prepared:  # an expensive store is also expensive to tear down
+                self.engine.preparer.retire(live.store)
+            else:
+                live.store.close()
 
     def _call(
         self, live: _Live, request: abi.GuestRequest, invocation: host.Invocation
@@ -161,17 +294,12 @@ class LoadedFunction:
 
     def _execute(self, live: _Live, request: abi.GuestRequest) -> abi.GuestResponse:
         param = abi.LoweredRequest(request)
-        result = abi.Val()
-        err = ffi.wasmtime_component_func_call(
-            ctypes.byref(live.func._func),
-            live.store._context(),
-            ctypes.cast(param.pointer, _ValPtr),
-            1,
-            ctypes.byref(result),
-            1,
-        )
+        result = _scratch().result
+        func = live.func
+        context = live.store.context
+        err = capi.func_call(func, context, param.pointer, 1, ctypes.addressof(result), 1)
         if err:
-            raise _classify(wasmtime.WasmtimeError._from_ptr(err), self.config, "running")
+            raise _classify(capi.error(err), self.config, "running")
         try:
             response = abi.lift_response(result, self.config.limits.response_body_limit_bytes)
         except abi.ResponseBodyOverLimit as e:
@@ -181,10 +309,9 @@ class LoadedFunction:
             ) from None
         except abi.AbiError as e:
             raise InvalidResponse(f"function returned an invalid response: {e}") from None
-        try:
-            live.func.post_return(live.store)
-        except wasmtime.WasmtimeError as e:
-            raise _classify(e, self.config, "cleaning up") from None
+        err = capi.func_post_return(func, context)
+        if err:
+            raise _classify(capi.error(err), self.config, "cleaning up")
         if not 100 <= response.status <= 599:
             raise InvalidResponse(f"function returned HTTP status {response.status}")
         return response

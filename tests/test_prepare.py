@@ -1,0 +1,96 @@
+"""Instances prepared ahead of requests: still one fresh instance per request, same limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.config.function import load_function_config
+from edge.errors import DeadlineExceeded
+from edge.sandbox import abi, host, prepare
+from edge.sandbox.compile_cache import CompileCache
+from edge.sandbox.engine import EngineSettings, SandboxEngine
+from edge.sandbox.function import LoadedFunction
+
+from .conftest import COMPILED, EXAMPLES, FIXTURES
+
+pytestmark = pytest.mark.toolchain
+
+Loader = Callable[[Path], LoadedFunction]
+
+
+@pytest.fixture(scope="module")
+def always() -> Iterator[SandboxEngine]:
+    """An engine that prepares instances for every fresh function, however cheap."""
+    with SandboxEngine(EngineSettings(pool_total_instances=64, prepare_above_us=0)) as e:
+        yield e
+
+
+@pytest.fixture
+def lines() -> list[host.LogLine]:
+    return []
+
+
+def loader(
+    engine: SandboxEngine, built: Callable[[Path], Path], lines: list[host.LogLine]
+) -> Loader:
+    cache = CompileCache(engine, COMPILED)
+
+    def go(project: Path) -> LoadedFunction:
+        wasm = built(project).read_bytes()
+        return LoadedFunction(engine, cache, wasm, load_function_config(project), lines.append)
+
+    return go
+
+
+def call(fn: LoadedFunction, request_id: str, lines: list[host.LogLine]) -> abi.GuestResponse:
+    req = abi.GuestRequest("GET", "http://x/", [], b"", "127.0.0.1", "r", "n", request_id)
+    return fn.invoke(req, host.Invocation(fn.name, request_id, fn.config.config, lines.append))
+
+
+def test_prepared_instances_are_never_shared(
+    always: SandboxEngine, built: Callable[[Path], Path], lines: list[host.LogLine]
+) -> None:
+    fn = loader(always, built, lines)(FIXTURES / "functions" / "counter")
+    counts = [call(fn, f"r{i}", lines).body for i in range(3 * prepare.SAMPLES)]
+    assert fn.prepares_instances
+    assert counts == [b"1"] * len(counts)
+
+
+def test_prepared_instance_keeps_the_deadline(
+    always: SandboxEngine, built: Callable[[Path], Path], lines: list[host.LogLine]
+) -> None:
+    load = loader(always, built, lines)
+    loop = load(FIXTURES / "functions" / "loop")
+    hello = load(EXAMPLES / "c" / "hello")
+    for i in range(prepare.SAMPLES + 2):
+        with pytest.raises(DeadlineExceeded):
+            call(loop, f"loop-{i}", lines)
+        assert call(hello, f"hello-{i}", lines).status == 200
+    assert loop.prepares_instances and hello.prepares_instances
+
+
+def test_python_function_gets_prepared_and_logs_per_request(
+    built: Callable[[Path], Path], lines: list[host.LogLine]
+) -> None:
+    # Default settings: a componentize-py instantiation is well above the threshold.
+    with SandboxEngine(EngineSettings(pool_total_instances=64)) as engine:
+        fn = loader(engine, built, lines)(EXAMPLES / "python" / "config")
+        ids = [f"py-{i}" for i in range(prepare.SAMPLES + 4)]
+        for request_id in ids:
+            assert call(fn, request_id, lines).status == 200
+        assert fn.prepares_instances
+    logged = [line.request_id for line in lines if line.source == "log"]
+    assert logged == ids  # one line per request, each tagged with its own request
+
+
+def test_cheap_function_is_not_prepared(
+    built: Callable[[Path], Path], lines: list[host.LogLine]
+) -> None:
+    with SandboxEngine(EngineSettings(pool_total_instances=64, prepare_above_us=100_000)) as e:
+        fn = loader(e, built, lines)(EXAMPLES / "c" / "hello")
+        for i in range(prepare.SAMPLES + 2):
+            assert call(fn, f"c-{i}", lines).status == 200
+        assert not fn.prepares_instances
