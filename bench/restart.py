@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -25,7 +26,7 @@ import httpx
 from edge.control.client import ControlClient
 
 from .common import percentile, print_table, write_results
-from .convergence import FUNCTION, REPO, free_ports, variant, wait
+from .convergence import FUNCTION, REPO, build_variant, free_ports
 
 POLL_S = 0.005
 
@@ -47,6 +48,18 @@ def until_serving(url: str, body: str, started: float, limit_s: float) -> float:
                 pass
             time.sleep(POLL_S)
     raise SystemExit(f"the node did not serve within {limit_s} s")
+
+
+def wait(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"{what} not ready after {timeout_s} s")
 
 
 def import_floor_s() -> float:
@@ -74,7 +87,7 @@ def run(rounds: int, tmp: Path) -> dict[str, object]:
     node = spawn(["node", "--config", str(config)])
     samples: list[float] = []
     try:
-        data_bytes, manifest = variant(tmp, "kept on disk")
+        data_bytes, manifest = build_variant(tmp, "kept on disk\n")
         with ControlClient(control_url, tokens["admin"]) as client:
             number = int(client.upload_version(FUNCTION, data_bytes, manifest, "v1")["number"])
             client.deploy(FUNCTION, number, ["*/"])
