@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Any, TypeVar
 
@@ -44,3 +45,20 @@ async def json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
+
+
+def optional_ip(body: dict[str, Any], key: str, version: int) -> str:
+    """An IPv`version` address in its canonical text, or "" when absent, null or empty."""
+    value = body.get(key) or ""
+    if not isinstance(value, str):
+        raise BadRequest(f"{key!r} must be a string")
+    if not value:
+        return ""
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        addr = None
+    if addr is None or addr.version != version:
+        raise BadRequest(f"{key!r} must be an IPv{version} address, got {value[:60]!r}")
+    return str(addr)
+

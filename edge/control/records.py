@@ -145,6 +145,8 @@ class Node:
     url: str = ""
     requests_total: int | None = None
     requests_per_s: float | None = None
+    ipv4: str = ""  # what the geo-DNS server answers for this node; "": none of that family
+    ipv6: str = ""
 
 
 @dataclass(frozen=True)
