@@ -1,18 +1,17 @@
 """The region map the DNS server serves, from traffic.toml and the control plane (pure).
 
 `GET /v1/regions` lists each region's location, weight and drain, and the nodes reporting from
-it with the addresses they advertise (`endpoints`: node id, URL, IPv4, IPv6, stale). The merge,
-region by region (the control plane wins where it says something):
+it with the addresses they advertise (`endpoints`: node id, URL, IPv4, IPv6, stale). A region
+named in traffic.toml's `[[region]]` is served exactly as configured there (location, nodes,
+weight): a file entry is a deliberate override (say, addresses of a load balancer in front of
+the nodes), and it keeps deployments that predate this module answering as before. Every other
+listed region is built from the listing: the location set with `edge region set`, one node per
+fresh endpoint with an address (health URL: the node's URL + /healthz), weight 100 (a weight
+set at the control plane is laid over any region by the drain follower, as are drains).
 
-- location: the control plane's (`edge region set`), else traffic.toml's;
-- nodes: the control plane's fresh endpoints that have an address (health URL: the node's URL
-  + /healthz), else traffic.toml's `[[region.node]]`s;
-- weight: traffic.toml's, else 100 (a weight set at the control plane is laid over it by the
-  drain follower, as before).
-
-A region makes the map only with a location and at least one node; one that loses either
-leaves it. traffic.toml regions the control plane does not list stay as configured. Malformed
-entries are skipped, never fatal: a bad listing must not take DNS down.
+A listed region makes the map only with a location and at least one such node; one that loses
+either leaves it. Malformed entries are skipped, never fatal: a bad listing must not take DNS
+down.
 """
 
 from __future__ import annotations
@@ -24,43 +23,34 @@ from edge.traffic.regions import REGION_NAME_RE, Node, Region
 
 
 def merge_region_map(base: tuple[Region, ...], listing: list[Any]) -> tuple[Region, ...]:
-    """traffic.toml's regions (`base`) with the control plane's `listing` laid over them:
-    traffic.toml's order first, then regions only the control plane knows, by name."""
-    listed: dict[str, dict[str, Any]] = {}
-    for entry in listing:
-        if isinstance(entry, dict) and REGION_NAME_RE.match(str(entry.get("name", ""))):
-            listed[str(entry["name"])] = entry
-    known = {r.name: r for r in base}
-    names = [r.name for r in base] + sorted(n for n in listed if n not in known)
-    taken = {n.name for r in base if r.name not in listed for n in r.nodes}
-    out = []
-    for name in names:
-        entry = listed.get(name)
-        region = known.get(name) if entry is None else _merged(name, entry, known.get(name), taken)
+    """traffic.toml's regions (`base`), then the regions only the control plane's `listing`
+    has, by name."""
+    known = {r.name for r in base}
+    taken = {n.name for r in base for n in r.nodes}  # node names key the health table
+    out = list(base)
+    entries = [e for e in listing if isinstance(e, dict)]
+    for entry in sorted(entries, key=lambda e: str(e.get("name", ""))):
+        name = str(entry.get("name", ""))
+        if name in known or not REGION_NAME_RE.match(name):
+            continue
+        known.add(name)
+        region = _listed(name, entry, taken)
         if region is not None:
             out.append(region)
     return tuple(out)
 
 
-def _merged(
-    name: str, entry: dict[str, Any], configured: Region | None, taken: set[str]
-) -> Region | None:
+def _listed(name: str, entry: dict[str, Any], taken: set[str]) -> Region | None:
     location = _location(entry)
-    if location is None and configured is not None:
-        location = (configured.latitude_deg, configured.longitude_deg)
     nodes = []
     for raw in entry.get("endpoints") or ():
         node = _node(name, raw)
-        if node is not None and node.name not in taken:  # node names key the health table
+        if node is not None and node.name not in taken:
             taken.add(node.name)
             nodes.append(node)
-    if not nodes and configured is not None:
-        nodes = [n for n in configured.nodes if n.name not in taken]
-        taken.update(n.name for n in nodes)
     if location is None or not nodes:
         return None
-    weight = 100 if configured is None else configured.weight
-    return Region(name, location[0], location[1], tuple(nodes), weight)
+    return Region(name, location[0], location[1], tuple(nodes))
 
 
 def _location(entry: dict[str, Any]) -> tuple[float, float] | None:
