@@ -574,7 +574,8 @@ class Store:
                 Region.from_state(s) for s in self._subjects_at(db, "region", revision)
             )
             nodes = tuple(
-                NodeEndpoint(s["node"], s["region"], s["url"])
+                NodeEndpoint(s["node"], s["region"], s["url"], s.get("ipv4", ""),
+                             s.get("ipv6", ""))
                 for s in self._subjects_at(db, "node", revision)
                 if s["url"]
             )

@@ -213,6 +213,10 @@ def test_nodes_report_dns_addresses_listed_per_region(
     (eu,) = admin.get("/v1/regions").json()["regions"]
     assert eu["endpoints"] == [{"node": "eu-1", "url": "http://127.0.0.21:8787",
                                 "ipv4": "127.0.0.31", "ipv6": "2001:db8::21", "stale": False}]
+    # The signed snapshot carries them too (as configuration, like the node's URL).
+    snap = open_snapshot(node.get("/v1/node/snapshot?wait_s=1").content,
+                         server.signer.public_key)
+    assert (snap.nodes["eu-1"].ipv4, snap.nodes["eu-1"].ipv6) == ("127.0.0.31", "2001:db8::21")
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("30s", 30), ("5m", 300), ("1h", 3600)])
