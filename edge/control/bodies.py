@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from typing import Any, TypeVar
 
 from starlette.requests import Request
 
+from edge.config.ip import ip_of_version
 from edge.errors import BadRequest
 
 T = TypeVar("T")
@@ -52,13 +52,7 @@ def optional_ip(body: dict[str, Any], key: str, version: int) -> str:
     value = body.get(key) or ""
     if not isinstance(value, str):
         raise BadRequest(f"{key!r} must be a string")
-    if not value:
-        return ""
-    try:
-        addr = ipaddress.ip_address(value)
-    except ValueError:
-        addr = None
-    if addr is None or addr.version != version:
+    addr = ip_of_version(value, version) if value else None
+    if value and addr is None:
         raise BadRequest(f"{key!r} must be an IPv{version} address, got {value[:60]!r}")
-    return str(addr)
-
+    return str(addr or "")

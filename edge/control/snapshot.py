@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import cbor2
 
 from edge.config.function import FunctionConfig, parse_function_config
+from edge.config.ip import ip_of_version
 from edge.control.errors import BlobMismatch, SnapshotRejected
 from edge.control.records import NodeEndpoint, Version
 from edge.control.regions import REGION_RE, Region, RegionDrain, check_region_fields
@@ -343,15 +343,10 @@ def _as(value: Any, kind: type[T], where: str) -> T:
 
 def _address(d: dict[Any, Any], key: str, version: int, where: str) -> str:
     text = _as(d.get(key, ""), str, f"{where}.{key}")
-    if not text:
-        return ""
-    try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        addr = None
-    if addr is None or addr.version != version:
+    addr = ip_of_version(text, version) if text else None
+    if text and addr is None:
         raise SnapshotRejected(f"{where}.{key} must be an IPv{version} address")
-    return str(addr)
+    return str(addr or "")
 
 
 def _get(d: dict[Any, Any], key: str, kind: type[T], where: str) -> T:

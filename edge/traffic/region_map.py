@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from edge.config.ip import ip_of_version
 from edge.traffic.regions import REGION_NAME_RE, Node, Region
 
 
@@ -72,7 +73,7 @@ def _node(region: str, raw: Any) -> Node | None:
         return None
     if not url.startswith(("http://", "https://")):
         return None
-    v4, v6 = _ip(raw.get("ipv4"), 4), _ip(raw.get("ipv6"), 6)
+    v4, v6 = ip_of_version(raw.get("ipv4"), 4), ip_of_version(raw.get("ipv6"), 6)
     if v4 is None and v6 is None:
         return None
     return Node(
@@ -82,12 +83,3 @@ def _node(region: str, raw: Any) -> Node | None:
         url.rstrip("/") + "/healthz",
     )  # fmt: skip
 
-
-def _ip(value: Any, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        addr = ipaddress.ip_address(value)
-    except ValueError:
-        return None
-    return addr if addr.version == version else None
