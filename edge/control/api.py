@@ -432,7 +432,9 @@ def create_app(
 
         A region is listed if it is configured or a node reports from it. `healthy_nodes`
         counts nodes reporting healthy within the staleness window; `stale_nodes` those that
-        stopped reporting; `requests_per_s` sums what fresh nodes report (null: none does)."""
+        stopped reporting; `requests_per_s` sums what fresh nodes report (null: none does).
+        `endpoints`: every node with a URL, its DNS addresses (`ipv4`, `ipv6`, null: none) and
+        whether it is `stale`; the DNS server builds its region map from them."""
         p = await authenticate(request)
         if p.kind == "api" and "read" not in p.scopes:
             raise Forbidden("this token lacks the 'read' scope")

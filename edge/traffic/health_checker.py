@@ -36,6 +36,11 @@ class HealthChecker:
         self.state.region_listeners.append(self._regions_changed)
         self.sync()
 
+    @property
+    def probing(self) -> set[str]:
+        """Names of the nodes with a probe task."""
+        return {node.name for node in self._tasks}
+
     def _regions_changed(self, _regions: tuple[Region, ...]) -> None:
         self.sync()
 

@@ -160,3 +160,34 @@ def test_answers_follow_the_map_from_a_listing(make_stack: MakeStack) -> None:
     apply_listing(stack.state, [{**eu, "drain": drain}, us, ap], 0.0)
     drained = stack.steerer.answer(LONDON, stack.state.status(1.0, 4))
     assert drained is not None and drained.region == "us-east"
+
+
+def test_health_checker_probes_nodes_that_join_and_forgets_those_that_leave(
+    make_config: MakeConfig,
+) -> None:
+    import asyncio
+
+    from edge.traffic.health_checker import HealthChecker
+    from edge.traffic.state import TrafficState
+
+    state = TrafficState(make_config("", NO_REGIONS))
+    # Port 9 on loopback refuses: the first failed probe marks the node down.
+    gone = {**endpoint("eu-1", "127.0.0.1"), "url": "http://127.0.0.1:9"}
+
+    async def run() -> tuple[NodeState, set[str], set[str]]:
+        checker = HealthChecker(state)
+        checker.start()
+        assert checker.probing == set()
+        apply_listing(state, [listed("eu-west", 53.35, -6.26, gone)], 0.0)
+        for _ in range(200):
+            if state.health["eu-1"].state is NodeState.DOWN:
+                break
+            await asyncio.sleep(0.01)
+        probed = state.health["eu-1"].state
+        running = checker.probing
+        apply_listing(state, [], 0.0)
+        left = checker.probing
+        await checker.aclose()
+        return probed, running, left
+
+    assert asyncio.run(run()) == (NodeState.DOWN, {"eu-1"}, set())
