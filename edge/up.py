@@ -2,10 +2,12 @@
 
 A control plane, three regions (us-east, eu-west, ap-south) with one node each, every node on
 its own loopback address (127.0.0.11/12/13, Linux routes all of 127/8 to lo) and the same port,
-and the geo-DNS server answering for `edge.test.` with those addresses and following the control
-plane's drains. It registers the regions (location, weight) with the control plane, deploys the
-C hello example on every route, waits until every node serves it, prints how to reach it, and
-stops every process on Ctrl-C. State lives in ./.edge-up (tokens, control data, node state).
+and the geo-DNS server answering for `edge.test.` with those addresses. It registers the regions
+(location, weight) with the control plane; each node reports its address there, and the DNS
+server takes its whole region map from the control plane (its traffic.toml has only the zone).
+It deploys the C hello example on every route, waits until every node serves it, prints how to
+reach it, and stops every process on Ctrl-C. State lives in ./.edge-up (tokens, control data,
+node state).
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ class UpSettings:
 
 def traffic_toml(s: UpSettings) -> str:
     lines = [
-        "# Written by `edge up`; regenerated at every start.",
+        "# Written by `edge up`; regenerated at every start. No [[region]]: the regions and",
+        "# their nodes' addresses come from the control plane (edge dns --control).",
         "[dns]",
         f'zone = "{s.zone}"',
         f'hosts = ["@", "{s.host}"]',
@@ -75,19 +78,6 @@ def traffic_toml(s: UpSettings) -> str:
         "rise = 1",
         "fall = 2",
     ]
-    for r in REGIONS:
-        lines += [
-            "",
-            "[[region]]",
-            f'name = "{r.name}"',
-            f"latitude_deg = {r.latitude_deg}",
-            f"longitude_deg = {r.longitude_deg}",
-            "",
-            "[[region.node]]",
-            f'name = "{r.name}-1"',
-            f'ipv4 = "{r.address}"',
-            f'health_url = "http://{r.address}:{s.node_port}/healthz"',
-        ]
     lines += ["", "[steering]", f"default = {json.dumps([r.name for r in REGIONS])}", ""]
     return "\n".join(lines)
 
@@ -160,6 +150,9 @@ class Stack:
             for r in REGIONS:
                 url = f"http://{r.address}:{s.node_port}/healthz"
                 self.wait_for(f"node {r.name}", lambda u=url: httpx.get(u).status_code == 200)
+            # Every node's address is at the control plane, so DNS's first read has them all.
+            with ControlClient(control, tokens["admin"]) as client:
+                self.wait_for("node reports", lambda: _all_reported(client))
         with self.out.spinner("starting the geo-DNS server"):
             traffic = s.state_dir / "traffic.toml"
             traffic.write_text(traffic_toml(s))
@@ -188,6 +181,13 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _all_reported(client: ControlClient) -> bool:
+    listing = {r["name"]: r for r in client.regions()["regions"]}
+    return all(
+        any(e["ipv4"] == r.address for e in listing[r.name]["endpoints"]) for r in REGIONS
+    )
 
 
 def _dns_answers(s: UpSettings) -> bool:

@@ -64,8 +64,10 @@ def follower(
     ready: bool = True,
     cache_dir: Path | None = None,
     extra: str = "",
+    host: str = "127.0.0.1",
 ) -> Proc:
-    """`extra`: more node.toml tables (e.g. [tracing]) after [control]."""
+    """`extra`: more node.toml tables (e.g. [tracing]) after [control]; `host`: the loopback
+    address it listens on (and DNS answers with)."""
     body = (
         f'[control]\nurl = "{control.url}"\ntoken = "{control.tokens["node"]}"\n'
         f'public_key = "{public_key or control.tokens["public_key"]}"\n'
@@ -73,8 +75,8 @@ def follower(
     )
     node = f'id = "{node_id}"\nregion = "{region}"\ntrusted_proxies = ["127.0.0.1/32"]\n'
     if cache_dir is None:
-        return start_node(body, node=node, ready=ready)
-    return start_node(body, node=node, ready=ready, cache_dir=cache_dir)
+        return start_node(body, node=node, ready=ready, host=host)
+    return start_node(body, node=node, ready=ready, cache_dir=cache_dir, host=host)
 
 
 def variant(tmp: Path, text: str) -> tuple[bytes, dict[str, object]]:

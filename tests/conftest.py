@@ -108,16 +108,18 @@ class NodeFactory:
         self.procs: list[Proc] = []
 
     def __call__(
-        self, body: str, *, node: str = "", ready: bool = True, cache_dir: Path = COMPILED
+        self, body: str, *, node: str = "", ready: bool = True, cache_dir: Path = COMPILED,
+        host: str = "127.0.0.1",
     ) -> Proc:
+        """`host`: another loopback address (127.0.0.x) gives the node an address of its own."""
         port = free_port()
         config = self.workdir / f"node-{port}.toml"
         if "id =" not in node:
             node += '\nid = "test-node"\nregion = "test-region"\n'
-        header = f'[node]\nlisten = "127.0.0.1:{port}"\ncache_dir = "{cache_dir}"\n'
+        header = f'[node]\nlisten = "{host}:{port}"\ncache_dir = "{cache_dir}"\n'
         config.write_text(header + node + "\n" + body)
         log = self.workdir / f"node-{port}.log"
-        proc = Proc(_spawn(["node", "--config", str(config)], log), f"http://127.0.0.1:{port}", log)
+        proc = Proc(_spawn(["node", "--config", str(config)], log), f"http://{host}:{port}", log)
         self.procs.append(proc)
         path = "/readyz" if ready else "/healthz"
         wait_until(lambda: httpx.get(proc.url + path).status_code == 200, 120, "node", proc)

@@ -89,6 +89,21 @@ def test_node_advertised_url(tmp_path: Path) -> None:
         url({"url": "n1.example.net"})
 
 
+def test_node_dns_addresses(tmp_path: Path) -> None:
+    def addresses(node: dict[str, object]) -> tuple[str, str]:
+        return parse_node_config({"node": node}, "node.toml", tmp_path).dns_addresses
+
+    assert addresses({"listen": "127.0.0.12:8787"}) == ("127.0.0.12", "")  # the URL's host
+    assert addresses({"url": "http://[2001:db8::5]:8787"}) == ("", "2001:db8::5")
+    assert addresses({"url": "https://n1.example.net"}) == ("", "")  # a name: not an address
+    assert addresses({"url": "http://10.0.0.5", "dns_ipv4": "203.0.113.5",
+                      "dns_ipv6": "2001:DB8::5"}) == ("203.0.113.5", "2001:db8::5")
+    with pytest.raises(ConfigError, match=r"node\.dns_ipv4 must be an IPv4"):
+        addresses({"dns_ipv4": "2001:db8::5"})
+    with pytest.raises(ConfigError, match=r"node\.dns_ipv6: not an IP address"):
+        addresses({"dns_ipv6": "example"})
+
+
 def test_node_tracing_and_logs_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edge.node.main import node_config_from_args
 

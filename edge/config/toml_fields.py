@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -89,3 +90,15 @@ class Table:
                 raise ConfigError(f"{table.where(k)} must be a string, got {type(v).__name__}")
             out[k] = v
         return out
+
+    def ip_address(
+        self, key: str, value: str, version: int
+    ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """`value` (read from `key`) as an address of IP `version`, or a ConfigError."""
+        try:
+            addr = ipaddress.ip_address(value)
+        except ValueError:
+            raise ConfigError(f"{self.where(key)}: not an IP address: {value!r}") from None
+        if addr.version != version:
+            raise ConfigError(f"{self.where(key)} must be an IPv{version} address, got {value!r}")
+        return addr

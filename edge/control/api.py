@@ -32,7 +32,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from edge.config.function import NAME_RE, parse_function_config
 from edge.control.admin_api import admin_routes
-from edge.control.bodies import field, json_body, number, optional_int
+from edge.control.bodies import field, json_body, number, optional_int, optional_ip
 from edge.control.dashboard import Dashboard
 from edge.control.errors import Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from edge.control.feeds import NodeWatch, RevisionFeed, SnapshotCache
@@ -132,6 +132,11 @@ def regions_json(
             "stale_nodes": len(mine) - len(fresh),
             "requests_per_s": round(sum(rates), 3) if rates else None,
             "node_urls": sorted(n.url for n in fresh if n.url and n.healthy),
+            "endpoints": [
+                {"node": n.id, "url": n.url, "ipv4": n.ipv4 or None, "ipv6": n.ipv6 or None,
+                 "stale": n not in fresh}
+                for n in mine if n.url
+            ],
         })  # fmt: skip
     return out
 
@@ -346,7 +351,8 @@ def create_app(
     async def node_report(request: Request) -> Response:
         """A node says what it applied (node token). Body: {"node_id", "region", "revision",
         "healthy", "convergence_ms" (optional), "last_error" (optional: why it refused the
-        newest snapshot)}."""
+        newest snapshot), "url", "ipv4" and "ipv6" (optional: where the geo-DNS server sends
+        clients to it)}."""
         await node(request)
         body = await json_body(request)
         node_id = field(body, "node_id", str)
@@ -369,11 +375,13 @@ def create_app(
         requests_total = optional_int(body, "requests_total")
         if requests_total is not None and requests_total < 0:
             raise BadRequest("requests_total must be a counter (>= 0)")
+        ipv4, ipv6 = (optional_ip(body, key, v) for key, v in (("ipv4", 4), ("ipv6", 6)))
         if not last_error:
             # Before the store: once `edge status` shows the node current, this is counted.
             await run(metrics.node_reported, node_id, revision)
         made = await run(store.report_node, node_id, region, revision, healthy,
-                         None if conv is None else float(conv), last_error, url, requests_total)
+                         None if conv is None else float(conv), last_error, url, requests_total,
+                         ipv4, ipv6)
         if made is not None:  # the node joined or moved: a new snapshot for every node
             await publish(made)
         await watch.reported(node_id, revision)
@@ -424,7 +432,9 @@ def create_app(
 
         A region is listed if it is configured or a node reports from it. `healthy_nodes`
         counts nodes reporting healthy within the staleness window; `stale_nodes` those that
-        stopped reporting; `requests_per_s` sums what fresh nodes report (null: none does)."""
+        stopped reporting; `requests_per_s` sums what fresh nodes report (null: none does).
+        `endpoints`: every node with a URL, its DNS addresses (`ipv4`, `ipv6`, null: none) and
+        whether it is `stale`; the DNS server builds its region map from them."""
         p = await authenticate(request)
         if p.kind == "api" and "read" not in p.scopes:
             raise Forbidden("this token lacks the 'read' scope")

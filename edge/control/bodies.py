@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from starlette.requests import Request
 
+from edge.config.ip import ip_of_version
 from edge.errors import BadRequest
 
 T = TypeVar("T")
@@ -44,3 +45,14 @@ async def json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
+
+
+def optional_ip(body: dict[str, Any], key: str, version: int) -> str:
+    """An IPv`version` address in its canonical text, or "" when absent, null or empty."""
+    value = body.get(key) or ""
+    if not isinstance(value, str):
+        raise BadRequest(f"{key!r} must be a string")
+    addr = ip_of_version(value, version) if value else None
+    if value and addr is None:
+        raise BadRequest(f"{key!r} must be an IPv{version} address, got {value[:60]!r}")
+    return str(addr or "")

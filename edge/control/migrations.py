@@ -174,4 +174,9 @@ MIGRATIONS: dict[int, list[str]] = {
         """UPDATE tokens SET scopes = 'admin,' || scopes
            WHERE kind = 'api' AND label = 'default-admin' AND scopes NOT LIKE '%admin%'""",
     ],
+    # The addresses the geo-DNS server hands out for a node ('': none of that family).
+    7: [
+        "ALTER TABLE nodes ADD COLUMN ipv4 TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE nodes ADD COLUMN ipv6 TEXT NOT NULL DEFAULT ''",
+    ],
 }

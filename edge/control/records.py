@@ -110,11 +110,14 @@ class Resolved:
 
 @dataclass(frozen=True)
 class NodeEndpoint:
-    """Where another node can reach a node (for L7 spill): part of the configuration."""
+    """Where another node can reach a node (for L7 spill), and the addresses the geo-DNS
+    server hands out for it ("": none of that family): part of the configuration."""
 
     id: str
     region: str
     url: str
+    ipv4: str = ""
+    ipv6: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,8 @@ class Node:
     url: str = ""
     requests_total: int | None = None
     requests_per_s: float | None = None
+    ipv4: str = ""  # what the geo-DNS server answers for this node; "": none of that family
+    ipv6: str = ""
 
 
 @dataclass(frozen=True)

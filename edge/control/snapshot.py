@@ -21,7 +21,8 @@ Wire format (CBOR, cbor2 canonical=True everywhere):
             "weight": 0..100 / null,      # null: not set at the control plane
             "drain": {"direction": "drain" / "undrain", "started_unix": float,
                       "over_s": float, "from_share": 0..1} / null}, ...},
-        "nodes": {"<node id>": {"region": tstr, "url": "http(s)://..."}, ...},  # optional
+        "nodes": {"<node id>": {"region": tstr, "url": "http(s)://...",  # optional
+                                "ipv4": tstr, "ipv6": tstr}, ...},  # each optional (DNS)
     }
     V = {"function": "<tenant>/<name>", "number": uint, "sha256": hex, "size": uint,
          "manifest": {edge.toml as a map}, "signature": bstr(64)}
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import cbor2
 
 from edge.config.function import FunctionConfig, parse_function_config
+from edge.config.ip import ip_of_version
 from edge.control.errors import BlobMismatch, SnapshotRejected
 from edge.control.records import NodeEndpoint, Version
 from edge.control.regions import REGION_RE, Region, RegionDrain, check_region_fields
@@ -143,10 +145,17 @@ def build_snapshot(store: Store, revision: int, signer: Signer) -> bytes:
             "routes": routes,
             "functions": functions,
             "regions": regions,
-            "nodes": {n.id: {"region": n.region, "url": n.url} for n in config.nodes},
+            "nodes": {n.id: _node_map(n) for n in config.nodes},
         }
     )
     return sign_payload(payload, signer)
+
+
+def _node_map(n: NodeEndpoint) -> dict[str, str]:
+    # Addresses only when set: snapshots of nodes without them stay as they were.
+    entry = {"region": n.region, "url": n.url}
+    entry.update({k: v for k, v in (("ipv4", n.ipv4), ("ipv6", n.ipv6)) if v})
+    return entry
 
 
 def sign_payload(payload: bytes, signer: Signer) -> bytes:
@@ -227,8 +236,9 @@ def _open(envelope: bytes, public_key: bytes) -> Snapshot:
         where = f"nodes[{node_id!r}]"
         entry = _as(raw, dict, where)
         node = NodeEndpoint(
-            _as(node_id, str, where), _get(entry, "region", str, where), _get(entry, "url", str,
-                                                                              where)
+            _as(node_id, str, where), _get(entry, "region", str, where),
+            _get(entry, "url", str, where), _address(entry, "ipv4", 4, where),
+            _address(entry, "ipv6", 6, where),
         )  # fmt: skip
         if not node.url.startswith(("http://", "https://")):
             raise SnapshotRejected(f"{where}: url must be http(s)")
@@ -329,6 +339,14 @@ def _as(value: Any, kind: type[T], where: str) -> T:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise SnapshotRejected(f"{where}: expected {kind.__name__}, got {type(value).__name__}")
     return value
+
+
+def _address(d: dict[Any, Any], key: str, version: int, where: str) -> str:
+    text = _as(d.get(key, ""), str, f"{where}.{key}")
+    addr = ip_of_version(text, version) if text else None
+    if text and addr is None:
+        raise SnapshotRejected(f"{where}.{key} must be an IPv{version} address")
+    return str(addr or "")
 
 
 def _get(d: dict[Any, Any], key: str, kind: type[T], where: str) -> T:

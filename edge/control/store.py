@@ -574,7 +574,8 @@ class Store:
                 Region.from_state(s) for s in self._subjects_at(db, "region", revision)
             )
             nodes = tuple(
-                NodeEndpoint(s["node"], s["region"], s["url"])
+                NodeEndpoint(s["node"], s["region"], s["url"], s.get("ipv4", ""),
+                             s.get("ipv6", ""))
                 for s in self._subjects_at(db, "node", revision)
                 if s["url"]
             )
@@ -633,25 +634,28 @@ class Store:
     def report_node(
         self, node_id: str, region: str, revision: int, healthy: bool,
         convergence_ms: float | None, last_error: str = "", url: str = "",
-        requests_total: int | None = None,
+        requests_total: int | None = None, ipv4: str = "", ipv6: str = "",
     ) -> int | None:
-        """Records a node's report. A node that joins with a URL, or changes its region or URL,
-        changes where spilled requests may go: that is one "node" revision, whose number is
-        returned (None when the report changed no configuration)."""
+        """Records a node's report. A node that joins with a URL, or changes its region, URL or
+        DNS addresses, changes where spilled requests and DNS answers may go: that is one
+        "node" revision, whose number is returned (None when the report changed no
+        configuration)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("store is closed")
             row = self._db.execute(
-                "SELECT region, url FROM nodes WHERE id = ?", (node_id,)
+                "SELECT region, url, ipv4, ipv6 FROM nodes WHERE id = ?", (node_id,)
             ).fetchone()
-            known = (row["region"], row["url"]) if row is not None else (region, "")
+            known = tuple(row) if row is not None else (region, "", "", "")
             args = (node_id, region, revision, healthy, convergence_ms, last_error, url,
-                    requests_total)
-            if known != (region, url):
+                    requests_total, ipv4, ipv6)
+            if known != (region, url, ipv4, ipv6):
                 with self._tx() as db:
                     self._report_node(db, *args)
-                    before = {"node": node_id, "region": known[0], "url": known[1]}
-                    after = {"node": node_id, "region": region, "url": url}
+                    keys = ("region", "url", "ipv4", "ipv6")
+                    before = {"node": node_id, **dict(zip(keys, known, strict=True))}
+                    after = {"node": node_id, **dict(zip(keys, (region, url, ipv4, ipv6),
+                                                         strict=True))}
                     return self._write_subject(db, "node", node_id, before, after, node_id)
             # A report that changes no configuration is liveness: it need not survive a power
             # cut, so it skips the fsync (WAL with synchronous=NORMAL stays consistent). Fifty
@@ -667,6 +671,7 @@ class Store:
     def _report_node(
         self, db: sqlite3.Connection, node_id: str, region: str, revision: int, healthy: bool,
         convergence_ms: float | None, last_error: str, url: str, requests_total: int | None,
+        ipv4: str, ipv6: str,
     ) -> None:
         now = self.now()
         row = db.execute(
@@ -680,16 +685,17 @@ class Store:
                 rate = delta / elapsed
         db.execute(
             "INSERT INTO nodes (id, region, applied_revision, last_report_unix, healthy, "
-            "convergence_ms, last_error, url, requests_total, requests_per_s) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO "
+            "convergence_ms, last_error, url, requests_total, requests_per_s, ipv4, ipv6) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO "
             "UPDATE SET region = excluded.region, "
             "applied_revision = excluded.applied_revision, "
             "last_report_unix = excluded.last_report_unix, healthy = excluded.healthy, "
             "convergence_ms = COALESCE(excluded.convergence_ms, nodes.convergence_ms), "
             "last_error = excluded.last_error, url = excluded.url, "
-            "requests_total = excluded.requests_total, requests_per_s = excluded.requests_per_s",
+            "requests_total = excluded.requests_total, requests_per_s = excluded.requests_per_s, "
+            "ipv4 = excluded.ipv4, ipv6 = excluded.ipv6",
             (node_id, region, revision, now, int(healthy), convergence_ms, last_error, url,
-             requests_total, rate),
+             requests_total, rate, ipv4, ipv6),
         )
 
     def nodes(self) -> list[Node]:
@@ -698,7 +704,7 @@ class Store:
         return [
             Node(r["id"], r["region"], r["applied_revision"], r["last_report_unix"],
                  bool(r["healthy"]), r["convergence_ms"], r["last_error"], r["url"],
-                 r["requests_total"], r["requests_per_s"])
+                 r["requests_total"], r["requests_per_s"], r["ipv4"], r["ipv6"])
             for r in rows
         ]
 

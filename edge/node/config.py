@@ -6,6 +6,8 @@ region = "local"
 listen = "127.0.0.1:8787"
 url = "http://10.0.0.5:8787"       # where other nodes reach this one (L7 spill); default
                                    # http://<listen>, none when listening on a wildcard
+dns_ipv4 = "203.0.113.5"           # what the geo-DNS server answers for this node (A, AAAA);
+dns_ipv6 = "2001:db8::5"           # default: the url's host when it is an IP literal
 cache_dir = ".edge-cache"          # compiled components; relative to this file
 geoip_db = "GeoLite2-City.mmdb"    # optional
 trusted_proxies = ["127.0.0.1/32"] # whose x-forwarded-for is believed
@@ -42,7 +44,10 @@ function = "hello"
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import socket
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +92,8 @@ class NodeConfig:
     region: str = "local"
     listen: str = "127.0.0.1:8787"
     url: str = ""  # advertised to other nodes; "" derives it from `listen`
+    dns_ipv4: str = ""  # "" derives it from the advertised URL when its host is an IPv4
+    dns_ipv6: str = ""
     cache_dir: Path | None = None
     geoip_db: Path | None = None
     trusted_proxies: tuple[Network, ...] = ()
@@ -108,6 +115,18 @@ class NodeConfig:
         if host in ("0.0.0.0", "[::]", "::", ""):
             return ""
         return f"http://{host}:{port}"
+
+    @property
+    def dns_addresses(self) -> tuple[str, str]:
+        """(IPv4, IPv6) the geo-DNS server hands out for this node ("": none of that family):
+        the configured ones, else the advertised URL's host when it is an IP literal."""
+        v4, v6 = self.dns_ipv4, self.dns_ipv6
+        if not v4 and not v6:
+            host = urllib.parse.urlsplit(self.advertised_url).hostname or ""
+            with contextlib.suppress(ValueError):
+                addr = ipaddress.ip_address(host)
+                v4, v6 = (str(addr), "") if addr.version == 4 else ("", str(addr))
+        return v4, v6
 
 
 def parse_control(table: Table, base: Path) -> ControlConfig | None:
@@ -167,7 +186,8 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
     )
     node = root.table("node")
     node.reject_unknown(
-        {"id", "region", "listen", "url", "cache_dir", "geoip_db", "trusted_proxies", "workers"}
+        {"id", "region", "listen", "url", "dns_ipv4", "dns_ipv6", "cache_dir", "geoip_db",
+         "trusted_proxies", "workers"}
     )
     url = node.get("url", str, "").rstrip("/")
     if url and not url.startswith(("http://", "https://")):
@@ -218,6 +238,8 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
         region=node.get("region", str, "local"),
         listen=node.get("listen", str, "127.0.0.1:8787"),
         url=url,
+        dns_ipv4=_address(node, "dns_ipv4", 4),
+        dns_ipv6=_address(node, "dns_ipv6", 6),
         cache_dir=path("cache_dir"),
         geoip_db=path("geoip_db"),
         trusted_proxies=trusted,
@@ -234,6 +256,11 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
         tracing=parse_tracing(root.table("tracing")),
         logs=parse_logs(root.table("logs")),
     )
+
+
+def _address(table: Table, key: str, version: int) -> str:
+    value = table.get(key, str, "")
+    return str(table.ip_address(key, value, version)) if value else ""
 
 
 def load_node_config(path: Path) -> NodeConfig:

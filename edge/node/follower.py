@@ -200,6 +200,10 @@ class Follower:
             "healthy": True,
             "last_error": self.last_error[:2000],
             "url": self.own_url,
+            # Where the geo-DNS server sends clients to this node (it reads them from the
+            # control plane's region listing).
+            "ipv4": self.runtime.config.dns_addresses[0],
+            "ipv6": self.runtime.config.dns_addresses[1],
             "requests_total": self.runtime.metrics.requests_total(),
         }
         if self.convergence_ms is not None:

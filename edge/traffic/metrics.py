@@ -150,7 +150,7 @@ class DnsCollector(Collector):
         if self.refresh is not None:
             self.refresh()
         queries: dict[tuple[str, str, str], int] = {}
-        answers: dict[str, int] = {r.name: 0 for r in self.state.config.regions}
+        answers: dict[str, int] = {r.name: 0 for r in self.state.regions}
         for (qtype, rcode, region, transport), count in self.stats.totals():
             key = (qtype, rcode, transport)
             queries[key] = queries.get(key, 0) + count
@@ -181,8 +181,11 @@ class DnsCollector(Collector):
             "edge_dns_node_up", "1 while the node is served (up, or not checked yet)",
             labels=["node", "region"],
         )  # fmt: skip
-        for node in self.state.config.nodes:
-            health = self.state.health[node.name]
+        healths = self.state.health
+        for node in self.state.nodes:
+            health = healths.get(node.name)
+            if health is None:  # removed from the region map while we read
+                continue
             # Copies: the scrape runs on the listener's thread while the loop may write.
             for to, count in sorted((s.value, n) for s, n in dict(health.changes).items()):
                 changes.add_metric([node.name, node.region, to], count)

@@ -1,5 +1,8 @@
 """`traffic.toml`: the DNS zone, health-check timing, regions with their nodes, and steering.
 
+With `edge dns --control` the regions come from the control plane (edge/traffic/region_map.py)
+and `[[region]]` may be left out; without it at least one is needed.
+
 [dns]
 zone = "edge.test."
 hosts = ["@", "www"]                  # names answered with the steered region's nodes
@@ -206,8 +209,10 @@ def _parse_dns(root: Table) -> DnsConfig:
         glue.append(
             Glue(
                 gname,
-                tuple(ipaddress.IPv4Address(_addr(g, "ipv4", a, 4)) for a in _strings(g, "ipv4")),
-                tuple(ipaddress.IPv6Address(_addr(g, "ipv6", a, 6)) for a in _strings(g, "ipv6")),
+                tuple(ipaddress.IPv4Address(g.ip_address("ipv4", a, 4))
+                      for a in _strings(g, "ipv4")),
+                tuple(ipaddress.IPv6Address(g.ip_address("ipv6", a, 6))
+                      for a in _strings(g, "ipv6")),
             )
         )
     workers = t.get("workers", int, 0)
@@ -246,16 +251,6 @@ def check_listen(value: str, where: str) -> str:
     return value
 
 
-def _addr(table: Table, key: str, value: str, version: int) -> IPAddress:
-    try:
-        addr = ipaddress.ip_address(value)
-    except ValueError:
-        raise ConfigError(f"{table.where(key)}: not an IP address: {value!r}") from None
-    if addr.version != version:
-        raise ConfigError(f"{table.where(key)} must be an IPv{version} address, got {value!r}")
-    return addr
-
-
 def _parse_region(t: Table) -> Region:
     t.reject_unknown({"name", "latitude_deg", "longitude_deg", "weight", "node"})
     name = t.require("name", str)
@@ -281,8 +276,8 @@ def _parse_region(t: Table) -> Region:
             Node(
                 name=n.get("name", str, f"{name}-{i + 1}"),
                 region=name,
-                ipv4=ipaddress.IPv4Address(_addr(n, "ipv4", v4, 4)) if v4 else None,
-                ipv6=ipaddress.IPv6Address(_addr(n, "ipv6", v6, 6)) if v6 else None,
+                ipv4=ipaddress.IPv4Address(n.ip_address("ipv4", v4, 4)) if v4 else None,
+                ipv6=ipaddress.IPv6Address(n.ip_address("ipv6", v6, 6)) if v6 else None,
                 health_url=url,
             )
         )
@@ -298,10 +293,14 @@ def _parse_region(t: Table) -> Region:
 
 
 def _order(table: Table, key: str, value: Any, known: tuple[str, ...]) -> tuple[str, ...]:
+    """`known` empty: the regions come from the control plane, so any well-formed name goes
+    (one it does not list is skipped at answer time)."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
         raise ConfigError(f"{table.where(key)} must be a non-empty list of region names")
     for v in value:
-        if v not in known:
+        if not known and not REGION_NAME_RE.match(v):
+            raise ConfigError(f"{table.where(key)}: not a region name: {v!r}")
+        if known and v not in known:
             raise ConfigError(
                 f"{table.where(key)}: unknown region {v!r}; regions: {', '.join(known)}"
             )
@@ -360,9 +359,8 @@ def parse_traffic_config(data: dict[str, Any], source: str) -> TrafficConfig:
         fall=h.positive_int("fall", 3, 100),
     )
 
+    # None is fine: `edge dns --control` takes the region map from the control plane.
     regions = tuple(_parse_region(t) for t in root.tables("region"))
-    if not regions:
-        raise ConfigError(f"{source}: at least one [[region]] is required")
     names = tuple(r.name for r in regions)
     if len(set(names)) != len(names):
         raise ConfigError(f"{source}: region names must be unique, got {', '.join(names)}")

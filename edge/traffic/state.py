@@ -1,4 +1,10 @@
-"""The live traffic state: one NodeHealth per node and one Drain per region, read per query.
+"""The live traffic state: the region map, one NodeHealth per node and one Drain per region,
+read per query.
+
+The region map starts as traffic.toml's and may be replaced while serving (`set_regions`, from
+the control plane's region listing): nodes and regions that stay keep their health and drain,
+new ones start unknown (served) and undrained, and `region_listeners` (the Steerer, the health
+checker) hear of the new map before the generation moves.
 
 Answers are cached (`wire_cache`), so every change that can move an answer bumps `generation`:
 node health transitions and drain events report themselves through `on_change`, drains and
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 
 from edge.traffic.drain import Drain
 from edge.traffic.health import NodeHealth, NodeState
-from edge.traffic.regions import IPAddress, Node, TrafficConfig
+from edge.traffic.regions import IPAddress, Node, Region, TrafficConfig
 from edge.traffic.steering import RegionStatus, quantize_share
 
 
@@ -31,25 +37,58 @@ class StateSnapshot:
     health: tuple[tuple[str, NodeState], ...]
     drains: tuple[tuple[str, Drain], ...]
     weights: tuple[tuple[str, int], ...]
+    regions: tuple[Region, ...]
 
 
 class TrafficState:
     def __init__(self, config: TrafficConfig) -> None:
         self.config = config
-        h = config.health
         self.generation = 0
         self._moving_until = -math.inf
         self.listeners: list[Callable[[], None]] = []
-        self.health: dict[str, NodeHealth] = {}
-        for n in config.nodes:
-            health = NodeHealth(rise=h.rise, fall=h.fall, interval_s=h.interval_s)
-            health.on_change = self._changed
-            self.health[n.name] = health
+        self.region_listeners: list[Callable[[tuple[Region, ...]], None]] = []
+        self.regions = config.regions
+        self._by_name = {r.name: r for r in config.regions}
+        self.health: dict[str, NodeHealth] = {n.name: self._new_health() for n in self.nodes}
         self.drains: dict[str, Drain] = {}
         for r in config.regions:
             self.set_drain(r.name, Drain())
-        # Weights set at the control plane, over traffic.toml's (see drain_follower).
+        # Weights set at the control plane, over the region map's (see drain_follower).
         self.weights: dict[str, int] = {}
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        return tuple(n for r in self.regions for n in r.nodes)
+
+    def _new_health(self) -> NodeHealth:
+        h = self.config.health
+        health = NodeHealth(rise=h.rise, fall=h.fall, interval_s=h.interval_s)
+        health.on_change = self._changed
+        return health
+
+    def set_regions(self, regions: tuple[Region, ...]) -> None:
+        """Serve `regions` from now on. Readers may be on other threads, so every dict is
+        replaced whole, and grown to cover both maps before the map is swapped, pruned after."""
+        if regions == self.regions:
+            return
+        names = {n.name for r in regions for n in r.nodes}
+        health = dict(self.health)
+        for name in names - health.keys():
+            health[name] = self._new_health()
+        drains = dict(self.drains)
+        for r in regions:
+            if r.name not in drains:
+                fresh = Drain()
+                fresh.on_change = self._changed
+                drains[r.name] = fresh
+        self.health, self.drains = health, drains
+        self.regions, self._by_name = regions, {r.name: r for r in regions}
+        self.health = {k: v for k, v in health.items() if k in names}
+        self.drains = {k: v for k, v in drains.items() if k in self._by_name}
+        self.weights = {k: v for k, v in self.weights.items() if k in self._by_name}
+        for listener in self.region_listeners:
+            listener(regions)
+        self._changed()
 
     def _changed(self) -> None:
         self._moving_until = max((d.settles_at() for d in self.drains.values()), default=-math.inf)
@@ -67,7 +106,7 @@ class TrafficState:
         self._changed()
 
     def set_weight(self, region: str, weight: int | None) -> None:
-        """`None`: back to traffic.toml's weight."""
+        """`None`: back to the region map's weight."""
         if self.weights.get(region) == weight:
             return
         weights = dict(self.weights)  # replaced whole: a reader never sees it change size
@@ -81,12 +120,15 @@ class TrafficState:
     def status(self, now: float, family: int) -> dict[str, RegionStatus]:
         """Regions that have addresses of `family` (4 or 6), with health for that family."""
         out = {}
-        for r in self.config.regions:
+        # One read of each: a map swapped meanwhile (set_regions) costs this query, not a crash.
+        health, drains, weights = self.health, self.drains, self.weights
+        for r in self.regions:
             nodes = [n for n in r.nodes if _address(n, family) is not None]
             if nodes:
-                healthy = any(self.health[n.name].serving for n in nodes)
-                share = quantize_share(self.drains[r.name].share(now))
-                out[r.name] = RegionStatus(healthy, share, self.weights.get(r.name, r.weight))
+                healthy = any(_serving(health, n) for n in nodes)
+                drain = drains.get(r.name)
+                share = 1.0 if drain is None else quantize_share(drain.share(now))
+                out[r.name] = RegionStatus(healthy, share, weights.get(r.name, r.weight))
         return out
 
     def fingerprint(self, now: float) -> object:
@@ -103,10 +145,12 @@ class TrafficState:
             tuple((name, h.state) for name, h in self.health.items()),
             tuple(self.drains.items()),
             tuple(self.weights.items()),
+            self.regions,
         )
 
     def apply(self, snapshot: StateSnapshot) -> None:
         """Take over another process's state (health as decided there, not re-checked)."""
+        self.set_regions(snapshot.regions)
         for name, node_state in snapshot.health:
             if name in self.health:
                 self.health[name].state = node_state
@@ -119,9 +163,18 @@ class TrafficState:
 
     def addresses(self, region: str, family: int) -> list[IPAddress]:
         """Addresses of the region's served nodes; all of them when none is (fail open)."""
-        nodes = [n for n in self.config.region(region).nodes if _address(n, family) is not None]
-        serving = [n for n in nodes if self.health[n.name].serving] or nodes
+        known = self._by_name.get(region)
+        if known is None:  # gone from the map since the region was chosen
+            return []
+        health = self.health
+        nodes = [n for n in known.nodes if _address(n, family) is not None]
+        serving = [n for n in nodes if _serving(health, n)] or nodes
         return [a for n in serving if (a := _address(n, family)) is not None]
+
+
+def _serving(health: dict[str, NodeHealth], node: Node) -> bool:
+    known = health.get(node.name)
+    return known is None or known.serving
 
 
 def _address(node: Node, family: int) -> IPAddress | None:

@@ -239,21 +239,33 @@ def quantize_share(share: float) -> float:
     return round(share * 100) / 100
 
 
+@dataclass(frozen=True)
+class _RegionView:
+    """A region map with the caches computed from it, swapped as one: a query that started on
+    the old map fills the old caches, never the new ones."""
+
+    regions: tuple[Region, ...]
+    tails: dict[tuple[float, float] | None, list[str]]
+    cache: _AnswerCache
+
+
 class Steerer:
     def __init__(self, regions: tuple[Region, ...], steering: Steering, geo: GeoSource) -> None:
-        self._regions = regions
+        self._view = _RegionView(regions, {}, _AnswerCache())
         self._steering = steering
         self._geo = geo
-        self._cache = _AnswerCache()
         self._countries = dict(steering.by_country)
         self._continents = dict(steering.by_continent)
         self._boundaries = _boundaries((*(n for n, _ in steering.by_cidr), *SPECIAL_NETWORKS))
         self._special = _boundaries(SPECIAL_NETWORKS)
-        self._tails: dict[tuple[float, float] | None, list[str]] = {}
 
     def forget(self) -> None:
         """Drop cached answers: the geo database under them changed."""
-        self._cache.clear()
+        self._view.cache.clear()
+
+    def set_regions(self, regions: tuple[Region, ...]) -> None:
+        """Steer over `regions` from now on (TrafficState.set_regions tells us)."""
+        self._view = _RegionView(regions, {}, _AnswerCache())
 
     def _override(self, addr: IPAddress, loc: Location | None) -> tuple[str, ...] | None:
         for net, order in self._steering.by_cidr:
@@ -265,32 +277,35 @@ class Steerer:
             return self._continents[loc.continent]
         return None
 
-    def _tail(self, loc: Location | None) -> list[str]:
+    def _tail(self, view: _RegionView, loc: Location | None) -> list[str]:
         """All regions, nearest first when the location is known, else in default order."""
         key = None
         if loc is not None and loc.latitude_deg is not None and loc.longitude_deg is not None:
             key = (loc.latitude_deg, loc.longitude_deg)
-        tail = self._tails.get(key)
+        tails = view.tails
+        tail = tails.get(key)
         if tail is None:
-            if len(self._tails) >= TAIL_CACHE_ENTRIES:
-                self._tails.clear()
-            tail = self._tails[key] = self._sorted_tail(loc)
+            if len(tails) >= TAIL_CACHE_ENTRIES:
+                tails.clear()
+            tail = tails[key] = self._sorted_tail(view.regions, loc)
         return tail
 
-    def _sorted_tail(self, loc: Location | None) -> list[str]:
+    def _sorted_tail(self, regions: tuple[Region, ...], loc: Location | None) -> list[str]:
         if loc is not None and loc.latitude_deg is not None and loc.longitude_deg is not None:
             lat, lon = loc.latitude_deg, loc.longitude_deg
             return [
                 r.name
                 for r in sorted(
-                    self._regions,
+                    regions,
                     key=lambda r: great_circle_km(lat, lon, r.latitude_deg, r.longitude_deg),
                 )
             ]
         default = list(self._steering.default)
-        return default + [r.name for r in self._regions if r.name not in default]
+        return default + [r.name for r in regions if r.name not in default]
 
-    def order(self, addr: IPAddress) -> tuple[tuple[str, ...], IPNetwork]:
+    def order(
+        self, addr: IPAddress, view: _RegionView | None = None
+    ) -> tuple[tuple[str, ...], IPNetwork]:
         """Regions best first for `addr`, and the network around it with the same order."""
         special = _special(addr, self._special[addr.version])
         if special is not None:
@@ -300,7 +315,7 @@ class Steerer:
             loc, net = hit.location, hit.network
         net = _narrow(addr, net, self._boundaries[addr.version])
         head = list(self._override(addr, loc) or ())
-        order = head + [r for r in self._tail(loc) if r not in head]
+        order = head + [r for r in self._tail(view or self._view, loc) if r not in head]
         return tuple(order), net
 
     def answer(
@@ -308,20 +323,22 @@ class Steerer:
     ) -> Answer | None:
         """The region for a client subnet and the ECS scope prefix it is valid for. Without
         `scope` (a query with no ECS option) the prefix is not computed and is 0."""
+        view = self._view
         key = _status_key(status)
-        cached = self._cache.get(key, subnet)
+        cached = view.cache.get(key, subnet)
         if cached is not None:
             return cached if scope else Answer(cached.region, 0)
-        answer = self._answer(subnet, status, scope)
+        answer = self._answer(view, subnet, status, scope)
         if answer is not None and scope:
-            self._cache.put(key, subnet, answer)
+            view.cache.put(key, subnet, answer)
         return answer
 
     def _answer(
-        self, subnet: IPNetwork, status: Mapping[str, RegionStatus], scope: bool
+        self, view: _RegionView, subnet: IPNetwork, status: Mapping[str, RegionStatus],
+        scope: bool,
     ) -> Answer | None:
         addr = subnet.network_address
-        order, net = self.order(addr)
+        order, net = self.order(addr, view)
         choice = choose(order, status, subnet)
         if choice is None:
             return None
@@ -335,23 +352,24 @@ class Steerer:
         while net.prefixlen > 0:
             parent = net.supernet()
             sibling = next(s for s in parent.subnets() if s != net)
-            if not self._uniform(sibling, choice.region, status, budget):
+            if not self._uniform(view, sibling, choice.region, status, budget):
                 break
             net = parent
         return Answer(choice.region, net.prefixlen)
 
     def _uniform(
-        self, net: IPNetwork, region: str, status: Mapping[str, RegionStatus], budget: list[int]
+        self, view: _RegionView, net: IPNetwork, region: str,
+        status: Mapping[str, RegionStatus], budget: list[int],
     ) -> bool:
         """True if every address in `net` gets `region` without the hash deciding."""
         if budget[0] <= 0:
             return False
         budget[0] -= 1
-        order, valid = self.order(net.network_address)
+        order, valid = self.order(net.network_address, view)
         choice = choose(order, status, net)
         if choice is None or choice.hashed or choice.region != region:
             return False
         if valid.prefixlen <= net.prefixlen:
             return True
         rest = net.address_exclude(valid)  # type: ignore[arg-type]
-        return all(self._uniform(part, region, status, budget) for part in rest)
+        return all(self._uniform(view, part, region, status, budget) for part in rest)

@@ -80,6 +80,7 @@ def worker_main(
     with GeoDB(Path(geo_path)) as geo:
         state = TrafficState(config)
         steerer = Steerer(config.regions, config.steering, geo)
+        state.region_listeners.append(steerer.set_regions)  # the parent's map, via `apply`
         authority = Authority(config, steerer, state)
         try:
             first = conn.recv()

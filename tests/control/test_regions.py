@@ -194,6 +194,31 @@ def test_regions_api_over_http(start_control: Callable[..., ControlServer]) -> N
     assert set(snap.nodes) == {"eu-1"}
 
 
+def test_nodes_report_dns_addresses_listed_per_region(
+    start_control: Callable[..., ControlServer],
+) -> None:
+    server = start_control()
+    admin, node = server.client(server.admin), server.client(server.node)
+    admin.put("/v1/regions/eu-west", json={"latitude": 53.35, "longitude": -6.26})
+    report = {"node_id": "eu-1", "region": "eu-west", "revision": 0, "healthy": True,
+              "url": "http://127.0.0.21:8787", "ipv4": "127.0.0.21", "ipv6": "2001:DB8::21"}
+    assert node.post("/v1/node/report", json=report).json()["revision"] == 2  # joined
+    assert node.post("/v1/node/report", json=report).json()["revision"] == 2  # a heartbeat
+    moved = {**report, "ipv4": "127.0.0.31"}
+    assert node.post("/v1/node/report", json=moved).json()["revision"] == 3  # new address
+    for bad, says in (({"ipv4": "2001:db8::1"}, "IPv4"), ({"ipv6": "127.0.0.1"}, "IPv6"),
+                      ({"ipv4": "300.1.1.1"}, "IPv4"), ({"ipv4": 7}, "string")):
+        r = node.post("/v1/node/report", json={**report, **bad})
+        assert r.status_code == 400 and says in r.json()["message"], r.text
+    (eu,) = admin.get("/v1/regions").json()["regions"]
+    assert eu["endpoints"] == [{"node": "eu-1", "url": "http://127.0.0.21:8787",
+                                "ipv4": "127.0.0.31", "ipv6": "2001:db8::21", "stale": False}]
+    # The signed snapshot carries them too (as configuration, like the node's URL).
+    snap = open_snapshot(node.get("/v1/node/snapshot?wait_s=1").content,
+                         server.signer.public_key)
+    assert (snap.nodes["eu-1"].ipv4, snap.nodes["eu-1"].ipv6) == ("127.0.0.31", "2001:db8::21")
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("30s", 30), ("5m", 300), ("1h", 3600)])
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration_s(text) == seconds

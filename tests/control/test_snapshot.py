@@ -152,6 +152,9 @@ def test_signed_but_malformed_payloads_are_rejected() -> None:
         lambda p: p["functions"]["t/hello"]["stable"].update(manifest={1: 2}),
         lambda p: p["functions"]["t/hello"].update(canary=[]),
         lambda p: p.pop("functions"),
+        lambda p: p.update(nodes={"n1": {"region": "eu", "url": "http://a", "ipv4": "::1"}}),
+        lambda p: p.update(nodes={"n1": {"region": "eu", "url": "http://a", "ipv6": "1.2.3.4"}}),
+        lambda p: p.update(nodes={"n1": {"region": "eu", "url": "http://a", "ipv4": 7}}),
     ]
     for mutate in mutations:
         payload = _good_payload()
