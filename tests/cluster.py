@@ -33,9 +33,10 @@ class Control:
         return ControlClient(self.url, self.tokens["admin"])
 
 
-def start_control(data: Path, port: int, log: Path) -> Control:
+def start_control(data: Path, port: int, log: Path, extra: tuple[str, ...] = ()) -> Control:
+    """`extra`: more `edge control` options (e.g. --health-interval)."""
     proc = Proc(
-        _spawn(["control", "--data", str(data), "--listen", f"127.0.0.1:{port}"], log),
+        _spawn(["control", "--data", str(data), "--listen", f"127.0.0.1:{port}", *extra], log),
         f"http://127.0.0.1:{port}",
         log,
     )

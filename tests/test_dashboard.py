@@ -159,6 +159,7 @@ def test_dashboard_shows_the_stack_and_drains_a_region(
             for node_id in ("eu-1", "us-1"):
                 row = nodes.filter(has_text=node_id)
                 expect(row.locator("td").nth(2)).to_have_text(str(revision), timeout=WAIT_MS)
+                expect(row.locator("td").nth(4)).to_have_text("up", timeout=WAIT_MS)
 
             function = page.locator("#functions tbody tr").filter(has_text=FUNCTION)
             expect(function.locator("td").nth(1)).to_have_text("v1", timeout=WAIT_MS)

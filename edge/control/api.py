@@ -15,9 +15,12 @@ and blobs are answered from memory, so a deploy's burst of node requests touches
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,6 +39,7 @@ from edge.control.bodies import field, json_body, number, optional_int, optional
 from edge.control.dashboard import Dashboard
 from edge.control.errors import Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from edge.control.feeds import NodeWatch, RevisionFeed, SnapshotCache
+from edge.control.health import UNCHECKED, ActiveChecks, CheckTable
 from edge.control.live import TrafficWindow, parse_report
 from edge.control.logs_api import log_routes
 from edge.control.metrics import ControlMetrics
@@ -49,6 +53,9 @@ from edge.control.store import Store
 from edge.control.wire import METADATA_HEADER, decode_metadata
 from edge.errors import BadRequest, ConfigError, EdgeError
 from edge.node.routing import normalize_host
+from edge.traffic.health_checker import cancel_all
+
+log = logging.getLogger(__name__)
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -63,6 +70,11 @@ class ControlSettings:
     max_component_bytes: int = 64 * MIB
     max_metadata_bytes: int = 16 * KIB
     traffic_window_s: float = 10.0
+    # Active checks of every node's /healthz (edge.control.health); rise/fall in checks.
+    health_interval_s: float = 2.0
+    health_timeout_s: float = 1.0
+    health_rise: int = 2
+    health_fall: int = 2
 
 
 def error_response(error: EdgeError) -> JSONResponse:
@@ -113,15 +125,19 @@ def change_json(c: Change) -> dict[str, Any]:
 
 
 def regions_json(
-    regions: dict[str, Region], nodes: list[Node], now: float, stale_after_s: float
+    regions: dict[str, Region], nodes: list[Node], now: float, stale_after_s: float,
+    checks: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """GET /v1/regions' list (pure): configured regions and regions nodes report from."""
+    """GET /v1/regions' list (pure): configured regions and regions nodes report from.
+    `checks`: the control plane's active checks by node id (`CheckTable.views`)."""
     out = []
+    checks = checks or {}
     for name in sorted(set(regions) | {n.region for n in nodes}):
         r = regions.get(name, Region(name))
         mine = [n for n in nodes if n.region == name]
         fresh = [n for n in mine if now - n.last_report_unix <= stale_after_s]
         rates = [n.requests_per_s for n in fresh if n.requests_per_s is not None]
+        check = {n.id: checks.get(n.id, UNCHECKED)["check"] for n in mine}
         out.append({
             **r.state_json(),
             "configured": name in regions,
@@ -131,12 +147,20 @@ def regions_json(
             "healthy_nodes": sum(1 for n in fresh if n.healthy),
             "stale_nodes": len(mine) - len(fresh),
             "requests_per_s": round(sum(rates), 3) if rates else None,
-            "node_urls": sorted(n.url for n in fresh if n.url and n.healthy),
+            "node_urls": sorted(
+                n.url for n in fresh if n.url and n.healthy and check[n.id] != "down"
+            ),
             "endpoints": [
                 {"node": n.id, "url": n.url, "ipv4": n.ipv4 or None, "ipv6": n.ipv6 or None,
                  "stale": n not in fresh}
                 for n in mine if n.url
             ],
+            "check_up": sum(1 for n in mine if check[n.id] == "up"),
+            "check_down": sum(1 for n in mine if check[n.id] == "down"),
+            # Healthy by its own word, and alive by our check (by fresh reports if unchecked).
+            "up_nodes": sum(1 for n in mine if n.healthy and (
+                check[n.id] == "up" or (check[n.id] == "unknown" and n in fresh)
+            )),
         })  # fmt: skip
     return out
 
@@ -155,6 +179,34 @@ def create_app(
     )  # fmt: skip
     traffic = TrafficWindow(settings.traffic_window_s, now)
     watch = NodeWatch(store.nodes(), settings.node_stale_after_s, now)
+    checked = CheckTable(
+        rise=settings.health_rise, fall=settings.health_fall,
+        interval_s=settings.health_interval_s,
+        on_change=lambda state: metrics.check_changes.labels(state.value).inc(),
+    )  # fmt: skip
+
+    def check_views() -> dict[str, dict[str, Any]]:
+        return checked.views(time.monotonic(), now())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        # The probes' HTTP client lives on the serving event loop, started and closed with it.
+        checks = ActiveChecks(checked, settings.health_timeout_s, time.monotonic)
+
+        async def follow_nodes() -> None:
+            while True:  # new nodes are probed within an interval of their first report
+                try:
+                    await checks.follow(await run(store.nodes))
+                except (EdgeError, sqlite3.Error) as e:
+                    log.warning("health checks: cannot read the node table: %s", e)
+                await asyncio.sleep(settings.health_interval_s)
+
+        follower = asyncio.create_task(follow_nodes(), name="control-health")
+        try:
+            yield
+        finally:
+            await cancel_all([follower])
+            await checks.aclose()
 
     def run(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         return anyio.to_thread.run_sync(fn, *args)
@@ -297,6 +349,10 @@ def create_app(
         """The current revision, every node and region, and this tenant's deployments (scope
         read).
 
+        Per node, `check` is the control plane's own /healthz check ("up", "down", or
+        "unknown": not checked yet, or no url reported) and `check_changed_unix` its last
+        transition; per region, `check_up` and `check_down` count them.
+
         Query (optional): revision=R and wait_s=S: answer as soon as every live node has
         applied R (woken by the report that completes it), or after S seconds (at most the
         server's long-poll limit) with the laggards still behind. `edge deploy` waits so."""
@@ -309,8 +365,11 @@ def create_app(
                 raise BadRequest("revision must be an integer and wait_s a number") from None
             await watch.wait_applied(wanted, min(max(wait_s, 0.0), settings.long_poll_max_s))
 
+        views = check_views()
+
         def read() -> dict[str, Any]:
-            out = status_json(store.revision(), store.nodes(), now(), settings.node_stale_after_s)
+            out = status_json(store.revision(), store.nodes(), now(), settings.node_stale_after_s,
+                              views)
             states = [store.deployment(tenant_id, n) for n in store.function_names(tenant_id)]
             out["functions"] = [s.to_json() for s in states if s is not None]
             return out
@@ -434,10 +493,14 @@ def create_app(
         counts nodes reporting healthy within the staleness window; `stale_nodes` those that
         stopped reporting; `requests_per_s` sums what fresh nodes report (null: none does).
         `endpoints`: every node with a URL, its DNS addresses (`ipv4`, `ipv6`, null: none) and
-        whether it is `stale`; the DNS server builds its region map from them."""
+        whether it is `stale`; the DNS server builds its region map from them.
+        `check_up`/`check_down` count nodes by the control plane's own /healthz checks;
+        `up_nodes` those healthy by their report and up by the check (unchecked: fresh)."""
         p = await authenticate(request)
         if p.kind == "api" and "read" not in p.scopes:
             raise Forbidden("this token lacks the 'read' scope")
+
+        views = check_views()
 
         def read() -> dict[str, Any]:
             now = store.now()
@@ -445,7 +508,7 @@ def create_app(
                 "now_unix": now,
                 "revision": store.revision(),
                 "regions": regions_json(
-                    store.regions(), store.nodes(), now, settings.node_stale_after_s
+                    store.regions(), store.nodes(), now, settings.node_stale_after_s, views
                 ),
             }
 
@@ -553,6 +616,7 @@ def create_app(
     served = [*routes, Route("/metrics", metrics_page, methods=["GET"])]
     return Starlette(
         routes=served,
+        lifespan=lifespan,
         middleware=[Middleware(metrics.middleware(served))],
         exception_handlers={
             EdgeError: on_edge_error, HTTPException: on_http_error, Exception: on_crash,

@@ -69,15 +69,34 @@ class NotConverged(EdgeError):
 def serve(
     data: Annotated[Path, typer.Option("--data", help="data directory (created if new)")],
     listen: Annotated[str, typer.Option(help="HOST:PORT")] = "127.0.0.1:7000",
+    health_interval: Annotated[float, typer.Option(
+        "--health-interval", min=0.01, help="seconds between checks of each node's /healthz"
+    )] = 2.0,
+    health_timeout: Annotated[float, typer.Option(
+        "--health-timeout", min=0.01, help="seconds a check may take before it fails"
+    )] = 1.0,
+    health_rise: Annotated[int, typer.Option(
+        "--health-rise", min=1, help="passes in a row that bring a down node up"
+    )] = 2,
+    health_fall: Annotated[int, typer.Option(
+        "--health-fall", min=1, help="failures in a row that take an up node down"
+    )] = 2,
     as_json: JsonOption = False,
 ) -> None:
     """Run the control plane. The first start creates tenant "default" and prints its tokens.
 
-    --json: events on stdout, one per line (bootstrapped with the tokens, ready)."""
+    It checks every node's /healthz itself (`edge status` shows the result) with the
+    --health-* timing. --json: events on stdout, one per line (bootstrapped with the tokens,
+    ready)."""
+    from edge.control.api import ControlSettings
     from edge.control.server import run_control
 
+    settings = ControlSettings(
+        health_interval_s=health_interval, health_timeout_s=health_timeout,
+        health_rise=health_rise, health_fall=health_fall,
+    )  # fmt: skip
     with Output(as_json) as out, suppress(KeyboardInterrupt):
-        asyncio.run(run_control(data, listen, out=out))
+        asyncio.run(run_control(data, listen, settings, out=out))
 
 
 def _component(out: Output, project: Path, component: Path | None) -> tuple[bytes, Any]:
@@ -230,15 +249,18 @@ def promote(
 def status(
     control: ControlUrl = DEFAULT_URL, token: Token = "", as_json: JsonOption = False
 ) -> None:
-    """The current revision and, per region and node, what is applied and when last seen."""
+    """The current revision and, per region and node, what is applied, when last seen, and
+    whether the control plane's own /healthz check finds it up."""
     with Output(as_json) as out, _client(control, token) as client:
         result = client.status()
-    table = Table("node", "region", "applied", "healthy", "last seen", "convergence")
+    table = Table("node", "region", "applied", "healthy", "check", "last seen", "convergence")
     for n in result["nodes"]:
         seen = f"{n['last_seen_s_ago']:.0f}s ago" + (" (stale)" if n["stale"] else "")
         conv = "" if n["convergence_ms"] is None else f"{n['convergence_ms']:.0f} ms"
+        check = n.get("check", "unknown")
         table.add_row(n["id"], n["region"], str(n["applied_revision"]),
-                      "yes" if n["healthy"] else "NO", seen, conv)
+                      "yes" if n["healthy"] else "NO", "DOWN" if check == "down" else check,
+                      seen, conv)
     lines = [f"{f['function']}: stable v{f['stable']}"
              + (f", canary v{f['canary']} {f['canary_percent']}%" if f["canary"] else "")
              + f" routes {' '.join(f['routes']) or '-'}" for f in result.get("functions", [])]

@@ -11,6 +11,8 @@ data; scrape it from where the API is reachable).
   `unreachable` (no report within the staleness window), else `refused` (it reported an error
   about the newest snapshot), else `current` or `behind`.
 - `edge_control_api_requests_total{route, method, status}`: by route template (never a path).
+- `edge_control_node_check_changes_total{to}`: transitions of the control plane's active
+  health checks of nodes (`edge.control.health`), by the state entered.
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ class ControlMetrics:
         self.requests = Counter(
             "edge_control_api_requests", "API requests by route template, method and status",
             ["route", "method", "status"], registry=self.registry,
+        )  # fmt: skip
+        self.check_changes = Counter(
+            "edge_control_node_check_changes",
+            "Active health check transitions of nodes, by the state entered",
+            ["to"], registry=self.registry,
         )  # fmt: skip
         self.registry.register(_StoreState(revision, nodes, stale_after_s, now))
         # Reports arrive on worker threads, several at once.

@@ -127,8 +127,10 @@ def regions(
 
 
 def region_row(r: dict[str, Any]) -> tuple[str, ...]:
-    """One `edge regions` line from a GET /v1/regions entry."""
-    healthy, nodes, stale = r["healthy_nodes"], r["nodes"], r.get("stale_nodes", 0)
+    """One `edge regions` line from a GET /v1/regions entry. Health counts `up_nodes` (the
+    control plane's own checks) where the server sends it."""
+    healthy = r.get("up_nodes", r["healthy_nodes"])
+    nodes, stale = r["nodes"], r.get("stale_nodes", 0)
     if nodes == 0:
         health = "no nodes"
     elif healthy == nodes:

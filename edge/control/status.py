@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from edge.control.health import UNCHECKED
 from edge.control.records import Node
 
 
@@ -26,14 +27,18 @@ def node_json(node: Node, revision: int, now_unix: float, stale_after_s: float) 
 
 
 def status_json(
-    revision: int, nodes: Sequence[Node], now_unix: float, stale_after_s: float
+    revision: int, nodes: Sequence[Node], now_unix: float, stale_after_s: float,
+    checks: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    rows = [node_json(n, revision, now_unix, stale_after_s) for n in nodes]
+    """`checks`: the control plane's active checks by node id (`CheckTable.views`)."""
+    checks = checks or {}
+    rows = [{**node_json(n, revision, now_unix, stale_after_s), **checks.get(n.id, UNCHECKED)}
+            for n in nodes]
     regions: dict[str, dict[str, Any]] = {}
     for row in rows:
         r = regions.setdefault(
             row["region"],
-            {"nodes": 0, "healthy": 0, "current": 0, "stale": 0,
+            {"nodes": 0, "healthy": 0, "current": 0, "stale": 0, "check_up": 0, "check_down": 0,
              "min_applied_revision": row["applied_revision"], "max_convergence_ms": None,
              "last_seen_unix": row["last_seen_unix"]},
         )
@@ -41,6 +46,8 @@ def status_json(
         r["healthy"] += int(row["healthy"])
         r["current"] += int(row["current"])
         r["stale"] += int(row["stale"])
+        r["check_up"] += int(row["check"] == "up")
+        r["check_down"] += int(row["check"] == "down")
         r["min_applied_revision"] = min(r["min_applied_revision"], row["applied_revision"])
         r["last_seen_unix"] = max(r["last_seen_unix"], row["last_seen_unix"])
         if row["convergence_ms"] is not None:

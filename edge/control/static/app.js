@@ -80,10 +80,13 @@ function fill(id, rows, signature, empty) {
 
 const num = (v, digits) => ({ text: v === null || v === undefined ? "-" : v.toFixed(digits), cls: "num" });
 
+// Nodes up by the control plane's own /healthz checks where the server sends it.
+const upNodes = (r) => r.up_nodes ?? r.healthy_nodes;
+
 function health(r) {
   if (r.nodes === 0) return "no nodes";
-  if (r.healthy_nodes === r.nodes) return "healthy";
-  return r.healthy_nodes === 0 ? "down" : "degraded";
+  if (upNodes(r) === r.nodes) return "healthy";
+  return upNodes(r) === 0 ? "down" : "degraded";
 }
 
 // --- actions ---------------------------------------------------------------------------------
@@ -118,7 +121,7 @@ function renderRegions(data) {
     `${Math.round(r.share * 100)}%`,
     r.weight ?? "-",
     { text: health(r), cls: health(r) === "healthy" ? "" : "bad" },
-    `${r.healthy_nodes}/${r.nodes}` + (r.stale_nodes ? ` (${r.stale_nodes} stale)` : ""),
+    `${upNodes(r)}/${r.nodes}` + (r.stale_nodes ? ` (${r.stale_nodes} stale)` : ""),
     num(r.requests_per_s, 1),
     { nodes: [
       button("Drain", () => regionAction(r.name, "drain"), r.state !== "drained"),
@@ -126,7 +129,7 @@ function renderRegions(data) {
     ] },
   ]);
   const sig = JSON.stringify(data.regions.map((r) => [r.name, r.state, r.share, r.weight,
-    r.nodes, r.healthy_nodes, r.stale_nodes, r.requests_per_s]));
+    r.nodes, upNodes(r), r.stale_nodes, r.requests_per_s]));
   fill("regions", rows, sig, "no regions yet");
 }
 
@@ -137,11 +140,12 @@ function renderNodes(status) {
     n.region,
     { text: n.applied_revision + (n.current ? "" : " (behind)"), cls: n.current ? "num" : "num bad" },
     { text: n.stale ? "stale" : n.healthy ? "yes" : "no", cls: n.healthy && !n.stale ? "" : "bad" },
+    { text: n.check ?? "unknown", cls: n.check === "down" ? "bad" : "" },
     `${Math.round(n.last_seen_s_ago)} s ago`,
     { text: n.last_error || "", cls: "bad" },
   ]);
   const sig = JSON.stringify(status.nodes.map((n) => [n.id, n.region, n.applied_revision,
-    n.current, n.healthy, n.stale, Math.round(n.last_seen_s_ago), n.last_error]));
+    n.current, n.healthy, n.check, n.stale, Math.round(n.last_seen_s_ago), n.last_error]));
   fill("nodes", rows, sig, "no node has reported yet");
 }
 
