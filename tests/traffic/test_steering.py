@@ -146,6 +146,25 @@ def test_drain_share_keeps_that_fraction_of_subnets_stably() -> None:
         assert choose(ORDER, status, s) == choice
 
 
+def test_a_canary_region_gets_its_weight_of_the_clients_nearest_to_it() -> None:
+    # Weight 10: eu-west serves a stable tenth of the subnets it is nearest to; the rest go on
+    # to the next region in their order, and combine with a drain as share x weight.
+    subnets = [ipaddress.ip_network((f"81.{i // 256}.{i % 256}.0", 24)) for i in range(2000)]
+
+    def kept(status: dict[str, RegionStatus]) -> list[IPNetwork]:
+        return [s for s in subnets if choose(ORDER, status, s).region == "eu-west"]  # type: ignore[union-attr]
+
+    canary = kept({**ALL_UP, "eu-west": RegionStatus(True, weight=10)})
+    assert len(canary) / len(subnets) == pytest.approx(0.10, abs=0.02)
+    assert all(bucket(s, "eu-west") < 0.10 for s in canary)
+    others = {choose(ORDER, {**ALL_UP, "eu-west": RegionStatus(True, weight=10)}, s).region  # type: ignore[union-attr]
+              for s in subnets if s not in canary}
+    assert others == {"us-east"}
+    halved = kept({**ALL_UP, "eu-west": RegionStatus(True, weight=10, share=0.5)})
+    assert set(halved) <= set(canary)
+    assert len(halved) / len(subnets) == pytest.approx(0.05, abs=0.015)
+
+
 def test_drain_never_moves_clients_back_as_the_share_falls() -> None:
     # A client sent away at share s stays away at any lower share: no flapping during a ramp.
     subnets = [ipaddress.ip_network((f"2.{i // 256}.{i % 256}.0", 24)) for i in range(300)]
