@@ -51,13 +51,18 @@ class CompileCache:
             return None
         return self.directory / f"{digest}-{self.engine.settings.fingerprint()}.cwasm"
 
-    def load(self, wasm: bytes, digest: str | None = None) -> component.Component:
-        """Returns the compiled component, from disk when possible. Raises ComponentRejected."""
+    def load(
+        self, wasm: bytes, digest: str | None = None, engine: wasmtime.Engine | None = None
+    ) -> component.Component:
+        """Returns the compiled component, from disk when possible. Raises ComponentRejected.
+        `engine`: which of the sandbox's engines (see SandboxEngine.engine_for); one artifact
+        suits both."""
         digest = digest or content_hash(wasm)
+        engine = engine or self.engine.engine
         path = self.path_for(digest)
         if path is None:
-            return self._compile(wasm)
-        compiled = self._mapped(path)
+            return self._compile(wasm, engine)
+        compiled = self._mapped(path, engine)
         if compiled is not None:
             self.stats.hits += 1
             return compiled
@@ -66,30 +71,30 @@ class CompileCache:
         with _exclusive(path.with_name(path.name + ".lock")):
             here = not path.exists()  # else another node sharing the directory compiled it
             if here:
-                _write_atomically(path, bytes(self._compile(wasm).serialize()))
+                _write_atomically(path, bytes(self._compile(wasm, engine).serialize()))
         # Mapped from the file, so this node also gets the copy-on-write image; a file wasmtime
         # refuses (and deletes) is compiled in memory instead.
-        compiled = self._mapped(path)
+        compiled = self._mapped(path, engine)
         if compiled is None:
-            return self._compile(wasm)
+            return self._compile(wasm, engine)
         self.stats.hits += not here
         return compiled
 
-    def _mapped(self, path: Path) -> component.Component | None:
+    def _mapped(self, path: Path, engine: wasmtime.Engine) -> component.Component | None:
         if not path.exists():
             return None
         try:
             # deserialize_file maps the file, so memory images can be copy-on-write.
-            compiled = component.Component.deserialize_file(self.engine.engine, str(path))
+            compiled = component.Component.deserialize_file(engine, str(path))
         except wasmtime.WasmtimeError:
             path.unlink(missing_ok=True)
             return None
         return compiled
 
-    def _compile(self, wasm: bytes) -> component.Component:
+    def _compile(self, wasm: bytes, engine: wasmtime.Engine) -> component.Component:
         self.stats.misses += 1
         try:
-            return component.Component(self.engine.engine, wasm)
+            return component.Component(engine, wasm)
         except wasmtime.WasmtimeError as e:
             raise ComponentRejected(
                 f"not a valid WebAssembly component: {_first_line(e)}"

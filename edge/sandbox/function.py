@@ -85,10 +85,11 @@ class LoadedFunction:
         self.config = config
         self.sink = sink
         self.digest = content_hash(wasm)
-        self.component = cache.load(wasm, self.digest)
-        self.imports = check_component(engine.engine, self.component)
+        wasm_engine = engine.engine_for(len(wasm))
+        self.component = cache.load(wasm, self.digest, wasm_engine)
+        self.imports = check_component(wasm_engine, self.component)
         self.linker = host.build_linker(
-            engine.engine, self.component, self.imports, config.capabilities
+            wasm_engine, self.component, self.imports, config.capabilities
         )
         handler = self.component.get_export_index(HANDLER_EXPORT)
         index = self.component.get_export_index(HANDLER_FUNC, handler)
@@ -96,7 +97,7 @@ class LoadedFunction:
         self._index = index
         # Addresses for the raw C calls of every request (see capi); the objects behind them
         # live as long as this function.
-        self._engine_ptr = capi.address(engine.engine)
+        self._engine_ptr = capi.address(wasm_engine)
         self._linker_ptr = capi.address(self.linker)
         self._component_ptr = capi.address(self.component)
         self._index_ptr = capi.address(index)
