@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -94,3 +96,29 @@ def test_cheap_function_is_not_prepared(
         for i in range(prepare.SAMPLES + 2):
             assert call(fn, f"c-{i}", lines).status == 200
         assert not fn.prepares_instances
+
+
+def test_store_closes_waiting_on_a_busy_preparer_are_bounded() -> None:
+    """Each store waiting to be closed holds a pool slot: past the bound, the caller closes its
+    own store at once instead of queueing it behind a busy preparer."""
+    preparer = prepare.Preparer()
+    busy, closed_by = threading.Event(), []
+
+    class FakeStore:
+        def close(self) -> None:
+            closed_by.append(threading.current_thread().name)
+
+    preparer._put(lambda: busy.wait(10))  # the preparer thread is held up
+    try:
+        for _ in range(prepare.MAX_PENDING_CLOSES + 5):
+            preparer.retire(FakeStore())
+        assert closed_by == [threading.current_thread().name] * 5
+    finally:
+        busy.set()
+    deadline = time.monotonic() + 10
+    while len(closed_by) < prepare.MAX_PENDING_CLOSES + 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert closed_by[5:] == ["instance-preparer"] * prepare.MAX_PENDING_CLOSES
+    preparer.retire(FakeStore())  # the queue drained: closes go to the preparer again
+    preparer.close()
+    assert closed_by[-1] == "instance-preparer"

@@ -22,14 +22,19 @@ import weakref
 from collections.abc import Callable
 from typing import Protocol
 
-from edge.sandbox import capi
-
 SAMPLES = 8  # instantiations measured before deciding
 WAIT_S = 0.05  # longest a request waits for an instance being prepared before making its own
+# Stores waiting to be closed on the preparer thread, at most: each holds a pool slot until it
+# is closed, so beyond this a request closes its own store rather than exhaust the pool.
+MAX_PENDING_CLOSES = 32
 
 
 class Preparable(Protocol):
     def refill(self) -> None: ...
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
 
 
 class Slot:
@@ -49,6 +54,7 @@ class Preparer:
         self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._pending_closes = 0
 
     def want(self, function: Preparable) -> None:
         ref = weakref.ref(function)  # an unloaded function must not be kept alive by us
@@ -60,8 +66,24 @@ class Preparer:
 
         self._put(refill)
 
-    def retire(self, store: capi.Store) -> None:
-        self._put(store.close)
+    def retire(self, store: Closable) -> None:
+        """Closes `store` on the preparer thread, or right here when too many are waiting."""
+        with self._lock:
+            queued = self._pending_closes < MAX_PENDING_CLOSES
+            if queued:
+                self._pending_closes += 1
+        if not queued:
+            store.close()
+            return
+
+        def close() -> None:
+            try:
+                store.close()
+            finally:
+                with self._lock:
+                    self._pending_closes -= 1
+
+        self._put(close)
 
     def _put(self, job: Callable[[], None]) -> None:
         if self._thread is None:
