@@ -26,16 +26,9 @@ import httpx
 from edge.control.client import ControlClient
 
 from .common import percentile, print_table, write_results
-from .convergence import FUNCTION, REPO, build_variant, free_ports
+from .convergence import FUNCTION, REPO, build_variant, free_ports, spawn, stop_all
 
 POLL_S = 0.005
-
-
-def spawn(args: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge", *args], cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 def until_serving(url: str, body: str, started: float, limit_s: float) -> float:
@@ -71,7 +64,8 @@ def import_floor_s() -> float:
 def run(rounds: int, tmp: Path) -> dict[str, object]:
     cp_port, node_port = free_ports(2)
     data = tmp / "control"
-    control = spawn(["control", "--data", str(data), "--listen", f"127.0.0.1:{cp_port}"])
+    control = spawn("control", ["-m", "edge", "control", "--data", str(data), "--listen",
+                                f"127.0.0.1:{cp_port}"], tmp / "control.log")
     control_url = f"http://127.0.0.1:{cp_port}"
     wait(lambda: (data / "tokens.json").exists(), 30, "control plane")
     tokens = json.loads((data / "tokens.json").read_text())
@@ -84,7 +78,7 @@ def run(rounds: int, tmp: Path) -> dict[str, object]:
         f'public_key = "{tokens["public_key"]}"\nstate_dir = "{tmp / "state"}"\n'
     )
     url = f"http://127.0.0.1:{node_port}/"
-    node = spawn(["node", "--config", str(config)])
+    node = spawn("node", ["-m", "edge", "node", "--config", str(config)], tmp / "node.log")
     samples: list[float] = []
     try:
         data_bytes, manifest = build_variant(tmp, "kept on disk\n")
@@ -92,19 +86,16 @@ def run(rounds: int, tmp: Path) -> dict[str, object]:
             number = int(client.upload_version(FUNCTION, data_bytes, manifest, "v1")["number"])
             client.deploy(FUNCTION, number, ["*/"])
         until_serving(url, "kept on disk\n", time.monotonic(), 120)
-        control.kill()
-        control.wait()
-        for _ in range(rounds):
-            node.terminate()
-            node.wait(timeout=30)
+        control.popen.kill()
+        control.popen.wait()
+        for i in range(rounds):
+            stop_all([node])
             started = time.monotonic()
-            node = spawn(["node", "--config", str(config)])
+            node = spawn("node", ["-m", "edge", "node", "--config", str(config)],
+                         tmp / f"node{i}.log")
             samples.append(until_serving(url, "kept on disk\n", started, 30))
     finally:
-        for p in (node, control):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        stop_all([node, control])
     floor = [import_floor_s() for _ in range(min(rounds, 5))]
     return {
         "rounds": rounds,
