@@ -21,3 +21,25 @@ def test_consistently_slow_function_leaves_inline() -> None:
     for _ in range(30):
         hint.record(INLINE_MAX_S * 3, finished=True)
     assert not hint.eligible_now
+
+
+def test_runs_disturbed_by_garbage_collection_are_not_counted() -> None:
+    hint = InlineHint()
+    for _ in range(20):
+        hint.record(0.00004, finished=True)
+    # A full collection of a node's heap took 40-50 ms inside inline runs (measured); those
+    # samples would have sent a 40 µs function to threads for thousands of requests.
+    hint.record(0.05, finished=True, collected=True)
+    hint.record(0.05, finished=False, collected=True)
+    assert hint.eligible_now
+    assert hint.average_s < INLINE_MAX_S
+
+
+def test_collections_counter_moves_when_the_collector_runs() -> None:
+    import gc
+
+    from edge.node.inline import collections
+
+    before = collections()
+    gc.collect()
+    assert collections() > before

@@ -203,6 +203,17 @@ def test_config_and_log_imports(load: Loader, lines: list[host.LogLine]) -> None
     assert any(line.source == "log" and line.request_id == "req-1" for line in lines)
 
 
+def test_c_sdk_allocator_past_its_arena(load: Loader, lines: list[host.LogLine]) -> None:
+    # Headers grown one by one (copied inside the arena) and blocks that cross from the static
+    # arena into malloc: every byte must be where the function put it.
+    fn = load(FIXTURES / "functions" / "arena")
+    for _ in range(2):  # and again in a fresh instance
+        resp = invoke(fn, request(), lines)
+        assert resp.status == 200
+        assert resp.body == b" ".join(str(ord(c) * 100 * 1024).encode() for c in "abc")
+        assert resp.headers == [(f"x-h{i}", f"h{i}") for i in range(120)]
+
+
 # --- hostile functions ----------------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from edge.errors import EdgeError, FunctionError, NoRoute
 from edge.node import http
 from edge.node.client_ip import client_ip
 from edge.node.geo import NO_GEO
-from edge.node.inline import InlineHint
+from edge.node.inline import InlineHint, collections
 from edge.node.metrics import FunctionSeries
 from edge.node.runtime import NodeRuntime, Unavailable
 from edge.node.spill import SPILLED_FROM, Spill, spill_decision
@@ -323,22 +323,22 @@ class FunctionServer:
                                     trace_id=trace.trace_id, marks=[] if recorded else None)
             # CPU time of this thread, not wall time: on a busy machine the loop's thread can be
             # descheduled mid-run, and that says nothing about what the function costs.
-            started = time.thread_time()
+            started, gcs = time.thread_time(), collections()
             try:
                 result = function.invoke(request, invocation, INLINE_BUDGET_TICKS)
             except OverBudget:
                 _instantiated(invocation, series)
                 buffer.discard()
-                hint.record(time.thread_time() - started, finished=False)
+                hint.record(time.thread_time() - started, False, collections() != gcs)
             except BaseException:
                 buffer.commit()
-                hint.record(time.thread_time() - started, finished=True)
+                hint.record(time.thread_time() - started, True, collections() != gcs)
                 _instantiated(invocation, series)
                 _finish(trace, invocation)
                 raise
             else:
                 buffer.commit()
-                hint.record(time.thread_time() - started, finished=True)
+                hint.record(time.thread_time() - started, True, collections() != gcs)
                 _instantiated(invocation, series)
                 _finish(trace, invocation)
                 return result

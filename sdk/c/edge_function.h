@@ -129,25 +129,59 @@ extern void edge__log_write(int32_t level, const char *ptr, size_t len);
 EDGE_IMPORT("edge:function/config@0.1.0", "get")
 extern void edge__config_get(const char *ptr, size_t len, edge_option_string_t *ret);
 
-EDGE_EXPORT("cabi_realloc")
-void *cabi_realloc(void *ptr, size_t old_size, size_t align, size_t new_size) {
-    (void)old_size;
-    if (new_size == 0) {
-        return (void *)align;
+/* Request-scoped memory comes first from a static arena: it is part of the module's initial
+ * memory, so a typical request never grows linear memory (each memory.grow costs the host a
+ * page-protection change, and a fresh instance per request would pay it on every request).
+ * Nothing is ever freed: the instance ends with the request. Past the arena, malloc. */
+#ifndef EDGE_ARENA_BYTES
+#define EDGE_ARENA_BYTES (256 * 1024)
+#endif
+static unsigned char edge__arena[EDGE_ARENA_BYTES] __attribute__((aligned(16)));
+static size_t edge__arena_used;
+
+static void *edge__alloc(size_t size, size_t align) {
+    size_t start = (edge__arena_used + (align - 1)) & ~(align - 1);
+    if (start >= edge__arena_used && start <= EDGE_ARENA_BYTES && size <= EDGE_ARENA_BYTES - start) {
+        edge__arena_used = start + size;
+        return edge__arena + start;
     }
-    void *out = realloc(ptr, new_size);
+    void *out = malloc(size ? size : 1);  /* malloc aligns to 16, enough for any ABI type */
     if (!out) {
         __builtin_trap();
     }
     return out;
 }
 
-void *edge_alloc(size_t size) {
-    void *out = malloc(size ? size : 1);
-    if (!out) {
-        __builtin_trap();
+static bool edge__in_arena(const void *ptr) {
+    return (const unsigned char *)ptr >= edge__arena &&
+           (const unsigned char *)ptr < edge__arena + EDGE_ARENA_BYTES;
+}
+
+static void *edge__grow(void *ptr, size_t old_size, size_t align, size_t new_size) {
+    if (ptr && !edge__in_arena(ptr)) {
+        void *out = realloc(ptr, new_size);
+        if (!out) {
+            __builtin_trap();
+        }
+        return out;
+    }
+    void *out = edge__alloc(new_size, align);
+    if (ptr) {
+        memcpy(out, ptr, old_size < new_size ? old_size : new_size);
     }
     return out;
+}
+
+EDGE_EXPORT("cabi_realloc")
+void *cabi_realloc(void *ptr, size_t old_size, size_t align, size_t new_size) {
+    if (new_size == 0) {
+        return (void *)align;
+    }
+    return edge__grow(ptr, old_size, align ? align : 1, new_size);
+}
+
+void *edge_alloc(size_t size) {
+    return edge__alloc(size, 16);
 }
 
 edge_string_t edge_str(const char *cstr) {
@@ -170,10 +204,8 @@ bool edge_config_get(const char *key, edge_string_t *out) {
 
 void edge_response_add_header(edge_response_t *resp, const char *name, const char *value) {
     size_t n = resp->headers.len;
-    edge_header_t *grown = realloc(resp->headers.ptr, (n + 1) * sizeof(edge_header_t));
-    if (!grown) {
-        __builtin_trap();
-    }
+    edge_header_t *grown = edge__grow(resp->headers.ptr, n * sizeof(edge_header_t),
+                                      _Alignof(edge_header_t), (n + 1) * sizeof(edge_header_t));
     grown[n].name = edge_str(name);
     grown[n].value = edge_str(value);
     resp->headers.ptr = grown;
