@@ -59,6 +59,22 @@ def error(ptr: int) -> wasmtime.WasmtimeError:
     return wasmtime.WasmtimeError._from_ptr(ctypes.cast(ptr, _ErrorPtr))
 
 
+def top_frame_name(e: wasmtime.WasmtimeError) -> str | None:
+    """The name (from its module's name section) of the wasm function an error was raised in,
+    if it was raised in wasm and the function has one."""
+    frames = ffi.wasm_frame_vec_t(0, None)
+    ffi.wasmtime_error_wasm_trace(e.ptr(), ctypes.byref(frames))
+    try:
+        if not frames.size:
+            return None
+        name = ffi.wasmtime_frame_func_name(frames.data[0])
+        if not name or not name.contents.size:
+            return None
+        return ctypes.string_at(name.contents.data, name.contents.size).decode(errors="replace")
+    finally:
+        ffi.wasm_frame_vec_delete(ctypes.byref(frames))
+
+
 class Store:
     """A store without a Python data slot or finalizer; `close` deletes it (once)."""
 

@@ -1,8 +1,10 @@
 """Compiled components on disk, so that a node restart does not recompile.
 
-Key: sha256 of the component's bytes + the engine fingerprint (wasmtime version and settings
-that change generated code). A corrupt or stale cache file is recompiled and replaced, never
-trusted: wasmtime checks the header and refuses artifacts from another version or config.
+Key: sha256 of the component's bytes + the engine fingerprint (wasmtime version, settings that
+change generated code, and the growcheck version: what is compiled is the component with its
+`memory.grow`s checked, see growcheck). A corrupt or stale cache file is recompiled and
+replaced, never trusted: wasmtime checks the header and refuses artifacts from another version
+or config.
 
 Several nodes on one host may share the directory: a compile holds an exclusive lock on
 `<file>.lock`, so when all of them get the same new version at once one compiles and the others
@@ -16,7 +18,7 @@ import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,10 @@ import wasmtime
 from wasmtime import component
 
 from edge.errors import ComponentRejected
+from edge.sandbox import growcheck
 from edge.sandbox.engine import SandboxEngine
+
+Warn = Callable[[str], None]
 
 
 @dataclass
@@ -52,16 +57,20 @@ class CompileCache:
         return self.directory / f"{digest}-{self.engine.settings.fingerprint()}.cwasm"
 
     def load(
-        self, wasm: bytes, digest: str | None = None, engine: wasmtime.Engine | None = None
+        self,
+        wasm: bytes,
+        digest: str | None = None,
+        engine: wasmtime.Engine | None = None,
+        warn: Warn | None = None,
     ) -> component.Component:
         """Returns the compiled component, from disk when possible. Raises ComponentRejected.
         `engine`: which of the sandbox's engines (see SandboxEngine.engine_for); one artifact
-        suits both."""
+        suits both. `warn` hears about core modules a compile had to leave unchecked."""
         digest = digest or content_hash(wasm)
         engine = engine or self.engine.engine
         path = self.path_for(digest)
         if path is None:
-            return self._compile(wasm, engine)
+            return self._compile(wasm, engine, warn)
         compiled = self._mapped(path, engine)
         if compiled is not None:
             self.stats.hits += 1
@@ -71,12 +80,12 @@ class CompileCache:
         with _exclusive(path.with_name(path.name + ".lock")):
             here = not path.exists()  # else another node sharing the directory compiled it
             if here:
-                _write_atomically(path, bytes(self._compile(wasm, engine).serialize()))
+                _write_atomically(path, bytes(self._compile(wasm, engine, warn).serialize()))
         # Mapped from the file, so this node also gets the copy-on-write image; a file wasmtime
         # refuses (and deletes) is compiled in memory instead.
         compiled = self._mapped(path, engine)
         if compiled is None:
-            return self._compile(wasm, engine)
+            return self._compile(wasm, engine, warn)
         self.stats.hits += not here
         return compiled
 
@@ -91,10 +100,19 @@ class CompileCache:
             return None
         return compiled
 
-    def _compile(self, wasm: bytes, engine: wasmtime.Engine) -> component.Component:
+    def _compile(
+        self, wasm: bytes, engine: wasmtime.Engine, warn: Warn | None
+    ) -> component.Component:
         self.stats.misses += 1
+        checked = growcheck.instrument(wasm)
+        if warn is not None:
+            for reason in checked.skipped:
+                warn(
+                    f"memory.grow left unchecked in {reason}; "
+                    "memory-limit hits there count as traps"
+                )
         try:
-            return component.Component(engine, wasm)
+            return component.Component(engine, checked.wasm)
         except wasmtime.WasmtimeError as e:
             raise ComponentRejected(
                 f"not a valid WebAssembly component: {_first_line(e)}"

@@ -16,7 +16,7 @@ from importlib.metadata import version
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from edge.sandbox import capi
+from edge.sandbox import capi, growcheck
 from edge.sandbox.prepare import Preparer
 
 MIB = 1024 * 1024
@@ -54,7 +54,10 @@ class EngineSettings:
     def fingerprint(self) -> str:
         """What a serialized component depends on besides its bytes (compile cache key part)."""
         # Pool sizes do not change generated code; tunables that do are listed here.
-        text = f"wasmtime={version('wasmtime')};epoch=1;stack={self.max_wasm_stack_bytes}"
+        text = (
+            f"wasmtime={version('wasmtime')};epoch=1;stack={self.max_wasm_stack_bytes};"
+            f"growcheck={growcheck.VERSION}"
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -24,7 +24,7 @@ from edge.errors import (
     MemoryLimitExceeded,
     ResponseTooLarge,
 )
-from edge.sandbox import abi, capi, host, prepare
+from edge.sandbox import abi, capi, growcheck, host, prepare
 from edge.sandbox.compile_cache import CompileCache, content_hash
 from edge.sandbox.contract import HANDLER_EXPORT, HANDLER_FUNC, check_component
 from edge.sandbox.engine import SandboxEngine
@@ -86,7 +86,7 @@ class LoadedFunction:
         self.sink = sink
         self.digest = content_hash(wasm)
         wasm_engine = engine.engine_for(len(wasm))
-        self.component = cache.load(wasm, self.digest, wasm_engine)
+        self.component = cache.load(wasm, self.digest, wasm_engine, self._warn)
         self.imports = check_component(wasm_engine, self.component)
         self.linker = host.build_linker(
             wasm_engine, self.component, self.imports, config.capabilities
@@ -115,6 +115,9 @@ class LoadedFunction:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def _warn(self, message: str) -> None:
+        self.sink(host.LogLine(self.name, "", "warn", message, "platform", time.time()))
 
     @property
     def prepares_instances(self) -> bool:
@@ -321,16 +324,21 @@ class LoadedFunction:
 def _classify(e: wasmtime.WasmtimeError, config: FunctionConfig, doing: str) -> FunctionError:
     text = str(e)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # wasmtime puts the cause last ("Caused by: ... wasm trap: unreachable"), the backtrace first.
+    # wasmtime puts the cause last ("Caused by: ... wasm trap: unreachable"), the backtrace first;
+    # only the cause is matched, as the backtrace has the guest's function names in it.
     cause = lines[-1] if lines else "unknown error"
     cause = cause.split(": ", 1)[1] if cause[:2].isdigit() or cause[:1].isdigit() else cause
-    if "interrupt" in text:
+    if "interrupt" in cause:
         return DeadlineExceeded(
             f"function exceeded its deadline of {config.limits.deadline_ms} ms while {doing}"
         )
-    if "memory" in text and ("limit" in text or "minimum" in text or "exceeds" in text):
+    limit = f"its memory limit of {config.limits.memory_limit_bytes // (1024 * 1024)} MiB"
+    # A refused memory.grow, turned into this trap by growcheck.
+    if "unreachable" in cause and growcheck.is_check(capi.top_frame_name(e)):
         return MemoryLimitExceeded(
-            f"function exceeded its memory limit of "
-            f"{config.limits.memory_limit_bytes // (1024 * 1024)} MiB while {doing}: {cause}"
+            f"function exceeded {limit} while {doing}: more memory was refused"
         )
+    # Instantiation: the memory the component starts with is over the limit.
+    if "memory" in cause and ("limit" in cause or "minimum" in cause or "exceeds" in cause):
+        return MemoryLimitExceeded(f"function exceeded {limit} while {doing}: {cause}")
     return FunctionTrapped(f"function trapped while {doing}: {cause}")

@@ -1,0 +1,340 @@
+"""Rewrites a component so that a refused `memory.grow` traps in a function the host can name.
+
+wasmtime's C API refuses growth past a store's memory limit by returning -1 to the guest and
+tells the host nothing, so a function that hits its limit looked like any other trap (or,
+handling the failed malloc, like nothing at all). This gives it wasmtime's own
+`trap_on_grow_failure` behaviour, which the C API does not expose: after every `memory.grow`
+comes a call to a check function that passes the result through, or executes `unreachable` when
+it is -1. The check functions carry a name (`CHECK_NAME`) in the module's name section, so a
+trap whose top wasm frame has that name is a memory-limit kill (see edge.sandbox.function).
+
+Only appended: a type, a function and its body per memory index type (32/64-bit), and the
+names. No existing index moves, so nothing else in the module or the component changes; a
+module without `memory.grow` is kept byte for byte. A module with code this decoder does not
+know is kept as it is and reported: its limit hits stay plain traps. Sans-I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from edge.sandbox.wasm_decode import (
+    CALL,
+    Undecodable,
+    count_types,
+    encode_uleb,
+    grow_sites,
+    memory_is_64,
+    read_name,
+    read_uleb,
+    skip_leb,
+    skip_table_type,
+    skip_valtype,
+)
+
+# Part of the compile cache key: bump when the rewrite changes what it produces.
+VERSION = 1
+CHECK_NAME = "edge.memory_limit"
+_CHECK_NAMES = {False: CHECK_NAME.encode(), True: (CHECK_NAME + "64").encode()}
+
+MODULE_PREAMBLE = b"\0asm\x01\x00\x00\x00"
+COMPONENT_PREAMBLE = b"\0asm\x0d\x00\x01\x00"
+_CUSTOM, _TYPE, _IMPORT, _FUNCTION, _MEMORY, _CODE = 0, 1, 2, 3, 5, 10
+_CORE_MODULE, _COMPONENT = 1, 4  # component section ids
+_FUNCTION_NAMES = 1  # name section subsection id
+
+# (param iN) (result iN): local.get 0; iN.const -1; iN.eq; if; unreachable; end; local.get 0
+_CHECK_TYPES = {False: b"\x60\x01\x7f\x01\x7f", True: b"\x60\x01\x7e\x01\x7e"}
+_CHECK_BODIES = {
+    False: b"\x00\x20\x00\x41\x7f\x46\x04\x40\x00\x0b\x20\x00\x0b",
+    True: b"\x00\x20\x00\x42\x7f\x51\x04\x40\x00\x0b\x20\x00\x0b",
+}
+# memory.grow of memory 0 (also written with a padded LEB index): in a module with one memory,
+# only bodies holding these bytes are decoded.
+_GROW_PATTERNS = (b"\x40\x00", b"\x40\x80")
+
+
+def is_check(function_name: str | None) -> bool:
+    """Whether a wasm function of this name is one of the checks this module adds."""
+    return function_name is not None and function_name.encode() in _CHECK_NAMES.values()
+
+
+@dataclass
+class Instrumented:
+    wasm: bytes
+    modules: int = 0  # core modules rewritten
+    sites: int = 0  # memory.grow instructions now checked
+    skipped: list[str] = field(default_factory=list)  # why modules were left as they were
+
+
+class _Section(NamedTuple):
+    id: int
+    header: int  # where its id byte is
+    start: int  # where its payload starts
+    end: int
+
+
+def instrument(wasm: bytes) -> Instrumented:
+    """The component (or core module) with checked `memory.grow`s. Never raises: bytes it
+    cannot parse come back unchanged (compiling them reports what is wrong)."""
+    result = Instrumented(wasm)
+    try:
+        if wasm.startswith(COMPONENT_PREAMBLE):
+            counter = [0]
+            rewritten = _component(wasm, result, counter)
+        elif wasm.startswith(MODULE_PREAMBLE):
+            rewritten = _module_or_skip(wasm, result, 0)
+        else:
+            return result
+    except Undecodable as e:
+        result.skipped.append(f"component not parsed: {e}")
+        return Instrumented(wasm, skipped=result.skipped)
+    if rewritten is not None:
+        result.wasm = rewritten
+    return result
+
+
+def _sections(data: bytes, pos: int) -> list[_Section]:
+    out: list[_Section] = []
+    size_of = len(data)
+    while pos < size_of:
+        size, start = read_uleb(data, pos + 1)
+        end = start + size
+        if end > size_of:
+            raise Undecodable("section runs past the end", pos)
+        out.append(_Section(data[pos], pos, start, end))
+        pos = end
+    return out
+
+
+def _with_payload(section_id: int, payload: bytes) -> bytes:
+    return bytes([section_id]) + encode_uleb(len(payload)) + payload
+
+
+def _component(data: bytes, result: Instrumented, counter: list[int]) -> bytes | None:
+    """`counter` numbers core modules in binary order (nested components included), so a
+    skipped one can be named."""
+    parts = [data[:8]]
+    changed = False
+    for s in _sections(data, 8):
+        new: bytes | None = None
+        if s.id == _CORE_MODULE:
+            new = _module_or_skip(data[s.start : s.end], result, counter[0])
+            counter[0] += 1
+        elif s.id == _COMPONENT:
+            new = _component(data[s.start : s.end], result, counter)
+        if new is None:
+            parts.append(data[s.header : s.end])
+        else:
+            parts.append(_with_payload(s.id, new))
+            changed = True
+    return b"".join(parts) if changed else None
+
+
+def _module_or_skip(data: bytes, result: Instrumented, index: int) -> bytes | None:
+    try:
+        done = _module(data)
+    except Undecodable as e:
+        result.skipped.append(f"core module {index}: {e}")
+        return None
+    if done is None:
+        return None
+    result.modules += 1
+    result.sites += done[1]
+    return done[0]
+
+
+class _Layout:
+    """What the rewrite needs to know about a core module's sections."""
+
+    def __init__(self, data: bytes, sections: list[_Section]) -> None:
+        self.func_imports = 0
+        self.memories: list[bool] = []  # per memory index: whether it is 64-bit
+        self.types: _Section | None = None
+        self.functions: _Section | None = None
+        self.code: _Section | None = None
+        self.names: _Section | None = None
+        for s in sections:
+            if s.id == _IMPORT:
+                self._imports(data, s)
+            elif s.id == _MEMORY:
+                count, pos = read_uleb(data, s.start)
+                for _ in range(count):
+                    is64, pos = memory_is_64(data, pos)
+                    self.memories.append(is64)
+            elif s.id == _TYPE:
+                self.types = s
+            elif s.id == _FUNCTION:
+                self.functions = s
+            elif s.id == _CODE:
+                self.code = s
+            elif s.id == _CUSTOM and self.names is None:
+                name, _ = read_name(data, s.start)
+                if name == b"name":
+                    self.names = s
+
+    def _imports(self, data: bytes, s: _Section) -> None:
+        count, pos = read_uleb(data, s.start)
+        for _ in range(count):
+            _, pos = read_name(data, pos)
+            _, pos = read_name(data, pos)
+            kind = data[pos]
+            pos += 1
+            if kind == 0x00:  # function
+                pos = skip_leb(data, pos)
+                self.func_imports += 1
+            elif kind == 0x01:
+                pos = skip_table_type(data, pos)
+            elif kind == 0x02:
+                is64, pos = memory_is_64(data, pos)
+                self.memories.append(is64)
+            elif kind == 0x03:  # global: value type, mutability
+                pos = skip_valtype(data, pos) + 1
+            elif kind == 0x04:  # tag: attribute, type
+                pos = skip_leb(data, pos + 1)
+            else:
+                raise Undecodable(f"unknown import kind 0x{kind:02x}", pos - 1)
+        if pos != s.end:
+            raise Undecodable("import section does not end at its size", pos)
+
+
+def _module(data: bytes) -> tuple[bytes, int] | None:
+    """The rewritten module and how many sites it checks; None when it has no memory.grow."""
+    try:
+        sections = _sections(data, 8)
+        layout = _Layout(data, sections)
+        if not layout.memories or layout.code is None:
+            return None
+        edits = _grow_edits(data, layout.code, len(layout.memories) == 1)
+        if not edits:
+            return None
+        return _rewrite(data, sections, layout, edits), sum(len(e[3]) for e in edits)
+    except IndexError:
+        raise Undecodable("truncated module", len(data)) from None
+
+
+_Edit = tuple[int, int, int, list[tuple[int, int]]]  # size field, body start, end, grow sites
+
+
+def _grow_edits(data: bytes, code: _Section, one_memory: bool) -> list[_Edit]:
+    count, pos = read_uleb(data, code.start)
+    edits: list[_Edit] = []
+    find = data.find
+    first, padded = _GROW_PATTERNS
+    for _ in range(count):
+        size, body = read_uleb(data, pos)
+        end = body + size
+        if end > code.end:
+            raise Undecodable("function body runs past the code section", pos)
+        if not one_memory or find(first, body, end) >= 0 or find(padded, body, end) >= 0:
+            sites = grow_sites(data, body, end)
+            if sites:
+                edits.append((pos, body, end, sites))
+        pos = end
+    if pos != code.end:
+        raise Undecodable("code section does not end at its size", pos)
+    return edits
+
+
+def _rewrite(data: bytes, sections: list[_Section], layout: _Layout, edits: list[_Edit]) -> bytes:
+    if layout.types is None or layout.functions is None:
+        raise Undecodable("module with code but no type or function section", 8)
+    kinds = sorted(set(layout.memories))  # False (32-bit) first
+    types = layout.types
+    type_entries, type_rest = read_uleb(data, types.start)
+    first_type = count_types(data, types.start, types.end)
+    defined, func_rest = read_uleb(data, layout.functions.start)
+    first_func = layout.func_imports + defined
+    check_of = {is64: first_func + i for i, is64 in enumerate(kinds)}
+    calls = [CALL.to_bytes(1, "little") + encode_uleb(check_of[is64]) for is64 in layout.memories]
+
+    new_types = (
+        encode_uleb(type_entries + len(kinds))
+        + data[type_rest : types.end]
+        + b"".join(_CHECK_TYPES[k] for k in kinds)
+    )
+    new_functions = (
+        encode_uleb(defined + len(kinds))
+        + data[func_rest : layout.functions.end]
+        + b"".join(encode_uleb(first_type + i) for i in range(len(kinds)))
+    )
+    new_code = _code(data, layout, edits, calls, kinds)
+    names = [(check_of[k], _CHECK_NAMES[k]) for k in kinds]
+    replaced = {types.header: new_types, layout.functions.header: new_functions}
+    assert layout.code is not None
+    replaced[layout.code.header] = new_code
+    if layout.names is not None:
+        replaced[layout.names.header] = _with_function_names(data, layout.names, names)
+    parts = [data[:8]]
+    for s in sections:
+        payload = replaced.get(s.header)
+        parts.append(data[s.header : s.end] if payload is None else _with_payload(s.id, payload))
+    if layout.names is None:
+        parts.append(_with_payload(_CUSTOM, _name_section(names)))
+    return b"".join(parts)
+
+
+def _code(
+    data: bytes, layout: _Layout, edits: list[_Edit], calls: list[bytes], kinds: list[bool]
+) -> bytes:
+    code = layout.code
+    assert code is not None
+    count, cursor = read_uleb(data, code.start)
+    parts = [encode_uleb(count + len(kinds))]
+    for size_at, body, end, sites in edits:
+        parts.append(data[cursor:size_at])
+        pieces = []
+        at = body
+        for after, memory in sites:
+            if memory >= len(calls):
+                raise Undecodable(f"memory.grow of memory {memory}, which does not exist", after)
+            pieces.append(data[at:after])
+            pieces.append(calls[memory])
+            at = after
+        pieces.append(data[at:end])
+        new_body = b"".join(pieces)
+        parts.append(encode_uleb(len(new_body)))
+        parts.append(new_body)
+        cursor = end
+    parts.append(data[cursor : code.end])
+    for k in kinds:
+        parts.append(encode_uleb(len(_CHECK_BODIES[k])) + _CHECK_BODIES[k])
+    return b"".join(parts)
+
+
+def _name_map(names: list[tuple[int, bytes]]) -> bytes:
+    return b"".join(encode_uleb(i) + encode_uleb(len(n)) + n for i, n in names)
+
+
+def _name_section(names: list[tuple[int, bytes]]) -> bytes:
+    sub = encode_uleb(len(names)) + _name_map(names)
+    return b"\x04name" + bytes([_FUNCTION_NAMES]) + encode_uleb(len(sub)) + sub
+
+
+def _with_function_names(data: bytes, s: _Section, names: list[tuple[int, bytes]]) -> bytes:
+    """The name section's payload with `names` added to its function names (the checks have
+    the highest indices, so they go last and the map stays sorted)."""
+    _, pos = read_name(data, s.start)
+    parts = [data[s.start : pos]]
+    added = False
+    while pos < s.end:
+        sub_id = data[pos]
+        size, start = read_uleb(data, pos + 1)
+        end = start + size
+        if end > s.end:
+            raise Undecodable("name subsection runs past its section", pos)
+        if sub_id > _FUNCTION_NAMES and not added:
+            parts.append(_name_section(names)[5:])  # a function-names subsection of its own
+            added = True
+        if sub_id == _FUNCTION_NAMES:
+            count, rest = read_uleb(data, start)
+            sub = encode_uleb(count + len(names)) + data[rest:end] + _name_map(names)
+            parts.append(bytes([sub_id]) + encode_uleb(len(sub)) + sub)
+            added = True
+        else:
+            parts.append(data[pos:end])
+        pos = end
+    if not added:
+        parts.append(_name_section(names)[5:])
+    return b"".join(parts)
