@@ -17,9 +17,10 @@ from edge.errors import (
     FunctionError,
     FunctionTrapped,
     InvalidResponse,
+    MemoryLimitExceeded,
     ResponseTooLarge,
 )
-from edge.sandbox import abi, host
+from edge.sandbox import abi, growcheck, host
 from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import EngineSettings, SandboxEngine
 from edge.sandbox.function import LoadedFunction
@@ -166,6 +167,40 @@ def test_cache_key_includes_engine_settings(engine: SandboxEngine, tmp_path: Pat
         other.close()
 
 
+def test_cache_key_includes_the_rewrite_version(
+    engine: SandboxEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Artifacts compiled before a change to growcheck are not reused after it."""
+    before = CompileCache(engine, tmp_path).path_for("ab" * 32)
+    monkeypatch.setattr(growcheck, "VERSION", growcheck.VERSION + 1)
+    assert CompileCache(engine, tmp_path).path_for("ab" * 32) != before
+
+
+def test_module_left_unchecked_is_reported_and_still_compiles(
+    engine: SandboxEngine, tmp_path: Path
+) -> None:
+    # A proposal the decoder does not know (stack switching) in a module that grows memory.
+    component = bytes(
+        wasmtime.wat2wasm("""(component (core module
+          (type $ft (func (param i32) (result i32)))
+          (type $ct (cont $ft))
+          (memory 1)
+          (func $f (param i32) (result i32) (memory.grow (local.get 0)))
+          (elem declare func $f)
+          (func (export "go") (drop (cont.new $ct (ref.func $f))))))""")
+    )
+    config = wasmtime.Config()
+    config.wasm_component_model = True
+    config.wasm_stack_switching = True
+    config.wasm_function_references = True
+    warnings: list[str] = []
+    cache = CompileCache(engine, tmp_path)
+    cache.load(component, engine=wasmtime.Engine(config), warn=warnings.append)
+    (warning,) = warnings
+    assert "left unchecked in core module 0: unknown composite type 0x5d" in warning
+    assert "count as traps" in warning
+
+
 # --- requests -----------------------------------------------------------------------------------
 
 
@@ -232,13 +267,32 @@ def test_traps_are_function_errors(load: Loader, lines: list[host.LogLine], name
     assert not isinstance(info.value, DeadlineExceeded)
 
 
-def test_memory_limit_stops_growth(load: Loader, lines: list[host.LogLine]) -> None:
+def test_memory_limit_stops_the_function(load: Loader, lines: list[host.LogLine]) -> None:
+    """Growth past the limit ends the request at the refused memory.grow: the function never
+    gets to answer how far it got (its "report" mode)."""
     fn = load(FIXTURES / "functions" / "membomb")
+    assert fn.config.limits.memory_limit_bytes == 32 * 1024 * 1024  # from its edge.toml
     req = abi.GuestRequest("GET", "http://x/report", [], b"", "127.0.0.1", "r", "n", "id")
-    reached = int(invoke(fn, req, lines).body)
-    limit = fn.config.limits.memory_limit_bytes
-    assert limit == 32 * 1024 * 1024
-    assert limit - 4 * 1024 * 1024 < reached <= limit
+    with pytest.raises(MemoryLimitExceeded, match="memory limit of 32 MiB while running") as info:
+        invoke(fn, req, lines)
+    assert info.value.status == 500 and info.value.reason == "memory_limit"
+
+
+def test_memory_over_the_limit_at_instantiation(load: Loader, lines: list[host.LogLine]) -> None:
+    fn = load(FIXTURES / "functions" / "bigmemory")
+    with pytest.raises(MemoryLimitExceeded, match="32 MiB while instantiating: memory minimum"):
+        invoke(fn, request(), lines)
+
+
+def test_python_allocating_past_its_limit_is_stopped(
+    load: Loader, lines: list[host.LogLine]
+) -> None:
+    """CPython would turn the refused allocation into a MemoryError the function catches and
+    carries on from (the fixture answers 200 if it can)."""
+    fn = load(FIXTURES / "functions" / "membomb-py")
+    with pytest.raises(MemoryLimitExceeded, match="memory limit of 64 MiB while running"):
+        invoke(fn, request(), lines)
+    assert invoke(load(EXAMPLES / "python" / "hello"), request(), lines).status == 200
 
 
 def test_recursion_reports_stack(load: Loader, lines: list[host.LogLine]) -> None:
