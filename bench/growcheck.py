@@ -1,0 +1,63 @@
+"""What the memory.grow rewrite (edge/sandbox/growcheck.py) adds to loading a component.
+
+It runs only when a component is compiled (a compile cache miss), so it is set beside the
+compile it precedes: for the C, Python and JS hello, the rewrite's wall time (median and worst
+of `--rounds`) and one compile of the rewritten component in a fresh engine.
+
+    .venv/bin/python -m bench.growcheck [--rounds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from wasmtime import component
+
+from edge.build import build_function
+from edge.sandbox import growcheck
+from edge.sandbox.engine import EngineSettings, SandboxEngine
+
+from .common import print_table, write_results
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "sdk" / "examples"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    rows = []
+    with SandboxEngine(EngineSettings(pool_total_instances=8)) as sandbox:
+        for lang in ("c", "python", "js"):
+            wasm = build_function(EXAMPLES / lang / "hello").read_bytes()
+            times_ms = []
+            for _ in range(args.rounds):
+                started = time.perf_counter()
+                result = growcheck.instrument(wasm)
+                times_ms.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            component.Component(sandbox.engine_for(len(wasm)), result.wasm)
+            compile_ms = (time.perf_counter() - started) * 1000
+            rows.append(
+                {
+                    "component": f"hello-{lang}",
+                    "size_mib": round(len(wasm) / 2**20, 2),
+                    "modules_rewritten": result.modules,
+                    "grow_sites": result.sites,
+                    "skipped": len(result.skipped),
+                    "bytes_added": len(result.wasm) - len(wasm),
+                    "rewrite_p50_ms": round(statistics.median(times_ms), 2),
+                    "rewrite_max_ms": round(max(times_ms), 2),
+                    "compile_ms": round(compile_ms, 1),
+                }
+            )
+    print_table("memory.grow rewrite per component load (cache miss)", rows)
+    path = write_results("growcheck", rows, {"rounds": args.rounds})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
