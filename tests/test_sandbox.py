@@ -198,7 +198,7 @@ def test_module_left_unchecked_is_reported_and_still_compiles(
     cache.load(component, engine=wasmtime.Engine(config), warn=warnings.append)
     (warning,) = warnings
     assert "left unchecked in core module 0: unknown composite type 0x5d" in warning
-    assert "count as traps" in warning
+    assert "a memory-limit hit there is a trap" in warning
 
 
 # --- requests -----------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def is_check(function_name: str | None) -> bool:
 
 @dataclass
 class Instrumented:
-    wasm: bytes
+    wasm: bytes  # the input itself when no module was rewritten
     modules: int = 0  # core modules rewritten
     sites: int = 0  # memory.grow instructions now checked
     skipped: list[str] = field(default_factory=list)  # why modules were left as they were
@@ -163,6 +163,8 @@ class _Layout:
                 for _ in range(count):
                     is64, pos = memory_is_64(data, pos)
                     self.memories.append(is64)
+                if pos != s.end:
+                    raise Undecodable("memory section does not end at its size", pos)
             elif s.id == _TYPE:
                 self.types = s
             elif s.id == _FUNCTION:
@@ -201,6 +203,8 @@ class _Layout:
 
 def _module(data: bytes) -> tuple[bytes, int] | None:
     """The rewritten module and how many sites it checks; None when it has no memory.grow."""
+    if not data.startswith(MODULE_PREAMBLE):
+        raise Undecodable("not a core module of version 1", 0)
     try:
         sections = _sections(data, 8)
         layout = _Layout(data, sections)
@@ -209,12 +213,18 @@ def _module(data: bytes) -> tuple[bytes, int] | None:
         edits = _grow_edits(data, layout.code, len(layout.memories) == 1)
         if not edits:
             return None
-        return _rewrite(data, sections, layout, edits), sum(len(e[3]) for e in edits)
+        return _rewrite(data, sections, layout, edits), sum(len(e.sites) for e in edits)
     except IndexError:
         raise Undecodable("truncated module", len(data)) from None
 
 
-_Edit = tuple[int, int, int, list[tuple[int, int]]]  # size field, body start, end, grow sites
+class _Edit(NamedTuple):
+    """A function body with memory.grow in it."""
+
+    size_at: int  # where its size field is
+    body: int
+    end: int
+    sites: list[tuple[int, int]]  # see wasm_decode.grow_sites
 
 
 def _grow_edits(data: bytes, code: _Section, one_memory: bool) -> list[_Edit]:
@@ -230,7 +240,7 @@ def _grow_edits(data: bytes, code: _Section, one_memory: bool) -> list[_Edit]:
         if not one_memory or find(first, body, end) >= 0 or find(padded, body, end) >= 0:
             sites = grow_sites(data, body, end)
             if sites:
-                edits.append((pos, body, end, sites))
+                edits.append(_Edit(pos, body, end, sites))
         pos = end
     if pos != code.end:
         raise Undecodable("code section does not end at its size", pos)
