@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import wasmtime
+from hypothesis import example, given
+from hypothesis import strategies as st
 from wasmtime import component as cm
 
 from edge.build.toolchain import Toolchain
@@ -323,6 +325,17 @@ def test_bad_bodies_raise_undecodable() -> None:
         grow_sites(b"\x00\x41\x80\x00\x0b", 0, 3)
 
 
+@given(st.binary(max_size=64))
+@example(b"\x01\x01\x7f\x40\x00\x0b")
+@example(b"\x00\xfd\x80\x80\x04")
+def test_any_body_decodes_or_raises_undecodable(body: bytes) -> None:
+    try:
+        sites = grow_sites(body, 0, len(body))
+    except Undecodable:
+        return
+    assert all(0 < after <= len(body) for after, _ in sites)
+
+
 # --- components and junk --------------------------------------------------------------------------
 
 COMPONENT = f"""(component
@@ -355,6 +368,14 @@ def test_junk_comes_back_unchanged_and_never_raises() -> None:
     for broken in (component[:-3], component + b"junk"):
         result = growcheck.instrument(broken)
         assert result.wasm == broken and result.skipped  # and said why it left it alone
+
+
+@given(st.integers(min_value=0), st.integers(min_value=0, max_value=255))
+def test_any_corrupted_byte_gives_bytes_never_an_exception(at: int, value: int) -> None:
+    component = bytearray(wat(COMPONENT))
+    component[at % len(component)] = value
+    result = growcheck.instrument(bytes(component))
+    assert result.modules or result.wasm == bytes(component)
 
 
 # --- real components ------------------------------------------------------------------------------
