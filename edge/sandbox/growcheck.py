@@ -16,6 +16,7 @@ know is kept as it is and reported: its limit hits stay plain traps. Sans-I/O.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -52,7 +53,7 @@ _CHECK_BODIES = {
 }
 # memory.grow of memory 0 (also written with a padded LEB index): in a module with one memory,
 # only bodies holding these bytes are decoded.
-_GROW_PATTERNS = (b"\x40\x00", b"\x40\x80")
+_GROW_BYTES = re.compile(b"\x40[\x00\x80]")
 
 
 def is_check(function_name: str | None) -> bool:
@@ -229,15 +230,21 @@ class _Edit(NamedTuple):
 
 def _grow_edits(data: bytes, code: _Section, one_memory: bool) -> list[_Edit]:
     count, pos = read_uleb(data, code.start)
+    hits: list[int] = []
+    if one_memory:  # where the code could hold a memory.grow; only those bodies are decoded
+        hits = [m.start() for m in _GROW_BYTES.finditer(data, pos, code.end)]
+        if not hits:
+            return []
+    next_hit = 0
     edits: list[_Edit] = []
-    find = data.find
-    first, padded = _GROW_PATTERNS
     for _ in range(count):
         size, body = read_uleb(data, pos)
         end = body + size
         if end > code.end:
             raise Undecodable("function body runs past the code section", pos)
-        if not one_memory or find(first, body, end) >= 0 or find(padded, body, end) >= 0:
+        while next_hit < len(hits) and hits[next_hit] < body:
+            next_hit += 1
+        if not one_memory or (next_hit < len(hits) and hits[next_hit] < end):
             sites = grow_sites(data, body, end)
             if sites:
                 edits.append(_Edit(pos, body, end, sites))
