@@ -41,6 +41,7 @@ from edge.control.errors import Forbidden, NotFound, PayloadTooLarge, Unauthoriz
 from edge.control.feeds import NodeWatch, RevisionFeed, SnapshotCache
 from edge.control.health import UNCHECKED, ActiveChecks, CheckTable
 from edge.control.live import TrafficWindow, parse_report
+from edge.control.log_store import LogStore
 from edge.control.logs_api import log_routes
 from edge.control.metrics import ControlMetrics
 from edge.control.records import Change, FunctionState, Node, Principal, RegionChange, Version
@@ -49,7 +50,7 @@ from edge.control.signing import Signer
 from edge.control.snapshot import build_snapshot
 from edge.control.split import valid_sticky
 from edge.control.status import status_json
-from edge.control.store import Store
+from edge.control.store import DB_NAME, Store
 from edge.control.wire import METADATA_HEADER, decode_metadata
 from edge.errors import BadRequest, ConfigError, EdgeError
 from edge.node.routing import normalize_host
@@ -70,6 +71,9 @@ class ControlSettings:
     max_component_bytes: int = 64 * MIB
     max_metadata_bytes: int = 16 * KIB
     traffic_window_s: float = 10.0
+    # Function log lines kept (edge.control.log_store): the newest per function, none older.
+    log_max_lines_per_function: int = 100_000
+    log_max_age_s: float = 24 * 3600.0
     # Active checks of every node's /healthz (edge.control.health); rise/fall in checks.
     health_interval_s: float = 2.0
     health_timeout_s: float = 1.0
@@ -178,6 +182,8 @@ def create_app(
         store.now,
     )  # fmt: skip
     traffic = TrafficWindow(settings.traffic_window_s, now)
+    logs = LogStore(store.data_dir / DB_NAME, max_lines=settings.log_max_lines_per_function,
+                    max_age_s=settings.log_max_age_s, now=store.now)  # fmt: skip
     watch = NodeWatch(store.nodes(), settings.node_stale_after_s, now)
     checked = CheckTable(
         rise=settings.health_rise, fall=settings.health_fall,
@@ -207,6 +213,7 @@ def create_app(
         finally:
             await cancel_all([follower])
             await checks.aclose()
+            logs.close()
 
     def run(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         return anyio.to_thread.run_sync(fn, *args)
@@ -611,7 +618,7 @@ def create_app(
         Route("/", to_dashboard, methods=["GET"]),
         Mount("/dashboard", Dashboard()),
     ]
-    routes += log_routes(store, RevisionFeed(0), tenant, node, json_body, run, function_name, now)
+    routes += log_routes(store, logs, tenant, node, json_body, run, function_name, now)
     # Not in `routes`: the OpenAPI description is of the token-protected API.
     served = [*routes, Route("/metrics", metrics_page, methods=["GET"])]
     return Starlette(
