@@ -64,8 +64,12 @@ def dev(
         serve_dev(project, host, port, out)
 
 
-@app.command()
+node_app = typer.Typer(add_completion=False)
+
+
+@node_app.callback(invoke_without_command=True)
 def node(
+    ctx: typer.Context,
     config: Annotated[Path | None, typer.Option("--config", help="node.toml")] = None,
     control: Annotated[str | None, typer.Option(help="control plane URL to follow")] = None,
     region: Annotated[str | None, typer.Option(help="this node's region")] = None,
@@ -80,7 +84,10 @@ def node(
 ) -> None:
     """Run an edge node: from a node.toml, or following a control plane (--control).
 
-    --json: events on stdout, one per line (ready, function_error); request logs stay on stderr."""
+    --json: events on stdout, one per line (ready, function_error); request logs stay on stderr.
+    `edge node forget ID` removes a node that is gone for good from the control plane."""
+    if ctx.invoked_subcommand is not None:
+        return
     from edge.node.main import node_config_from_args, run_node
 
     out = Output(as_json)
@@ -115,11 +122,13 @@ def up(
 
 
 def _register_subsystems() -> None:
-    from edge.control import admin_commands, log_commands, region_commands
+    from edge.control import admin_commands, log_commands, node_commands, region_commands
     from edge.control.commands import register
     from edge.traffic.main import dns
 
     register(app)
+    node_commands.register(node_app)
+    app.add_typer(node_app, name="node")
     region_commands.register(app)
     log_commands.register(app)
     admin_commands.register(app)

@@ -11,14 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import dns.edns
 import dns.exception
-import dns.message
-import dns.query
 import pytest
 
 from .cluster import Control, follower
 from .conftest import REPO, NodeFactory, Proc, _spawn, free_port, wait_until
+from .geo_dns import dns_and_health_toml, resolve
 
 GEOIP_TEST_DB = REPO.parent / "shared" / "geoip" / "GeoIP2-City-Test.mmdb"
 LONDON = "81.2.69.160/27"  # eu-west (Dublin) is nearest
@@ -26,22 +24,6 @@ SAN_DIEGO = "214.78.120.0/22"
 TOKYO = "2001:218::/48"  # ap-south (Mumbai) once it exists, eu-west (over the pole) before
 EU_1, EU_2, US_1, AP_1 = "127.0.0.21", "127.0.0.24", "127.0.0.22", "127.0.0.23"
 QUERIES = 12  # per check: random source ports spread them over both UDP workers
-
-TRAFFIC_TOML = """
-[dns]
-zone = "edge.test."
-hosts = ["hello"]
-nameservers = ["ns1.edge.test."]
-ttl_s = 5
-port = {port}
-
-[health]
-interval_s = 0.3
-timeout_s = 0.5
-rise = 1
-fall = 2
-"""
-
 
 @dataclass
 class Stack:
@@ -59,10 +41,7 @@ class Stack:
         """Every address of QUERIES answers (one set: the answers must agree to be one)."""
         seen: set[str] = set()
         for _ in range(QUERIES):
-            q = dns.message.make_query("hello.edge.test", "A")
-            q.use_edns(0, options=[dns.edns.ECSOption.from_text(subnet)])
-            r = dns.query.udp(q, "127.0.0.1", port=self.port, timeout=2)
-            seen |= {rr.address for rrset in r.answer for rr in rrset}
+            seen |= resolve(self.port, subnet)
         return seen
 
     def wait_for(self, subnet: str, want: set[str], timeout_s: float = 20.0) -> None:
@@ -87,7 +66,7 @@ class Stack:
 def stack(control: Control, start_node: NodeFactory, tmp_path: Path) -> Iterator[Stack]:
     port = free_port()
     config = tmp_path / "traffic.toml"
-    config.write_text(TRAFFIC_TOML.format(port=port))
+    config.write_text(dns_and_health_toml(port, interval_s=0.3))
     log = tmp_path / "dns.log"
     proc = Proc(
         _spawn(["dns", "--config", str(config), "--control", control.url,
@@ -142,7 +121,7 @@ def test_region_map_comes_from_the_control_plane(stack: Stack) -> None:
 
 def test_without_control_plane_or_regions_edge_dns_says_what_is_missing(tmp_path: Path) -> None:
     config = tmp_path / "traffic.toml"
-    config.write_text(TRAFFIC_TOML.format(port=free_port()))
+    config.write_text(dns_and_health_toml(free_port(), interval_s=0.3))
     done = subprocess.run([sys.executable, "-m", "edge", "dns", "--config", str(config)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode != 0

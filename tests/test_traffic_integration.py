@@ -10,15 +10,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import dns.edns
 import dns.exception
-import dns.message
-import dns.query
 import httpx
 import pytest
 
 from .cluster import FUNCTION, Control, converge, follower, upload
 from .conftest import NodeFactory, Proc, _spawn, free_port, wait_until
+from .geo_dns import dns_and_health_toml, resolve
 
 pytestmark = pytest.mark.toolchain
 
@@ -37,20 +35,7 @@ class Stack:
 
 
 def traffic_toml(eu_url: str, us_url: str, port: int) -> str:
-    return f"""
-[dns]
-zone = "edge.test."
-hosts = ["hello"]
-nameservers = ["ns1.edge.test."]
-ttl_s = 5
-port = {port}
-
-[health]
-interval_s = 0.5
-timeout_s = 0.5
-rise = 1
-fall = 2
-
+    return dns_and_health_toml(port) + f"""
 [[region]]
 name = "eu-west"
 latitude_deg = 53.35
@@ -70,13 +55,6 @@ health_url = "{us_url}/healthz"
 [steering]
 default = ["us-east", "eu-west"]
 """
-
-
-def resolve(port: int, subnet: str) -> set[str]:
-    q = dns.message.make_query("hello.edge.test", "A")
-    q.use_edns(0, options=[dns.edns.ECSOption.from_text(subnet)])
-    r = dns.query.udp(q, "127.0.0.1", port=port, timeout=2)
-    return {rr.address for rrset in r.answer for rr in rrset}
 
 
 @pytest.fixture

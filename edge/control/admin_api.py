@@ -26,15 +26,19 @@ T = TypeVar("T")
 Authenticate = Callable[[Request], Awaitable[Principal]]
 
 
+async def require_admin(authenticate: Authenticate, request: Request) -> Principal:
+    p = await authenticate(request)
+    if p.kind != "api" or ADMIN_SCOPE not in p.scopes:
+        raise Forbidden("this token lacks the 'admin' scope")
+    return p
+
+
 def admin_routes(store: Store, authenticate: Authenticate) -> list[Route]:
     def run(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         return anyio.to_thread.run_sync(fn, *args)
 
     async def admin(request: Request) -> Principal:
-        p = await authenticate(request)
-        if p.kind != "api" or ADMIN_SCOPE not in p.scopes:
-            raise Forbidden("this token lacks the 'admin' scope")
-        return p
+        return await require_admin(authenticate, request)
 
     async def create_tenant(request: Request) -> Response:
         """Create a tenant (admin scope). Body: {"name": str}. Answers 201, 409 if it exists."""

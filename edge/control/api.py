@@ -34,13 +34,14 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from edge.config.function import NAME_RE, parse_function_config
-from edge.control.admin_api import admin_routes
+from edge.control.admin_api import admin_routes, require_admin
 from edge.control.bodies import field, json_body, number, optional_int, optional_ip
 from edge.control.dashboard import Dashboard
-from edge.control.errors import Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from edge.control.errors import Forbidden, NodeAlive, NotFound, PayloadTooLarge, Unauthorized
 from edge.control.feeds import NodeWatch, RevisionFeed, SnapshotCache
 from edge.control.health import UNCHECKED, ActiveChecks, CheckTable
 from edge.control.live import TrafficWindow, parse_report
+from edge.control.log_store import LogStore
 from edge.control.logs_api import log_routes
 from edge.control.metrics import ControlMetrics
 from edge.control.records import Change, FunctionState, Node, Principal, RegionChange, Version
@@ -48,8 +49,8 @@ from edge.control.regions import MAX_OVER_S, REGION_RE, Region
 from edge.control.signing import Signer
 from edge.control.snapshot import build_snapshot
 from edge.control.split import valid_sticky
-from edge.control.status import status_json
-from edge.control.store import Store
+from edge.control.status import node_json, status_json
+from edge.control.store import DB_NAME, Store
 from edge.control.wire import METADATA_HEADER, decode_metadata
 from edge.errors import BadRequest, ConfigError, EdgeError
 from edge.node.routing import normalize_host
@@ -70,6 +71,9 @@ class ControlSettings:
     max_component_bytes: int = 64 * MIB
     max_metadata_bytes: int = 16 * KIB
     traffic_window_s: float = 10.0
+    # Function log lines kept (edge.control.log_store): the newest per function, none older.
+    log_max_lines_per_function: int = 100_000
+    log_max_age_s: float = 24 * 3600.0
     # Active checks of every node's /healthz (edge.control.health); rise/fall in checks.
     health_interval_s: float = 2.0
     health_timeout_s: float = 1.0
@@ -178,6 +182,8 @@ def create_app(
         store.now,
     )  # fmt: skip
     traffic = TrafficWindow(settings.traffic_window_s, now)
+    logs = LogStore(store.data_dir / DB_NAME, max_lines=settings.log_max_lines_per_function,
+                    max_age_s=settings.log_max_age_s, now=store.now)  # fmt: skip
     watch = NodeWatch(store.nodes(), settings.node_stale_after_s, now)
     checked = CheckTable(
         rise=settings.health_rise, fall=settings.health_fall,
@@ -207,6 +213,7 @@ def create_app(
         finally:
             await cancel_all([follower])
             await checks.aclose()
+            logs.close()
 
     def run(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         return anyio.to_thread.run_sync(fn, *args)
@@ -562,6 +569,25 @@ def create_app(
             "state": r.state(now), "share": round(r.share(now), 4),
         })  # fmt: skip
 
+    async def forget_node(request: Request) -> Response:
+        """Remove a node that is gone for good (admin scope): its row, so status, regions,
+        metrics and the dashboard stop listing it, and its endpoint, in a "node" revision.
+
+        Only a node that stopped reporting (stale) and that the control plane's check does not
+        see up: any other answers 409 node_alive. A forgotten node that reports again simply
+        joins again."""
+        p = await require_admin(authenticate, request)
+        node_id = str(request.path_params["id"])
+        if check_views().get(node_id, UNCHECKED)["check"] == "up":
+            raise NodeAlive(f"node {node_id!r} passes the control plane's health check")
+        gone, revision = await run(
+            store.forget_node, node_id, settings.node_stale_after_s, p.label
+        )
+        await publish(revision)
+        watch.forget(node_id)
+        return JSONResponse({"revision": revision, "forgotten": node_json(
+            gone, revision, now(), settings.node_stale_after_s)})
+
     async def to_dashboard(_: Request) -> Response:
         """The operator dashboard (a static page that asks for a token)."""
         return RedirectResponse("/dashboard/")
@@ -606,12 +632,13 @@ def create_app(
         Route("/v1/regions", regions, methods=["GET"]),
         Route("/v1/regions/{name}", region_set, methods=["PUT"]),
         Route("/v1/regions/{name}/{action}", region_change, methods=["POST"]),
+        Route("/v1/nodes/{id}", forget_node, methods=["DELETE"]),
         *admin_routes(store, authenticate),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/", to_dashboard, methods=["GET"]),
         Mount("/dashboard", Dashboard()),
     ]
-    routes += log_routes(store, RevisionFeed(0), tenant, node, json_body, run, function_name, now)
+    routes += log_routes(store, logs, tenant, node, json_body, run, function_name, now)
     # Not in `routes`: the OpenAPI description is of the token-protected API.
     served = [*routes, Route("/metrics", metrics_page, methods=["GET"])]
     return Starlette(

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -158,6 +159,9 @@ class ControlClient:
                         yield json.loads(text)
         except httpx.HTTPError as e:
             raise ControlUnreachable(f"control plane at {self.url}: {e}") from None
+
+    def forget_node(self, node_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/v1/nodes/{quote(node_id, safe='')}")
 
     def regions(self) -> dict[str, Any]:
         return self._json("GET", "/v1/regions")

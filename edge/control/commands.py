@@ -81,19 +81,27 @@ def serve(
     health_fall: Annotated[int, typer.Option(
         "--health-fall", min=1, help="failures in a row that take an up node down"
     )] = 2,
+    log_max_lines: Annotated[int, typer.Option(
+        "--log-max-lines", min=1, help="function log lines kept per function (the newest)"
+    )] = 100_000,
+    log_max_age: Annotated[float, typer.Option(
+        "--log-max-age", min=1, help="seconds a function log line is kept"
+    )] = 24 * 3600.0,
     as_json: JsonOption = False,
 ) -> None:
     """Run the control plane. The first start creates tenant "default" and prints its tokens.
 
     It checks every node's /healthz itself (`edge status` shows the result) with the
-    --health-* timing. --json: events on stdout, one per line (bootstrapped with the tokens,
-    ready)."""
+    --health-* timing. Function log lines shipped by nodes are kept in the database, up to
+    --log-max-lines per function and --log-max-age seconds. --json: events on stdout, one per
+    line (bootstrapped with the tokens, ready)."""
     from edge.control.api import ControlSettings
     from edge.control.server import run_control
 
     settings = ControlSettings(
         health_interval_s=health_interval, health_timeout_s=health_timeout,
         health_rise=health_rise, health_fall=health_fall,
+        log_max_lines_per_function=log_max_lines, log_max_age_s=log_max_age,
     )  # fmt: skip
     with Output(as_json) as out, suppress(KeyboardInterrupt):
         asyncio.run(run_control(data, listen, settings, out=out))

@@ -33,6 +33,12 @@ class Conflict(EdgeError):
     reason = "conflict"
 
 
+class NodeAlive(Conflict):
+    """`edge node forget` of a node that still reports or passes its health check."""
+
+    reason = "node_alive"
+
+
 class PayloadTooLarge(EdgeError):
     status = 413
     reason = "payload_too_large"

@@ -87,6 +87,9 @@ class NodeWatch:
             self._seen[node_id] = Seen(revision, self._now())
             self._changed.notify_all()
 
+    def forget(self, node_id: str) -> None:
+        self._seen.pop(node_id, None)
+
     def laggards(self, revision: int) -> list[str]:
         """Nodes still reporting (not stale) that have not applied `revision`."""
         now = self._now()

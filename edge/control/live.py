@@ -1,7 +1,7 @@
 """Live request rate and latency per function and region, from nodes' traffic reports (pure).
 
 A node reports, per (function, version), counters since it started: a latency histogram with
-the fixed bounds of `/metrics` (edge.node.tally), whose sum is the request count. For each
+the fixed bounds of `/metrics` (edge.node.traffic_report), whose sum is the request count. For each
 (node, function, version) the window keeps the last report as a baseline and the differences
 between consecutive reports, stamped with the time they arrived, for `window_s` seconds. Then:
 
@@ -29,7 +29,7 @@ from edge.config.function import NAME_RE
 from edge.control.errors import PayloadTooLarge
 from edge.errors import BadRequest
 from edge.node.metrics import LATENCY_BUCKETS_S
-from edge.node.tally import BUCKET_COUNT
+from edge.node.traffic_report import BUCKET_COUNT
 
 MAX_SERIES_PER_REPORT = 1000
 MAX_COUNT = 2**53  # what a JSON number carries exactly; also what JavaScript reads exactly

@@ -1,18 +1,14 @@
-"""Function logs at the control plane (sans-I/O): what nodes ship, kept per tenant, queried.
+"""Function logs at the control plane (sans-I/O): what nodes ship, validated line by line.
 
 Nodes post batches of lines (edge.node.logship); each line names its function as
-"<tenant>/<name>", as snapshots do, and the node adds its region and id. Lines are kept in
-memory, the last `per_tenant_lines` per tenant (a tenant that logs a lot pushes out only its
-own old lines), numbered by one sequence so a follower can ask for what came after the last line
-it saw. They do not survive a restart of the control plane: a log store for the long term is a
-collector's job, and every node also writes its lines to stderr.
+"<tenant>/<name>", as snapshots do, and the node adds its region and id. edge.control.log_store
+keeps them, with bounded retention: a log store for the long term is a collector's job, and
+every node also writes its lines to stderr.
 """
 
 from __future__ import annotations
 
 import re
-from collections import deque
-from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,44 +93,3 @@ def parse_batch(body: dict[str, Any]) -> tuple[str, str, list[NodeLine], int]:
     parsed = [parse_line(raw) for raw in lines]
     valid = [p for p in parsed if p is not None]
     return node, region, valid, len(parsed) - len(valid)
-
-
-class LogStore:
-    def __init__(self, per_tenant_lines: int = 10_000) -> None:
-        self.per_tenant_lines = per_tenant_lines
-        self.seq = 0  # of the newest line
-        self._tenants: dict[str, deque[StoredLine]] = {}
-
-    def add(self, node: str, region: str, lines: list[NodeLine],
-            tenants: Container[str]) -> int:  # fmt: skip
-        """Keeps the lines of known tenants; returns how many were kept."""
-        kept = 0
-        for line in lines:
-            if line.tenant not in tenants:
-                continue
-            ring = self._tenants.get(line.tenant)
-            if ring is None:
-                ring = self._tenants[line.tenant] = deque(maxlen=self.per_tenant_lines)
-            self.seq += 1
-            ring.append(StoredLine(self.seq, region, node, line))
-            kept += 1
-        return kept
-
-    def query(
-        self,
-        tenant: str,
-        function: str,
-        *,
-        after_seq: int = 0,
-        since_unix: float | None = None,
-        region: str | None = None,
-        limit: int = 1000,
-    ) -> list[StoredLine]:
-        """The newest `limit` lines of `function` matching the filters, oldest first."""
-        found = [
-            s for s in self._tenants.get(tenant, ())
-            if s.seq > after_seq and s.line.function == function
-            and (since_unix is None or s.line.time_unix >= since_unix)
-            and (region is None or s.region == region)
-        ]  # fmt: skip
-        return found[-limit:] if limit > 0 else []

@@ -1,4 +1,4 @@
-"""The function-log endpoints of the control plane API (see edge.control.logs for the store).
+"""The function-log endpoints of the control plane API (edge.control.log_store keeps the lines).
 
     POST /v1/node/logs                nodes ship batches (node token)
     GET  /v1/functions/{name}/logs    a tenant reads its function's lines (read scope), or with
@@ -13,14 +13,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from edge.control.errors import NotFound, PayloadTooLarge
-from edge.control.logs import LogStore, parse_batch
+from edge.control.feeds import RevisionFeed
+from edge.control.log_store import LogStore
+from edge.control.logs import StoredLine, parse_batch
 from edge.control.records import Principal
 from edge.control.regions import REGION_RE, parse_duration_s
 from edge.errors import BadRequest
@@ -29,16 +31,6 @@ HEARTBEAT_S = 15.0
 MAX_LIMIT = 10_000
 MAX_BATCH_BYTES = 16 * 1024 * 1024  # a node's batch is at most 1000 lines of 4 KiB
 NDJSON = "application/x-ndjson"
-
-
-class Feed(Protocol):
-    """edge.control.api.RevisionFeed, here counting log lines."""
-
-    revision: int
-
-    async def publish(self, revision: int) -> None: ...
-
-    async def wait_beyond(self, after: int, timeout_s: float) -> int | None: ...
 
 
 TenantAuth = Callable[[Request, str], Awaitable[tuple[int, Principal]]]
@@ -69,32 +61,28 @@ def _query(request: Request, now: float) -> tuple[int, float | None, str | None,
 
 def log_routes(
     store: Any,  # edge.control.store.Store
-    feed: Feed,
+    logs: LogStore,
     tenant: TenantAuth,
     node: NodeAuth,
     json_body: JsonBody,
     run: Run,
     function_name: Callable[[Request], str],
     now: Callable[[], float] = time.time,
-    logs: LogStore | None = None,
 ) -> list[BaseRoute]:
-    logs = logs or LogStore()
-    known: set[str] = set()  # tenant names; reread when a batch names another one
+    feed = RevisionFeed(logs.seq)  # here counting log lines: followers wait on it
 
     async def node_logs(request: Request) -> Response:
         """Ship function log lines (node token).
 
         Body: {"node_id", "region", "lines": [{"function": "<tenant>/<name>", "version",
         "request_id", "trace_id", "level", "source", "message", "time"}, ...]}. Malformed lines
-        and lines of unknown tenants are counted in "rejected", not stored."""
+        and lines of functions no tenant has are counted in "rejected", not stored."""
         await node(request)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_BATCH_BYTES:
             raise PayloadTooLarge(f"a log batch is limited to {MAX_BATCH_BYTES} bytes")
         node_id, region, lines, malformed = parse_batch(await json_body(request))
-        if any(line.tenant not in known for line in lines):
-            known.update(await run(store.tenant_names))
-        kept = logs.add(node_id, region, lines, known)
+        kept = await run(logs.add, node_id, region, lines)
         if kept:
             await feed.publish(logs.seq)
         return JSONResponse({"kept": kept, "rejected": malformed + len(lines) - kept})
@@ -107,16 +95,18 @@ def log_routes(
         Each line: seq, time, function, version, region, node, request_id, trace_id, level,
         source ("log", "stdout", "stderr", or "platform" for the platform's own errors such as
         traps and deadlines), message."""
-        tenant_id, p = await tenant(request, "read")
+        tenant_id, _ = await tenant(request, "read")
         name = function_name(request)
         if name not in await run(store.function_names, tenant_id):
             raise NotFound(f"no function {name!r}")
         after, since, region, limit, follow = _query(request, now())
-        assert p.tenant is not None
-        who = p.tenant
+
+        def read(after_seq: int, most: int) -> list[StoredLine]:
+            return logs.query(tenant_id, name, after_seq=after_seq, since_unix=since,
+                              region=region, limit=most)  # fmt: skip
+
         if not follow:
-            lines = logs.query(who, name, after_seq=after, since_unix=since, region=region,
-                               limit=limit)  # fmt: skip
+            lines = await run(read, after, limit)
             return JSONResponse({"lines": [s.to_json() for s in lines],
                                  "next": lines[-1].seq if lines else max(after, 0)})
 
@@ -124,9 +114,9 @@ def log_routes(
             cursor, first = after, True
             while True:
                 upto = logs.seq
-                lines = logs.query(who, name, after_seq=cursor, since_unix=since,
-                                   region=region, limit=limit if first else MAX_LIMIT)
-                first, cursor = False, upto
+                lines = await run(read, cursor, limit if first else MAX_LIMIT)
+                # A batch stored while reading may be in `lines` already: never show it twice.
+                first, cursor = False, max(upto, lines[-1].seq if lines else 0)
                 if lines:
                     yield "".join(json.dumps(s.to_json(), ensure_ascii=False) + "\n"
                                   for s in lines)  # fmt: skip

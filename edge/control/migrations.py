@@ -179,4 +179,24 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE nodes ADD COLUMN ipv4 TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE nodes ADD COLUMN ipv6 TEXT NOT NULL DEFAULT ''",
     ],
+    # Function log lines shipped by nodes (edge.control.log_store), kept across restarts.
+    # AUTOINCREMENT: a seq is never reused, or a follower's cursor could skip new lines.
+    # received_unix is the control plane's clock (node clocks may be off): retention by age.
+    8: [
+        """CREATE TABLE function_logs (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            function_id INTEGER NOT NULL REFERENCES functions(id),
+            received_unix REAL NOT NULL,
+            time_unix REAL NOT NULL,
+            region TEXT NOT NULL,
+            node TEXT NOT NULL,
+            version TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            trace_id TEXT NOT NULL,
+            level TEXT NOT NULL,
+            source TEXT NOT NULL,
+            message TEXT NOT NULL
+        )""",
+        "CREATE INDEX function_logs_by_function ON function_logs(function_id, seq)",
+    ],
 }

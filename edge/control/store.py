@@ -26,7 +26,7 @@ from typing import Any
 
 from edge.control import history
 from edge.control.blobs import BlobStore
-from edge.control.errors import Conflict, NotFound
+from edge.control.errors import Conflict, NodeAlive, NotFound
 from edge.control.migrations import MIGRATIONS
 from edge.control.records import (
     TOKEN_SCOPES,
@@ -698,15 +698,31 @@ class Store:
              requests_total, rate, ipv4, ipv6),
         )
 
+    def forget_node(self, node_id: str, stale_after_s: float, author: str) -> tuple[Node, int]:
+        """Deletes a node that stopped reporting more than `stale_after_s` ago (NodeAlive if it
+        did not), and returns its last row and the "node" revision that takes its endpoint out
+        of snapshots. Should it report again, it joins like a new node."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM nodes WHERE id = ?", (node_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no node {node_id!r}")
+            node = _node(row)
+            silent_s = self.now() - node.last_report_unix
+            if silent_s <= stale_after_s:
+                raise NodeAlive(
+                    f"node {node_id!r} reported {max(silent_s, 0):.0f} s ago; only a node "
+                    f"silent for over {stale_after_s:g} s can be forgotten"
+                )
+            db.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
+            keys = ("region", "url", "ipv4", "ipv6")
+            before = {"node": node_id, **{k: row[k] for k in keys}}
+            after = {"node": node_id, "region": node.region, "url": "", "ipv4": "", "ipv6": ""}
+            return node, self._write_subject(db, "node", node_id, before, after, author)
+
     def nodes(self) -> list[Node]:
         with self._tx() as db:
             rows = db.execute("SELECT * FROM nodes ORDER BY region, id").fetchall()
-        return [
-            Node(r["id"], r["region"], r["applied_revision"], r["last_report_unix"],
-                 bool(r["healthy"]), r["convergence_ms"], r["last_error"], r["url"],
-                 r["requests_total"], r["requests_per_s"], r["ipv4"], r["ipv6"])
-            for r in rows
-        ]
+        return [_node(r) for r in rows]
 
     # --- regions (operator configuration; not part of any tenant) -------------------------------
     # Every change is one "region" revision holding the region's whole state, so snapshots carry
@@ -808,6 +824,12 @@ def _region(r: sqlite3.Row) -> Region:
             r["drain_from_share"],
         )
     return Region(r["name"], r["latitude"], r["longitude"], r["weight"], drain)
+
+
+def _node(r: sqlite3.Row) -> Node:
+    return Node(r["id"], r["region"], r["applied_revision"], r["last_report_unix"],
+                bool(r["healthy"]), r["convergence_ms"], r["last_error"], r["url"],
+                r["requests_total"], r["requests_per_s"], r["ipv4"], r["ipv6"])  # fmt: skip
 
 
 def _token_info(r: sqlite3.Row) -> TokenInfo:

@@ -23,6 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import httpx
@@ -33,6 +34,7 @@ from edge.errors import EdgeError
 from edge.node.persisted import NodeState
 from edge.node.runtime import Loaded, NodeRuntime, Served, Unavailable
 from edge.node.spill import Topology
+from edge.node.traffic_report import traffic_series
 from edge.sandbox.function import LoadedFunction
 
 LONG_POLL_S = 25.0
@@ -74,7 +76,7 @@ class Follower:
         # Loaded versions by (function, number, sha256), least recently served first.
         self._loaded: OrderedDict[VersionKey, Loaded] = OrderedDict()
         self._report_lock = asyncio.Lock()
-        self._traffic_sent = 0  # the tally's observation count the control plane last received
+        self._traffic_sent: list[dict[str, Any]] = []  # the series the control plane last took
         self._client = httpx.AsyncClient(
             base_url=settings.url,
             headers={"authorization": f"Bearer {settings.token}"},
@@ -248,20 +250,19 @@ class Follower:
             await asyncio.sleep(HEARTBEAT_S)
 
     async def report_traffic(self) -> None:
-        tally = self.runtime.tally
-        observations = tally.observations
-        if observations == self._traffic_sent:
+        series = traffic_series(self.runtime.metrics)
+        if series == self._traffic_sent:
             return
         body = {
             "node_id": self.runtime.config.node_id,
             "region": self.runtime.config.region,
-            "started_unix": tally.started_unix,
-            "series": tally.series(),
+            "started_unix": self.runtime.metrics.started_unix,
+            "series": series,
         }
         with contextlib.suppress(httpx.HTTPError):  # counters since start: the next one catches up
             r = await self._client.post("/v1/node/traffic", json=body)
             if r.is_success:
-                self._traffic_sent = observations
+                self._traffic_sent = series
 
     async def traffic(self) -> None:
         while True:

@@ -10,6 +10,7 @@ a thousand versions. The node and its region are on `edge_node_info`, not on eve
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -40,7 +41,12 @@ class NodeMetrics:
         region: str = "",
         cache: CacheStats | None = None,
         revision: Callable[[], int | None] = lambda: None,
+        now: Callable[[], float] = time.time,
     ) -> None:
+        self.now = now
+        # Tells the control plane which life of the node the counters belong to: a restarted
+        # node counts from zero again, and must not look like negative traffic.
+        self.started_unix = now()
         self.registry = CollectorRegistry()
         r = self.registry
         fv = ["function", "version"]
@@ -106,6 +112,14 @@ class NodeMetrics:
                 series.remove()
             self._retired_requests += int(before - _total(self.requests))
 
+    def latency_counts(self) -> Iterator[tuple[Key, float, list[float]]]:
+        """Per (function, version) served, sorted: when its series began counting and its
+        latency histogram's cumulative bucket counts (one per bound, then +Inf)."""
+        for key, s in sorted(self._series.items()):
+            cumulative = [sample.value for metric in s.latency.collect()
+                          for sample in metric.samples if sample.name.endswith("_bucket")]
+            yield key, s.since_unix, cumulative
+
     def requests_total(self) -> int:
         """Function requests served since start (all labels): nodes report it, and the control
         plane turns two reports into requests per second."""
@@ -122,6 +136,7 @@ class FunctionSeries:
     def __init__(self, m: NodeMetrics, function: str, version: str) -> None:
         self.m = m
         self.key = (function, version)
+        self.since_unix = m.now()  # made by the first request of this (function, version)
         self.latency = m.latency.labels(function, version)
         self.instantiate = m.instantiate.labels(function, version)
         self.bytes_in = m.bytes_in.labels(function, version)

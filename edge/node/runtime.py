@@ -18,7 +18,6 @@ from edge.node.geo import GeoLookup
 from edge.node.metrics import NodeMetrics
 from edge.node.routing import Route, RoutingTable
 from edge.node.spill import Topology
-from edge.node.tally import Tally
 from edge.node.tracing import SpanExporter
 from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import SandboxEngine
@@ -90,7 +89,6 @@ class NodeRuntime:
         self.metrics = NodeMetrics(
             config.node_id, config.region, self.cache.stats, lambda: self.deployment.revision
         )
-        self.tally = Tally()
         self.spans: SpanExporter | None = None  # set when an OTLP endpoint is configured
 
     def load(self, source: FunctionSource) -> LoadedFunction | Unavailable:

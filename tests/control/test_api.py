@@ -54,6 +54,7 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/v1/regions/eu-west/drain", {"json": {"over_s": 60}}),
     ("GET", "/v1/traffic", {}),
     ("POST", "/v1/node/traffic", {"json": {}}),
+    ("DELETE", "/v1/nodes/eu-1", {}),
 ]
 
 

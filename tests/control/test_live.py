@@ -1,5 +1,5 @@
-"""The live-traffic math (edge.control.live, edge.node.tally): rates from counters, quantiles
-from merged buckets, restarts, the window sliding on a fake clock."""
+"""The live-traffic math (edge.control.live, edge.node.traffic_report): rates from counters,
+quantiles from merged buckets, restarts, the window sliding on a fake clock."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from edge.control.live import (
     quantile,
 )
 from edge.errors import BadRequest
-from edge.node.metrics import LATENCY_BUCKETS_S
-from edge.node.tally import BUCKET_COUNT, Tally, bucket_of
+from edge.node.metrics import LATENCY_BUCKETS_S, NodeMetrics
+from edge.node.traffic_report import BUCKET_COUNT, bucket_counts, traffic_series
 
 from .conftest import FakeClock
 
@@ -52,12 +52,22 @@ def report(
 # --- the histogram ------------------------------------------------------------------------------
 
 
-def test_bucket_of_counts_a_latency_on_the_bound_in_that_bucket() -> None:
-    assert bucket_of(0.0) == 0
-    assert bucket_of(LATENCY_BUCKETS_S[0]) == 0
-    assert bucket_of(LATENCY_BUCKETS_S[0] * 1.01) == 1
-    assert bucket_of(LATENCY_BUCKETS_S[-1]) == len(LATENCY_BUCKETS_S) - 1
-    assert bucket_of(60.0) == BUCKET_COUNT - 1  # slower than every bound: the overflow bucket
+def test_a_latency_on_a_bound_is_counted_in_that_bucket() -> None:
+    metrics = NodeMetrics(now=FakeClock(50.0))
+    latency = metrics.series("t/a", "1").latency
+    for seconds in (0.0, LATENCY_BUCKETS_S[0], LATENCY_BUCKETS_S[0] * 1.01,
+                    LATENCY_BUCKETS_S[-1], 60.0):  # fmt: skip
+        latency.observe(seconds)
+    [series] = traffic_series(metrics)
+    # 60 s is slower than every bound: the overflow bucket.
+    assert series["buckets"] == list(histogram(b0=2, b1=1, b16=1, b17=1))
+
+
+def test_cumulative_counts_become_one_count_per_bucket() -> None:
+    cumulative = [0.0] * 5 + [2.0] * 12 + [3.0]
+    assert bucket_counts(cumulative) == list(histogram(b5=2, b17=1))
+    with pytest.raises(ValueError, match="cumulative counts"):
+        bucket_counts([1.0, 2.0])
 
 
 def test_quantile_interpolates_inside_the_bucket_the_rank_falls_in() -> None:
@@ -82,19 +92,27 @@ def test_merging_histograms_adds_bucket_counts() -> None:
     assert merge([]) == histogram()
 
 
-def test_tally_counts_per_function_and_version_since_start() -> None:
+def test_reports_come_from_the_metrics_histogram_per_function_and_version() -> None:
     clock = FakeClock(50.0)
-    tally = Tally(now=clock)
-    tally.observe("t/a", "1", 0.0015)
+    metrics = NodeMetrics(now=clock)
+    assert traffic_series(metrics) == []
+    metrics.series("t/a", "1").latency.observe(0.0015)
     clock.advance(3)
-    tally.observe("t/a", "1", 0.0015)
-    tally.observe("t/a", "2", 30.0)
-    assert tally.started_unix == 50.0
-    assert tally.observations == 3
-    assert tally.series() == [
+    metrics.series("t/a", "1").latency.observe(0.0015)
+    metrics.series("t/a", "2").latency.observe(30.0)
+    metrics.series("t/b", "1")  # routed, but not answered yet: nothing to report
+    assert metrics.started_unix == 50.0
+    assert traffic_series(metrics) == [
         entry(function="t/a", since_unix=50.0, buckets=list(histogram(b5=2))),
         entry(function="t/a", version="2", since_unix=53.0, buckets=list(histogram(b17=1))),
     ]
+    # The very counts /metrics shows: one histogram, two readers.
+    text = metrics.exposition().decode()
+    assert 'edge_function_duration_seconds_count{function="t/a",version="1"} 2.0' in text
+    # A version the deployment no longer serves leaves the report, not only /metrics.
+    metrics.retain([("t/a", "2")])
+    assert traffic_series(metrics) == [
+        entry(function="t/a", version="2", since_unix=53.0, buckets=list(histogram(b17=1)))]
 
 
 # --- the window ----------------------------------------------------------------------------------

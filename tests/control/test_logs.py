@@ -3,11 +3,19 @@ real sockets: nodes ship, tenants read only their own functions' lines, follow s
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import queue
+import signal
 import socket
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,12 +23,20 @@ import pytest
 
 from edge.control.client import ControlClient
 from edge.control.errors import ControlUnreachable, RemoteError
-from edge.control.logs import LogStore, NodeLine, parse_batch, parse_line
+from edge.control.log_store import LogStore
+from edge.control.logs import NodeLine, StoredLine, parse_batch, parse_line
+from edge.control.store import DB_NAME, Store
 from edge.errors import BadRequest
-from tests.control.conftest import ControlServer
+from edge.node.logbuffer import LogBuffer
+from edge.node.logship import LogShipper
+from edge.sandbox.host import LogLine
+from tests.control.conftest import ControlServer, FakeClock, add_version, free_port
 from tests.control.test_api import upload
+from tests.control.test_crash import spawn, wait_ready
+from tests.control.test_logship import ship_once
 
 Start = Callable[..., ControlServer]
+MakeStore = Callable[..., Store]
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
@@ -33,34 +49,108 @@ def node_line(tenant: str, fn: str, message: str, t: float = 100.0) -> NodeLine:
     return NodeLine(tenant, fn, "1", "r", "", "info", "log", message, t)
 
 
-def test_each_tenant_keeps_its_own_newest_lines() -> None:
-    store = LogStore(per_tenant_lines=5)
-    store.add("n1", "eu", [node_line("quiet", "hello", "mine")], {"quiet", "loud"})
-    store.add("n1", "eu", [node_line("loud", "hello", f"spam {i}") for i in range(50)],
-              {"quiet", "loud"})
-    assert [s.line.message for s in store.query("quiet", "hello")] == ["mine"]
-    loud = [s.line.message for s in store.query("loud", "hello")]
-    assert loud == [f"spam {i}" for i in range(45, 50)]
-    # Unknown tenants are not stored at all.
-    assert store.add("n1", "eu", [node_line("ghost", "hello", "x")], {"quiet"}) == 0
-    assert store.query("ghost", "hello") == []
+def logs_of(store: Store, clock: FakeClock, **kw: Any) -> LogStore:
+    return LogStore(store.data_dir / DB_NAME, now=clock, **kw)
 
 
-def test_queries_filter_by_function_time_region_cursor_and_limit() -> None:
-    store = LogStore()
-    t = {"t"}
-    store.add("eu-1", "eu-west", [node_line("t", "a", "old", 10.0), node_line("t", "b", "b")], t)
-    store.add("us-1", "us-east", [node_line("t", "a", "new", 20.0)], t)
-    store.add("eu-1", "eu-west", [node_line("t", "a", "newest", 30.0)], t)
-    assert [s.line.message for s in store.query("t", "a")] == ["old", "new", "newest"]
-    assert [s.line.message for s in store.query("t", "a", since_unix=15.0)] == ["new", "newest"]
-    assert [s.line.message for s in store.query("t", "a", region="us-east")] == ["new"]
-    assert [(s.node, s.region) for s in store.query("t", "a", region="eu-west")] == [
-        ("eu-1", "eu-west"), ("eu-1", "eu-west")]
-    first = store.query("t", "a")[0]
-    assert [s.line.message for s in store.query("t", "a", after_seq=first.seq)] == ["new", "newest"]
-    assert [s.line.message for s in store.query("t", "a", limit=1)] == ["newest"]
-    assert store.query("t", "a", limit=0) == []
+def messages(lines: list[StoredLine]) -> list[str]:
+    return [s.line.message for s in lines]
+
+
+def test_tenants_see_only_their_own_functions_lines(make_store: MakeStore,
+                                                   clock: FakeClock) -> None:
+    store = make_store()
+    quiet, loud = store.create_tenant("quiet"), store.create_tenant("loud")
+    add_version(store, quiet)
+    add_version(store, loud)  # the same function name in another tenant
+    with logs_of(store, clock) as logs:
+        assert logs.add("n1", "eu", [node_line("quiet", "hello", "mine"),
+                                     node_line("loud", "hello", "theirs"),
+                                     node_line("ghost", "hello", "no such tenant"),
+                                     node_line("quiet", "nothere", "no such function")]) == 2
+        assert messages(logs.query(quiet, "hello")) == ["mine"]
+        assert messages(logs.query(loud, "hello")) == ["theirs"]
+        assert logs.query(loud, "nothere") == []
+
+
+def test_queries_filter_by_function_time_region_cursor_and_limit(
+    make_store: MakeStore, clock: FakeClock
+) -> None:
+    store = make_store()
+    t = store.create_tenant("t")
+    add_version(store, t, "a")
+    add_version(store, t, "b")
+    with logs_of(store, clock) as logs:
+        logs.add("eu-1", "eu-west", [node_line("t", "a", "old", 10.0), node_line("t", "b", "b")])
+        logs.add("us-1", "us-east", [node_line("t", "a", "new", 20.0)])
+        logs.add("eu-1", "eu-west", [node_line("t", "a", "newest", 30.0)])
+        assert messages(logs.query(t, "a")) == ["old", "new", "newest"]
+        assert messages(logs.query(t, "a", since_unix=15.0)) == ["new", "newest"]
+        assert messages(logs.query(t, "a", region="us-east")) == ["new"]
+        assert [(s.node, s.region) for s in logs.query(t, "a", region="eu-west")] == [
+            ("eu-1", "eu-west"), ("eu-1", "eu-west")]
+        first = logs.query(t, "a")[0]
+        assert messages(logs.query(t, "a", after_seq=first.seq)) == ["new", "newest"]
+        assert messages(logs.query(t, "a", limit=1)) == ["newest"]
+        assert logs.query(t, "a", limit=0) == []
+        assert logs.seq == logs.query(t, "a")[-1].seq == 4
+
+
+def test_each_function_keeps_its_newest_lines(make_store: MakeStore, clock: FakeClock) -> None:
+    store = make_store()
+    t = store.create_tenant("t")
+    add_version(store, t, "quiet")
+    add_version(store, t, "loud")
+    with logs_of(store, clock, max_lines=5) as logs:
+        logs.add("n1", "eu", [node_line("t", "quiet", "mine")])
+        for burst in range(3):  # one trim per batch, and across batches
+            logs.add("n1", "eu", [node_line("t", "loud", f"spam {burst}.{i}") for i in range(4)])
+        assert messages(logs.query(t, "quiet")) == ["mine"]
+        assert messages(logs.query(t, "loud")) == [
+            "spam 1.3", "spam 2.0", "spam 2.1", "spam 2.2", "spam 2.3"]
+    with logs_of(store, clock, max_lines=3) as reopened:  # counts what is on disk first
+        reopened.add("n1", "eu", [node_line("t", "loud", "after")])
+        assert messages(reopened.query(t, "loud")) == ["spam 2.2", "spam 2.3", "after"]
+        assert messages(reopened.query(t, "quiet")) == ["mine"]
+
+
+def test_lines_older_than_the_age_limit_are_hidden_then_deleted(
+    make_store: MakeStore, clock: FakeClock
+) -> None:
+    store = make_store()
+    t = store.create_tenant("t")
+    add_version(store, t)
+    with logs_of(store, clock, max_age_s=3600, max_lines=10) as logs:
+        logs.add("n1", "eu", [node_line("t", "hello", "first")])
+        clock.advance(1800)
+        logs.add("n1", "eu", [node_line("t", "hello", "second")])
+        clock.advance(1801)  # "first" is now 3601 s old, "second" 1801 s
+        assert messages(logs.query(t, "hello")) == ["second"]
+        logs.add("n1", "eu", [node_line("t", "hello", "third")])
+        kept = store_rows(store)
+        assert kept == ["second", "third"]
+        clock.advance(7200)
+        assert logs.query(t, "hello") == []
+        newest = logs.seq
+        logs.add("n1", "eu", [node_line("t", "hello", "fourth")])
+        assert store_rows(store) == ["fourth"]
+        # Every line was pruned at some point, yet numbers go on: a follower's cursor holds.
+        assert logs.query(t, "hello")[0].seq == newest + 1
+        # The count kept in memory followed the age deletes: 10 more lines fit before a trim.
+        logs.add("n1", "eu", [node_line("t", "hello", f"more {i}") for i in range(9)])
+        assert len(store_rows(store)) == 10
+
+
+def store_rows(store: Store) -> list[str]:
+    with sqlite3.connect(store.data_dir / DB_NAME) as db:
+        return [r[0] for r in db.execute("SELECT message FROM function_logs ORDER BY seq")]
+
+
+def test_bad_retention_settings_are_refused(make_store: MakeStore, clock: FakeClock) -> None:
+    store = make_store()
+    for bad in ({"max_lines": 0}, {"max_age_s": 0.0}):
+        with pytest.raises(ValueError, match="retention"):
+            logs_of(store, clock, **bad)
 
 
 @pytest.mark.parametrize("change", [
@@ -183,3 +273,64 @@ def test_follow_streams_lines_as_nodes_ship_them(start_control: Start) -> None:
     client.close()
     reader.join(10)
     assert got.empty()  # "not this" (another function) never came
+
+
+def test_lines_and_drop_records_survive_a_control_plane_restart(tmp_path: Path) -> None:
+    """Real processes: lines shipped (with a full buffer's drop record), the control plane
+    killed and started again on the same data directory, then `edge logs --since` and a
+    follower still see every line, and new lines still stream."""
+    data, log = tmp_path / "data", tmp_path / "control.log"
+
+    def start() -> tuple[subprocess.Popen[bytes], str, str]:
+        url = f"http://127.0.0.1:{free_port()}"
+        proc = spawn(["edge.control", "control", "--data", str(data), "--listen",
+                      url.removeprefix("http://")], log)  # fmt: skip
+        return proc, url, wait_ready(url, data, proc, log)
+
+    server, url, admin = start()
+    try:
+        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {admin}"}) as c:
+            assert upload(c).status_code == 201
+        node_token = json.loads((data / "tokens.json").read_text())["node"]
+        buffer = LogBuffer(3)
+        shipper = LogShipper(url, node_token, "eu-1", "eu-west", buffer, 1.0, say=lambda _: None)
+        for n in range(5):  # lines 3 and 4 do not fit: one drop record
+            shipper(LogLine("default/hello", f"req-{n}", "info", f"line {n}", "log", time.time()))
+        assert ship_once(shipper)
+        os.kill(server.pid, signal.SIGKILL)  # no clean shutdown: committed batches must hold
+        server.wait(10)
+        server, url, admin = start()
+        env = {**os.environ, "EDGE_CONTROL_URL": url, "EDGE_TOKEN": admin}
+        r = subprocess.run([sys.executable, "-m", "edge", "logs", "hello", "--since", "10m",
+                            "--json"], env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        got = [json.loads(x) for x in r.stdout.splitlines()]
+        assert [(x["message"], x["source"], x["node"]) for x in got] == [
+            ("line 0", "log", "eu-1"), ("line 1", "log", "eu-1"), ("line 2", "log", "eu-1"),
+            ("2 log lines dropped (the node's log buffer was full)", "platform", "eu-1"),
+        ]  # fmt: skip
+
+        # A follower that saw the old lines gets only what is shipped after the restart.
+        followed: queue.Queue[dict[str, Any]] = queue.Queue()
+        client = ControlClient(url, admin)
+
+        def follow() -> None:
+            with contextlib.suppress(ControlUnreachable):
+                for line in client.follow_logs("hello", after=got[-1]["seq"]):
+                    followed.put(line)
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        r2 = httpx.post(url + "/v1/node/logs", headers={"authorization": f"Bearer {node_token}"},
+                        json={"node_id": "eu-2", "region": "eu-west",
+                              "lines": [raw("default/hello", "after the restart")]})
+        assert r2.status_code == 200 and r2.json() == {"kept": 1, "rejected": 0}
+        line = followed.get(timeout=10)
+        assert (line["message"], line["node"]) == ("after the restart", "eu-2")
+        assert line["seq"] > got[-1]["seq"]
+        client.close()
+        reader.join(10)
+        assert followed.empty()
+    finally:
+        server.kill()
+        server.wait(10)

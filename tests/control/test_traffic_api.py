@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from edge.node.tally import BUCKET_COUNT
+from edge.node.traffic_report import BUCKET_COUNT
 from tests.control.conftest import ControlServer, add_version
 
 Start = Callable[..., ControlServer]
