@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from .cluster import FUNCTION, Control, converge, follower, upload
-from .conftest import NodeFactory, Proc
+from .cluster import FUNCTION, Control, converge, follower, start_control, upload
+from .conftest import NodeFactory, Proc, free_port
 
 pytestmark = pytest.mark.toolchain
 
@@ -77,6 +77,18 @@ class Traffic:
 
 
 @pytest.fixture
+def control(tmp_path: Path) -> Iterator[Control]:
+    """A node that stops reporting is stale after 8 s (not 60; nodes report every 5 s), so the
+    page can forget one."""
+    c = start_control(
+        tmp_path / "control", free_port(), tmp_path / "control.log",
+        ("--node-stale-after", "8", "--health-interval", "0.5"),
+    )  # fmt: skip
+    yield c
+    c.proc.stop()
+
+
+@pytest.fixture
 def stack(control: Control, start_node: NodeFactory, tmp_path: Path) -> Iterator[list[Proc]]:
     client = control.client()
     client.set_region("eu-west", 53.35, -6.26, 100)
@@ -125,7 +137,7 @@ def test_nodes_report_live_traffic_per_function_and_region(
 
 
 def test_dashboard_shows_the_stack_and_drains_a_region(
-    control: Control, stack: list[Proc]
+    control: Control, stack: list[Proc], start_node: NodeFactory, tmp_path: Path
 ) -> None:
     sync_api = browser_or_skip()
     expect = sync_api.expect
@@ -185,6 +197,21 @@ def test_dashboard_shows_the_stack_and_drains_a_region(
             eu.get_by_role("button", name="Undrain", exact=True).click()
             expect(eu.locator("td").nth(1)).to_have_text("active", timeout=WAIT_MS)
             assert region_state(control, "eu-west") == "active"
+
+            # A node that is gone for good: once it is stale, its row offers Forget, which
+            # removes it from the page and from the control plane's status.
+            spare = follower(start_node, control, "spare-1", "us-east", tmp_path / "spare-1")
+            spare_row = nodes.filter(has_text="spare-1")
+            expect(spare_row.locator("td").nth(4)).to_have_text("up", timeout=WAIT_MS)
+            expect(spare_row.get_by_role("button", name="Forget")).to_have_count(0)
+            spare.stop()
+            forget = spare_row.get_by_role("button", name="Forget", exact=True)
+            expect(forget).to_be_visible(timeout=2 * WAIT_MS)
+            forget.click()
+            expect(page.locator("#message")).to_contain_text("forget node spare-1: done")
+            expect(spare_row).to_have_count(0, timeout=WAIT_MS)
+            with control.client() as client:
+                assert "spare-1" not in {n["id"] for n in client.status()["nodes"]}
 
             # Signing out forgets the token: a reload asks for it again.
             page.click("#logout")

@@ -87,6 +87,10 @@ def serve(
     log_max_age: Annotated[float, typer.Option(
         "--log-max-age", min=1, help="seconds a function log line is kept"
     )] = 24 * 3600.0,
+    node_stale_after: Annotated[float, typer.Option(
+        "--node-stale-after", min=0.1,
+        help="seconds without a report after which a node is stale (and may be forgotten)",
+    )] = 60.0,
     as_json: JsonOption = False,
 ) -> None:
     """Run the control plane. The first start creates tenant "default" and prints its tokens.
@@ -102,6 +106,7 @@ def serve(
         health_interval_s=health_interval, health_timeout_s=health_timeout,
         health_rise=health_rise, health_fall=health_fall,
         log_max_lines_per_function=log_max_lines, log_max_age_s=log_max_age,
+        node_stale_after_s=node_stale_after,
     )  # fmt: skip
     with Output(as_json) as out, suppress(KeyboardInterrupt):
         asyncio.run(run_control(data, listen, settings, out=out))

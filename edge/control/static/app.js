@@ -107,6 +107,10 @@ function regionAction(name, action) {
   return act(`${action} ${name}`, "POST", `/v1/regions/${encodeURIComponent(name)}/${action}`, { over_s });
 }
 
+function forgetNode(id) {
+  return act(`forget node ${id}`, "DELETE", `/v1/nodes/${encodeURIComponent(id)}`);
+}
+
 function functionAction(name, action) {
   const body = action === "rollback" ? { to: null } : {};
   return act(`${action} ${name}`, "POST", `/v1/functions/${encodeURIComponent(name)}/${action}`, body);
@@ -143,6 +147,8 @@ function renderNodes(status) {
     { text: n.check ?? "unknown", cls: n.check === "down" ? "bad" : "" },
     `${Math.round(n.last_seen_s_ago)} s ago`,
     { text: n.last_error || "", cls: "bad" },
+    // Only a node that stopped reporting can be forgotten (the API refuses a live one).
+    { nodes: n.stale ? [button("Forget", () => forgetNode(n.id))] : [] },
   ]);
   const sig = JSON.stringify(status.nodes.map((n) => [n.id, n.region, n.applied_revision,
     n.current, n.healthy, n.check, n.stale, Math.round(n.last_seen_s_ago), n.last_error]));
