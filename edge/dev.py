@@ -2,6 +2,11 @@
 
 When a rebuild fails the last good build keeps serving and the compiler error is printed; when
 there has never been a good build, requests get a 503 that carries the compiler error.
+
+Components are compiled with Winch by default here, wasmtime's baseline compiler: a save of a
+Python or JavaScript function is served ~3 s sooner (compile 0.7 s instead of 3.5-4.2 s) and
+the code runs slower, which a developer's requests do not notice; everything else is the
+production node's. `--compiler cranelift` compiles as nodes do.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from edge.node.logs import LogWriter
 from edge.node.routing import Route
 from edge.node.runtime import NodeRuntime, Unavailable
 from edge.node.server import run
+from edge.sandbox.engine import EngineSettings
+
+DEV_COMPILER = "winch"
 
 
 class _SourceFilter(DefaultFilter):
@@ -34,8 +42,16 @@ class _SourceFilter(DefaultFilter):
 
 
 class DevServer:
-    def __init__(self, project: Path, host: str, port: int, out: Output | None = None) -> None:
+    def __init__(
+        self,
+        project: Path,
+        host: str,
+        port: int,
+        out: Output | None = None,
+        compiler: str = DEV_COMPILER,
+    ) -> None:
         self.out = out or Output()
+        self.compiler = compiler
         self.project = project.resolve()
         self.config = load_function_config(self.project)
         node_config = NodeConfig(
@@ -44,6 +60,7 @@ class DevServer:
             listen=f"{host}:{port}",
             cache_dir=self.project / "build" / "compiled",
             workers=8,
+            sandbox=EngineSettings(compiler=compiler),
         )
         self.runtime = NodeRuntime(node_config, LogWriter("pretty"))
         self.runtime.deploy([Route("*", "/", self.config.name)], {})
@@ -93,8 +110,9 @@ class DevServer:
         async def announce() -> None:
             self.out.event(
                 "ready",
-                f"edge dev: serving {self.config.name} at {self.url} (Ctrl-C to stop)",
-                url=self.url, function=self.config.name,
+                f"edge dev: serving {self.config.name} at {self.url} "
+                f"(compiled with {self.compiler}; Ctrl-C to stop)",
+                url=self.url, function=self.config.name, compiler=self.compiler,
             )
 
         watcher = asyncio.create_task(self.watch())
@@ -105,5 +123,7 @@ class DevServer:
             self.runtime.close()
 
 
-def serve_dev(project: Path, host: str, port: int, out: Output | None = None) -> None:
-    asyncio.run(DevServer(project, host, port, out).serve())
+def serve_dev(
+    project: Path, host: str, port: int, out: Output | None = None, compiler: str = DEV_COMPILER
+) -> None:
+    asyncio.run(DevServer(project, host, port, out, compiler).serve())

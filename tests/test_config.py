@@ -89,6 +89,17 @@ def test_node_advertised_url(tmp_path: Path) -> None:
         url({"url": "n1.example.net"})
 
 
+def test_node_sandbox_compiler(tmp_path: Path) -> None:
+    def compiler(sandbox: dict[str, object]) -> str:
+        return parse_node_config({"sandbox": sandbox}, "node.toml", tmp_path).sandbox.compiler
+
+    assert compiler({}) == "cranelift"
+    assert compiler({"compiler": "winch"}) == "winch"
+    with pytest.raises(ConfigError, match=r"node\.toml: sandbox\.compiler must be one of "
+                       r"cranelift, winch, got 'llvm'"):
+        compiler({"compiler": "llvm"})
+
+
 def test_node_dns_addresses(tmp_path: Path) -> None:
     def addresses(node: dict[str, object]) -> tuple[str, str]:
         return parse_node_config({"node": node}, "node.toml", tmp_path).dns_addresses

@@ -59,3 +59,18 @@ def test_dev_serves_compiler_error_before_first_good_build(
     r = httpx.get(dev.url)
     assert r.status_code == 500 and r.json()["error"] == "build_failed"
     assert "error" in r.json()["compiler_output"].lower()
+
+
+def test_dev_compiles_with_winch_and_serves_python_edits(
+    tmp_path: Path, start_dev: Callable[[Path], Proc]
+) -> None:
+    project = tmp_path / "hello-py"
+    shutil.copytree(EXAMPLES / "python" / "hello", project, ignore=shutil.ignore_patterns("build"))
+    dev = start_dev(project)
+    assert "compiled with winch" in dev.log()
+    assert httpx.get(dev.url).text == "Hello from Python!\n"
+    source = project / "app.py"
+    source.write_text(source.read_text().replace("Hello from Python!", "Hello, Winch!"))
+    wait_for(lambda: httpx.get(dev.url).text == "Hello, Winch!\n", 180, dev, "rebuild")
+    # The compiled artifact is cached under the Winch fingerprint, beside the project.
+    assert any((project / "build" / "compiled").glob("*.cwasm"))

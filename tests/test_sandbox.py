@@ -338,3 +338,55 @@ def test_node_keeps_working_after_every_hostile_function(
         with pytest.raises(FunctionError):
             invoke(load(FIXTURES / "functions" / name), request(), lines)
         assert invoke(hello, request(), lines).status == 200
+
+
+# --- the Winch compiler (edge dev's default) ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def winch() -> Iterator[SandboxEngine]:
+    with SandboxEngine(EngineSettings(pool_total_instances=16, compiler="winch")) as e:
+        yield e
+
+
+def test_compiler_is_part_of_the_cache_key() -> None:
+    assert EngineSettings().fingerprint() != EngineSettings(compiler="winch").fingerprint()
+    with pytest.raises(ValueError, match="unknown compiler 'llvm'"):
+        EngineSettings(compiler="llvm")
+
+
+@pytest.mark.parametrize(
+    ("lang", "text"),
+    [("c", "Hello from C!"), ("python", "Hello from Python!"), ("js", "Hello from JavaScript!")],
+)
+def test_winch_runs_every_language(
+    winch: SandboxEngine,
+    built: Callable[[Path], Path],
+    lines: list[host.LogLine],
+    lang: str,
+    text: str,
+) -> None:
+    project = EXAMPLES / lang / "hello"
+    cache = CompileCache(winch, COMPILED)
+    fn = LoadedFunction(
+        winch, cache, built(project).read_bytes(), load_function_config(project), lines.append
+    )
+    assert text in invoke(fn, request(), lines).body.decode()
+
+
+def test_winch_code_keeps_the_limits(
+    winch: SandboxEngine, built: Callable[[Path], Path], lines: list[host.LogLine]
+) -> None:
+    cache = CompileCache(winch, COMPILED)
+
+    def load_winch(name: str) -> LoadedFunction:
+        project = FIXTURES / "functions" / name
+        wasm = built(project).read_bytes()
+        return LoadedFunction(winch, cache, wasm, load_function_config(project), lines.append)
+
+    with pytest.raises(DeadlineExceeded):
+        invoke(load_winch("loop"), request(), lines)
+    with pytest.raises(MemoryLimitExceeded):
+        invoke(load_winch("membomb"), request(), lines)
+    with pytest.raises(FunctionTrapped, match="stack"):
+        invoke(load_winch("recursion"), request(), lines)

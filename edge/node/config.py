@@ -18,6 +18,7 @@ pooling = true
 epoch_tick_ms = 2
 prepare_instances = true           # keep one fresh instance ready for functions whose
 prepare_above_us = 200             # instantiation takes longer than this (Python)
+compiler = "cranelift"             # or "winch": compiles 5x faster, slower code (edge dev)
 
 [tracing]                          # off unless an endpoint is set here or in
 otlp_endpoint = "http://127.0.0.1:4318"  # OTEL_EXPORTER_OTLP_ENDPOINT; /v1/traces is added
@@ -57,7 +58,7 @@ from edge.config.toml_fields import Table, load_toml
 from edge.errors import ConfigError
 from edge.node.client_ip import Network, parse_networks
 from edge.node.routing import Route
-from edge.sandbox.engine import EngineSettings
+from edge.sandbox.engine import COMPILERS, EngineSettings
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,15 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
     if url and not url.startswith(("http://", "https://")):
         raise ConfigError(f"{node.where('url')} must be an http:// or https:// URL, got {url!r}")
     sb = root.table("sandbox")
-    sb.reject_unknown({"pooling", "epoch_tick_ms", "prepare_instances", "prepare_above_us"})
+    sb.reject_unknown(
+        {"pooling", "epoch_tick_ms", "prepare_instances", "prepare_above_us", "compiler"}
+    )
+    compiler = sb.get("compiler", str, "cranelift")
+    if compiler not in COMPILERS:
+        raise ConfigError(
+            f"{sb.where('compiler')} must be one of {', '.join(sorted(COMPILERS))}, "
+            f"got {compiler!r}"
+        )
     proxies = node.get("trusted_proxies", list, [])
     try:
         trusted = parse_networks([str(p) for p in proxies])
@@ -249,6 +258,7 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
             epoch_tick_ms=sb.positive_int("epoch_tick_ms", 2, 1000),
             prepare_instances=sb.get("prepare_instances", bool, True),
             prepare_above_us=sb.positive_int("prepare_above_us", 200, 10_000_000),
+            compiler=compiler,
         ),
         functions=tuple(functions),
         routes=tuple(routes),
