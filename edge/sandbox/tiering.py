@@ -35,12 +35,15 @@ class TierUps:
     def __init__(self) -> None:
         self.worker = BackgroundWorker("tier-up")
         self.stats = TierStats()
+        self._closed = False
 
     def want(self, job: Callable[[], bool], failed: Callable[[Exception], None]) -> None:
         """Runs `job` on the worker: True when it switched a function to optimised code, False
         when there was nothing to do any more (the function was unloaded)."""
 
         def run() -> None:
+            if self._closed:  # the engine is closing: compiling for it would be for nothing
+                return
             try:
                 switched = job()
             except Exception as e:
@@ -52,4 +55,6 @@ class TierUps:
         self.worker.put(run)
 
     def close(self) -> None:
+        """Skips the compiles still queued; one running finishes on its daemon thread."""
+        self._closed = True
         self.worker.close()
