@@ -10,7 +10,6 @@ import ctypes
 import statistics
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 
 import wasmtime
@@ -122,31 +121,25 @@ class LoadedFunction:
         return link(baseline, cache.compile(wasm, baseline, self._warn), caps, BASELINE), True
 
     def _queue_tier_up(self, cache: CompileCache, wasm: bytes) -> None:
-        # The job must not hold the function: an unloaded one is skipped, not compiled for.
-        ref = weakref.ref(self)
+        # Nothing here may hold the function: an unloaded one is skipped, not compiled for.
         top = self.engine.engine_for(len(wasm))
         digest, name, sink, tier = self.digest, self.name, self.sink, self.engine.settings.compiler
+        caps = self.config.capabilities
 
-        def job() -> bool:
-            if ref() is None:
-                return False
-            compiled = cache.load(wasm, digest, top)  # its growcheck warnings were said already
-            function = ref()
-            if function is None:
-                return False
-            function._switch(link(top, compiled, function.config.capabilities, tier))
-            return True
+        def compile_top() -> Code:  # its growcheck warnings were said at the first compile
+            return link(top, cache.load(wasm, digest, top), caps, tier)
 
         def failed(e: Exception) -> None:
             text = e.message if isinstance(e, EdgeError) else f"{type(e).__name__}: {e}"
             message = f"{tier} compile failed, serving {BASELINE} code on: {text}"
             sink(host.LogLine(name, "", "warn", message, "platform", time.time()))
 
-        self.engine.tiering.want(job, failed)
+        self.engine.tiering.want(self, compile_top, failed)
 
-    def _switch(self, code: Code) -> None:
-        """Runs `code` from the next request on. Instances of the old code made ahead are
-        closed, never served: requests check each one's code as they take it."""
+    def switch(self, code: Code) -> None:
+        """Runs `code` from the next request on (a tier-up, on the tier-up worker). Instances
+        of the old code made ahead are closed, never served: requests check each one's code as
+        they take it."""
         self._code = code
         slot = self._slot
         with slot.cv:

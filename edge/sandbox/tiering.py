@@ -17,10 +17,17 @@ baseline code serving (the job reports it to the function's log).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from edge.sandbox.code import Code
 from edge.sandbox.worker import BackgroundWorker
+
+
+class Switchable(Protocol):
+    def switch(self, code: Code) -> None: ...
 
 
 @dataclass
@@ -37,20 +44,30 @@ class TierUps:
         self.stats = TierStats()
         self._closed = False
 
-    def want(self, job: Callable[[], bool], failed: Callable[[Exception], None]) -> None:
-        """Runs `job` on the worker: True when it switched a function to optimised code, False
-        when there was nothing to do any more (the function was unloaded)."""
+    def want(
+        self,
+        function: Switchable,
+        compile_top: Callable[[], Code],
+        failed: Callable[[Exception], None],
+    ) -> None:
+        """Queues `compile_top` (which must not hold `function`); `function.switch` gets its
+        code if `function` is still loaded then, `failed` hears why it could not compile."""
+        ref = weakref.ref(function)
 
         def run() -> None:
-            if self._closed:  # the engine is closing: compiling for it would be for nothing
+            # The engine closing, or the function unloaded: the compile would be for nothing.
+            if self._closed or ref() is None:
                 return
             try:
-                switched = job()
+                code = compile_top()
             except Exception as e:
                 self.stats.failures += 1
                 failed(e)
                 return
-            self.stats.ups += switched
+            target = ref()
+            if target is not None:
+                target.switch(code)
+                self.stats.ups += 1
 
         self.worker.put(run)
 
