@@ -7,8 +7,9 @@ the compiled code, per compiler (Cranelift: nodes; Winch: `edge dev`), side by s
 Table 2, for the Python and JavaScript hello: how long a node takes from loading a component it
 has never compiled (empty compile cache) to its first answer, with tier-up on (Winch code
 served at once, Cranelift's compiled in the background; see edge/sandbox/tiering.py) and off
-(Cranelift compile first), in alternating rounds; with tier-up on, also when the function
-reaches Cranelift code.
+(Cranelift compile first), in alternating rounds; when the function runs Cranelift code; and
+the latency of requests 10 ms apart while the Cranelift compile runs (`meanwhile`), beside as
+many once it is done (`after`).
 
     .venv/bin/python -m bench.compile [--iterations N] [--rounds N]
 """
@@ -19,6 +20,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from .common import print_table, summary_us, write_results
 from .sandbox import EXAMPLES, REQUEST, measure
 
 TIER_UP_WAIT_S = 120.0
+GAP_S = 0.01  # between the requests served while the Cranelift compile runs
 
 
 def compilers(iterations: int) -> list[dict[str, Any]]:
@@ -63,9 +66,17 @@ def compilers(iterations: int) -> list[dict[str, Any]]:
     return rows
 
 
-def first_answer(wasm: bytes, config: FunctionConfig, tier_up: bool) -> tuple[float, float]:
-    """Seconds from loading `wasm` into an empty cache to its first answer, and to its first
-    answer from Cranelift code (the same with tier-up off)."""
+@dataclass
+class NewVersion:
+    first_s: float  # load -> first answer
+    cranelift_s: float  # load -> running Cranelift code
+    during_ns: list[int]  # request latencies while the Cranelift compile runs (tier-up on)
+    after_ns: list[int]  # as many, spaced alike, on Cranelift code once nothing compiles
+
+
+def first_answer(wasm: bytes, config: FunctionConfig, tier_up: bool) -> NewVersion:
+    """Loads `wasm` into an empty cache, then requests GAP_S apart until it runs Cranelift
+    code."""
     with SandboxEngine(EngineSettings(tier_up=tier_up)) as engine:
         cache = CompileCache(engine, Path(tempfile.mkdtemp(prefix="edge-bench-")))
         started = time.perf_counter()
@@ -73,11 +84,21 @@ def first_answer(wasm: bytes, config: FunctionConfig, tier_up: bool) -> tuple[fl
         fn.invoke(REQUEST, host.Invocation(fn.name, "first", {}, lambda _: None))
         first_s = time.perf_counter() - started
         stop = started + TIER_UP_WAIT_S
+        during = []
         while fn.tier != "cranelift" and time.perf_counter() < stop:
-            time.sleep(0.005)
+            during.append(spaced_request(fn))
         if fn.tier != "cranelift":
             raise RuntimeError(f"no tier-up within {TIER_UP_WAIT_S} s")
-        return first_s, time.perf_counter() - started
+        cranelift_s = time.perf_counter() - started
+        after = [spaced_request(fn) for _ in range(min(len(during), 300) if tier_up else 50)]
+        return NewVersion(first_s, cranelift_s, during, after)
+
+
+def spaced_request(fn: LoadedFunction) -> int:
+    time.sleep(GAP_S)
+    started = time.perf_counter_ns()
+    fn.invoke(REQUEST, host.Invocation(fn.name, "spaced", {}, lambda _: None))
+    return time.perf_counter_ns() - started
 
 
 def new_versions(rounds: int) -> list[dict[str, Any]]:
@@ -86,20 +107,28 @@ def new_versions(rounds: int) -> list[dict[str, Any]]:
         project = EXAMPLES / lang / "hello"
         wasm = build_function(project).read_bytes()
         config = load_function_config(project)
-        times: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+        runs: dict[bool, list[NewVersion]] = {True: [], False: []}
         for _ in range(rounds):
             for tier_up in (True, False):  # alternating: load on the machine hits both alike
-                times[tier_up].append(first_answer(wasm, config, tier_up))
+                runs[tier_up].append(first_answer(wasm, config, tier_up))
         for tier_up in (False, True):
-            firsts = [t[0] for t in times[tier_up]]
-            tops = [t[1] for t in times[tier_up]]
+            firsts = [r.first_s for r in runs[tier_up]]
+            during = [ns for r in runs[tier_up] for ns in r.during_ns]
+            after = summary_us([ns for r in runs[tier_up] for ns in r.after_ns])
             rows.append(
                 {
                     "function": f"{lang} hello",
                     "tier_up": "on" if tier_up else "off",
                     "first_answer_s_p50": round(statistics.median(firsts), 2),
                     "first_answer_s_max": round(max(firsts), 2),
-                    "on_cranelift_s_p50": round(statistics.median(tops), 2),
+                    "on_cranelift_s_p50": round(
+                        statistics.median(r.cranelift_s for r in runs[tier_up]), 2
+                    ),
+                    # Requests served on Winch code while Cranelift compiles (shares the cores).
+                    "meanwhile_p50_us": summary_us(during)["p50_us"] if during else "-",
+                    "meanwhile_p99_us": summary_us(during)["p99_us"] if during else "-",
+                    "after_p50_us": after["p50_us"],
+                    "after_p99_us": after["p99_us"],
                     "rounds": rounds,
                 }
             )

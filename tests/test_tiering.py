@@ -188,3 +188,20 @@ def test_no_tier_up_when_off_or_already_on_winch() -> None:
 def test_tier_settings_do_not_change_the_cache_key() -> None:
     """Tiering decides which code runs first, not what Cranelift generates."""
     assert EngineSettings().fingerprint() == EngineSettings(tier_up=False).fingerprint()
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_background_compiles_suit_the_serving_engine(
+    engine: SandboxEngine, tmp_path: Path, built: Callable[[Path], Path], on_disk: bool
+) -> None:
+    """The tier-up worker compiles in an engine of its own (one thread, no pool); what it makes
+    is mapped into, and instantiated in, the engine that serves."""
+    project = EXAMPLES / "c" / "hello"
+    wasm = built(project).read_bytes()
+    cache = CompileCache(engine, tmp_path if on_disk else None)
+    serving = engine.engine_for(len(wasm))
+    compiled = cache.load(wasm, engine=serving, compile_in=engine.background_compiler())
+    assert cache.stats.misses == 1
+    fn = LoadedFunction(engine, cache, wasm, load_function_config(project), lambda _: None)
+    assert call(fn).body.startswith(b"Hello from C!")
+    assert compiled.get_export_index("edge:function/handler@0.1.0") is not None

@@ -62,16 +62,22 @@ class CompileCache:
         digest: str | None = None,
         engine: wasmtime.Engine | None = None,
         warn: Warn | None = None,
+        compile_in: wasmtime.Engine | None = None,
     ) -> component.Component:
         """Returns the compiled component, from disk when possible. Raises ComponentRejected.
         `engine`: which of the sandbox's engines (see SandboxEngine.engine_for); one artifact
-        suits both. `warn` hears about core modules a compile had to leave unchecked."""
+        suits both. `warn` hears about core modules a compile had to leave unchecked.
+        `compile_in`: an engine with the same code settings to compile a new artifact in (see
+        SandboxEngine.background_compiler)."""
         digest = digest or content_hash(wasm)
         engine = engine or self.engine.engine
         path = self.path_for(digest)
         if path is None:
             self.stats.misses += 1
-            return self.compile(wasm, engine, warn)
+            if compile_in is None:
+                return self.compile(wasm, engine, warn)
+            data = self.compile(wasm, compile_in, warn).serialize()
+            return component.Component.deserialize(engine, data)
         compiled = self.cached(digest, engine)
         if compiled is not None:
             return compiled
@@ -80,7 +86,8 @@ class CompileCache:
         with _exclusive(path.with_name(path.name + ".lock")):
             here = not path.exists()  # else another node sharing the directory compiled it
             if here:
-                _write_atomically(path, bytes(self.compile(wasm, engine, warn).serialize()))
+                compiled = self.compile(wasm, compile_in or engine, warn)
+                _write_atomically(path, bytes(compiled.serialize()))
         self.stats.misses += here
         self.stats.hits += not here
         # Mapped from the file, so this node also gets the copy-on-write image; a file wasmtime

@@ -124,10 +124,10 @@ class LoadedFunction:
         # Nothing here may hold the function: an unloaded one is skipped, not compiled for.
         top = self.engine.engine_for(len(wasm))
         digest, name, sink, tier = self.digest, self.name, self.sink, self.engine.settings.compiler
-        caps = self.config.capabilities
+        caps, compile_in = self.config.capabilities, self.engine.background_compiler()
 
         def compile_top() -> Code:  # its growcheck warnings were said at the first compile
-            return link(top, cache.load(wasm, digest, top), caps, tier)
+            return link(top, cache.load(wasm, digest, top, compile_in=compile_in), caps, tier)
 
         def failed(e: Exception) -> None:
             text = e.message if isinstance(e, EdgeError) else f"{type(e).__name__}: {e}"

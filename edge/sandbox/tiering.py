@@ -9,8 +9,9 @@ runs on one tier from instantiation to its answer, and instances of the old tier
 closed, never served. Both tiers get a fresh instance per request, the same deadline (the ticker
 bumps every engine's epoch), memory limit and growcheck-checked code.
 
-One worker compiles, one component at a time: compiles already use every core, and a burst of
-new versions should not start a burst of threads. A job holds only a weak reference to its
+One worker compiles, one component at a time, on one core (SandboxEngine.background_compiler):
+a burst of new versions should not start a burst of threads, nor take every core from the
+requests being served meanwhile. A job holds only a weak reference to its
 function, so one unloaded while queued or compiling is skipped; a failed compile leaves the
 baseline code serving (the job reports it to the function's log).
 """
