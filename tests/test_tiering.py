@@ -151,6 +151,35 @@ def test_limits_hold_on_winch_code_before_the_tier_up(
     assert call(counter).body == b"1 0"
 
 
+def test_c_fixtures_keep_their_limits_on_both_tiers(
+    tmp_path: Path, built: Callable[[Path], Path], lines: list[host.LogLine]
+) -> None:
+    """The loop and membomb fixtures (C), tiered although small, before and after the switch."""
+    settings = EngineSettings(pool_total_instances=16, tier_up_above_bytes=1)
+    with SandboxEngine(settings) as engine:
+        gate = threading.Event()
+        engine.tiering.worker.put(gate.wait)
+        cache = CompileCache(engine, tmp_path)
+
+        def load(name: str) -> LoadedFunction:
+            project = FIXTURES / "functions" / name
+            wasm = built(project).read_bytes()
+            return LoadedFunction(engine, cache, wasm, load_function_config(project), lines.append)
+
+        loop, bomb = load("loop"), load("membomb")
+        report = abi.GuestRequest("GET", "http://x/report", [], b"", "127.0.0.1", "r", "n", "id")
+        for tier in ("winch", "cranelift"):
+            assert (loop.tier, bomb.tier) == (tier, tier)
+            with pytest.raises(DeadlineExceeded):
+                call(loop)
+            with pytest.raises(MemoryLimitExceeded, match="memory limit of 32 MiB while running"):
+                bomb.invoke(report, host.Invocation(bomb.name, "id", {}, lambda _: None))
+            gate.set()
+            deadline = time.monotonic() + TIER_UP_BOUND_S
+            while engine.tiering.stats.ups < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+
 def test_failed_tier_up_leaves_winch_code_serving(
     engine: SandboxEngine,
     load: Loader,
