@@ -60,7 +60,8 @@ class EngineSettings:
     # Tier-up (see tiering.py): a component at least this large whose code for `compiler` is
     # not in the compile cache is compiled with Winch first and served at once (Python hello:
     # 0.9 s instead of 3.7 s), then switched to `compiler`'s code compiled in the background.
-    # Smaller ones (C: milliseconds to compile) go straight to `compiler`.
+    # Smaller ones (C: milliseconds to compile) go straight to `compiler`. Winch code runs in
+    # engines of its own, made on first use, with pools of the sizes above.
     tier_up: bool = True
     tier_up_above_bytes: int = 1 * MIB
 
