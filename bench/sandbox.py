@@ -79,7 +79,8 @@ def main() -> None:
         wasm = build_function(project).read_bytes()
         base = load_function_config(project)
         for pooling in (True, False):
-            with SandboxEngine(EngineSettings(pooling=pooling)) as engine:
+            # No tier-up: the empty cache would serve the first rows from Winch code.
+            with SandboxEngine(EngineSettings(pooling=pooling, tier_up=False)) as engine:
                 # On disk, as a node has it: deserialize_file maps the image copy-on-write; an
                 # in-memory compile costs 300-600 µs more per fresh Python request.
                 cache = CompileCache(engine, Path(tempfile.mkdtemp(prefix="edge-bench-")))

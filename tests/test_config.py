@@ -5,6 +5,7 @@ import pytest
 from edge.config.function import MIB, parse_function_config
 from edge.errors import ConfigError
 from edge.node.config import parse_node_config
+from edge.sandbox.engine import EngineSettings
 
 
 def test_defaults() -> None:
@@ -98,6 +99,20 @@ def test_node_sandbox_compiler(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"node\.toml: sandbox\.compiler must be one of "
                        r"cranelift, winch, got 'llvm'"):
         compiler({"compiler": "llvm"})
+
+
+def test_node_sandbox_tier_up(tmp_path: Path) -> None:
+    def sandbox(table: dict[str, object]) -> EngineSettings:
+        return parse_node_config({"sandbox": table}, "node.toml", tmp_path).sandbox
+
+    assert sandbox({}).tiers_up and sandbox({}).tier_up_above_bytes == MIB
+    assert not sandbox({"tier_up": False}).tiers_up
+    assert not sandbox({"compiler": "winch"}).tiers_up  # Winch code is the only tier there
+    assert sandbox({"tier_up_above_bytes": 4096}).tier_up_above_bytes == 4096
+    with pytest.raises(ConfigError, match=r"sandbox\.tier_up must be bool, got str"):
+        sandbox({"tier_up": "yes"})
+    with pytest.raises(ConfigError, match=r"sandbox\.tier_up_above_bytes must be between 1 and"):
+        sandbox({"tier_up_above_bytes": 0})
 
 
 def test_node_dns_addresses(tmp_path: Path) -> None:

@@ -222,7 +222,9 @@ def test_function_cannot_reach_loopback_or_host_resources(node: Proc) -> None:
 def test_ready_only_once_every_function_is_compiled(
     start_node: Callable[..., Proc], built: Callable[[Path], Path], tmp_path: Path
 ) -> None:
-    """An empty compile cache: the node listens at once but is not ready while it compiles."""
+    """An empty compile cache: the node listens at once but is not ready while it compiles. The
+    Python component is served from Winch code first, and keeps answering while the node
+    switches it to Cranelift code compiled in the background."""
     project = EXAMPLES / "python" / "hello"
     built(project)
     body = (
@@ -237,6 +239,19 @@ def test_ready_only_once_every_function_is_compiled(
         time.sleep(0.1)
     r = httpx.get(node.url + "/")
     assert r.status_code == 200 and r.text == "Hello from Python!\n"
+    tiers = [httpx.get(node.url + "/readyz").json()["tiers"]["hello-python"][""]]
+    deadline = time.monotonic() + 180
+    answers = []
+    while tiers[-1] != "cranelift" and time.monotonic() < deadline:
+        answers.append(httpx.get(node.url + "/").status_code)
+        tiers.append(httpx.get(node.url + "/readyz").json()["tiers"]["hello-python"][""])
+        time.sleep(0.02)
+    assert tiers[0] == "winch" and tiers[-1] == "cranelift", tiers
+    assert set(answers) == {200}, answers
+    assert httpx.get(node.url + "/").text == "Hello from Python!\n"
+    metrics = httpx.get(node.url + "/metrics").text
+    assert _metric(metrics, "edge_function_tier_ups_total", result="ok") == 1
+    assert _metric(metrics, "edge_function_tier_ups_total", result="failed") == 0
 
 
 def _metric(text: str, name: str, **labels: str) -> float:

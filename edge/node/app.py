@@ -101,6 +101,9 @@ def ops_app(runtime: NodeRuntime) -> Starlette:
                 "waiting": waiting,
                 "unavailable": unavailable,
                 "revision": deployment.revision,
+                # Function -> version -> the compiler its requests run on ("winch" until a
+                # tier-up to "cranelift", see sandbox.tiering).
+                "tiers": {n: served.tiers() for n, served in sorted(deployment.functions.items())},
             },
             status_code=200 if ready else 503,
         )

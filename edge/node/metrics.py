@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from edge.errors import DeadlineExceeded, FunctionError, FunctionTrapped, MemoryLimitExceeded
 from edge.sandbox.compile_cache import CacheStats
+from edge.sandbox.tiering import TierStats
 
 # 50 µs to 10 s, roughly x2 apart: fine enough to read p50/p99 of a C hello and of a slow call.
 LATENCY_BUCKETS_S = (
@@ -42,6 +43,7 @@ class NodeMetrics:
         cache: CacheStats | None = None,
         revision: Callable[[], int | None] = lambda: None,
         now: Callable[[], float] = time.time,
+        tiers: TierStats | None = None,
     ) -> None:
         self.now = now
         # Tells the control plane which life of the node the counters belong to: a restarted
@@ -91,7 +93,7 @@ class NodeMetrics:
         Gauge(
             "edge_node_info", "This node (value 1)", ["node", "region"], registry=r
         ).labels(node_id, region).set(1)
-        r.register(_ScrapeTime(cache or CacheStats(), revision))
+        r.register(_ScrapeTime(cache or CacheStats(), revision, tiers or TierStats()))
         self._series: dict[Key, FunctionSeries] = {}
         self._retired_requests = 0  # requests counted by series dropped since (requests_total)
 
@@ -183,9 +185,12 @@ class FunctionSeries:
 class _ScrapeTime(Collector):
     """What the node already counts elsewhere, read when scraped rather than on each event."""
 
-    def __init__(self, cache: CacheStats, revision: Callable[[], int | None]) -> None:
+    def __init__(
+        self, cache: CacheStats, revision: Callable[[], int | None], tiers: TierStats
+    ) -> None:
         self.cache = cache
         self.revision = revision
+        self.tiers = tiers
 
     def collect(self) -> Iterator[Metric]:
         lookups = CounterMetricFamily(
@@ -195,6 +200,15 @@ class _ScrapeTime(Collector):
         lookups.add_metric(["hit"], self.cache.hits)
         lookups.add_metric(["miss"], self.cache.misses)
         yield lookups
+        tier_ups = CounterMetricFamily(
+            "edge_function_tier_ups",
+            "Functions switched from baseline (Winch) to optimised code since start, and "
+            "optimised compiles that failed (the baseline code serves on)",
+            labels=["result"],
+        )
+        tier_ups.add_metric(["ok"], self.tiers.ups)
+        tier_ups.add_metric(["failed"], self.tiers.failures)
+        yield tier_ups
         revision = self.revision()
         if revision is not None:
             yield GaugeMetricFamily(

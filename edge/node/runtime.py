@@ -62,6 +62,14 @@ class Served:
     def loaded(self) -> list[Loaded]:
         return [self.stable] if self.canary is None else [self.stable, self.canary]
 
+    def tiers(self) -> dict[str, str]:
+        """Which compiler's code each version label serves now (see sandbox.tiering)."""
+        return {
+            label: f.tier
+            for label, f in zip(self.labels(), self.loaded(), strict=True)
+            if isinstance(f, LoadedFunction)
+        }
+
 
 @dataclass(frozen=True)
 class Deployment:
@@ -87,8 +95,9 @@ class NodeRuntime:
         self.geo = GeoLookup(config.geoip_db) if config.geoip_db else None
         self.deployment = Deployment()
         self.metrics = NodeMetrics(
-            config.node_id, config.region, self.cache.stats, lambda: self.deployment.revision
-        )
+            config.node_id, config.region, self.cache.stats, lambda: self.deployment.revision,
+            tiers=self.engine.tiering.stats,
+        )  # fmt: skip
         self.spans: SpanExporter | None = None  # set when an OTLP endpoint is configured
 
     def load(self, source: FunctionSource) -> LoadedFunction | Unavailable:

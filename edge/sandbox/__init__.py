@@ -6,4 +6,7 @@
 - `host`: the host side of the imports: log, config, and WASI with everything denied.
 - `abi`: fast lowering of the request record and lifting of the response.
 - `function`: a loaded function and one invocation of it, with limits and typed errors.
+- `code`: the compiled, linked component a function runs, replaced whole by a tier-up.
+- `tiering`: Winch code served first for large components, Cranelift code switched in later.
+- `prepare`, `worker`: instances made ahead, and the background threads that do such work.
 """

@@ -62,31 +62,46 @@ class CompileCache:
         digest: str | None = None,
         engine: wasmtime.Engine | None = None,
         warn: Warn | None = None,
+        compile_in: wasmtime.Engine | None = None,
     ) -> component.Component:
         """Returns the compiled component, from disk when possible. Raises ComponentRejected.
         `engine`: which of the sandbox's engines (see SandboxEngine.engine_for); one artifact
-        suits both. `warn` hears about core modules a compile had to leave unchecked."""
+        suits both. `warn` hears about core modules a compile had to leave unchecked.
+        `compile_in`: an engine with the same code settings to compile a new artifact in (see
+        SandboxEngine.background_compiler)."""
         digest = digest or content_hash(wasm)
         engine = engine or self.engine.engine
         path = self.path_for(digest)
         if path is None:
-            return self._compile(wasm, engine, warn)
-        compiled = self._mapped(path, engine)
+            self.stats.misses += 1
+            if compile_in is None:
+                return self.compile(wasm, engine, warn)
+            data = self.compile(wasm, compile_in, warn).serialize()
+            return component.Component.deserialize(engine, data)
+        compiled = self.cached(digest, engine)
         if compiled is not None:
-            self.stats.hits += 1
             return compiled
         # Only the compile holds the lock, not the mapping: fifty nodes mapping one after the
         # other would each wait for the one before to be scheduled.
         with _exclusive(path.with_name(path.name + ".lock")):
             here = not path.exists()  # else another node sharing the directory compiled it
             if here:
-                _write_atomically(path, bytes(self._compile(wasm, engine, warn).serialize()))
+                compiled = self.compile(wasm, compile_in or engine, warn)
+                _write_atomically(path, bytes(compiled.serialize()))
+        self.stats.misses += here
+        self.stats.hits += not here
         # Mapped from the file, so this node also gets the copy-on-write image; a file wasmtime
         # refuses (and deletes) is compiled in memory instead.
         compiled = self._mapped(path, engine)
         if compiled is None:
-            return self._compile(wasm, engine, warn)
-        self.stats.hits += not here
+            return self.compile(wasm, engine, warn)
+        return compiled
+
+    def cached(self, digest: str, engine: wasmtime.Engine) -> component.Component | None:
+        """The component mapped from disk if it was compiled before (a hit), else None."""
+        path = self.path_for(digest)
+        compiled = None if path is None else self._mapped(path, engine)
+        self.stats.hits += compiled is not None
         return compiled
 
     def _mapped(self, path: Path, engine: wasmtime.Engine) -> component.Component | None:
@@ -100,10 +115,11 @@ class CompileCache:
             return None
         return compiled
 
-    def _compile(
-        self, wasm: bytes, engine: wasmtime.Engine, warn: Warn | None
+    def compile(
+        self, wasm: bytes, engine: wasmtime.Engine, warn: Warn | None = None
     ) -> component.Component:
-        self.stats.misses += 1
+        """Compiles in memory, nothing stored (for `engine`'s compiler, whatever the cache
+        files are for: the baseline tier's code is not kept). Raises ComponentRejected."""
         checked = growcheck.instrument(wasm)
         problems = [f"in {reason}" for reason in checked.skipped]
         if not checked.modules:  # nothing rewritten

@@ -18,6 +18,7 @@ from wasmtime import _ffi as ffi
 from edge.config.function import FunctionConfig
 from edge.errors import (
     DeadlineExceeded,
+    EdgeError,
     FunctionError,
     FunctionTrapped,
     InvalidResponse,
@@ -25,9 +26,9 @@ from edge.errors import (
     ResponseTooLarge,
 )
 from edge.sandbox import abi, capi, growcheck, host, prepare
+from edge.sandbox.code import Code, link
 from edge.sandbox.compile_cache import CompileCache, content_hash
-from edge.sandbox.contract import HANDLER_EXPORT, HANDLER_FUNC, check_component
-from edge.sandbox.engine import SandboxEngine
+from edge.sandbox.engine import BASELINE, SandboxEngine
 
 
 class OverBudget(Exception):
@@ -45,6 +46,7 @@ class _Live:
     func: int
     func_owner: object
     output: host.OutputRoute
+    code: Code  # what it was instantiated from: one of an older tier is never served
     uses: int = 0
 
 
@@ -85,25 +87,8 @@ class LoadedFunction:
         self.config = config
         self.sink = sink
         self.digest = content_hash(wasm)
-        wasm_engine = engine.engine_for(len(wasm))
-        self.component = cache.load(wasm, self.digest, wasm_engine, self._warn)
-        self.imports = check_component(wasm_engine, self.component)
-        self.linker = host.build_linker(
-            wasm_engine, self.component, self.imports, config.capabilities
-        )
-        handler = self.component.get_export_index(HANDLER_EXPORT)
-        index = self.component.get_export_index(HANDLER_FUNC, handler)
-        assert index is not None  # check_component verified it
-        self._index = index
-        # Addresses for the raw C calls of every request (see capi); the objects behind them
-        # live as long as this function.
-        self._engine_ptr = capi.address(wasm_engine)
-        self._linker_ptr = capi.address(self.linker)
-        self._component_ptr = capi.address(self.component)
-        self._index_ptr = capi.address(index)
         self._deadline_ticks = engine.deadline_ticks(config.limits.deadline_ms)
-        # A component that imports no WASI (a C function, say) needs no WASI context per store.
-        self._needs_wasi = any(name.startswith("wasi:") for name in self.imports)
+        self._code, tier_up = self._first_code(cache, wasm)
         self._reuse_lock = threading.Lock()
         self._reused: _Live | None = None
         # Fresh instances made ahead of requests, once instantiation proves slow (see prepare).
@@ -111,6 +96,8 @@ class LoadedFunction:
         self._prepared = False
         measure = engine.settings.prepare_instances and not config.instance.reuse
         self._instantiate_samples: list[float] | None = [] if measure else None
+        if tier_up:  # last: the switch may come at once, and needs all of the above
+            self._queue_tier_up(cache, wasm)
 
     @property
     def name(self) -> str:
@@ -118,6 +105,60 @@ class LoadedFunction:
 
     def _warn(self, message: str) -> None:
         self.sink(host.LogLine(self.name, "", "warn", message, "platform", time.time()))
+
+    def _first_code(self, cache: CompileCache, wasm: bytes) -> tuple[Code, bool]:
+        """The optimised code if the cache has it or it compiles fast; else the baseline code,
+        and True: the optimised code is to be compiled in the background (see tiering)."""
+        settings = self.engine.settings
+        top = self.engine.engine_for(len(wasm))
+        caps, tier = self.config.capabilities, settings.compiler
+        if not settings.tiers_up or len(wasm) < settings.tier_up_above_bytes:
+            return link(top, cache.load(wasm, self.digest, top, self._warn), caps, tier), False
+        compiled = cache.cached(self.digest, top)
+        if compiled is not None:
+            return link(top, compiled, caps, tier), False
+        baseline = self.engine.engine_for(len(wasm), BASELINE)
+        return link(baseline, cache.compile(wasm, baseline, self._warn), caps, BASELINE), True
+
+    def _queue_tier_up(self, cache: CompileCache, wasm: bytes) -> None:
+        # Nothing here may hold the function: an unloaded one is skipped, not compiled for.
+        top = self.engine.engine_for(len(wasm))
+        digest, name, sink, tier = self.digest, self.name, self.sink, self.engine.settings.compiler
+        caps, compile_in = self.config.capabilities, self.engine.background_compiler()
+
+        def compile_top() -> Code:  # its growcheck warnings were said at the first compile
+            return link(top, cache.load(wasm, digest, top, compile_in=compile_in), caps, tier)
+
+        def failed(e: Exception) -> None:
+            text = e.message if isinstance(e, EdgeError) else f"{type(e).__name__}: {e}"
+            message = f"{tier} compile failed, serving {BASELINE} code on: {text}"
+            sink(host.LogLine(name, "", "warn", message, "platform", time.time()))
+
+        self.engine.tiering.want(self, compile_top, failed)
+
+    def switch(self, code: Code) -> None:
+        """Runs `code` from the next request on (a tier-up, on the tier-up worker). Instances
+        of the old code made ahead are closed, never served: requests check each one's code as
+        they take it."""
+        self._code = code
+        slot = self._slot
+        with slot.cv:
+            old, slot.ready = slot.ready, None
+        if isinstance(old, _Live):
+            self.engine.preparer.retire(old.store)
+            self._want_one()
+        if self._reuse_lock.acquire(blocking=False):
+            try:
+                live, self._reused = self._reused, None
+            finally:
+                self._reuse_lock.release()
+            if live is not None:
+                live.store.close()
+
+    @property
+    def tier(self) -> str:
+        """The compiler whose code requests run now (see tiering)."""
+        return self._code.tier
 
     @property
     def prepares_instances(self) -> bool:
@@ -128,27 +169,28 @@ class LoadedFunction:
         """`own`: the instance outlives this call or leaves this thread (reuse, prepared), so
         it gets its own function struct instead of the thread's scratch one."""
         scratch = _scratch()
+        code = self._code  # read once: a tier-up may replace it meanwhile
         # Instantiation runs guest start code, so the deadline applies from here.
-        store = capi.Store(self._engine_ptr, self.config.limits.memory_limit_bytes, ticks)
+        store = capi.Store(code.engine_ptr, self.config.limits.memory_limit_bytes, ticks)
         try:
             output = host.OutputRoute()
-            if self._needs_wasi:
+            if code.needs_wasi:
                 store.set_wasi(host.wasi_config(output))
             err = capi.linker_instantiate(
-                self._linker_ptr, store.context, self._component_ptr, scratch.instance_at
+                code.linker_ptr, store.context, code.component_ptr, scratch.instance_at
             )
             if err:
                 raise _classify(capi.error(err), self.config, "instantiating")
             owner = ffi.wasmtime_component_func_t() if own else scratch.func
             func = ctypes.addressof(owner) if own else scratch.func_at
             found = capi.instance_get_func(
-                scratch.instance_at, store.context, self._index_ptr, func
+                scratch.instance_at, store.context, code.index_ptr, func
             )
             assert found  # check_component verified the export
         except BaseException:
             store.close()
             raise
-        return _Live(store, func, owner, output)
+        return _Live(store, func, owner, output, code)
 
     def invoke(
         self,
@@ -230,6 +272,9 @@ class LoadedFunction:
         if start:
             self.engine.preparer.want(self)
         assert live is None or isinstance(live, _Live)
+        if live is not None and live.code is not self._code:  # made before a tier-up
+            self.engine.preparer.retire(live.store)
+            return None
         return live
 
     def refill(self) -> None:
@@ -256,6 +301,9 @@ class LoadedFunction:
             return self._call_once(self._instantiate_for(invocation, ticks), request, invocation)
         try:
             live, self._reused = self._reused, None
+            if live is not None and live.code is not self._code:  # made before a tier-up
+                live.store.close()
+                live = None
             if live is None:
                 live = self._instantiate_for(invocation, ticks, own=True)
             capi.set_epoch_deadline(live.store.context, ticks)

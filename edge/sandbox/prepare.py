@@ -15,12 +15,11 @@ Instances are made without a request bound (no invocation): a component whose st
 
 from __future__ import annotations
 
-import contextlib
-import queue
 import threading
 import weakref
-from collections.abc import Callable
 from typing import Protocol
+
+from edge.sandbox.worker import BackgroundWorker, Job
 
 SAMPLES = 8  # instantiations measured before deciding
 WAIT_S = 0.05  # longest a request waits for an instance being prepared before making its own
@@ -51,8 +50,7 @@ class Preparer:
     """One daemon thread per engine, started on first use, fed through a queue."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._worker = BackgroundWorker("instance-preparer")
         self._lock = threading.Lock()
         self._pending_closes = 0
 
@@ -85,23 +83,8 @@ class Preparer:
 
         self._put(close)
 
-    def _put(self, job: Callable[[], None]) -> None:
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="instance-preparer", daemon=True
-                    )
-                    self._thread.start()
-        self._queue.put(job)
-
-    def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            with contextlib.suppress(Exception):  # the thread must outlive any one job
-                job()
+    def _put(self, job: Job) -> None:
+        self._worker.put(job)
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            if self._thread is not threading.current_thread():
-                self._thread.join(timeout=1)
+        self._worker.close()

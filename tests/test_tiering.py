@@ -1,0 +1,236 @@
+"""Tier-up in process: a large component not in the compile cache serves Winch code at once and
+switches to Cranelift code compiled in the background, with no failed request and the same
+limits on both tiers."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.config.function import load_function_config
+from edge.errors import DeadlineExceeded, MemoryLimitExceeded
+from edge.sandbox import abi, host
+from edge.sandbox.compile_cache import CompileCache
+from edge.sandbox.engine import EngineSettings, SandboxEngine
+from edge.sandbox.function import LoadedFunction
+
+from .conftest import EXAMPLES, FIXTURES
+
+pytestmark = pytest.mark.toolchain
+
+TIER_UP_BOUND_S = 180  # a Cranelift compile of a Python component: ~4 s alone, more when shared
+MAX_REQUESTS = 50_000
+
+
+@pytest.fixture
+def engine() -> Iterator[SandboxEngine]:
+    with SandboxEngine(EngineSettings(pool_total_instances=64)) as e:
+        yield e
+
+
+@pytest.fixture
+def lines() -> list[host.LogLine]:
+    return []
+
+
+Loader = Callable[[Path], LoadedFunction]
+
+
+@pytest.fixture
+def load(
+    engine: SandboxEngine,
+    tmp_path: Path,
+    built: Callable[[Path], Path],
+    lines: list[host.LogLine],
+) -> Loader:
+    cache = CompileCache(engine, tmp_path / "compiled")  # empty: nothing compiled before
+
+    def go(project: Path) -> LoadedFunction:
+        wasm = built(project).read_bytes()
+        return LoadedFunction(engine, cache, wasm, load_function_config(project), lines.append)
+
+    return go
+
+
+@pytest.fixture
+def held(engine: SandboxEngine) -> Iterator[threading.Event]:
+    """Holds the tier-up worker until set: what is queued behind it stays on Winch code."""
+    gate = threading.Event()
+    engine.tiering.worker.put(gate.wait)
+    yield gate
+    gate.set()
+
+
+def call(fn: LoadedFunction, path: str = "/") -> abi.GuestResponse:
+    req = abi.GuestRequest("GET", f"http://x{path}", [], b"", "127.0.0.1", "r", "n", "id")
+    return fn.invoke(req, host.Invocation(fn.name, "id", {}, lambda _: None))
+
+
+def serve_until_tiered(fn: LoadedFunction, threads: int = 2) -> list[int]:
+    """Requests from `threads` threads until `fn` runs Cranelift code (bounded in time and
+    count), then a few more; the statuses of all, any failure raised."""
+    statuses: list[int] = []
+    errors: list[BaseException] = []
+    stop = time.monotonic() + TIER_UP_BOUND_S
+
+    def loop() -> None:
+        try:
+            after = 0
+            for _ in range(MAX_REQUESTS):
+                statuses.append(call(fn).status)
+                if fn.tier == "cranelift":
+                    after += 1
+                    if after > 20:
+                        return
+                elif time.monotonic() > stop:
+                    return
+                time.sleep(0.002)  # leave the machine to the compile
+        except BaseException as e:
+            errors.append(e)
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    if errors:
+        raise errors[0]
+    return statuses
+
+
+def test_python_serves_winch_code_then_tiers_up_without_a_failed_request(
+    engine: SandboxEngine, load: Loader, held: threading.Event, tmp_path: Path
+) -> None:
+    project = EXAMPLES / "python" / "hello"
+    fn = load(project)
+    assert fn.tier == "winch"
+    first = call(fn)
+    assert first.status == 200 and first.body == b"Hello from Python!\n"
+    held.set()
+    statuses = serve_until_tiered(fn)
+    assert fn.tier == "cranelift", f"no tier-up within {TIER_UP_BOUND_S} s"
+    assert set(statuses) == {200} and len(statuses) > 40
+    assert engine.tiering.stats.ups == 1 and engine.tiering.stats.failures == 0
+    assert fn.prepares_instances  # instances made ahead, across the switch too
+    # A restarted node with the warm cache maps the Cranelift code at once.
+    again = load(project)
+    assert again.tier == "cranelift"
+    assert call(again).body == b"Hello from Python!\n"
+    assert engine.tiering.stats.ups == 1
+
+
+def test_limits_hold_on_winch_code_before_the_tier_up(
+    engine: SandboxEngine, load: Loader, held: threading.Event, tmp_path: Path
+) -> None:
+    bomb = load(FIXTURES / "functions" / "membomb-py")
+    counter = load(FIXTURES / "functions" / "counter-py")
+    assert (bomb.tier, counter.tier) == ("winch", "winch")
+    for _ in range(2):
+        with pytest.raises(DeadlineExceeded):
+            call(counter, "/loop")
+        with pytest.raises(MemoryLimitExceeded, match="memory limit of 64 MiB while running"):
+            call(bomb)
+        assert call(counter).body == b"1 0"  # a fresh instance per request
+    # Unloaded before its turn: its compile is skipped, not done for nothing.
+    bomb_artifact = CompileCache(engine, tmp_path / "compiled").path_for(bomb.digest)
+    del bomb
+    gc.collect()
+    held.set()
+    serve_until_tiered(counter, threads=1)
+    assert counter.tier == "cranelift"
+    assert engine.tiering.stats.ups == 1
+    assert bomb_artifact is not None and not bomb_artifact.exists()
+    with pytest.raises(DeadlineExceeded):
+        call(counter, "/loop")
+    assert call(counter).body == b"1 0"
+
+
+def test_c_fixtures_keep_their_limits_on_both_tiers(
+    tmp_path: Path, built: Callable[[Path], Path], lines: list[host.LogLine]
+) -> None:
+    """The loop and membomb fixtures (C), tiered although small, before and after the switch."""
+    settings = EngineSettings(pool_total_instances=16, tier_up_above_bytes=1)
+    with SandboxEngine(settings) as engine:
+        gate = threading.Event()
+        engine.tiering.worker.put(gate.wait)
+        cache = CompileCache(engine, tmp_path)
+
+        def load(name: str) -> LoadedFunction:
+            project = FIXTURES / "functions" / name
+            wasm = built(project).read_bytes()
+            return LoadedFunction(engine, cache, wasm, load_function_config(project), lines.append)
+
+        loop, bomb = load("loop"), load("membomb")
+        report = abi.GuestRequest("GET", "http://x/report", [], b"", "127.0.0.1", "r", "n", "id")
+        for tier in ("winch", "cranelift"):
+            assert (loop.tier, bomb.tier) == (tier, tier)
+            with pytest.raises(DeadlineExceeded):
+                call(loop)
+            with pytest.raises(MemoryLimitExceeded, match="memory limit of 32 MiB while running"):
+                bomb.invoke(report, host.Invocation(bomb.name, "id", {}, lambda _: None))
+            gate.set()
+            deadline = time.monotonic() + TIER_UP_BOUND_S
+            while engine.tiering.stats.ups < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+
+def test_failed_tier_up_leaves_winch_code_serving(
+    engine: SandboxEngine,
+    load: Loader,
+    held: threading.Event,
+    tmp_path: Path,
+    lines: list[host.LogLine],
+) -> None:
+    fn = load(EXAMPLES / "python" / "hello")
+    # The cache directory is gone (a disk taken away): the Cranelift compile cannot be stored.
+    shutil.rmtree(tmp_path / "compiled")
+    (tmp_path / "compiled").write_text("not a directory")
+    held.set()
+    deadline = time.monotonic() + TIER_UP_BOUND_S
+    while engine.tiering.stats.failures == 0 and time.monotonic() < deadline:
+        assert call(fn).status == 200
+        time.sleep(0.05)
+    assert engine.tiering.stats.failures == 1 and fn.tier == "winch"
+    assert call(fn).body == b"Hello from Python!\n"
+    warned = [line.message for line in lines if line.source == "platform"]
+    assert any("cranelift compile failed, serving winch code on" in m for m in warned), warned
+
+
+def test_small_components_go_straight_to_cranelift(engine: SandboxEngine, load: Loader) -> None:
+    fn = load(EXAMPLES / "c" / "hello")
+    assert fn.tier == "cranelift"
+    assert call(fn).status == 200
+
+
+def test_no_tier_up_when_off_or_already_on_winch() -> None:
+    assert EngineSettings().tiers_up
+    assert not EngineSettings(tier_up=False).tiers_up
+    assert not EngineSettings(compiler="winch").tiers_up  # edge dev: Winch code only
+
+
+def test_tier_settings_do_not_change_the_cache_key() -> None:
+    """Tiering decides which code runs first, not what Cranelift generates."""
+    assert EngineSettings().fingerprint() == EngineSettings(tier_up=False).fingerprint()
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_background_compiles_suit_the_serving_engine(
+    engine: SandboxEngine, tmp_path: Path, built: Callable[[Path], Path], on_disk: bool
+) -> None:
+    """The tier-up worker compiles in an engine of its own (one thread, no pool); what it makes
+    is mapped into, and instantiated in, the engine that serves."""
+    project = EXAMPLES / "c" / "hello"
+    wasm = built(project).read_bytes()
+    cache = CompileCache(engine, tmp_path if on_disk else None)
+    serving = engine.engine_for(len(wasm))
+    compiled = cache.load(wasm, engine=serving, compile_in=engine.background_compiler())
+    assert cache.stats.misses == 1
+    fn = LoadedFunction(engine, cache, wasm, load_function_config(project), lambda _: None)
+    assert call(fn).body.startswith(b"Hello from C!")
+    assert compiled.get_export_index("edge:function/handler@0.1.0") is not None
