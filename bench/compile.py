@@ -50,20 +50,31 @@ def compilers(iterations: int) -> list[dict[str, Any]]:
             settings = EngineSettings(compiler=compiler, prepare_instances=False, tier_up=False)
             with SandboxEngine(settings) as engine:
                 cache = CompileCache(engine, Path(tempfile.mkdtemp(prefix="edge-bench-")))
+                rss_before = rss_mib()
                 started = time.perf_counter()
                 fn = LoadedFunction(engine, cache, wasm, config, lambda _: None)
                 compile_s = time.perf_counter() - started
+                rss_growth = rss_mib() - rss_before
                 samples, cpu_us = measure(fn, iterations)
             rows.append(
                 {
                     "function": f"{lang} hello",
                     "compiler": compiler,
                     "compile_s": round(compile_s, 2),
+                    "rss_growth_mib": rss_growth,
                     **summary_us(samples),
                     "cpu_us_per_req": cpu_us,
                 }
             )
     return rows
+
+
+def rss_mib() -> int:
+    """This process's resident memory: what a compile leaves behind shows here."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    return 0
 
 
 @dataclass

@@ -18,7 +18,6 @@ baseline code serving (the job reports it to the function's log).
 
 from __future__ import annotations
 
-import ctypes
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,11 +25,6 @@ from typing import Protocol
 
 from edge.sandbox.code import Code
 from edge.sandbox.worker import BackgroundWorker
-
-# glibc keeps the memory a compile freed in its allocator arenas: a node that tiered up the
-# Python hello held 660 MiB resident instead of 170. malloc_trim hands it back to the system
-# (~25 ms, on the worker, GIL released); other C libraries do not have it.
-_malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 class Switchable(Protocol):
@@ -71,9 +65,6 @@ class TierUps:
                 self.stats.failures += 1
                 failed(e)
                 return
-            finally:
-                if _malloc_trim is not None:
-                    _malloc_trim(0)
             target = ref()
             if target is not None:
                 target.switch(code)
