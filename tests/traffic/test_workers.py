@@ -179,12 +179,15 @@ def test_a_dead_worker_is_replaced(make_stack: MakeStack, city_db: GeoDB) -> Non
             assert first.pid is not None
             os.kill(first.pid, signal.SIGKILL)
             deadline = time.monotonic() + 60
-            while pool.workers[0].process is first or not pool.workers[0].process.is_alive():
+            # Ready: it said so and was sent the state as it was then; from here on every
+            # change reaches it before the change returns (before that, a new worker answers
+            # from the state it was spawned with, for the milliseconds until it is ready).
+            while pool.workers[0].process is first or not pool.workers[0].ready:
                 assert time.monotonic() < deadline, "the dead worker was not replaced"
                 await asyncio.sleep(0.1)
+            assert pool.workers[0].process.is_alive()
             stack.set_node("eu-west-1", up=False)
             stack.set_node("eu-west-2", up=False)
-            # Replaced and given the state; allow for it still starting its loop.
             reply = await asyncio.to_thread(ask, pool.port, query(ecs=LONDON_ECS))
             assert addresses(reply) == US_EAST
         finally:
