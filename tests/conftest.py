@@ -16,6 +16,8 @@ import httpx
 import pytest
 
 if TYPE_CHECKING:
+    from edge.sandbox.host import LogLine
+
     from .cluster import Control
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,6 +164,12 @@ def start_dev(tmp_path: Path) -> Iterator[Callable[[Path], Proc]]:
     yield start
     for p in procs:
         p.stop()
+
+
+@pytest.fixture
+def lines() -> list[LogLine]:
+    """Where a function under test logs (LoadedFunction's sink is `lines.append`)."""
+    return []
 
 
 @pytest.fixture

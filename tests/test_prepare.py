@@ -30,11 +30,6 @@ def always() -> Iterator[SandboxEngine]:
         yield e
 
 
-@pytest.fixture
-def lines() -> list[host.LogLine]:
-    return []
-
-
 def loader(
     engine: SandboxEngine, built: Callable[[Path], Path], lines: list[host.LogLine]
 ) -> Loader:

@@ -36,11 +36,6 @@ def engine() -> Iterator[SandboxEngine]:
         yield e
 
 
-@pytest.fixture
-def lines() -> list[host.LogLine]:
-    return []
-
-
 Loader = Callable[..., LoadedFunction]
 
 

@@ -34,11 +34,6 @@ def engine() -> Iterator[SandboxEngine]:
         yield e
 
 
-@pytest.fixture
-def lines() -> list[host.LogLine]:
-    return []
-
-
 Loader = Callable[[Path], LoadedFunction]
 
 
