@@ -9,11 +9,12 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from edge.config.function import load_function_config
+from edge.config.function import InstancePolicy, load_function_config
 from edge.errors import DeadlineExceeded, MemoryLimitExceeded
 from edge.sandbox import abi, host
 from edge.sandbox.compile_cache import CompileCache
@@ -173,6 +174,31 @@ def test_c_fixtures_keep_their_limits_on_both_tiers(
             deadline = time.monotonic() + TIER_UP_BOUND_S
             while engine.tiering.stats.ups < 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
+
+
+def test_a_reused_instance_does_not_outlive_its_tier(
+    tmp_path: Path, built: Callable[[Path], Path], lines: list[host.LogLine]
+) -> None:
+    """The counter fixture counts in its instance: with the reuse policy the count goes on
+    until the tier-up, then starts again in an instance of the new code."""
+    settings = EngineSettings(pool_total_instances=16, tier_up_above_bytes=1)
+    with SandboxEngine(settings) as engine:
+        gate = threading.Event()
+        engine.tiering.worker.put(gate.wait)  # the tier-up waits until the gate opens
+        project = FIXTURES / "functions" / "counter"
+        config = replace(load_function_config(project), instance=InstancePolicy("reuse", 100))
+        fn = LoadedFunction(
+            engine, CompileCache(engine, tmp_path), built(project).read_bytes(), config,
+            lines.append,
+        )  # fmt: skip
+        assert fn.tier == "winch"
+        assert [call(fn).body for _ in range(3)] == [b"1", b"2", b"3"]
+        gate.set()
+        deadline = time.monotonic() + TIER_UP_BOUND_S
+        while fn.tier != "cranelift" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fn.tier == "cranelift"
+        assert [call(fn).body for _ in range(2)] == [b"1", b"2"]
 
 
 def test_failed_tier_up_leaves_winch_code_serving(

@@ -138,8 +138,9 @@ class LoadedFunction:
 
     def switch(self, code: Code) -> None:
         """Runs `code` from the next request on (a tier-up, on the tier-up worker). Instances
-        of the old code made ahead are closed, never served: requests check each one's code as
-        they take it."""
+        of the old code are never served: requests check each one's code as they take it (a
+        reused one is closed then). The one made ahead is replaced here, so the next request
+        finds one of the new code ready."""
         self._code = code
         slot = self._slot
         with slot.cv:
@@ -147,13 +148,6 @@ class LoadedFunction:
         if isinstance(old, _Live):
             self.engine.preparer.retire(old.store)
             self._want_one()
-        if self._reuse_lock.acquire(blocking=False):
-            try:
-                live, self._reused = self._reused, None
-            finally:
-                self._reuse_lock.release()
-            if live is not None:
-                live.store.close()
 
     @property
     def tier(self) -> str:
