@@ -126,6 +126,10 @@ def test_errors_are_json_objects_with_a_failing_exit_code(control: Control) -> N
     assert code == 1 and e["type"] == "not_found"
     code, e = error("canary", FUNCTION, "1", "--percent", "200")  # refused by the option parser
     assert code == 2 and e["type"] == "usage_error"
+    code, e = error("dev", "--compiler", "llvm")  # checked before anything is built
+    assert code == 2 and e == {
+        "type": "usage_error", "message": "--compiler must be one of cranelift, winch, got 'llvm'"
+    }
     r = edge("status", "--json", "--control", "http://127.0.0.1:1", "--token", "t", ok=False)
     assert r.returncode == 1 and json.loads(r.stdout)["error"]["type"] == "control_unreachable"
 

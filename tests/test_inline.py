@@ -43,3 +43,15 @@ def test_collections_counter_moves_when_the_collector_runs() -> None:
     before = collections()
     gc.collect()
     assert collections() > before
+
+
+def test_settling_the_heap_freezes_what_start_up_allocated() -> None:
+    import gc
+
+    from edge.node.main import settle_heap
+
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0  # out of the collector's sight from here on
+    finally:
+        gc.unfreeze()
