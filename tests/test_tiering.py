@@ -16,7 +16,7 @@ import pytest
 
 from edge.config.function import InstancePolicy, load_function_config
 from edge.errors import DeadlineExceeded, MemoryLimitExceeded
-from edge.sandbox import abi, host
+from edge.sandbox import abi, capi, host
 from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import EngineSettings, SandboxEngine
 from edge.sandbox.function import LoadedFunction
@@ -255,3 +255,76 @@ def test_background_compiles_suit_the_serving_engine(
     fn = LoadedFunction(engine, cache, wasm, load_function_config(project), lambda _: None)
     assert call(fn).body.startswith(b"Hello from C!")
     assert compiled.get_export_index("edge:function/handler@0.1.0") is not None
+
+
+def vm_size_bytes() -> int:
+    """This process's address space: a pool's reservation shows here, resident or not."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmSize in /proc/self/status")
+
+
+def wait_for(done: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIER_UP_BOUND_S
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert done(), f"not within {TIER_UP_BOUND_S} s: {what}"
+
+
+def wait_sweeps(engine: SandboxEngine, count: int) -> None:
+    """Until the ticker has looked for unused baseline engines `count` more times."""
+    target = engine.sweeps + count
+    wait_for(lambda: engine.sweeps >= target, f"{count} sweeps")
+
+
+def test_the_baseline_engine_closes_once_no_winch_code_runs_and_is_made_again(
+    engine: SandboxEngine, load: Loader, held: threading.Event
+) -> None:
+    fn = load(EXAMPLES / "python" / "hello")
+    assert fn.tier == "winch" and engine.baseline_engines == 1
+    # A request on Winch code still under way at the switch (its instance made, not called).
+    in_flight = fn._instantiate(engine.deadline_ticks(1000), own=True)
+    held.set()
+    serve_until_tiered(fn, threads=1)
+    wait_sweeps(engine, 2)
+    assert engine.baseline_engines == 1  # its store keeps the engine open
+    reserved = vm_size_bytes()
+    invocation = host.Invocation(fn.name, "id", {}, lambda _: None)
+    # Its deadline has passed meanwhile (the ticker bumps the engine's epoch): a fresh one.
+    capi.set_epoch_deadline(in_flight.store.context, engine.deadline_ticks(1000))
+    request = abi.GuestRequest("GET", "http://x/", [], b"", "127.0.0.1", "r", "n", "id")
+    assert fn._call_once(in_flight, request, invocation).body == b"Hello from Python!\n"
+    del in_flight
+    wait_for(lambda: engine.baseline_engines == 0, "the baseline engine closed")
+    assert engine.baseline_engines_closed == 1
+    # Its pool's reservation (slots of `pool_max_memory_bytes` and guards) is unmapped.
+    s = engine.settings
+    assert reserved - vm_size_bytes() >= s.pool_total_instances * s.pool_max_memory_bytes
+    assert call(fn).body == b"Hello from Python!\n"  # the Cranelift code's engine is untouched
+    # The next large component not in the cache gets a new one, with limits and a tier-up.
+    counter = load(FIXTURES / "functions" / "counter-py")
+    assert counter.tier == "winch" and engine.baseline_engines == 1
+    assert engine.baseline_engines_made == 2
+    with pytest.raises(DeadlineExceeded):
+        call(counter, "/loop")
+    assert call(counter).body == b"1 0"
+    serve_until_tiered(counter, threads=1)
+    wait_for(lambda: engine.baseline_engines == 0, "the second baseline engine closed")
+    assert engine.tiering.stats.ups == 2 and call(counter).body == b"1 0"
+
+
+def test_unloading_a_function_on_winch_code_closes_its_baseline_engine(
+    engine: SandboxEngine, load: Loader, held: threading.Event
+) -> None:
+    """Held: no tier-up comes; the function's instances made ahead and reused go with it."""
+    fn = load(EXAMPLES / "python" / "hello")
+    for _ in range(12):  # enough to have instances made ahead
+        assert call(fn).status == 200
+    assert fn.prepares_instances and engine.baseline_engines == 1
+    wait_sweeps(engine, 2)
+    assert engine.baseline_engines == 1
+    del fn
+    gc.collect()
+    wait_for(lambda: engine.baseline_engines == 0, "the baseline engine closed")
+    assert engine.baseline_engines_closed == 1

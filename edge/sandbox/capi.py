@@ -76,11 +76,15 @@ def top_frame_name(e: wasmtime.WasmtimeError) -> str | None:
 
 
 class Store:
-    """A store without a Python data slot or finalizer; `close` deletes it (once)."""
+    """A store without a Python data slot or finalizer; `close` deletes it (once). `keep`
+    holds what keeps `engine` open (a Code) until then: the store may outlive its request."""
 
-    __slots__ = ("context", "ptr")
+    __slots__ = ("context", "keep", "ptr")
 
-    def __init__(self, engine: int, memory_limit_bytes: int, deadline_ticks: int) -> None:
+    def __init__(
+        self, engine: int, memory_limit_bytes: int, deadline_ticks: int, keep: object = None
+    ) -> None:
+        self.keep = keep
         self.ptr: int | None = store_new(engine, None, None)
         self.context: int = store_context(self.ptr)
         store_limiter(self.ptr, memory_limit_bytes, -1, -1, -1, -1)
@@ -95,6 +99,7 @@ class Store:
         ptr, self.ptr = self.ptr, None
         if ptr is not None:
             store_delete(ptr)
+        self.keep = None
 
     def __del__(self) -> None:
         self.close()

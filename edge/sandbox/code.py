@@ -20,7 +20,6 @@ from edge.sandbox.contract import HANDLER_EXPORT, HANDLER_FUNC, check_component
 @dataclass(frozen=True, eq=False)
 class Code:
     tier: str  # the compiler that made it (see engine.COMPILERS)
-    engine: wasmtime.Engine
     component: cm.Component
     linker: cm.Linker
     index: cm.ExportIndex
@@ -31,6 +30,9 @@ class Code:
     linker_ptr: int
     component_ptr: int
     index_ptr: int
+    # Last: a Code lets go of its fields in order, so the component and linker made in the
+    # engine go before it (a baseline engine is closed once no Code of it is left).
+    engine: wasmtime.Engine
 
 
 def link(
@@ -43,7 +45,8 @@ def link(
     index = component.get_export_index(HANDLER_FUNC, handler)
     assert index is not None  # check_component verified it
     return Code(
-        tier, engine, component, linker, index, tuple(imports),
+        tier, component, linker, index, tuple(imports),
         any(name.startswith("wasi:") for name in imports),
         capi.address(engine), capi.address(linker), capi.address(component), capi.address(index),
+        engine,
     )  # fmt: skip

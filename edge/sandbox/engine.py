@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib.metadata import version
+from typing import TYPE_CHECKING
 
 import wasmtime
 from wasmtime import _ffi as ffi
@@ -20,6 +23,9 @@ from edge.sandbox import capi, growcheck
 from edge.sandbox.prepare import Preparer
 from edge.sandbox.tiering import TierUps
 
+if TYPE_CHECKING:
+    from edge.sandbox.code import Code
+
 MIB = 1024 * 1024
 IDLE_TICKS = 250  # ticks without wasm before the ticker sleeps (0.5 s at 2 ms)
 # wasmtime's code generators, as its C API numbers them (wasmtime_strategy_t). Cranelift
@@ -27,6 +33,8 @@ IDLE_TICKS = 250  # ticks without wasm before the ticker sleeps (0.5 s at 2 ms)
 # of 3.5 s (componentize-js: 0.65 s instead of 4.2 s) for slower code: the `edge dev` loop.
 COMPILERS = {"cranelift": 1, "winch": 2}
 BASELINE = "winch"  # the tier a large component starts on while its optimised code compiles
+# How often the ticker looks for baseline engines nothing uses any more (see _release_unused).
+SWEEP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,22 +102,39 @@ def ticks_for(deadline_ms: int, tick_ms: int) -> int:
 EngineKey = tuple[str, bool]  # (compiler, resident pool)
 
 
+class _Baseline:
+    """A baseline engine and what keeps it: the Codes made in it, held weakly (a Code that is
+    gone does not keep it), and the compiles into it under way (no Code yet)."""
+
+    __slots__ = ("codes", "engine", "making")
+
+    def __init__(self, engine: wasmtime.Engine) -> None:
+        self.engine = engine
+        self.codes: weakref.WeakSet[Code] = weakref.WeakSet()
+        self.making = 0
+
+
 class SandboxEngine:
     """Owns the Engines and the ticker thread. Close it once; closing twice is harmless.
 
     One Engine per (compiler, resident pool) in use: `engine` (the settings' compiler, the
     default pool) from the start, the others on first use. The ticker bumps the epoch of each,
-    so deadlines hold whatever code a function runs."""
+    so deadlines hold whatever code a function runs. The baseline compiler's engines (tier-up)
+    are closed again once no code made in them is left (see baseline_code)."""
 
     def __init__(self, settings: EngineSettings | None = None) -> None:
         self.settings = settings or EngineSettings()
         compiler = self.settings.compiler
         self.engine = _make_engine(self.settings, 0, compiler)
         self._engines: dict[EngineKey, wasmtime.Engine] = {(compiler, False): self.engine}
+        self._baselines: dict[bool, _Baseline] = {}  # by resident pool
         # Their addresses, for the ticker: a tuple replaced whole, so it never sees one half-made.
         self._tick_ptrs: tuple[int, ...] = (capi.address(self.engine),)
         self._engines_lock = threading.Lock()
         self._background: wasmtime.Engine | None = None
+        self.baseline_engines_made = 0
+        self.baseline_engines_closed = 0
+        self.sweeps = 0  # the ticker's looks for unused baseline engines (_release_unused)
         self._stop = threading.Event()
         # The ticker sleeps once no wasm has run for IDLE_TICKS ticks: an idle node (or 50 of
         # them on one machine) should not wake 500 times a second for nothing, and a busy one
@@ -125,24 +150,60 @@ class SandboxEngine:
         self.preparer = Preparer()
         self.tiering = TierUps()
 
-    def engine_for(self, component_bytes: int, compiler: str | None = None) -> wasmtime.Engine:
-        """The wasmtime Engine a component of this size is compiled and instantiated in, with
-        `compiler`'s code (by default the settings' compiler)."""
+    def _resident(self, component_bytes: int) -> bool:
         s = self.settings
-        resident = bool(
+        return bool(
             s.pooling and s.pool_resident_bytes and component_bytes >= s.resident_above_bytes
         )
-        key = (compiler or s.compiler, resident)
+
+    def engine_for(self, component_bytes: int) -> wasmtime.Engine:
+        """The wasmtime Engine a component of this size is compiled and instantiated in, with
+        the settings' compiler."""
+        key = (self.settings.compiler, self._resident(component_bytes))
         found = self._engines.get(key)
         if found is not None:
             return found
         with self._engines_lock:  # made on first use: most nodes run only small components
             found = self._engines.get(key)
             if found is None:
-                found = _make_engine(s, s.pool_resident_bytes if resident else 0, key[0])
+                keep = self.settings.pool_resident_bytes if key[1] else 0
+                found = _make_engine(self.settings, keep, key[0])
                 self._engines[key] = found
                 self._tick_ptrs = (*self._tick_ptrs, capi.address(found))
             return found
+
+    def baseline_code(self, component_bytes: int, make: Callable[[wasmtime.Engine], Code]) -> Code:
+        """`make`'s Code, made in the baseline compiler's engine for a component of this size
+        (made now if there is none), which lives as long as any Code made here does.
+
+        A baseline engine's pool reserves ~4 TiB of address space (the default 512 slots) and
+        keeps warm slots resident, for code that runs only until its tier-up. The Codes are
+        what keeps it: every store holds its Code (capi.Store `keep`), and so do instances
+        made ahead or reused; so once no Code is left, nothing of the engine is either, and
+        the ticker closes it (_release_unused). The next tier-up makes a new one."""
+        resident = self._resident(component_bytes)
+        with self._engines_lock:
+            held = self._baselines.get(resident)
+            if held is None:
+                keep = self.settings.pool_resident_bytes if resident else 0
+                held = self._baselines[resident] = _Baseline(
+                    _make_engine(self.settings, keep, BASELINE)
+                )
+                self._tick_ptrs = (*self._tick_ptrs, capi.address(held.engine))
+                self.baseline_engines_made += 1
+            held.making += 1  # the ticker must not close it before `make` has made its Code
+        try:
+            code = make(held.engine)
+            held.codes.add(code)
+            return code
+        finally:
+            with self._engines_lock:
+                held.making -= 1
+
+    @property
+    def baseline_engines(self) -> int:
+        """How many baseline engines are open now."""
+        return len(self._baselines)
 
     def background_compiler(self) -> wasmtime.Engine:
         """An Engine that only compiles, on one thread, for the tier-up worker: its artifacts
@@ -164,6 +225,7 @@ class SandboxEngine:
         interval = self.settings.epoch_tick_ms / 1000
         idle = 0
         seen = self._entries
+        next_sweep = 0.0
         while not self._stop.is_set():
             if self._active or self._entries != seen:
                 seen = self._entries
@@ -188,6 +250,24 @@ class SandboxEngine:
                 # pass while nothing runs do not matter.
                 for engine in self._tick_ptrs:
                     capi.engine_increment_epoch(engine)
+            if self._baselines and time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + SWEEP_S
+                self._release_unused()
+
+    def _release_unused(self) -> None:
+        """Closes the baseline engines that no Code (nor compile) uses any more. Runs on the
+        ticker thread, the only reader of `_tick_ptrs`: no tick is under way on one closed."""
+        self.sweeps += 1
+        with self._engines_lock:
+            unused = [k for k, b in self._baselines.items() if not b.making and not b.codes]
+            if not unused:
+                return
+            closing = [self._baselines.pop(k).engine for k in unused]
+            engines = [*self._engines.values(), *(b.engine for b in self._baselines.values())]
+            self._tick_ptrs = tuple(capi.address(e) for e in engines)
+            self.baseline_engines_closed += len(closing)
+        for engine in closing:  # unmaps its pool; outside the lock, as that takes a while
+            engine.close()
 
     def deadline_ticks(self, deadline_ms: int) -> int:
         return ticks_for(deadline_ms, self.settings.epoch_tick_ms)

@@ -117,8 +117,11 @@ class LoadedFunction:
         compiled = cache.cached(self.digest, top)
         if compiled is not None:
             return link(top, compiled, caps, tier), False
-        baseline = self.engine.engine_for(len(wasm), BASELINE)
-        return link(baseline, cache.compile(wasm, baseline, self._warn), caps, BASELINE), True
+
+        def make(baseline: wasmtime.Engine) -> Code:
+            return link(baseline, cache.compile(wasm, baseline, self._warn), caps, BASELINE)
+
+        return self.engine.baseline_code(len(wasm), make), True
 
     def _queue_tier_up(self, cache: CompileCache, wasm: bytes) -> None:
         # Nothing here may hold the function: an unloaded one is skipped, not compiled for.
@@ -140,7 +143,8 @@ class LoadedFunction:
         """Runs `code` from the next request on (a tier-up, on the tier-up worker). Instances
         of the old code are never served: requests check each one's code as they take it (a
         reused one is closed then). The one made ahead is replaced here, so the next request
-        finds one of the new code ready."""
+        finds one of the new code ready, and an idle reused one is closed: neither waits for
+        a request to let go of the old code (and its engine, see SandboxEngine.baseline_code)."""
         self._code = code
         slot = self._slot
         with slot.cv:
@@ -148,6 +152,13 @@ class LoadedFunction:
         if isinstance(old, _Live):
             self.engine.preparer.retire(old.store)
             self._want_one()
+        if self._reuse_lock.acquire(blocking=False):  # else the request in it closes it
+            try:
+                reused, self._reused = self._reused, None
+            finally:
+                self._reuse_lock.release()
+            if reused is not None:
+                self.engine.preparer.retire(reused.store)
 
     @property
     def tier(self) -> str:
@@ -165,7 +176,7 @@ class LoadedFunction:
         scratch = _scratch()
         code = self._code  # read once: a tier-up may replace it meanwhile
         # Instantiation runs guest start code, so the deadline applies from here.
-        store = capi.Store(code.engine_ptr, self.config.limits.memory_limit_bytes, ticks)
+        store = capi.Store(code.engine_ptr, self.config.limits.memory_limit_bytes, ticks, code)
         try:
             output = host.OutputRoute()
             if code.needs_wasi:
@@ -283,9 +294,12 @@ class LoadedFunction:
             self._prepared = False
         with slot.cv:
             slot.preparing = False
-            if live is not None:
+            if live is not None and live.code is self._code:
                 slot.ready = live
+                live = None
             slot.cv.notify_all()
+        if live is not None:  # made just before a tier-up
+            self.engine.preparer.retire(live.store)
 
     def _invoke_reusing(
         self, request: abi.GuestRequest, invocation: host.Invocation, ticks: int
@@ -307,7 +321,7 @@ class LoadedFunction:
                 live.store.close()  # a reused instance never outlives a trap
                 raise
             live.uses += 1
-            if live.uses < self.config.instance.reuse_max_requests:
+            if live.uses < self.config.instance.reuse_max_requests and live.code is self._code:
                 self._reused = live
             else:
                 live.store.close()
