@@ -20,6 +20,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,13 @@ def compilers(iterations: int) -> list[dict[str, Any]]:
 
 def rss_mib() -> int:
     """This process's resident memory: what a compile leaves behind shows here."""
+    return status_kib("VmRSS") // 1024
+
+
+def status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) // 1024
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
     return 0
 
 
@@ -83,6 +88,9 @@ class NewVersion:
     cranelift_s: float  # load -> running Cranelift code
     during_ns: list[int]  # request latencies while the Cranelift compile runs (tier-up on)
     after_ns: list[int]  # as many, spaced alike, on Cranelift code once nothing compiles
+    # What closing the baseline engine after the switch gave back (tier-up on), or None.
+    freed_rss_mib: float | None = None
+    freed_vm_gib: float | None = None
 
 
 def first_answer(wasm: bytes, config: FunctionConfig, tier_up: bool) -> NewVersion:
@@ -101,8 +109,23 @@ def first_answer(wasm: bytes, config: FunctionConfig, tier_up: bool) -> NewVersi
         if fn.tier != "cranelift":
             raise RuntimeError(f"no tier-up within {TIER_UP_WAIT_S} s")
         cranelift_s = time.perf_counter() - started
+        freed = baseline_freed(engine) if tier_up else (None, None)
         after = [spaced_request(fn) for _ in range(min(len(during), 300) if tier_up else 50)]
-        return NewVersion(first_s, cranelift_s, during, after)
+        return NewVersion(first_s, cranelift_s, during, after, *freed)
+
+
+def baseline_freed(engine: SandboxEngine) -> tuple[float | None, float | None]:
+    """RSS (MiB) and address space (GiB) given back when the ticker closes the baseline
+    engine, no requests meanwhile; None if it was closed before this looked."""
+    if engine.baseline_engines == 0:
+        return None, None
+    rss, vm = status_kib("VmRSS"), status_kib("VmSize")
+    stop = time.perf_counter() + 10
+    while engine.baseline_engines and time.perf_counter() < stop:
+        time.sleep(0.01)
+    if engine.baseline_engines:
+        raise RuntimeError("the baseline engine was not closed within 10 s")
+    return (rss - status_kib("VmRSS")) / 1024, (vm - status_kib("VmSize")) / 1024**2
 
 
 def spaced_request(fn: LoadedFunction) -> int:
@@ -126,6 +149,7 @@ def new_versions(rounds: int) -> list[dict[str, Any]]:
             firsts = [r.first_s for r in runs[tier_up]]
             during = [ns for r in runs[tier_up] for ns in r.during_ns]
             after = summary_us([ns for r in runs[tier_up] for ns in r.after_ns])
+            done = runs[tier_up]
             rows.append(
                 {
                     "function": f"{lang} hello",
@@ -140,10 +164,18 @@ def new_versions(rounds: int) -> list[dict[str, Any]]:
                     "meanwhile_p99_us": summary_us(during)["p99_us"] if during else "-",
                     "after_p50_us": after["p50_us"],
                     "after_p99_us": after["p99_us"],
+                    # Given back when the baseline engine closes after the switch.
+                    "baseline_freed_rss_mib": median_or_dash(r.freed_rss_mib for r in done),
+                    "baseline_freed_vm_gib": median_or_dash(r.freed_vm_gib for r in done),
                     "rounds": rounds,
                 }
             )
     return rows
+
+
+def median_or_dash(values: Iterable[float | None]) -> float | str:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 1) if known else "-"
 
 
 def main() -> None:

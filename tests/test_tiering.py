@@ -282,13 +282,13 @@ def test_the_baseline_engine_closes_once_no_winch_code_runs_and_is_made_again(
     engine: SandboxEngine, load: Loader, held: threading.Event
 ) -> None:
     fn = load(EXAMPLES / "python" / "hello")
-    assert fn.tier == "winch" and engine.baseline_engines == 1
+    assert fn.tier == "winch" and engine.baseline_open
     # A request on Winch code still under way at the switch (its instance made, not called).
     in_flight = fn._instantiate(engine.deadline_ticks(1000), own=True)
     held.set()
     serve_until_tiered(fn, threads=1)
     wait_sweeps(engine, 2)
-    assert engine.baseline_engines == 1  # its store keeps the engine open
+    assert engine.baseline_open  # its store keeps the engine open
     reserved = vm_size_bytes()
     invocation = host.Invocation(fn.name, "id", {}, lambda _: None)
     # Its deadline has passed meanwhile (the ticker bumps the engine's epoch): a fresh one.
@@ -296,7 +296,7 @@ def test_the_baseline_engine_closes_once_no_winch_code_runs_and_is_made_again(
     request = abi.GuestRequest("GET", "http://x/", [], b"", "127.0.0.1", "r", "n", "id")
     assert fn._call_once(in_flight, request, invocation).body == b"Hello from Python!\n"
     del in_flight
-    wait_for(lambda: engine.baseline_engines == 0, "the baseline engine closed")
+    wait_for(lambda: not engine.baseline_open, "the baseline engine closed")
     assert engine.baseline_engines_closed == 1
     # Its pool's reservation (slots of `pool_max_memory_bytes` and guards) is unmapped.
     s = engine.settings
@@ -304,13 +304,13 @@ def test_the_baseline_engine_closes_once_no_winch_code_runs_and_is_made_again(
     assert call(fn).body == b"Hello from Python!\n"  # the Cranelift code's engine is untouched
     # The next large component not in the cache gets a new one, with limits and a tier-up.
     counter = load(FIXTURES / "functions" / "counter-py")
-    assert counter.tier == "winch" and engine.baseline_engines == 1
+    assert counter.tier == "winch" and engine.baseline_open
     assert engine.baseline_engines_made == 2
     with pytest.raises(DeadlineExceeded):
         call(counter, "/loop")
     assert call(counter).body == b"1 0"
     serve_until_tiered(counter, threads=1)
-    wait_for(lambda: engine.baseline_engines == 0, "the second baseline engine closed")
+    wait_for(lambda: not engine.baseline_open, "the second baseline engine closed")
     assert engine.tiering.stats.ups == 2 and call(counter).body == b"1 0"
 
 
@@ -321,10 +321,10 @@ def test_unloading_a_function_on_winch_code_closes_its_baseline_engine(
     fn = load(EXAMPLES / "python" / "hello")
     for _ in range(12):  # enough to have instances made ahead
         assert call(fn).status == 200
-    assert fn.prepares_instances and engine.baseline_engines == 1
+    assert fn.prepares_instances and engine.baseline_open
     wait_sweeps(engine, 2)
-    assert engine.baseline_engines == 1
+    assert engine.baseline_open
     del fn
     gc.collect()
-    wait_for(lambda: engine.baseline_engines == 0, "the baseline engine closed")
+    wait_for(lambda: not engine.baseline_open, "the baseline engine closed")
     assert engine.baseline_engines_closed == 1

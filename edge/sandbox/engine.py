@@ -69,7 +69,8 @@ class EngineSettings:
     # not in the compile cache is compiled with Winch first and served at once (Python hello:
     # 0.9 s instead of 3.7 s), then switched to `compiler`'s code compiled in the background.
     # Smaller ones (C: milliseconds to compile) go straight to `compiler`. Winch code runs in
-    # engines of its own, made on first use, with pools of the sizes above.
+    # an engine of its own, made on first use and closed once no function runs its code, with
+    # a pool of the sizes above whose slots stay resident (see SandboxEngine.baseline_code).
     tier_up: bool = True
     tier_up_above_bytes: int = 1 * MIB
 
@@ -119,15 +120,15 @@ class SandboxEngine:
 
     One Engine per (compiler, resident pool) in use: `engine` (the settings' compiler, the
     default pool) from the start, the others on first use. The ticker bumps the epoch of each,
-    so deadlines hold whatever code a function runs. The baseline compiler's engines (tier-up)
-    are closed again once no code made in them is left (see baseline_code)."""
+    so deadlines hold whatever code a function runs. The baseline compiler's engine (tier-up)
+    is closed again once no code made in it is left (see baseline_code)."""
 
     def __init__(self, settings: EngineSettings | None = None) -> None:
         self.settings = settings or EngineSettings()
         compiler = self.settings.compiler
         self.engine = _make_engine(self.settings, 0, compiler)
         self._engines: dict[EngineKey, wasmtime.Engine] = {(compiler, False): self.engine}
-        self._baselines: dict[bool, _Baseline] = {}  # by resident pool
+        self._baseline: _Baseline | None = None
         # Their addresses, for the ticker: a tuple replaced whole, so it never sees one half-made.
         self._tick_ptrs: tuple[int, ...] = (capi.address(self.engine),)
         self._engines_lock = threading.Lock()
@@ -172,23 +173,27 @@ class SandboxEngine:
                 self._tick_ptrs = (*self._tick_ptrs, capi.address(found))
             return found
 
-    def baseline_code(self, component_bytes: int, make: Callable[[wasmtime.Engine], Code]) -> Code:
-        """`make`'s Code, made in the baseline compiler's engine for a component of this size
-        (made now if there is none), which lives as long as any Code made here does.
+    def baseline_code(self, make: Callable[[wasmtime.Engine], Code]) -> Code:
+        """`make`'s Code, made in the baseline compiler's engine (made now if there is none),
+        which lives as long as any Code made here does.
 
-        A baseline engine's pool reserves ~4 TiB of address space (the default 512 slots) and
-        keeps warm slots resident, for code that runs only until its tier-up. The Codes are
-        what keeps it: every store holds its Code (capi.Store `keep`), and so do instances
-        made ahead or reused; so once no Code is left, nothing of the engine is either, and
-        the ticker closes it (_release_unused). The next tier-up makes a new one."""
-        resident = self._resident(component_bytes)
+        Its pool keeps `pool_resident_bytes` of each slot resident, whatever the component's
+        size: baseline code runs while its optimised code compiles on another thread of this
+        process, and while another thread of a process runs, each copy-on-write fault of a
+        fresh instance's memory costs a TLB shootdown (an interrupt to that core, waited for);
+        the JS hello takes ~185 such faults a request, on resident slots 13 (p50 2.2 ms
+        instead of 0.9 ms, see bench/shootdowns.py).
+
+        The pool also reserves ~4 TiB of address space (the default 512 slots), for code that
+        runs only until its tier-up. The Codes are what keeps the engine: every store holds its
+        Code (capi.Store `keep`), and so do instances made ahead or reused; so once no Code is
+        left, nothing of the engine is either, and the ticker closes it (_release_unused). The
+        next tier-up makes a new one."""
         with self._engines_lock:
-            held = self._baselines.get(resident)
+            held = self._baseline
             if held is None:
-                keep = self.settings.pool_resident_bytes if resident else 0
-                held = self._baselines[resident] = _Baseline(
-                    _make_engine(self.settings, keep, BASELINE)
-                )
+                keep = self.settings.pool_resident_bytes
+                held = self._baseline = _Baseline(_make_engine(self.settings, keep, BASELINE))
                 self._tick_ptrs = (*self._tick_ptrs, capi.address(held.engine))
                 self.baseline_engines_made += 1
             held.making += 1  # the ticker must not close it before `make` has made its Code
@@ -201,9 +206,9 @@ class SandboxEngine:
                 held.making -= 1
 
     @property
-    def baseline_engines(self) -> int:
-        """How many baseline engines are open now."""
-        return len(self._baselines)
+    def baseline_open(self) -> bool:
+        """Whether the baseline engine is open now."""
+        return self._baseline is not None
 
     def background_compiler(self) -> wasmtime.Engine:
         """An Engine that only compiles, on one thread, for the tier-up worker: its artifacts
@@ -250,24 +255,22 @@ class SandboxEngine:
                 # pass while nothing runs do not matter.
                 for engine in self._tick_ptrs:
                     capi.engine_increment_epoch(engine)
-            if self._baselines and time.monotonic() >= next_sweep:
+            if self._baseline is not None and time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + SWEEP_S
                 self._release_unused()
 
     def _release_unused(self) -> None:
-        """Closes the baseline engines that no Code (nor compile) uses any more. Runs on the
-        ticker thread, the only reader of `_tick_ptrs`: no tick is under way on one closed."""
+        """Closes the baseline engine if no Code (nor compile) uses it any more. Runs on the
+        ticker thread, the only reader of `_tick_ptrs`: no tick is under way on it then."""
         self.sweeps += 1
         with self._engines_lock:
-            unused = [k for k, b in self._baselines.items() if not b.making and not b.codes]
-            if not unused:
+            held = self._baseline
+            if held is None or held.making or held.codes:
                 return
-            closing = [self._baselines.pop(k).engine for k in unused]
-            engines = [*self._engines.values(), *(b.engine for b in self._baselines.values())]
-            self._tick_ptrs = tuple(capi.address(e) for e in engines)
-            self.baseline_engines_closed += len(closing)
-        for engine in closing:  # unmaps its pool; outside the lock, as that takes a while
-            engine.close()
+            self._baseline = None
+            self._tick_ptrs = tuple(capi.address(e) for e in self._engines.values())
+            self.baseline_engines_closed += 1
+        held.engine.close()  # unmaps its pool; outside the lock, as that takes a while
 
     def deadline_ticks(self, deadline_ms: int) -> int:
         return ticks_for(deadline_ms, self.settings.epoch_tick_ms)

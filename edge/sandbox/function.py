@@ -121,7 +121,7 @@ class LoadedFunction:
         def make(baseline: wasmtime.Engine) -> Code:
             return link(baseline, cache.compile(wasm, baseline, self._warn), caps, BASELINE)
 
-        return self.engine.baseline_code(len(wasm), make), True
+        return self.engine.baseline_code(make), True
 
     def _queue_tier_up(self, cache: CompileCache, wasm: bytes) -> None:
         # Nothing here may hold the function: an unloaded one is skipped, not compiled for.
