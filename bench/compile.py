@@ -117,13 +117,13 @@ def first_answer(wasm: bytes, config: FunctionConfig, tier_up: bool) -> NewVersi
 def baseline_freed(engine: SandboxEngine) -> tuple[float | None, float | None]:
     """RSS (MiB) and address space (GiB) given back when the ticker closes the baseline
     engine, no requests meanwhile; None if it was closed before this looked."""
-    if engine.baseline_engines == 0:
+    if not engine.baseline_open:
         return None, None
     rss, vm = status_kib("VmRSS"), status_kib("VmSize")
     stop = time.perf_counter() + 10
-    while engine.baseline_engines and time.perf_counter() < stop:
+    while engine.baseline_open and time.perf_counter() < stop:
         time.sleep(0.01)
-    if engine.baseline_engines:
+    if engine.baseline_open:
         raise RuntimeError("the baseline engine was not closed within 10 s")
     return (rss - status_kib("VmRSS")) / 1024, (vm - status_kib("VmSize")) / 1024**2
 

@@ -65,12 +65,13 @@ def dev(
 
     --json: one event per line on stdout (build, build_failed, ready)."""
     from edge.dev import serve_dev
-    from edge.sandbox.engine import COMPILERS
+    from edge.sandbox.engine import check_compiler
 
     out = Output(as_json)
-    if compiler not in COMPILERS:
-        choices = ", ".join(sorted(COMPILERS))
-        out.fail(UsageError(f"--compiler must be one of {choices}, got {compiler!r}"), EXIT_USAGE)
+    try:
+        check_compiler(compiler, "--compiler", UsageError)
+    except UsageError as e:
+        out.fail(e, EXIT_USAGE)
     with out, contextlib.suppress(KeyboardInterrupt):
         serve_dev(project, host, port, out, compiler)
 

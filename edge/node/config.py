@@ -61,7 +61,7 @@ from edge.config.toml_fields import Table, load_toml
 from edge.errors import ConfigError
 from edge.node.client_ip import Network, parse_networks
 from edge.node.routing import Route
-from edge.sandbox.engine import COMPILERS, MIB, EngineSettings
+from edge.sandbox.engine import MIB, EngineSettings, check_compiler
 
 
 @dataclass(frozen=True)
@@ -202,11 +202,7 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
          "tier_up", "tier_up_above_bytes"}
     )  # fmt: skip
     compiler = sb.get("compiler", str, "cranelift")
-    if compiler not in COMPILERS:
-        raise ConfigError(
-            f"{sb.where('compiler')} must be one of {', '.join(sorted(COMPILERS))}, "
-            f"got {compiler!r}"
-        )
+    check_compiler(compiler, sb.where("compiler"), ConfigError)
     proxies = node.get("trusted_proxies", list, [])
     try:
         trusted = parse_networks([str(p) for p in proxies])

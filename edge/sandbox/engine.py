@@ -37,6 +37,16 @@ BASELINE = "winch"  # the tier a large component starts on while its optimised c
 SWEEP_S = 1.0
 
 
+def check_compiler(
+    name: str, where: str, error: Callable[[str], Exception] = ValueError
+) -> None:
+    """The one check of a compiler name, wherever it comes from: raises `error` (the type says
+    whose fault it is: ConfigError for node.toml, UsageError for a command line) with
+    "<where> must be one of cranelift, winch, got '<name>'"."""
+    if name not in COMPILERS:
+        raise error(f"{where} must be one of {', '.join(sorted(COMPILERS))}, got {name!r}")
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     epoch_tick_ms: int = 2
@@ -75,10 +85,7 @@ class EngineSettings:
     tier_up_above_bytes: int = 1 * MIB
 
     def __post_init__(self) -> None:
-        if self.compiler not in COMPILERS:
-            raise ValueError(
-                f"unknown compiler {self.compiler!r} (one of: {', '.join(sorted(COMPILERS))})"
-            )
+        check_compiler(self.compiler, "compiler")
 
     @property
     def tiers_up(self) -> bool:
