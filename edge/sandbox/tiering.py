@@ -13,7 +13,8 @@ One worker compiles, one component at a time, on one core (SandboxEngine.backgro
 a burst of new versions should not start a burst of threads, nor take every core from the
 requests being served meanwhile. A job holds only a weak reference to its
 function, so one unloaded while queued or compiling is skipped; a failed compile leaves the
-baseline code serving (the job reports it to the function's log).
+baseline code serving (the job reports it to the function's log). The baseline code's engine
+is closed once no function runs that code any more (SandboxEngine.baseline_code).
 """
 
 from __future__ import annotations
