@@ -187,9 +187,9 @@ class SandboxEngine:
         Its pool keeps `pool_resident_bytes` of each slot resident, whatever the component's
         size: baseline code runs while its optimised code compiles on another thread of this
         process, and while another thread of a process runs, each copy-on-write fault of a
-        fresh instance's memory costs a TLB shootdown (an interrupt to that core, waited for);
-        the JS hello takes ~185 such faults a request, on resident slots 13 (p50 2.2 ms
-        instead of 0.9 ms, see bench/shootdowns.py).
+        fresh instance's memory costs a TLB shootdown (an interrupt to that core, waited for).
+        The JS hello takes 185 such faults a request, 13 on resident slots: beside the compile
+        its requests had p50 2.1 ms, now 1.05 ms (0.98 ms alone; see bench/shootdowns.py).
 
         The pool also reserves ~4 TiB of address space (the default 512 slots), for code that
         runs only until its tier-up. The Codes are what keeps the engine: every store holds its
@@ -277,7 +277,9 @@ class SandboxEngine:
             self._baseline = None
             self._tick_ptrs = tuple(capi.address(e) for e in self._engines.values())
             self.baseline_engines_closed += 1
-        held.engine.close()  # unmaps its pool; outside the lock, as that takes a while
+        # Outside the lock: this unmaps the pool. Stores, components and linkers hold their own
+        # references to wasmtime's engine, so ours is the last one left here.
+        held.engine.close()
 
     def deadline_ticks(self, deadline_ms: int) -> int:
         return ticks_for(deadline_ms, self.settings.epoch_tick_ms)
