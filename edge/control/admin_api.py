@@ -8,6 +8,7 @@ gets 403 here, whatever it asks about, so these routes reveal nothing to tenants
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from edge.control.store import Store
 from edge.errors import BadRequest
 
 T = TypeVar("T")
+TOKEN_ID_RE = re.compile(r"[0-9]{1,18}")
 Authenticate = Callable[[Request], Awaitable[Principal]]
 
 
@@ -88,10 +90,10 @@ def admin_routes(store: Store, authenticate: Authenticate) -> list[Route]:
     async def revoke_token(request: Request) -> Response:
         """Revoke a token by id (admin scope): from the next request on it gets 401."""
         await admin(request)
-        try:
-            token_id = int(request.path_params["id"])
-        except ValueError:
-            raise NotFound(f"no token {request.path_params['id']!r}") from None
+        raw = str(request.path_params["id"])
+        if not TOKEN_ID_RE.fullmatch(raw):  # no such id, rather than past SQLite's range
+            raise NotFound(f"no token {raw!r}")
+        token_id = int(raw)
         return JSONResponse((await run(store.revoke_token, token_id)).to_json())
 
     return [

@@ -36,6 +36,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from edge.config.function import NAME_RE, parse_function_config
 from edge.control.admin_api import admin_routes, require_admin
 from edge.control.bodies import field, json_body, number, optional_int, optional_ip
+from edge.control.component_check import check_component_framing
 from edge.control.dashboard import Dashboard
 from edge.control.errors import Forbidden, NodeAlive, NotFound, PayloadTooLarge, Unauthorized
 from edge.control.feeds import NodeWatch, RevisionFeed, SnapshotCache
@@ -101,7 +102,8 @@ def closing_if_body(request: Request, response: Response) -> Response:
 
 def parse_route_spec(spec: str) -> tuple[str, str]:
     """`example.com/api` → ("example.com", "/api"); trailing slashes do not make a new route."""
-    if not isinstance(spec, str) or not spec or len(spec) > 512 or any(c.isspace() for c in spec):
+    if not isinstance(spec, str) or not spec or len(spec) > 512 or not spec.isprintable() \
+            or " " in spec:
         raise BadRequest(f"route must look like HOST/PATH, got {spec!r}")
     host, _, path = spec.partition("/")
     host = normalize_host(host)
@@ -285,6 +287,7 @@ def create_app(
             raise PayloadTooLarge(f"component is over {settings.max_component_bytes} bytes")
         if not data:
             raise BadRequest("empty component")
+        check_component_framing(data)
         # The blob is durable before the row that references it exists.
         sha256 = await run(store.blobs.put, data)
         version = await run(

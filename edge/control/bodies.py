@@ -13,10 +13,27 @@ from edge.errors import BadRequest
 T = TypeVar("T")
 
 
+# SQLite's integers are signed 64-bit: a larger JSON number would fail deep in the store.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
+
 def field(body: dict[str, Any], key: str, kind: type[T], default: T | None = None) -> T:
     value = body.get(key, default)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BadRequest(f"{key!r} must be {kind.__name__}")
+    if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+        raise BadRequest(f"{key!r} is out of range (a signed 64-bit integer)")
+    return value
+
+
+def int_param(text: str, what: str) -> int:
+    """An integer from a URL (path or query) that fits the store, else BadRequest."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"{what} must be an integer, got {text[:40]!r}") from None
+    if not INT_MIN <= value <= INT_MAX:
+        raise BadRequest(f"{what} is out of range (a signed 64-bit integer)")
     return value
 
 

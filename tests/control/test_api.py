@@ -261,3 +261,54 @@ def test_an_error_before_the_body_is_read_closes_that_connection(start_control: 
         assert r.status_code == 403 and r.headers["connection"] == "close"
         assert reader.get("/v1/status").status_code == 200
     assert reader.get("/v1/nothing").headers.get("connection") != "close"  # no body: kept
+
+
+def test_bytes_that_are_not_a_component_are_refused_at_upload(start_control: Start) -> None:
+    """Random bytes, a component cut short and a core module would be signed and pushed to
+    every node, which could then only answer 503: the upload is refused instead, and nothing
+    is stored."""
+    server = start_control()
+    admin = server.client(server.admin)
+    meta = {"edge-metadata": encode_metadata(manifest(), "")}
+    good = component("whole")
+    cases = {
+        "not a WebAssembly binary": bytes(range(7, 200)),
+        "truncated": good[:-3],
+        "unknown section id": good + b"\x2a\x00",
+        "core WebAssembly module": b"\x00asm\x01\x00\x00\x00",
+        "version/layer": b"\x00asm\x0e\x00\x01\x00",
+    }
+    for words, body in cases.items():
+        r = admin.post("/v1/functions/hello/versions", content=body, headers=meta)
+        assert r.status_code == 400, (words, r.text)
+        assert r.json()["error"] == "not_a_component" and words in r.json()["message"], r.text
+    assert admin.get("/v1/functions/hello/versions").status_code == 404  # nothing was stored
+    assert admin.post("/v1/functions/hello/versions", content=good, headers=meta).status_code \
+        == 201
+
+
+def test_numbers_past_64_bits_and_control_characters_are_400_not_500(
+    start_control: Start,
+) -> None:
+    server = start_control()
+    admin = deployed(server)
+    huge = 2**70
+    for path, body in (
+        ("/v1/functions/hello/deploy", {"version": huge}),
+        ("/v1/functions/hello/rollback", {"to": huge}),
+        ("/v1/functions/hello/canary", {"version": -huge, "percent": 5}),
+    ):
+        r = admin.post(path, json=body)
+        assert r.status_code == 400 and "out of range" in r.json()["message"], (path, r.text)
+    node = server.client(server.node)
+    report = {"node_id": "n1", "region": "eu", "revision": huge, "healthy": True}
+    assert node.post("/v1/node/report", json=report).status_code == 400
+    assert admin.post(f"/v1/tokens/{huge}/revoke").status_code == 404
+    assert admin.post("/v1/tokens/\u00b2/revoke").status_code == 404
+    r = admin.get("/v1/functions/hello/logs", params={"after": str(huge)})
+    assert r.status_code == 400 and "out of range" in r.json()["message"]
+    for route in ("exa\x00mple.com/", "example.com/a\x1bb", "example.com/\x7f"):
+        r = admin.post("/v1/functions/hello/deploy", json={"version": 1, "routes": [route]})
+        assert r.status_code == 400 and "HOST/PATH" in r.json()["message"], (route, r.text)
+    # Nothing of the above made a revision.
+    assert admin.get("/v1/status").json()["functions"][0]["routes"] == ["example.com/"]
