@@ -107,6 +107,42 @@ def test_control_commands_answer_json(control: Control, project: Path, tmp_path:
     assert (back["state"], back["share"], back["changed"]) == ("active", 1.0, True)
 
 
+def test_a_version_nodes_cannot_run_fails_the_deploy_and_status_says_why(
+    control: Control, project: Path, tmp_path: Path
+) -> None:
+    """Bytes that are no component are refused at upload; a component the nodes cannot load
+    (it exports nothing) is deployed, but `edge deploy` fails and `edge status` says why, until a
+    rollback clears it."""
+    first = edge_json("deploy", str(project), "--route", "*/", control=control)
+    junk = tmp_path / "junk.wasm"
+    junk.write_bytes(bytes(range(256)) * 4)
+    r = edge("deploy", str(project), "--component", str(junk), "--json", control=control,
+             ok=False)
+    assert r.returncode == 1 and json.loads(r.stdout)["error"]["type"] == "not_a_component"
+
+    empty = tmp_path / "empty.wasm"
+    empty.write_bytes(b"\x00asm\x0d\x00\x01\x00")  # framed as a component, exports nothing
+    r = edge("deploy", str(project), "--component", str(empty), "--json", control=control,
+             ok=False)
+    doc = json.loads(r.stdout)
+    assert r.returncode == 1 and doc["error"]["type"] == "version_rejected", doc
+    assert "eu-1" in doc["error"]["message"] and f"edge rollback {FUNCTION}" in doc["error"][
+        "message"]
+    (node,) = doc["nodes"]
+    assert node["current"] and f"cannot load default/{FUNCTION} v2" in node["last_error"]
+    shown = edge("status", control=control).stdout
+    assert "error on node eu-1: revision" in shown and "does not export" in " ".join(
+        shown.split())
+
+    back = edge_json("rollback", FUNCTION, control=control)
+    assert back["deployment"]["stable"] == first["version"]["number"]
+    deadline = time.monotonic() + 15
+    while edge_json("status", control=control)["nodes"][0]["last_error"]:
+        assert time.monotonic() < deadline, "the node still reports the error after a rollback"
+        time.sleep(0.2)
+    assert "error on node" not in edge("status", control=control).stdout
+
+
 def test_errors_are_json_objects_with_a_failing_exit_code(control: Control) -> None:
     def error(*args: str, token: str | None = None) -> tuple[int, dict[str, Any]]:
         r = edge(*args, "--json", control=control, token=token, ok=False)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from edge.cli_output import JsonOption, Output
 from edge.config.function import parse_function_config
@@ -64,6 +65,14 @@ class NotConverged(EdgeError):
 
     status = 504
     reason = "not_converged"
+
+
+class VersionRejected(EdgeError):
+    """Nodes applied the revision but cannot load the new version (the change itself is made:
+    its requests get 503 there until a rollback)."""
+
+    status = 502
+    reason = "version_rejected"
 
 
 def serve(
@@ -166,9 +175,22 @@ def deploy(
         if not state.converged:
             out.fail(NotConverged(
                 f"after {timeout_s:g}s these nodes have not applied revision {revision}: "
-                f"{', '.join(state.laggards)}"), done=doc)
+                f"{', '.join(state.laggards)}{_errors_said(nodes, state.laggards)}"), done=doc)
+        cannot = f"cannot load {result['deployment']['function']} v{version['number']}:"
+        rejected = tuple(n["id"] for n in nodes if n["current"] and cannot in n["last_error"])
+        if rejected:
+            out.fail(VersionRejected(
+                f"v{version['number']} is deployed (revision {revision}) but these nodes cannot"
+                f" run it: {', '.join(rejected)}{_errors_said(nodes, rejected)}; roll back with"
+                f" `edge rollback {config.name}`"), done=doc)
         out.result(doc, _change_line(result, f"deployed v{version['number']}")
                    + f"; {_nodes_line(state)}")
+
+
+def _errors_said(nodes: list[dict[str, Any]], ids: tuple[str, ...]) -> str:
+    """What the first of `ids` that reported an error said, for a failure's message."""
+    said = next((n for n in nodes if n["id"] in ids and n["last_error"]), None)
+    return "" if said is None else f" ({said['id']}: {said['last_error']})"
 
 
 def _nodes_line(c: Convergence) -> str:
@@ -181,7 +203,8 @@ def _nodes_line(c: Convergence) -> str:
 def _nodes_json(status: dict[str, Any], revision: int) -> list[dict[str, Any]]:
     return [{"id": n["id"], "region": n["region"], "applied_revision": n["applied_revision"],
              "current": n["applied_revision"] >= revision, "stale": n["stale"],
-             "healthy": n["healthy"]} for n in status.get("nodes", [])]
+             "healthy": n["healthy"], "last_error": n.get("last_error", "")}
+            for n in status.get("nodes", [])]
 
 
 def _conv_json(c: Convergence) -> dict[str, Any]:
@@ -278,11 +301,16 @@ def status(
              + (f", canary v{f['canary']} {f['canary_percent']}%" if f["canary"] else "")
              + f" routes {' '.join(f['routes']) or '-'}" for f in result.get("functions", [])]
 
+    # A refused snapshot or a version a node cannot load: the table has no room for the why.
+    errors = [f"{n['id']}: {n['last_error']}" for n in result["nodes"] if n.get("last_error")]
+
     def human() -> None:
         out.show(f"revision {result['revision']}")
         out.show(table)
         for line in lines:
             out.show(line)
+        for line in errors:
+            out.show(Text(f"error on node {line}"))
 
     out.result(result, human)
 

@@ -170,7 +170,14 @@ class Follower:
         for k in old[: max(0, len(old) - KEEP_LOADED)]:
             del self._loaded[k]
         self.applied = snapshot.revision
-        self.last_error = ""
+        # Applied, but a version no request can run is an error the operator must see (status,
+        # dashboard, `edge deploy`) as much as a refused snapshot.
+        self.last_error = "; ".join(
+            f"revision {snapshot.revision}: cannot load {v.function} v{v.number}: "
+            f"{loaded.error.message}"
+            for v in versions
+            if isinstance(loaded := self._loaded.get(_key(v)), Unavailable)
+        )
         return snapshot, fetched
 
     async def restore(self) -> bool:
@@ -231,8 +238,13 @@ class Follower:
             self.last_error = error
             await self.report()
             raise
-        self.convergence_ms = max(0.0, (time.time() - snapshot.created_unix) * 1000)
-        self.say(f"applied revision {snapshot.revision} in {self.convergence_ms:.0f} ms")
+        if snapshot.created_unix > 0:  # revision 0 (nothing made yet) has no creation time
+            self.convergence_ms = max(0.0, (time.time() - snapshot.created_unix) * 1000)
+            self.say(f"applied revision {snapshot.revision} in {self.convergence_ms:.0f} ms")
+        else:
+            self.say(f"applied revision {snapshot.revision}")
+        if self.last_error:
+            self.say(self.last_error)
         # Kept for a restart (static stability) while the report is on its way: the report
         # does not wait for the fsyncs. A crash in between restarts from the snapshot before.
         await asyncio.gather(
