@@ -377,3 +377,28 @@ def test_a_taken_port_is_a_listen_failed_error_and_never_ready(tmp_path: Path) -
     assert error["message"].startswith(f"cannot listen on {listen}: ")
     assert node.returncode == 1
     assert json.loads(node.stdout)["error"]["type"] == "listen_failed"
+
+
+def test_a_listen_address_without_a_usable_port_is_a_config_error(tmp_path: Path) -> None:
+    """Port 99999 used to end in a traceback (OverflowError from bind), and `edge control`
+    made its data directory and tokens first; a port that is no number said "invalid literal
+    for int()"."""
+    for listen in ("127.0.0.1:99999", "nope", "::1:80"):
+        r = edge("control", "--data", str(tmp_path / "cp"), "--listen", listen, "--json",
+                 ok=False)
+        error = json.loads(r.stdout)["error"]  # one document: nothing was bootstrapped
+        assert r.returncode == 1 and error["type"] == "config_error", (listen, r.stdout)
+        assert error["message"].startswith("--listen") and "Traceback" not in r.stderr
+        assert not (tmp_path / "cp").exists()
+    node_toml = tmp_path / "node.toml"
+    node_toml.write_text('[node]\nlisten = "127.0.0.1:99999"\n')
+    r = edge("node", "--config", str(node_toml), "--json", ok=False)
+    assert r.returncode == 1 and json.loads(r.stdout)["error"] == {
+        "type": "config_error",
+        "message": f"{node_toml}: node.listen must be HOST:PORT (port 1-65535), "
+                   "got '127.0.0.1:99999'",
+    }
+    r = edge("node", "--control", "http://127.0.0.1:1", "--token", "t", "--public-key",
+             "00" * 32, "--listen", "127.0.0.1:http", "--state-dir", str(tmp_path / "n"),
+             ok=False)
+    assert r.returncode == 1 and r.stderr.startswith("error: --listen must be HOST:PORT")

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.config.function import FunctionConfig, load_function_config, parse_function_config
+from edge.config.listen import check_listen
 from edge.config.toml_fields import Table, load_toml
 from edge.errors import ConfigError
 from edge.node.client_ip import Network, parse_networks
@@ -249,7 +250,8 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
     return NodeConfig(
         node_id=node.get("id", str, socket.gethostname()),
         region=node.get("region", str, "local"),
-        listen=node.get("listen", str, "127.0.0.1:8787"),
+        listen=check_listen(node.get("listen", str, "127.0.0.1:8787"), node.where("listen"),
+                            optional=False),
         url=url,
         dns_ipv4=_address(node, "dns_ipv4", 4),
         dns_ipv6=_address(node, "dns_ipv6", 6),
