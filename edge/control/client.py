@@ -190,6 +190,17 @@ def _raise_for_status(response: httpx.Response) -> None:
     raise RemoteError(response.status_code, reason, message)
 
 
+def describe_failure(e: httpx.HTTPError) -> str:
+    """One line for a server's log about a failed call to the control plane: its own answer
+    when it gave one ("401 unauthorized: unknown token"), else what the connection did."""
+    if isinstance(e, httpx.HTTPStatusError):
+        try:
+            _raise_for_status(e.response)
+        except RemoteError as remote:
+            return f"it answered {remote.status} {remote.reason}: {remote.message}"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
 def _log_params(
     since: str | None, region: str | None, after: int, limit: int | None
 ) -> dict[str, str]:

@@ -28,6 +28,7 @@ from typing import Any
 import anyio
 import httpx
 
+from edge.control.client import describe_failure
 from edge.control.errors import SnapshotRejected
 from edge.control.snapshot import SignedVersion, Snapshot, open_snapshot, verify_blob
 from edge.errors import EdgeError
@@ -292,7 +293,8 @@ class Follower:
                     failures = 0
                 except (httpx.HTTPError, SnapshotRejected) as e:
                     if isinstance(e, httpx.HTTPError) and failures == 0:
-                        self.say(f"control plane unreachable ({type(e).__name__}); serving on")
+                        self.say(f"cannot follow the control plane ({describe_failure(e)});"
+                                 " serving on")
                     await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
                     failures += 1
         finally:
