@@ -22,7 +22,7 @@ import dns.query
 import httpx
 import pytest
 
-from .cluster import FUNCTION, Control, follower, variant
+from .cluster import FUNCTION, Control, follower, start_control, variant
 from .conftest import EXAMPLES, REPO, NodeFactory, free_port
 
 EDGE = [sys.executable, "-m", "edge"]
@@ -141,6 +141,32 @@ def test_a_version_nodes_cannot_run_fails_the_deploy_and_status_says_why(
         assert time.monotonic() < deadline, "the node still reports the error after a rollback"
         time.sleep(0.2)
     assert "error on node" not in edge("status", control=control).stdout
+
+
+def test_deploy_does_not_wait_for_a_node_the_health_check_finds_down(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    """A node that died just before a deploy is stale only after a minute; `edge deploy` waited
+    for it all that time and then failed with not_converged (its default timeout is a minute)."""
+    control = start_control(tmp_path / "cp", free_port(), tmp_path / "cp.log",
+                            ("--health-interval", "0.2", "--health-timeout", "0.5"))
+    try:
+        follower(start_node, control, "alive", "eu-west", tmp_path / "alive")
+        dead = follower(start_node, control, "dead", "us-east", tmp_path / "dead")
+        dead.stop()
+        deadline = time.monotonic() + 20
+        while next(n for n in edge_json("status", control=control)["nodes"]
+                   if n["id"] == "dead")["check"] != "down":
+            assert time.monotonic() < deadline, "the control plane never saw the node down"
+            time.sleep(0.2)
+        r = edge("deploy", str(hello_project(tmp_path)), "--route", "*/", "--timeout-s", "20",
+                 "--json", control=control)
+        d = json.loads(r.stdout)
+        assert d["convergence"]["converged"] and d["convergence"]["current"] == ["alive"]
+        assert d["convergence"]["down"] == ["dead"] and d["convergence"]["laggards"] == []
+        assert "node dead is down by the control plane's health check" in r.stderr
+    finally:
+        control.proc.stop()
 
 
 def test_errors_are_json_objects_with_a_failing_exit_code(control: Control) -> None:

@@ -222,6 +222,9 @@ class Convergence:
     laggards: tuple[str, ...]  # live nodes not there yet
     stale: tuple[str, ...]  # nodes that stopped reporting; not waited for
     elapsed_s: float
+    # Behind, and down by the control plane's own /healthz check: dead, most likely, but not
+    # stale yet (that takes a minute); not waited for either.
+    down: tuple[str, ...] = ()
 
 
 def convergence(status: dict[str, Any], revision: int, elapsed_s: float) -> Convergence:
@@ -229,8 +232,10 @@ def convergence(status: dict[str, Any], revision: int, elapsed_s: float) -> Conv
     stale = tuple(n["id"] for n in nodes if n["stale"])
     live = [n for n in nodes if not n["stale"]]
     current = tuple(n["id"] for n in live if n["applied_revision"] >= revision)
-    laggards = tuple(n["id"] for n in live if n["applied_revision"] < revision)
-    return Convergence(revision, not laggards, current, laggards, stale, elapsed_s)
+    behind = [n for n in live if n["applied_revision"] < revision]
+    down = tuple(n["id"] for n in behind if n.get("check") == "down")
+    laggards = tuple(n["id"] for n in behind if n.get("check") != "down")
+    return Convergence(revision, not laggards, current, laggards, stale, elapsed_s, down)
 
 
 def wait_for_nodes(

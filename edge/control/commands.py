@@ -172,6 +172,9 @@ def deploy(
                "build": None if built is None else built.to_json()}
         for node_id in state.stale:
             out.note(f"warning: node {node_id} has stopped reporting; not waited for")
+        for node_id in state.down:
+            out.note(f"warning: node {node_id} is down by the control plane's health check; "
+                     "not waited for")
         if not state.converged:
             out.fail(NotConverged(
                 f"after {timeout_s:g}s these nodes have not applied revision {revision}: "
@@ -209,7 +212,7 @@ def _nodes_json(status: dict[str, Any], revision: int) -> list[dict[str, Any]]:
 
 def _conv_json(c: Convergence) -> dict[str, Any]:
     return {"revision": c.revision, "converged": c.converged, "current": list(c.current),
-            "laggards": list(c.laggards), "stale": list(c.stale),
+            "laggards": list(c.laggards), "stale": list(c.stale), "down": list(c.down),
             "elapsed_s": round(c.elapsed_s, 3)}
 
 
