@@ -236,6 +236,8 @@ def create_app(
         principal = store.known_principal(token) or await run(store.authenticate, token)
         if principal is None:
             raise Unauthorized("unknown token")
+        if principal.expired(store.now()):
+            raise Unauthorized("token expired")
         return principal
 
     async def tenant(request: Request, scope: str) -> tuple[int, Principal]:

@@ -121,11 +121,14 @@ class ControlClient:
         return self._json("GET", "/v1/tenants")
 
     def create_token(
-        self, tenant: str | None, scopes: list[str], name: str = "", node: bool = False
+        self, tenant: str | None, scopes: list[str], name: str = "", node: bool = False,
+        expires_in_s: float | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = (
             {"kind": "node"} if node else {"kind": "api", "tenant": tenant, "scopes": scopes}
         )
+        if expires_in_s is not None:
+            body["expires_in_s"] = expires_in_s
         if name:
             body["name"] = name
         return self._json("POST", "/v1/tokens", json=body)

@@ -165,19 +165,23 @@ class Store:
                 "SELECT t.name, t.created_unix, "
                 "(SELECT COUNT(*) FROM functions f WHERE f.tenant_id = t.id), "
                 "(SELECT COUNT(*) FROM tokens k WHERE k.tenant_id = t.id "
-                " AND k.revoked_unix IS NULL) FROM tenants t ORDER BY t.name"
+                " AND k.revoked_unix IS NULL AND COALESCE(k.expires_unix > ?, 1)) "
+                "FROM tenants t ORDER BY t.name", (self.now(),),
             ).fetchall()
         return [Tenant(r[0], r[1], r[2], r[3]) for r in rows]
 
     def create_token(
-        self, *, tenant: str | None, kind: str, scopes: Sequence[str] = (), label: str
+        self, *, tenant: str | None, kind: str, scopes: Sequence[str] = (), label: str,
+        expires_in_s: float | None = None,
     ) -> str:
         """Makes a token and returns it; only its sha256 is stored, so this is the one chance to
         see it. `tenant` is None for node tokens."""
-        return self.issue_token(tenant=tenant, kind=kind, scopes=scopes, label=label)[1]
+        return self.issue_token(tenant=tenant, kind=kind, scopes=scopes, label=label,
+                                expires_in_s=expires_in_s)[1]
 
     def issue_token(
-        self, *, tenant: str | None, kind: str, scopes: Sequence[str] = (), label: str
+        self, *, tenant: str | None, kind: str, scopes: Sequence[str] = (), label: str,
+        expires_in_s: float | None = None,
     ) -> tuple[TokenInfo, str]:
         """`create_token`, also returning what `tokens()` will list for it."""
         unknown = set(scopes) - set(TOKEN_SCOPES)
@@ -198,12 +202,15 @@ class Store:
         with self._tx() as db:
             tenant_id = None if tenant is None else self._tenant_id(db, tenant)
             now = self.now()
+            expires_unix = None if expires_in_s is None else now + expires_in_s
             cur = db.execute(
-                "INSERT INTO tokens (token_sha256, kind, tenant_id, scopes, label, created_unix) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (hash_token(token), kind, tenant_id, ",".join(ordered), label, now),
+                "INSERT INTO tokens (token_sha256, kind, tenant_id, scopes, label, created_unix, "
+                "expires_unix) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (hash_token(token), kind, tenant_id, ",".join(ordered), label, now, expires_unix),
             )
-        return TokenInfo(int(cur.lastrowid or 0), kind, tenant, ordered, label, now, None), token
+        info = TokenInfo(int(cur.lastrowid or 0), kind, tenant, ordered, label, now, None,
+                         expires_unix)
+        return info, token
 
     def tokens(self, tenant: str | None = None) -> list[TokenInfo]:
         """Every token (of `tenant` only, if given), revoked ones included, oldest first."""
@@ -213,8 +220,9 @@ class Store:
             if tenant is not None:
                 where, args = "WHERE t.tenant_id = ?", (self._tenant_id(db, tenant),)
             rows = db.execute(
-                "SELECT t.id, t.kind, n.name, t.scopes, t.label, t.created_unix, t.revoked_unix "
-                f"FROM tokens t LEFT JOIN tenants n ON n.id = t.tenant_id {where} ORDER BY t.id",
+                "SELECT t.id, t.kind, n.name, t.scopes, t.label, t.created_unix, t.revoked_unix, "
+                "t.expires_unix FROM tokens t LEFT JOIN tenants n ON n.id = t.tenant_id "
+                f"{where} ORDER BY t.id",
                 args,
             ).fetchall()
         return [_token_info(r) for r in rows]
@@ -227,8 +235,9 @@ class Store:
                 (self.now(), token_id),
             )
             row = db.execute(
-                "SELECT t.id, t.kind, n.name, t.scopes, t.label, t.created_unix, t.revoked_unix "
-                "FROM tokens t LEFT JOIN tenants n ON n.id = t.tenant_id WHERE t.id = ?",
+                "SELECT t.id, t.kind, n.name, t.scopes, t.label, t.created_unix, t.revoked_unix, "
+                "t.expires_unix FROM tokens t LEFT JOIN tenants n ON n.id = t.tenant_id "
+                "WHERE t.id = ?",
                 (token_id,),
             ).fetchone()
             if row is None:
@@ -241,7 +250,8 @@ class Store:
         digest = hash_token(token)
         with self._tx() as db:
             row = db.execute(
-                "SELECT t.kind, t.tenant_id, n.name, t.scopes, t.label FROM tokens t "
+                "SELECT t.kind, t.tenant_id, n.name, t.scopes, t.label, t.expires_unix "
+                "FROM tokens t "
                 "LEFT JOIN tenants n ON n.id = t.tenant_id "
                 "WHERE t.token_sha256 = ? AND t.revoked_unix IS NULL",
                 (digest,),
@@ -250,7 +260,8 @@ class Store:
                 return None
             scopes = frozenset(s for s in row["scopes"].split(",") if s)
             principal = Principal(
-                row["kind"], row["tenant_id"], row["name"], scopes, row["label"]
+                row["kind"], row["tenant_id"], row["name"], scopes, row["label"],
+                row["expires_unix"],
             )
             self._principals[digest] = principal
         return principal
@@ -834,7 +845,7 @@ def _node(r: sqlite3.Row) -> Node:
 
 def _token_info(r: sqlite3.Row) -> TokenInfo:
     return TokenInfo(
-        r[0], r[1], r[2], tuple(x for x in r[3].split(",") if x), r[4], r[5], r[6]
+        r[0], r[1], r[2], tuple(x for x in r[3].split(",") if x), r[4], r[5], r[6], r[7]
     )
 
 
