@@ -169,6 +169,37 @@ def test_deploy_does_not_wait_for_a_node_the_health_check_finds_down(
         control.proc.stop()
 
 
+def test_deploy_canary_uploads_a_version_as_a_canary(
+    control: Control, project: Path, tmp_path: Path
+) -> None:
+    """README's `edge canary NAME 2 --percent 10` needs a version 2 that is not stable yet, and
+    `edge deploy` made every new version stable at once: `--canary PERCENT` uploads it as the
+    canary instead (Cloudflare's `wrangler versions upload` + gradual deployment in one step)."""
+    r = edge("deploy", str(project), "--canary", "10", "--json", control=control, ok=False)
+    e = json.loads(r.stdout)["error"]
+    assert r.returncode == 1 and e["type"] == "conflict" and "without --canary" in e["message"]
+    first = edge_json("deploy", str(project), "--route", "*/", control=control)
+    r = edge("deploy", str(project), "--canary", "10", "--route", "*/x", control=control,
+             ok=False)
+    assert r.returncode == 2 and "--route" in r.stderr
+    assert len(edge_json("versions", FUNCTION, control=control)["versions"]) == 1
+
+    data, _ = variant(tmp_path, "Hello canary")
+    (tmp_path / "v2.wasm").write_bytes(data)
+    d = edge_json("deploy", str(project), "--component", str(tmp_path / "v2.wasm"),
+                  "--canary", "10", "--sticky", "cookie:uid", control=control)
+    dep = d["deploy"]["deployment"]
+    assert (dep["stable"], dep["canary"], dep["canary_percent"], dep["sticky"]) == (
+        first["version"]["number"], d["version"]["number"], 10, "cookie:uid")
+    assert d["convergence"]["converged"]
+    node_url = next(n for n in edge_json("regions", control=control)["regions"]
+                    if n["name"] == "eu-west")["endpoints"][0]["url"]
+    answers = [httpx.get(node_url + "/", cookies={"uid": f"user-{i}"}).text for i in range(200)]
+    canaried = answers.count("Hello canary\n")
+    assert 0 < canaried < 60 and answers.count("Hello from C!\n") == 200 - canaried
+    assert edge_json("promote", FUNCTION, control=control)["deployment"]["stable"] == 2
+
+
 def test_errors_are_json_objects_with_a_failing_exit_code(control: Control) -> None:
     def error(*args: str, token: str | None = None) -> tuple[int, dict[str, Any]]:
         r = edge(*args, "--json", control=control, token=token, ok=False)

@@ -18,11 +18,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from edge.cli_output import JsonOption, Output
+from edge.cli_output import EXIT_USAGE, JsonOption, Output
 from edge.config.function import parse_function_config
 from edge.config.toml_fields import load_toml
 from edge.control.client import DEFAULT_URL, ControlClient, Convergence
-from edge.errors import BadRequest, EdgeError
+from edge.control.errors import Conflict, RemoteError
+from edge.errors import BadRequest, EdgeError, UsageError
 
 ControlUrl = Annotated[
     str, typer.Option("--control", envvar="EDGE_CONTROL_URL", help="control plane URL")
@@ -146,24 +147,41 @@ def deploy(
         Path | None, typer.Option(help="a built component; skips the build")
     ] = None,
     message: Annotated[str, typer.Option("--message", "-m")] = "",
+    canary_percent: Annotated[int | None, typer.Option(
+        "--canary", min=1, max=100,
+        help="start the new version as a canary for PERCENT of clients, not as stable",
+    )] = None,
+    sticky: Annotated[str | None, typer.Option(help="with --canary: ip or cookie:NAME")] = None,
     timeout_s: Annotated[float, typer.Option("--timeout-s", help="wait for nodes")] = 60.0,
     control: ControlUrl = DEFAULT_URL,
     token: Token = "",
     as_json: JsonOption = False,
 ) -> None:
-    """Build PROJECT, upload it as a new version, make it stable, and wait for every node.
+    """Build PROJECT, upload it as a new version, make it stable (or, with --canary PERCENT,
+    the canary for that share of clients), and wait for every node.
 
     Shows the build's step, then every node's progress towards the new revision; ends with one
     line: version, revision, nodes and seconds. --json: version, revision and every node."""
     with Output(as_json) as out:
+        if canary_percent is None and sticky is not None:
+            out.fail(UsageError("--sticky goes with --canary"), EXIT_USAGE)
+        if canary_percent is not None and route:
+            out.fail(UsageError("--route changes routes with a stable deploy, not --canary"),
+                     EXIT_USAGE)
         manifest = load_toml(project / "edge.toml")
         config = parse_function_config(manifest, str(project / "edge.toml"))
         data, built = _component(out, project, component)
         with _client(control, token) as client:
+            if canary_percent is not None and not _deployed(client, config.name):
+                raise Conflict(f"{config.name} has no stable version to canary against yet: "
+                               "deploy it without --canary first")
             version = client.upload_version(config.name, data, manifest, message)
             out.say(f"{config.name}: uploaded v{version['number']} ({len(data)} bytes, "
                     f"sha256 {version['sha256'][:12]})")
-            result = client.deploy(config.name, version["number"], route or None)
+            if canary_percent is None:
+                result = client.deploy(config.name, version["number"], route or None)
+            else:
+                result = client.canary(config.name, version["number"], canary_percent, sticky)
             revision = int(result["revision"])
             state = _wait_with_progress(out, client, revision, timeout_s)
             nodes = _nodes_json(client.status(), revision)
@@ -186,8 +204,18 @@ def deploy(
                 f"v{version['number']} is deployed (revision {revision}) but these nodes cannot"
                 f" run it: {', '.join(rejected)}{_errors_said(nodes, rejected)}; roll back with"
                 f" `edge rollback {config.name}`"), done=doc)
-        out.result(doc, _change_line(result, f"deployed v{version['number']}")
+        what = "deployed" if canary_percent is None else "canary"
+        out.result(doc, _change_line(result, f"{what} v{version['number']}")
                    + f"; {_nodes_line(state)}")
+
+
+def _deployed(client: ControlClient, name: str) -> bool:
+    try:
+        return bool(client.versions(name)["deployment"])
+    except RemoteError as e:
+        if e.status != 404:  # 404: no such function (yet)
+            raise
+        return False
 
 
 def _errors_said(nodes: list[dict[str, Any]], ids: tuple[str, ...]) -> str:
