@@ -459,3 +459,18 @@ def test_a_listen_address_without_a_usable_port_is_a_config_error(tmp_path: Path
              "00" * 32, "--listen", "127.0.0.1:http", "--state-dir", str(tmp_path / "n"),
              ok=False)
     assert r.returncode == 1 and r.stderr.startswith("error: --listen must be HOST:PORT")
+
+
+def test_a_damaged_control_database_is_a_config_error(tmp_path: Path) -> None:
+    """It was a traceback ending in "DatabaseError: file is not a database"."""
+    data = tmp_path / "cp"
+    data.mkdir()
+    (data / "control.db").write_bytes(b"not SQLite at all " * 300)
+    r = edge("control", "--data", str(data), "--listen", f"127.0.0.1:{free_port()}", "--json",
+             ok=False)
+    error = json.loads(r.stdout)["error"]
+    assert r.returncode == 1 and error["type"] == "config_error" and "Traceback" not in r.stderr
+    assert error["message"] == (
+        f"cannot use the control plane's database {data / 'control.db'}: file is not a "
+        "database (restore it from a backup, or start with an empty --data directory)")
+    assert not (data / "tokens.json").exists()  # nothing bootstrapped on top of it

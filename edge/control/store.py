@@ -44,7 +44,7 @@ from edge.control.records import (
     Version,
 )
 from edge.control.regions import Region, RegionDrain, check_region_fields
-from edge.errors import BadRequest
+from edge.errors import BadRequest, ConfigError
 
 DB_NAME = "control.db"
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -73,11 +73,20 @@ class Store:
         )
         self._db.row_factory = sqlite3.Row
         self._closed = False
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed deploy survives power loss too, not only a killed process.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self.migrate()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed deploy survives power loss too, not only a killed process.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self.migrate()
+        except sqlite3.DatabaseError as e:  # not a database, damaged, locked, read-only
+            self._db.close()
+            corrupt = not isinstance(e, sqlite3.OperationalError)
+            advice = (" (restore it from a backup, or start with an empty --data directory)"
+                      if corrupt else "")
+            raise ConfigError(
+                f"cannot use the control plane's database {data_dir / DB_NAME}: {e}{advice}"
+            ) from None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
