@@ -35,7 +35,14 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from edge.config.function import NAME_RE, parse_function_config
 from edge.control.admin_api import admin_routes, require_admin
-from edge.control.bodies import field, json_body, number, optional_int, optional_ip
+from edge.control.bodies import (
+    field,
+    json_body,
+    number,
+    optional_int,
+    optional_ip,
+    read_body,
+)
 from edge.control.component_check import check_component_framing
 from edge.control.dashboard import Dashboard
 from edge.control.errors import Forbidden, NodeAlive, NotFound, PayloadTooLarge, Unauthorized
@@ -281,12 +288,7 @@ def create_app(
             raise BadRequest(e.message) from None
         if config.name != name:
             raise BadRequest(f"manifest names function {config.name!r}, not {name!r}")
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > settings.max_component_bytes:
-            raise PayloadTooLarge(f"component is over {settings.max_component_bytes} bytes")
-        data = await request.body()
-        if len(data) > settings.max_component_bytes:
-            raise PayloadTooLarge(f"component is over {settings.max_component_bytes} bytes")
+        data = await read_body(request, settings.max_component_bytes, "component")
         if not data:
             raise BadRequest("empty component")
         check_component_framing(data)

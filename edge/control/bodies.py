@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 
 from edge.config.ip import ip_of_version
+from edge.control.errors import PayloadTooLarge
 from edge.errors import BadRequest
 
 T = TypeVar("T")
@@ -51,8 +52,27 @@ def optional_int(body: dict[str, Any], key: str) -> int | None:
     return field(body, key, int)
 
 
+# The largest JSON body any endpoint takes (a node's log batch: 1000 lines of up to 4 KiB).
+MAX_JSON_BYTES = 16 * 1024 * 1024
+
+
+async def read_body(request: Request, limit_bytes: int, what: str) -> bytes:
+    """The body, or PayloadTooLarge as soon as it passes `limit_bytes`: a body sent without
+    a content-length (chunked) is never held in memory past the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit_bytes:
+        raise PayloadTooLarge(f"{what} is over {limit_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise PayloadTooLarge(f"{what} is over {limit_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = await read_body(request, MAX_JSON_BYTES, "the JSON body")
     if not raw:
         return {}
     try:

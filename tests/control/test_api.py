@@ -4,6 +4,7 @@ node endpoints and the long poll."""
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edge.control import bodies
 from edge.control.api import ControlSettings
 from edge.control.snapshot import open_snapshot, verify_blob
 from edge.control.wire import encode_metadata
@@ -312,3 +314,29 @@ def test_numbers_past_64_bits_and_control_characters_are_400_not_500(
         assert r.status_code == 400 and "HOST/PATH" in r.json()["message"], (route, r.text)
     # Nothing of the above made a revision.
     assert admin.get("/v1/status").json()["functions"][0]["routes"] == ["example.com/"]
+
+
+def test_a_body_sent_without_a_length_is_cut_off_at_the_limit(
+    start_control: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunked upload used to be read whole before its size was checked (200 MiB took the
+    control plane to ~490 MiB resident). Now the answer is 413 as soon as the limit is passed:
+    here before the client has even finished sending."""
+    monkeypatch.setattr(bodies, "MAX_JSON_BYTES", 1000)
+    server = start_control(ControlSettings(max_component_bytes=100))
+    host, port = server.url.removeprefix("http://").split(":")
+    meta = encode_metadata(manifest(), "")
+    for path, extra in (("/v1/functions/hello/versions", f"edge-metadata: {meta}\r\n"),
+                        ("/v1/functions/hello/deploy", "content-type: application/json\r\n")):
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall((f"POST {path} HTTP/1.1\r\nhost: {host}\r\n"
+                       f"authorization: Bearer {server.admin}\r\n{extra}"
+                       "transfer-encoding: chunked\r\n\r\n").encode())
+            chunk = b" " * 1500  # over both limits; the last chunk never comes
+            s.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            received = b""
+            while data := s.recv(65536):  # "connection: close": it ends at the answer's end
+                received += data
+            answer = received.decode()
+        assert answer.startswith("HTTP/1.1 413"), (path, answer)
+        assert '"error":"payload_too_large"' in answer
