@@ -353,7 +353,8 @@ def create_app(
 
     async def rollback(request: Request) -> Response:
         """Return to an earlier version (scope operate). Body: {"to": int (optional; default:
-        the stable version before the current one)}."""
+        the stable version before the current one, or, during a canary, the stable version:
+        the canary alone is dropped)}."""
         tenant_id, p = await tenant(request, "operate")
         name = function_name(request)
         to = optional_int(await json_body(request), "to")

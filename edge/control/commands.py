@@ -283,7 +283,8 @@ def rollback(
     token: Token = "",
     as_json: JsonOption = False,
 ) -> None:
-    """Go back to the previous stable version, or to --to N. Drops any canary."""
+    """Go back to the previous stable version, or to --to N. Drops any canary; during a
+    canary, without --to, only the canary goes and the stable version stays."""
     with Output(as_json) as out, _client(control, token) as client:
         result = client.rollback(name, to)
     out.result(result, _change_line(result, "rolled back"))

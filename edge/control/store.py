@@ -451,10 +451,14 @@ class Store:
 
     def rollback(self, tenant_id: int, name: str, to: int | None, author: str) -> Change:
         """Back to version `to`, or to the stable version before the current one (see
-        `edge.control.history`). Any canary is dropped: a rollback is a retreat."""
+        `edge.control.history`). Any canary is dropped: a rollback is a retreat. Without `to`
+        during a canary, the retreat is from the canary alone: the stable version stays (as
+        when a gradual deployment is rolled back at Cloudflare or Fastly)."""
         with self._tx() as db:
             fid = self._function_id(db, tenant_id, name)
             old = self._deployed(db, fid, name)
+            if to is None and old.canary is not None:
+                to = old.stable
             if to is None:
                 events = [
                     (r["kind"], json.loads(r["state"])["stable"])
