@@ -200,7 +200,8 @@ def describe_failure(e: httpx.HTTPError) -> str:
         try:
             _raise_for_status(e.response)
         except RemoteError as remote:
-            return f"it answered {remote.status} {remote.reason}: {remote.message}"
+            said = f" {remote.reason}: {remote.message}" if remote.message else ""
+            return f"it answered {remote.status}{said}"
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 

@@ -74,6 +74,7 @@ class Follower:
         self.applied: int = -1
         self.last_error = ""
         self.convergence_ms: float | None = None
+        self._lost = False  # the control plane failed a call, and nothing succeeded since
         # Loaded versions by (function, number, sha256), least recently served first.
         self._loaded: OrderedDict[VersionKey, Loaded] = OrderedDict()
         self._report_lock = asyncio.Lock()
@@ -219,7 +220,13 @@ class Follower:
         if self.convergence_ms is not None:
             body["convergence_ms"] = self.convergence_ms
         with contextlib.suppress(httpx.HTTPError):  # the next heartbeat tries again
-            await self._client.post("/v1/node/report", json=body)
+            if (await self._client.post("/v1/node/report", json=body)).is_success:
+                self._reached()
+
+    def _reached(self) -> None:
+        if self._lost:  # said once, like the loss
+            self._lost = False
+            self.say("control plane reachable again; following it")
 
     async def poll_once(self) -> bool:
         r = await self._client.get(
@@ -290,9 +297,11 @@ class Follower:
             while True:
                 try:
                     await self.poll_once()
+                    self._reached()
                     failures = 0
                 except (httpx.HTTPError, SnapshotRejected) as e:
-                    if isinstance(e, httpx.HTTPError) and failures == 0:
+                    if isinstance(e, httpx.HTTPError) and not self._lost:
+                        self._lost = True
                         self.say(f"cannot follow the control plane ({describe_failure(e)});"
                                  " serving on")
                     await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
