@@ -608,6 +608,15 @@ def create_app(
     async def metrics_page(_: Request) -> Response:
         return Response(await run(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
+    async def healthz(_: Request) -> Response:
+        """Liveness for a load balancer or supervisor (no token, like /metrics): the database
+        answers. 503 when it does not."""
+        try:
+            revision = await run(store.revision)
+        except (sqlite3.Error, RuntimeError, EdgeError) as e:  # RuntimeError: store closed
+            return JSONResponse({"ok": False, "error": str(e)}, status_code=503)
+        return JSONResponse({"ok": True, "revision": revision})
+
     async def on_edge_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, EdgeError)
         return closing_if_body(request, error_response(exc))
@@ -648,7 +657,8 @@ def create_app(
     ]
     routes += log_routes(store, logs, tenant, node, json_body, run, function_name, now)
     # Not in `routes`: the OpenAPI description is of the token-protected API.
-    served = [*routes, Route("/metrics", metrics_page, methods=["GET"])]
+    served = [*routes, Route("/metrics", metrics_page, methods=["GET"]),
+              Route("/healthz", healthz, methods=["GET"])]
     return Starlette(
         routes=served,
         lifespan=lifespan,

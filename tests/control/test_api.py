@@ -340,3 +340,18 @@ def test_a_body_sent_without_a_length_is_cut_off_at_the_limit(
             answer = received.decode()
         assert answer.startswith("HTTP/1.1 413"), (path, answer)
         assert '"error":"payload_too_large"' in answer
+
+
+def test_healthz_needs_no_token_and_fails_when_the_database_does(start_control: Start) -> None:
+    """A load balancer or supervisor in front of the control plane has no token; it had only
+    /metrics, which answers whatever state the database is in."""
+    server = start_control()
+    anonymous = server.client(None)
+    assert anonymous.get("/healthz").json() == {"ok": True, "revision": 0}
+    deployed(server)
+    assert anonymous.get("/healthz").json() == {"ok": True, "revision": 1}
+    assert "/healthz" not in anonymous.get("/openapi.json", headers={
+        "authorization": f"Bearer {server.admin}"}).json()["paths"]
+    server.store.close()  # the database is gone from under the server
+    r = anonymous.get("/healthz")
+    assert r.status_code == 503 and r.json()["ok"] is False
