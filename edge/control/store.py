@@ -29,6 +29,7 @@ from edge.control.blobs import BlobStore
 from edge.control.errors import Conflict, NodeAlive, NotFound
 from edge.control.migrations import MIGRATIONS
 from edge.control.records import (
+    ADMIN_SCOPE,
     TOKEN_SCOPES,
     Change,
     ConfigAt,
@@ -237,12 +238,14 @@ class Store:
         return [_token_info(r) for r in rows]
 
     def revoke_token(self, token_id: int) -> TokenInfo:
-        """Revokes at once: the next request with it gets 401. Revoking twice changes nothing."""
+        """Revokes at once: the next request with it gets 401. Revoking twice changes nothing.
+        The last usable admin token cannot be revoked (Conflict): nothing could make another,
+        and the operator would be locked out of tenants and tokens for good."""
         with self._tx() as db:
-            db.execute(
+            revoked = db.execute(
                 "UPDATE tokens SET revoked_unix = ? WHERE id = ? AND revoked_unix IS NULL",
                 (self.now(), token_id),
-            )
+            ).rowcount
             row = db.execute(
                 "SELECT t.id, t.kind, n.name, t.scopes, t.label, t.created_unix, t.revoked_unix, "
                 "t.expires_unix FROM tokens t LEFT JOIN tenants n ON n.id = t.tenant_id "
@@ -251,6 +254,15 @@ class Store:
             ).fetchone()
             if row is None:
                 raise NotFound(f"no token {token_id}")
+            if revoked and ADMIN_SCOPE in row["scopes"].split(","):
+                admins = db.execute(
+                    "SELECT COUNT(*) FROM tokens WHERE kind = 'api' AND revoked_unix IS NULL "
+                    "AND COALESCE(expires_unix > ?, 1) AND ',' || scopes || ',' LIKE ?",
+                    (self.now(), f"%,{ADMIN_SCOPE},%"),
+                ).fetchone()[0]
+                if admins == 0:  # it was the last one (the transaction rolls back)
+                    raise Conflict(f"token {token_id} is the last admin token: make another one"
+                                   " first (edge token create --tenant NAME --scope admin)")
             # Inside the transaction, so no request can re-fill the cache with the old answer.
             self._principals.clear()
         return _token_info(row)

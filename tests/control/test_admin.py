@@ -280,3 +280,21 @@ def test_migration_9_keeps_tokens_working_and_never_expiring(tmp_path: Path) -> 
         p = store.authenticate(secret)
         assert p is not None and p.expires_unix is None and not p.expired(1e12)
         assert store.tokens()[0].expires_unix is None
+
+
+def test_the_last_admin_token_cannot_be_revoked(start_control: Start) -> None:
+    """Nothing can make an admin token but an admin token: revoking the last one would lock
+    the operator out of tenants and tokens for good."""
+    server = start_control()
+    admin = server.client(server.admin)
+    (first,) = [t for t in admin.get("/v1/tokens").json()["tokens"] if t["name"] ==
+                "default-admin"]
+    r = admin.post(f"/v1/tokens/{first['id']}/revoke")
+    assert r.status_code == 409 and "last admin token" in r.json()["message"], r.text
+    assert admin.get("/v1/tokens").status_code == 200  # still in force
+    second = make_token(admin, "default", "admin", name="second")
+    assert admin.post(f"/v1/tokens/{first['id']}/revoke").json()["revoked"] is True
+    assert admin.get("/v1/tokens").status_code == 401
+    successor = server.client(second["token"])
+    assert successor.post(f"/v1/tokens/{second['id']}/revoke").status_code == 409
+    assert successor.get("/v1/tokens").status_code == 200
