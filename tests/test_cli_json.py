@@ -22,7 +22,7 @@ import dns.query
 import httpx
 import pytest
 
-from .cluster import FUNCTION, Control, follower, variant
+from .cluster import FUNCTION, Control, follower, start_control, variant
 from .conftest import EXAMPLES, REPO, NodeFactory, free_port
 
 EDGE = [sys.executable, "-m", "edge"]
@@ -105,6 +105,99 @@ def test_control_commands_answer_json(control: Control, project: Path, tmp_path:
     assert drained["waited_s"] > 0 and drained["drain"]["over_s"] == 1.0
     back = edge_json("region", "undrain", "eu-west", control=control)
     assert (back["state"], back["share"], back["changed"]) == ("active", 1.0, True)
+
+
+def test_a_version_nodes_cannot_run_fails_the_deploy_and_status_says_why(
+    control: Control, project: Path, tmp_path: Path
+) -> None:
+    """Bytes that are no component are refused at upload; a component the nodes cannot load
+    (it exports nothing) is deployed, but `edge deploy` fails and `edge status` says why, until a
+    rollback clears it."""
+    first = edge_json("deploy", str(project), "--route", "*/", control=control)
+    junk = tmp_path / "junk.wasm"
+    junk.write_bytes(bytes(range(256)) * 4)
+    r = edge("deploy", str(project), "--component", str(junk), "--json", control=control,
+             ok=False)
+    assert r.returncode == 1 and json.loads(r.stdout)["error"]["type"] == "not_a_component"
+
+    empty = tmp_path / "empty.wasm"
+    empty.write_bytes(b"\x00asm\x0d\x00\x01\x00")  # framed as a component, exports nothing
+    r = edge("deploy", str(project), "--component", str(empty), "--json", control=control,
+             ok=False)
+    doc = json.loads(r.stdout)
+    assert r.returncode == 1 and doc["error"]["type"] == "version_rejected", doc
+    assert "eu-1" in doc["error"]["message"] and f"edge rollback {FUNCTION}" in doc["error"][
+        "message"]
+    (node,) = doc["nodes"]
+    assert node["current"] and f"cannot load default/{FUNCTION} v2" in node["last_error"]
+    shown = edge("status", control=control).stdout
+    assert "error on node eu-1: revision" in shown and "does not export" in " ".join(
+        shown.split())
+
+    back = edge_json("rollback", FUNCTION, control=control)
+    assert back["deployment"]["stable"] == first["version"]["number"]
+    deadline = time.monotonic() + 15
+    while edge_json("status", control=control)["nodes"][0]["last_error"]:
+        assert time.monotonic() < deadline, "the node still reports the error after a rollback"
+        time.sleep(0.2)
+    assert "error on node" not in edge("status", control=control).stdout
+
+
+def test_deploy_does_not_wait_for_a_node_the_health_check_finds_down(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    """A node that died just before a deploy is stale only after a minute; `edge deploy` waited
+    for it all that time and then failed with not_converged (its default timeout is a minute)."""
+    control = start_control(tmp_path / "cp", free_port(), tmp_path / "cp.log",
+                            ("--health-interval", "0.2", "--health-timeout", "0.5"))
+    try:
+        follower(start_node, control, "alive", "eu-west", tmp_path / "alive")
+        dead = follower(start_node, control, "dead", "us-east", tmp_path / "dead")
+        dead.stop()
+        deadline = time.monotonic() + 20
+        while next(n for n in edge_json("status", control=control)["nodes"]
+                   if n["id"] == "dead")["check"] != "down":
+            assert time.monotonic() < deadline, "the control plane never saw the node down"
+            time.sleep(0.2)
+        r = edge("deploy", str(hello_project(tmp_path)), "--route", "*/", "--timeout-s", "20",
+                 "--json", control=control)
+        d = json.loads(r.stdout)
+        assert d["convergence"]["converged"] and d["convergence"]["current"] == ["alive"]
+        assert d["convergence"]["down"] == ["dead"] and d["convergence"]["laggards"] == []
+        assert "node dead is down by the control plane's health check" in r.stderr
+    finally:
+        control.proc.stop()
+
+
+def test_deploy_canary_uploads_a_version_as_a_canary(
+    control: Control, project: Path, tmp_path: Path
+) -> None:
+    """README's `edge canary NAME 2 --percent 10` needs a version 2 that is not stable yet, and
+    `edge deploy` made every new version stable at once: `--canary PERCENT` uploads it as the
+    canary instead (Cloudflare's `wrangler versions upload` + gradual deployment in one step)."""
+    r = edge("deploy", str(project), "--canary", "10", "--json", control=control, ok=False)
+    e = json.loads(r.stdout)["error"]
+    assert r.returncode == 1 and e["type"] == "conflict" and "without --canary" in e["message"]
+    first = edge_json("deploy", str(project), "--route", "*/", control=control)
+    r = edge("deploy", str(project), "--canary", "10", "--route", "*/x", control=control,
+             ok=False)
+    assert r.returncode == 2 and "--route" in r.stderr
+    assert len(edge_json("versions", FUNCTION, control=control)["versions"]) == 1
+
+    data, _ = variant(tmp_path, "Hello canary")
+    (tmp_path / "v2.wasm").write_bytes(data)
+    d = edge_json("deploy", str(project), "--component", str(tmp_path / "v2.wasm"),
+                  "--canary", "10", "--sticky", "cookie:uid", control=control)
+    dep = d["deploy"]["deployment"]
+    assert (dep["stable"], dep["canary"], dep["canary_percent"], dep["sticky"]) == (
+        first["version"]["number"], d["version"]["number"], 10, "cookie:uid")
+    assert d["convergence"]["converged"]
+    node_url = next(n for n in edge_json("regions", control=control)["regions"]
+                    if n["name"] == "eu-west")["endpoints"][0]["url"]
+    answers = [httpx.get(node_url + "/", cookies={"uid": f"user-{i}"}).text for i in range(200)]
+    canaried = answers.count("Hello canary\n")
+    assert 0 < canaried < 60 and answers.count("Hello from C!\n") == 200 - canaried
+    assert edge_json("promote", FUNCTION, control=control)["deployment"]["stable"] == 2
 
 
 def test_errors_are_json_objects_with_a_failing_exit_code(control: Control) -> None:
@@ -341,3 +434,43 @@ def test_a_taken_port_is_a_listen_failed_error_and_never_ready(tmp_path: Path) -
     assert error["message"].startswith(f"cannot listen on {listen}: ")
     assert node.returncode == 1
     assert json.loads(node.stdout)["error"]["type"] == "listen_failed"
+
+
+def test_a_listen_address_without_a_usable_port_is_a_config_error(tmp_path: Path) -> None:
+    """Port 99999 used to end in a traceback (OverflowError from bind), and `edge control`
+    made its data directory and tokens first; a port that is no number said "invalid literal
+    for int()"."""
+    for listen in ("127.0.0.1:99999", "nope", "::1:80"):
+        r = edge("control", "--data", str(tmp_path / "cp"), "--listen", listen, "--json",
+                 ok=False)
+        error = json.loads(r.stdout)["error"]  # one document: nothing was bootstrapped
+        assert r.returncode == 1 and error["type"] == "config_error", (listen, r.stdout)
+        assert error["message"].startswith("--listen") and "Traceback" not in r.stderr
+        assert not (tmp_path / "cp").exists()
+    node_toml = tmp_path / "node.toml"
+    node_toml.write_text('[node]\nlisten = "127.0.0.1:99999"\n')
+    r = edge("node", "--config", str(node_toml), "--json", ok=False)
+    assert r.returncode == 1 and json.loads(r.stdout)["error"] == {
+        "type": "config_error",
+        "message": f"{node_toml}: node.listen must be HOST:PORT (port 1-65535), "
+                   "got '127.0.0.1:99999'",
+    }
+    r = edge("node", "--control", "http://127.0.0.1:1", "--token", "t", "--public-key",
+             "00" * 32, "--listen", "127.0.0.1:http", "--state-dir", str(tmp_path / "n"),
+             ok=False)
+    assert r.returncode == 1 and r.stderr.startswith("error: --listen must be HOST:PORT")
+
+
+def test_a_damaged_control_database_is_a_config_error(tmp_path: Path) -> None:
+    """It was a traceback ending in "DatabaseError: file is not a database"."""
+    data = tmp_path / "cp"
+    data.mkdir()
+    (data / "control.db").write_bytes(b"not SQLite at all " * 300)
+    r = edge("control", "--data", str(data), "--listen", f"127.0.0.1:{free_port()}", "--json",
+             ok=False)
+    error = json.loads(r.stdout)["error"]
+    assert r.returncode == 1 and error["type"] == "config_error" and "Traceback" not in r.stderr
+    assert error["message"] == (
+        f"cannot use the control plane's database {data / 'control.db'}: file is not a "
+        "database (restore it from a backup, or start with an empty --data directory)")
+    assert not (data / "tokens.json").exists()  # nothing bootstrapped on top of it

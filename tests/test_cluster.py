@@ -157,6 +157,13 @@ def test_nodes_serve_on_without_the_control_plane(
                 client, client.deploy(FUNCTION, upload(client, tmp_path, "after outage"), None)
             )
         assert httpx.get(again.url + "/").text == "after outage\n"
+        # It said when it lost the control plane and when it had it back, once each.
+        back_again = "control plane reachable again; following it"
+        wait_until(lambda: back_again in again.log(), 10, "reachable again", again)
+        said = again.log()
+        assert said.index("cannot follow the control plane (ConnectError") < said.index(
+            back_again)
+        assert said.count("cannot follow the control plane") == 1
     finally:
         back.proc.stop()
 

@@ -154,3 +154,37 @@ def test_node_tracing_and_logs_tables(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
     args = (None, None, None, None, None, None, None, None)
     assert node_config_from_args(*args).tracing.otlp_endpoint == "http://collector:4318"
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "value"),
+    [
+        ("control", "url", "ftp://cp.example"),
+        ("control", "url", "http://"),
+        ("control", "url", "http://[nope"),
+        ("node", "url", "http://x y"),
+        ("node", "url", "127.0.0.1:8787"),
+        ("tracing", "otlp_endpoint", "http://collector\n:4318"),
+    ],
+)
+def test_node_urls_must_be_http_urls(tmp_path: Path, table: str, key: str, value: str) -> None:
+    """`[control] url = "ftp://..."` was taken, and the node then logged an httpx error about
+    the protocol at every retry."""
+    data: dict[str, dict[str, object]] = {
+        "control": {"url": "http://127.0.0.1:7000", "token": "t", "public_key": "ab" * 32}}
+    data.setdefault(table, {})[key] = value
+    with pytest.raises(ConfigError) as e:
+        parse_node_config(data, "node.toml", tmp_path)
+    assert e.value.message == (f"node.toml: {table}.{key} must be an http:// or https:// URL, "
+                               f"got {value!r}")
+
+
+def test_node_listen_and_token_file_errors_name_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"node.toml: node.listen must be HOST:PORT \(port "
+                                          r"1-65535\), got '0.0.0.0:http'"):
+        parse_node_config({"node": {"listen": "0.0.0.0:http"}}, "node.toml", tmp_path)
+    control = {"url": "http://127.0.0.1:7000", "token_file": "missing", "public_key": "ab" * 32}
+    with pytest.raises(ConfigError) as e:
+        parse_node_config({"control": control}, "node.toml", tmp_path)
+    assert e.value.message == (f"node.toml: control.token_file: {tmp_path / 'missing'}: "
+                               "No such file or directory")

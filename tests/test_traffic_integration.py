@@ -181,4 +181,30 @@ def test_edge_dns_without_a_control_plane_serves_traffic_toml(tmp_path: Path) ->
         assert resolve(port, LONDON) == {EU_ANSWER}  # both down: fail open to the nearest
     finally:
         proc.stop()
-    assert "cannot read region drains" in proc.log()
+    assert "cannot read the region map from http://127.0.0.1:9/v1/regions (ConnectError" \
+        in proc.log()
+
+
+def test_a_wrong_token_is_named_as_such_by_node_and_dns(
+    control: Control, start_node: NodeFactory, tmp_path: Path
+) -> None:
+    """Both used to call a control plane that refused their token unreachable, the DNS server
+    with httpx's three-line message about "region drains"."""
+    body = (f'[control]\nurl = "{control.url}"\ntoken = "wrong"\n'
+            f'public_key = "{control.tokens["public_key"]}"\nstate_dir = "{tmp_path / "s"}"\n')
+    node = start_node(body, node='id = "n1"\nregion = "eu-west"\n', ready=False)
+    config = tmp_path / "traffic.toml"
+    config.write_text(traffic_toml(node.url, node.url, free_port()))
+    log = tmp_path / "dns.log"
+    dns_proc = Proc(_spawn(["dns", "--config", str(config), "--control", control.url,
+                            "--token", "wrong"], log), "", log)
+    try:
+        said = "(it answered 401 unauthorized: unknown token)"
+        wait_until(lambda: said in node.log(), 30, "the node's complaint", node)
+        wait_until(lambda: said in dns_proc.log(), 30, "the DNS server's complaint", dns_proc)
+    finally:
+        dns_proc.stop()
+    assert "cannot follow the control plane (it answered 401" in node.log()
+    assert f"cannot read the region map from {control.url}/v1/regions (it answered 401" \
+        in dns_proc.log()
+    assert "unreachable" not in node.log() and "developer.mozilla.org" not in dns_proc.log()

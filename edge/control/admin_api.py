@@ -8,6 +8,7 @@ gets 403 here, whatever it asks about, so these routes reveal nothing to tenants
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -16,13 +17,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edge.control.bodies import field, json_body
+from edge.control.bodies import field, json_body, number
 from edge.control.errors import Forbidden, NotFound
 from edge.control.records import ADMIN_SCOPE, TOKEN_SCOPES, Principal
 from edge.control.store import Store
 from edge.errors import BadRequest
 
 T = TypeVar("T")
+TOKEN_ID_RE = re.compile(r"[0-9]{1,18}")
+MAX_EXPIRES_IN_S = 10 * 365 * 86_400
 Authenticate = Callable[[Request], Awaitable[Principal]]
 
 
@@ -58,12 +61,19 @@ def admin_routes(store: Store, authenticate: Authenticate) -> list[Route]:
 
         Body: {"tenant": str, "scopes": ["deploy" | "operate" | "read" | "admin", ...],
         "name": str (optional)} for an API token, or {"kind": "node", "name": str (optional)}
-        for a node token (no tenant, no scopes). Answers 201 with the listing fields and
+        for a node token (no tenant, no scopes); either may add "expires_in_s": seconds until
+        it gets 401 "token expired" (default: never). Answers 201 with the listing fields and
         "token"."""
         p = await admin(request)
         body = await json_body(request)
         kind = field(body, "kind", str, "api")
         name = field(body, "name", str, "")
+        expires_in_s = None
+        if body.get("expires_in_s") is not None:
+            expires_in_s = number(body, "expires_in_s")
+            if not 0 < expires_in_s <= MAX_EXPIRES_IN_S:
+                raise BadRequest(f"expires_in_s must be above 0 and at most {MAX_EXPIRES_IN_S}"
+                                 f" (ten years), got {expires_in_s:g}")
         if kind == "node":
             tenant, scopes = None, []
         else:
@@ -73,7 +83,8 @@ def admin_routes(store: Store, authenticate: Authenticate) -> list[Route]:
                 raise BadRequest(f"scopes must be a non-empty list of {', '.join(TOKEN_SCOPES)}")
         label = name or f"{tenant or 'node'} by {p.label}"
         info, secret = await run(
-            lambda: store.issue_token(tenant=tenant, kind=kind, scopes=scopes, label=label)
+            lambda: store.issue_token(tenant=tenant, kind=kind, scopes=scopes, label=label,
+                                      expires_in_s=expires_in_s)
         )
         return JSONResponse({**info.to_json(), "token": secret}, status_code=201)
 
@@ -88,10 +99,10 @@ def admin_routes(store: Store, authenticate: Authenticate) -> list[Route]:
     async def revoke_token(request: Request) -> Response:
         """Revoke a token by id (admin scope): from the next request on it gets 401."""
         await admin(request)
-        try:
-            token_id = int(request.path_params["id"])
-        except ValueError:
-            raise NotFound(f"no token {request.path_params['id']!r}") from None
+        raw = str(request.path_params["id"])
+        if not TOKEN_ID_RE.fullmatch(raw):  # no such id, rather than past SQLite's range
+            raise NotFound(f"no token {raw!r}")
+        token_id = int(raw)
         return JSONResponse((await run(store.revoke_token, token_id)).to_json())
 
     return [

@@ -17,6 +17,7 @@ from edge.cli_output import EXIT_USAGE, JsonOption, Output
 from edge.control.client import DEFAULT_URL
 from edge.control.commands import ControlUrl, Token, _client
 from edge.control.records import TOKEN_SCOPES
+from edge.control.regions import parse_duration_s
 from edge.errors import UsageError
 
 tenant_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Tenants (admin).")
@@ -65,6 +66,9 @@ def create_token(
     name: Annotated[str, typer.Option(help="a label shown in `edge token list`")] = "",
     node: Annotated[bool, typer.Option("--node", help="a node token (no tenant, no scope)")]
     = False,
+    expires_in: Annotated[str | None, typer.Option(
+        "--expires-in", help="e.g. 12h or 90d: then it gets 401 'token expired' (default: never)"
+    )] = None,
     control: ControlUrl = DEFAULT_URL,
     token: Token = "",
     as_json: JsonOption = False,
@@ -74,10 +78,17 @@ def create_token(
     with Output(as_json) as out:
         if not node and (tenant is None or not scopes):
             out.fail(UsageError("give --tenant and at least one --scope (or --node)"), EXIT_USAGE)
+        try:
+            expires_in_s = None if expires_in is None else parse_duration_s(expires_in)
+        except ValueError as e:
+            out.fail(UsageError(f"--expires-in: {e}"), EXIT_USAGE)
         with _client(control, token) as client:
-            result = client.create_token(tenant, scopes, name, node=node)
+            result = client.create_token(tenant, scopes, name, node=node,
+                                         expires_in_s=expires_in_s)
         who = "node token" if node else f"tenant {result['tenant']}, {','.join(result['scopes'])}"
-        out.note(f"token {result['id']} ({who}, name {result['name']!r}); shown only now:")
+        expires = result["expires_unix"]
+        until = "" if expires is None else f", expires {_when(expires)}"
+        out.note(f"token {result['id']} ({who}, name {result['name']!r}{until}); shown only now:")
         out.result(result, result["token"])  # stdout is the secret alone
 
 
@@ -91,7 +102,7 @@ def list_tokens(
     """Every token (never a secret), revoked ones included."""
     with Output(as_json) as out, _client(control, token) as client:
         result = client.tokens(tenant)
-        table = Table("id", "kind", "tenant", "scopes", "name", "created", "revoked")
+        table = Table("id", "kind", "tenant", "scopes", "name", "created", "revoked", "expires")
         for t in result["tokens"]:
             table.add_row(*token_row(t))
         out.result(result, lambda: out.show(table))
@@ -100,7 +111,7 @@ def list_tokens(
 def token_row(t: dict[str, Any]) -> tuple[str, ...]:
     return (
         str(t["id"]), t["kind"], t["tenant"] or "-", ",".join(t["scopes"]) or "-", t["name"],
-        _when(t["created_unix"]), _when(t["revoked_unix"]),
+        _when(t["created_unix"]), _when(t["revoked_unix"]), _when(t.get("expires_unix")),
     )  # fmt: skip
 
 

@@ -35,7 +35,15 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from edge.config.function import NAME_RE, parse_function_config
 from edge.control.admin_api import admin_routes, require_admin
-from edge.control.bodies import field, json_body, number, optional_int, optional_ip
+from edge.control.bodies import (
+    field,
+    json_body,
+    number,
+    optional_int,
+    optional_ip,
+    read_body,
+)
+from edge.control.component_check import check_component_framing
 from edge.control.dashboard import Dashboard
 from edge.control.errors import Forbidden, NodeAlive, NotFound, PayloadTooLarge, Unauthorized
 from edge.control.feeds import NodeWatch, RevisionFeed, SnapshotCache
@@ -101,7 +109,8 @@ def closing_if_body(request: Request, response: Response) -> Response:
 
 def parse_route_spec(spec: str) -> tuple[str, str]:
     """`example.com/api` → ("example.com", "/api"); trailing slashes do not make a new route."""
-    if not isinstance(spec, str) or not spec or len(spec) > 512 or any(c.isspace() for c in spec):
+    if not isinstance(spec, str) or not spec or len(spec) > 512 or not spec.isprintable() \
+            or " " in spec:
         raise BadRequest(f"route must look like HOST/PATH, got {spec!r}")
     host, _, path = spec.partition("/")
     host = normalize_host(host)
@@ -234,6 +243,8 @@ def create_app(
         principal = store.known_principal(token) or await run(store.authenticate, token)
         if principal is None:
             raise Unauthorized("unknown token")
+        if principal.expired(store.now()):
+            raise Unauthorized("token expired")
         return principal
 
     async def tenant(request: Request, scope: str) -> tuple[int, Principal]:
@@ -277,14 +288,10 @@ def create_app(
             raise BadRequest(e.message) from None
         if config.name != name:
             raise BadRequest(f"manifest names function {config.name!r}, not {name!r}")
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > settings.max_component_bytes:
-            raise PayloadTooLarge(f"component is over {settings.max_component_bytes} bytes")
-        data = await request.body()
-        if len(data) > settings.max_component_bytes:
-            raise PayloadTooLarge(f"component is over {settings.max_component_bytes} bytes")
+        data = await read_body(request, settings.max_component_bytes, "component")
         if not data:
             raise BadRequest("empty component")
+        check_component_framing(data)
         # The blob is durable before the row that references it exists.
         sha256 = await run(store.blobs.put, data)
         version = await run(
@@ -346,7 +353,8 @@ def create_app(
 
     async def rollback(request: Request) -> Response:
         """Return to an earlier version (scope operate). Body: {"to": int (optional; default:
-        the stable version before the current one)}."""
+        the stable version before the current one, or, during a canary, the stable version:
+        the canary alone is dropped)}."""
         tenant_id, p = await tenant(request, "operate")
         name = function_name(request)
         to = optional_int(await json_body(request), "to")
@@ -600,6 +608,15 @@ def create_app(
     async def metrics_page(_: Request) -> Response:
         return Response(await run(metrics.exposition), media_type=CONTENT_TYPE_LATEST)
 
+    async def healthz(_: Request) -> Response:
+        """Liveness for a load balancer or supervisor (no token, like /metrics): the database
+        answers. 503 when it does not."""
+        try:
+            revision = await run(store.revision)
+        except (sqlite3.Error, RuntimeError, EdgeError) as e:  # RuntimeError: store closed
+            return JSONResponse({"ok": False, "error": str(e)}, status_code=503)
+        return JSONResponse({"ok": True, "revision": revision})
+
     async def on_edge_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, EdgeError)
         return closing_if_body(request, error_response(exc))
@@ -640,7 +657,8 @@ def create_app(
     ]
     routes += log_routes(store, logs, tenant, node, json_body, run, function_name, now)
     # Not in `routes`: the OpenAPI description is of the token-protected API.
-    served = [*routes, Route("/metrics", metrics_page, methods=["GET"])]
+    served = [*routes, Route("/metrics", metrics_page, methods=["GET"]),
+              Route("/healthz", healthz, methods=["GET"])]
     return Starlette(
         routes=served,
         lifespan=lifespan,

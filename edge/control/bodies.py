@@ -8,15 +8,33 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 
 from edge.config.ip import ip_of_version
+from edge.control.errors import PayloadTooLarge
 from edge.errors import BadRequest
 
 T = TypeVar("T")
+
+
+# SQLite's integers are signed 64-bit: a larger JSON number would fail deep in the store.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
 def field(body: dict[str, Any], key: str, kind: type[T], default: T | None = None) -> T:
     value = body.get(key, default)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BadRequest(f"{key!r} must be {kind.__name__}")
+    if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+        raise BadRequest(f"{key!r} is out of range (a signed 64-bit integer)")
+    return value
+
+
+def int_param(text: str, what: str) -> int:
+    """An integer from a URL (path or query) that fits the store, else BadRequest."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"{what} must be an integer, got {text[:40]!r}") from None
+    if not INT_MIN <= value <= INT_MAX:
+        raise BadRequest(f"{what} is out of range (a signed 64-bit integer)")
     return value
 
 
@@ -34,8 +52,27 @@ def optional_int(body: dict[str, Any], key: str) -> int | None:
     return field(body, key, int)
 
 
+# The largest JSON body any endpoint takes (a node's log batch: 1000 lines of up to 4 KiB).
+MAX_JSON_BYTES = 16 * 1024 * 1024
+
+
+async def read_body(request: Request, limit_bytes: int, what: str) -> bytes:
+    """The body, or PayloadTooLarge as soon as it passes `limit_bytes`: a body sent without
+    a content-length (chunked) is never held in memory past the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit_bytes:
+        raise PayloadTooLarge(f"{what} is over {limit_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise PayloadTooLarge(f"{what} is over {limit_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+    raw = await read_body(request, MAX_JSON_BYTES, "the JSON body")
     if not raw:
         return {}
     try:

@@ -121,11 +121,14 @@ class ControlClient:
         return self._json("GET", "/v1/tenants")
 
     def create_token(
-        self, tenant: str | None, scopes: list[str], name: str = "", node: bool = False
+        self, tenant: str | None, scopes: list[str], name: str = "", node: bool = False,
+        expires_in_s: float | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = (
             {"kind": "node"} if node else {"kind": "api", "tenant": tenant, "scopes": scopes}
         )
+        if expires_in_s is not None:
+            body["expires_in_s"] = expires_in_s
         if name:
             body["name"] = name
         return self._json("POST", "/v1/tokens", json=body)
@@ -190,6 +193,18 @@ def _raise_for_status(response: httpx.Response) -> None:
     raise RemoteError(response.status_code, reason, message)
 
 
+def describe_failure(e: httpx.HTTPError) -> str:
+    """One line for a server's log about a failed call to the control plane: its own answer
+    when it gave one ("401 unauthorized: unknown token"), else what the connection did."""
+    if isinstance(e, httpx.HTTPStatusError):
+        try:
+            _raise_for_status(e.response)
+        except RemoteError as remote:
+            said = f" {remote.reason}: {remote.message}" if remote.message else ""
+            return f"it answered {remote.status}{said}"
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
 def _log_params(
     since: str | None, region: str | None, after: int, limit: int | None
 ) -> dict[str, str]:
@@ -211,6 +226,9 @@ class Convergence:
     laggards: tuple[str, ...]  # live nodes not there yet
     stale: tuple[str, ...]  # nodes that stopped reporting; not waited for
     elapsed_s: float
+    # Behind, and down by the control plane's own /healthz check: dead, most likely, but not
+    # stale yet (that takes a minute); not waited for either.
+    down: tuple[str, ...] = ()
 
 
 def convergence(status: dict[str, Any], revision: int, elapsed_s: float) -> Convergence:
@@ -218,8 +236,10 @@ def convergence(status: dict[str, Any], revision: int, elapsed_s: float) -> Conv
     stale = tuple(n["id"] for n in nodes if n["stale"])
     live = [n for n in nodes if not n["stale"]]
     current = tuple(n["id"] for n in live if n["applied_revision"] >= revision)
-    laggards = tuple(n["id"] for n in live if n["applied_revision"] < revision)
-    return Convergence(revision, not laggards, current, laggards, stale, elapsed_s)
+    behind = [n for n in live if n["applied_revision"] < revision]
+    down = tuple(n["id"] for n in behind if n.get("check") == "down")
+    laggards = tuple(n["id"] for n in behind if n.get("check") != "down")
+    return Convergence(revision, not laggards, current, laggards, stale, elapsed_s, down)
 
 
 def wait_for_nodes(

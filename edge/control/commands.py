@@ -16,12 +16,14 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from edge.cli_output import JsonOption, Output
+from edge.cli_output import EXIT_USAGE, JsonOption, Output
 from edge.config.function import parse_function_config
 from edge.config.toml_fields import load_toml
 from edge.control.client import DEFAULT_URL, ControlClient, Convergence
-from edge.errors import BadRequest, EdgeError
+from edge.control.errors import Conflict, RemoteError
+from edge.errors import BadRequest, EdgeError, UsageError
 
 ControlUrl = Annotated[
     str, typer.Option("--control", envvar="EDGE_CONTROL_URL", help="control plane URL")
@@ -64,6 +66,14 @@ class NotConverged(EdgeError):
 
     status = 504
     reason = "not_converged"
+
+
+class VersionRejected(EdgeError):
+    """Nodes applied the revision but cannot load the new version (the change itself is made:
+    its requests get 503 there until a rollback)."""
+
+    status = 502
+    reason = "version_rejected"
 
 
 def serve(
@@ -137,24 +147,41 @@ def deploy(
         Path | None, typer.Option(help="a built component; skips the build")
     ] = None,
     message: Annotated[str, typer.Option("--message", "-m")] = "",
+    canary_percent: Annotated[int | None, typer.Option(
+        "--canary", min=1, max=100,
+        help="start the new version as a canary for PERCENT of clients, not as stable",
+    )] = None,
+    sticky: Annotated[str | None, typer.Option(help="with --canary: ip or cookie:NAME")] = None,
     timeout_s: Annotated[float, typer.Option("--timeout-s", help="wait for nodes")] = 60.0,
     control: ControlUrl = DEFAULT_URL,
     token: Token = "",
     as_json: JsonOption = False,
 ) -> None:
-    """Build PROJECT, upload it as a new version, make it stable, and wait for every node.
+    """Build PROJECT, upload it as a new version, make it stable (or, with --canary PERCENT,
+    the canary for that share of clients), and wait for every node.
 
     Shows the build's step, then every node's progress towards the new revision; ends with one
     line: version, revision, nodes and seconds. --json: version, revision and every node."""
     with Output(as_json) as out:
+        if canary_percent is None and sticky is not None:
+            out.fail(UsageError("--sticky goes with --canary"), EXIT_USAGE)
+        if canary_percent is not None and route:
+            out.fail(UsageError("--route changes routes with a stable deploy, not --canary"),
+                     EXIT_USAGE)
         manifest = load_toml(project / "edge.toml")
         config = parse_function_config(manifest, str(project / "edge.toml"))
         data, built = _component(out, project, component)
         with _client(control, token) as client:
+            if canary_percent is not None and not _deployed(client, config.name):
+                raise Conflict(f"{config.name} has no stable version to canary against yet: "
+                               "deploy it without --canary first")
             version = client.upload_version(config.name, data, manifest, message)
             out.say(f"{config.name}: uploaded v{version['number']} ({len(data)} bytes, "
                     f"sha256 {version['sha256'][:12]})")
-            result = client.deploy(config.name, version["number"], route or None)
+            if canary_percent is None:
+                result = client.deploy(config.name, version["number"], route or None)
+            else:
+                result = client.canary(config.name, version["number"], canary_percent, sticky)
             revision = int(result["revision"])
             state = _wait_with_progress(out, client, revision, timeout_s)
             nodes = _nodes_json(client.status(), revision)
@@ -163,12 +190,38 @@ def deploy(
                "build": None if built is None else built.to_json()}
         for node_id in state.stale:
             out.note(f"warning: node {node_id} has stopped reporting; not waited for")
+        for node_id in state.down:
+            out.note(f"warning: node {node_id} is down by the control plane's health check; "
+                     "not waited for")
         if not state.converged:
             out.fail(NotConverged(
                 f"after {timeout_s:g}s these nodes have not applied revision {revision}: "
-                f"{', '.join(state.laggards)}"), done=doc)
-        out.result(doc, _change_line(result, f"deployed v{version['number']}")
+                f"{', '.join(state.laggards)}{_errors_said(nodes, state.laggards)}"), done=doc)
+        cannot = f"cannot load {result['deployment']['function']} v{version['number']}:"
+        rejected = tuple(n["id"] for n in nodes if n["current"] and cannot in n["last_error"])
+        if rejected:
+            out.fail(VersionRejected(
+                f"v{version['number']} is deployed (revision {revision}) but these nodes cannot"
+                f" run it: {', '.join(rejected)}{_errors_said(nodes, rejected)}; roll back with"
+                f" `edge rollback {config.name}`"), done=doc)
+        what = "deployed" if canary_percent is None else "canary"
+        out.result(doc, _change_line(result, f"{what} v{version['number']}")
                    + f"; {_nodes_line(state)}")
+
+
+def _deployed(client: ControlClient, name: str) -> bool:
+    try:
+        return bool(client.versions(name)["deployment"])
+    except RemoteError as e:
+        if e.status != 404:  # 404: no such function (yet)
+            raise
+        return False
+
+
+def _errors_said(nodes: list[dict[str, Any]], ids: tuple[str, ...]) -> str:
+    """What the first of `ids` that reported an error said, for a failure's message."""
+    said = next((n for n in nodes if n["id"] in ids and n["last_error"]), None)
+    return "" if said is None else f" ({said['id']}: {said['last_error']})"
 
 
 def _nodes_line(c: Convergence) -> str:
@@ -181,12 +234,13 @@ def _nodes_line(c: Convergence) -> str:
 def _nodes_json(status: dict[str, Any], revision: int) -> list[dict[str, Any]]:
     return [{"id": n["id"], "region": n["region"], "applied_revision": n["applied_revision"],
              "current": n["applied_revision"] >= revision, "stale": n["stale"],
-             "healthy": n["healthy"]} for n in status.get("nodes", [])]
+             "healthy": n["healthy"], "last_error": n.get("last_error", "")}
+            for n in status.get("nodes", [])]
 
 
 def _conv_json(c: Convergence) -> dict[str, Any]:
     return {"revision": c.revision, "converged": c.converged, "current": list(c.current),
-            "laggards": list(c.laggards), "stale": list(c.stale),
+            "laggards": list(c.laggards), "stale": list(c.stale), "down": list(c.down),
             "elapsed_s": round(c.elapsed_s, 3)}
 
 
@@ -229,7 +283,8 @@ def rollback(
     token: Token = "",
     as_json: JsonOption = False,
 ) -> None:
-    """Go back to the previous stable version, or to --to N. Drops any canary."""
+    """Go back to the previous stable version, or to --to N. Drops any canary; during a
+    canary, without --to, only the canary goes and the stable version stays."""
     with Output(as_json) as out, _client(control, token) as client:
         result = client.rollback(name, to)
     out.result(result, _change_line(result, "rolled back"))
@@ -278,11 +333,16 @@ def status(
              + (f", canary v{f['canary']} {f['canary_percent']}%" if f["canary"] else "")
              + f" routes {' '.join(f['routes']) or '-'}" for f in result.get("functions", [])]
 
+    # A refused snapshot or a version a node cannot load: the table has no room for the why.
+    errors = [f"{n['id']}: {n['last_error']}" for n in result["nodes"] if n.get("last_error")]
+
     def human() -> None:
         out.show(f"revision {result['revision']}")
         out.show(table)
         for line in lines:
             out.show(line)
+        for line in errors:
+            out.show(Text(f"error on node {line}"))
 
     out.result(result, human)
 

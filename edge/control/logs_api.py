@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from edge.control.bodies import int_param
 from edge.control.errors import NotFound, PayloadTooLarge
 from edge.control.feeds import RevisionFeed
 from edge.control.log_store import LogStore
@@ -41,11 +42,8 @@ Run = Callable[..., Awaitable[Any]]
 
 def _query(request: Request, now: float) -> tuple[int, float | None, str | None, int, bool]:
     q = request.query_params
-    try:
-        after = int(q.get("after", "0"))
-        limit = int(q.get("limit", "1000"))
-    except ValueError:
-        raise BadRequest("after and limit must be integers") from None
+    after = int_param(q.get("after", "0"), "after")
+    limit = int_param(q.get("limit", "1000"), "limit")
     since = None
     if q.get("since"):
         try:

@@ -199,4 +199,7 @@ MIGRATIONS: dict[int, list[str]] = {
         )""",
         "CREATE INDEX function_logs_by_function ON function_logs(function_id, seq)",
     ],
+    # A token may be made to expire (NULL: never); an expired one stays listed, like a revoked
+    # one, and gets 401 "token expired".
+    9: ["ALTER TABLE tokens ADD COLUMN expires_unix REAL"],
 }

@@ -22,6 +22,10 @@ class Principal:
     tenant: str | None
     scopes: frozenset[str]
     label: str
+    expires_unix: float | None = None  # None: never
+
+    def expired(self, now_unix: float) -> bool:
+        return self.expires_unix is not None and now_unix >= self.expires_unix
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,14 @@ class TokenInfo:
     name: str
     created_unix: float
     revoked_unix: float | None
+    expires_unix: float | None = None  # None: never
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "kind": self.kind, "tenant": self.tenant, "scopes": list(self.scopes),
             "name": self.name, "created_unix": self.created_unix,
             "revoked_unix": self.revoked_unix, "revoked": self.revoked_unix is not None,
+            "expires_unix": self.expires_unix,
         }  # fmt: skip
 
 

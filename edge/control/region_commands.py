@@ -70,6 +70,10 @@ def _change(name: str, action: str, over: str | None, wait: bool, control: str, 
             as_json: bool) -> None:
     with Output(as_json) as out, _client(control, token) as client:
         result = client.region(name, action, _over(over))
+        if action == "drain" and _none_serving(client.regions()["regions"]):
+            out.note("warning: every region with nodes is now draining or drained, so none is "
+                     "left to take its traffic: DNS answers fail open to the drained regions' "
+                     "nodes (undrain one with `edge region undrain NAME`)")
         if wait:
             start = time.monotonic()
             final = _wait(out, client, name, action)
@@ -80,6 +84,12 @@ def _change(name: str, action: str, over: str | None, wait: bool, control: str, 
     waited = f" after {result['waited_s']:.1f} s" if "waited_s" in result else ""
     out.result(result, f"{name}: {result['state']} (share {result['share']:.0%} now{ramp}{same})"
                        f"{waited}, revision {result['revision']}")
+
+
+def _none_serving(regions: list[dict[str, Any]]) -> bool:
+    """Whether there are nodes, but no region of them keeps (or regains) its share."""
+    with_nodes = [r for r in regions if r["nodes"]]
+    return bool(with_nodes) and all(r["state"] in ("draining", "drained") for r in with_nodes)
 
 
 def _wait(out: Output, client: ControlClient, name: str, action: str) -> dict[str, Any]:

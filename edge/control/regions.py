@@ -120,8 +120,8 @@ def share_now(drain: RegionDrain | None, now_unix: float) -> float:
 
 
 def parse_duration_s(text: str) -> float:
-    """`90`, `90s`, `5m`, `1h` → seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*", text)
+    """`90`, `90s`, `5m`, `1h`, `30d` → seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*", text)
     if not m:
-        raise ValueError(f"not a duration: {text!r} (examples: 30s, 5m, 1h)")
-    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+        raise ValueError(f"not a duration: {text!r} (examples: 30s, 5m, 1h, 30d)")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86_400, None: 1}[m.group(2)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge.cli_output import Output
+from edge.config.listen import check_listen
 from edge.control.api import ControlSettings, create_app
 from edge.control.bootstrap import TOKENS_FILE, bootstrap
 from edge.control.store import Store
@@ -16,6 +17,7 @@ async def run_control(
     out: Output | None = None,
 ) -> None:
     say = out or Output()
+    check_listen(listen, "--listen", optional=False)  # before a new data directory is made
     # The directory holds the signing key and the first tokens: owner only.
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with Store(data_dir) as store:

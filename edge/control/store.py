@@ -29,6 +29,7 @@ from edge.control.blobs import BlobStore
 from edge.control.errors import Conflict, NodeAlive, NotFound
 from edge.control.migrations import MIGRATIONS
 from edge.control.records import (
+    ADMIN_SCOPE,
     TOKEN_SCOPES,
     Change,
     ConfigAt,
@@ -44,7 +45,7 @@ from edge.control.records import (
     Version,
 )
 from edge.control.regions import Region, RegionDrain, check_region_fields
-from edge.errors import BadRequest
+from edge.errors import BadRequest, ConfigError
 
 DB_NAME = "control.db"
 TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -73,11 +74,20 @@ class Store:
         )
         self._db.row_factory = sqlite3.Row
         self._closed = False
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed deploy survives power loss too, not only a killed process.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self.migrate()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed deploy survives power loss too, not only a killed process.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self.migrate()
+        except sqlite3.DatabaseError as e:  # not a database, damaged, locked, read-only
+            self._db.close()
+            corrupt = not isinstance(e, sqlite3.OperationalError)
+            advice = (" (restore it from a backup, or start with an empty --data directory)"
+                      if corrupt else "")
+            raise ConfigError(
+                f"cannot use the control plane's database {data_dir / DB_NAME}: {e}{advice}"
+            ) from None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -165,19 +175,23 @@ class Store:
                 "SELECT t.name, t.created_unix, "
                 "(SELECT COUNT(*) FROM functions f WHERE f.tenant_id = t.id), "
                 "(SELECT COUNT(*) FROM tokens k WHERE k.tenant_id = t.id "
-                " AND k.revoked_unix IS NULL) FROM tenants t ORDER BY t.name"
+                " AND k.revoked_unix IS NULL AND COALESCE(k.expires_unix > ?, 1)) "
+                "FROM tenants t ORDER BY t.name", (self.now(),),
             ).fetchall()
         return [Tenant(r[0], r[1], r[2], r[3]) for r in rows]
 
     def create_token(
-        self, *, tenant: str | None, kind: str, scopes: Sequence[str] = (), label: str
+        self, *, tenant: str | None, kind: str, scopes: Sequence[str] = (), label: str,
+        expires_in_s: float | None = None,
     ) -> str:
         """Makes a token and returns it; only its sha256 is stored, so this is the one chance to
         see it. `tenant` is None for node tokens."""
-        return self.issue_token(tenant=tenant, kind=kind, scopes=scopes, label=label)[1]
+        return self.issue_token(tenant=tenant, kind=kind, scopes=scopes, label=label,
+                                expires_in_s=expires_in_s)[1]
 
     def issue_token(
-        self, *, tenant: str | None, kind: str, scopes: Sequence[str] = (), label: str
+        self, *, tenant: str | None, kind: str, scopes: Sequence[str] = (), label: str,
+        expires_in_s: float | None = None,
     ) -> tuple[TokenInfo, str]:
         """`create_token`, also returning what `tokens()` will list for it."""
         unknown = set(scopes) - set(TOKEN_SCOPES)
@@ -198,12 +212,15 @@ class Store:
         with self._tx() as db:
             tenant_id = None if tenant is None else self._tenant_id(db, tenant)
             now = self.now()
+            expires_unix = None if expires_in_s is None else now + expires_in_s
             cur = db.execute(
-                "INSERT INTO tokens (token_sha256, kind, tenant_id, scopes, label, created_unix) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (hash_token(token), kind, tenant_id, ",".join(ordered), label, now),
+                "INSERT INTO tokens (token_sha256, kind, tenant_id, scopes, label, created_unix, "
+                "expires_unix) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (hash_token(token), kind, tenant_id, ",".join(ordered), label, now, expires_unix),
             )
-        return TokenInfo(int(cur.lastrowid or 0), kind, tenant, ordered, label, now, None), token
+        info = TokenInfo(int(cur.lastrowid or 0), kind, tenant, ordered, label, now, None,
+                         expires_unix)
+        return info, token
 
     def tokens(self, tenant: str | None = None) -> list[TokenInfo]:
         """Every token (of `tenant` only, if given), revoked ones included, oldest first."""
@@ -213,26 +230,39 @@ class Store:
             if tenant is not None:
                 where, args = "WHERE t.tenant_id = ?", (self._tenant_id(db, tenant),)
             rows = db.execute(
-                "SELECT t.id, t.kind, n.name, t.scopes, t.label, t.created_unix, t.revoked_unix "
-                f"FROM tokens t LEFT JOIN tenants n ON n.id = t.tenant_id {where} ORDER BY t.id",
+                "SELECT t.id, t.kind, n.name, t.scopes, t.label, t.created_unix, t.revoked_unix, "
+                "t.expires_unix FROM tokens t LEFT JOIN tenants n ON n.id = t.tenant_id "
+                f"{where} ORDER BY t.id",
                 args,
             ).fetchall()
         return [_token_info(r) for r in rows]
 
     def revoke_token(self, token_id: int) -> TokenInfo:
-        """Revokes at once: the next request with it gets 401. Revoking twice changes nothing."""
+        """Revokes at once: the next request with it gets 401. Revoking twice changes nothing.
+        The last usable admin token cannot be revoked (Conflict): nothing could make another,
+        and the operator would be locked out of tenants and tokens for good."""
         with self._tx() as db:
-            db.execute(
+            revoked = db.execute(
                 "UPDATE tokens SET revoked_unix = ? WHERE id = ? AND revoked_unix IS NULL",
                 (self.now(), token_id),
-            )
+            ).rowcount
             row = db.execute(
-                "SELECT t.id, t.kind, n.name, t.scopes, t.label, t.created_unix, t.revoked_unix "
-                "FROM tokens t LEFT JOIN tenants n ON n.id = t.tenant_id WHERE t.id = ?",
+                "SELECT t.id, t.kind, n.name, t.scopes, t.label, t.created_unix, t.revoked_unix, "
+                "t.expires_unix FROM tokens t LEFT JOIN tenants n ON n.id = t.tenant_id "
+                "WHERE t.id = ?",
                 (token_id,),
             ).fetchone()
             if row is None:
                 raise NotFound(f"no token {token_id}")
+            if revoked and ADMIN_SCOPE in row["scopes"].split(","):
+                admins = db.execute(
+                    "SELECT COUNT(*) FROM tokens WHERE kind = 'api' AND revoked_unix IS NULL "
+                    "AND COALESCE(expires_unix > ?, 1) AND ',' || scopes || ',' LIKE ?",
+                    (self.now(), f"%,{ADMIN_SCOPE},%"),
+                ).fetchone()[0]
+                if admins == 0:  # it was the last one (the transaction rolls back)
+                    raise Conflict(f"token {token_id} is the last admin token: make another one"
+                                   " first (edge token create --tenant NAME --scope admin)")
             # Inside the transaction, so no request can re-fill the cache with the old answer.
             self._principals.clear()
         return _token_info(row)
@@ -241,7 +271,8 @@ class Store:
         digest = hash_token(token)
         with self._tx() as db:
             row = db.execute(
-                "SELECT t.kind, t.tenant_id, n.name, t.scopes, t.label FROM tokens t "
+                "SELECT t.kind, t.tenant_id, n.name, t.scopes, t.label, t.expires_unix "
+                "FROM tokens t "
                 "LEFT JOIN tenants n ON n.id = t.tenant_id "
                 "WHERE t.token_sha256 = ? AND t.revoked_unix IS NULL",
                 (digest,),
@@ -250,7 +281,8 @@ class Store:
                 return None
             scopes = frozenset(s for s in row["scopes"].split(",") if s)
             principal = Principal(
-                row["kind"], row["tenant_id"], row["name"], scopes, row["label"]
+                row["kind"], row["tenant_id"], row["name"], scopes, row["label"],
+                row["expires_unix"],
             )
             self._principals[digest] = principal
         return principal
@@ -431,10 +463,14 @@ class Store:
 
     def rollback(self, tenant_id: int, name: str, to: int | None, author: str) -> Change:
         """Back to version `to`, or to the stable version before the current one (see
-        `edge.control.history`). Any canary is dropped: a rollback is a retreat."""
+        `edge.control.history`). Any canary is dropped: a rollback is a retreat. Without `to`
+        during a canary, the retreat is from the canary alone: the stable version stays (as
+        when a gradual deployment is rolled back at Cloudflare or Fastly)."""
         with self._tx() as db:
             fid = self._function_id(db, tenant_id, name)
             old = self._deployed(db, fid, name)
+            if to is None and old.canary is not None:
+                to = old.stable
             if to is None:
                 events = [
                     (r["kind"], json.loads(r["state"])["stable"])
@@ -834,7 +870,7 @@ def _node(r: sqlite3.Row) -> Node:
 
 def _token_info(r: sqlite3.Row) -> TokenInfo:
     return TokenInfo(
-        r[0], r[1], r[2], tuple(x for x in r[3].split(",") if x), r[4], r[5], r[6]
+        r[0], r[1], r[2], tuple(x for x in r[3].split(",") if x), r[4], r[5], r[6], r[7]
     )
 
 

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.config.function import FunctionConfig, load_function_config, parse_function_config
+from edge.config.listen import check_listen
 from edge.config.toml_fields import Table, load_toml
 from edge.errors import ConfigError
 from edge.node.client_ip import Network, parse_networks
@@ -133,6 +134,21 @@ class NodeConfig:
         return v4, v6
 
 
+def http_url(table: Table, key: str) -> str:
+    """`key`'s http(s) URL without a trailing slash, or "" when absent."""
+    given = table.get(key, str, "")
+    url = given.rstrip("/")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        scheme, host = parts.scheme, parts.hostname
+    except ValueError:  # "http://[nope"
+        scheme, host = "", None
+    if url and (scheme not in ("http", "https") or not host
+                or not url.isprintable() or " " in url):
+        raise ConfigError(f"{table.where(key)} must be an http:// or https:// URL, got {given!r}")
+    return url
+
+
 def parse_control(table: Table, base: Path) -> ControlConfig | None:
     if not table.data:
         return None
@@ -142,7 +158,8 @@ def parse_control(table: Table, base: Path) -> ControlConfig | None:
         try:
             token = (base / table.get("token_file", str, "")).read_text().strip()
         except OSError as e:
-            raise ConfigError(f"{table.where('token_file')}: {e.strerror}") from None
+            raise ConfigError(f"{table.where('token_file')}: {e.filename}: {e.strerror}") \
+                from None
     if not token:
         raise ConfigError(f"{table.where('token')} (or token_file) is required")
     key_hex = table.require("public_key", str)
@@ -152,8 +169,9 @@ def parse_control(table: Table, base: Path) -> ControlConfig | None:
         key = b""
     if len(key) != 32:
         raise ConfigError(f"{table.where('public_key')} must be 64 hex digits (Ed25519)")
+    table.require("url", str)
     return ControlConfig(
-        url=table.require("url", str).rstrip("/"),
+        url=http_url(table, "url"),
         token=token,
         public_key=key,
         state_dir=base / table.get("state_dir", str, "state"),
@@ -162,11 +180,7 @@ def parse_control(table: Table, base: Path) -> ControlConfig | None:
 
 def parse_tracing(table: Table) -> TracingConfig:
     table.reject_unknown({"otlp_endpoint", "service_name"})
-    endpoint = table.get("otlp_endpoint", str, "").rstrip("/")
-    if endpoint and not endpoint.startswith(("http://", "https://")):
-        raise ConfigError(
-            f"{table.where('otlp_endpoint')} must be an http:// or https:// URL, got {endpoint!r}"
-        )
+    endpoint = http_url(table, "otlp_endpoint")
     return TracingConfig(endpoint, table.get("service_name", str, "edge-node") or "edge-node")
 
 
@@ -193,9 +207,7 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
         {"id", "region", "listen", "url", "dns_ipv4", "dns_ipv6", "cache_dir", "geoip_db",
          "trusted_proxies", "workers"}
     )
-    url = node.get("url", str, "").rstrip("/")
-    if url and not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{node.where('url')} must be an http:// or https:// URL, got {url!r}")
+    url = http_url(node, "url")
     sb = root.table("sandbox")
     sb.reject_unknown(
         {"pooling", "epoch_tick_ms", "prepare_instances", "prepare_above_us", "compiler",
@@ -245,7 +257,8 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
     return NodeConfig(
         node_id=node.get("id", str, socket.gethostname()),
         region=node.get("region", str, "local"),
-        listen=node.get("listen", str, "127.0.0.1:8787"),
+        listen=check_listen(node.get("listen", str, "127.0.0.1:8787"), node.where("listen"),
+                            optional=False),
         url=url,
         dns_ipv4=_address(node, "dns_ipv4", 4),
         dns_ipv6=_address(node, "dns_ipv6", 6),

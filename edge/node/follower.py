@@ -28,6 +28,7 @@ from typing import Any
 import anyio
 import httpx
 
+from edge.control.client import describe_failure
 from edge.control.errors import SnapshotRejected
 from edge.control.snapshot import SignedVersion, Snapshot, open_snapshot, verify_blob
 from edge.errors import EdgeError
@@ -73,6 +74,7 @@ class Follower:
         self.applied: int = -1
         self.last_error = ""
         self.convergence_ms: float | None = None
+        self._lost = False  # the control plane failed a call, and nothing succeeded since
         # Loaded versions by (function, number, sha256), least recently served first.
         self._loaded: OrderedDict[VersionKey, Loaded] = OrderedDict()
         self._report_lock = asyncio.Lock()
@@ -170,7 +172,14 @@ class Follower:
         for k in old[: max(0, len(old) - KEEP_LOADED)]:
             del self._loaded[k]
         self.applied = snapshot.revision
-        self.last_error = ""
+        # Applied, but a version no request can run is an error the operator must see (status,
+        # dashboard, `edge deploy`) as much as a refused snapshot.
+        self.last_error = "; ".join(
+            f"revision {snapshot.revision}: cannot load {v.function} v{v.number}: "
+            f"{loaded.error.message}"
+            for v in versions
+            if isinstance(loaded := self._loaded.get(_key(v)), Unavailable)
+        )
         return snapshot, fetched
 
     async def restore(self) -> bool:
@@ -211,7 +220,13 @@ class Follower:
         if self.convergence_ms is not None:
             body["convergence_ms"] = self.convergence_ms
         with contextlib.suppress(httpx.HTTPError):  # the next heartbeat tries again
-            await self._client.post("/v1/node/report", json=body)
+            if (await self._client.post("/v1/node/report", json=body)).is_success:
+                self._reached()
+
+    def _reached(self) -> None:
+        if self._lost:  # said once, like the loss
+            self._lost = False
+            self.say("control plane reachable again; following it")
 
     async def poll_once(self) -> bool:
         r = await self._client.get(
@@ -231,8 +246,13 @@ class Follower:
             self.last_error = error
             await self.report()
             raise
-        self.convergence_ms = max(0.0, (time.time() - snapshot.created_unix) * 1000)
-        self.say(f"applied revision {snapshot.revision} in {self.convergence_ms:.0f} ms")
+        if snapshot.created_unix > 0:  # revision 0 (nothing made yet) has no creation time
+            self.convergence_ms = max(0.0, (time.time() - snapshot.created_unix) * 1000)
+            self.say(f"applied revision {snapshot.revision} in {self.convergence_ms:.0f} ms")
+        else:
+            self.say(f"applied revision {snapshot.revision}")
+        if self.last_error:
+            self.say(self.last_error)
         # Kept for a restart (static stability) while the report is on its way: the report
         # does not wait for the fsyncs. A crash in between restarts from the snapshot before.
         await asyncio.gather(
@@ -277,10 +297,13 @@ class Follower:
             while True:
                 try:
                     await self.poll_once()
+                    self._reached()
                     failures = 0
                 except (httpx.HTTPError, SnapshotRejected) as e:
-                    if isinstance(e, httpx.HTTPError) and failures == 0:
-                        self.say(f"control plane unreachable ({type(e).__name__}); serving on")
+                    if isinstance(e, httpx.HTTPError) and not self._lost:
+                        self._lost = True
+                        self.say(f"cannot follow the control plane ({describe_failure(e)});"
+                                 " serving on")
                     await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
                     failures += 1
         finally:

@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 
 from edge.cli_output import Output
+from edge.config.listen import check_listen
 from edge.config.toml_fields import Table
 from edge.node.app import create_app
 from edge.node.config import NodeConfig, load_node_config, parse_control, parse_node_config
@@ -129,7 +130,7 @@ def node_config_from_args(
         config,
         region=region or config.region,
         node_id=node_id or config.node_id,
-        listen=listen or config.listen,
+        listen=check_listen(listen, "--listen", optional=False) if listen else config.listen,
     )
     if control_url:
         known = config.control

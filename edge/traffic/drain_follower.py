@@ -18,6 +18,7 @@ import time
 
 import httpx
 
+from edge.control.client import describe_failure
 from edge.traffic.drain import Drain, Ramp
 from edge.traffic.region_map import merge_region_map
 from edge.traffic.regions import Region
@@ -100,10 +101,12 @@ async def follow_drains(state: TrafficState, url: str, token: str) -> None:
                 r.raise_for_status()
                 apply_listing(state, r.json()["regions"], time.time() - time.monotonic())
                 if failing:
-                    log.info("control plane reachable again; following region drains")
+                    log.info("control plane reachable again; following its region map")
                 failing = False
             except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
                 if not failing:
-                    log.info("cannot read region drains (%s); keeping the last known", e)
+                    why = describe_failure(e) if isinstance(e, httpx.HTTPError) else repr(e)
+                    log.info("cannot read the region map from %s/v1/regions (%s); keeping the "
+                             "last known", url.rstrip("/"), why)
                 failing = True
             await asyncio.sleep(POLL_S)

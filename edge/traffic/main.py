@@ -26,13 +26,14 @@ from typing import Annotated
 import typer
 
 from edge.cli_output import JsonOption, Output
+from edge.config.listen import check_listen
 from edge.errors import ConfigError, ListenFailed
 from edge.traffic.dns import Authority
 from edge.traffic.drain_follower import follow_drains
 from edge.traffic.geodb import GeoDB
 from edge.traffic.health_checker import HealthChecker
 from edge.traffic.metrics import DnsCollector, serve_metrics
-from edge.traffic.regions import check_listen, load_traffic_config
+from edge.traffic.regions import load_traffic_config
 from edge.traffic.server import DnsServer
 from edge.traffic.state import TrafficState
 from edge.traffic.steering import Steerer

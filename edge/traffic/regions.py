@@ -56,6 +56,7 @@ from typing import Any
 
 import dns.name
 
+from edge.config.listen import check_listen
 from edge.config.toml_fields import Table, load_toml
 from edge.errors import ConfigError
 
@@ -237,18 +238,6 @@ def _parse_dns(root: Table) -> DnsConfig:
         workers=workers,
         udp_threads=t.positive_int("udp_threads", 2, MAX_UDP_THREADS),
     )
-
-
-def check_listen(value: str, where: str) -> str:
-    """"" or HOST:PORT (IPv6 in brackets: "[::1]:9153"); returned unchanged when valid."""
-    if not value:
-        return value
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"{where} must be HOST:PORT (port 1-65535) or \"\", got {value!r}")
-    if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        raise ConfigError(f"{where}: put an IPv6 address in brackets, as in [::1]:9153")
-    return value
 
 
 def _parse_region(t: Table) -> Region:

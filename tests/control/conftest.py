@@ -22,6 +22,7 @@ from edge.control.bootstrap import bootstrap
 from edge.control.records import SCOPES
 from edge.control.signing import Signer
 from edge.control.store import Store
+from edge.sandbox.wasm_decode import encode_uleb
 
 
 def free_port() -> int:
@@ -45,9 +46,11 @@ def manifest(name: str = "hello") -> dict[str, Any]:
     return {"function": {"name": name, "lang": "c"}, "config": {"greeting": "hi"}}
 
 
-def component(tag: str) -> bytes:
-    """Not a real component: the control plane stores bytes and never runs them."""
-    return b"\x00asm\x0d\x00\x01\x00" + tag.encode()
+def component(tag: str | bytes) -> bytes:
+    """Not a real component, but framed as one (the control plane checks no more): the
+    component preamble and one custom section named "tag" holding `tag`."""
+    payload = b"\x03tag" + (tag.encode() if isinstance(tag, str) else tag)
+    return b"\x00asm\x0d\x00\x01\x00\x00" + encode_uleb(len(payload)) + payload
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import sys
 import httpx
 
 from edge.control.wire import encode_metadata
+from tests.control.conftest import component
 
 
 def main(url: str, token: str) -> None:
@@ -20,7 +21,7 @@ def main(url: str, token: str) -> None:
         n = 0
         while True:
             # Varying sizes, some large, so a kill often lands inside a blob write.
-            body = os.urandom(1024 + (n % 7) * 100_000)
+            body = component(os.urandom(1024 + (n % 7) * 100_000))
             try:
                 v = c.post("/v1/functions/crash/versions", content=body,
                            headers={"edge-metadata": meta}).json()["number"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -213,3 +214,87 @@ def test_migration_6_gives_the_first_token_admin(tmp_path: Path) -> None:
                                  size_bytes=len(component("m")), manifest=manifest(),
                                  message="", author="t")
         assert v.number == 1
+
+
+def test_tokens_can_expire(start_control: Start) -> None:
+    """As API tokens do at Fastly (expires_at) and Cloudflare (expires_on): 401 "token
+    expired" from then on, cached or not; it stays listed with its expiry."""
+    server = start_control()
+    admin = server.client(server.admin)
+    long = admin.post("/v1/tokens", json={"tenant": "default", "scopes": ["read"],
+                                          "expires_in_s": 3600}).json()
+    assert long["expires_unix"] - long["created_unix"] == 3600
+    short = admin.post("/v1/tokens", json={"tenant": "default", "scopes": ["deploy", "read"],
+                                           "name": "short", "expires_in_s": 5}).json()
+    for bad in (0, -1, "1h", 10 * 365 * 86_400 + 1):
+        r = admin.post("/v1/tokens", json={"kind": "node", "expires_in_s": bad})
+        assert r.status_code == 400 and "expires_in_s" in r.json()["message"], (bad, r.text)
+    reader, writer = server.client(long["token"]), server.client(short["token"])
+    assert reader.get("/v1/status").status_code == 200
+    assert writer.get("/v1/status").status_code == 200  # known now, and remembered
+    tenants = {t["name"]: t for t in admin.get("/v1/tenants").json()["tenants"]}
+    active = tenants["default"]["active_tokens"]
+    deadline = time.monotonic() + 30
+    while (r := writer.get("/v1/status")).status_code == 200:
+        assert time.monotonic() < deadline, "the token never expired"
+        time.sleep(0.2)
+    assert r.status_code == 401 and r.json() == {"error": "unauthorized",
+                                                 "message": "token expired"}
+    r = writer.post("/v1/functions/hello/versions", content=component("x"),
+                    headers={"edge-metadata": "e30"})
+    assert r.status_code == 401 and r.json()["message"] == "token expired"
+    assert reader.get("/v1/status").status_code == 200
+    listed = {t["name"]: t for t in admin.get("/v1/tokens").json()["tokens"]}
+    assert listed["short"]["expires_unix"] == short["expires_unix"]
+    assert not listed["short"]["revoked"]
+    tenants = {t["name"]: t for t in admin.get("/v1/tenants").json()["tenants"]}
+    assert tenants["default"]["active_tokens"] == active - 1
+
+
+def test_cli_token_create_expires_in(start_control: Start) -> None:
+    server = start_control()
+    r = edge(server, server.admin, "token", "create", "--tenant", "default", "--scope", "read",
+             "--expires-in", "90d", "--json")
+    made = json.loads(r.stdout)
+    assert made["expires_unix"] - made["created_unix"] == 90 * 86_400
+    r = edge(server, server.admin, "token", "create", "--tenant", "default", "--scope", "read",
+             "--expires-in", "90d")
+    assert r.exit_code == 0 and ", expires 20" in r.stderr
+    r = edge(server, server.admin, "token", "list")
+    assert "expires" in r.stdout
+    r = edge(server, server.admin, "token", "create", "--tenant", "default", "--scope", "read",
+             "--expires-in", "soon")
+    assert r.exit_code == 2 and "--expires-in: not a duration" in r.stderr
+
+
+def test_migration_9_keeps_tokens_working_and_never_expiring(tmp_path: Path) -> None:
+    data = tmp_path / "old"
+    with Store(data) as store:
+        store.create_tenant("default")
+        secret = store.create_token(tenant="default", kind="api", scopes=("read",), label="ci")
+        with store._tx() as db:  # undo 9 as it would be on such a directory
+            db.execute("DELETE FROM schema_migrations WHERE version = 9")
+            db.execute("ALTER TABLE tokens DROP COLUMN expires_unix")
+    with Store(data) as store:
+        assert 9 in store.schema_versions()
+        p = store.authenticate(secret)
+        assert p is not None and p.expires_unix is None and not p.expired(1e12)
+        assert store.tokens()[0].expires_unix is None
+
+
+def test_the_last_admin_token_cannot_be_revoked(start_control: Start) -> None:
+    """Nothing can make an admin token but an admin token: revoking the last one would lock
+    the operator out of tenants and tokens for good."""
+    server = start_control()
+    admin = server.client(server.admin)
+    (first,) = [t for t in admin.get("/v1/tokens").json()["tokens"] if t["name"] ==
+                "default-admin"]
+    r = admin.post(f"/v1/tokens/{first['id']}/revoke")
+    assert r.status_code == 409 and "last admin token" in r.json()["message"], r.text
+    assert admin.get("/v1/tokens").status_code == 200  # still in force
+    second = make_token(admin, "default", "admin", name="second")
+    assert admin.post(f"/v1/tokens/{first['id']}/revoke").json()["revoked"] is True
+    assert admin.get("/v1/tokens").status_code == 401
+    successor = server.client(second["token"])
+    assert successor.post(f"/v1/tokens/{second['id']}/revoke").status_code == 409
+    assert successor.get("/v1/tokens").status_code == 200

@@ -4,6 +4,7 @@ node endpoints and the long poll."""
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edge.control import bodies
 from edge.control.api import ControlSettings
 from edge.control.snapshot import open_snapshot, verify_blob
 from edge.control.wire import encode_metadata
@@ -261,3 +263,95 @@ def test_an_error_before_the_body_is_read_closes_that_connection(start_control: 
         assert r.status_code == 403 and r.headers["connection"] == "close"
         assert reader.get("/v1/status").status_code == 200
     assert reader.get("/v1/nothing").headers.get("connection") != "close"  # no body: kept
+
+
+def test_bytes_that_are_not_a_component_are_refused_at_upload(start_control: Start) -> None:
+    """Random bytes, a component cut short and a core module would be signed and pushed to
+    every node, which could then only answer 503: the upload is refused instead, and nothing
+    is stored."""
+    server = start_control()
+    admin = server.client(server.admin)
+    meta = {"edge-metadata": encode_metadata(manifest(), "")}
+    good = component("whole")
+    cases = {
+        "not a WebAssembly binary": bytes(range(7, 200)),
+        "truncated": good[:-3],
+        "unknown section id": good + b"\x2a\x00",
+        "core WebAssembly module": b"\x00asm\x01\x00\x00\x00",
+        "version/layer": b"\x00asm\x0e\x00\x01\x00",
+    }
+    for words, body in cases.items():
+        r = admin.post("/v1/functions/hello/versions", content=body, headers=meta)
+        assert r.status_code == 400, (words, r.text)
+        assert r.json()["error"] == "not_a_component" and words in r.json()["message"], r.text
+    assert admin.get("/v1/functions/hello/versions").status_code == 404  # nothing was stored
+    assert admin.post("/v1/functions/hello/versions", content=good, headers=meta).status_code \
+        == 201
+
+
+def test_numbers_past_64_bits_and_control_characters_are_400_not_500(
+    start_control: Start,
+) -> None:
+    server = start_control()
+    admin = deployed(server)
+    huge = 2**70
+    for path, body in (
+        ("/v1/functions/hello/deploy", {"version": huge}),
+        ("/v1/functions/hello/rollback", {"to": huge}),
+        ("/v1/functions/hello/canary", {"version": -huge, "percent": 5}),
+    ):
+        r = admin.post(path, json=body)
+        assert r.status_code == 400 and "out of range" in r.json()["message"], (path, r.text)
+    node = server.client(server.node)
+    report = {"node_id": "n1", "region": "eu", "revision": huge, "healthy": True}
+    assert node.post("/v1/node/report", json=report).status_code == 400
+    assert admin.post(f"/v1/tokens/{huge}/revoke").status_code == 404
+    assert admin.post("/v1/tokens/\u00b2/revoke").status_code == 404
+    r = admin.get("/v1/functions/hello/logs", params={"after": str(huge)})
+    assert r.status_code == 400 and "out of range" in r.json()["message"]
+    for route in ("exa\x00mple.com/", "example.com/a\x1bb", "example.com/\x7f"):
+        r = admin.post("/v1/functions/hello/deploy", json={"version": 1, "routes": [route]})
+        assert r.status_code == 400 and "HOST/PATH" in r.json()["message"], (route, r.text)
+    # Nothing of the above made a revision.
+    assert admin.get("/v1/status").json()["functions"][0]["routes"] == ["example.com/"]
+
+
+def test_a_body_sent_without_a_length_is_cut_off_at_the_limit(
+    start_control: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunked upload used to be read whole before its size was checked (200 MiB took the
+    control plane to ~490 MiB resident). Now the answer is 413 as soon as the limit is passed:
+    here before the client has even finished sending."""
+    monkeypatch.setattr(bodies, "MAX_JSON_BYTES", 1000)
+    server = start_control(ControlSettings(max_component_bytes=100))
+    host, port = server.url.removeprefix("http://").split(":")
+    meta = encode_metadata(manifest(), "")
+    for path, extra in (("/v1/functions/hello/versions", f"edge-metadata: {meta}\r\n"),
+                        ("/v1/functions/hello/deploy", "content-type: application/json\r\n")):
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall((f"POST {path} HTTP/1.1\r\nhost: {host}\r\n"
+                       f"authorization: Bearer {server.admin}\r\n{extra}"
+                       "transfer-encoding: chunked\r\n\r\n").encode())
+            chunk = b" " * 1500  # over both limits; the last chunk never comes
+            s.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            received = b""
+            while data := s.recv(65536):  # "connection: close": it ends at the answer's end
+                received += data
+            answer = received.decode()
+        assert answer.startswith("HTTP/1.1 413"), (path, answer)
+        assert '"error":"payload_too_large"' in answer
+
+
+def test_healthz_needs_no_token_and_fails_when_the_database_does(start_control: Start) -> None:
+    """A load balancer or supervisor in front of the control plane has no token; it had only
+    /metrics, which answers whatever state the database is in."""
+    server = start_control()
+    anonymous = server.client(None)
+    assert anonymous.get("/healthz").json() == {"ok": True, "revision": 0}
+    deployed(server)
+    assert anonymous.get("/healthz").json() == {"ok": True, "revision": 1}
+    assert "/healthz" not in anonymous.get("/openapi.json", headers={
+        "authorization": f"Bearer {server.admin}"}).json()["paths"]
+    server.store.close()  # the database is gone from under the server
+    r = anonymous.get("/healthz")
+    assert r.status_code == 503 and r.json()["ok"] is False

@@ -117,6 +117,12 @@ def test_wait_for_nodes_on_a_fake_clock() -> None:
     assert done.converged and done.elapsed_s == 0.25
     assert seen[0].laggards == ("a",) and seen[0].stale == ("gone",)
 
+    # A node behind and down by the control plane's check is not waited for either.
+    dead = {"nodes": [{"id": "a", "applied_revision": 5, "stale": False, "check": "up"},
+                      {"id": "b", "applied_revision": 4, "stale": False, "check": "down"}]}
+    done = wait_for_nodes(lambda: dead, 5, 10, now=clock, sleep=clock.advance)
+    assert done.converged and (done.current, done.laggards, done.down) == (("a",), (), ("b",))
+
     stuck = {"nodes": [{"id": "a", "applied_revision": 4, "stale": False}]}
     late = wait_for_nodes(lambda: stuck, 5, 1.0, now=clock, sleep=clock.advance)
     assert not late.converged and late.laggards == ("a",) and late.elapsed_s >= 1.0

@@ -83,3 +83,25 @@ def test_unsigned_wrongly_signed_and_locally_changed_snapshots_are_refused(
 def unsigned_copy(path: Path) -> bytes:
     envelope = cbor2.loads(path.read_bytes())
     return canonical_cbor({"payload": envelope["payload"], "key_id": envelope["key_id"]})
+
+
+def test_revision_zero_has_no_convergence_time(
+    start_control: Start, tmp_path: Path
+) -> None:
+    """Revision 0 (a control plane nothing was done with yet) was made at no time: the node
+    used to report it as applied ~56 years after it was made."""
+    server = start_control()
+    said: list[str] = []
+    follower = make_follower(server, tmp_path, tmp_path / "state")
+    follower.say = said.append
+
+    async def scenario() -> None:
+        assert await follower.poll_once()
+        await follower.close()
+
+    asyncio.run(scenario())
+    follower.runtime.close()
+    assert follower.applied == 0 and follower.convergence_ms is None
+    assert said == ["applied revision 0"]
+    (node,) = server.store.nodes()
+    assert node.applied_revision == 0 and node.convergence_ms is None

@@ -334,3 +334,59 @@ def test_lines_and_drop_records_survive_a_control_plane_restart(tmp_path: Path) 
     finally:
         server.kill()
         server.wait(10)
+
+
+def test_logs_follow_goes_on_across_a_control_plane_restart(tmp_path: Path) -> None:
+    """`edge logs --follow` used to end with "peer closed connection" when the control plane
+    was restarted (an upgrade, say); it reconnects on the same address and goes on after the
+    last line it printed, with no line twice."""
+    data, log = tmp_path / "data", tmp_path / "control.log"
+    url = f"http://127.0.0.1:{free_port()}"
+
+    def start() -> tuple[subprocess.Popen[bytes], str]:
+        proc = spawn(["edge.control", "control", "--data", str(data), "--listen",
+                      url.removeprefix("http://")], log)  # fmt: skip
+        return proc, wait_ready(url, data, proc, log)
+
+    def ship(message: str) -> None:
+        node_token = json.loads((data / "tokens.json").read_text())["node"]
+        r = httpx.post(url + "/v1/node/logs", headers={"authorization": f"Bearer {node_token}"},
+                       json={"node_id": "eu-1", "region": "eu-west",
+                             "lines": [raw("default/hello", message)]})
+        assert r.status_code == 200, r.text
+
+    server, admin = start()
+    env = {**os.environ, "EDGE_CONTROL_URL": url, "EDGE_TOKEN": admin}
+    follower: subprocess.Popen[str] | None = None
+    said = ""
+    try:
+        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {admin}"}) as c:
+            assert upload(c).status_code == 201
+        bad = subprocess.run([sys.executable, "-m", "edge", "logs", "hello", "--since", "soon",
+                              "--json"], env=env, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 1 and json.loads(bad.stdout)["error"]["type"] == "bad_request"
+        ship("before")
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "edge", "logs", "hello", "--follow", "--json"], env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        lines: queue.Queue[str] = queue.Queue()
+        out = follower.stdout
+        assert out is not None
+        threading.Thread(target=lambda: [lines.put(x) for x in out], daemon=True).start()
+        assert json.loads(lines.get(timeout=30))["message"] == "before"
+        server.terminate()
+        server.wait(15)
+        server, _ = start()
+        ship("after")
+        assert json.loads(lines.get(timeout=30))["message"] == "after"
+        assert follower.poll() is None  # still following
+    finally:
+        if follower is not None:
+            follower.terminate()
+            rest, said = follower.communicate(timeout=10)  # closes its pipes
+            assert "before" not in rest
+        server.terminate()
+        server.wait(15)
+    assert "reconnecting" in said
+    assert lines.empty()  # "before" came once

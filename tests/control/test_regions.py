@@ -219,7 +219,8 @@ def test_nodes_report_dns_addresses_listed_per_region(
     assert (snap.nodes["eu-1"].ipv4, snap.nodes["eu-1"].ipv6) == ("127.0.0.31", "2001:db8::21")
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("30s", 30), ("5m", 300), ("1h", 3600)])
+@pytest.mark.parametrize(("text", "seconds"),
+                         [("90", 90), ("30s", 30), ("5m", 300), ("1h", 3600), ("90d", 7_776_000)])
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration_s(text) == seconds
 
@@ -286,6 +287,35 @@ def test_region_commands(start_control: Callable[..., ControlServer]) -> None:
     assert bad.exit_code == 1 and "not a duration" in bad.output
     missing = CliRunner().invoke(app, ["region", "drain", "nowhere"], env=env)
     assert missing.exit_code == 1 and "no region 'nowhere'" in missing.output
+
+
+def test_draining_the_last_region_that_takes_traffic_warns(
+    start_control: Callable[..., ControlServer],
+) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from edge.control.region_commands import register
+
+    app = typer.Typer()
+    register(app)
+    server = start_control()
+    node = server.client(server.node)
+    for node_id, region in (("eu-1", "eu-west"), ("us-1", "us-east")):
+        r = node.post("/v1/node/report", json={"node_id": node_id, "region": region,
+                                               "revision": 0, "healthy": True})
+        assert r.status_code == 200, r.text
+    env = {"EDGE_CONTROL_URL": server.url, "EDGE_TOKEN": server.admin}
+
+    def drain(name: str) -> str:
+        result = CliRunner().invoke(app, ["region", "drain", name, "--over", "0"], env=env)
+        assert result.exit_code == 0, result.output
+        return str(result.stderr)
+
+    assert "warning" not in drain("eu-west")
+    said = drain("us-east")
+    assert "warning: every region with nodes is now draining or drained" in said
+    assert "fail open" in said
 
 
 def test_regions_table_rows() -> None:

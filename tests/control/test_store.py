@@ -195,6 +195,23 @@ def test_rollback_drops_a_canary(make_store: MakeStore) -> None:
     assert (state.stable, state.canary) == (1, None)
 
 
+def test_rollback_during_a_canary_drops_only_the_canary(make_store: MakeStore) -> None:
+    """The canary misbehaves, the operator rolls back: stable stays where it was. It used to
+    go back to the stable version before it too."""
+    store = make_store()
+    t = tenant(store)
+    v1, v2, v3 = add_version(store, t), add_version(store, t), add_version(store, t)
+    store.deploy(t, "hello", v1, None, "u")
+    store.deploy(t, "hello", v2, None, "u")
+    store.set_canary(t, "hello", v3, 10, None, "u")
+    state = store.rollback(t, "hello", None, "u").state
+    assert (state.stable, state.canary, state.canary_percent) == (v2, None, 0)
+    assert store.rollback(t, "hello", None, "u").state.stable == v1  # then as before
+    store.set_canary(t, "hello", v3, 10, None, "u")
+    explicit = store.rollback(t, "hello", v2, "u").state  # --to N: to N, canary dropped
+    assert (explicit.stable, explicit.canary) == (v2, None)
+
+
 def test_routes_belong_to_one_tenant_and_one_function(make_store: MakeStore) -> None:
     store = make_store()
     a, b = tenant(store, "a"), tenant(store, "b")
