@@ -335,6 +335,7 @@ class LoadedFunction:
         try:
             return self._execute(live, request)
         finally:
+            live.output.flush()
             if marks is not None:
                 marks.append(("execute", started, time.time_ns()))
 
@@ -358,8 +359,13 @@ class LoadedFunction:
         err = capi.func_post_return(func, context)
         if err:
             raise _classify(capi.error(err), self.config, "cleaning up")
-        if not 100 <= response.status <= 599:
-            raise InvalidResponse(f"function returned HTTP status {response.status}")
+        # 1xx are interim answers, never the final one: the HTTP server would drop the
+        # connection rather than send one.
+        if not 200 <= response.status <= 599:
+            raise InvalidResponse(
+                f"function returned HTTP status {response.status}: a response's status must be "
+                "200 to 599"
+            )
         return response
 
 
