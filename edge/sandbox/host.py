@@ -138,10 +138,17 @@ def _wall_resolution(_store: Any) -> cm.Record:
 class OutputRoute:
     """Where a store's stdout/stderr lines go. wasmtime writes guest stdio from its own I/O
     threads, not the invoking one, so the thread-local cannot be used there: the store's WASI
-    config holds this object, and the invocation is set on it for each call."""
+    config holds this object, and the invocation is set on it for each call.
+
+    Guests write in pieces (CPython writes a traceback's `ValueError`, `: ` and message
+    separately), so bytes are held until a newline and each whole line is one log line; what
+    is left when the call ends is flushed as a line of its own, never carried into the next
+    request of a reused instance."""
 
     def __init__(self) -> None:
         self.invocation: Invocation | None = None
+        self._partial: dict[str, bytes] = {}
+        self._lock = threading.Lock()
 
     def writer(self, source: str) -> Callable[[bytes], None]:
         level = "info" if source == "stdout" else "error"
@@ -150,11 +157,29 @@ class OutputRoute:
             inv = self.invocation
             if inv is None:
                 return
-            text = bytes(data).decode("utf-8", errors="replace").rstrip("\n")
-            for line in text.splitlines() or [""]:
-                inv.log(level, line, source)
+            with self._lock:
+                *lines, rest = (self._partial.get(source, b"") + bytes(data)).split(b"\n")
+                if len(rest) > MAX_LOG_LINE_BYTES:  # no newline coming: do not hold it all
+                    lines.append(rest)
+                    rest = b""
+                self._partial[source] = rest
+            for line in lines:
+                inv.log(level, _text(line), source)
 
         return write
+
+    def flush(self) -> None:
+        """Ends the call: a last line without its newline is logged now."""
+        inv = self.invocation
+        with self._lock:
+            partial, self._partial = self._partial, {}
+        for source, rest in partial.items():
+            if rest and inv is not None:
+                inv.log("info" if source == "stdout" else "error", _text(rest), source)
+
+
+def _text(line: bytes) -> str:
+    return line.removesuffix(b"\r").decode("utf-8", errors="replace")
 
 
 def wasi_config(route: OutputRoute) -> WasiConfig:
