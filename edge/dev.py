@@ -1,7 +1,7 @@
 """`edge dev`: build, serve on the production node code, rebuild on save.
 
 When a rebuild fails the last good build keeps serving and the compiler error is printed; when
-there has never been a good build, requests get a 503 that carries the compiler error.
+there has never been a good build, requests get a 500 that carries the compiler error.
 
 Components are compiled with Winch by default here, wasmtime's baseline compiler: a save of a
 Python or JavaScript function is served ~3 s sooner (compile 0.7 s instead of 3.5-4.2 s) and

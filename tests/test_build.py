@@ -11,7 +11,7 @@ import pytest
 from edge.build import Toolchain, build, build_function, stats
 from edge.build.cache import cache_key
 from edge.build.scaffold import new_project
-from edge.errors import BuildFailed, ConfigError, ToolchainMissing
+from edge.errors import BuildFailed, ConfigError, ToolchainMissing, UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "sdk" / "examples"
@@ -96,9 +96,9 @@ def test_scaffold_refuses_non_empty_dir_and_bad_names(tmp_path: Path) -> None:
     (tmp_path / "taken" / "keep.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not an empty directory"):
         new_project(tmp_path / "taken", "fn", "c")
-    with pytest.raises(ConfigError, match="function name"):
+    with pytest.raises(UsageError, match="function name"):
         new_project(tmp_path / "x", "Bad_Name", "c")
-    with pytest.raises(ConfigError, match="unknown language"):
+    with pytest.raises(UsageError, match="unknown language"):
         new_project(tmp_path / "y", "fn", "rust")
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "x").exists()

@@ -126,7 +126,8 @@ def test_status_that_cannot_end_a_response_is_invalid(node: Proc, status: int) -
     with httpx.Client() as client:
         r = client.get(node.url + "/status", headers={"x-status": str(status)})
         assert r.status_code == 502 and r.json()["error"] == "invalid_response"
-        assert f"HTTP status {status}: a response's status must be 200 to 599" in r.json()["message"]
+        message = r.json()["message"]
+        assert f"HTTP status {status}: a response's status must be 200 to 599" in message
         assert client.get(node.url + "/status").text == "body\n"  # same connection
 
 

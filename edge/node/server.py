@@ -46,7 +46,7 @@ def listening_socket(listen: str) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, int(port)))
         sock.listen(BACKLOG)
-    except (OSError, ValueError) as e:  # taken, privileged, not this host's, not a port
+    except (OSError, ValueError, OverflowError) as e:  # taken, privileged, not ours, no port
         sock.close()
         raise ListenFailed(f"cannot listen on {listen}: {e}") from None
     return sock
