@@ -20,6 +20,7 @@ from watchfiles import Change, DefaultFilter, awatch
 from edge.build import build
 from edge.cli_output import Output
 from edge.config.function import load_function_config
+from edge.dev_http import AccessLog, ErrorDetail, RecentLines
 from edge.errors import BuildFailed, EdgeError
 from edge.node.app import create_app
 from edge.node.config import FunctionSource, NodeConfig
@@ -62,9 +63,10 @@ class DevServer:
             workers=8,
             sandbox=EngineSettings(compiler=compiler),
         )
-        self.runtime = NodeRuntime(node_config, LogWriter("pretty"))
+        self.recent = RecentLines(LogWriter("pretty"))
+        self.runtime = NodeRuntime(node_config, self.recent)
         self.runtime.deploy([Route("*", "/", self.config.name)], {})
-        self.app = create_app(self.runtime)
+        self.app = AccessLog(ErrorDetail(create_app(self.runtime), self.recent), self.out)
         self.url = f"http://{host}:{port}/"
         self.has_good_build = False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, Proc
+from .conftest import EXAMPLES, FIXTURES, Proc
 
 pytestmark = pytest.mark.toolchain
 
@@ -59,6 +60,7 @@ def test_dev_serves_compiler_error_before_first_good_build(
     r = httpx.get(dev.url)
     assert r.status_code == 500 and r.json()["error"] == "build_failed"
     assert "error" in r.json()["compiler_output"].lower()
+    assert "function_log" not in r.json()  # a build failure is not the function's doing
 
 
 def test_dev_compiles_with_winch_and_serves_python_edits(
@@ -74,3 +76,43 @@ def test_dev_compiles_with_winch_and_serves_python_edits(
     wait_for(lambda: httpx.get(dev.url).text == "Hello, Winch!\n", 180, dev, "rebuild")
     # The compiled artifact is cached under the Winch fingerprint, beside the project.
     assert any((project / "build" / "compiled").glob("*.cwasm"))
+
+
+def logged_line(dev: Proc, ending: str) -> str:
+    wait_for(lambda: ending in dev.log(), 10, dev, f"a line ending {ending}")
+    return next(line for line in dev.log().splitlines() if line.endswith(ending))
+
+
+def test_dev_prints_a_line_per_request(tmp_path: Path, start_dev: Callable[[Path], Proc]) -> None:
+    project = tmp_path / "hello"
+    shutil.copytree(EXAMPLES / "c" / "hello", project, ignore=shutil.ignore_patterns("build"))
+    dev = start_dev(project)
+    for method in ["GET", "POST"]:
+        request_id = f"dev-{method.lower()}"
+        r = httpx.request(method, dev.url + "/some/path?x=1&y=%C3%A9",
+                          headers={"x-request-id": request_id}, content=b"body")  # fmt: skip
+        assert r.status_code == 200
+        line = logged_line(dev, f"[{request_id}]")
+        expected = rf"\d\d:\d\d:\d\d {method} /some/path\?x=1&y=%C3%A9 200 \d+\.\d ms"
+        assert re.fullmatch(rf"{expected} \[{request_id}\]", line), line
+
+
+def test_dev_puts_the_functions_own_lines_in_its_error_answer(
+    tmp_path: Path, start_dev: Callable[[Path], Proc]
+) -> None:
+    project = tmp_path / "uncaught"
+    shutil.copytree(FIXTURES / "functions" / "uncaught-py", project)
+    dev = start_dev(project)
+    r = httpx.get(dev.url, headers={"x-request-id": "dev-raise"}, timeout=30)
+    assert r.status_code == 500
+    doc = r.json()
+    assert (doc["error"], doc["request_id"]) == ("trap", "dev-raise")
+    log = doc["function_log"]
+    assert log[:2] == ["printed in three pieces", "no newline at the end"]
+    assert log[-1] == "ValueError: boom from python"
+    assert r.headers["content-length"] == str(len(r.content))
+    ok = httpx.get(dev.url + "/ok", headers={"x-request-id": "dev-ok"})
+    assert ok.status_code == 200 and ok.text == "ok\n"
+    # Its own request's lines only, not the ones of the requests before it.
+    other = httpx.get(dev.url, headers={"x-request-id": "dev-raise-2"}, timeout=30).json()
+    assert other["function_log"] == log

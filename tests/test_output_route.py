@@ -17,8 +17,8 @@ def test_pieces_become_lines_and_the_rest_is_flushed_at_the_end() -> None:
     out, err = route.writer("stdout"), route.writer("stderr")
     for piece in [b"Value", b"Error", b": ", b"boom\r\nnext ", b"line\n\n", b"tail \xe2"]:
         out(piece)
-    err(b"on stderr")
     out(b"\x9c\x93")  # the rest of a UTF-8 character split across writes
+    err(b"on stderr")  # the stdout line held so far goes first: the order written in
     route.flush()
     assert [(x.source, x.level, x.message) for x in lines] == [
         ("stdout", "info", "ValueError: boom"),
