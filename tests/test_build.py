@@ -91,6 +91,14 @@ def test_missing_source_is_a_config_error(tmp_path: Path) -> None:
         build_function(project, cache_dir=tmp_path / "cache")
 
 
+def test_a_directory_that_is_not_a_project_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing is not a directory: a function project is"):
+        build_function(tmp_path / "missing", cache_dir=tmp_path / "cache")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"empty has no edge\.toml: .*`edge new NAME`"):
+        build_function(tmp_path / "empty", cache_dir=tmp_path / "cache")
+
+
 def test_scaffold_refuses_non_empty_dir_and_bad_names(tmp_path: Path) -> None:
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")

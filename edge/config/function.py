@@ -132,4 +132,11 @@ def parse_function_config(data: dict[str, Any], source: str) -> FunctionConfig:
 
 def load_function_config(project_dir: Path) -> FunctionConfig:
     path = project_dir / "edge.toml"
+    if not path.is_file():
+        # The usual cause is a wrong directory, not a lost file: say which, and what makes one.
+        what = "is not a directory" if not project_dir.is_dir() else "has no edge.toml"
+        raise ConfigError(
+            f"{project_dir} {what}: a function project is a directory with an edge.toml "
+            "(`edge new NAME` makes one)"
+        )
     return parse_function_config(load_toml(path), str(path))
