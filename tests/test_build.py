@@ -194,6 +194,16 @@ def test_python_without_handler_fails_the_build(tmp_path: Path) -> None:
 
 
 @pytest.mark.toolchain
+def test_js_without_handle_fails_when_bundling(tmp_path: Path) -> None:
+    project = copy_example("js", "hello", tmp_path)
+    (project / "index.js").write_text("export function hande(req) {}\n")
+    with pytest.raises(BuildFailed) as info:
+        build_function(project, cache_dir=tmp_path / "cache")
+    assert info.value.message.startswith("esbuild (hello-js) failed")
+    assert 'No matching export in "index.js" for import "handle"' in info.value.output
+
+
+@pytest.mark.toolchain
 @pytest.mark.parametrize("lang", ["python", "c", "js"])
 def test_scaffolded_project_builds(tmp_path: Path, lang: str) -> None:
     project = tmp_path / "fn"

@@ -86,6 +86,10 @@ def test_stdout_is_logged_a_whole_line_at_a_time(node: Proc) -> None:
             "/uncaught-js/undefined",
             "Uncaught TypeError: handle(req) must return a Response, got undefined",
         ),
+        (
+            "/uncaught-js/promise",
+            "Uncaught TypeError: handle(req) returned a Promise: it must be synchronous (no async)",
+        ),
     ],
 )
 def test_javascript_exception_is_a_trap_with_its_message_in_the_log(

@@ -169,6 +169,9 @@ export function wrapHandler(handle) {
       try {
         let resp = handle(new Request(raw));
         if (typeof resp === "string") resp = Response.text(resp);
+        if (resp instanceof Promise) {
+          throw new TypeError("handle(req) returned a Promise: it must be synchronous (no async)");
+        }
         if (!(resp instanceof Response)) {
           throw new TypeError(`handle(req) must return a Response, got ${describe(resp)}`);
         }
