@@ -23,14 +23,19 @@ from edge.config.function import load_function_config
 from edge.dev_http import AccessLog, ErrorDetail, RecentLines
 from edge.errors import BuildFailed, EdgeError
 from edge.node.app import create_app
+from edge.node.client_ip import parse_networks
 from edge.node.config import FunctionSource, NodeConfig
 from edge.node.logs import LogWriter
 from edge.node.routing import Route
 from edge.node.runtime import NodeRuntime, Unavailable
 from edge.node.server import run
 from edge.sandbox.engine import EngineSettings
+from edge.traffic.geodb import default_database
 
 DEV_COMPILER = "winch"
+# Every client of `edge dev` is on this machine: its x-forwarded-for is believed, so that
+# `curl -H 'x-forwarded-for: 81.2.69.142'` shows a function what a London client would get.
+DEV_TRUSTED_PROXIES = parse_networks(["127.0.0.0/8", "::1/128"])
 
 
 class _SourceFilter(DefaultFilter):
@@ -60,6 +65,8 @@ class DevServer:
             region="local",
             listen=f"{host}:{port}",
             cache_dir=self.project / "build" / "compiled",
+            geoip_db=default_database(),  # GeoLite2-City from PyPI, as `edge dns` uses
+            trusted_proxies=DEV_TRUSTED_PROXIES,
             workers=8,
             sandbox=EngineSettings(compiler=compiler),
         )

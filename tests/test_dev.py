@@ -116,3 +116,17 @@ def test_dev_puts_the_functions_own_lines_in_its_error_answer(
     # Its own request's lines only, not the ones of the requests before it.
     other = httpx.get(dev.url, headers={"x-request-id": "dev-raise-2"}, timeout=30).json()
     assert other["function_log"] == log
+
+
+def test_dev_has_geo_for_a_forwarded_client(
+    tmp_path: Path, start_dev: Callable[[Path], Proc]
+) -> None:
+    project = tmp_path / "echo"
+    shutil.copytree(EXAMPLES / "c" / "echo", project, ignore=shutil.ignore_patterns("build"))
+    dev = start_dev(project)
+    local = httpx.get(dev.url).json()
+    assert local["client_ip"] == "127.0.0.1" and local["geo"]["country"] is None
+    london = httpx.get(dev.url, headers={"x-forwarded-for": "81.2.69.142"}).json()
+    assert london["client_ip"] == "81.2.69.142"
+    assert (london["geo"]["country"], london["geo"]["continent"]) == ("GB", "EU")
+    assert london["region"] == "local"
