@@ -20,7 +20,7 @@ from .conftest import FIXTURES, Proc
 
 pytestmark = pytest.mark.toolchain
 
-FUNCTIONS = ["uncaught-py", "uncaught-js", "mirror-js"]
+FUNCTIONS = ["uncaught-py", "uncaught-js", "mirror-js", "headers-js"]
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +117,15 @@ def test_javascript_request_body_is_exact_bytes(node: Proc) -> None:
     empty = httpx.post(node.url + "/mirror-js", content=b"", timeout=30)
     assert empty.status_code == 200 and empty.content == b""
     assert empty.headers["x-text-length"] == "0"
+
+
+@pytest.mark.parametrize("form", ["headers", "map", "pairs", "object"])
+def test_javascript_headers_as_fetch_code_writes_them(node: Proc, form: str) -> None:
+    sent = [("x-rep", "one"), ("X-Rep", "two")]
+    r = httpx.get(node.url + f"/headers-js?form={form}", headers=sent)
+    assert r.status_code == 200
+    # A Headers or a Map used to be read as a plain object: no headers at all.
+    assert (r.headers["x-given"], r.headers["content-type"]) == ("1", "text/x-given")
+    seen = r.json()
+    assert seen["rep"] == "one, two" and seen["has"] is True and seen["missing"] is None
+    assert seen["count"] >= 3  # still the array of pairs: host, the two x-rep, ...

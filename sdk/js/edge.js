@@ -43,11 +43,34 @@ function toBytes(body) {
 }
 
 // Headers as the WIT has them: ordered [name, value] pairs, names lower-case. Accepts a plain
-// object or a list of pairs.
+// object or anything that iterates pairs: an array, a Map, a fetch `Headers` (whose own
+// properties are empty, so reading it as an object dropped every header).
 function toHeaderList(headers) {
   if (!headers) return [];
-  const pairs = Array.isArray(headers) ? headers : Object.entries(headers);
+  const pairs =
+    typeof headers[Symbol.iterator] === "function" ? Array.from(headers) : Object.entries(headers);
   return pairs.map(([name, value]) => [String(name).toLowerCase(), String(value)]);
+}
+
+// The request's headers: the WIT's [name, value] pairs, in order, plus the two lookups code
+// written for the fetch API calls on `request.headers`.
+class HeaderList extends Array {
+  // map/filter/slice of it give plain arrays.
+  static get [Symbol.species]() {
+    return Array;
+  }
+
+  // Every value of `name` joined with ", " (as fetch's Headers.get), or null.
+  get(name) {
+    const key = String(name).toLowerCase();
+    const values = this.filter(([n]) => n === key).map(([, v]) => v);
+    return values.length ? values.join(", ") : null;
+  }
+
+  has(name) {
+    const key = String(name).toLowerCase();
+    return this.some(([n]) => n === key);
+  }
 }
 
 // The request as handed to `handle`, over the raw WIT record.
@@ -56,7 +79,7 @@ export class Request {
     this.raw = raw;
     this.method = raw.method;
     this.url = raw.url;
-    this.headers = raw.headers;
+    this.headers = HeaderList.from(raw.headers);
     this.clientIp = raw.clientIp;
     this.context = raw.context;
   }
