@@ -20,7 +20,7 @@ from .conftest import FIXTURES, Proc
 
 pytestmark = pytest.mark.toolchain
 
-FUNCTIONS = ["uncaught-py", "uncaught-js", "mirror-js", "headers-js"]
+FUNCTIONS = ["uncaught-py", "uncaught-js", "mirror-js", "headers-js", "response-py"]
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +129,10 @@ def test_javascript_headers_as_fetch_code_writes_them(node: Proc, form: str) -> 
     seen = r.json()
     assert seen["rep"] == "one, two" and seen["has"] is True and seen["missing"] is None
     assert seen["count"] >= 3  # still the array of pairs: host, the two x-rep, ...
+
+
+def test_python_response_takes_a_dict_of_headers_and_a_str_body(node: Proc) -> None:
+    r = httpx.get(node.url + "/response-py")
+    assert r.status_code == 201 and r.content == "héllo".encode()
+    assert r.headers["content-type"] == "text/plain; charset=utf-8"
+    assert (r.headers["x-up"], r.headers["x-chained"]) == ("1", "yes")

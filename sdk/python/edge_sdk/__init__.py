@@ -109,6 +109,13 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
 
+    def __post_init__(self) -> None:
+        # As in Spin's Python SDK, `Response(200, {"content-type": "text/plain"}, "hi")` works:
+        # headers may be a dict (a list of its keys reached the host and failed), the body a str.
+        self.headers = _header_list(self.headers)
+        if isinstance(self.body, str):
+            self.body = self.body.encode()
+
     @classmethod
     def binary(
         cls,
