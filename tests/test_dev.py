@@ -130,3 +130,15 @@ def test_dev_has_geo_for_a_forwarded_client(
     assert london["client_ip"] == "81.2.69.142"
     assert (london["geo"]["country"], london["geo"]["continent"]) == ("GB", "EU")
     assert london["region"] == "local"
+
+
+def test_dev_serves_new_config_values_on_save(
+    tmp_path: Path, start_dev: Callable[[Path], Proc]
+) -> None:
+    project = tmp_path / "config"
+    shutil.copytree(EXAMPLES / "c" / "config", project, ignore=shutil.ignore_patterns("build"))
+    dev = start_dev(project)
+    assert httpx.get(dev.url).text == "Hello from C config!\n"
+    manifest = project / "edge.toml"
+    manifest.write_text(manifest.read_text().replace("Hello from C config!", "Saved greeting"))
+    wait_for(lambda: httpx.get(dev.url).text == "Saved greeting\n", 60, dev, "new config value")
