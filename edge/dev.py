@@ -12,6 +12,8 @@ production node's. `--compiler cranelift` compiles as nodes do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from pathlib import Path
 
 import anyio
@@ -36,6 +38,10 @@ DEV_COMPILER = "winch"
 # Every client of `edge dev` is on this machine: its x-forwarded-for is believed, so that
 # `curl -H 'x-forwarded-for: 81.2.69.142'` shows a function what a London client would get.
 DEV_TRUSTED_PROXIES = parse_networks(["127.0.0.0/8", "::1/128"])
+# Compiled code kept in the project's build/compiled: each save of a Python function adds
+# ~40 MB there, which without a bound filled the disk over a day of editing. The newest few
+# stay, so undoing a save maps its code again instead of compiling it.
+DEV_KEEP_COMPILED = 4
 
 
 class _SourceFilter(DefaultFilter):
@@ -103,6 +109,9 @@ class DevServer:
             return False
         # The route names the function; a renamed function gets the route.
         self.runtime.deploy([Route("*", "/", self.config.name)], {self.config.name: loaded})
+        in_use = self.runtime.cache.path_for(loaded.digest)
+        if in_use is not None:
+            prune_compiled(in_use, DEV_KEEP_COMPILED)
         self.has_good_build = True
         self.out.event("built", f"edge dev: built {self.config.name} ({self.config.lang})",
                        **built.to_json())
@@ -130,6 +139,21 @@ class DevServer:
         finally:
             watcher.cancel()
             self.runtime.close()
+
+
+def prune_compiled(in_use: Path, keep: int) -> None:
+    """Deletes all but the `keep` newest compiled artifacts beside `in_use`, which stays (a
+    mapped file that is deleted lives on until it is unmapped, so this is safe anyway)."""
+    with contextlib.suppress(OSError):
+        os.utime(in_use)  # the newest now, also when it was an older save's (a cache hit)
+    found = []
+    for path in in_use.parent.glob("*.cwasm"):
+        with contextlib.suppress(OSError):
+            found.append((path.stat().st_mtime, path))
+    for _mtime, path in sorted(found, reverse=True)[keep:]:
+        if path != in_use:
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".lock").unlink(missing_ok=True)
 
 
 def serve_dev(

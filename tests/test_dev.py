@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import time
@@ -142,3 +143,26 @@ def test_dev_serves_new_config_values_on_save(
     manifest = project / "edge.toml"
     manifest.write_text(manifest.read_text().replace("Hello from C config!", "Saved greeting"))
     wait_for(lambda: httpx.get(dev.url).text == "Saved greeting\n", 60, dev, "new config value")
+
+
+def test_dev_keeps_only_the_newest_compiled_code(
+    tmp_path: Path, start_dev: Callable[[Path], Proc]
+) -> None:
+    from edge.dev import DEV_KEEP_COMPILED
+
+    project = tmp_path / "hello"
+    shutil.copytree(EXAMPLES / "c" / "hello", project, ignore=shutil.ignore_patterns("build"))
+    source = project / "main.c"
+    original = source.read_text()
+    dev = start_dev(project)
+    compiled = project / "build" / "compiled"
+    for text in [f"Save {n}" for n in range(DEV_KEEP_COMPILED + 3)]:
+        source.write_text(original.replace("Hello from C!", text))
+        served = functools.partial(lambda text: httpx.get(dev.url).text == f"{text}\n", text)
+        wait_for(served, 60, dev, text)
+    assert len(list(compiled.glob("*.cwasm"))) == DEV_KEEP_COMPILED
+    # Back to an older save: its code is served, mapped again or compiled again.
+    source.write_text(original)
+    wait_for(lambda: httpx.get(dev.url).text == "Hello from C!\n", 60, dev, "undo")
+    assert len(list(compiled.glob("*.cwasm"))) == DEV_KEEP_COMPILED
+    assert len(list(compiled.glob("*.lock"))) <= DEV_KEEP_COMPILED
