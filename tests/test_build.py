@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge.build import Toolchain, build, build_function, stats
-from edge.build.cache import cache_key
+from edge.build.cache import DEFAULT_MAX_MIB, cache_key, lookup, max_cache_bytes, store
 from edge.build.scaffold import new_project
 from edge.errors import BuildFailed, ConfigError, ToolchainMissing, UsageError
 
@@ -67,6 +68,30 @@ def test_cache_key_covers_sources_but_not_build_output(tmp_path: Path) -> None:
     assert second != first, "SDK files are part of the key"
     (project / "main.c").write_text("int y;\n")
     assert key() != second, "source files are part of the key"
+
+
+def test_cache_evicts_the_least_recently_used_past_its_size(tmp_path: Path) -> None:
+    cache, component = tmp_path / "cache", tmp_path / "c.wasm"
+    component.write_bytes(b"x" * 1000)
+    for n, key in enumerate(["a", "b", "c"]):
+        store(cache, key, component, max_bytes=10_000)
+        os.utime(cache / f"{key}.wasm", (n, n))  # stored in this order, long ago
+    assert lookup(cache, "a") is not None  # a hit is a use: "a" is now the newest
+    store(cache, "d", component, max_bytes=2500)  # room for two
+    assert sorted(p.stem for p in cache.glob("*.wasm")) == ["a", "d"]
+    assert lookup(cache, "b") is None and lookup(cache, "c") is None
+    store(cache, "e", component, max_bytes=10)  # the one just stored stays, whatever the cap
+    assert [p.stem for p in cache.glob("*.wasm")] == ["e"]
+
+
+def test_cache_size_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_CACHE_MAX_MIB", "3")
+    assert max_cache_bytes() == 3 * 1024 * 1024
+    monkeypatch.setenv("EDGE_CACHE_MAX_MIB", "")
+    assert max_cache_bytes() == DEFAULT_MAX_MIB * 1024 * 1024
+    monkeypatch.setenv("EDGE_CACHE_MAX_MIB", "lots")
+    with pytest.raises(ConfigError, match="EDGE_CACHE_MAX_MIB must be a whole number of MiB"):
+        max_cache_bytes()
 
 
 @pytest.mark.parametrize(
