@@ -81,10 +81,10 @@ def cache_key(lang: str, toolchain_version: str, groups: Iterable[tuple[str, Pat
 
 def lookup(cache_dir: Path, key: str) -> Path | None:
     path = cache_dir / f"{key}.wasm"
-    try:
-        os.utime(path)  # recently used: the last to be evicted
-    except OSError:
+    if not path.is_file():
         return None
+    with contextlib.suppress(OSError):  # a read-only cache still hits
+        os.utime(path)  # recently used: the last to be evicted
     return path
 
 
