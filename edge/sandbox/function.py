@@ -352,7 +352,8 @@ class LoadedFunction:
         except abi.ResponseBodyOverLimit as e:
             raise ResponseTooLarge(
                 f"response body of at least {e.size} bytes exceeds the limit of "
-                f"{self.config.limits.response_body_limit_bytes} bytes"
+                f"{self.config.limits.response_body_limit_bytes} bytes "
+                "([limits] response_body_limit_bytes in edge.toml)"
             ) from None
         except abi.AbiError as e:
             raise InvalidResponse(f"function returned an invalid response: {e}") from None
@@ -378,15 +379,18 @@ def _classify(e: wasmtime.WasmtimeError, config: FunctionConfig, doing: str) -> 
     cause = cause.split(": ", 1)[1] if cause[:2].isdigit() or cause[:1].isdigit() else cause
     if "interrupt" in cause:
         return DeadlineExceeded(
-            f"function exceeded its deadline of {config.limits.deadline_ms} ms while {doing}"
+            f"function exceeded its deadline of {config.limits.deadline_ms} ms while {doing} "
+            "([limits] deadline_ms in edge.toml)"
         )
+    # The key to raise is named last, so the cause stays next to the limit.
+    key = "([limits] memory_limit_mib in edge.toml)"
     limit = f"its memory limit of {config.limits.memory_limit_bytes // (1024 * 1024)} MiB"
     # A refused memory.grow, turned into this trap by growcheck.
     if "unreachable" in cause and growcheck.is_check(capi.top_frame_name(e)):
         return MemoryLimitExceeded(
-            f"function exceeded {limit} while {doing}: more memory was refused"
+            f"function exceeded {limit} while {doing}: more memory was refused {key}"
         )
     # Instantiation: the memory the component starts with is over the limit.
     if "memory" in cause and ("limit" in cause or "minimum" in cause or "exceeds" in cause):
-        return MemoryLimitExceeded(f"function exceeded {limit} while {doing}: {cause}")
+        return MemoryLimitExceeded(f"function exceeded {limit} while {doing}: {cause} {key}")
     return FunctionTrapped(f"function trapped while {doing}: {cause}")
