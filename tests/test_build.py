@@ -225,6 +225,9 @@ def test_js_without_handle_fails_when_bundling(tmp_path: Path) -> None:
     with pytest.raises(BuildFailed) as info:
         build_function(project, cache_dir=tmp_path / "cache")
     assert info.value.message.startswith("esbuild (hello-js) failed")
+    assert "hint: index.js must export a synchronous `export function handle(req)`" in str(
+        info.value.message
+    )
     assert 'No matching export in "index.js" for import "handle"' in info.value.output
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from edge.build.language import Language, Work
 from edge.build.toolchain import SDK_DIR, WIT_DIR, WORLD, Toolchain
 from edge.config.function import FunctionConfig
+from edge.errors import BuildFailed
 
 JS_SDK = SDK_DIR / "js"
 DISABLED_FEATURES = ["stdio", "random", "clocks", "http", "fetch-event"]
@@ -26,6 +27,12 @@ import {{ wrapHandler }} from "edge";
 import {{ handle }} from {source};
 export const handler = wrapHandler(handle);
 """
+
+
+HANDLE_HINT = (
+    "\nhint: {} must export a synchronous `export function handle(req)` returning a Response "
+    "(Workers' `export default {{ fetch }}` is not the contract here)"
+)
 
 
 def sdk_inputs() -> Sequence[tuple[str, Path]]:
@@ -42,24 +49,29 @@ def build_component(project_dir: Path, cfg: FunctionConfig, tools: Toolchain, wo
     entry = work.dir / "entry.js"
     entry.write_text(ENTRY_SOURCE.format(source=json.dumps(str(project_dir / cfg.source))))
     bundle = work.dir / "bundle.js"
-    tools.run(
-        [
-            *tools.esbuild(),
-            str(entry),
-            "--bundle",
-            "--format=esm",
-            # StarlingMonkey is a web-style engine: resolve packages' browser builds.
-            "--platform=browser",
-            f"--alias:edge={JS_SDK / 'edge.js'}",
-            # The WIT imports are resolved by componentize-js, not by the bundler.
-            "--external:edge:function/*",
-            f"--outfile={bundle}",
-            "--log-level=warning",
-        ],
-        cwd=project_dir,
-        tmp=work.tmp,
-        what=f"esbuild ({cfg.name})",
-    )
+    try:
+        tools.run(
+            [
+                *tools.esbuild(),
+                str(entry),
+                "--bundle",
+                "--format=esm",
+                # StarlingMonkey is a web-style engine: resolve packages' browser builds.
+                "--platform=browser",
+                f"--alias:edge={JS_SDK / 'edge.js'}",
+                # The WIT imports are resolved by componentize-js, not by the bundler.
+                "--external:edge:function/*",
+                f"--outfile={bundle}",
+                "--log-level=warning",
+            ],
+            cwd=project_dir,
+            tmp=work.tmp,
+            what=f"esbuild ({cfg.name})",
+        )
+    except BuildFailed as exc:
+        if 'for import "handle"' in exc.output:
+            raise BuildFailed(exc.message + HANDLE_HINT.format(cfg.source), exc.output) from exc
+        raise
     out = work.dir / "out.wasm"
     tools.run(
         [
