@@ -80,7 +80,7 @@ class DevServer:
         self.runtime = NodeRuntime(node_config, self.recent)
         self.runtime.deploy([Route("*", "/", self.config.name)], {})
         self.app = AccessLog(ErrorDetail(create_app(self.runtime), self.recent), self.out)
-        self.url = f"http://{host}:{port}/"
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"  # IPv6 in brackets
         self.has_good_build = False
 
     async def rebuild(self) -> bool:

@@ -318,6 +318,17 @@ def test_dev_reports_builds_as_json_lines(servers: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.toolchain
+def test_dev_on_ipv6_loopback_announces_a_url_that_works(servers: Any, tmp_path: Path) -> None:
+    project = hello_project(tmp_path)
+    port = free_port()
+    dev = servers(["dev", str(project), "--host", "::1", "--port", str(port)],
+                  tmp_path / "dev.log")  # fmt: skip
+    ready = dev.event("ready")
+    assert ready["url"] == f"http://[::1]:{port}/"  # was http://::1:PORT/, not a URL
+    assert httpx.get(ready["url"]).text == "Hello from C!\n"
+
+
+@pytest.mark.toolchain
 def test_up_announces_the_stack_in_json_lines(servers: Any, tmp_path: Path) -> None:
     control_port, node_port, dns_port = free_port(), free_port(), free_port()
     up = servers(["up", "--state-dir", str(tmp_path / "state"), "--control-port",
