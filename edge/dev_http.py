@@ -66,7 +66,12 @@ class ErrorDetail:
         held: list[Message] = []
 
         async def sent(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] >= 500:
+            if (
+                message["type"] == "http.response.start"
+                and message["status"] >= 500
+                # The function's own answers carry the region; the node's error answers not.
+                and not http.header(message["headers"], b"x-edge-region")
+            ):
                 held.append(message)  # until the body says whether it is a function failure
                 return
             if held and message["type"] == "http.response.body":

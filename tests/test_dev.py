@@ -119,6 +119,18 @@ def test_dev_puts_the_functions_own_lines_in_its_error_answer(
     assert other["function_log"] == log
 
 
+def test_dev_leaves_a_functions_own_5xx_alone(
+    tmp_path: Path, start_dev: Callable[[Path], Proc]
+) -> None:
+    project = tmp_path / "status"
+    shutil.copytree(FIXTURES / "functions" / "status", project)
+    dev = start_dev(project)
+    for status in [500, 503]:
+        r = httpx.get(dev.url, headers={"x-status": str(status)})
+        assert (r.status_code, r.content) == (status, b"body\n")
+        assert r.headers["content-length"] == "5"
+
+
 def test_dev_has_geo_for_a_forwarded_client(
     tmp_path: Path, start_dev: Callable[[Path], Proc]
 ) -> None:
