@@ -17,6 +17,12 @@ from .conftest import EXAMPLES, FIXTURES, Proc
 pytestmark = pytest.mark.toolchain
 
 
+def copied(source: Path, project: Path) -> Path:
+    """A function project to edit: `source` copied to `project`, without its build output."""
+    shutil.copytree(source, project, ignore=shutil.ignore_patterns("build"))
+    return project
+
+
 def wait_for(check: Callable[[], bool], timeout_s: float, proc: Proc, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -29,8 +35,7 @@ def wait_for(check: Callable[[], bool], timeout_s: float, proc: Proc, what: str)
 def test_dev_loop_rebuilds_and_survives_a_broken_build(
     tmp_path: Path, start_dev: Callable[[Path], Proc]
 ) -> None:
-    project = tmp_path / "hello"
-    shutil.copytree(EXAMPLES / "c" / "hello", project, ignore=shutil.ignore_patterns("build"))
+    project = copied(EXAMPLES / "c" / "hello", tmp_path / "hello")
     source = project / "main.c"
     dev = start_dev(project)
     assert "serving" in dev.log() and dev.url in dev.log()
@@ -54,8 +59,7 @@ def test_dev_loop_rebuilds_and_survives_a_broken_build(
 def test_dev_serves_compiler_error_before_first_good_build(
     tmp_path: Path, start_dev: Callable[[Path], Proc]
 ) -> None:
-    project = tmp_path / "broken"
-    shutil.copytree(EXAMPLES / "c" / "hello", project, ignore=shutil.ignore_patterns("build"))
+    project = copied(EXAMPLES / "c" / "hello", tmp_path / "broken")
     (project / "main.c").write_text("this does not compile\n")
     dev = start_dev(project)
     r = httpx.get(dev.url)
@@ -67,8 +71,7 @@ def test_dev_serves_compiler_error_before_first_good_build(
 def test_dev_compiles_with_winch_and_serves_python_edits(
     tmp_path: Path, start_dev: Callable[[Path], Proc]
 ) -> None:
-    project = tmp_path / "hello-py"
-    shutil.copytree(EXAMPLES / "python" / "hello", project, ignore=shutil.ignore_patterns("build"))
+    project = copied(EXAMPLES / "python" / "hello", tmp_path / "hello-py")
     dev = start_dev(project)
     assert "compiled with winch" in dev.log()
     assert httpx.get(dev.url).text == "Hello from Python!\n"
@@ -85,8 +88,7 @@ def logged_line(dev: Proc, ending: str) -> str:
 
 
 def test_dev_prints_a_line_per_request(tmp_path: Path, start_dev: Callable[[Path], Proc]) -> None:
-    project = tmp_path / "hello"
-    shutil.copytree(EXAMPLES / "c" / "hello", project, ignore=shutil.ignore_patterns("build"))
+    project = copied(EXAMPLES / "c" / "hello", tmp_path / "hello")
     dev = start_dev(project)
     for method in ["GET", "POST"]:
         request_id = f"dev-{method.lower()}"
@@ -101,8 +103,7 @@ def test_dev_prints_a_line_per_request(tmp_path: Path, start_dev: Callable[[Path
 def test_dev_puts_the_functions_own_lines_in_its_error_answer(
     tmp_path: Path, start_dev: Callable[[Path], Proc]
 ) -> None:
-    project = tmp_path / "uncaught"
-    shutil.copytree(FIXTURES / "functions" / "uncaught-py", project)
+    project = copied(FIXTURES / "functions" / "uncaught-py", tmp_path / "uncaught")
     dev = start_dev(project)
     r = httpx.get(dev.url, headers={"x-request-id": "dev-raise"}, timeout=30)
     assert r.status_code == 500
@@ -122,8 +123,7 @@ def test_dev_puts_the_functions_own_lines_in_its_error_answer(
 def test_dev_leaves_a_functions_own_5xx_alone(
     tmp_path: Path, start_dev: Callable[[Path], Proc]
 ) -> None:
-    project = tmp_path / "status"
-    shutil.copytree(FIXTURES / "functions" / "status", project)
+    project = copied(FIXTURES / "functions" / "status", tmp_path / "status")
     dev = start_dev(project)
     for status in [500, 503]:
         r = httpx.get(dev.url, headers={"x-status": str(status)})
@@ -134,8 +134,7 @@ def test_dev_leaves_a_functions_own_5xx_alone(
 def test_dev_has_geo_for_a_forwarded_client(
     tmp_path: Path, start_dev: Callable[[Path], Proc]
 ) -> None:
-    project = tmp_path / "echo"
-    shutil.copytree(EXAMPLES / "c" / "echo", project, ignore=shutil.ignore_patterns("build"))
+    project = copied(EXAMPLES / "c" / "echo", tmp_path / "echo")
     dev = start_dev(project)
     local = httpx.get(dev.url).json()
     assert local["client_ip"] == "127.0.0.1" and local["geo"]["country"] is None
@@ -148,8 +147,7 @@ def test_dev_has_geo_for_a_forwarded_client(
 def test_dev_serves_new_config_values_on_save(
     tmp_path: Path, start_dev: Callable[[Path], Proc]
 ) -> None:
-    project = tmp_path / "config"
-    shutil.copytree(EXAMPLES / "c" / "config", project, ignore=shutil.ignore_patterns("build"))
+    project = copied(EXAMPLES / "c" / "config", tmp_path / "config")
     dev = start_dev(project)
     assert httpx.get(dev.url).text == "Hello from C config!\n"
     manifest = project / "edge.toml"
@@ -162,8 +160,7 @@ def test_dev_keeps_only_the_newest_compiled_code(
 ) -> None:
     from edge.dev import DEV_KEEP_COMPILED
 
-    project = tmp_path / "hello"
-    shutil.copytree(EXAMPLES / "c" / "hello", project, ignore=shutil.ignore_patterns("build"))
+    project = copied(EXAMPLES / "c" / "hello", tmp_path / "hello")
     source = project / "main.c"
     original = source.read_text()
     dev = start_dev(project)
