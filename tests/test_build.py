@@ -84,6 +84,19 @@ def test_cache_evicts_the_least_recently_used_past_its_size(tmp_path: Path) -> N
     assert [p.stem for p in cache.glob("*.wasm")] == ["e"]
 
 
+def test_python_key_changes_with_the_packages_installed(tmp_path: Path) -> None:
+    from edge.build.python import installed_packages
+
+    site = tmp_path / "site-packages"
+    (site / "humanize-4.0.dist-info").mkdir(parents=True)
+    (site / "humanize").mkdir()
+    paths = [str(site), str(tmp_path / "missing")]
+    before = installed_packages(paths)
+    assert installed_packages(paths) == before
+    (site / "humanize-4.0.dist-info").rename(site / "humanize-4.1.dist-info")
+    assert installed_packages(paths) != before
+
+
 def test_cache_size_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGE_CACHE_MAX_MIB", "3")
     assert max_cache_bytes() == 3 * 1024 * 1024
