@@ -20,7 +20,7 @@ from .conftest import FIXTURES, Proc
 
 pytestmark = pytest.mark.toolchain
 
-FUNCTIONS = ["uncaught-py", "uncaught-js", "mirror-js", "headers-js", "response-py"]
+FUNCTIONS = ["uncaught-py", "uncaught-js", "mirror-js", "headers-js", "response-py", "console-js"]
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +136,18 @@ def test_python_response_takes_a_dict_of_headers_and_a_str_body(node: Proc) -> N
     assert r.status_code == 201 and r.content == "héllo".encode()
     assert r.headers["content-type"] == "text/plain; charset=utf-8"
     assert (r.headers["x-up"], r.headers["x-chained"]) == ("1", "yes")
+
+
+def test_javascript_console_writes_to_the_functions_log(node: Proc) -> None:
+    assert get(node, "/console-js", "js-console").text == "ok\n"
+    lines = logged(node, "js-console", "TypeError: described")
+    own = [(line["level"], line["message"]) for line in lines if line["source"] == "log"]
+    assert own[:4] == [
+        ("info", 'hello {"n":1} 2 null'),
+        ("info", "an info line"),
+        ("debug", "a debug line"),
+        ("warn", "a warning"),
+    ]
+    level, message = own[4]
+    assert level == "error" and message.startswith("TypeError: described\n")
+    assert "at the top level" not in node.log()  # build time: there was no request to log to

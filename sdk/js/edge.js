@@ -174,6 +174,33 @@ export const log = {
   error: level("error"),
 };
 
+// console.* as in Workers: a line in the function's log. componentize-js runs without stdio,
+// which dropped it. Only while a request runs: the module's top level runs at build time, when
+// there is no host to log to (a call there is dropped, as before).
+let inRequest = false;
+
+function formatArg(value) {
+  if (typeof value === "string") return value;
+  if (value instanceof Error) {
+    return value.stack ? `${value}\n${value.stack.trimEnd()}` : String(value);
+  }
+  try {
+    const json = JSON.stringify(value);
+    return json === undefined ? String(value) : json;
+  } catch {
+    return String(value); // a cycle, a BigInt
+  }
+}
+
+for (const [method, levelName] of [
+  ["log", "info"], ["info", "info"], ["debug", "debug"], ["trace", "trace"],
+  ["warn", "warn"], ["error", "error"],
+]) {
+  globalThis.console[method] = (...args) => {
+    if (inRequest) logWrite(levelName, args.map(formatArg).join(" "));
+  };
+}
+
 export const config = {
   // The value for `key` from edge.toml's [config], or `fallback` when unset.
   get(key, fallback = null) {
@@ -189,6 +216,7 @@ export function wrapHandler(handle) {
   }
   return {
     handle(raw) {
+      inRequest = true;
       try {
         let resp = handle(new Request(raw));
         if (typeof resp === "string") resp = Response.text(resp);
@@ -202,6 +230,8 @@ export function wrapHandler(handle) {
       } catch (e) {
         reportUncaught(e);
         throw e; // a trap: the node answers 500 `trap`
+      } finally {
+        inRequest = false;
       }
     },
   };
