@@ -51,7 +51,7 @@ def build(project: Annotated[Path, typer.Argument()] = Path("."), as_json: JsonO
 @app.command()
 def dev(
     project: Annotated[Path, typer.Argument()] = Path("."),
-    port: int = 8787,
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8787,
     host: str = "127.0.0.1",
     compiler: Annotated[
         str,
@@ -63,7 +63,7 @@ def dev(
 ) -> None:
     """Serve PROJECT locally on the production runtime, rebuilding on save.
 
-    --json: one event per line on stdout (build, build_failed, ready)."""
+    --json: one event per line on stdout (built, build_failed, change, ready)."""
     from edge.dev import serve_dev
     from edge.sandbox.engine import check_compiler
 

@@ -99,7 +99,7 @@ class Output:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         if isinstance(e, EdgeError):
-            self.fail(e)
+            self.fail(e, EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED)
 
     def fail(
         self, error: EdgeError, code: int = EXIT_FAILED, done: dict[str, Any] | None = None
@@ -205,7 +205,7 @@ def run_app(app: typer.Typer, argv: list[str]) -> NoReturn:
         # Standalone, typer prints usage errors itself and exits; otherwise they come here.
         code = app(args=argv, standalone_mode=not as_json)
     except EdgeError as e:
-        code = _fail_code(out, e, EXIT_FAILED)
+        code = _fail_code(out, e, EXIT_USAGE if isinstance(e, UsageError) else EXIT_FAILED)
     except typer.Abort:
         code = EXIT_FAILED
     except TyperException as e:  # a missing argument, a bad option value

@@ -1,7 +1,7 @@
 """`edge dev`: build, serve on the production node code, rebuild on save.
 
 When a rebuild fails the last good build keeps serving and the compiler error is printed; when
-there has never been a good build, requests get a 503 that carries the compiler error.
+there has never been a good build, requests get a 500 that carries the compiler error.
 
 Components are compiled with Winch by default here, wasmtime's baseline compiler: a save of a
 Python or JavaScript function is served ~3 s sooner (compile 0.7 s instead of 3.5-4.2 s) and
@@ -12,6 +12,8 @@ production node's. `--compiler cranelift` compiles as nodes do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from pathlib import Path
 
 import anyio
@@ -20,16 +22,26 @@ from watchfiles import Change, DefaultFilter, awatch
 from edge.build import build
 from edge.cli_output import Output
 from edge.config.function import load_function_config
+from edge.dev_http import AccessLog, ErrorDetail, RecentLines
 from edge.errors import BuildFailed, EdgeError
 from edge.node.app import create_app
+from edge.node.client_ip import parse_networks
 from edge.node.config import FunctionSource, NodeConfig
 from edge.node.logs import LogWriter
 from edge.node.routing import Route
 from edge.node.runtime import NodeRuntime, Unavailable
 from edge.node.server import run
 from edge.sandbox.engine import EngineSettings
+from edge.traffic.geodb import default_database
 
 DEV_COMPILER = "winch"
+# Every client of `edge dev` is on this machine: its x-forwarded-for is believed, so that
+# `curl -H 'x-forwarded-for: 81.2.69.142'` shows a function what a London client would get.
+DEV_TRUSTED_PROXIES = parse_networks(["127.0.0.0/8", "::1/128"])
+# Compiled code kept in the project's build/compiled: each save of a Python function adds
+# ~40 MB there, which without a bound filled the disk over a day of editing. The newest few
+# stay, so undoing a save maps its code again instead of compiling it.
+DEV_KEEP_COMPILED = 4
 
 
 class _SourceFilter(DefaultFilter):
@@ -59,13 +71,16 @@ class DevServer:
             region="local",
             listen=f"{host}:{port}",
             cache_dir=self.project / "build" / "compiled",
+            geoip_db=default_database(),  # GeoLite2-City from PyPI, as `edge dns` uses
+            trusted_proxies=DEV_TRUSTED_PROXIES,
             workers=8,
             sandbox=EngineSettings(compiler=compiler),
         )
-        self.runtime = NodeRuntime(node_config, LogWriter("pretty"))
+        self.recent = RecentLines(LogWriter("pretty"))
+        self.runtime = NodeRuntime(node_config, self.recent)
         self.runtime.deploy([Route("*", "/", self.config.name)], {})
-        self.app = create_app(self.runtime)
-        self.url = f"http://{host}:{port}/"
+        self.app = AccessLog(ErrorDetail(create_app(self.runtime), self.recent), self.out)
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"  # IPv6 in brackets
         self.has_good_build = False
 
     async def rebuild(self) -> bool:
@@ -94,6 +109,9 @@ class DevServer:
             return False
         # The route names the function; a renamed function gets the route.
         self.runtime.deploy([Route("*", "/", self.config.name)], {self.config.name: loaded})
+        in_use = self.runtime.cache.path_for(loaded.digest)
+        if in_use is not None:
+            prune_compiled(in_use, DEV_KEEP_COMPILED)
         self.has_good_build = True
         self.out.event("built", f"edge dev: built {self.config.name} ({self.config.lang})",
                        **built.to_json())
@@ -121,6 +139,21 @@ class DevServer:
         finally:
             watcher.cancel()
             self.runtime.close()
+
+
+def prune_compiled(in_use: Path, keep: int) -> None:
+    """Deletes all but the `keep` newest compiled artifacts beside `in_use`, which stays (a
+    mapped file that is deleted lives on until it is unmapped, so this is safe anyway)."""
+    with contextlib.suppress(OSError):
+        os.utime(in_use)  # the newest now, also when it was an older save's (a cache hit)
+    found = []
+    for path in in_use.parent.glob("*.cwasm"):
+        with contextlib.suppress(OSError):
+            found.append((path.stat().st_mtime, path))
+    for _mtime, path in sorted(found, reverse=True)[keep:]:
+        if path != in_use:
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".lock").unlink(missing_ok=True)
 
 
 def serve_dev(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from edge.build import Toolchain, build, build_function, stats
-from edge.build.cache import cache_key
+from edge.build.cache import DEFAULT_MAX_MIB, cache_key, lookup, max_cache_bytes, store
 from edge.build.scaffold import new_project
-from edge.errors import BuildFailed, ConfigError, ToolchainMissing
+from edge.errors import BuildFailed, ConfigError, ToolchainMissing, UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "sdk" / "examples"
@@ -69,6 +70,43 @@ def test_cache_key_covers_sources_but_not_build_output(tmp_path: Path) -> None:
     assert key() != second, "source files are part of the key"
 
 
+def test_cache_evicts_the_least_recently_used_past_its_size(tmp_path: Path) -> None:
+    cache, component = tmp_path / "cache", tmp_path / "c.wasm"
+    component.write_bytes(b"x" * 1000)
+    for n, key in enumerate(["a", "b", "c"]):
+        store(cache, key, component, max_bytes=10_000)
+        os.utime(cache / f"{key}.wasm", (n, n))  # stored in this order, long ago
+    assert lookup(cache, "a") is not None  # a hit is a use: "a" is now the newest
+    store(cache, "d", component, max_bytes=2500)  # room for two
+    assert sorted(p.stem for p in cache.glob("*.wasm")) == ["a", "d"]
+    assert lookup(cache, "b") is None and lookup(cache, "c") is None
+    store(cache, "e", component, max_bytes=10)  # the one just stored stays, whatever the cap
+    assert [p.stem for p in cache.glob("*.wasm")] == ["e"]
+
+
+def test_python_key_changes_with_the_packages_installed(tmp_path: Path) -> None:
+    from edge.build.python import installed_packages
+
+    site = tmp_path / "site-packages"
+    (site / "humanize-4.0.dist-info").mkdir(parents=True)
+    (site / "humanize").mkdir()
+    paths = [str(site), str(tmp_path / "missing")]
+    before = installed_packages(paths)
+    assert installed_packages(paths) == before
+    (site / "humanize-4.0.dist-info").rename(site / "humanize-4.1.dist-info")
+    assert installed_packages(paths) != before
+
+
+def test_cache_size_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_CACHE_MAX_MIB", "3")
+    assert max_cache_bytes() == 3 * 1024 * 1024
+    monkeypatch.setenv("EDGE_CACHE_MAX_MIB", "")
+    assert max_cache_bytes() == DEFAULT_MAX_MIB * 1024 * 1024
+    monkeypatch.setenv("EDGE_CACHE_MAX_MIB", "lots")
+    with pytest.raises(ConfigError, match="EDGE_CACHE_MAX_MIB must be a whole number of MiB"):
+        max_cache_bytes()
+
+
 @pytest.mark.parametrize(
     ("lang", "message"),
     [
@@ -91,14 +129,22 @@ def test_missing_source_is_a_config_error(tmp_path: Path) -> None:
         build_function(project, cache_dir=tmp_path / "cache")
 
 
+def test_a_directory_that_is_not_a_project_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing is not a directory: a function project is"):
+        build_function(tmp_path / "missing", cache_dir=tmp_path / "cache")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"empty has no edge\.toml: .*`edge new NAME`"):
+        build_function(tmp_path / "empty", cache_dir=tmp_path / "cache")
+
+
 def test_scaffold_refuses_non_empty_dir_and_bad_names(tmp_path: Path) -> None:
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not an empty directory"):
         new_project(tmp_path / "taken", "fn", "c")
-    with pytest.raises(ConfigError, match="function name"):
+    with pytest.raises(UsageError, match="function name"):
         new_project(tmp_path / "x", "Bad_Name", "c")
-    with pytest.raises(ConfigError, match="unknown language"):
+    with pytest.raises(UsageError, match="unknown language"):
         new_project(tmp_path / "y", "fn", "rust")
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "x").exists()
@@ -183,6 +229,19 @@ def test_python_without_handler_fails_the_build(tmp_path: Path) -> None:
     with pytest.raises(BuildFailed) as info:
         build_function(project, cache_dir=tmp_path / "cache")
     assert "defines no request handler" in info.value.output
+
+
+@pytest.mark.toolchain
+def test_js_without_handle_fails_when_bundling(tmp_path: Path) -> None:
+    project = copy_example("js", "hello", tmp_path)
+    (project / "index.js").write_text("export function hande(req) {}\n")
+    with pytest.raises(BuildFailed) as info:
+        build_function(project, cache_dir=tmp_path / "cache")
+    assert info.value.message.startswith("esbuild (hello-js) failed")
+    assert "hint: index.js must export a synchronous `export function handle(req)`" in str(
+        info.value.message
+    )
+    assert 'No matching export in "index.js" for import "handle"' in info.value.output
 
 
 @pytest.mark.toolchain

@@ -247,6 +247,23 @@ def test_new_and_build_json(tmp_path: Path) -> None:
     assert json.loads(taken.stdout)["error"]["type"] == "config_error"
 
 
+def test_bad_arguments_to_new_and_dev_are_usage_errors(tmp_path: Path) -> None:
+    def usage_error(*args: str) -> str:
+        r = edge(*args, "--json", ok=False)
+        error = json.loads(r.stdout)["error"]
+        assert r.returncode == 2 and error["type"] == "usage_error", (r.stdout, r.stderr)
+        return str(error["message"])
+
+    where = str(tmp_path / "fn")
+    assert "unknown language 'rust'" in usage_error("new", "fn", "--lang", "rust", "--dir", where)
+    assert "function name 'Fn'" in usage_error("new", "Fn", "--dir", where)
+    assert not (tmp_path / "fn").exists()
+    # Refused by the option parser, before anything is built (it used to crash in bind()).
+    assert "--port" in usage_error("dev", str(tmp_path), "--port", "99999")
+    people = edge("new", "fn", "--lang", "rust", "--dir", where, ok=False)
+    assert people.returncode == 2 and "error: unknown language 'rust'" in people.stderr
+
+
 def test_progress_goes_to_the_terminal_not_to_stdout(control: Control, project: Path) -> None:
     primary, secondary = pty.openpty()  # stderr is a terminal, stdout a pipe (a script)
     env = {**os.environ, "EDGE_CONTROL_URL": control.url, "EDGE_TOKEN": control.tokens["admin"],
@@ -391,6 +408,17 @@ def test_dev_reports_builds_as_json_lines(servers: Any, tmp_path: Path) -> None:
     assert dev.event("change")["event"] == "change"
     failed = dev.event("build_failed")
     assert failed["type"] == "build_failed" and failed["serving_last_good"] and failed["output"]
+
+
+@pytest.mark.toolchain
+def test_dev_on_ipv6_loopback_announces_a_url_that_works(servers: Any, tmp_path: Path) -> None:
+    project = hello_project(tmp_path)
+    port = free_port()
+    dev = servers(["dev", str(project), "--host", "::1", "--port", str(port)],
+                  tmp_path / "dev.log")  # fmt: skip
+    ready = dev.event("ready")
+    assert ready["url"] == f"http://[::1]:{port}/"  # was http://::1:PORT/, not a URL
+    assert httpx.get(ready["url"]).text == "Hello from C!\n"
 
 
 @pytest.mark.toolchain

@@ -38,6 +38,17 @@ def test_overrides() -> None:
 
 
 @pytest.mark.parametrize(
+    ("source", "lang"), [("app.py", "python"), ("src/index.js", "js"), ("main.c", "c"), (None, "c")]
+)
+def test_lang_defaults_to_what_the_source_file_is(source: str | None, lang: str) -> None:
+    fn = {"name": "a"} | ({"source": source} if source else {})
+    cfg = parse_function_config({"function": fn}, "edge.toml")
+    assert (cfg.lang, cfg.source) == (lang, source or "main.c")
+    explicit = parse_function_config({"function": {**fn, "lang": "c"}}, "edge.toml")
+    assert explicit.lang == "c"
+
+
+@pytest.mark.parametrize(
     ("data", "message"),
     [
         ({}, r"edge.toml: function.name is required"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -10,9 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, Proc
+from .conftest import EXAMPLES, FIXTURES, Proc
 
 pytestmark = pytest.mark.toolchain
+
+
+def copied(source: Path, project: Path) -> Path:
+    """A function project to edit: `source` copied to `project`, without its build output."""
+    shutil.copytree(source, project, ignore=shutil.ignore_patterns("build"))
+    return project
 
 
 def wait_for(check: Callable[[], bool], timeout_s: float, proc: Proc, what: str) -> None:
@@ -27,8 +35,7 @@ def wait_for(check: Callable[[], bool], timeout_s: float, proc: Proc, what: str)
 def test_dev_loop_rebuilds_and_survives_a_broken_build(
     tmp_path: Path, start_dev: Callable[[Path], Proc]
 ) -> None:
-    project = tmp_path / "hello"
-    shutil.copytree(EXAMPLES / "c" / "hello", project, ignore=shutil.ignore_patterns("build"))
+    project = copied(EXAMPLES / "c" / "hello", tmp_path / "hello")
     source = project / "main.c"
     dev = start_dev(project)
     assert "serving" in dev.log() and dev.url in dev.log()
@@ -52,20 +59,19 @@ def test_dev_loop_rebuilds_and_survives_a_broken_build(
 def test_dev_serves_compiler_error_before_first_good_build(
     tmp_path: Path, start_dev: Callable[[Path], Proc]
 ) -> None:
-    project = tmp_path / "broken"
-    shutil.copytree(EXAMPLES / "c" / "hello", project, ignore=shutil.ignore_patterns("build"))
+    project = copied(EXAMPLES / "c" / "hello", tmp_path / "broken")
     (project / "main.c").write_text("this does not compile\n")
     dev = start_dev(project)
     r = httpx.get(dev.url)
     assert r.status_code == 500 and r.json()["error"] == "build_failed"
     assert "error" in r.json()["compiler_output"].lower()
+    assert "function_log" not in r.json()  # a build failure is not the function's doing
 
 
 def test_dev_compiles_with_winch_and_serves_python_edits(
     tmp_path: Path, start_dev: Callable[[Path], Proc]
 ) -> None:
-    project = tmp_path / "hello-py"
-    shutil.copytree(EXAMPLES / "python" / "hello", project, ignore=shutil.ignore_patterns("build"))
+    project = copied(EXAMPLES / "python" / "hello", tmp_path / "hello-py")
     dev = start_dev(project)
     assert "compiled with winch" in dev.log()
     assert httpx.get(dev.url).text == "Hello from Python!\n"
@@ -74,3 +80,98 @@ def test_dev_compiles_with_winch_and_serves_python_edits(
     wait_for(lambda: httpx.get(dev.url).text == "Hello, Winch!\n", 180, dev, "rebuild")
     # The compiled artifact is cached under the Winch fingerprint, beside the project.
     assert any((project / "build" / "compiled").glob("*.cwasm"))
+
+
+def logged_line(dev: Proc, ending: str) -> str:
+    wait_for(lambda: ending in dev.log(), 10, dev, f"a line ending {ending}")
+    return next(line for line in dev.log().splitlines() if line.endswith(ending))
+
+
+def test_dev_prints_a_line_per_request(tmp_path: Path, start_dev: Callable[[Path], Proc]) -> None:
+    project = copied(EXAMPLES / "c" / "hello", tmp_path / "hello")
+    dev = start_dev(project)
+    for method in ["GET", "POST"]:
+        request_id = f"dev-{method.lower()}"
+        r = httpx.request(method, dev.url + "/some/path?x=1&y=%C3%A9",
+                          headers={"x-request-id": request_id}, content=b"body")  # fmt: skip
+        assert r.status_code == 200
+        line = logged_line(dev, f"[{request_id}]")
+        expected = rf"\d\d:\d\d:\d\d {method} /some/path\?x=1&y=%C3%A9 200 \d+\.\d ms"
+        assert re.fullmatch(rf"{expected} \[{request_id}\]", line), line
+
+
+def test_dev_puts_the_functions_own_lines_in_its_error_answer(
+    tmp_path: Path, start_dev: Callable[[Path], Proc]
+) -> None:
+    project = copied(FIXTURES / "functions" / "uncaught-py", tmp_path / "uncaught")
+    dev = start_dev(project)
+    r = httpx.get(dev.url, headers={"x-request-id": "dev-raise"}, timeout=30)
+    assert r.status_code == 500
+    doc = r.json()
+    assert (doc["error"], doc["request_id"]) == ("trap", "dev-raise")
+    log = doc["function_log"]
+    assert log[:2] == ["printed in three pieces", "no newline at the end"]
+    assert log[-1] == "ValueError: boom from python"
+    assert r.headers["content-length"] == str(len(r.content))
+    ok = httpx.get(dev.url + "/ok", headers={"x-request-id": "dev-ok"})
+    assert ok.status_code == 200 and ok.text == "ok\n"
+    # Its own request's lines only, not the ones of the requests before it.
+    other = httpx.get(dev.url, headers={"x-request-id": "dev-raise-2"}, timeout=30).json()
+    assert other["function_log"] == log
+
+
+def test_dev_leaves_a_functions_own_5xx_alone(
+    tmp_path: Path, start_dev: Callable[[Path], Proc]
+) -> None:
+    project = copied(FIXTURES / "functions" / "status", tmp_path / "status")
+    dev = start_dev(project)
+    for status in [500, 503]:
+        r = httpx.get(dev.url, headers={"x-status": str(status)})
+        assert (r.status_code, r.content) == (status, b"body\n")
+        assert r.headers["content-length"] == "5"
+
+
+def test_dev_has_geo_for_a_forwarded_client(
+    tmp_path: Path, start_dev: Callable[[Path], Proc]
+) -> None:
+    project = copied(EXAMPLES / "c" / "echo", tmp_path / "echo")
+    dev = start_dev(project)
+    local = httpx.get(dev.url).json()
+    assert local["client_ip"] == "127.0.0.1" and local["geo"]["country"] is None
+    london = httpx.get(dev.url, headers={"x-forwarded-for": "81.2.69.142"}).json()
+    assert london["client_ip"] == "81.2.69.142"
+    assert (london["geo"]["country"], london["geo"]["continent"]) == ("GB", "EU")
+    assert london["region"] == "local"
+
+
+def test_dev_serves_new_config_values_on_save(
+    tmp_path: Path, start_dev: Callable[[Path], Proc]
+) -> None:
+    project = copied(EXAMPLES / "c" / "config", tmp_path / "config")
+    dev = start_dev(project)
+    assert httpx.get(dev.url).text == "Hello from C config!\n"
+    manifest = project / "edge.toml"
+    manifest.write_text(manifest.read_text().replace("Hello from C config!", "Saved greeting"))
+    wait_for(lambda: httpx.get(dev.url).text == "Saved greeting\n", 60, dev, "new config value")
+
+
+def test_dev_keeps_only_the_newest_compiled_code(
+    tmp_path: Path, start_dev: Callable[[Path], Proc]
+) -> None:
+    from edge.dev import DEV_KEEP_COMPILED
+
+    project = copied(EXAMPLES / "c" / "hello", tmp_path / "hello")
+    source = project / "main.c"
+    original = source.read_text()
+    dev = start_dev(project)
+    compiled = project / "build" / "compiled"
+    for text in [f"Save {n}" for n in range(DEV_KEEP_COMPILED + 3)]:
+        source.write_text(original.replace("Hello from C!", text))
+        served = functools.partial(lambda text: httpx.get(dev.url).text == f"{text}\n", text)
+        wait_for(served, 60, dev, text)
+    assert len(list(compiled.glob("*.cwasm"))) == DEV_KEEP_COMPILED
+    # Back to an older save: its code is served, mapped again or compiled again.
+    source.write_text(original)
+    wait_for(lambda: httpx.get(dev.url).text == "Hello from C!\n", 60, dev, "undo")
+    assert len(list(compiled.glob("*.cwasm"))) == DEV_KEEP_COMPILED
+    assert len(list(compiled.glob("*.lock"))) <= DEV_KEEP_COMPILED

@@ -33,6 +33,7 @@ def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) 
         "busy": FIXTURES / "functions" / "busy",
         "netprobe": FIXTURES / "functions" / "netprobe",
         "netprobe-js": FIXTURES / "functions" / "netprobe-js",
+        "status": FIXTURES / "functions" / "status",
     }
     projects |= {name: FIXTURES / "functions" / name for name in HOSTILE}
     for p in projects.values():
@@ -44,6 +45,7 @@ def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) 
         '[[route]]\nroute = "*/netprobe"\nfunction = "netprobe"\n',
         '[[route]]\nroute = "*/netprobe-js"\nfunction = "netprobe-js"\n',
         '[[route]]\nroute = "only.example/"\nfunction = "echo-python"\n',
+        '[[route]]\nroute = "*/status"\nfunction = "status"\n',
     ]
     routes += [f'[[route]]\nroute = "*/hostile/{n}"\nfunction = "{n}"\n' for n in HOSTILE]
     node_table = (
@@ -116,6 +118,39 @@ def test_hostile_function_gets_clean_error(
     # The node logged it, tagged with the request id, and still serves.
     assert body["request_id"] in node.log()
     assert httpx.get(node.url + "/").status_code == 200
+
+
+@pytest.mark.parametrize("status", [100, 101, 103, 199, 600, 999])
+def test_status_that_cannot_end_a_response_is_invalid(node: Proc, status: int) -> None:
+    # A 1xx as the final answer made the HTTP server drop the connection.
+    with httpx.Client() as client:
+        r = client.get(node.url + "/status", headers={"x-status": str(status)})
+        assert r.status_code == 502 and r.json()["error"] == "invalid_response"
+        message = r.json()["message"]
+        assert f"HTTP status {status}: a response's status must be 200 to 599" in message
+        assert client.get(node.url + "/status").text == "body\n"  # same connection
+
+
+@pytest.mark.parametrize("status", [204, 205, 304])
+def test_status_without_content_drops_the_body(node: Proc, status: int) -> None:
+    with httpx.Client() as client:  # one keep-alive connection: framing must stay right
+        for _ in range(2):
+            r = client.get(node.url + "/status", headers={"x-status": str(status)})
+            assert r.status_code == status and r.content == b""
+            assert r.headers["x-function-status"] == "set"
+            # RFC 9110: no Content-Length on a 204; a 304's would describe another body.
+            expected = "0" if status == 205 else None
+            assert r.headers.get("content-length") == expected
+            after = client.get(node.url + "/status", headers={"x-status": "404"})
+            assert (after.status_code, after.text) == (404, "body\n")
+
+
+def test_head_says_how_long_the_body_would_be(node: Proc) -> None:
+    with httpx.Client() as client:
+        head = client.head(node.url + "/status")
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == "5"
+        assert client.get(node.url + "/status").text == "body\n"
 
 
 def test_healthy_function_answers_during_hostile_load(node: Proc) -> None:

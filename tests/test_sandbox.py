@@ -249,8 +249,9 @@ def test_c_sdk_allocator_past_its_arena(load: Loader, lines: list[host.LogLine])
 
 def test_infinite_loop_hits_deadline(load: Loader, lines: list[host.LogLine]) -> None:
     fn = load(FIXTURES / "functions" / "loop")
-    with pytest.raises(DeadlineExceeded, match="deadline of 100 ms"):
+    with pytest.raises(DeadlineExceeded, match="deadline of 100 ms") as info:
         invoke(fn, request(), lines)
+    assert info.value.message.endswith("([limits] deadline_ms in edge.toml)")
 
 
 @pytest.mark.parametrize("name", ["membomb", "recursion", "trap"])
@@ -271,6 +272,7 @@ def test_memory_limit_stops_the_function(load: Loader, lines: list[host.LogLine]
     with pytest.raises(MemoryLimitExceeded, match="memory limit of 32 MiB while running") as info:
         invoke(fn, req, lines)
     assert info.value.status == 500 and info.value.reason == "memory_limit"
+    assert info.value.message.endswith("([limits] memory_limit_mib in edge.toml)")
 
 
 def test_memory_over_the_limit_at_instantiation(load: Loader, lines: list[host.LogLine]) -> None:
@@ -296,8 +298,9 @@ def test_recursion_reports_stack(load: Loader, lines: list[host.LogLine]) -> Non
 
 
 def test_oversized_response(load: Loader, lines: list[host.LogLine]) -> None:
-    with pytest.raises(ResponseTooLarge, match="exceeds the limit of 1048576 bytes"):
+    with pytest.raises(ResponseTooLarge, match="exceeds the limit of 1048576 bytes") as info:
         invoke(load(FIXTURES / "functions" / "bigresponse"), request(), lines)
+    assert info.value.message.endswith("([limits] response_body_limit_bytes in edge.toml)")
 
 
 def test_bad_status(load: Loader, lines: list[host.LogLine]) -> None:

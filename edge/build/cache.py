@@ -16,11 +16,27 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from edge.errors import ConfigError
+
 # Bump when a language's build recipe changes in a way the inputs do not show.
 RECIPE_VERSION = "1"
 
 # Not sources: build output, tool caches and VCS metadata.
 SKIP_DIRS = frozenset({"build", "node_modules", "__pycache__", ".git", ".mypy_cache"})
+
+
+DEFAULT_MAX_MIB = 2048
+
+
+def max_cache_bytes() -> int:
+    """`EDGE_CACHE_MAX_MIB` (default 2048): a Python save adds ~19 MB, a JS one ~12 MB, so a
+    day of edits would otherwise fill the disk."""
+    env = os.environ.get("EDGE_CACHE_MAX_MIB", "").strip()
+    if not env:
+        return DEFAULT_MAX_MIB * 1024 * 1024
+    if not env.isdigit():
+        raise ConfigError(f"EDGE_CACHE_MAX_MIB must be a whole number of MiB, got {env!r}")
+    return int(env) * 1024 * 1024
 
 
 def default_cache_dir() -> Path:
@@ -65,7 +81,11 @@ def cache_key(lang: str, toolchain_version: str, groups: Iterable[tuple[str, Pat
 
 def lookup(cache_dir: Path, key: str) -> Path | None:
     path = cache_dir / f"{key}.wasm"
-    return path if path.is_file() else None
+    if not path.is_file():
+        return None
+    with contextlib.suppress(OSError):  # a read-only cache still hits
+        os.utime(path)  # recently used: the last to be evicted
+    return path
 
 
 def atomic_copy(src: Path, dest: Path) -> None:
@@ -82,7 +102,26 @@ def atomic_copy(src: Path, dest: Path) -> None:
         raise
 
 
-def store(cache_dir: Path, key: str, component: Path) -> None:
+def store(cache_dir: Path, key: str, component: Path, max_bytes: int | None = None) -> None:
     # A cache that cannot be written (read-only home in CI, full disk) only costs speed.
     with contextlib.suppress(OSError):
         atomic_copy(component, cache_dir / f"{key}.wasm")
+        evict(cache_dir, max_cache_bytes() if max_bytes is None else max_bytes, keep=key)
+
+
+def evict(cache_dir: Path, max_bytes: int, keep: str) -> None:
+    """Deletes the least recently used components until the cache holds at most `max_bytes`
+    (`keep`, just stored, stays). Another process may be copying one out as it goes: the
+    build treats a hit that vanished as a miss."""
+    entries = []
+    for path in cache_dir.glob("*.wasm"):
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            entries.append((st.st_mtime, st.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    for _mtime, size, path in sorted(entries):
+        if total <= max_bytes:
+            break
+        if path.stem != keep:
+            path.unlink(missing_ok=True)
+            total -= size

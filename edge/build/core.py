@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -111,9 +112,10 @@ def build(
     cdir = cache_dir if cache_dir is not None else default_cache_dir()
     hit = lookup(cdir, key) if use_cache else None
     if hit is not None:
-        atomic_copy(hit, out)
-        stats.cache_hits += 1
-        return done(True)
+        with contextlib.suppress(FileNotFoundError):  # evicted by another build meanwhile
+            atomic_copy(hit, out)
+            stats.cache_hits += 1
+            return done(True)
 
     with tempfile.TemporaryDirectory(prefix=f"edge-build-{cfg.name}-") as tmp:
         work = Work(Path(tmp))

@@ -7,8 +7,12 @@ generated per build into the work dir, never into the project.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import shutil
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from edge.build.cache import project_files
@@ -34,7 +38,21 @@ def sdk_inputs() -> Sequence[tuple[str, Path]]:
 
 
 def toolchain_version(tools: Toolchain) -> str:
-    return tools.version([*tools.componentize_py(), "--version"])
+    version = tools.version([*tools.componentize_py(), "--version"])
+    return f"{version}; packages {installed_packages(sys.path)}"
+
+
+def installed_packages(paths: Iterable[str]) -> str:
+    """A digest of the distributions installed on `paths` (their `.dist-info` names carry the
+    versions). componentize-py also bundles what the function imports from the Python
+    environment it runs in, so upgrading a package there must change the build's key."""
+    names: list[str] = []
+    # Only package directories: the script's or the test runner's own directory, which differ
+    # between two processes building the same thing, must not change the key.
+    for entry in (p for p in paths if p.endswith(("site-packages", "dist-packages"))):
+        with contextlib.suppress(OSError):
+            names += (n for n in os.listdir(entry) if n.endswith((".dist-info", ".egg-info")))
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
 
 
 def build_component(project_dir: Path, cfg: FunctionConfig, tools: Toolchain, work: Work) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from edge.build.toolchain import SDK_DIR
 from edge.config.function import LANGUAGES, NAME_RE
-from edge.errors import ConfigError
+from edge.errors import ConfigError, UsageError
 
 TEMPLATES_DIR = SDK_DIR / "templates"
 PLACEHOLDER = "{{name}}"
@@ -15,13 +15,14 @@ PLACEHOLDER = "{{name}}"
 def new_project(dest: Path, name: str, lang: str) -> list[Path]:
     """Copies the template for `lang` into `dest`, replacing {{name}}; returns the files made.
 
-    `dest` may exist only if it is empty, so that nothing of the user's is overwritten.
+    `dest` may exist only if it is empty, so that nothing of the user's is overwritten. A bad
+    name or language is the command line's fault (UsageError), a taken `dest` a ConfigError.
     """
     if lang not in LANGUAGES:
-        raise ConfigError(f"unknown language {lang!r}: choose one of {', '.join(LANGUAGES)}")
+        raise UsageError(f"unknown language {lang!r}: choose one of {', '.join(LANGUAGES)}")
     # The same rule as edge.toml's [function] name, so the generated project loads.
     if not NAME_RE.match(name):
-        raise ConfigError(
+        raise UsageError(
             f"function name {name!r}: use lower-case letters, digits and '-', starting with a "
             "letter (at most 63)"
         )

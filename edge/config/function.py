@@ -2,7 +2,7 @@
 
 [function]
 name = "hello"
-lang = "python"            # python | c | js
+lang = "python"            # python | c | js (default: by source's suffix, else c)
 source = "app.py"          # entry file, relative to the project
 
 [limits]                   # all optional; defaults below
@@ -87,7 +87,7 @@ def parse_function_config(data: dict[str, Any], source: str) -> FunctionConfig:
             f"{fn.where('name')} must be lower-case letters, digits and '-', starting with a "
             f"letter (at most 63), got {name!r}"
         )
-    lang = fn.choice("lang", LANGUAGES, "c")
+    lang = fn.choice("lang", LANGUAGES, _lang_of(fn.data.get("source")))
 
     lim = root.table("limits")
     lim.reject_unknown(
@@ -130,6 +130,20 @@ def parse_function_config(data: dict[str, Any], source: str) -> FunctionConfig:
     )
 
 
+def _lang_of(source: object) -> str:
+    """Without `lang`, the entry file's suffix says it (`source = "app.py"` is Python, which
+    used to be handed to the C compiler); C when that does not tell."""
+    suffix = Path(source).suffix if isinstance(source, str) else ""
+    return {".py": "python", ".js": "js", ".mjs": "js"}.get(suffix, "c")
+
+
 def load_function_config(project_dir: Path) -> FunctionConfig:
     path = project_dir / "edge.toml"
+    if not path.is_file():
+        # The usual cause is a wrong directory, not a lost file: say which, and what makes one.
+        what = "is not a directory" if not project_dir.is_dir() else "has no edge.toml"
+        raise ConfigError(
+            f"{project_dir} {what}: a function project is a directory with an edge.toml "
+            "(`edge new NAME` makes one)"
+        )
     return parse_function_config(load_toml(path), str(path))

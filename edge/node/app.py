@@ -239,9 +239,9 @@ class FunctionServer:
         if version:
             out_headers.append((b"x-edge-version", f"{route.function}@{version}".encode()))
         out_headers.append((b"x-edge-region", config.region.encode()))
-        out_body = b"" if scope["method"] == "HEAD" else result.body
-        out_headers.append((b"content-length", str(len(out_body)).encode()))
-        return result.status, out_headers, out_body
+        return result.status, out_headers, http.framed(
+            scope["method"], result.status, result.body, out_headers
+        )
 
     async def _forward(
         self,
@@ -288,8 +288,7 @@ class FunctionServer:
             for k, v in r.headers.multi_items()
             if k.lower() not in http.HOP_BY_HOP and k.lower() != "traceparent"
         ]
-        raw.append((b"content-length", str(len(r.content)).encode()))
-        return r.status_code, raw, r.content
+        return r.status_code, raw, http.framed(scope["method"], r.status_code, r.content, raw)
 
     def _avoided(self) -> frozenset[str]:
         if not self.failed_targets:

@@ -138,6 +138,23 @@ def response_headers(headers: Iterable[tuple[str, str]], request_id: str) -> Raw
     return out
 
 
+# Statuses whose answers never carry content (RFC 9110 15.3.5, 15.3.6, 15.4.5). A 204 must not
+# have a Content-Length and a 304's would describe a representation the node has not seen.
+_NO_CONTENT = frozenset({204, 205, 304})
+
+
+def framed(method: str, status: int, body: bytes, headers: RawHeaders) -> bytes:
+    """The body to send for a function's answer, adding its Content-Length to `headers`: none
+    for a status without content (a body given anyway is dropped), and for HEAD the length the
+    body would have had."""
+    if status in _NO_CONTENT:
+        if status == 205:
+            headers.append((b"content-length", b"0"))
+        return b""
+    headers.append((b"content-length", str(len(body)).encode()))
+    return b"" if method == "HEAD" else body
+
+
 def error_parts(error: EdgeError, request_id: str) -> tuple[int, RawHeaders, bytes]:
     doc = {"error": error.reason, "message": error.message, "request_id": request_id}
     if isinstance(error, BuildFailed):

@@ -349,6 +349,7 @@ class LoadedFunction:
         try:
             return self._execute(live, request)
         finally:
+            live.output.flush()
             if marks is not None:
                 marks.append(("execute", started, time.time_ns()))
 
@@ -365,15 +366,21 @@ class LoadedFunction:
         except abi.ResponseBodyOverLimit as e:
             raise ResponseTooLarge(
                 f"response body of at least {e.size} bytes exceeds the limit of "
-                f"{self.config.limits.response_body_limit_bytes} bytes"
+                f"{self.config.limits.response_body_limit_bytes} bytes "
+                "([limits] response_body_limit_bytes in edge.toml)"
             ) from None
         except abi.AbiError as e:
             raise InvalidResponse(f"function returned an invalid response: {e}") from None
         err = capi.func_post_return(func, context)
         if err:
             raise _classify(capi.error(err), self.config, "cleaning up")
-        if not 100 <= response.status <= 599:
-            raise InvalidResponse(f"function returned HTTP status {response.status}")
+        # 1xx are interim answers, never the final one: the HTTP server would drop the
+        # connection rather than send one.
+        if not 200 <= response.status <= 599:
+            raise InvalidResponse(
+                f"function returned HTTP status {response.status}: a response's status must be "
+                "200 to 599"
+            )
         return response
 
 
@@ -386,15 +393,18 @@ def _classify(e: wasmtime.WasmtimeError, config: FunctionConfig, doing: str) -> 
     cause = cause.split(": ", 1)[1] if cause[:2].isdigit() or cause[:1].isdigit() else cause
     if "interrupt" in cause:
         return DeadlineExceeded(
-            f"function exceeded its deadline of {config.limits.deadline_ms} ms while {doing}"
+            f"function exceeded its deadline of {config.limits.deadline_ms} ms while {doing} "
+            "([limits] deadline_ms in edge.toml)"
         )
+    # The key to raise is named last, so the cause stays next to the limit.
+    key = "([limits] memory_limit_mib in edge.toml)"
     limit = f"its memory limit of {config.limits.memory_limit_bytes // (1024 * 1024)} MiB"
     # A refused memory.grow, turned into this trap by growcheck.
     if "unreachable" in cause and growcheck.is_check(capi.top_frame_name(e)):
         return MemoryLimitExceeded(
-            f"function exceeded {limit} while {doing}: more memory was refused"
+            f"function exceeded {limit} while {doing}: more memory was refused {key}"
         )
     # Instantiation: the memory the component starts with is over the limit.
     if "memory" in cause and ("limit" in cause or "minimum" in cause or "exceeds" in cause):
-        return MemoryLimitExceeded(f"function exceeded {limit} while {doing}: {cause}")
+        return MemoryLimitExceeded(f"function exceeded {limit} while {doing}: {cause} {key}")
     return FunctionTrapped(f"function trapped while {doing}: {cause}")

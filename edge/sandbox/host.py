@@ -138,10 +138,18 @@ def _wall_resolution(_store: Any) -> cm.Record:
 class OutputRoute:
     """Where a store's stdout/stderr lines go. wasmtime writes guest stdio from its own I/O
     threads, not the invoking one, so the thread-local cannot be used there: the store's WASI
-    config holds this object, and the invocation is set on it for each call."""
+    config holds this object, and the invocation is set on it for each call.
+
+    Guests write in pieces (CPython writes a traceback's `ValueError`, `: ` and message
+    separately), so bytes are held until a newline and each whole line is one log line. What
+    is held is logged as a line of its own when the other stream is written to (so lines keep
+    the order they were written in) or when the call ends (never carried into the next
+    request of a reused instance)."""
 
     def __init__(self) -> None:
         self.invocation: Invocation | None = None
+        self._partial: dict[str, bytes] = {}
+        self._lock = threading.Lock()
 
     def writer(self, source: str) -> Callable[[bytes], None]:
         level = "info" if source == "stdout" else "error"
@@ -150,11 +158,40 @@ class OutputRoute:
             inv = self.invocation
             if inv is None:
                 return
-            text = bytes(data).decode("utf-8", errors="replace").rstrip("\n")
-            for line in text.splitlines() or [""]:
-                inv.log(level, line, source)
+            with self._lock:
+                other = self._take(lambda held: held != source)
+                *lines, rest = (self._partial.get(source, b"") + bytes(data)).split(b"\n")
+                if len(rest) > MAX_LOG_LINE_BYTES:  # no newline coming: do not hold it all
+                    lines.append(rest)
+                    rest = b""
+                self._partial[source] = rest
+            _log_held(inv, other)
+            for line in lines:
+                inv.log(level, _text(line), source)
 
         return write
+
+    def flush(self) -> None:
+        """Ends the call: a last line without its newline is logged now."""
+        with self._lock:
+            held = self._take(lambda _source: True)
+        if self.invocation is not None:
+            _log_held(self.invocation, held)
+
+    def _take(self, which: Callable[[str], bool]) -> list[tuple[str, bytes]]:
+        taken = [(s, rest) for s, rest in self._partial.items() if rest and which(s)]
+        for s, _rest in taken:
+            self._partial[s] = b""
+        return taken
+
+
+def _log_held(inv: Invocation, held: list[tuple[str, bytes]]) -> None:
+    for source, rest in held:
+        inv.log("info" if source == "stdout" else "error", _text(rest), source)
+
+
+def _text(line: bytes) -> str:
+    return line.removesuffix(b"\r").decode("utf-8", errors="replace")
 
 
 def wasi_config(route: OutputRoute) -> WasiConfig:

@@ -19,10 +19,11 @@ const decoder = new TextDecoder();
 
 // The WIT carries bodies as strings with one code point (U+0000..U+00FF) per byte, see
 // `type body` in function.wit. TextDecoder's "latin1" is windows-1252, so convert by hand.
+// btoa reads exactly such a string and fromBase64 is native too: a loop over the characters
+// runs in the interpreter (componentize-js has no JIT) at ~0.2 µs a byte, which put a 300 KB
+// request body over the default 100 ms deadline.
 function latin1ToBytes(text) {
-  const out = new Uint8Array(text.length);
-  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
-  return out;
+  return Uint8Array.fromBase64(btoa(text));
 }
 
 function bytesToLatin1(bytes) {
@@ -42,11 +43,34 @@ function toBytes(body) {
 }
 
 // Headers as the WIT has them: ordered [name, value] pairs, names lower-case. Accepts a plain
-// object or a list of pairs.
+// object or anything that iterates pairs: an array, a Map, a fetch `Headers` (whose own
+// properties are empty, so reading it as an object dropped every header).
 function toHeaderList(headers) {
   if (!headers) return [];
-  const pairs = Array.isArray(headers) ? headers : Object.entries(headers);
+  const pairs =
+    typeof headers[Symbol.iterator] === "function" ? Array.from(headers) : Object.entries(headers);
   return pairs.map(([name, value]) => [String(name).toLowerCase(), String(value)]);
+}
+
+// The request's headers: the WIT's [name, value] pairs, in order, plus the two lookups code
+// written for the fetch API calls on `request.headers`.
+class HeaderList extends Array {
+  // map/filter/slice of it give plain arrays.
+  static get [Symbol.species]() {
+    return Array;
+  }
+
+  // Every value of `name` joined with ", " (as fetch's Headers.get), or null.
+  get(name) {
+    const key = String(name).toLowerCase();
+    const values = this.filter(([n]) => n === key).map(([, v]) => v);
+    return values.length ? values.join(", ") : null;
+  }
+
+  has(name) {
+    const key = String(name).toLowerCase();
+    return this.some(([n]) => n === key);
+  }
 }
 
 // The request as handed to `handle`, over the raw WIT record.
@@ -55,7 +79,7 @@ export class Request {
     this.raw = raw;
     this.method = raw.method;
     this.url = raw.url;
-    this.headers = raw.headers;
+    this.headers = HeaderList.from(raw.headers);
     this.clientIp = raw.clientIp;
     this.context = raw.context;
   }
@@ -150,6 +174,33 @@ export const log = {
   error: level("error"),
 };
 
+// console.* as in Workers: a line in the function's log. componentize-js runs without stdio,
+// which dropped it. Only while a request runs: the module's top level runs at build time, when
+// there is no host to log to (a call there is dropped, as before).
+let inRequest = false;
+
+function formatArg(value) {
+  if (typeof value === "string") return value;
+  if (value instanceof Error) {
+    return value.stack ? `${value}\n${value.stack.trimEnd()}` : String(value);
+  }
+  try {
+    const json = JSON.stringify(value);
+    return json === undefined ? String(value) : json;
+  } catch {
+    return String(value); // a cycle, a BigInt
+  }
+}
+
+for (const [method, levelName] of [
+  ["log", "info"], ["info", "info"], ["debug", "debug"], ["trace", "trace"],
+  ["warn", "warn"], ["error", "error"],
+]) {
+  globalThis.console[method] = (...args) => {
+    if (inRequest) logWrite(levelName, args.map(formatArg).join(" "));
+  };
+}
+
 export const config = {
   // The value for `key` from edge.toml's [config], or `fallback` when unset.
   get(key, fallback = null) {
@@ -165,12 +216,38 @@ export function wrapHandler(handle) {
   }
   return {
     handle(raw) {
-      let resp = handle(new Request(raw));
-      if (typeof resp === "string") resp = Response.text(resp);
-      if (!(resp instanceof Response)) {
-        throw new Error("handle(req) must return a Response");
+      inRequest = true;
+      try {
+        let resp = handle(new Request(raw));
+        if (typeof resp === "string") resp = Response.text(resp);
+        if (resp instanceof Promise) {
+          throw new TypeError("handle(req) returned a Promise: it must be synchronous (no async)");
+        }
+        if (!(resp instanceof Response)) {
+          throw new TypeError(`handle(req) must return a Response, got ${describe(resp)}`);
+        }
+        return { status: resp.status, headers: resp.headers, body: bytesToLatin1(resp.body) };
+      } catch (e) {
+        reportUncaught(e);
+        throw e; // a trap: the node answers 500 `trap`
+      } finally {
+        inRequest = false;
       }
-      return { status: resp.status, headers: resp.headers, body: bytesToLatin1(resp.body) };
     },
   };
+}
+
+function describe(value) {
+  if (value === null) return "null";
+  if (typeof value !== "object") return typeof value;
+  return value.constructor ? value.constructor.name : "object";
+}
+
+// componentize-js runs without stdio, so an exception that ends the request would otherwise
+// leave nothing in the function's log: it is logged here, one line per stack frame. The stack
+// names lines of the bundle esbuild made, not of the source files.
+function reportUncaught(e) {
+  logWrite("error", `Uncaught ${e instanceof Error ? String(e) : describe(e) + ": " + String(e)}`);
+  const stack = e instanceof Error && typeof e.stack === "string" ? e.stack.trimEnd() : "";
+  for (const frame of stack ? stack.split("\n") : []) logWrite("error", `    at ${frame}`);
 }

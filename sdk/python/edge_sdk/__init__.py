@@ -12,15 +12,22 @@ bindings and builds a small entry module that imports the user's module and expo
 
 The module is imported at build time too (componentize-py snapshots the initialised
 interpreter), so module-level code must not call `config` or `log`: those exist only per request.
+Import every module at the top: there are no files at request time, so an `import` that runs
+first inside the handler fails with ModuleNotFoundError. An exception the handler lets out is
+written to stderr (one log line per line of its traceback) and the request ends with a 500
+`trap`.
 """
 
 from __future__ import annotations
 
 import json as _json
+import os as _os
+import sys as _sys
+import traceback as _traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 from wit_world import exports as _exports
 from wit_world.imports import config as _config
@@ -101,6 +108,13 @@ class Response:
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+
+    def __post_init__(self) -> None:
+        # As in Spin's Python SDK, `Response(200, {"content-type": "text/plain"}, "hi")` works:
+        # headers may be a dict (a list of its keys reached the host and failed), the body a str.
+        self.headers = _header_list(self.headers)
+        if isinstance(self.body, str):
+            self.body = self.body.encode()
 
     @classmethod
     def binary(
@@ -190,14 +204,25 @@ class Handler(_exports.Handler):
     """The export componentize-py instantiates; adapts WIT records to the helpers above."""
 
     def handle(self, req: _types.Request) -> _types.Response:
-        if _registered is None:
-            raise RuntimeError("no @handler function registered")
-        resp = _registered(Request(req))
-        if isinstance(resp, str):
-            resp = Response.text(resp)
-        if not isinstance(resp, Response):
-            raise TypeError(f"the handler must return a Response, got {type(resp).__name__}")
-        return resp._to_wit()
+        try:
+            if _registered is None:
+                raise RuntimeError("no @handler function registered")
+            resp = _registered(Request(req))
+            if isinstance(resp, str):
+                resp = Response.text(resp)
+            if not isinstance(resp, Response):
+                raise TypeError(f"the handler must return a Response, got {type(resp).__name__}")
+            return resp._to_wit()
+        except BaseException:
+            _die_uncaught()
+
+
+def _die_uncaught() -> NoReturn:
+    # Left to componentize-py, an exception is printed and then a Rust panic message follows
+    # it; the traceback alone, then a trap (the node answers 500 `trap`), says it plainly.
+    _sys.stderr.write("Uncaught exception in the request handler:\n" + _traceback.format_exc())
+    _sys.stderr.flush()
+    _os.abort()
 
 
 def entry_handler(user_module: ModuleType) -> type[_exports.Handler]:
