@@ -164,7 +164,10 @@ class OutputRoute:
                 if len(rest) > MAX_LOG_LINE_BYTES:  # no newline coming: do not hold it all
                     lines.append(rest)
                     rest = b""
-                self._partial[source] = rest
+                if rest:
+                    self._partial[source] = rest
+                else:
+                    self._partial.pop(source, None)
             _log_held(inv, other)
             for line in lines:
                 inv.log(level, _text(line), source)
@@ -173,15 +176,18 @@ class OutputRoute:
 
     def flush(self) -> None:
         """Ends the call: a last line without its newline is logged now."""
+        if not self._partial:  # every request ends here; most hold nothing: no lock
+            return
         with self._lock:
             held = self._take(lambda _source: True)
         if self.invocation is not None:
             _log_held(self.invocation, held)
 
     def _take(self, which: Callable[[str], bool]) -> list[tuple[str, bytes]]:
-        taken = [(s, rest) for s, rest in self._partial.items() if rest and which(s)]
+        # Only held (non-empty) parts are kept, so an empty dict means nothing is held.
+        taken = [(s, rest) for s, rest in self._partial.items() if which(s)]
         for s, _rest in taken:
-            self._partial[s] = b""
+            del self._partial[s]
         return taken
 
 
