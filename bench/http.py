@@ -4,7 +4,9 @@ Both run on Hypercorn with the same settings (edge.node.server), one process eac
 loaded by the same generator in the same run, alternating, so the ratio is fair. The load
 generator is wrk (Debian package) when installed, else an in-repo asyncio client.
 Target (issue 2): ratio ≥ 0.85. A third server, the node with its sandbox call replaced by a
-fixed answer (bench/canned_node.py), shows how much of the gap is the call itself.
+fixed answer (bench/canned_node.py), shows how much of the gap is the call itself; a fourth,
+the C hello opted in to `[instance] policy = "reuse"`, what giving up a fresh instance per
+request buys.
 
     .venv/bin/python -m bench.http [--seconds S] [--connections C] [--rounds R]
 """
@@ -32,6 +34,8 @@ from .common import print_table, write_results
 REPO = Path(__file__).resolve().parents[1]
 # The node with its sandbox call replaced by a fixed answer: what the rest of the node costs.
 CANNED = "edge node, sandbox call canned (bench only)"
+# The C hello opted in to instance reuse: not the default isolation, shown for the trade-off.
+REUSE = "edge node, C hello with instance reuse (opt-in)"
 
 
 def free_port() -> int:
@@ -56,13 +60,19 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -
 
 
 def start_edge_node(
-    workdir: Path, canned: bool = False
+    workdir: Path, canned: bool = False, reuse: bool = False
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`canned`: the node with its sandbox call replaced by a fixed answer (bench.canned_node)."""
+    """`canned`: the node with its sandbox call replaced by a fixed answer (bench.canned_node).
+    `reuse`: the C hello with `[instance] policy = "reuse"` in its edge.toml (opt-in)."""
     component = build_function(REPO / "sdk" / "examples" / "c" / "hello")
     port = free_port()
-    workdir = workdir / ("canned" if canned else "node")
+    workdir = workdir / ("canned" if canned else "reuse" if reuse else "node")
     workdir.mkdir(parents=True, exist_ok=True)
+    if reuse:  # a copy of the built project whose edge.toml opts in
+        project = shutil.copytree(component.parent.parent, workdir / "project")
+        with (project / "edge.toml").open("a") as f:
+            f.write('\n[instance]\npolicy = "reuse"\n')
+        component = project / "build" / component.name
     config = workdir / "node.toml"
     config.write_text(
         f'[node]\nid = "bench"\nregion = "local"\nlisten = "127.0.0.1:{port}"\n'
@@ -177,6 +187,7 @@ def main() -> None:
             "edge node (C hello)": start_edge_node(Path(tmp)),
             "bare Starlette": start_bare(),
             CANNED: start_edge_node(Path(tmp), canned=True),
+            REUSE: start_edge_node(Path(tmp), reuse=True),
         }
         try:
             results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
@@ -200,6 +211,7 @@ def main() -> None:
         )
     ratio = rows[0]["rps_median"] / rows[1]["rps_median"]
     canned_ratio = rows[2]["rps_median"] / rows[1]["rps_median"]
+    reuse_ratio = rows[3]["rps_median"] / rows[1]["rps_median"]
     path = write_results(
         "http",
         rows,
@@ -210,12 +222,13 @@ def main() -> None:
             "rounds": args.rounds,
             "ratio_edge_over_bare": round(ratio, 3),
             "ratio_canned_over_bare": round(canned_ratio, 3),
+            "ratio_reuse_over_bare": round(reuse_ratio, 3),
             "target_ratio": 0.85,
         },
     )
     print_table(f"HTTP requests/s, {generator}, {args.connections} connections", rows)
     print(f"ratio edge/bare = {ratio:.3f} (target ≥ 0.85); without the sandbox call "
-          f"{canned_ratio:.3f}; wrote {path}")
+          f"{canned_ratio:.3f}; with instance reuse (opt-in) {reuse_ratio:.3f}; wrote {path}")
 
 
 if __name__ == "__main__":
