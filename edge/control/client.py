@@ -89,6 +89,9 @@ class ControlClient:
             body["sticky"] = sticky
         return self._json("POST", f"/v1/functions/{name}/canary", json=body)
 
+    def delete_function(self, name: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/v1/functions/{name}")
+
     def promote(self, name: str) -> dict[str, Any]:
         return self._json("POST", f"/v1/functions/{name}/promote", json={})
 
