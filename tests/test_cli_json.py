@@ -259,6 +259,8 @@ def test_function_delete_stops_nodes_routing_to_it_and_a_redeploy_brings_it_back
     assert back["version"]["number"] == 2 and back["convergence"]["converged"]
     assert httpx.get(node_url + "/").text == "Hello from C!\n"
     assert [f["stable"] for f in edge_json("status", control=control)["functions"]] == [2]
+    said = edge("function", "delete", FUNCTION, control=control).stdout
+    assert f"{FUNCTION}: deleted at revision" in said and "(was stable v2, routes */)" in said
 
 
 def test_errors_are_json_objects_with_a_failing_exit_code(control: Control) -> None:
