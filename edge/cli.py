@@ -134,7 +134,13 @@ def up(
 
 
 def _register_subsystems() -> None:
-    from edge.control import admin_commands, log_commands, node_commands, region_commands
+    from edge.control import (
+        admin_commands,
+        function_commands,
+        log_commands,
+        node_commands,
+        region_commands,
+    )
     from edge.control.commands import register
     from edge.traffic.main import dns
 
@@ -144,6 +150,7 @@ def _register_subsystems() -> None:
     region_commands.register(app)
     log_commands.register(app)
     admin_commands.register(app)
+    function_commands.register(app)
     app.command()(dns)
 
 

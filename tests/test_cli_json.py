@@ -22,6 +22,8 @@ import dns.query
 import httpx
 import pytest
 
+from edge.control.signing import Signer
+
 from .cluster import FUNCTION, Control, follower, start_control, variant
 from .conftest import EXAMPLES, REPO, NodeFactory, free_port
 
@@ -169,6 +171,28 @@ def test_deploy_does_not_wait_for_a_node_the_health_check_finds_down(
         control.proc.stop()
 
 
+def test_deploy_fails_without_waiting_out_its_timeout_when_a_node_refuses_the_revision(
+    control: Control, project: Path, start_node: NodeFactory, tmp_path: Path
+) -> None:
+    """A node configured with another control plane's key refuses every snapshot and keeps its
+    last good state: `edge deploy` used to wait its whole timeout for it."""
+    follower(start_node, control, "wrong-key", "us-east", tmp_path / "wrong-key",
+             public_key=Signer.generate().public_key.hex(), ready=False)
+    deadline = time.monotonic() + 30
+    while "wrong-key" not in [n["id"] for n in edge_json("status", control=control)["nodes"]]:
+        assert time.monotonic() < deadline, "the node never reported"
+        time.sleep(0.2)
+    r = edge("deploy", str(project), "--route", "*/", "--timeout-s", "600", "--json",
+             control=control, ok=False)
+    doc = json.loads(r.stdout)
+    assert r.returncode == 1 and doc["error"]["type"] == "revision_refused", doc
+    assert f"wrong-key: refused revision {doc['revision']}:" in doc["error"]["message"]
+    conv = doc["convergence"]
+    assert (conv["current"], conv["laggards"], conv["refused"]) == (
+        ["eu-1"], ["wrong-key"], ["wrong-key"])
+    assert conv["elapsed_s"] < 600
+
+
 def test_deploy_canary_uploads_a_version_as_a_canary(
     control: Control, project: Path, tmp_path: Path
 ) -> None:
@@ -198,6 +222,45 @@ def test_deploy_canary_uploads_a_version_as_a_canary(
     canaried = answers.count("Hello canary\n")
     assert 0 < canaried < 60 and answers.count("Hello from C!\n") == 200 - canaried
     assert edge_json("promote", FUNCTION, control=control)["deployment"]["stable"] == 2
+
+
+def test_function_delete_stops_nodes_routing_to_it_and_a_redeploy_brings_it_back(
+    control: Control, project: Path
+) -> None:
+    first = edge_json("deploy", str(project), "--route", "*/", control=control)
+    node_url = next(n for n in edge_json("regions", control=control)["regions"]
+                    if n["name"] == "eu-west")["endpoints"][0]["url"]
+    assert httpx.get(node_url + "/").text == "Hello from C!\n"
+
+    read = edge_json("token", "create", "--tenant", "default", "--scope", "read", control=control)
+    r = edge("function", "delete", FUNCTION, "--json", control=control, token=read["token"],
+             ok=False)
+    assert r.returncode == 1 and json.loads(r.stdout)["error"]["type"] == "forbidden"
+    r = edge("function", "delete", "nothere", "--json", control=control, ok=False)
+    e = json.loads(r.stdout)["error"]
+    assert r.returncode == 1 and (e["type"], e["message"]) == ("not_found",
+                                                               "no function 'nothere'")
+
+    d = edge_json("function", "delete", FUNCTION, control=control)
+    assert d["changed"] and d["revision"] > first["revision"]
+    assert (d["deleted"]["stable"], d["deleted"]["routes"]) == (1, ["*/"])
+    with control.client() as client:
+        assert client.wait_for(d["revision"], 30).converged
+    r = httpx.get(node_url + "/")
+    assert (r.status_code, r.json()["error"]) == (404, "no_route"), r.text
+    assert edge_json("status", control=control)["functions"] == []
+    assert FUNCTION not in edge("status", control=control).stdout
+    assert [v["number"] for v in edge_json("versions", FUNCTION, control=control)[
+        "versions"]] == [1]
+    again = edge("function", "delete", FUNCTION, control=control).stdout
+    assert "not deployed, nothing to delete" in again
+
+    back = edge_json("deploy", str(project), "--route", "*/", control=control)
+    assert back["version"]["number"] == 2 and back["convergence"]["converged"]
+    assert httpx.get(node_url + "/").text == "Hello from C!\n"
+    assert [f["stable"] for f in edge_json("status", control=control)["functions"]] == [2]
+    said = edge("function", "delete", FUNCTION, control=control).stdout
+    assert f"{FUNCTION}: deleted at revision" in said and "(was stable v2, routes */)" in said
 
 
 def test_errors_are_json_objects_with_a_failing_exit_code(control: Control) -> None:

@@ -328,6 +328,24 @@ def create_app(
             routes = [parse_route_spec(s) for s in specs]
         return await changed(await run(store.deploy, tenant_id, name, version, routes, p.label))
 
+    async def delete_function(request: Request) -> Response:
+        """Take a function out of service (scope deploy): its deployment and routes go in one
+        "delete" revision, so nodes answer its routes 404 no_route from then on.
+
+        Its versions stay (`GET .../versions` lists them; a deploy of the same name makes it
+        live again, with the routes it is given). Answers {"revision", "changed", "function",
+        "deleted": the deployment removed}; a function that is not deployed changes nothing
+        (changed false, deleted null); one that does not exist is 404."""
+        tenant_id, p = await tenant(request, "deploy")
+        name = function_name(request)
+        gone = await run(store.delete_function, tenant_id, name, p.label)
+        if gone.changed:
+            await publish(gone.revision)
+        return JSONResponse({
+            "revision": gone.revision, "changed": gone.changed, "function": name,
+            "deleted": gone.removed.to_json() if gone.removed else None,
+        })  # fmt: skip
+
     async def canary(request: Request) -> Response:
         """Send a percentage of clients to a version (scope operate).
 
@@ -633,6 +651,7 @@ def create_app(
 
     f = "/v1/functions/{name}"
     routes: list[BaseRoute] = [
+        Route(f, delete_function, methods=["DELETE"]),
         Route(f + "/versions", upload_version, methods=["POST"]),
         Route(f + "/versions", list_versions, methods=["GET"]),
         Route(f + "/deploy", deploy, methods=["POST"]),

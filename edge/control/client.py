@@ -4,6 +4,7 @@ the server's status, reason and message; a dead connection becomes `ControlUnrea
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -88,6 +89,9 @@ class ControlClient:
             body["sticky"] = sticky
         return self._json("POST", f"/v1/functions/{name}/canary", json=body)
 
+    def delete_function(self, name: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/v1/functions/{name}")
+
     def promote(self, name: str) -> dict[str, Any]:
         return self._json("POST", f"/v1/functions/{name}/promote", json={})
 
@@ -106,8 +110,9 @@ class ControlClient:
         timeout_s: float,
         on_progress: Callable[[Convergence], None] = lambda _: None,
     ) -> Convergence:
-        """Until every live node has applied `revision` (or `timeout_s`), long-polling status:
-        it returns the moment the last node reports, and shows progress about once a second."""
+        """Until every live node has applied `revision`, every one behind has refused it, or
+        `timeout_s`, long-polling status: it returns the moment the last node reports, and
+        shows progress about once a second."""
         deadline = time.monotonic() + timeout_s
         return wait_for_nodes(
             lambda: self.status(revision, max(0.0, min(1.0, deadline - time.monotonic()))),
@@ -229,6 +234,24 @@ class Convergence:
     # Behind, and down by the control plane's own /healthz check: dead, most likely, but not
     # stale yet (that takes a minute); not waited for either.
     down: tuple[str, ...] = ()
+    # Laggards that reported refusing this revision or a later one (wrong key, tampered
+    # snapshot or blob): they keep their last good state and will not apply it by waiting.
+    refused: tuple[str, ...] = ()
+
+    @property
+    def stuck(self) -> bool:
+        """Not converged, and every laggard has refused: waiting longer cannot help."""
+        return bool(self.laggards) and set(self.laggards) <= set(self.refused)
+
+
+# The follower's words for a snapshot it would not apply (edge.node.follower.poll_once).
+_REFUSED = re.compile(r"^refused revision (\d+):")
+
+
+def refused_revision(last_error: str) -> int | None:
+    """The revision a node's `last_error` says it refused, None if it refused none."""
+    m = _REFUSED.match(last_error)
+    return int(m.group(1)) if m else None
 
 
 def convergence(status: dict[str, Any], revision: int, elapsed_s: float) -> Convergence:
@@ -238,8 +261,15 @@ def convergence(status: dict[str, Any], revision: int, elapsed_s: float) -> Conv
     current = tuple(n["id"] for n in live if n["applied_revision"] >= revision)
     behind = [n for n in live if n["applied_revision"] < revision]
     down = tuple(n["id"] for n in behind if n.get("check") == "down")
-    laggards = tuple(n["id"] for n in behind if n.get("check") != "down")
-    return Convergence(revision, not laggards, current, laggards, stale, elapsed_s, down)
+    waited = [n for n in behind if n.get("check") != "down"]
+    laggards = tuple(n["id"] for n in waited)
+    # A refusal of an older revision says nothing about this one: the node may still apply it.
+    refused = tuple(
+        n["id"] for n in waited
+        if (r := refused_revision(n.get("last_error", ""))) is not None and r >= revision
+    )
+    return Convergence(revision, not laggards, current, laggards, stale, elapsed_s, down,
+                       refused)
 
 
 def wait_for_nodes(
@@ -252,12 +282,13 @@ def wait_for_nodes(
     now: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Convergence:
-    """Polls status until every live node has applied `revision`, or `timeout_s` passes."""
+    """Polls status until every live node has applied `revision`, every node still behind
+    has refused it (`Convergence.stuck`), or `timeout_s` passes."""
     start = now()
     while True:
         state = convergence(fetch_status(), revision, now() - start)
         on_progress(state)
-        if state.converged or state.elapsed_s >= timeout_s:
+        if state.converged or state.stuck or state.elapsed_s >= timeout_s:
             return state
         sleep(interval_s)
 

@@ -68,6 +68,13 @@ class NotConverged(EdgeError):
     reason = "not_converged"
 
 
+class RevisionRefused(NotConverged):
+    """Every node still behind reported refusing the revision (wrong key, tampered snapshot or
+    blob): they keep their last good state, and waiting longer cannot help."""
+
+    reason = "revision_refused"
+
+
 class VersionRejected(EdgeError):
     """Nodes applied the revision but cannot load the new version (the change itself is made:
     its requests get 503 there until a rollback)."""
@@ -193,6 +200,10 @@ def deploy(
         for node_id in state.down:
             out.note(f"warning: node {node_id} is down by the control plane's health check; "
                      "not waited for")
+        if state.stuck:
+            out.fail(RevisionRefused(
+                f"these nodes refused revision {revision} and keep serving their last good "
+                f"state: {_each_error(nodes, state.laggards)}"), done=doc)
         if not state.converged:
             out.fail(NotConverged(
                 f"after {timeout_s:g}s these nodes have not applied revision {revision}: "
@@ -224,6 +235,10 @@ def _errors_said(nodes: list[dict[str, Any]], ids: tuple[str, ...]) -> str:
     return "" if said is None else f" ({said['id']}: {said['last_error']})"
 
 
+def _each_error(nodes: list[dict[str, Any]], ids: tuple[str, ...]) -> str:
+    return "; ".join(f"{n['id']}: {n['last_error']}" for n in nodes if n["id"] in ids)
+
+
 def _nodes_line(c: Convergence) -> str:
     live = len(c.current) + len(c.laggards)
     if live == 0:
@@ -241,7 +256,7 @@ def _nodes_json(status: dict[str, Any], revision: int) -> list[dict[str, Any]]:
 def _conv_json(c: Convergence) -> dict[str, Any]:
     return {"revision": c.revision, "converged": c.converged, "current": list(c.current),
             "laggards": list(c.laggards), "stale": list(c.stale), "down": list(c.down),
-            "elapsed_s": round(c.elapsed_s, 3)}
+            "refused": list(c.refused), "elapsed_s": round(c.elapsed_s, 3)}
 
 
 def _wait_with_progress(

@@ -202,4 +202,29 @@ MIGRATIONS: dict[int, list[str]] = {
     # A token may be made to expire (NULL: never); an expired one stays listed, like a revoked
     # one, and gets 401 "token expired".
     9: ["ALTER TABLE tokens ADD COLUMN expires_unix REAL"],
+    # `edge function delete`: a "delete" revision takes a function's deployment and routes out
+    # of snapshots (its versions stay). Rebuilt as in 5, since SQLite cannot alter a CHECK.
+    10: [
+        """CREATE TABLE revisions_v10 (
+            number INTEGER PRIMARY KEY,
+            created_unix REAL NOT NULL,
+            function_id INTEGER REFERENCES functions(id),
+            subject TEXT,
+            kind TEXT NOT NULL CHECK (kind IN ('deploy', 'canary', 'promote', 'rollback',
+                                               'routes', 'delete', 'region', 'node')),
+            author TEXT NOT NULL,
+            state TEXT NOT NULL,
+            change TEXT NOT NULL,
+            CHECK ((kind IN ('region', 'node')) = (function_id IS NULL)),
+            CHECK ((kind IN ('region', 'node')) = (subject IS NOT NULL))
+        )""",
+        """INSERT INTO revisions_v10 (number, created_unix, function_id, subject, kind, author,
+                                     state, change)
+           SELECT number, created_unix, function_id, subject, kind, author, state, change
+           FROM revisions""",
+        "DROP TABLE revisions",
+        "ALTER TABLE revisions_v10 RENAME TO revisions",
+        "CREATE INDEX revisions_by_function ON revisions(function_id, number)",
+        "CREATE INDEX revisions_by_subject ON revisions(kind, subject, number)",
+    ],
 }

@@ -97,6 +97,16 @@ class FunctionState:
 
 
 @dataclass(frozen=True)
+class Removal:
+    """The outcome of `Store.delete_function`: the "delete" revision (the current one if the
+    function was not deployed, changed False) and the deployment it took away."""
+
+    revision: int
+    changed: bool
+    removed: FunctionState | None
+
+
+@dataclass(frozen=True)
 class Change:
     """The outcome of one write: the revision it made (or the current one if nothing changed)."""
 

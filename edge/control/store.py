@@ -38,6 +38,7 @@ from edge.control.records import (
     NodeEndpoint,
     Principal,
     RegionChange,
+    Removal,
     Resolved,
     RevisionRow,
     Tenant,
@@ -488,6 +489,23 @@ class Store:
             new = FunctionState(old.function, to, None, 0, old.sticky, old.routes)
             return self._write(db, fid, "rollback", old, new, author)
 
+    def delete_function(self, tenant_id: int, name: str, author: str) -> Removal:
+        """Takes the function out of service: its deployment (stable and canary) and routes go,
+        so the next snapshot has neither and nodes answer its routes 404 no_route. Its versions
+        stay (they are immutable, and a later deploy of the same name carries on numbering);
+        its rollback history starts again (`edge.control.history`). A function that is not
+        deployed changes nothing; one that does not exist is NotFound."""
+        with self._tx() as db:
+            fid = self._function_id(db, tenant_id, name)
+            old = self._state(db, fid)
+            if old is None:
+                return Removal(self._revision(db), False, None)
+            db.execute("DELETE FROM routes WHERE function_id = ?", (fid,))
+            db.execute("DELETE FROM deployments WHERE function_id = ?", (fid,))
+            before = old.to_json()
+            after = {**before, "stable": None, "canary": None, "canary_percent": 0, "routes": []}
+            return Removal(self._log(db, fid, "delete", before, after, author), True, old)
+
     def _deployed(self, db: sqlite3.Connection, fid: int, name: str) -> FunctionState:
         state = self._state(db, fid)
         if state is None:
@@ -548,8 +566,14 @@ class Store:
             "sticky = excluded.sticky",
             (fid, new.stable, new.canary, new.canary_percent, new.sticky),
         )
-        before = old.to_json() if old else {}
-        after = new.to_json()
+        number = self._log(db, fid, kind, old.to_json() if old else {}, new.to_json(), author)
+        return Change(number, True, new)
+
+    def _log(
+        self, db: sqlite3.Connection, fid: int, kind: str, before: dict[str, Any],
+        after: dict[str, Any], author: str,
+    ) -> int:
+        """Writes a function's revision row (its whole state after, and what changed)."""
         change = {k: [before.get(k), v] for k, v in after.items() if before.get(k) != v}
         number = self._revision(db) + 1
         db.execute(
@@ -557,7 +581,7 @@ class Store:
             "change) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (number, self.now(), fid, kind, author, _dumps(after), _dumps(change)),
         )
-        return Change(number, True, new)
+        return number
 
     # --- revisions and snapshots ----------------------------------------------------------------
 
@@ -618,6 +642,8 @@ class Store:
             resolved = []
             for row in rows:
                 s = json.loads(row["state"])
+                if s["stable"] is None:  # deleted as of this revision
+                    continue
                 state = FunctionState(
                     s["function"], s["stable"], s["canary"], s["canary_percent"], s["sticky"],
                     tuple(_split_route(r) for r in s["routes"]),

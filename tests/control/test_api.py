@@ -45,6 +45,7 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/v1/functions/hello/canary", {"json": {"version": 1, "percent": 5}}),
     ("POST", "/v1/functions/hello/promote", {"json": {}}),
     ("POST", "/v1/functions/hello/rollback", {"json": {}}),
+    ("DELETE", "/v1/functions/hello", {}),
     ("GET", "/v1/status", {}),
     ("GET", "/v1/node/snapshot?wait_s=0", {}),
     ("POST", "/v1/node/report", {"json": {}}),
@@ -77,7 +78,7 @@ def test_other_tenants_function_is_404_like_a_missing_one(start_control: Start) 
     server = start_control()
     deployed(server)
     other = server.client(server.token("other"))
-    for method, path, kw in ENDPOINTS[:5]:
+    for method, path, kw in ENDPOINTS[:6]:
         r = other.request(method, path, **kw)
         assert r.status_code == 404, (path, r.text)
         missing = other.request(method, path.replace("hello", "nothere"), **kw)
@@ -169,6 +170,64 @@ def test_deploy_flow_and_snapshot_for_nodes(start_control: Start) -> None:
         "n1", 5, True, 42.0)
     assert status["regions"]["eu"]["current"] == 1
     assert status["functions"][0]["stable"] == 2
+
+
+def test_delete_takes_a_function_out_of_snapshots_and_keeps_its_versions(
+    start_control: Start,
+) -> None:
+    server = start_control()
+    admin = deployed(server, ["example.com/", "*/api"])
+    assert upload(admin, tag="b").status_code == 201
+    admin.post("/v1/functions/hello/canary", json={"version": 2, "percent": 10})
+    read = server.client(server.token("default", ("read",)))
+    operate = server.client(server.token("default", ("operate",)))
+    r = read.delete("/v1/functions/hello")
+    assert r.status_code == 403 and r.json()["message"] == "this token lacks the 'deploy' scope"
+    assert operate.delete("/v1/functions/hello").status_code == 403
+    assert admin.delete("/v1/functions/nothere").json() == {
+        "error": "not_found", "message": "no function 'nothere'"}
+    assert admin.delete("/v1/functions/Bad_Name").status_code == 400
+
+    r = admin.delete("/v1/functions/hello")
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "revision": 3, "changed": True, "function": "hello",
+        "deleted": {"function": "default/hello", "stable": 1, "canary": 2,
+                    "canary_percent": 10, "sticky": "ip", "routes": ["*/api", "example.com/"]}}
+    node = server.client(server.node)
+    key = bytes.fromhex(node.get("/v1/public-key").json()["public_key"])
+    r = node.get("/v1/node/snapshot", params={"after": 2, "wait_s": 5})
+    snap = open_snapshot(r.content, key)
+    assert (snap.revision, snap.functions, snap.routes) == (3, {}, ())
+    assert admin.get("/v1/status").json()["functions"] == []
+    versions = admin.get("/v1/functions/hello/versions").json()
+    assert [v["number"] for v in versions["versions"]] == [1, 2]
+    assert versions["deployment"] is None
+    # Nothing deployed to roll back or promote; deleting again changes nothing.
+    assert admin.post("/v1/functions/hello/rollback", json={}).status_code == 409
+    assert admin.delete("/v1/functions/hello").json() == {
+        "revision": 3, "changed": False, "function": "hello", "deleted": None}
+    # Its routes are free again, for another function too.
+    other = admin.post("/v1/functions/other/versions", content=component("o"),
+                       headers={"edge-metadata": encode_metadata(manifest("other"), "")})
+    assert other.status_code == 201
+    r = admin.post("/v1/functions/other/deploy", json={"version": 1, "routes": ["*/api"]})
+    assert r.status_code == 200, r.text
+    # A deploy of the same name makes it live again, numbering on; its history starts afresh.
+    assert upload(admin, tag="c").json()["number"] == 3
+    r = admin.post("/v1/functions/hello/deploy", json={"version": 3, "routes": ["example.com/"]})
+    assert r.json()["deployment"] == {
+        "function": "default/hello", "stable": 3, "canary": None, "canary_percent": 0,
+        "sticky": "ip", "routes": ["example.com/"]}
+    r = admin.post("/v1/functions/hello/rollback", json={})
+    assert r.status_code == 409 and "no earlier stable version" in r.json()["message"]
+    assert admin.post("/v1/functions/hello/rollback", json={"to": 1}).json()["deployment"][
+        "stable"] == 1
+    r = node.get("/v1/node/snapshot", params={"after": 0})
+    snap = open_snapshot(r.content, key)
+    assert snap.functions["default/hello"].stable.number == 1
+    assert {(rt.host, rt.path_prefix, rt.function) for rt in snap.routes} == {
+        ("example.com", "/", "default/hello"), ("*", "/api", "default/other")}
 
 
 def test_bad_requests_are_400_or_409(start_control: Start) -> None:

@@ -35,11 +35,11 @@ def cli(server: ControlServer, *args: str) -> Any:
     return result
 
 
-def report(server: ControlServer, node_id: str, revision: int) -> None:
+def report(server: ControlServer, node_id: str, revision: int, last_error: str = "") -> None:
     r = httpx.post(server.url + "/v1/node/report",
                    headers={"authorization": f"Bearer {server.node}"},
                    json={"node_id": node_id, "region": "eu", "revision": revision,
-                         "healthy": True, "convergence_ms": 5})
+                         "healthy": True, "convergence_ms": 5, "last_error": last_error})
     assert r.status_code == 200
 
 
@@ -91,6 +91,35 @@ def test_deploy_timeout_names_the_laggards(start_control: Start, tmp_path: Path)
     assert "slow-node" in r.stderr and "revision 1" in r.stderr
 
 
+def test_deploy_fails_at_once_when_every_laggard_refused_the_revision(
+    start_control: Start, tmp_path: Path
+) -> None:
+    server = start_control()
+    proj, wasm = project(tmp_path)
+    report(server, "ok-node", 0)
+    report(server, "bad-key", 0)
+    bad = "refused revision 1: snapshot signature does not verify"
+    timers = [threading.Timer(0.3, report, (server, "ok-node", 1)),
+              threading.Timer(0.3, report, (server, "bad-key", 0, bad))]
+    for t in timers:
+        t.start()
+    r = cli(server, "deploy", str(proj), "--component", str(wasm), "--route", "example.com/",
+            "--json", "--timeout-s", "600")
+    for t in timers:
+        t.join()
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.stdout)
+    assert doc["error"]["type"] == "revision_refused"
+    assert f"bad-key: {bad}" in doc["error"]["message"]
+    conv = doc["convergence"]
+    assert (conv["current"], conv["laggards"], conv["refused"]) == (["ok-node"], ["bad-key"],
+                                                                     ["bad-key"])
+    assert not conv["converged"] and conv["elapsed_s"] < 600  # did not wait out the timeout
+    # The change itself is made: the next status has it, and the node's error.
+    status = json.loads(cli(server, "status", "--json").stdout)
+    assert status["revision"] == doc["revision"] == 1
+
+
 def test_errors_are_one_line(start_control: Start, tmp_path: Path) -> None:
     server = start_control()
     r = cli(server, "promote", "nothere")
@@ -126,6 +155,35 @@ def test_wait_for_nodes_on_a_fake_clock() -> None:
     stuck = {"nodes": [{"id": "a", "applied_revision": 4, "stale": False}]}
     late = wait_for_nodes(lambda: stuck, 5, 1.0, now=clock, sleep=clock.advance)
     assert not late.converged and late.laggards == ("a",) and late.elapsed_s >= 1.0
+    assert not late.stuck
+
+
+def test_wait_for_nodes_stops_once_every_laggard_refused_the_revision() -> None:
+    """A node that refused the revision (wrong key, tampered blob) keeps its last good state:
+    waiting for it until the timeout only delays the failure."""
+    clock = FakeClock(0)
+
+    def node(id_: str, applied: int, error: str = "") -> dict[str, Any]:
+        return {"id": id_, "applied_revision": applied, "stale": False, "last_error": error}
+
+    bad_key = "refused revision 5: snapshot signature does not verify"
+    statuses = iter([
+        # b has not said anything yet; a refused an older revision, which says nothing of 5.
+        {"nodes": [node("a", 3, "refused revision 4: tampered"), node("b", 4)]},
+        {"nodes": [node("a", 4, bad_key), node("b", 4)]},  # b may still apply it
+        {"nodes": [node("a", 4, bad_key), node("b", 5), node("c", 4, "refused revision 6: x")]},
+    ])
+    seen: list[Convergence] = []
+    done = wait_for_nodes(lambda: next(statuses), 5, 60, on_progress=seen.append, now=clock,
+                          sleep=clock.advance)
+    assert [s.refused for s in seen] == [(), ("a",), ("a", "c")]
+    assert [s.stuck for s in seen] == [False, False, True]
+    assert not done.converged and done.laggards == ("a", "c") and done.current == ("b",)
+    assert done.elapsed_s == 0.5  # two intervals, not the 60 s timeout
+
+    # A version a node cannot load is applied (the node is current): not a refusal.
+    loaded = {"nodes": [node("a", 5, "revision 5: cannot load default/x v2: no export")]}
+    assert wait_for_nodes(lambda: loaded, 5, 60, now=clock, sleep=clock.advance).converged
 
 
 def test_status_long_poll_answers_on_the_report_that_completes_a_revision(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge.control import history
+from edge.control import store as store_module
 from edge.control.errors import Conflict, NotFound
 from edge.control.migrations import MIGRATIONS
 from edge.control.records import Change
@@ -183,6 +184,61 @@ def test_rollback_after_redeploying_an_old_version_returns_to_the_newer_one() ->
     assert history.previous_stable([("deploy", 1), ("canary", 2), ("promote", 2)]) == 1
     assert history.previous_stable([("deploy", 1), ("deploy", 2), ("rollback", 1)]) is None
     assert history.stable_stack([("deploy", 1), ("deploy", 1), ("routes", 1)]) == [1]
+
+
+def test_a_delete_starts_the_rollback_history_afresh() -> None:
+    events: list[tuple[str, int | None]] = [("deploy", 1), ("deploy", 2), ("delete", None),
+                                            ("deploy", 3)]
+    assert history.stable_stack(events) == [3] and history.previous_stable(events) is None
+    assert history.previous_stable([*events, ("deploy", 4)]) == 3
+
+
+def test_delete_is_one_revision_and_the_config_has_the_function_no_more(
+    make_store: MakeStore,
+) -> None:
+    store = make_store()
+    t = tenant(store)
+    for name in ("a", "b"):
+        add_version(store, t, name)
+        store.deploy(t, name, 1, [("*", f"/{name}")], "u")
+    gone = store.delete_function(t, "a", "ops")
+    assert (gone.revision, gone.changed) == (3, True)
+    assert gone.removed is not None and gone.removed.routes == (("*", "/a"),)
+    assert store.deployment(t, "a") is None and store.function_names(t) == ["a", "b"]
+    assert [f.state.function for f in store.config_at(3).functions] == ["acme/b"]
+    assert [f.state.function for f in store.config_at(2).functions] == ["acme/a", "acme/b"]
+    row = store.revisions()[-1]
+    assert (row.kind, row.author, row.change["stable"], row.change["routes"]) == (
+        "delete", "ops", [1, None], [["*/a"], []])
+    again = store.delete_function(t, "a", "ops")
+    assert (again.revision, again.changed, again.removed) == (3, False, None)
+    with pytest.raises(NotFound):
+        store.delete_function(t, "nothere", "ops")
+    with pytest.raises(NotFound):  # another tenant's function is not found either
+        store.delete_function(store.create_tenant("other"), "b", "ops")
+    store.deploy(t, "a", 1, [("*", "/a")], "u")
+    assert [f.state.function for f in store.config_at(store.revision()).functions] == [
+        "acme/a", "acme/b"]
+
+
+def test_migration_10_keeps_every_revision_and_admits_deletes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "MIGRATIONS", {n: m for n, m in MIGRATIONS.items()
+                                                     if n <= 9})
+    with Store(tmp_path) as store:
+        t = tenant(store)
+        add_version(store, t, "hello")
+        store.deploy(t, "hello", 1, [("*", "/")], "u")
+        store.report_node("n1", "eu", 1, True, None, url="http://127.0.0.1:1")
+        before = store.revisions()
+        with pytest.raises(sqlite3.IntegrityError):
+            store.delete_function(t, "hello", "u")
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+    with Store(tmp_path) as store:
+        assert 10 in store.schema_versions() and store.revisions() == before
+        assert store.delete_function(t, "hello", "u").revision == 3
+        assert store.config_at(2).functions and not store.config_at(3).functions
 
 
 def test_rollback_drops_a_canary(make_store: MakeStore) -> None:

@@ -1,0 +1,48 @@
+"""`edge function delete NAME`: take a function out of service (scope deploy).
+
+Its deployment and routes go in one revision, so nodes answer its routes 404 no_route from
+their next snapshot on. Its versions stay: `edge versions NAME` lists them, and `edge deploy`
+of the same name makes it live again (give it --route: a deleted function has none).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from edge.cli_output import JsonOption, Output
+from edge.control.client import DEFAULT_URL
+from edge.control.commands import ControlUrl, Token, _client
+
+function_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                           help="Manage deployed functions.")
+
+
+def _deleted_line(result: dict[str, Any]) -> str:
+    name, gone = result["function"], result["deleted"]
+    if gone is None:
+        return f"{name}: not deployed, nothing to delete (revision {result['revision']})"
+    was = f"stable v{gone['stable']}" + (f", canary v{gone['canary']}" if gone["canary"] else "")
+    routes = " ".join(gone["routes"]) or "-"
+    return (f"{name}: deleted at revision {result['revision']} (was {was}, routes {routes}); "
+            f"its versions are kept (edge versions {name})")
+
+
+@function_app.command("delete")
+def delete(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="as in edge.toml")],
+    control: ControlUrl = DEFAULT_URL,
+    token: Token = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Stop serving function NAME: remove its deployment and routes (nodes answer them 404
+    no_route). Its versions stay, for `edge versions` and a later `edge deploy`. --json: the
+    revision and the deployment removed (null if it was not deployed)."""
+    with Output(as_json) as out, _client(control, token) as client:
+        result = client.delete_function(name)
+    out.result(result, _deleted_line(result))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(function_app, name="function")
