@@ -220,3 +220,84 @@ def test_dashboard_shows_the_stack_and_drains_a_region(
             assert errors == []
         finally:
             browser.close()
+
+
+def test_dashboard_deletes_a_function_once_its_name_is_typed(
+    control: Control, tmp_path: Path
+) -> None:
+    """Delete asks for the function's name; a read-only token's 403 is shown, not swallowed;
+    with a deploy token the function leaves the page and the control plane's status, and its
+    versions stay."""
+    sync_api = browser_or_skip()
+    expect = sync_api.expect
+    with control.client() as client:
+        version = upload(client, tmp_path, "Hello, soon deleted")
+        client.deploy(FUNCTION, version, ["*/"])
+        reader = client.create_token("default", ["read"], "dashboard reader")["token"]
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(control.url + "/dashboard/")
+            dialog, confirm = page.locator("#delete-dialog"), page.locator("#delete-confirm")
+            ok = dialog.get_by_role("button", name="Delete", exact=True)
+            row = page.locator("#functions tbody tr").filter(has_text=FUNCTION)
+
+            def sign_in(token: str) -> None:
+                page.fill("#token", token)
+                page.click("#login button[type=submit]")
+                expect(row.locator("td").nth(1)).to_have_text(f"v{version}", timeout=WAIT_MS)
+
+            # A read-only token may press the button, and sees the API's refusal.
+            sign_in(reader)
+            expect(dialog).to_be_hidden()
+            row.get_by_role("button", name="Delete", exact=True).click()
+            expect(dialog).to_be_visible()
+            expect(page.locator("#delete-name")).to_have_text(FUNCTION)
+            expect(ok).to_be_disabled()
+            confirm.fill(FUNCTION)
+            ok.click()
+            expect(dialog).to_be_hidden()
+            message = page.locator("#message")
+            expect(message).to_have_text(
+                f"delete {FUNCTION}: this token lacks the 'deploy' scope", timeout=WAIT_MS
+            )
+            expect(message).to_have_class("error")
+            expect(row).to_have_count(1)
+            page.click("#logout")
+
+            # A wrong or partial name keeps the button disabled; Cancel changes nothing.
+            sign_in(control.tokens["admin"])
+            row.get_by_role("button", name="Delete", exact=True).click()
+            expect(confirm).to_have_value("")  # not the name typed for the last function
+            confirm.fill(FUNCTION[:-1])
+            expect(ok).to_be_disabled()
+            confirm.press("Enter")  # submitting anyway deletes nothing
+            expect(dialog).to_be_visible()
+            dialog.get_by_role("button", name="Cancel").click()
+            expect(dialog).to_be_hidden()
+            with control.client() as client:
+                assert [f["function"] for f in client.status()["functions"]] == [
+                    f"default/{FUNCTION}"]
+
+            # The right name deletes it: gone from the page after the refresh, and from status.
+            row.get_by_role("button", name="Delete", exact=True).click()
+            confirm.fill(FUNCTION)
+            ok.click()
+            expect(message).to_contain_text(f"delete {FUNCTION}: done, revision ",
+                                            timeout=WAIT_MS)
+            expect(row).to_have_count(0, timeout=WAIT_MS)
+            with control.client() as client:
+                status = client.status()
+                assert status["functions"] == []
+                numbers = [v["number"] for v in client.versions(FUNCTION)["versions"]]
+            expect(message).to_have_text(f"delete {FUNCTION}: done, revision "
+                                         f"{status['revision']}")
+            expect(page.locator("#functions tbody td.empty")).to_have_text(
+                "nothing deployed yet")
+            assert numbers == [version]
+            assert errors == []
+        finally:
+            browser.close()

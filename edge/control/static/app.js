@@ -116,6 +116,37 @@ function functionAction(name, action) {
   return act(`${action} ${name}`, "POST", `/v1/functions/${encodeURIComponent(name)}/${action}`, body);
 }
 
+// Deleting is not undone by a click (the routes go; a deploy brings the function back), so the
+// operator types its name first, as a typo-proof confirmation of which one.
+let deleting = null; // the function the dialog asks about
+
+function askDelete(name) {
+  deleting = name;
+  $("delete-name").textContent = name;
+  $("delete-confirm").value = "";
+  $("delete-ok").disabled = true;
+  $("delete-dialog").showModal();
+  $("delete-confirm").focus();
+}
+
+function closeDelete() {
+  deleting = null;
+  if ($("delete-dialog").open) $("delete-dialog").close();
+}
+
+$("delete-confirm").addEventListener("input", () => {
+  $("delete-ok").disabled = $("delete-confirm").value !== deleting;
+});
+$("delete-cancel").addEventListener("click", closeDelete);
+$("delete-dialog").addEventListener("close", () => { deleting = null; });
+$("delete-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const name = deleting;
+  if (name === null || $("delete-confirm").value !== name) return;
+  closeDelete();
+  act(`delete ${name}`, "DELETE", `/v1/functions/${encodeURIComponent(name)}`);
+});
+
 // --- rendering -------------------------------------------------------------------------------
 
 function renderRegions(data) {
@@ -173,6 +204,7 @@ function renderFunctions(status) {
       { nodes: [
         button("Promote", () => functionAction(name, "promote"), d.canary !== null),
         button("Roll back", () => functionAction(name, "rollback")),
+        button("Delete", () => askDelete(name)),
       ] },
     ];
   });
@@ -235,6 +267,7 @@ async function poll() {
 
 function signOut(reason) {
   clearTimeout(timer);
+  closeDelete();
   sessionStorage.removeItem(KEY);
   versionsAt = -1;
   versions.clear();
