@@ -52,7 +52,10 @@ def admin_routes(store: Store, authenticate: Authenticate) -> list[Route]:
         return JSONResponse(tenant.to_json(), status_code=201)
 
     async def list_tenants(request: Request) -> Response:
-        """Every tenant, with its number of functions and of unrevoked tokens (admin scope)."""
+        """Every tenant, with its number of functions and of unrevoked tokens (admin scope).
+
+        `functions` counts the deployed ones (what `GET /v1/status` lists);
+        `functions_with_versions` every one with an uploaded version, deleted ones included."""
         await admin(request)
         return JSONResponse({"tenants": [t.to_json() for t in await run(store.tenants)]})
 

@@ -46,13 +46,14 @@ def create_tenant(
 def list_tenants(
     control: ControlUrl = DEFAULT_URL, token: Token = "", as_json: JsonOption = False
 ) -> None:
-    """Every tenant, its functions and unrevoked tokens."""
+    """Every tenant, its functions (deployed, and with versions: deleted ones keep theirs)
+    and unrevoked tokens."""
     with Output(as_json) as out, _client(control, token) as client:
         result = client.tenants()
-        table = Table("tenant", "created", "functions", "tokens")
+        table = Table("tenant", "created", "deployed", "with versions", "tokens")
         for t in result["tenants"]:
             table.add_row(t["name"], _when(t["created_unix"]), str(t["functions"]),
-                          str(t["active_tokens"]))
+                          str(t["functions_with_versions"]), str(t["active_tokens"]))
         out.result(result, lambda: out.show(table))
 
 

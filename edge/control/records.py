@@ -54,12 +54,16 @@ class TokenInfo:
 class Tenant:
     name: str
     created_unix: float
-    functions: int
+    functions: int  # deployed: what nodes serve, as `edge status` lists them
     active_tokens: int
+    # Every function with an uploaded version, deployed or not (a deleted one keeps its).
+    functions_with_versions: int
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "created_unix": self.created_unix,
-                "functions": self.functions, "active_tokens": self.active_tokens}
+                "functions": self.functions,
+                "functions_with_versions": self.functions_with_versions,
+                "active_tokens": self.active_tokens}
 
 
 @dataclass(frozen=True)

@@ -174,12 +174,14 @@ class Store:
         with self._tx() as db:
             rows = db.execute(
                 "SELECT t.name, t.created_unix, "
-                "(SELECT COUNT(*) FROM functions f WHERE f.tenant_id = t.id), "
+                "(SELECT COUNT(*) FROM functions f JOIN deployments d ON d.function_id = f.id "
+                " WHERE f.tenant_id = t.id), "
                 "(SELECT COUNT(*) FROM tokens k WHERE k.tenant_id = t.id "
-                " AND k.revoked_unix IS NULL AND COALESCE(k.expires_unix > ?, 1)) "
+                " AND k.revoked_unix IS NULL AND COALESCE(k.expires_unix > ?, 1)), "
+                "(SELECT COUNT(*) FROM functions f WHERE f.tenant_id = t.id) "
                 "FROM tenants t ORDER BY t.name", (self.now(),),
             ).fetchall()
-        return [Tenant(r[0], r[1], r[2], r[3]) for r in rows]
+        return [Tenant(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     def create_token(
         self, *, tenant: str | None, kind: str, scopes: Sequence[str] = (), label: str,

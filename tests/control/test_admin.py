@@ -33,6 +33,48 @@ def make_token(admin: httpx.Client, tenant: str, *scopes: str, name: str = "") -
     return body
 
 
+
+def test_tenant_list_counts_deployed_functions_apart_from_those_with_versions(
+    start_control: Start,
+) -> None:
+    """A deleted function keeps its versions: it counts among the functions with versions,
+    not among the deployed ones, in the API and in `edge tenant list`."""
+    server = start_control()
+    admin = server.client(server.admin)
+
+    def counts() -> tuple[int, int]:
+        [default] = [t for t in admin.get("/v1/tenants").json()["tenants"]
+                     if t["name"] == "default"]
+        return default["functions"], default["functions_with_versions"]
+
+    assert counts() == (0, 0)
+    for name in ("hello", "other", "draft"):
+        assert upload(admin, name).status_code == 201
+    for name in ("hello", "other"):
+        r = admin.post(f"/v1/functions/{name}/deploy",
+                       json={"version": 1, "routes": [f"{name}.test/"]})
+        assert r.status_code == 200, r.text
+    assert counts() == (2, 3)  # draft has a version and was never deployed
+    assert admin.delete("/v1/functions/hello").json()["changed"] is True
+    assert counts() == (1, 3)
+    assert [f["function"] for f in admin.get("/v1/status").json()["functions"]] == [
+        "default/other"]
+
+    r = edge(server, server.admin, "tenant", "list", "--json")
+    [row] = [t for t in json.loads(r.stdout)["tenants"] if t["name"] == "default"]
+    assert (row["functions"], row["functions_with_versions"]) == (1, 3)
+    r = edge(server, server.admin, "tenant", "list")
+    assert r.exit_code == 0, r.output
+    header = next(line for line in r.stdout.splitlines() if "tenant" in line)
+    assert "deployed" in header and "with versions" in header
+    [line] = [line for line in r.stdout.splitlines() if " default " in line]
+    cells = [c.strip() for c in line.strip("│| \n").split("│")]
+    assert cells[-3:] == ["1", "3", "1"], r.stdout  # deployed, with versions, tokens
+    # Deployed again, it counts again.
+    assert admin.post("/v1/functions/hello/deploy",
+                      json={"version": 1, "routes": ["hello.test/"]}).status_code == 200
+    assert counts() == (2, 3)
+
 def test_admin_creates_tenants_and_scoped_tokens_that_work(start_control: Start) -> None:
     server = start_control()
     admin = server.client(server.admin)
