@@ -8,7 +8,8 @@ turns an EdgeError into a status and a JSON body {"error": reason, "message": ..
 
 Store calls run on worker threads (fsync and SQLite must not stall long polls). Long polls wait
 on `edge.control.feeds`: a change signs its snapshot once and then wakes every waiting node at
-the same moment; `GET /v1/status?revision=R` wakes on the node report that completes R. All of
+the same moment; `GET /v1/status?revision=R` wakes on the node report that completes R (or
+refuses it, leaving no node worth waiting for). All of
 it is per process: run one server process per data directory. Known tokens, recent snapshots
 and blobs are answered from memory, so a deploy's burst of node requests touches no disk.
 """
@@ -387,8 +388,9 @@ def create_app(
         transition; per region, `check_up` and `check_down` count them.
 
         Query (optional): revision=R and wait_s=S: answer as soon as every live node has
-        applied R (woken by the report that completes it), or after S seconds (at most the
-        server's long-poll limit) with the laggards still behind. `edge deploy` waits so."""
+        applied R or reported refusing it (woken by the report that completes it), or after S
+        seconds (at most the server's long-poll limit) with the laggards still behind.
+        `edge deploy` waits so."""
         tenant_id, _ = await tenant(request, "read")
         if "revision" in request.query_params:
             try:
@@ -476,7 +478,7 @@ def create_app(
                          ipv4, ipv6)
         if made is not None:  # the node joined or moved: a new snapshot for every node
             await publish(made)
-        await watch.reported(node_id, revision)
+        await watch.reported(node_id, revision, last_error)
         return JSONResponse({"ok": True, "revision": feed.revision})
 
     async def node_traffic(request: Request) -> Response:

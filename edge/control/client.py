@@ -4,7 +4,6 @@ the server's status, reason and message; a dead connection becomes `ControlUnrea
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from urllib.parse import quote
 import httpx
 
 from edge.control.errors import ControlUnreachable, NotFound, RemoteError
+from edge.control.status import refused_revision
 from edge.control.wire import METADATA_HEADER, encode_metadata
 
 DEFAULT_URL = "http://127.0.0.1:7000"
@@ -242,16 +242,6 @@ class Convergence:
     def stuck(self) -> bool:
         """Not converged, and every laggard has refused: waiting longer cannot help."""
         return bool(self.laggards) and set(self.laggards) <= set(self.refused)
-
-
-# The follower's words for a snapshot it would not apply (edge.node.follower.poll_once).
-_REFUSED = re.compile(r"^refused revision (\d+):")
-
-
-def refused_revision(last_error: str) -> int | None:
-    """The revision a node's `last_error` says it refused, None if it refused none."""
-    m = _REFUSED.match(last_error)
-    return int(m.group(1)) if m else None
 
 
 def convergence(status: dict[str, Any], revision: int, elapsed_s: float) -> Convergence:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from edge.control.records import Node
+from edge.control.status import refused_revision
 
 
 class RevisionFeed:
@@ -68,23 +69,29 @@ class SnapshotCache:
 class Seen:
     applied_revision: int
     last_report_unix: float
+    # The revision its last report said it refused (edge.control.status.refused_revision).
+    refused_revision: int | None = None
 
 
 class NodeWatch:
-    """Each node's last report (applied revision, when), so that waiting until every live node
-    has applied a revision reads no database and wakes on the report that completes it."""
+    """Each node's last report (applied revision, refusal, when), so that waiting until every
+    live node has applied a revision reads no database and wakes on the report that completes
+    it, or on the refusal that leaves nothing worth waiting for."""
 
     def __init__(
         self, nodes: Iterable[Node], stale_after_s: float, now: Callable[[], float]
     ) -> None:
-        self._seen = {n.id: Seen(n.applied_revision, n.last_report_unix) for n in nodes}
+        self._seen = {
+            n.id: Seen(n.applied_revision, n.last_report_unix, refused_revision(n.last_error))
+            for n in nodes
+        }
         self._stale_after_s = stale_after_s
         self._now = now
         self._changed = asyncio.Condition()
 
-    async def reported(self, node_id: str, revision: int) -> None:
+    async def reported(self, node_id: str, revision: int, last_error: str = "") -> None:
         async with self._changed:
-            self._seen[node_id] = Seen(revision, self._now())
+            self._seen[node_id] = Seen(revision, self._now(), refused_revision(last_error))
             self._changed.notify_all()
 
     def forget(self, node_id: str) -> None:
@@ -98,14 +105,23 @@ class NodeWatch:
             if now - s.last_report_unix <= self._stale_after_s and s.applied_revision < revision
         )  # fmt: skip
 
+    def waited_for(self, revision: int) -> list[str]:
+        """Laggards that may still apply `revision`: not those that refused it or a later one
+        (wrong key, tampered snapshot), which keep their last good state whatever we wait."""
+        return [
+            node_id for node_id in self.laggards(revision)
+            if (r := self._seen[node_id].refused_revision) is None or r < revision
+        ]  # fmt: skip
+
     async def wait_applied(self, revision: int, timeout_s: float) -> bool:
-        """True once no live node is behind `revision`; False if timeout_s passes first."""
+        """True once no live node is behind `revision` but those that refused it (`edge deploy`
+        then fails at once, `Convergence.stuck`); False if timeout_s passes first."""
         async with self._changed:
-            if not self.laggards(revision):
+            if not self.waited_for(revision):
                 return True
             try:
                 await asyncio.wait_for(
-                    self._changed.wait_for(lambda: not self.laggards(revision)), timeout_s
+                    self._changed.wait_for(lambda: not self.waited_for(revision)), timeout_s
                 )
             except TimeoutError:
                 return False

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edge.control.health import UNCHECKED
 from edge.control.records import Node
+
+# The follower's words for a snapshot it would not apply (edge.node.follower.poll_once).
+_REFUSED = re.compile(r"^refused revision (\d+):")
+
+
+def refused_revision(last_error: str) -> int | None:
+    """The revision a node's `last_error` says it refused, None if it refused none."""
+    m = _REFUSED.match(last_error)
+    return int(m.group(1)) if m else None
 
 
 def node_json(node: Node, revision: int, now_unix: float, stale_after_s: float) -> dict[str, Any]:

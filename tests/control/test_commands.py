@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import httpx
 from typer.testing import CliRunner
 
-from edge.control.client import Convergence, wait_for_nodes
+from edge.control.client import Convergence, convergence, wait_for_nodes
 from edge.control.commands import control_app
 from tests.control.conftest import ControlServer, FakeClock, component
 
@@ -211,3 +212,36 @@ def test_status_long_poll_answers_on_the_report_that_completes_a_revision(
     assert all(n["applied_revision"] == 1 for n in done["nodes"])
     bad = admin.get("/v1/status", params={"revision": "x"})
     assert bad.status_code == 400 and bad.json()["error"] == "bad_request"
+
+
+def test_status_long_poll_answers_on_the_refusal_of_the_last_laggard(
+    start_control: Start, tmp_path: Path
+) -> None:
+    """A node that refuses the revision will not apply it by waiting: its report wakes the
+    long poll like an applied one, so `edge deploy` fails with revision_refused at once."""
+    server = start_control()
+    proj, wasm = project(tmp_path)
+    for node_id in ("ok-node", "bad-key", "slow-node"):
+        report(server, node_id, 0)
+    r = cli(server, "deploy", str(proj), "--component", str(wasm), "--route", "example.com/",
+            "--timeout-s", "0")
+    assert r.exit_code == 1  # nobody has applied it yet
+    bad = "refused revision 1: snapshot signature does not verify"
+    reports = [threading.Timer(0.2, report, (server, "ok-node", 1)),
+               threading.Timer(0.3, report, (server, "slow-node", 1)),
+               threading.Timer(0.4, report, (server, "bad-key", 0, bad))]
+    for t in reports:
+        t.start()
+    admin = server.client(server.admin)
+    wait_s = 60.0
+    started = time.monotonic()
+    done = admin.get("/v1/status", params={"revision": 1, "wait_s": wait_s},
+                     timeout=wait_s + 30).json()
+    waited_s = time.monotonic() - started
+    for t in reports:
+        t.join()
+    assert waited_s < wait_s, waited_s  # woken by the refusal, not by the end of the wait
+    nodes = {n["id"]: (n["applied_revision"], n["last_error"]) for n in done["nodes"]}
+    assert nodes == {"ok-node": (1, ""), "slow-node": (1, ""), "bad-key": (0, bad)}
+    state = convergence(done, 1, waited_s)
+    assert state.stuck and state.refused == ("bad-key",)
