@@ -134,23 +134,11 @@ def up(
 
 
 def _register_subsystems() -> None:
-    from edge.control import (
-        admin_commands,
-        function_commands,
-        log_commands,
-        node_commands,
-        region_commands,
-    )
-    from edge.control.commands import register
+    from edge.control.command_groups import register_all
     from edge.traffic.main import dns
 
-    register(app)
-    node_commands.register(node_app)
+    register_all(app, node_app)
     app.add_typer(node_app, name="node")
-    region_commands.register(app)
-    log_commands.register(app)
-    admin_commands.register(app)
-    function_commands.register(app)
     app.command()(dns)
 
 

@@ -1,6 +1,6 @@
-"""`python -m edge.control control --data DIR` and the client commands, before (and besides)
-their registration on the main `edge` CLI."""
+"""`python -m edge.control control --data DIR` and every client command of the control plane,
+as `edge` offers them (edge.control.command_groups), without the node and build commands."""
 
-from edge.control.commands import control_app
+from edge.control.command_groups import control_cli
 
-control_app()
+control_cli()()

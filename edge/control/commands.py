@@ -1,7 +1,8 @@
 """CLI commands for the control plane: `edge control` (the server) and the client commands
 `deploy`, `versions`, `rollback`, `canary`, `promote`, `status`.
 
-Register them on the main CLI with `register(app)`; `python -m edge.control` runs them alone.
+`edge.control.command_groups` registers them, with the other command groups, on `edge`
+and `python -m edge.control`.
 Every client command takes --control/EDGE_CONTROL_URL, --token/EDGE_TOKEN and --json.
 """
 
@@ -367,8 +368,3 @@ def register(app: typer.Typer) -> None:
     app.command("control")(serve)
     for command in (deploy, versions, rollback, canary, promote, status):
         app.command()(command)
-
-
-control_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                          help="The edge control plane and its client commands.")
-register(control_app)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -10,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import typer
 from typer.testing import CliRunner
 
 from edge.control.client import Convergence, convergence, wait_for_nodes
-from edge.control.commands import control_app
+from edge.control.command_groups import control_cli
 from tests.control.conftest import ControlServer, FakeClock, component
 
 Start = Callable[..., ControlServer]
@@ -26,6 +30,9 @@ def project(tmp_path: Path) -> tuple[Path, Path]:
     wasm = tmp_path / "hello.wasm"
     wasm.write_bytes(component("cli"))
     return d, wasm
+
+
+control_app = control_cli()
 
 
 def cli(server: ControlServer, *args: str) -> Any:
@@ -245,3 +252,37 @@ def test_status_long_poll_answers_on_the_refusal_of_the_last_laggard(
     assert nodes == {"ok-node": (1, ""), "slow-node": (1, ""), "bad-key": (0, bad)}
     state = convergence(done, 1, waited_s)
     assert state.stuck and state.refused == ("bad-key",)
+
+
+def test_python_m_edge_control_offers_every_control_plane_command_of_edge(
+    start_control: Start,
+) -> None:
+    """`python -m edge.control` has what `edge` has for the control plane; `edge` adds only
+    building, running and the DNS server."""
+    from edge.cli import app as edge_app
+
+    def names(app: typer.Typer) -> set[str]:
+        commands = {c.name or getattr(c.callback, "__name__", "").replace("_", "-")
+                    for c in app.registered_commands}
+        return commands | {str(g.name) for g in app.registered_groups}
+
+    assert names(edge_app) - names(control_app) == {"new", "build", "dev", "up", "dns"}
+    assert names(control_app) <= names(edge_app)
+    # The groups work from the module too, against a real control plane.
+    server = start_control()
+    env = {**os.environ, "EDGE_CONTROL_URL": server.url, "EDGE_TOKEN": server.admin}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edge.control", *args], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    r = run("function", "delete", "nothere")
+    assert r.returncode == 1 and "no function 'nothere'" in r.stderr, r.stderr
+    report(server, "gone-1", 0)
+    r = run("node", "forget", "gone-1")  # still reporting: refused
+    assert r.returncode == 1 and "gone-1" in r.stderr, r.stderr
+    r = run("region", "set", "eu-west", "--lat", "53.35", "--lon", "-6.26", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["name"] == "eu-west"
+    r = run("tenant", "list", "--json")
+    assert r.returncode == 0 and "default" in {t["name"] for t in json.loads(r.stdout)["tenants"]}
