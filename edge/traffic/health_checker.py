@@ -101,6 +101,10 @@ class HealthChecker:
         """Names of the nodes with a probe task."""
         return {node.name for node in self._tasks}
 
+    def set_timeout(self, timeout_s: float) -> None:
+        """A reloaded `[health] timeout_s`, for the probes that start after this."""
+        self.timeout_s = self._prober.timeout_s = timeout_s
+
     def _regions_changed(self, _regions: tuple[Region, ...]) -> None:
         self.sync()
 

@@ -90,6 +90,28 @@ class TrafficState:
             listener(regions)
         self._changed()
 
+    def reconfigure(self, config: TrafficConfig, regions: tuple[Region, ...]) -> None:
+        """A reloaded traffic.toml: serve `regions` with `config`'s health settings. A node
+        that stays with the same health URL keeps its state (a down node stays down, with its
+        streaks) under the new rise/fall/interval; one whose URL changed starts over, as a new
+        node does (`set_regions`)."""
+        before = {n.name: n for n in self.nodes}
+        self.config = config  # first: fresh states take its thresholds
+        h = config.health
+        # Replaced whole, never shrunk here (readers on other threads see a node's state or
+        # its replacement, never a gap); set_regions adds the new nodes and prunes the gone.
+        health = dict(self.health)
+        for node in (n for r in regions for n in r.nodes):
+            old = before.get(node.name)
+            kept = health.get(node.name)
+            if kept is not None and old is not None and old.health_url == node.health_url:
+                kept.rise, kept.fall, kept.interval_s = h.rise, h.fall, h.interval_s
+            elif kept is not None:
+                health[node.name] = self._new_health()
+        self.health = health
+        self.set_regions(regions)
+        self._changed()  # also when the map is the same: answers depend on more than the map
+
     def _changed(self) -> None:
         self._moving_until = max((d.settles_at() for d in self.drains.values()), default=-math.inf)
         self.generation += 1
