@@ -5,13 +5,14 @@ test_main.py."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from edge.errors import ConfigError
 from edge.traffic.health import NodeState
 from edge.traffic.metrics import DnsCollector, ReloadStats
-from edge.traffic.regions import Node, Region, TrafficConfig
+from edge.traffic.regions import Node, Region, TrafficConfig, load_traffic_config
 from edge.traffic.reload import ReloadPlan, install, plan_reload, region_map_after
 
 from .conftest import BASE_TOML, MakeConfig, MakeStack, Stack
@@ -156,3 +157,16 @@ def test_reloads_are_counted_by_result(make_stack: MakeStack) -> None:
     assert {s.labels["result"]: s.value for s in family.samples if s.name.endswith("_total")} == {
         "ok": 1, "failed": 2,
     }  # fmt: skip
+
+
+def test_a_file_that_cannot_be_read_is_a_config_error(tmp_path: Path) -> None:
+    # What SIGHUP meets when traffic.toml is mid-replacement or was saved in another encoding:
+    # an error naming the file, which the reload logs and counts, never a crash.
+    with pytest.raises(ConfigError, match=r"traffic\.toml: not valid TOML: not UTF-8"):
+        (tmp_path / "traffic.toml").write_bytes(b'[dns]\nzone = "\xff"\n')
+        load_traffic_config(tmp_path / "traffic.toml")
+    with pytest.raises(ConfigError, match=r"dir\.toml: cannot read: Is a directory"):
+        (tmp_path / "dir.toml").mkdir()
+        load_traffic_config(tmp_path / "dir.toml")
+    with pytest.raises(ConfigError, match=r"gone\.toml: file not found"):
+        load_traffic_config(tmp_path / "gone.toml")
