@@ -78,7 +78,7 @@ class Reloader:
             return False
         self.pool.reload_config(plan)
         install(plan, self.state, self.authority, self.geo)
-        self.checker.set_timeout(plan.config.health.timeout_s)
+        self.checker.reconfigure(plan.config.health)
         self.server.tcp_idle_timeout_s = plan.config.dns.tcp_idle_timeout_s
         self.reloads.count("ok")
         for setting in plan.restart_needed:
