@@ -117,10 +117,10 @@ def _changes(
 
 
 def install(plan: ReloadPlan, state: TrafficState, authority: Authority, geo: GeoSource) -> None:
-    """Serve `plan` from this process: a new Steerer (its answer caches belonged to the old
-    rules), the state's map and health settings, then the Authority's zone in one swap; the
-    generation moves last, so no answer computed before the swap is served after it."""
-    steerer = Steerer(plan.regions, plan.config.steering, geo)
+    """Serve `plan` from this process: a new Steerer over the new map (its answer caches
+    belonged to the old rules) in the Authority's zone, swapped in one assignment, then the
+    state's map and health settings, also swapped whole; the generation moves last (and the
+    parent pushes the state to its workers then), so an answer computed while the two swaps
+    were a few statements apart is filed under a fingerprint no later query reads."""
+    authority.reconfigure(plan.config, Steerer(plan.regions, plan.config.steering, geo))
     state.reconfigure(plan.config, plan.regions)
-    authority.reconfigure(plan.config, steerer)
-    state.invalidate()

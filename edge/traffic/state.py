@@ -4,7 +4,9 @@ read per query.
 The region map starts as traffic.toml's and may be replaced while serving (`set_regions`, from
 the control plane's region listing): nodes and regions that stay keep their health and drain,
 new ones start unknown (served) and undrained, and `region_listeners` (the Steerer, the health
-checker) hear of the new map before the generation moves.
+checker) hear of the new map before the generation moves. A reloaded traffic.toml
+(`reconfigure`) does the same, and also takes the new health thresholds and starts over the
+health of a node whose health URL changed.
 
 Answers are cached (`wire_cache`), so every change that can move an answer bumps `generation`:
 node health transitions and drain events report themselves through `on_change`, drains and
@@ -109,8 +111,10 @@ class TrafficState:
             elif kept is not None:
                 health[node.name] = self._new_health()
         self.health = health
-        self.set_regions(regions)
-        self._changed()  # also when the map is the same: answers depend on more than the map
+        if regions != self.regions:
+            self.set_regions(regions)  # moves the generation
+        else:
+            self._changed()  # the same map: answers depend on more than the map
 
     def _changed(self) -> None:
         self._moving_until = max((d.settles_at() for d in self.drains.values()), default=-math.inf)
