@@ -20,6 +20,12 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not valid TOML: not UTF-8 ({e.reason} at byte {e.start})"
+        ) from None
+    except OSError as e:  # a directory, no permission: a server re-reading it must not crash
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
 class Table:

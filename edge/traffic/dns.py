@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from dataclasses import dataclass
 from typing import Literal
 
 import dns.edns
@@ -25,7 +26,7 @@ import dns.rdatatype
 import dns.rrset
 
 from edge.traffic.metrics import DROPPED, DnsStats
-from edge.traffic.regions import IPNetwork, TrafficConfig
+from edge.traffic.regions import Glue, IPNetwork, Region, TrafficConfig
 from edge.traffic.state import TrafficState
 from edge.traffic.steering import Steerer
 from edge.traffic.wire_cache import WireCache
@@ -85,25 +86,62 @@ def _error_response(
 # --- The authority -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Zone:
+    """Everything an answer reads from traffic.toml, built once per configuration and swapped
+    whole (`Authority.reconfigure`), so a query reads one configuration from start to end."""
+
+    config: TrafficConfig
+    steerer: Steerer
+    name: dns.name.Name
+    hosts: frozenset[dns.name.Name]
+    glue: dict[dns.name.Name, Glue]
+    names: frozenset[dns.name.Name]
+    soa: dns.rrset.RRset
+    ns: dns.rrset.RRset
+
+
+def build_zone(config: TrafficConfig, steerer: Steerer) -> Zone:
+    d = config.dns
+    hosts = frozenset(d.hosts)
+    glue = {g.name: g for g in d.glue}
+    rname = dns.name.Name(("hostmaster",)).concatenate(d.zone)
+    # refresh, retry, expire only matter to secondaries; minimum is the negative-cache TTL.
+    soa = f"{d.nameservers[0]} {rname} {d.soa_serial} 3600 600 1209600 {d.ttl_s}"
+    return Zone(
+        config, steerer, d.zone, hosts, glue, frozenset({d.zone, *hosts, *glue}),
+        dns.rrset.from_text_list(d.zone, d.ttl_s, "IN", "SOA", [soa]),
+        dns.rrset.from_text_list(
+            d.zone, ZONE_TTL_S, "IN", "NS", [n.to_text() for n in d.nameservers]
+        ),
+    )  # fmt: skip
+
+
 class Authority:
     def __init__(self, config: TrafficConfig, steerer: Steerer, state: TrafficState) -> None:
-        self.config = config
-        self.steerer = steerer
         self.state = state
-        d = config.dns
-        self.zone = d.zone
-        self.hosts = set(d.hosts)
-        self.glue = {g.name: g for g in d.glue}
-        self.names = {self.zone, *self.hosts, *self.glue}
+        self.current = build_zone(config, steerer)
         self.cache = WireCache()
         self.stats = DnsStats()
-        rname = dns.name.Name(("hostmaster",)).concatenate(self.zone)
-        # refresh, retry, expire only matter to secondaries; minimum is the negative-cache TTL.
-        soa = f"{d.nameservers[0]} {rname} {d.soa_serial} 3600 600 1209600 {d.ttl_s}"
-        self.soa = dns.rrset.from_text_list(self.zone, d.ttl_s, "IN", "SOA", [soa])
-        self.ns = dns.rrset.from_text_list(
-            self.zone, ZONE_TTL_S, "IN", "NS", [n.to_text() for n in d.nameservers]
-        )
+
+    @property
+    def config(self) -> TrafficConfig:
+        return self.current.config
+
+    @property
+    def steerer(self) -> Steerer:
+        return self.current.steerer
+
+    def reconfigure(self, config: TrafficConfig, steerer: Steerer) -> None:
+        """Answer from `config` from now on. One assignment: a query already running finishes
+        on the zone it read; the caller then moves the state's generation, so answers
+        computed from the old zone land in cache tiers no later query reads."""
+        self.current = build_zone(config, steerer)
+
+    def set_regions(self, regions: tuple[Region, ...]) -> None:
+        """A `TrafficState.region_listeners` entry: whichever steerer is current steers over
+        the new map."""
+        self.current.steerer.set_regions(regions)
 
     def handle(
         self,
@@ -145,13 +183,14 @@ class Authority:
         flags = struct.unpack("!H", wire[2:4])[0]
         if flags & dns.flags.QR:
             return None  # a response, not a query: answering could start a reflection loop
+        zone = self.current  # one read: a reload swaps it whole
         query = None
         region = None
         try:
             if (flags >> 11) & 0xF != dns.opcode.QUERY:
                 raise OpcodeNotImplemented("only QUERY")
             query = _parse(wire)
-            response, region = self._respond(query, client_addr, now)
+            response, region = self._respond(zone, query, client_addr, now)
         except DnsError as err:
             out = _error_response(wire, query, err)
             if isinstance(out, bytes):
@@ -159,12 +198,12 @@ class Authority:
             response = out
         qtype = query.question[0].rdtype if query is not None and query.question else None
         return (
-            _render(response, query, transport, self.config.dns.max_udp_payload_bytes),
+            _render(response, query, transport, zone.config.dns.max_udp_payload_bytes),
             self.stats.outcome(qtype, response.rcode(), region, transport),
         )
 
     def _respond(
-        self, query: dns.message.Message, client_addr: str, now: float
+        self, zone: Zone, query: dns.message.Message, client_addr: str, now: float
     ) -> tuple[dns.message.Message, str | None]:
         """The response, and the region steering picked for it (None: no steered answer)."""
         if query.edns > 0:
@@ -178,41 +217,38 @@ class Authority:
         q = query.question[0]
         if q.rdclass not in (dns.rdataclass.IN, dns.rdataclass.ANY):
             raise Refused("class")
-        if not q.name.is_subdomain(self.zone):
+        if not q.name.is_subdomain(zone.name):
             raise Refused("not our zone")
         if q.rdtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
             raise Refused("no zone transfers")
 
         response = dns.message.make_response(
-            query, our_payload=self.config.dns.max_udp_payload_bytes
+            query, our_payload=zone.config.dns.max_udp_payload_bytes
         )
         response.flags |= dns.flags.AA
         subnet = _client_subnet(ecs, client_addr)
         rrsets, scope, region = self._records(
-            q.name, q.rdtype, subnet, now, want_scope=ecs is not None
+            zone, q.name, q.rdtype, subnet, now, want_scope=ecs is not None
         )
         if rrsets:
             response.answer.extend(rrsets)
         else:
-            if not self._exists(q.name):
+            if not _exists(zone, q.name):
                 response.set_rcode(dns.rcode.NXDOMAIN)
-            response.authority.append(self.soa)
+            response.authority.append(zone.soa)
         if ecs is not None:
             assert isinstance(ecs, dns.edns.ECSOption)
             # Source 0: the resolver asked us not to tailor; the answer holds for everyone.
             scope = scope if ecs.srclen > 0 else 0
             echoed = dns.edns.ECSOption(ecs.address, ecs.srclen, scope)
             response.use_edns(
-                0, 0, self.config.dns.max_udp_payload_bytes, query.payload, [echoed], response.pad
+                0, 0, zone.config.dns.max_udp_payload_bytes, query.payload, [echoed], response.pad
             )
         return response, region
 
-    def _exists(self, name: dns.name.Name) -> bool:
-        # A name above a configured one (an empty non-terminal) exists: NODATA, not NXDOMAIN.
-        return any(known.is_subdomain(name) for known in self.names)
-
     def _records(
         self,
+        zone: Zone,
         name: dns.name.Name,
         rdtype: int,
         subnet: IPNetwork,
@@ -228,26 +264,26 @@ class Authority:
         want = {rdtype} if rdtype != dns.rdatatype.ANY else {
             dns.rdatatype.SOA, dns.rdatatype.NS, dns.rdatatype.A, dns.rdatatype.AAAA,
         }  # fmt: skip
-        if name == self.zone:
+        if name == zone.name:
             if dns.rdatatype.SOA in want:
-                out.append(dns.rrset.from_rdata_list(name, ZONE_TTL_S, list(self.soa)))
+                out.append(dns.rrset.from_rdata_list(name, ZONE_TTL_S, list(zone.soa)))
             if dns.rdatatype.NS in want:
-                out.append(dns.rrset.from_rdata_list(name, ZONE_TTL_S, list(self.ns)))
+                out.append(dns.rrset.from_rdata_list(name, ZONE_TTL_S, list(zone.ns)))
         for rdt, family in ((dns.rdatatype.A, 4), (dns.rdatatype.AAAA, 6)):
             if rdt not in want:
                 continue
-            if name in self.hosts:
-                answer = self.steerer.answer(
+            if name in zone.hosts:
+                answer = zone.steerer.answer(
                     subnet, self.state.status(now, family), scope=want_scope
                 )
                 if answer is None:
                     continue
                 scope = max(scope, answer.scope_prefix)
                 addrs = [str(a) for a in self.state.addresses(answer.region, family)]
-                ttl = self.config.dns.ttl_s
+                ttl = zone.config.dns.ttl_s
                 region = answer.region if addrs else region
-            elif name in self.glue:
-                g = self.glue[name]
+            elif name in zone.glue:
+                g = zone.glue[name]
                 addrs = [str(a) for a in (g.ipv4 if family == 4 else g.ipv6)]
                 ttl = ZONE_TTL_S
             else:
@@ -255,6 +291,11 @@ class Authority:
             if addrs:
                 out.append(dns.rrset.from_text_list(name, ttl, "IN", rdt, addrs))
         return out, scope, region
+
+
+def _exists(zone: Zone, name: dns.name.Name) -> bool:
+    # A name above a configured one (an empty non-terminal) exists: NODATA, not NXDOMAIN.
+    return any(known.is_subdomain(name) for known in zone.names)
 
 
 def _parse(wire: bytes) -> dns.message.Message:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from edge.traffic.health import NodeHealth
-from edge.traffic.regions import Node, Region
+from edge.traffic.regions import HealthConfig, Node, Region
 from edge.traffic.state import TrafficState
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,12 @@ class HealthChecker:
     def probing(self) -> set[str]:
         """Names of the nodes with a probe task."""
         return {node.name for node in self._tasks}
+
+    def reconfigure(self, cfg: HealthConfig) -> None:
+        """A reloaded `[health]`: the timeout for the probes that start after this (each
+        node's interval, rise and fall live in its NodeHealth: TrafficState.reconfigure)."""
+        self.interval_s = cfg.interval_s
+        self.timeout_s = self._prober.timeout_s = cfg.timeout_s
 
     def _regions_changed(self, _regions: tuple[Region, ...]) -> None:
         self.sync()

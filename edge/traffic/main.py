@@ -7,8 +7,9 @@ loop. `dns.workers` > 1 adds UDP worker processes on the same port that follow t
 (edge/traffic/workers.py), region map included.
 
 Signals: SIGHUP re-opens the geo database file (operators replace it on disk when MaxMind
-publishes a new one) and keeps the old one if the new file does not load; SIGINT and SIGTERM
-stop the server, the workers, the sockets and the health probes, and return.
+publishes a new one) and re-reads traffic.toml (edge/traffic/sighup.py, edge/traffic/reload.py),
+keeping what it had for a file that does not load; SIGINT and SIGTERM stop the server, the
+workers, the sockets and the health probes, and return.
 
     python -m edge.traffic.main --config bench/gdnsd/traffic.toml --port 5353
 """
@@ -20,6 +21,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -32,9 +34,11 @@ from edge.traffic.dns import Authority
 from edge.traffic.drain_follower import follow_drains
 from edge.traffic.geodb import GeoDB
 from edge.traffic.health_checker import HealthChecker
-from edge.traffic.metrics import DnsCollector, serve_metrics
+from edge.traffic.metrics import DnsCollector, ReloadStats, serve_metrics
 from edge.traffic.regions import load_traffic_config
+from edge.traffic.reload import require_regions
 from edge.traffic.server import DnsServer
+from edge.traffic.sighup import Reloader
 from edge.traffic.state import TrafficState
 from edge.traffic.steering import Steerer
 from edge.traffic.workers import WorkerPool, default_workers
@@ -54,30 +58,6 @@ def open_geodb(path: Path | None) -> GeoDB:
             "no --geoip-db given and the maxminddb-geolite2 package (the default database) "
             "is not installed; pass --geoip-db FILE.mmdb"
         ) from None
-
-
-def reload_geodb(geo: GeoDB, out: Output | None = None) -> bool:
-    """Re-open the geo database file; on a bad file keep serving from the loaded one."""
-    say = out or Output()
-    try:
-        geo.reload()
-    except ConfigError as e:
-        say.event("geoip_reload_failed",
-                  f"edge dns: geoip reload failed, still serving the previous database: "
-                  f"{e.message}", path=str(geo.path), message=e.message)
-        return False
-    say.event("geoip_reloaded", f"edge dns: geoip database reloaded from {geo.path}",
-              path=str(geo.path))
-    return True
-
-
-def _reloaded(
-    geo: GeoDB, steerer: Steerer, state: TrafficState, pool: WorkerPool, out: Output
-) -> None:
-    if reload_geodb(geo, out):
-        steerer.forget()  # cached answers came from the old database
-        state.invalidate()
-        pool.reload_geodb()
 
 
 def _endpoint(host: str, port: int) -> str:
@@ -106,17 +86,12 @@ async def run_dns(
     and tests find it."""
     say = out or Output()
     config = load_traffic_config(config_path)
-    if not config.regions and control is None:
-        raise ConfigError(
-            f"{config_path} has no [[region]]: add regions, or give --control URL --token T "
-            "to take the region map from the control plane"
-        )
+    require_regions(config, str(config_path), control is not None)
     host = listen_host or DEFAULT_HOST
     with open_geodb(geoip_db) as geo:
         state = TrafficState(config)
-        steerer = Steerer(config.regions, config.steering, geo)
-        state.region_listeners.append(steerer.set_regions)
-        authority = Authority(config, steerer, state)
+        authority = Authority(config, Steerer(config.regions, config.steering, geo), state)
+        state.region_listeners.append(authority.set_regions)
         server = DnsServer(authority, tcp_idle_timeout_s=config.dns.tcp_idle_timeout_s)
         want = config.dns.port if port is None else port
         count = workers if workers is not None else config.dns.workers
@@ -129,22 +104,26 @@ async def run_dns(
             raise OSError(f"cannot listen on {_endpoint(host, want)} (udp+tcp): {e}") from e
         pool = WorkerPool(config, geo, state, host, bound, authority.stats)
         scrape = config.dns.metrics_listen if metrics_listen is None else metrics_listen
+        reloads = ReloadStats()
         exporter = None
         if scrape:
             try:
-                exporter = serve_metrics(scrape, DnsCollector(authority.stats, state, pool.ship))
+                exporter = serve_metrics(
+                    scrape, DnsCollector(authority.stats, state, pool.ship, reloads=reloads)
+                )
             except OSError as e:
                 await server.close()
                 raise OSError(f"cannot listen for metrics on {scrape}: {e}") from e
         checker = HealthChecker(state)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        handlers = {
+        handlers: dict[signal.Signals, Callable[[], None]] = {
             signal.SIGINT: stop.set,
             signal.SIGTERM: stop.set,
-            # The reload runs on the loop between queries, so no query sees a half-swapped DB;
-            # opening an .mmdb is an mmap plus a few probe lookups, short enough to do inline.
-            signal.SIGHUP: lambda: _reloaded(geo, steerer, state, pool, say),
+            # On the loop: opening an .mmdb is an mmap plus a few probe lookups, and a
+            # traffic.toml parses in a millisecond, short enough to do inline.
+            signal.SIGHUP: Reloader(config_path, control is not None, geo, state, authority,
+                                    server, checker, pool, reloads, say),
         }
         installed = []
         follower = (
@@ -214,8 +193,9 @@ def dns(
 ) -> None:
     """Serve the traffic.toml zone as an authoritative geo-DNS server (UDP and TCP).
 
-    SIGHUP re-reads the geoip database; SIGINT/SIGTERM stop. --json: events on stdout, one per
-    line (ready with the bound port, geoip_reloaded, stopping); health changes stay on stderr."""
+    SIGHUP re-reads the geoip database and traffic.toml; SIGINT/SIGTERM stop. --json: events
+    on stdout, one per line (ready with the bound port, geoip_reloaded, config_reloaded,
+    config_reload_failed, stopping); health changes stay on stderr."""
     # Health transitions are the operator's main signal; httpx's per-request lines are noise.
     traffic_log = logging.getLogger("edge.traffic")
     if not traffic_log.handlers:

@@ -17,7 +17,8 @@ traffic.toml, nodes from traffic.toml. No client addresses or names.
 Metrics: `edge_dns_queries_total{qtype, rcode, transport}`, `edge_dns_answers_total{region}`
 (answers steered to a region), `edge_dns_dropped_total` (packets answered with silence: too
 short, or responses), `edge_dns_health_changes_total{node, region, to}`, `edge_dns_node_up{node,
-region}` (1 while served), `edge_dns_region_share{region}` (drain share now).
+region}` (1 while served), `edge_dns_region_share{region}` (drain share now),
+`edge_dns_config_reloads_total{result="ok"|"failed"}` (traffic.toml re-read on SIGHUP).
 """
 
 from __future__ import annotations
@@ -127,6 +128,18 @@ class DnsStats:
                 self._shipped[key] = self._shipped.get(key, 0) + count
 
 
+class ReloadStats:
+    """traffic.toml reloads by result; written on the event loop, read by the scrape."""
+
+    RESULTS = ("ok", "failed")
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(self.RESULTS, 0)
+
+    def count(self, result: str) -> None:
+        self.counts = {**self.counts, result: self.counts[result] + 1}  # whole: scrape thread
+
+
 def _qtype_label(qtype: dns.rdatatype.RdataType | None) -> str:
     if qtype is None:
         return "none"  # no question we could read
@@ -140,8 +153,10 @@ class DnsCollector(Collector):
         state: TrafficState,
         refresh: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reloads: ReloadStats | None = None,
     ) -> None:
         self.stats = stats
+        self.reloads = reloads or ReloadStats()
         self.state = state
         self.refresh = refresh  # brings in the workers' counts before a scrape reads them
         self.clock = clock  # the DNS server's clock, which drains run on
@@ -200,6 +215,13 @@ class DnsCollector(Collector):
         for name, drain in sorted(dict(self.state.drains).items()):
             share.add_metric([name], drain.share(now))
         yield share
+        reloads = CounterMetricFamily(
+            "edge_dns_config_reloads", "traffic.toml reloads (SIGHUP), by result",
+            labels=["result"],
+        )  # fmt: skip
+        for result, count in self.reloads.counts.items():
+            reloads.add_metric([result], count)
+        yield reloads
 
 
 def serve_metrics(listen: str, collector: Collector) -> WSGIServer:

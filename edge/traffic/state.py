@@ -4,7 +4,9 @@ read per query.
 The region map starts as traffic.toml's and may be replaced while serving (`set_regions`, from
 the control plane's region listing): nodes and regions that stay keep their health and drain,
 new ones start unknown (served) and undrained, and `region_listeners` (the Steerer, the health
-checker) hear of the new map before the generation moves.
+checker) hear of the new map before the generation moves. A reloaded traffic.toml
+(`reconfigure`) does the same, and also takes the new health thresholds and starts over the
+health of a node whose health URL changed.
 
 Answers are cached (`wire_cache`), so every change that can move an answer bumps `generation`:
 node health transitions and drain events report themselves through `on_change`, drains and
@@ -89,6 +91,30 @@ class TrafficState:
         for listener in self.region_listeners:
             listener(regions)
         self._changed()
+
+    def reconfigure(self, config: TrafficConfig, regions: tuple[Region, ...]) -> None:
+        """A reloaded traffic.toml: serve `regions` with `config`'s health settings. A node
+        that stays with the same health URL keeps its state (a down node stays down, with its
+        streaks) under the new rise/fall/interval; one whose URL changed starts over, as a new
+        node does (`set_regions`)."""
+        before = {n.name: n for n in self.nodes}
+        self.config = config  # first: fresh states take its thresholds
+        h = config.health
+        # Replaced whole, never shrunk here (readers on other threads see a node's state or
+        # its replacement, never a gap); set_regions adds the new nodes and prunes the gone.
+        health = dict(self.health)
+        for node in (n for r in regions for n in r.nodes):
+            old = before.get(node.name)
+            kept = health.get(node.name)
+            if kept is not None and old is not None and old.health_url == node.health_url:
+                kept.rise, kept.fall, kept.interval_s = h.rise, h.fall, h.interval_s
+            elif kept is not None:
+                health[node.name] = self._new_health()
+        self.health = health
+        if regions != self.regions:
+            self.set_regions(regions)  # moves the generation
+        else:
+            self._changed()  # the same map: answers depend on more than the map
 
     def _changed(self) -> None:
         self._moving_until = max((d.settles_at() for d in self.drains.values()), default=-math.inf)

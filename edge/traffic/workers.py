@@ -9,8 +9,9 @@ parent's TrafficState through a pipe: a snapshot before it answers anything, the
 every change (`TrafficState.listeners`), applied by a thread while the main thread answers. The
 parent waits for each worker's ack (a bounded wait), so once a change is made in the parent
 every worker answers with it, as the parent's own UDP thread does. SIGHUP's geo database reload
-is forwarded the same way. A worker stops when its pipe closes, so none outlives the parent,
-and the parent starts a new one when a worker dies.
+is forwarded the same way, and so is a reloaded traffic.toml (a `ReloadPlan`, sent before the
+parent serves it; a worker started later is spawned with it). A worker stops when its pipe
+closes, so none outlives the parent, and the parent starts a new one when a worker dies.
 
 Metrics: each worker counts in its own DnsStats; the parent asks for what it counted since the
 last time (`("stats", None)`, answered with a shipment instead of an ack) every second and
@@ -39,6 +40,7 @@ from edge.traffic.dns import Authority
 from edge.traffic.geodb import GeoDB
 from edge.traffic.metrics import DnsStats, Shipment
 from edge.traffic.regions import TrafficConfig
+from edge.traffic.reload import ReloadPlan, install
 from edge.traffic.state import StateSnapshot, TrafficState
 from edge.traffic.steering import Steerer
 from edge.traffic.udp_loop import UdpLoop, bind_udp
@@ -55,8 +57,8 @@ READY = ("ready", None)
 ACK = ("ack", None)
 
 STATS = ("stats", None)
-# To a worker: ("state", StateSnapshot) | ("geodb", path) | STATS. From one: READY, ACK, or
-# ("stats", Shipment) answering STATS.
+# To a worker: ("state", StateSnapshot) | ("geodb", path) | ("config", ReloadPlan) | STATS.
+# From one: READY, ACK, or ("stats", Shipment) answering STATS.
 Message = tuple[str, object]
 
 
@@ -79,19 +81,18 @@ def worker_main(
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     with GeoDB(Path(geo_path)) as geo:
         state = TrafficState(config)
-        steerer = Steerer(config.regions, config.steering, geo)
-        state.region_listeners.append(steerer.set_regions)  # the parent's map, via `apply`
-        authority = Authority(config, steerer, state)
+        authority = Authority(config, Steerer(config.regions, config.steering, geo), state)
+        state.region_listeners.append(authority.set_regions)  # the parent's map, via `apply`
         try:
             first = conn.recv()
         except (EOFError, OSError):
             return
-        _apply(first, state, geo, steerer)
+        _apply(first, state, geo, authority)
         conn.send(READY)
         loops = [UdpLoop(sock, authority, time.monotonic) for sock in socks]
         threading.Thread(
             target=_follow,
-            args=(conn, state, geo, steerer, authority.stats, loops),
+            args=(conn, state, geo, authority, loops),
             name="dns-state",
             daemon=True,
         ).start()
@@ -105,17 +106,19 @@ def worker_main(
             sock.close()
 
 
-def _apply(message: Message, state: TrafficState, geo: GeoDB, steerer: Steerer) -> None:
+def _apply(message: Message, state: TrafficState, geo: GeoDB, authority: Authority) -> None:
     kind, body = message
     if kind == "state" and isinstance(body, StateSnapshot):
         state.apply(body)
+    elif kind == "config" and isinstance(body, ReloadPlan):
+        install(body, state, authority, geo)
     elif kind == "geodb" and isinstance(body, str):
         try:
             geo.reload(Path(body))
         except ConfigError as e:  # the parent loaded it; keep serving the previous one
             log.error("dns worker: geoip reload failed: %s", e.message)
             return
-        steerer.forget()
+        authority.steerer.forget()
         state.invalidate()
 
 
@@ -123,8 +126,7 @@ def _follow(
     conn: multiprocessing.connection.Connection,
     state: TrafficState,
     geo: GeoDB,
-    steerer: Steerer,
-    stats: DnsStats,
+    authority: Authority,
     loops: list[UdpLoop],
 ) -> None:
     while True:
@@ -133,9 +135,9 @@ def _follow(
         except (EOFError, OSError):
             break
         if message == STATS:
-            reply: Message = ("stats", stats.since())
+            reply: Message = ("stats", authority.stats.since())
         else:
-            _apply(message, state, geo, steerer)
+            _apply(message, state, geo, authority)
             reply = ACK
         try:
             conn.send(reply)
@@ -256,6 +258,12 @@ class WorkerPool:
         for worker in self.workers:
             if worker.ready:
                 self._call(worker, lambda: ("state", self.state.snapshot()))
+
+    def reload_config(self, plan: ReloadPlan) -> None:
+        self.config = plan.config  # what a worker started from now on begins with
+        for worker in self.workers:
+            if worker.ready:
+                self._call(worker, lambda: ("config", plan))
 
     def reload_geodb(self) -> None:
         for worker in self.workers:

@@ -89,6 +89,7 @@ class Stack:
 
     def __init__(self, config: TrafficConfig, geo: GeoDB) -> None:
         self.config = config
+        self.geo = geo
         self.state = TrafficState(config)
         self.steerer = Steerer(config.regions, config.steering, geo)
         self.authority = Authority(config, self.steerer, self.state)

@@ -34,6 +34,7 @@ from edge.traffic.main import dns as dns_command
 from edge.traffic.main import run_dns
 from edge.traffic.regions import load_traffic_config
 
+from ..metrics_text import Scrape
 from .conftest import CITY_TEST_DB, GEOIP
 
 REPO = Path(__file__).resolve().parents[2]
@@ -256,6 +257,80 @@ def test_sighup_keeps_the_old_db_on_a_bad_file_and_takes_a_good_one(
     server.proc.send_signal(signal.SIGHUP)
     server.wait_line(re.compile(r"geoip database reloaded from "))
     assert until(lambda: server.addresses(LONDON) == {"127.0.0.21", "127.0.0.22"})
+
+
+def reload_with(server: DnsProcess, config: Path, text: str, outcome: str) -> None:
+    """Write `text` to traffic.toml, send SIGHUP and wait for the `outcome` line."""
+    config.write_text(text)
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_line(re.compile(outcome))
+
+
+@pytest.mark.parametrize("workers", [None, 2])
+def test_sighup_reloads_traffic_toml_and_keeps_the_old_one_when_broken(
+    tmp_path: Path,
+    start_dns: Callable[..., DnsProcess],
+    health_server: Callable[[str, int], None],
+    workers: int | None,
+) -> None:
+    port = free_port("127.0.0.1")
+    for node in load_traffic_config(EXAMPLE).nodes:
+        health_server(str(node.ipv4), port)
+    config = example_config(tmp_path / "traffic.toml", port)
+    listen = f"127.0.0.1:{free_port('127.0.0.1')}"
+    extra = ["--metrics-listen", listen] + (["--workers", str(workers)] if workers else [])
+    server = start_dns(config, CITY_TEST_DB, *extra)
+    eu_west = {"127.0.0.21", "127.0.0.22"}
+    assert until(lambda: server.addresses(LONDON) == eu_west)
+    original = config.read_text()
+
+    # London to us-east by a country rule, us-east-1 readdressed (same health URL: kept up),
+    # and a port change that waits for a restart.
+    text = original.replace('ipv4 = "127.0.0.11"', 'ipv4 = "127.0.0.13"')
+    text = text.replace("port = 5353", "port = 5354") + '[steering.country]\nGB = ["us-east"]\n'
+    reload_with(server, config, text, r"configuration reloaded from .*traffic\.toml \(")
+    assert any("[dns] port 5353 -> 5354 takes a restart" in line for line in server.seen)
+    # 40 queries from new source ports reach every socket of every process (see above).
+    want = {"127.0.0.13", "127.0.0.12"}
+    assert until(lambda: all(server.addresses(LONDON) == want for _ in range(40)))
+    assert server.addresses(LONDON, tcp=True) == want
+
+    # Not TOML, then TOML that fails validation: both refused, the last good one serves.
+    reload_with(server, config, "[dns\n", r"config reload failed, still serving the previous "
+                r"configuration: .*traffic\.toml: not valid TOML")  # fmt: skip
+    bad = text.replace('GB = ["us-east"]', 'GB = ["us-west"]')
+    reload_with(server, config, bad, r"config reload failed, .*traffic\.toml: "
+                r"steering\.country\.GB: unknown region 'us-west'")  # fmt: skip
+    assert server.proc.poll() is None
+    assert all(server.addresses(LONDON) == want for _ in range(40))
+    scrape = Scrape.of(f"http://{listen}")
+    assert scrape.value("edge_dns_config_reloads_total", result="ok") == 1
+    assert scrape.value("edge_dns_config_reloads_total", result="failed") == 2
+
+
+def test_a_node_kept_across_a_reload_keeps_its_health(
+    tmp_path: Path,
+    start_dns: Callable[..., DnsProcess],
+    health_server: Callable[[str, int], None],
+) -> None:
+    port = free_port("127.0.0.21")
+    health_server("127.0.0.21", port)  # eu-west-2 refuses connections: down at its first check
+    config = example_config(tmp_path / "traffic.toml", port)
+    config.write_text(re.sub(r"(?m)^rise = .*$", "rise = 100", config.read_text()))
+    server = start_dns(config)
+    server.wait_line(re.compile(r"health: eu-west-2 unknown -> down"))
+    assert until(lambda: server.addresses(LONDON) == {"127.0.0.21"})
+    # Passing from now on, but down needs 100 passes (10 s) to come up; a state that started
+    # over (unknown) would come up at its first pass, 0.1 s away.
+    health_server("127.0.0.22", port)
+    text = config.read_text().replace("ttl_s = 30", "ttl_s = 10")
+    reload_with(server, config, text, r"configuration reloaded from .*\(\[dns\] changed\)")
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        reply = server.ask(LONDON)
+        assert {rd.to_text() for rd in reply.answer[0]} == {"127.0.0.21"}
+        assert reply.answer[0].ttl == 10
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
