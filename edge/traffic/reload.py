@@ -117,10 +117,12 @@ def _changes(
 
 
 def install(plan: ReloadPlan, state: TrafficState, authority: Authority, geo: GeoSource) -> None:
-    """Serve `plan` from this process: a new Steerer over the new map (its answer caches
-    belonged to the old rules) in the Authority's zone, swapped in one assignment, then the
-    state's map and health settings, also swapped whole; the generation moves last (and the
-    parent pushes the state to its workers then), so an answer computed while the two swaps
-    were a few statements apart is filed under a fingerprint no later query reads."""
+    """Serve `plan` from this process: the Authority's zone (records, a new Steerer, and the
+    region map it steers over; its answer caches belonged to the old rules) in one assignment,
+    so a query reads all of the old or all of the new. Then the state's map and health
+    settings, for the writers (health checks, workers); the map there is already the zone's, so
+    its listener leaves the zone alone. The generation moves last (and the parent pushes the
+    state to its workers then), so an answer computed from the old zone is filed under a
+    fingerprint no later query reads."""
     authority.reconfigure(plan.config, Steerer(plan.regions, plan.config.steering, geo))
     state.reconfigure(plan.config, plan.regions)
