@@ -17,6 +17,7 @@ worker (the plan travels to workers over their pipe, edge/traffic/workers.py).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from edge.errors import ConfigError
@@ -53,15 +54,19 @@ def plan_reload(
     *,
     source: str,
     following_control: bool,
+    from_command_line: Collection[str] = (),
 ) -> ReloadPlan:
     """What to serve after re-reading `source` into `new`, while `running` (with the region
-    map `serving`) is served. Raises ConfigError when `new` cannot be served at all."""
+    map `serving`) is served. `from_command_line`: the `RESTART_ONLY` keys the command line
+    set (`--port`, `--workers`, `--metrics-listen`); the file's value for those is not in force
+    whatever it says, so its change needs no restart and is not reported as needing one.
+    Raises ConfigError when `new` cannot be served at all."""
     require_regions(new, source, following_control)
     kept = {key: getattr(running.dns, key) for key in RESTART_ONLY}
     restart_needed = tuple(
         f"[dns] {key} {value!r} -> {getattr(new.dns, key)!r}"
         for key, value in kept.items()
-        if getattr(new.dns, key) != value
+        if getattr(new.dns, key) != value and key not in from_command_line
     )
     dns_config: DnsConfig = dataclasses.replace(new.dns, **kept)
     config = dataclasses.replace(new, dns=dns_config)

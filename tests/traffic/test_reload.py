@@ -123,6 +123,18 @@ def test_restart_only_settings_keep_their_running_values(
     assert plan_for(stack, stack.config).changes == ()  # the same file: nothing to say
 
 
+def test_a_restart_only_setting_given_on_the_command_line_is_not_the_files(
+    make_stack: MakeStack, make_config: MakeConfig
+) -> None:
+    stack = make_stack()
+    new = make_config(base=BASE_TOML.replace("ttl_s = 30", "ttl_s = 30\nport = 5354\nworkers = 3"))
+    plan = plan_reload(stack.state.config, new, stack.state.regions, source="traffic.toml",
+                       following_control=False, from_command_line={"port"})  # fmt: skip
+    assert plan.restart_needed == ("[dns] workers 0 -> 3",)  # --port decides the port
+    assert plan.config.dns.port == 53  # still the running value, as for any restart-only key
+    assert plan.changes == ()
+
+
 def test_a_file_without_regions_is_refused_unless_following_the_control_plane(
     make_stack: MakeStack, make_config: MakeConfig
 ) -> None:
