@@ -9,8 +9,10 @@ response in one place (`_error_response`).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -88,11 +90,15 @@ def _error_response(
 
 @dataclass(frozen=True)
 class Zone:
-    """Everything an answer reads from traffic.toml, built once per configuration and swapped
-    whole (`Authority.reconfigure`), so a query reads one configuration from start to end."""
+    """Everything an answer reads but health, drains and weights: traffic.toml's records and
+    steering, and the region map steering walks and addresses come from (`steerer.regions`,
+    indexed in `regions`). Built once per configuration or map and swapped whole
+    (`Authority.reconfigure`, `Authority.set_regions`), so a query reads one configuration and
+    one map from start to end. The live state it reads is keyed by node and region name."""
 
     config: TrafficConfig
     steerer: Steerer
+    regions: Mapping[str, Region]
     name: dns.name.Name
     hosts: frozenset[dns.name.Name]
     glue: dict[dns.name.Name, Glue]
@@ -109,7 +115,8 @@ def build_zone(config: TrafficConfig, steerer: Steerer) -> Zone:
     # refresh, retry, expire only matter to secondaries; minimum is the negative-cache TTL.
     soa = f"{d.nameservers[0]} {rname} {d.soa_serial} 3600 600 1209600 {d.ttl_s}"
     return Zone(
-        config, steerer, d.zone, hosts, glue, frozenset({d.zone, *hosts, *glue}),
+        config, steerer, {r.name: r for r in steerer.regions},
+        d.zone, hosts, glue, frozenset({d.zone, *hosts, *glue}),
         dns.rrset.from_text_list(d.zone, d.ttl_s, "IN", "SOA", [soa]),
         dns.rrset.from_text_list(
             d.zone, ZONE_TTL_S, "IN", "NS", [n.to_text() for n in d.nameservers]
@@ -133,15 +140,21 @@ class Authority:
         return self.current.steerer
 
     def reconfigure(self, config: TrafficConfig, steerer: Steerer) -> None:
-        """Answer from `config` from now on. One assignment: a query already running finishes
-        on the zone it read; the caller then moves the state's generation, so answers
-        computed from the old zone land in cache tiers no later query reads."""
+        """Answer from `config`, over `steerer.regions`, from now on. One assignment: a query
+        already running finishes on the zone it read; the caller then moves the state's
+        generation, so answers computed from the old zone land in cache tiers no later query
+        reads."""
         self.current = build_zone(config, steerer)
 
     def set_regions(self, regions: tuple[Region, ...]) -> None:
-        """A `TrafficState.region_listeners` entry: whichever steerer is current steers over
-        the new map."""
-        self.current.steerer.set_regions(regions)
+        """A `TrafficState.region_listeners` entry (the control plane's map): the current
+        rules over `regions`, swapped in one assignment as `reconfigure` does."""
+        zone = self.current
+        if regions != zone.steerer.regions:
+            steerer = zone.steerer.over(regions)
+            self.current = dataclasses.replace(
+                zone, steerer=steerer, regions={r.name: r for r in regions}
+            )
 
     def handle(
         self,
@@ -274,12 +287,13 @@ class Authority:
                 continue
             if name in zone.hosts:
                 answer = zone.steerer.answer(
-                    subnet, self.state.status(now, family), scope=want_scope
-                )
+                    subnet, self.state.status(now, family, zone.steerer.regions),
+                    scope=want_scope,
+                )  # fmt: skip
                 if answer is None:
                     continue
                 scope = max(scope, answer.scope_prefix)
-                addrs = [str(a) for a in self.state.addresses(answer.region, family)]
+                addrs = [str(a) for a in self.state.addresses(answer.region, family, zone.regions)]
                 ttl = zone.config.dns.ttl_s
                 region = answer.region if addrs else region
             elif name in zone.glue:

@@ -115,6 +115,9 @@ async def run_dns(
                 await server.close()
                 raise OSError(f"cannot listen for metrics on {scrape}: {e}") from e
         checker = HealthChecker(state)
+        given = frozenset(key for key, value in (
+            ("port", port), ("workers", workers), ("metrics_listen", metrics_listen),
+        ) if value is not None)  # fmt: skip
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         handlers: dict[signal.Signals, Callable[[], None]] = {
@@ -123,7 +126,7 @@ async def run_dns(
             # On the loop: opening an .mmdb is an mmap plus a few probe lookups, and a
             # traffic.toml parses in a millisecond, short enough to do inline.
             signal.SIGHUP: Reloader(config_path, control is not None, geo, state, authority,
-                                    server, checker, pool, reloads, say),
+                                    server, checker, pool, reloads, say, given),
         }
         installed = []
         follower = (

@@ -17,6 +17,7 @@ worker (the plan travels to workers over their pipe, edge/traffic/workers.py).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from edge.errors import ConfigError
@@ -53,15 +54,19 @@ def plan_reload(
     *,
     source: str,
     following_control: bool,
+    from_command_line: Collection[str] = (),
 ) -> ReloadPlan:
     """What to serve after re-reading `source` into `new`, while `running` (with the region
-    map `serving`) is served. Raises ConfigError when `new` cannot be served at all."""
+    map `serving`) is served. `from_command_line`: the `RESTART_ONLY` keys the command line
+    set (`--port`, `--workers`, `--metrics-listen`); the file's value for those is not in force
+    whatever it says, so its change needs no restart and is not reported as needing one.
+    Raises ConfigError when `new` cannot be served at all."""
     require_regions(new, source, following_control)
     kept = {key: getattr(running.dns, key) for key in RESTART_ONLY}
     restart_needed = tuple(
         f"[dns] {key} {value!r} -> {getattr(new.dns, key)!r}"
         for key, value in kept.items()
-        if getattr(new.dns, key) != value
+        if getattr(new.dns, key) != value and key not in from_command_line
     )
     dns_config: DnsConfig = dataclasses.replace(new.dns, **kept)
     config = dataclasses.replace(new, dns=dns_config)
@@ -117,10 +122,12 @@ def _changes(
 
 
 def install(plan: ReloadPlan, state: TrafficState, authority: Authority, geo: GeoSource) -> None:
-    """Serve `plan` from this process: a new Steerer over the new map (its answer caches
-    belonged to the old rules) in the Authority's zone, swapped in one assignment, then the
-    state's map and health settings, also swapped whole; the generation moves last (and the
-    parent pushes the state to its workers then), so an answer computed while the two swaps
-    were a few statements apart is filed under a fingerprint no later query reads."""
+    """Serve `plan` from this process: the Authority's zone (records, a new Steerer, and the
+    region map it steers over; its answer caches belonged to the old rules) in one assignment,
+    so a query reads all of the old or all of the new. Then the state's map and health
+    settings, for the writers (health checks, workers); the map there is already the zone's, so
+    its listener leaves the zone alone. The generation moves last (and the parent pushes the
+    state to its workers then), so an answer computed from the old zone is filed under a
+    fingerprint no later query reads."""
     authority.reconfigure(plan.config, Steerer(plan.regions, plan.config.steering, geo))
     state.reconfigure(plan.config, plan.regions)

@@ -53,6 +53,8 @@ class Reloader:
     pool: WorkerPool
     reloads: ReloadStats
     out: Output
+    # Restart-only [dns] keys the command line set: the file does not decide them.
+    from_command_line: frozenset[str] = frozenset()
 
     def __call__(self) -> None:
         if reload_geodb(self.geo, self.out):
@@ -67,6 +69,7 @@ class Reloader:
             plan = plan_reload(
                 self.state.config, load_traffic_config(path), self.state.regions,
                 source=str(path), following_control=self.following_control,
+                from_command_line=self.from_command_line,
             )  # fmt: skip
         except ConfigError as e:
             self.reloads.count("failed")

@@ -3,10 +3,14 @@ read per query.
 
 The region map starts as traffic.toml's and may be replaced while serving (`set_regions`, from
 the control plane's region listing): nodes and regions that stay keep their health and drain,
-new ones start unknown (served) and undrained, and `region_listeners` (the Steerer, the health
-checker) hear of the new map before the generation moves. A reloaded traffic.toml
+new ones start unknown (served) and undrained, and `region_listeners` (the Authority, the
+health checker) hear of the new map before the generation moves. A reloaded traffic.toml
 (`reconfigure`) does the same, and also takes the new health thresholds and starts over the
 health of a node whose health URL changed.
+
+A query does not read this map: it reads the one in the Authority's zone (dns.Zone), swapped in
+the same assignment as the steering over it, and passes it to `status` and `addresses`; what it
+reads here is live and keyed by name (health per node, drain and weight per region).
 
 Answers are cached (`wire_cache`), so every change that can move an answer bumps `generation`:
 node health transitions and drain events report themselves through `on_change`, drains and
@@ -23,7 +27,7 @@ the generation is bumped after the write and readers take the fingerprint before
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from edge.traffic.drain import Drain
@@ -85,11 +89,13 @@ class TrafficState:
                 drains[r.name] = fresh
         self.health, self.drains = health, drains
         self.regions, self._by_name = regions, {r.name: r for r in regions}
+        # Before pruning: queries move to the new map (the Authority's zone) while the state
+        # still covers the old one, so one that started on the old map keeps its health.
+        for listener in self.region_listeners:
+            listener(regions)
         self.health = {k: v for k, v in health.items() if k in names}
         self.drains = {k: v for k, v in drains.items() if k in self._by_name}
         self.weights = {k: v for k, v in self.weights.items() if k in self._by_name}
-        for listener in self.region_listeners:
-            listener(regions)
         self._changed()
 
     def reconfigure(self, config: TrafficConfig, regions: tuple[Region, ...]) -> None:
@@ -143,12 +149,15 @@ class TrafficState:
         self.weights = weights
         self._changed()
 
-    def status(self, now: float, family: int) -> dict[str, RegionStatus]:
-        """Regions that have addresses of `family` (4 or 6), with health for that family."""
+    def status(
+        self, now: float, family: int, regions: tuple[Region, ...] | None = None
+    ) -> dict[str, RegionStatus]:
+        """Regions of `regions` (a query's zone, dns.Zone; default the state's map) that have
+        addresses of `family` (4 or 6), with health for that family."""
         out = {}
         # One read of each: a map swapped meanwhile (set_regions) costs this query, not a crash.
         health, drains, weights = self.health, self.drains, self.weights
-        for r in self.regions:
+        for r in self.regions if regions is None else regions:
             nodes = [n for n in r.nodes if _address(n, family) is not None]
             if nodes:
                 healthy = any(_serving(health, n) for n in nodes)
@@ -187,9 +196,12 @@ class TrafficState:
         self.weights = {k: v for k, v in snapshot.weights if k in self.drains}
         self._changed()
 
-    def addresses(self, region: str, family: int) -> list[IPAddress]:
-        """Addresses of the region's served nodes; all of them when none is (fail open)."""
-        known = self._by_name.get(region)
+    def addresses(
+        self, region: str, family: int, regions: Mapping[str, Region] | None = None
+    ) -> list[IPAddress]:
+        """Addresses of the region's served nodes, the region as in `regions` (a query's zone;
+        default the state's map); all of them when none is served (fail open)."""
+        known = (self._by_name if regions is None else regions).get(region)
         if known is None:  # gone from the map since the region was chosen
             return []
         health = self.health

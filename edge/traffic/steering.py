@@ -25,6 +25,7 @@ widening, which only makes the scope narrower (safe, costs resolver cache hits).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import ipaddress
 import math
@@ -259,13 +260,22 @@ class Steerer:
         self._boundaries = _boundaries((*(n for n, _ in steering.by_cidr), *SPECIAL_NETWORKS))
         self._special = _boundaries(SPECIAL_NETWORKS)
 
+    @property
+    def regions(self) -> tuple[Region, ...]:
+        """The region map this steerer steers over, fixed for its life (see `over`)."""
+        return self._view.regions
+
     def forget(self) -> None:
         """Drop cached answers: the geo database under them changed."""
         self._view.cache.clear()
 
-    def set_regions(self, regions: tuple[Region, ...]) -> None:
-        """Steer over `regions` from now on (TrafficState.set_regions tells us)."""
-        self._view = _RegionView(regions, {}, _AnswerCache())
+    def over(self, regions: tuple[Region, ...]) -> Steerer:
+        """The same rules over another region map, with empty caches. A new object rather
+        than a change to this one: a query holding this steerer (dns.Zone) keeps steering
+        over the map its zone was built with."""
+        other = copy.copy(self)
+        other._view = _RegionView(regions, {}, _AnswerCache())
+        return other
 
     def _override(self, addr: IPAddress, loc: Location | None) -> tuple[str, ...] | None:
         for net, order in self._steering.by_cidr:

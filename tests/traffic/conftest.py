@@ -12,7 +12,7 @@ from edge.traffic.dns import Authority
 from edge.traffic.geodb import GeoDB
 from edge.traffic.regions import TrafficConfig, parse_traffic_config
 from edge.traffic.state import TrafficState
-from edge.traffic.steering import Steerer
+from edge.traffic.steering import GeoSource, Steerer
 
 GEOIP = Path(__file__).resolve().parents[3] / "shared" / "geoip"
 CITY_TEST_DB = GEOIP / "GeoIP2-City-Test.mmdb"
@@ -87,12 +87,13 @@ def city_db() -> Iterator[GeoDB]:
 class Stack:
     """Config, state, steerer and authority wired as the server wires them."""
 
-    def __init__(self, config: TrafficConfig, geo: GeoDB) -> None:
+    def __init__(self, config: TrafficConfig, geo: GeoSource) -> None:
         self.config = config
         self.geo = geo
         self.state = TrafficState(config)
         self.steerer = Steerer(config.regions, config.steering, geo)
         self.authority = Authority(config, self.steerer, self.state)
+        self.state.region_listeners.append(self.authority.set_regions)
 
     def set_node(self, name: str, up: bool, now: float = 0.0) -> None:
         h = self.state.health[name]

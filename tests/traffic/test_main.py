@@ -285,11 +285,16 @@ def test_sighup_reloads_traffic_toml_and_keeps_the_old_one_when_broken(
     original = config.read_text()
 
     # London to us-east by a country rule, us-east-1 readdressed (same health URL: kept up),
-    # and a port change that waits for a restart.
+    # and restart-only changes: udp_threads waits for a restart; port and, with --workers,
+    # workers are the command line's, so the file's values for them do not matter.
     text = original.replace('ipv4 = "127.0.0.11"', 'ipv4 = "127.0.0.13"')
-    text = text.replace("port = 5353", "port = 5354") + '[steering.country]\nGB = ["us-east"]\n'
+    text = text.replace("port = 5353", "port = 5354\nudp_threads = 3\nworkers = 4")
+    text += '[steering.country]\nGB = ["us-east"]\n'
     reload_with(server, config, text, r"configuration reloaded from .*traffic\.toml \(")
-    assert any("[dns] port 5353 -> 5354 takes a restart" in line for line in server.seen)
+    restarts = [line for line in server.seen if "takes a restart" in line]
+    assert any("[dns] udp_threads 2 -> 3 takes a restart" in line for line in restarts)
+    assert not any("[dns] port" in line for line in restarts)
+    assert any("[dns] workers 0 -> 4" in line for line in restarts) == (workers is None)
     # 40 queries from new source ports reach every socket of every process (see above).
     want = {"127.0.0.13", "127.0.0.12"}
     assert until(lambda: all(server.addresses(LONDON) == want for _ in range(40)))

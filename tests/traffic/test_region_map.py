@@ -144,21 +144,20 @@ def test_a_worker_state_takes_the_parents_map(make_config: MakeConfig) -> None:
 
 def test_answers_follow_the_map_from_a_listing(make_stack: MakeStack) -> None:
     stack = make_stack("", NO_REGIONS)
-    stack.state.region_listeners.append(stack.steerer.set_regions)
     eu = listed("eu-west", 53.35, -6.26, endpoint("eu-1", "10.0.1.1"))
     us = listed("us-east", 39.04, -77.49, endpoint("us-1", "10.0.0.1"))
     ap = listed("ap-south", 19.08, 72.88, endpoint("ap-1", "10.0.2.1"))  # first by name
-    assert stack.steerer.answer(LONDON, stack.state.status(0.0, 4)) is None
+    assert stack.authority.steerer.answer(LONDON, stack.state.status(0.0, 4)) is None
     apply_listing(stack.state, [us], 0.0)
-    first = stack.steerer.answer(LONDON, stack.state.status(0.0, 4))
+    first = stack.authority.steerer.answer(LONDON, stack.state.status(0.0, 4))
     assert first is not None and first.region == "us-east"
     apply_listing(stack.state, [eu, us, ap], 0.0)
-    nearest = stack.steerer.answer(LONDON, stack.state.status(0.0, 4))
+    nearest = stack.authority.steerer.answer(LONDON, stack.state.status(0.0, 4))
     assert nearest is not None and nearest.region == "eu-west"
     # A drain in the same listing moves London to the next nearest.
     drain = {"direction": "drain", "started_unix": 0.0, "over_s": 0.0, "from_share": 1.0}
     apply_listing(stack.state, [{**eu, "drain": drain}, us, ap], 0.0)
-    drained = stack.steerer.answer(LONDON, stack.state.status(1.0, 4))
+    drained = stack.authority.steerer.answer(LONDON, stack.state.status(1.0, 4))
     assert drained is not None and drained.region == "us-east"
 
 

@@ -5,15 +5,18 @@ test_main.py."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from edge.errors import ConfigError
+from edge.traffic.geodb import GeoDB
 from edge.traffic.health import NodeState
 from edge.traffic.metrics import DnsCollector, ReloadStats
-from edge.traffic.regions import Node, Region, TrafficConfig, load_traffic_config
+from edge.traffic.regions import IPAddress, Node, Region, TrafficConfig, load_traffic_config
 from edge.traffic.reload import ReloadPlan, install, plan_reload, region_map_after
+from edge.traffic.steering import GeoHit, GeoSource
 
 from .conftest import BASE_TOML, MakeConfig, MakeStack, Stack
 from .test_dns import LONDON_ECS, addresses, ask, query
@@ -120,6 +123,18 @@ def test_restart_only_settings_keep_their_running_values(
     assert plan_for(stack, stack.config).changes == ()  # the same file: nothing to say
 
 
+def test_a_restart_only_setting_given_on_the_command_line_is_not_the_files(
+    make_stack: MakeStack, make_config: MakeConfig
+) -> None:
+    stack = make_stack()
+    new = make_config(base=BASE_TOML.replace("ttl_s = 30", "ttl_s = 30\nport = 5354\nworkers = 3"))
+    plan = plan_reload(stack.state.config, new, stack.state.regions, source="traffic.toml",
+                       following_control=False, from_command_line={"port"})  # fmt: skip
+    assert plan.restart_needed == ("[dns] workers 0 -> 3",)  # --port decides the port
+    assert plan.config.dns.port == 53  # still the running value, as for any restart-only key
+    assert plan.changes == ()
+
+
 def test_a_file_without_regions_is_refused_unless_following_the_control_plane(
     make_stack: MakeStack, make_config: MakeConfig
 ) -> None:
@@ -170,3 +185,65 @@ def test_a_file_that_cannot_be_read_is_a_config_error(tmp_path: Path) -> None:
         load_traffic_config(tmp_path / "dir.toml")
     with pytest.raises(ConfigError, match=r"gone\.toml: file not found"):
         load_traffic_config(tmp_path / "gone.toml")
+
+
+# --- One snapshot per query --------------------------------------------------------------------
+
+
+class MidQuery:
+    """The geo database, running `change` at its first lookup: the lookup steering makes for a
+    query it has no cached answer for, after the query read its zone and the region statuses
+    and before it reads the chosen region's addresses. A reload or a new map from the control
+    plane landing there, without threads or timing."""
+
+    def __init__(self, geo: GeoSource, change: Callable[[], object]) -> None:
+        self.geo = geo
+        self.change: Callable[[], object] | None = change
+
+    def locate(self, addr: IPAddress) -> GeoHit:
+        change, self.change = self.change, None
+        if change is not None:
+            change()
+        return self.geo.locate(addr)
+
+
+def ttl_and_addresses(stack: Stack) -> tuple[int | None, set[str]]:
+    reply = ask(stack, query(ecs=LONDON_ECS))
+    return (reply.answer[0].ttl if reply.answer else None), addresses(reply)
+
+
+def test_a_query_answers_from_one_configuration_across_a_reload(
+    make_config: MakeConfig, city_db: GeoDB
+) -> None:
+    old = make_config()
+    moved = BASE_TOML.replace('"192.0.2.11"', '"192.0.2.111"').replace("ttl_s = 30", "ttl_s = 7")
+    new = make_config(base=moved.replace('"192.0.2.12"', '"192.0.2.112"'))
+    before, after = ttl_and_addresses(Stack(old, city_db)), ttl_and_addresses(Stack(new, city_db))
+    assert before == (30, EU_WEST) and after == (7, {"192.0.2.111", "192.0.2.112"})
+
+    geo = MidQuery(city_db, lambda: reload(stack, new))
+    stack = Stack(old, geo)
+    # The reload landed mid-query: all of the configuration the query started on (not the old
+    # TTL with the new addresses, as when the zone did not hold the region map).
+    assert ttl_and_addresses(stack) == before
+    assert geo.change is None  # the reload did land mid-query
+    assert ttl_and_addresses(stack) == after  # and the answer raced is not served again
+
+
+def test_a_query_answers_from_one_region_map_across_a_control_plane_change(
+    make_config: MakeConfig, city_db: GeoDB
+) -> None:
+    config = make_config()
+    without_eu = tuple(r for r in config.regions if r.name != "eu-west")
+    listed = Stack(config, city_db)
+    listed.state.set_regions(without_eu)
+    before, after = ttl_and_addresses(Stack(config, city_db)), ttl_and_addresses(listed)
+    assert before == (30, EU_WEST) and after == (30, {"192.0.2.1"})  # next nearest: us-east
+
+    geo = MidQuery(city_db, lambda: stack.state.set_regions(without_eu))
+    stack = Stack(config, geo)
+    # Steered to eu-west over the old map, the region is gone from the new one: an empty
+    # answer when the addresses came from the new map.
+    assert ttl_and_addresses(stack) == before
+    assert geo.change is None
+    assert ttl_and_addresses(stack) == after
