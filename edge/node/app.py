@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
-from http.cookies import SimpleCookie
 from typing import Any
 
 import anyio
@@ -183,8 +182,7 @@ class FunctionServer:
         ip = client_ip(peer, forwarded, config.trusted_proxies) if forwarded else peer
         cookies: dict[str, str] = {}
         if served.canary is not None and served.sticky.startswith("cookie:"):
-            jar = SimpleCookie(http.header(headers, b"cookie"))
-            cookies = {k: m.value for k, m in jar.items()}
+            cookies = http.cookies(headers)
         function, version = served.pick(route.function, ip, cookies)
         trace.note("edge.function", route.function)
         trace.note("edge.version", version)

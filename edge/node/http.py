@@ -7,6 +7,7 @@ import json
 import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 from edge.errors import BuildFailed, EdgeError, InvalidResponse, RequestBodyTooLarge
@@ -43,6 +44,18 @@ def header(headers: RawHeaders, name: bytes) -> str:
 
 def header_all(headers: RawHeaders, name: bytes) -> list[str]:
     return [v.decode("latin-1") for k, v in headers if k == name]
+
+
+def cookies(headers: RawHeaders) -> dict[str, str]:
+    """The request's cookies by name. A header the parser refuses (an illegal name such as
+    `<=`) counts as no cookies: the client wrote it, and a sticky split then falls back to
+    the client's address rather than failing the request."""
+    # HTTP/2 may split the cookie header into one field per cookie (RFC 9113 8.2.3).
+    try:
+        jar = SimpleCookie("; ".join(header_all(headers, b"cookie")))
+    except CookieError:
+        return {}
+    return {k: m.value for k, m in jar.items()}
 
 
 # A new id is this process's random prefix and a counter: unique like a uuid4 (32 hex digits)
