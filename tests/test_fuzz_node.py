@@ -7,6 +7,7 @@ strategy drew, including what httpx refuses to send) and through httpx (a real c
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import socket
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from .cluster import FUNCTION, converge, follower, start_control, upload
-from .conftest import EXAMPLES, FIXTURES, NodeFactory, Proc, free_port
+from .conftest import EXAMPLES, FIXTURES, SHARED_GEOIP, NodeFactory, Proc, free_port
 
 pytestmark = pytest.mark.toolchain
 
@@ -46,7 +47,9 @@ def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) 
     # No catch-all route: paths elsewhere are the platform's 404.
     body += '[[route]]\nroute = "*/echo"\nfunction = "echo-python"\n'
     body += '[[route]]\nroute = "*/mirror"\nfunction = "mirror"\n'
-    return start_module_node(body, node='trusted_proxies = ["127.0.0.1/32"]\n')
+    geoip = SHARED_GEOIP / "GeoIP2-City-Test.mmdb"  # every drawn client address is looked up
+    node = f'trusted_proxies = ["127.0.0.1/32"]\ngeoip_db = "{geoip}"\n'
+    return start_module_node(body, node=node)
 
 
 # --- strategies -----------------------------------------------------------------------------------
@@ -260,6 +263,8 @@ def test_raw_requests_never_crash_and_echo_faithfully(node: Proc, req: Raw) -> N
         assert echoed["method"] == req.method.upper()
         assert echoed["request_id"] == answer.header("x-request-id")
         assert echoed["body"] == req.body.decode("utf-8", errors="replace")
+        # Whatever x-forwarded-for said, the function gets a plain address (no zone text).
+        assert "%" not in echoed["client_ip"] and ipaddress.ip_address(echoed["client_ip"])
         got = echoed["headers"]
         for name in {n.lower() for n, _ in req.headers} - FRAMING:
             sent = [v.decode("latin-1") for n, v in req.headers if n.lower() == name]
