@@ -44,6 +44,7 @@ from edge.control.bodies import (
     optional_ip,
     read_body,
 )
+from edge.control.closing import close_unread_bodies, declares_body
 from edge.control.component_check import check_component_framing
 from edge.control.dashboard import Dashboard
 from edge.control.errors import Forbidden, NodeAlive, NotFound, PayloadTooLarge, Unauthorized
@@ -99,11 +100,9 @@ def error_response(error: EdgeError) -> JSONResponse:
 
 
 def closing_if_body(request: Request, response: Response) -> Response:
-    """An error may be answered before the request body is read (a 403 on an upload): the
-    server then cannot reuse the connection, so it says so, and the client does not send its
-    next request into a connection that is being closed."""
-    if request.headers.get("transfer-encoding") or request.headers.get("content-length", "0") \
-            not in ("", "0"):
+    """For an answer made outside the middleware (a crash's): it goes out before the body was
+    read, so the server cannot reuse the connection and says so (see edge.control.closing)."""
+    if declares_body(request.scope["headers"]):
         response.headers["connection"] = "close"
     return response
 
@@ -639,14 +638,12 @@ def create_app(
 
     async def on_edge_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, EdgeError)
-        return closing_if_body(request, error_response(exc))
+        return error_response(exc)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return closing_if_body(request, JSONResponse(
-            {"error": reason, "message": exc.detail}, status_code=exc.status_code
-        ))  # fmt: skip
+        return JSONResponse({"error": reason, "message": exc.detail}, status_code=exc.status_code)
 
     async def on_crash(request: Request, exc: Exception) -> Response:
         return closing_if_body(request, error_response(EdgeError("internal error")))
@@ -683,7 +680,7 @@ def create_app(
     return Starlette(
         routes=served,
         lifespan=lifespan,
-        middleware=[Middleware(metrics.middleware(served))],
+        middleware=[Middleware(metrics.middleware(served)), Middleware(close_unread_bodies)],
         exception_handlers={
             EdgeError: on_edge_error, HTTPException: on_http_error, Exception: on_crash,
         },
