@@ -307,6 +307,17 @@ def test_many_headers_reach_the_function_in_order(node: Proc, count: int) -> Non
     assert got == [v.decode("latin-1") for _, v in headers]
 
 
+def test_an_error_before_the_body_is_read_closes_the_connection(node: Proc) -> None:
+    """A 404 answered before the body is read ends the connection, and says so: a keep-alive
+    client then sends its next request on a new connection (it used to fail now and then)."""
+    with httpx.Client(base_url=node.url, timeout=15) as client:
+        for _ in range(20):
+            refused = client.post("/nope", content=iter([b"a" * 10, b"b" * 10]))
+            assert refused.status_code == 404 and refused.headers["connection"] == "close"
+            mirrored = client.post("/mirror", content=b"kept")
+            assert mirrored.content == b"kept" and "connection" not in mirrored.headers
+
+
 @FUZZ
 @given(
     cookies=st.lists(

@@ -44,7 +44,7 @@ from edge.control.bodies import (
     optional_ip,
     read_body,
 )
-from edge.control.closing import close_unread_bodies, declares_body
+from edge.control.closing import close_unread_bodies
 from edge.control.component_check import check_component_framing
 from edge.control.dashboard import Dashboard
 from edge.control.errors import Forbidden, NodeAlive, NotFound, PayloadTooLarge, Unauthorized
@@ -63,6 +63,7 @@ from edge.control.status import node_json, status_json
 from edge.control.store import DB_NAME, Store
 from edge.control.wire import METADATA_HEADER, decode_metadata
 from edge.errors import BadRequest, ConfigError, EdgeError
+from edge.node.http import declares_body
 from edge.node.routing import normalize_host
 from edge.traffic.health_checker import cancel_all
 

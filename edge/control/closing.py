@@ -12,20 +12,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from edge.node.http import CLOSE, declares_body
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-CLOSE = (b"connection", b"close")
-
-
-def declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    """The request has a body (chunked, or a content-length that is not 0)."""
-    for name, value in headers:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" 0")):
-            return True
-    return False
 
 
 def close_unread_bodies(app: ASGIApp) -> ASGIApp:

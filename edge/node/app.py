@@ -147,6 +147,10 @@ class FunctionServer:
         except EdgeError as e:
             response = http.error_parts(e, request_id)
             error = e.reason
+            # Only a function's errors come after the whole body was read; any other left it
+            # unread (or stopped reading it), and the server will close the connection.
+            if not isinstance(e, FunctionError) and http.declares_body(headers):
+                response[1].append(http.CLOSE)
         finally:
             metrics.in_flight.dec()
         status, raw_headers, body = response

@@ -46,6 +46,19 @@ def header_all(headers: RawHeaders, name: bytes) -> list[str]:
     return [v.decode("latin-1") for k, v in headers if k == name]
 
 
+CLOSE = (b"connection", b"close")
+
+
+def declares_body(headers: RawHeaders) -> bool:
+    """The request has a body (chunked, or a content-length that is not 0). An answer sent
+    before that body was read ends the connection: the server cannot find the next request,
+    so the answer says `Connection: close` and the client does not send one into it."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" 0")):
+            return True
+    return False
+
+
 def cookies(headers: RawHeaders) -> dict[str, str]:
     """The request's cookies by name. A header the parser refuses (an illegal name such as
     `<=`) counts as no cookies: the client wrote it, and a sticky split then falls back to
