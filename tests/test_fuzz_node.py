@@ -121,7 +121,9 @@ segments = st.one_of(
                                    exclude_characters="?#"), max_size=20),
 )  # fmt: skip
 paths = st.tuples(
-    st.sampled_from(["/echo", "/mirror", "/", "//echo", "/echo/", "/nope"]),
+    st.sampled_from(
+        ["/echo", "/mirror", "/", "//echo", "/echo/", "/nope", "/healthz", "/readyz", "/metrics"]
+    ),
     st.lists(segments, max_size=6),
 ).map(lambda t: t[0] + "/".join(["", *t[1]]))
 queries = st.one_of(
@@ -305,6 +307,18 @@ def test_many_headers_reach_the_function_in_order(node: Proc, count: int) -> Non
     check_answer(answer)
     got = [v for n, v in json.loads(answer.body)["headers"] if n == "x-many"]
     assert got == [v.decode("latin-1") for _, v in headers]
+
+
+def test_ops_answers_carry_a_request_id_and_refuse_in_json(node: Proc) -> None:
+    given = httpx.get(node.url + "/healthz", headers={"x-request-id": "ops-1"})
+    assert given.status_code == 200 and given.headers["x-request-id"] == "ops-1"
+    assert REQUEST_ID_RE.match(httpx.get(node.url + "/metrics").headers["x-request-id"])
+    refused = httpx.post(node.url + "/readyz", content=b"x")
+    assert refused.status_code == 405
+    assert set(refused.headers["allow"].split(", ")) == {"GET", "HEAD"}
+    assert refused.headers["connection"] == "close"  # its body was not read
+    assert refused.json()["error"] == "method_not_allowed"
+    assert refused.json()["request_id"] == refused.headers["x-request-id"]
 
 
 def test_an_error_before_the_body_is_read_closes_the_connection(node: Proc) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from edge.errors import BuildFailed, EdgeError, InvalidResponse, RequestBodyTooLarge
 
 REQUEST_ID = "x-request-id"
-_REQUEST_ID_B = REQUEST_ID.encode()
+REQUEST_ID_B = REQUEST_ID.encode()
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _LINE_BREAK_OR_NUL = re.compile("[\r\n\0]")
@@ -91,7 +91,7 @@ def new_request_id() -> str:
 
 def request_id_from(headers: RawHeaders) -> str:
     """The caller's id when it is sane (so traces join up), else a new one."""
-    given = header(headers, _REQUEST_ID_B)
+    given = header(headers, REQUEST_ID_B)
     return given if given and _REQUEST_ID_RE.match(given) else new_request_id()
 
 
@@ -141,7 +141,7 @@ async def read_body(
 
 def guest_headers(headers: RawHeaders, request_id: str) -> list[tuple[str, str]]:
     # Header bytes are latin-1 on the wire (RFC 9110); names arrive lower-cased from the server.
-    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k != _REQUEST_ID_B]
+    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k != REQUEST_ID_B]
     out.append((REQUEST_ID, request_id))
     return out
 
@@ -160,7 +160,7 @@ def response_headers(headers: Iterable[tuple[str, str]], request_id: str) -> Raw
             out.append((lower.encode("latin-1"), value.encode("latin-1")))
         except UnicodeEncodeError:
             out.append((lower.encode("latin-1"), value.encode("utf-8")))
-    out.append((_REQUEST_ID_B, request_id.encode()))
+    out.append((REQUEST_ID_B, request_id.encode()))
     return out
 
 
@@ -190,7 +190,7 @@ def error_parts(error: EdgeError, request_id: str) -> tuple[int, RawHeaders, byt
         error.status,
         [
             (b"content-type", b"application/json"),
-            (_REQUEST_ID_B, request_id.encode()),
+            (REQUEST_ID_B, request_id.encode()),
             (b"content-length", str(len(body)).encode()),
         ],
         body,
