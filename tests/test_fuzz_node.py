@@ -11,6 +11,7 @@ import ipaddress
 import json
 import re
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +21,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from edge.node.tracecontext import parse_traceparent
+
 from .cluster import FUNCTION, converge, follower, start_control, upload
 from .conftest import EXAMPLES, FIXTURES, SHARED_GEOIP, NodeFactory, Proc, free_port
+from .otlp_receiver import OtlpReceiver
 
 pytestmark = pytest.mark.toolchain
 
@@ -39,7 +43,16 @@ METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 
 
 @pytest.fixture(scope="module")
-def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) -> Proc:
+def receiver() -> Iterator[OtlpReceiver]:
+    r = OtlpReceiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def node(
+    start_module_node: Callable[..., Proc], built: Callable[[Path], Path], receiver: OtlpReceiver
+) -> Proc:
     projects = [EXAMPLES / "python" / "echo", FIXTURES / "functions" / "mirror"]
     for p in projects:
         built(p)
@@ -47,6 +60,8 @@ def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) 
     # No catch-all route: paths elsewhere are the platform's 404.
     body += '[[route]]\nroute = "*/echo"\nfunction = "echo-python"\n'
     body += '[[route]]\nroute = "*/mirror"\nfunction = "mirror"\n'
+    # Traced, so hostile trace context reaches span recording and export too.
+    body += f'[tracing]\notlp_endpoint = "{receiver.url}"\n'
     geoip = SHARED_GEOIP / "GeoIP2-City-Test.mmdb"  # every drawn client address is looked up
     node = f'trusted_proxies = ["127.0.0.1/32"]\ngeoip_db = "{geoip}"\n'
     return start_module_node(body, node=node)
@@ -254,6 +269,13 @@ def test_raw_requests_never_crash_and_echo_faithfully(node: Proc, req: Raw) -> N
     answer = exchange(node.url, req.encode(), head=req.method == "HEAD")
     event(f"status {answer.status}")
     check_answer(answer)
+    if answer.header("x-edge-region") is not None or answer.status == 404:  # a function's path
+        answered = parse_traceparent(answer.header("traceparent") or "")
+        assert answered is not None, answer.headers
+        given = next((v for n, v in req.headers if n.lower() == "traceparent"), None)
+        caller = parse_traceparent(given.decode("latin-1")) if given is not None else None
+        if caller is not None:  # the caller's trace goes on; any other starts a new one
+            assert answered.trace_id == caller.trace_id
     if answer.status != 200 or req.method == "HEAD" or req.framing in ("short", "long"):
         return
     path = req.target.split("?")[0]
@@ -365,8 +387,13 @@ def canary_node(
         control.proc.stop()
 
 
-def test_nodes_survive_the_run(node: Proc, canary_node: Proc) -> None:
-    """Last in the module: both nodes still answer, and logged no unhandled exception."""
+def test_nodes_survive_the_run(node: Proc, canary_node: Proc, receiver: OtlpReceiver) -> None:
+    """Last in the module: both nodes still answer, and logged no unhandled exception; the
+    traced one exported spans."""
+    deadline = time.monotonic() + 15
+    while receiver.requests == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert receiver.requests > 0
     for n in (node, canary_node):
         assert n.proc.poll() is None
         assert httpx.get(n.url + "/healthz").json()["status"] == "ok"
