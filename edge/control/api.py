@@ -455,9 +455,7 @@ def create_app(
             raise BadRequest("node_id (1..128 chars) and region (1..64) are required")
         revision = field(body, "revision", int)
         healthy = field(body, "healthy", bool)
-        conv = body.get("convergence_ms")
-        if conv is not None and (isinstance(conv, bool) or not isinstance(conv, int | float)):
-            raise BadRequest("convergence_ms must be a number")
+        conv = None if body.get("convergence_ms") is None else number(body, "convergence_ms")
         last_error = body.get("last_error", "")
         if not isinstance(last_error, str) or len(last_error) > 2000:
             raise BadRequest("last_error must be a string of at most 2000 characters")
@@ -473,9 +471,8 @@ def create_app(
         if not last_error:
             # Before the store: once `edge status` shows the node current, this is counted.
             await run(metrics.node_reported, node_id, revision)
-        made = await run(store.report_node, node_id, region, revision, healthy,
-                         None if conv is None else float(conv), last_error, url, requests_total,
-                         ipv4, ipv6)
+        made = await run(store.report_node, node_id, region, revision, healthy, conv, last_error,
+                         url, requests_total, ipv4, ipv6)
         if made is not None:  # the node joined or moved: a new snapshot for every node
             await publish(made)
         await watch.reported(node_id, revision, last_error)
