@@ -137,7 +137,21 @@ segments = st.one_of(
 )  # fmt: skip
 paths = st.tuples(
     st.sampled_from(
-        ["/echo", "/mirror", "/", "//echo", "/echo/", "/nope", "/healthz", "/readyz", "/metrics"]
+        [
+            "/echo",
+            "/mirror",
+            "/",
+            "//echo",
+            "/echo/",
+            "/nope",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "http://h/echo",
+            "HTTPS://[::1]:1/mirror",
+            "http://u@h",
+            "http:///echo",
+        ]
     ),
     st.lists(segments, max_size=6),
 ).map(lambda t: t[0] + "/".join(["", *t[1]]))
@@ -298,7 +312,7 @@ def test_raw_requests_never_crash_and_echo_faithfully(node: Proc, req: Raw) -> N
 @FUZZ
 @given(
     method=st.sampled_from(METHODS),
-    path=paths,
+    path=paths.filter(lambda p: p.startswith("/")),  # httpx sends origin-form
     params=st.lists(st.tuples(st.text(max_size=10), st.text(max_size=20)), max_size=5),
     headers=st.lists(
         st.tuples(tokens.filter(lambda n: n.lower() not in FRAMING), ascii_values.map(str.strip)),
@@ -329,6 +343,29 @@ def test_many_headers_reach_the_function_in_order(node: Proc, count: int) -> Non
     check_answer(answer)
     got = [v for n, v in json.loads(answer.body)["headers"] if n == "x-many"]
     assert got == [v.decode("latin-1") for _, v in headers]
+
+
+@pytest.mark.parametrize(
+    ("target", "url", "host"),
+    [
+        ("http://other.example/echo/a%20b?q=1", "http://other.example/echo/a%20b?q=1",
+         "other.example"),
+        ("HTTP://u@other.example:8080/echo", "http://other.example:8080/echo",
+         "other.example:8080"),
+    ],
+)  # fmt: skip
+def test_an_absolute_target_is_served_like_its_origin_form(
+    node: Proc, target: str, url: str, host: str
+) -> None:
+    """A server must accept `GET http://host/path` (RFC 9112 3.2.2): its host beats Host."""
+    raw = Raw("GET", target, [("host", b"ignored.example")])
+    answer = exchange(node.url, raw.encode())
+    check_answer(answer)
+    echoed = json.loads(answer.body)
+    assert echoed["url"] == url and ["host", host] in echoed["headers"]
+    assert not any(v == "ignored.example" for _, v in echoed["headers"])
+    health = exchange(node.url, Raw("GET", "http://x/healthz", [("host", b"h")]).encode())
+    assert health.status == 200 and json.loads(health.body)["status"] == "ok"
 
 
 def test_ops_answers_carry_a_request_id_and_refuse_in_json(node: Proc) -> None:

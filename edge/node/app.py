@@ -389,7 +389,10 @@ def create_app(runtime: NodeRuntime) -> ASGIApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await ops(scope, receive, send)
-        elif scope["path"] not in OPS_PATHS:
+            return
+        if scope["path"][:1] != "/":  # absolute-form (or "*"): rare, so off the fast path
+            scope = http.from_absolute_form(scope)
+        if scope["path"] not in OPS_PATHS:
             await functions(scope, receive, send)
         else:  # the node's own answers carry a request id too, like every other
             request_id = scope[REQUEST_ID_KEY] = http.request_id_from(scope["headers"])

@@ -9,6 +9,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.parse import urlsplit
 
 from edge.errors import BuildFailed, EdgeError, InvalidResponse, RequestBodyTooLarge
 
@@ -93,6 +94,26 @@ def request_id_from(headers: RawHeaders) -> str:
     """The caller's id when it is sane (so traces join up), else a new one."""
     given = header(headers, REQUEST_ID_B)
     return given if given and _REQUEST_ID_RE.match(given) else new_request_id()
+
+
+def from_absolute_form(scope: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A request whose target is absolute (`GET http://host/path`, which a server must accept,
+    RFC 9112 3.2.2) as the origin-form one it means: path from the target, and its host in
+    place of the Host header (the target's wins). Any other scope is returned as it is."""
+    target: str = scope["path"]
+    if not target[:8].lower().startswith(("http://", "https://")):  # the scheme has no case
+        return scope
+    parts = urlsplit(target)
+    raw = (scope.get("raw_path") or target.encode("latin-1")).decode("latin-1")
+    raw_path = urlsplit(raw).path or "/"
+    headers = [(k, v) for k, v in scope["headers"] if k != b"host"]
+    return {
+        **scope,
+        "path": parts.path or "/",
+        "raw_path": raw_path.encode("latin-1"),
+        # Without userinfo: an http URI must not carry one (RFC 9110 4.2.4).
+        "headers": [(b"host", parts.netloc.rpartition("@")[2].encode("latin-1")), *headers],
+    }
 
 
 def url_of(scope: MutableMapping[str, Any], host: str) -> str:
