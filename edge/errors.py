@@ -42,6 +42,13 @@ class RequestBodyTooLarge(EdgeError):
     reason = "request_body_too_large"
 
 
+class MethodNotAllowed(EdgeError):
+    """A node's own endpoint (/healthz, /readyz, /metrics) asked with a method it lacks."""
+
+    status = 405
+    reason = "method_not_allowed"
+
+
 # --- The function's fault (its author's) --------------------------------------------------------
 
 

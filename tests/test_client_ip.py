@@ -20,6 +20,12 @@ def test_garbage_chain_falls_back_to_peer() -> None:
     assert client_ip("127.0.0.1", ["not-an-ip"], TRUSTED) == "127.0.0.1"
 
 
+def test_an_address_with_a_zone_is_garbage() -> None:
+    # The zone is the sender's interface name: any text, which a function would get as the IP.
+    assert client_ip("127.0.0.1", ["fe80::1%eth0"], TRUSTED) == "127.0.0.1"
+    assert client_ip("127.0.0.1", ["81.2.69.142, ff02::1%<script>"], TRUSTED) == "127.0.0.1"
+
+
 def test_all_trusted_takes_first() -> None:
     assert client_ip("127.0.0.1", ["10.1.1.1, 10.2.2.2"], TRUSTED) == "10.1.1.1"
 

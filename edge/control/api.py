@@ -44,6 +44,7 @@ from edge.control.bodies import (
     optional_ip,
     read_body,
 )
+from edge.control.closing import close_unread_bodies
 from edge.control.component_check import check_component_framing
 from edge.control.dashboard import Dashboard
 from edge.control.errors import Forbidden, NodeAlive, NotFound, PayloadTooLarge, Unauthorized
@@ -62,6 +63,7 @@ from edge.control.status import node_json, status_json
 from edge.control.store import DB_NAME, Store
 from edge.control.wire import METADATA_HEADER, decode_metadata
 from edge.errors import BadRequest, ConfigError, EdgeError
+from edge.node.http import declares_body
 from edge.node.routing import normalize_host
 from edge.traffic.health_checker import cancel_all
 
@@ -99,11 +101,9 @@ def error_response(error: EdgeError) -> JSONResponse:
 
 
 def closing_if_body(request: Request, response: Response) -> Response:
-    """An error may be answered before the request body is read (a 403 on an upload): the
-    server then cannot reuse the connection, so it says so, and the client does not send its
-    next request into a connection that is being closed."""
-    if request.headers.get("transfer-encoding") or request.headers.get("content-length", "0") \
-            not in ("", "0"):
+    """For an answer made outside the middleware (a crash's): it goes out before the body was
+    read, so the server cannot reuse the connection and says so (see edge.control.closing)."""
+    if declares_body(request.scope["headers"]):
         response.headers["connection"] = "close"
     return response
 
@@ -455,9 +455,7 @@ def create_app(
             raise BadRequest("node_id (1..128 chars) and region (1..64) are required")
         revision = field(body, "revision", int)
         healthy = field(body, "healthy", bool)
-        conv = body.get("convergence_ms")
-        if conv is not None and (isinstance(conv, bool) or not isinstance(conv, int | float)):
-            raise BadRequest("convergence_ms must be a number")
+        conv = None if body.get("convergence_ms") is None else number(body, "convergence_ms")
         last_error = body.get("last_error", "")
         if not isinstance(last_error, str) or len(last_error) > 2000:
             raise BadRequest("last_error must be a string of at most 2000 characters")
@@ -473,9 +471,8 @@ def create_app(
         if not last_error:
             # Before the store: once `edge status` shows the node current, this is counted.
             await run(metrics.node_reported, node_id, revision)
-        made = await run(store.report_node, node_id, region, revision, healthy,
-                         None if conv is None else float(conv), last_error, url, requests_total,
-                         ipv4, ipv6)
+        made = await run(store.report_node, node_id, region, revision, healthy, conv, last_error,
+                         url, requests_total, ipv4, ipv6)
         if made is not None:  # the node joined or moved: a new snapshot for every node
             await publish(made)
         await watch.reported(node_id, revision, last_error)
@@ -639,14 +636,12 @@ def create_app(
 
     async def on_edge_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, EdgeError)
-        return closing_if_body(request, error_response(exc))
+        return error_response(exc)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return closing_if_body(request, JSONResponse(
-            {"error": reason, "message": exc.detail}, status_code=exc.status_code
-        ))  # fmt: skip
+        return JSONResponse({"error": reason, "message": exc.detail}, status_code=exc.status_code)
 
     async def on_crash(request: Request, exc: Exception) -> Response:
         return closing_if_body(request, error_response(EdgeError("internal error")))
@@ -683,7 +678,7 @@ def create_app(
     return Starlette(
         routes=served,
         lifespan=lifespan,
-        middleware=[Middleware(metrics.middleware(served))],
+        middleware=[Middleware(metrics.middleware(served)), Middleware(close_unread_bodies)],
         exception_handlers={
             EdgeError: on_edge_error, HTTPException: on_http_error, Exception: on_crash,
         },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -39,10 +40,18 @@ def int_param(text: str, what: str) -> int:
 
 
 def number(body: dict[str, Any], key: str) -> float:
+    """A finite number. Python's JSON reads NaN, Infinity and 1e400 (as infinity); stored,
+    they would make every later answer that shows them fail (JSON has no such numbers)."""
     value = body.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise BadRequest(f"{key!r} must be a number")
-    return float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        result = math.inf
+    if not math.isfinite(result):
+        raise BadRequest(f"{key!r} must be a finite number")
+    return result
 
 
 def optional_int(body: dict[str, Any], key: str) -> int | None:

@@ -8,6 +8,7 @@ every node also writes its lines to stderr.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -61,11 +62,13 @@ def parse_line(raw: Any) -> NodeLine | None:
     key, level, source = raw.get("function"), raw.get("level"), raw.get("source", "log")
     texts = [raw.get(k, "") for k in ("version", "request_id", "trace_id", "message")]
     t = raw.get("time")
-    if not isinstance(key, str) or level not in LEVELS or source not in SOURCES:
+    if not (isinstance(key, str) and isinstance(level, str) and isinstance(source, str)):
+        return None  # before the set lookups: a list or an object is not even hashable
+    if level not in LEVELS or source not in SOURCES:
         return None
     if not all(isinstance(x, str) for x in texts):
         return None
-    if isinstance(t, bool) or not isinstance(t, int | float):
+    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
         return None
     tenant, _, name = key.partition("/")
     version, request_id, trace_id, message = texts

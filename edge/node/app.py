@@ -11,18 +11,18 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Awaitable, Callable, MutableMapping
-from http.cookies import SimpleCookie
 from typing import Any
 
 import anyio
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edge.errors import EdgeError, FunctionError, NoRoute
+from edge.errors import EdgeError, FunctionError, MethodNotAllowed, NoRoute
 from edge.node import http
 from edge.node.client_ip import client_ip
 from edge.node.geo import NO_GEO
@@ -49,6 +49,7 @@ SPILL_TIMEOUT = httpx.Timeout(30.0, connect=1.0, pool=1.0)
 SPILL_AVOID_S = 5.0  # how long a target that failed is left out
 SPILLED_FROM_B = SPILLED_FROM.encode()
 OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+REQUEST_ID_KEY = "edge.request_id"  # where an ops request's id waits in the ASGI scope
 # Replaced on a forward: framing, the client address and the caller's trace context.
 _NOT_FORWARDED = frozenset(
     [h.encode() for h in http.HOP_BY_HOP] + [b"x-forwarded-for", TRACEPARENT, TRACESTATE]
@@ -111,12 +112,23 @@ def ops_app(runtime: NodeRuntime) -> Starlette:
     async def metrics(_: Request) -> Response:
         return Response(runtime.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    async def refused(request: Request, exc: Exception) -> Response:
+        # Only a method can be wrong: the node sends nothing but these exact paths here.
+        assert isinstance(exc, HTTPException)
+        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        status, raw, body = http.error_parts(error, request.scope[REQUEST_ID_KEY])
+        if http.declares_body(request.scope["headers"]):  # unread: see http.declares_body
+            raw.append(http.CLOSE)
+        headers = {k.decode(): v.decode() for k, v in raw} | dict(exc.headers or {})
+        return Response(body, status, headers)
+
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET", "HEAD"]),
             Route("/readyz", readyz, methods=["GET", "HEAD"]),
             Route("/metrics", metrics, methods=["GET"]),
-        ]
+        ],
+        exception_handlers={HTTPException: refused},
     )
 
 
@@ -148,6 +160,10 @@ class FunctionServer:
         except EdgeError as e:
             response = http.error_parts(e, request_id)
             error = e.reason
+            # Only a function's errors come after the whole body was read; any other left it
+            # unread (or stopped reading it), and the server will close the connection.
+            if not isinstance(e, FunctionError) and http.declares_body(headers):
+                response[1].append(http.CLOSE)
         finally:
             metrics.in_flight.dec()
         status, raw_headers, body = response
@@ -183,8 +199,7 @@ class FunctionServer:
         ip = client_ip(peer, forwarded, config.trusted_proxies) if forwarded else peer
         cookies: dict[str, str] = {}
         if served.canary is not None and served.sticky.startswith("cookie:"):
-            jar = SimpleCookie(http.header(headers, b"cookie"))
-            cookies = {k: m.value for k, m in jar.items()}
+            cookies = http.cookies(headers)
         function, version = served.pick(route.function, ip, cookies)
         trace.note("edge.function", route.function)
         trace.note("edge.version", version)
@@ -372,9 +387,26 @@ def create_app(runtime: NodeRuntime) -> ASGIApp:
     functions = FunctionServer(runtime)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPS_PATHS:
-            await functions(scope, receive, send)
-        else:
+        if scope["type"] != "http":
             await ops(scope, receive, send)
+            return
+        if scope["path"][:1] != "/":  # absolute-form (or "*"): rare, so off the fast path
+            scope = http.from_absolute_form(scope)
+        if scope["path"] not in OPS_PATHS:
+            await functions(scope, receive, send)
+        else:  # the node's own answers carry a request id too, like every other
+            request_id = scope[REQUEST_ID_KEY] = http.request_id_from(scope["headers"])
+            await ops(scope, receive, _with_request_id(send, request_id.encode()))
 
     return app
+
+
+def _with_request_id(send: Send, request_id: bytes) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(k == http.REQUEST_ID_B for k, _ in headers):
+                message = {**message, "headers": [*headers, (http.REQUEST_ID_B, request_id)]}
+        await send(message)
+
+    return sending

@@ -7,12 +7,14 @@ import json
 import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.parse import urlsplit
 
 from edge.errors import BuildFailed, EdgeError, InvalidResponse, RequestBodyTooLarge
 
 REQUEST_ID = "x-request-id"
-_REQUEST_ID_B = REQUEST_ID.encode()
+REQUEST_ID_B = REQUEST_ID.encode()
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _LINE_BREAK_OR_NUL = re.compile("[\r\n\0]")
@@ -45,6 +47,31 @@ def header_all(headers: RawHeaders, name: bytes) -> list[str]:
     return [v.decode("latin-1") for k, v in headers if k == name]
 
 
+CLOSE = (b"connection", b"close")
+
+
+def declares_body(headers: RawHeaders) -> bool:
+    """The request has a body (chunked, or a content-length that is not 0). An answer sent
+    before that body was read ends the connection: the server cannot find the next request,
+    so the answer says `Connection: close` and the client does not send one into it."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" 0")):
+            return True
+    return False
+
+
+def cookies(headers: RawHeaders) -> dict[str, str]:
+    """The request's cookies by name. A header the parser refuses (an illegal name such as
+    `<=`) counts as no cookies: the client wrote it, and a sticky split then falls back to
+    the client's address rather than failing the request."""
+    # HTTP/2 may split the cookie header into one field per cookie (RFC 9113 8.2.3).
+    try:
+        jar = SimpleCookie("; ".join(header_all(headers, b"cookie")))
+    except CookieError:
+        return {}
+    return {k: m.value for k, m in jar.items()}
+
+
 # A new id is this process's random prefix and a counter: unique like a uuid4 (32 hex digits)
 # without a system call for randomness per request. Ids name requests; they grant nothing.
 _ID_PREFIX = os.urandom(8).hex()
@@ -65,8 +92,28 @@ def new_request_id() -> str:
 
 def request_id_from(headers: RawHeaders) -> str:
     """The caller's id when it is sane (so traces join up), else a new one."""
-    given = header(headers, _REQUEST_ID_B)
+    given = header(headers, REQUEST_ID_B)
     return given if given and _REQUEST_ID_RE.match(given) else new_request_id()
+
+
+def from_absolute_form(scope: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A request whose target is absolute (`GET http://host/path`, which a server must accept,
+    RFC 9112 3.2.2) as the origin-form one it means: path from the target, and its host in
+    place of the Host header (the target's wins). Any other scope is returned as it is."""
+    target: str = scope["path"]
+    if not target[:8].lower().startswith(("http://", "https://")):  # the scheme has no case
+        return scope
+    parts = urlsplit(target)
+    raw = (scope.get("raw_path") or target.encode("latin-1")).decode("latin-1")
+    raw_path = urlsplit(raw).path or "/"
+    headers = [(k, v) for k, v in scope["headers"] if k != b"host"]
+    return {
+        **scope,
+        "path": parts.path or "/",
+        "raw_path": raw_path.encode("latin-1"),
+        # Without userinfo: an http URI must not carry one (RFC 9110 4.2.4).
+        "headers": [(b"host", parts.netloc.rpartition("@")[2].encode("latin-1")), *headers],
+    }
 
 
 def url_of(scope: MutableMapping[str, Any], host: str) -> str:
@@ -115,7 +162,7 @@ async def read_body(
 
 def guest_headers(headers: RawHeaders, request_id: str) -> list[tuple[str, str]]:
     # Header bytes are latin-1 on the wire (RFC 9110); names arrive lower-cased from the server.
-    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k != _REQUEST_ID_B]
+    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k != REQUEST_ID_B]
     out.append((REQUEST_ID, request_id))
     return out
 
@@ -134,7 +181,7 @@ def response_headers(headers: Iterable[tuple[str, str]], request_id: str) -> Raw
             out.append((lower.encode("latin-1"), value.encode("latin-1")))
         except UnicodeEncodeError:
             out.append((lower.encode("latin-1"), value.encode("utf-8")))
-    out.append((_REQUEST_ID_B, request_id.encode()))
+    out.append((REQUEST_ID_B, request_id.encode()))
     return out
 
 
@@ -164,7 +211,7 @@ def error_parts(error: EdgeError, request_id: str) -> tuple[int, RawHeaders, byt
         error.status,
         [
             (b"content-type", b"application/json"),
-            (_REQUEST_ID_B, request_id.encode()),
+            (REQUEST_ID_B, request_id.encode()),
             (b"content-length", str(len(body)).encode()),
         ],
         body,

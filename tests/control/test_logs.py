@@ -162,7 +162,11 @@ def test_bad_retention_settings_are_refused(make_store: MakeStore, clock: FakeCl
     {"request_id": "has spaces"},
     {"time": "yesterday"},
     {"time": True},
+    {"time": float("nan")},
+    {"time": float("inf")},
     {"message": 5},
+    {"level": []},  # unhashable: it once made the whole batch a 500
+    {"source": {"a": 1}},
 ])  # fmt: skip
 def test_malformed_lines_are_refused_one_by_one(change: dict[str, Any]) -> None:
     assert parse_line(raw("t/hello", "ok")) is not None
