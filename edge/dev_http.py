@@ -13,10 +13,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from edge.asgi import ASGIApp, Message, Receive, Scope, Send
 from edge.cli_output import Output
 from edge.errors import FunctionError
 from edge.node import http
-from edge.node.app import ASGIApp, Message, Receive, Scope, Send
 from edge.sandbox.host import LogLine, LogSink
 
 KEPT_REQUESTS = 64

@@ -9,16 +9,8 @@ being closed (it would see "server disconnected without a response").
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
+from edge.asgi import ASGIApp, Message, Receive, Scope, Send
 from edge.node.http import CLOSE, declares_body
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def close_unread_bodies(app: ASGIApp) -> ASGIApp:

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.routing import BaseRoute, Match
 
+from edge.asgi import ASGIApp, Message, Receive, Scope, Send
 from edge.control.records import Node
 from edge.control.status import node_json
 
@@ -38,12 +38,6 @@ CONVERGENCE_BUCKETS_S = (
 NODE_STATES = ("current", "behind", "refused", "unreachable")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 CREATED_CACHE_ENTRIES = 1024
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def node_state(node: Node, revision: int, now_unix: float, stale_after_s: float) -> str:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 import anyio
 import httpx
@@ -22,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from edge.asgi import ASGIApp, Message, Receive, Scope, Send
 from edge.errors import EdgeError, FunctionError, MethodNotAllowed, NoRoute
 from edge.node import http
 from edge.node.client_ip import client_ip
@@ -35,12 +34,6 @@ from edge.node.tracing import RequestTrace
 from edge.sandbox.abi import GuestRequest, GuestResponse
 from edge.sandbox.function import LoadedFunction, OverBudget
 from edge.sandbox.host import Invocation, LogLine, LogSink
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 INLINE_BUDGET_TICKS = 2
 # A spill target that does not accept the connection at once is skipped and the request served
