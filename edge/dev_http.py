@@ -120,7 +120,7 @@ class AccessLog:
         async def sent(message: Message) -> None:
             if message["type"] == "http.response.start":
                 answer["status"] = message["status"]
-                answer["request_id"] = http.header(message["headers"], http.REQUEST_ID.encode())
+                answer["request_id"] = http.header(message["headers"], http.REQUEST_ID_B)
             await send(message)
 
         try:
