@@ -38,11 +38,13 @@ from edge.config.function import NAME_RE, parse_function_config
 from edge.control.admin_api import admin_routes, require_admin
 from edge.control.bodies import (
     field,
+    int_param,
     json_body,
     number,
     optional_int,
     optional_ip,
     read_body,
+    wait_param,
 )
 from edge.control.closing import close_unread_bodies
 from edge.control.component_check import check_component_framing
@@ -393,12 +395,8 @@ def create_app(
         `edge deploy` waits so."""
         tenant_id, _ = await tenant(request, "read")
         if "revision" in request.query_params:
-            try:
-                wanted = int(request.query_params["revision"])
-                wait_s = float(request.query_params.get("wait_s", settings.long_poll_default_s))
-            except ValueError:
-                raise BadRequest("revision must be an integer and wait_s a number") from None
-            await watch.wait_applied(wanted, min(max(wait_s, 0.0), settings.long_poll_max_s))
+            wanted = int_param(request.query_params["revision"], "revision")
+            await watch.wait_applied(wanted, query_wait_s(request))
 
         views = check_views()
 
@@ -411,6 +409,10 @@ def create_app(
 
         return JSONResponse(await run(read))
 
+    def query_wait_s(request: Request) -> float:
+        text = request.query_params.get("wait_s", str(settings.long_poll_default_s))
+        return wait_param(text, settings.long_poll_max_s)
+
     # --- node endpoints -------------------------------------------------------------------------
 
     async def node_snapshot(request: Request) -> Response:
@@ -421,13 +423,8 @@ def create_app(
         or 204 after wait_s.
         """
         await node(request)
-        try:
-            after = int(request.query_params.get("after", "-1"))
-            wait_s = float(request.query_params.get("wait_s", settings.long_poll_default_s))
-        except ValueError:
-            raise BadRequest("after must be an integer and wait_s a number") from None
-        wait_s = min(max(wait_s, 0.0), settings.long_poll_max_s)
-        revision = await feed.wait_beyond(after, wait_s)
+        after = int_param(request.query_params.get("after", "-1"), "after")
+        revision = await feed.wait_beyond(after, query_wait_s(request))
         if revision is None:
             return Response(status_code=204)
         return Response(

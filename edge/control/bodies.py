@@ -39,6 +39,18 @@ def int_param(text: str, what: str) -> int:
     return value
 
 
+def wait_param(text: str, limit_s: float) -> float:
+    """A long poll's wait in seconds from the query, clamped to [0, limit_s]. NaN is refused:
+    it passes both clamps (every comparison with it is false) and a NaN timeout waits forever."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadRequest(f"wait_s must be a number of seconds, got {text[:40]!r}") from None
+    if math.isnan(value):
+        raise BadRequest("wait_s must be a number of seconds, got NaN")
+    return min(max(value, 0.0), limit_s)
+
+
 def number(body: dict[str, Any], key: str) -> float:
     """A finite number. Python's JSON reads NaN, Infinity and 1e400 (as infinity); stored,
     they would make every later answer that shows them fail (JSON has no such numbers)."""

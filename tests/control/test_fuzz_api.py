@@ -295,3 +295,24 @@ def test_numbers_json_cannot_carry_are_refused(start_control: Callable[..., Cont
         r = admin.put("/v1/regions/eu-west", content=region.encode(), headers=json_type)
         assert r.status_code == 400, (odd, r.text)
     still_answers(server)
+
+
+def test_a_nan_wait_is_refused_not_waited_forever(
+    start_control: Callable[..., ControlServer],
+) -> None:
+    """wait_s=nan passed both clamps (every comparison with NaN is false) and the long poll
+    never timed out: found by the fuzz run above, once, in CI."""
+    server = start_control(QUICK)
+    node, admin = server.client(server.node), server.client(server.admin)
+    for odd in ["nan", "NaN", "-nan"]:
+        r = node.get("/v1/node/snapshot", params={"after": server.store.revision(), "wait_s": odd},
+                     timeout=5)  # fmt: skip
+        assert r.status_code == 400 and "wait_s" in r.json()["message"], (odd, r.text)
+        r = admin.get("/v1/status", params={"revision": 99, "wait_s": odd}, timeout=5)
+        assert r.status_code == 400 and "wait_s" in r.json()["message"], (odd, r.text)
+    # Infinity is a number: clamped to the server's limit, it waits that long and answers.
+    r = node.get("/v1/node/snapshot", params={"after": server.store.revision(), "wait_s": "inf"},
+                 timeout=5)  # fmt: skip
+    assert r.status_code == 204
+    r = admin.get("/v1/status", params={"revision": "x"}, timeout=5)
+    assert r.status_code == 400 and "revision" in r.json()["message"]
