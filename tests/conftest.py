@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+from hypothesis import settings
 
 if TYPE_CHECKING:
     from edge.sandbox.host import LogLine
@@ -24,6 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 EXAMPLES = REPO / "sdk" / "examples"
 SHARED_GEOIP = REPO.parent / "shared" / "geoip"
+# In CI (CI=1) the property-based tests draw the same examples every run, so a merge is never
+# failed by a new draw; locally they draw fresh ones, which is where new defects are found
+# (HYPOTHESIS_PROFILE=ci reproduces CI's draws).
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default")
+)
 # Builds are cached by content hash across test runs (and CI steps) in the repo's cache folder.
 os.environ.setdefault("EDGE_CACHE_DIR", str(REPO / ".edge-cache" / "builds"))
 
