@@ -36,11 +36,16 @@ class Code:
 
 
 def link(
-    engine: wasmtime.Engine, component: cm.Component, caps: Capabilities, tier: str
+    engine: wasmtime.Engine,
+    component: cm.Component,
+    caps: Capabilities,
+    tier: str,
+    log_write: host.HostFunc | None = None,
 ) -> Code:
-    """Checks `component` against the world and links it. Raises ComponentRejected."""
+    """Checks `component` against the world and links it. Raises ComponentRejected.
+    `log_write`: see host.build_linker."""
     imports = check_component(engine, component)
-    linker = host.build_linker(engine, component, imports, caps)
+    linker = host.build_linker(engine, component, imports, caps, log_write)
     handler = component.get_export_index(HANDLER_EXPORT)
     index = component.get_export_index(HANDLER_FUNC, handler)
     assert index is not None  # check_component verified it

@@ -11,6 +11,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import wasmtime
 from wasmtime import _ffi as ffi
@@ -25,7 +26,7 @@ from edge.errors import (
     MemoryLimitExceeded,
     ResponseTooLarge,
 )
-from edge.sandbox import abi, capi, growcheck, host, prepare
+from edge.sandbox import abi, capi, growcheck, host, prepare, stackmap
 from edge.sandbox.code import Code, link
 from edge.sandbox.compile_cache import CompileCache, content_hash
 from edge.sandbox.engine import BASELINE, SandboxEngine
@@ -88,6 +89,13 @@ class LoadedFunction:
         self.sink = sink
         self.digest = content_hash(wasm)
         self._deadline_ticks = engine.deadline_ticks(config.limits.deadline_ms)
+        # A JS build's source map (kept undecoded until an error line needs it); every other
+        # function links the plain log import. The mapper warns to the sink directly: the
+        # tier-up's code holds it, and must not hold the function (see _queue_tier_up).
+        self.stack = stackmap.StackMapper.for_component(wasm, partial(_warn, sink, self.name))
+        self._log_write = (
+            None if self.stack is None else host.mapped_log_write(self.stack, self._deadline_ticks)
+        )
         self._code, tier_up = self._first_code(cache, wasm)
         self._reuse_lock = threading.Lock()
         self._reused: _Live | None = None
@@ -104,22 +112,24 @@ class LoadedFunction:
         return self.config.name
 
     def _warn(self, message: str) -> None:
-        self.sink(host.LogLine(self.name, "", "warn", message, "platform", time.time()))
+        _warn(self.sink, self.name, message)
 
     def _first_code(self, cache: CompileCache, wasm: bytes) -> tuple[Code, bool]:
         """The optimised code if the cache has it or it compiles fast; else the baseline code,
         and True: the optimised code is to be compiled in the background (see tiering)."""
         settings = self.engine.settings
         top = self.engine.engine_for(len(wasm))
-        caps, tier = self.config.capabilities, settings.compiler
+        caps, tier, log_write = self.config.capabilities, settings.compiler, self._log_write
         if not settings.tiers_up or len(wasm) < settings.tier_up_above_bytes:
-            return link(top, cache.load(wasm, self.digest, top, self._warn), caps, tier), False
+            loaded = cache.load(wasm, self.digest, top, self._warn)
+            return link(top, loaded, caps, tier, log_write), False
         compiled = cache.cached(self.digest, top)
         if compiled is not None:
-            return link(top, compiled, caps, tier), False
+            return link(top, compiled, caps, tier, log_write), False
 
         def make(baseline: wasmtime.Engine) -> Code:
-            return link(baseline, cache.compile(wasm, baseline, self._warn), caps, BASELINE)
+            compiled = cache.compile(wasm, baseline, self._warn)
+            return link(baseline, compiled, caps, BASELINE, log_write)
 
         return self.engine.baseline_code(make), True
 
@@ -128,14 +138,15 @@ class LoadedFunction:
         top = self.engine.engine_for(len(wasm))
         digest, name, sink, tier = self.digest, self.name, self.sink, self.engine.settings.compiler
         caps, compile_in = self.config.capabilities, self.engine.background_compiler()
+        log_write = self._log_write
 
         def compile_top() -> Code:  # its growcheck warnings were said at the first compile
-            return link(top, cache.load(wasm, digest, top, compile_in=compile_in), caps, tier)
+            compiled = cache.load(wasm, digest, top, compile_in=compile_in)
+            return link(top, compiled, caps, tier, log_write)
 
         def failed(e: Exception) -> None:
             text = e.message if isinstance(e, EdgeError) else f"{type(e).__name__}: {e}"
-            message = f"{tier} compile failed, serving {BASELINE} code on: {text}"
-            sink(host.LogLine(name, "", "warn", message, "platform", time.time()))
+            _warn(sink, name, f"{tier} compile failed, serving {BASELINE} code on: {text}")
 
         self.engine.tiering.want(self, compile_top, failed)
 
@@ -382,6 +393,10 @@ class LoadedFunction:
                 "200 to 599"
             )
         return response
+
+
+def _warn(sink: host.LogSink, function: str, message: str) -> None:
+    sink(host.LogLine(function, "", "warn", message, "platform", time.time()))
 
 
 def _classify(e: wasmtime.WasmtimeError, config: FunctionConfig, doing: str) -> FunctionError:

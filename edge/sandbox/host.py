@@ -20,6 +20,8 @@ from wasmtime import WasiConfig
 from wasmtime import component as cm
 
 from edge.config.function import Capabilities
+from edge.sandbox import capi
+from edge.sandbox.stackmap import StackMapper
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 MAX_LOG_LINE_BYTES = 4096
@@ -112,6 +114,28 @@ class bound:
 def _log_write(_store: Any, level: Any, message: str) -> None:
     name = level if isinstance(level, str) else LOG_LEVELS[int(level)]
     current().log(name, message, "log")
+
+
+HostFunc = Callable[..., Any]
+
+
+def mapped_log_write(stack: StackMapper, deadline_ticks: int) -> HostFunc:
+    """The log import of a function with a source map: its error lines get their bundle
+    positions mapped (see stackmap). Other levels cost one comparison more than _log_write."""
+
+    def write(store: Any, level: Any, message: str) -> None:
+        name = level if isinstance(level, str) else LOG_LEVELS[int(level)]
+        if name == "error":
+            first = not stack.decoded
+            message = stack.rewrite(message)
+            if first and stack.decoded:
+                # The decode (up to ~0.5 s for the largest map) ran on this request's clock,
+                # once per loaded function: the request gets its whole deadline again, so it
+                # does not become a 504 that loses the rest of its stack.
+                capi.set_epoch_deadline(store._context(), deadline_ticks)
+        current().log(name, message, "log")
+
+    return write
 
 
 def _config_get(_store: Any, key: str) -> str | None:
@@ -209,8 +233,13 @@ def wasi_config(route: OutputRoute) -> WasiConfig:
 
 
 def build_linker(
-    engine: Any, component: cm.Component, imports: list[str], caps: Capabilities
+    engine: Any,
+    component: cm.Component,
+    imports: list[str],
+    caps: Capabilities,
+    log_write: HostFunc | None = None,
 ) -> cm.Linker:
+    """`log_write`: the log import's implementation, when not the plain one (mapped_log_write)."""
     linker = cm.Linker(engine)
     linker.allow_shadowing = True
     # WASI p2 from wasmtime: its sockets refuse every address and name lookup by default, and
@@ -224,7 +253,7 @@ def build_linker(
                     pass
             elif iface == "edge:function/log":
                 with root.add_instance(name) as inst:
-                    inst.add_func("write", _log_write)
+                    inst.add_func("write", log_write or _log_write)
             elif iface == "edge:function/config":
                 with root.add_instance(name) as inst:
                     inst.add_func("get", _config_get)

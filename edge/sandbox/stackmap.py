@@ -1,0 +1,142 @@
+"""JavaScript stack positions in a function's error log, mapped back to the author's files.
+
+`edge build` bundles a JS function with esbuild, so the engine's stack names the bundle
+(`parseAmount@bundle.js:195:11`). The build puts esbuild's source map, its `sources` made
+relative to the project, into a custom section of the component (SECTION). It lives there, not
+beside the component, because the component is the one thing the control plane stores, hashes,
+signs and pushes, and the compile cache keys: a node holding a version holds its map, which can
+never belong to another build. Custom sections are allowed anywhere in a component; wasmtime
+skips them, the upload check accepts them (section id 0) and the memory.grow rewrite copies
+top-level sections as they are.
+
+The host keeps the section's bytes (at most MAX_MAP_BYTES) when it loads a function and decodes
+them only when an error line first names the bundle: once per loaded function, into at most
+sourcemap.DEFAULT_MAX_SEGMENTS segments. A map that is missing, too large or corrupt leaves
+every line as it was (and says so once, as a platform warning).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+
+from edge.sandbox import sourcemap
+from edge.sandbox.wasm_decode import Undecodable, encode_uleb, read_name, read_uleb
+
+SECTION = "edge:js-source-map"
+BUNDLE_NAME = "bundle.js"  # what the build calls the bundle; the engine's stacks name it so
+MAX_MAP_BYTES = 4 * 1024 * 1024  # ~0.5 s to decode; a larger section is not kept at all
+
+_COMPONENT_PREAMBLE = b"\0asm\x0d\x00\x01\x00"
+# `bundle.js:LINE:COLUMN` as a whole file name: `name@bundle.js:1:2`, not `xbundle.js` or
+# `/some/dir/bundle.js` (componentize-js's own files).
+_POSITION = re.compile(r"(?<![\w./\\-])" + re.escape(BUNDLE_NAME) + r":(\d+):(\d+)")
+
+
+def section_bytes(name: str, payload: bytes) -> bytes:
+    """A custom section (id 0) of `name` holding `payload`, to append to a component."""
+    encoded = name.encode()
+    body = encode_uleb(len(encoded)) + encoded + payload
+    return b"\x00" + encode_uleb(len(body)) + body
+
+
+def find_section(wasm: bytes, name: str = SECTION) -> memoryview | None:
+    """The payload of the component's top-level custom section `name`; None when it has none
+    or the bytes are not a well-framed component. Walks section headers only (a JS component
+    has a few dozen), never decodes a section."""
+    if not wasm.startswith(_COMPONENT_PREAMBLE):
+        return None
+    wanted = name.encode()
+    pos = len(_COMPONENT_PREAMBLE)
+    try:
+        while pos < len(wasm):
+            size, start = read_uleb(wasm, pos + 1)
+            end = start + size
+            if end > len(wasm):
+                return None
+            if wasm[pos] == 0:
+                found, payload = read_name(wasm, start)
+                if found == wanted and payload <= end:
+                    return memoryview(wasm)[payload:end]
+            pos = end
+    except Undecodable:
+        return None
+    return None
+
+
+def rewrite(message: str, source_map: sourcemap.SourceMap) -> str:
+    """Every `bundle.js:LINE:COLUMN` (1-based, as the engine counts) in `message` replaced by
+    the original `file:line:column`; positions the map does not cover stay as they are."""
+
+    def original(match: re.Match[str]) -> str:
+        found = source_map.original(int(match[1]) - 1, int(match[2]) - 1)
+        if found is None or not found.source:
+            return match[0]
+        return f"{found.source}:{found.line + 1}:{found.column + 1}"
+
+    return _POSITION.sub(original, message)
+
+
+class StackMapper:
+    """One loaded function's map: decoded on first use, by one thread, once."""
+
+    def __init__(
+        self,
+        raw: bytes,
+        warn: Callable[[str], None],
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._raw: bytes | None = raw
+        self._map: sourcemap.SourceMap | None = None
+        self._done = False
+        self._warn = warn
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.decode_s: float | None = None  # how long the decode took, once it ran
+
+    @classmethod
+    def for_component(cls, wasm: bytes, warn: Callable[[str], None]) -> StackMapper | None:
+        """The mapper for a component with a map section; None (nothing to map) without one,
+        or with one over MAX_MAP_BYTES (said once, through `warn`)."""
+        raw = find_section(wasm)
+        if raw is None:
+            return None
+        if len(raw) > MAX_MAP_BYTES:
+            warn(f"JavaScript stack positions left unmapped: the source map has {len(raw)} bytes,"
+                 f" over the limit of {MAX_MAP_BYTES}")  # fmt: skip
+            return None
+        return cls(bytes(raw), warn)
+
+    @property
+    def decoded(self) -> bool:
+        """Whether the decode has run (successfully or not)."""
+        return self._done
+
+    def rewrite(self, message: str) -> str:
+        """`message` with its bundle positions mapped; never raises (a host import calls it,
+        and an exception there would trap the request)."""
+        if BUNDLE_NAME not in message:
+            return message
+        try:
+            source_map = self._decoded()
+            return message if source_map is None else rewrite(message, source_map)
+        except Exception:  # a bug here must cost the mapping, never the request
+            return message
+
+    def _decoded(self) -> sourcemap.SourceMap | None:
+        if self._done:  # no lock on the common path
+            return self._map
+        with self._lock:
+            if not self._done:
+                raw, self._raw = self._raw, None
+                started = self._clock()
+                try:
+                    assert raw is not None
+                    self._map = sourcemap.decode(raw)
+                except sourcemap.SourceMapError as e:
+                    self._warn(f"JavaScript stack positions left unmapped: bad source map: {e}")
+                self.decode_s = self._clock() - started
+                self._done = True
+            return self._map
