@@ -147,6 +147,8 @@ def _decode_mappings(
                     cols.append(0)
                     continue
                 source += d[1]
+                if source < 0:  # -1 marks a segment without a source: caught here, not below
+                    raise SourceMapError(f"source index {source} out of range on line {number}")
                 line += d[2]
                 column += d[3]
                 ids.append(source)
@@ -162,9 +164,8 @@ def _decode_mappings(
     # Ranges checked once, at C speed, over the whole arrays.
     if columns and min(columns) < 0:
         raise SourceMapError("a generated column is negative")
-    if ids and (max(ids) >= len(sources) or min(ids) < -1):
-        bad = max(ids) if max(ids) >= len(sources) else min(ids)
-        raise SourceMapError(f"source index {bad} out of range (0..{len(sources) - 1})")
+    if ids and max(ids) >= len(sources):
+        raise SourceMapError(f"source index {max(ids)} out of range (0..{len(sources) - 1})")
     if lines and (min(lines) < 0 or min(cols) < 0):
         raise SourceMapError("an original line or column is negative")
     return SourceMap(sources, line_starts, columns, ids, lines, cols)
