@@ -1,0 +1,135 @@
+"""JavaScript stack traces name the author's files, seen from outside: a real node (and `edge
+dev`) on 127.0.0.1 serving the stack-js fixture, whose handler in index.js calls a helper in
+lib/parse.js that throws. The same component with its map section missing, corrupt or slow to
+decode still serves every request, its lines as the bundle has them."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edge.control.component_check import check_component_framing
+from edge.sandbox.stackmap import SECTION, find_section, section_bytes
+
+from .conftest import FIXTURES, Proc
+from .test_sdk import get, logged
+
+pytestmark = pytest.mark.toolchain
+
+PROJECT = FIXTURES / "functions" / "stack-js"
+# The frames of the throw in lib/parse.js (line 5, `new` at column 11), its caller's call in
+# index.js (line 12) and the SDK's call of `handle`.
+THROWN = [
+    "    at parseAmount@lib/parse.js:5:11",
+    "    at handle@index.js:12:18",
+]
+BUNDLE_FRAME = re.compile(r"    at parseAmount@bundle\.js:\d+:\d+")
+
+
+def variant(tmp_path: Path, name: str, wasm: bytes, limits: str = "") -> str:
+    """A node.toml [[function]] serving `wasm` as function NAME (route /NAME), from a project
+    folder of its own holding only edge.toml and the build output."""
+    project = tmp_path / name
+    (project / "build").mkdir(parents=True)
+    (project / "build" / f"{name}.wasm").write_bytes(wasm)
+    manifest = (PROJECT / "edge.toml").read_text().replace('"stack-js"', f'"{name}"') + limits
+    (project / "edge.toml").write_text(manifest)
+    return (
+        f'[[function]]\nproject = "{project}"\n'
+        f'[[route]]\nroute = "*/{name}"\nfunction = "{name}"\n'
+    )
+
+
+@pytest.fixture(scope="module")
+def node(
+    start_module_node: Callable[..., Proc],
+    built: Callable[[Path], Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Proc:
+    wasm = built(PROJECT).read_bytes()
+    found = find_section(wasm)
+    assert found is not None
+    source_map = bytes(found)
+    section = section_bytes(SECTION, source_map)
+    assert wasm.endswith(section)  # the build appends it
+    bare = wasm[: -len(section)]
+    corrupt = bare + section_bytes(SECTION, b'{"version": 3, "sources": ["x"], "mappings": "!"}')
+    # Lines past the bundle's end: a valid map that takes ~0.5 s to decode, ten times the
+    # deadline of the function it is served with.
+    padded = json.loads(source_map)
+    padded["mappings"] += ";AAAA" * 700_000
+    slow = bare + section_bytes(SECTION, json.dumps(padded).encode())
+    tmp = tmp_path_factory.mktemp("variants")
+    body = (
+        variant(tmp, "mapped", wasm)
+        + variant(tmp, "nomap", bare)
+        + variant(tmp, "corrupt", corrupt)
+        + variant(tmp, "slow", slow, "\n[limits]\ndeadline_ms = 50\n")
+    )
+    return start_module_node(body)
+
+
+def own_lines(node: Proc, request_id: str) -> list[str]:
+    lines = logged(node, request_id, "function trapped")
+    return [line["message"] for line in lines if line["source"] == "log"]
+
+
+def test_uncaught_error_names_the_authors_file_and_line(node: Proc) -> None:
+    r = get(node, "/mapped?amount=x", "mapped-throw")
+    assert r.status_code == 500 and r.json()["error"] == "trap"
+    own = own_lines(node, "mapped-throw")
+    assert own[0] == 'Uncaught RangeError: not an amount: "x"'
+    assert own[1:3] == THROWN
+    assert own[3].startswith("    at handle@edge:sdk/edge.js:")  # the SDK's wrapper
+    assert not any("@bundle.js:" in line for line in own)
+    assert get(node, "/mapped?amount=7", "mapped-ok").text == "amount 7\n"
+
+
+def test_console_error_of_an_error_is_mapped_too(node: Proc) -> None:
+    r = get(node, "/mapped/logged", "mapped-logged")
+    assert r.status_code == 200
+    lines = logged(node, "mapped-logged", "Error: logged, not thrown")
+    message = next(line["message"] for line in lines if line["source"] == "log")
+    assert message.splitlines()[1] == "handle@index.js:9:19"
+
+
+@pytest.mark.parametrize("name", ["nomap", "corrupt"])
+def test_without_a_usable_map_lines_stay_as_the_bundle_has_them(node: Proc, name: str) -> None:
+    for attempt in range(2):
+        request_id = f"{name}-{attempt}"
+        r = get(node, f"/{name}?amount=x", request_id)
+        assert r.status_code == 500 and r.json()["error"] == "trap"
+        own = own_lines(node, request_id)
+        assert own[0] == 'Uncaught RangeError: not an amount: "x"'
+        assert BUNDLE_FRAME.fullmatch(own[1]), own
+        assert get(node, f"/{name}?amount=2", f"{request_id}-ok").text == "amount 2\n"
+    warnings = [line for line in node.log().splitlines()
+                if "stack positions left unmapped" in line and f'"{name}"' in line]  # fmt: skip
+    assert len(warnings) == (1 if name == "corrupt" else 0)
+
+
+def test_a_slow_decode_does_not_cost_the_request_its_deadline(node: Proc) -> None:
+    r = get(node, "/slow?amount=x", "slow-throw")
+    assert r.status_code == 500 and r.json()["error"] == "trap"  # not 504 deadline_exceeded
+    assert own_lines(node, "slow-throw")[1:3] == THROWN
+    assert get(node, "/slow?amount=x", "slow-again").status_code == 500
+    assert own_lines(node, "slow-again")[1:3] == THROWN
+
+
+def test_the_control_plane_accepts_the_built_component(built: Callable[[Path], Path]) -> None:
+    check_component_framing(built(PROJECT).read_bytes())
+
+
+def test_dev_shows_the_mapped_stack_in_its_error_answer(
+    tmp_path: Path, start_dev: Callable[[Path], Proc]
+) -> None:
+    dev = start_dev(PROJECT)
+    r = httpx.get(dev.url + "/?amount=x", headers={"x-request-id": "dev-stack"}, timeout=30)
+    assert r.status_code == 500
+    assert r.json()["function_log"][1:3] == [f"error {line}" for line in THROWN]
+    assert "parseAmount@lib/parse.js:5:11" in dev.log()
