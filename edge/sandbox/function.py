@@ -92,9 +92,9 @@ class LoadedFunction:
         # A JS build's source map (kept undecoded until an error line needs it); every other
         # function links the plain log import. The mapper warns to the sink directly: the
         # tier-up's code holds it, and must not hold the function (see _queue_tier_up).
-        self.stack = stackmap.StackMapper.for_component(wasm, partial(_warn, sink, self.name))
+        stack = stackmap.StackMapper.for_component(wasm, partial(_warn, sink, self.name))
         self._log_write = (
-            None if self.stack is None else host.mapped_log_write(self.stack, self._deadline_ticks)
+            None if stack is None else host.mapped_log_write(stack, self._deadline_ticks)
         )
         self._code, tier_up = self._first_code(cache, wasm)
         self._reuse_lock = threading.Lock()

@@ -22,6 +22,7 @@ _INVALID = 0xFF
 # One C-speed pass turns every base64 digit into its 6-bit value and anything else into 0xFF.
 _TO_SIXBIT = bytes(_B64.index(b) if b in _B64 else _INVALID for b in range(256))
 _CONTINUE, _DIGIT_BITS, _DIGIT_MASK = 0x20, 5, 0x1F
+_MAX_CACHED = 4096
 _MAX_SHIFT = 30  # a 32-bit number has at most 7 digits
 
 
@@ -124,19 +125,29 @@ def _decode_mappings(
 ) -> SourceMap:
     line_starts, columns = array("i", [0]), array("i")
     ids, lines, cols = array("i"), array("i"), array("i")
-    # Segments repeat a lot (`AAAA`, `SAAS`...): each distinct one is decoded once. The cache
-    # is bounded by the segment budget, like the arrays.
+    # Segments repeat a lot (`AAAA`, `SAAS`...): each distinct one is decoded once, up to
+    # _MAX_CACHED of them (a map of all-different segments would make the cache the largest
+    # thing here).
     deltas: dict[str, tuple[int, ...]] = {}
     # Every field but the generated column is relative to its value in the previous segment,
     # across lines; the generated column restarts at 0 on each line.
     source = line = column = name = 0
-    for number, text in enumerate(mappings.split(";")):
+    start, number, size = 0, 0, len(mappings)
+    while start <= size:
+        # Line by line rather than one split: a list of every line would cost more memory
+        # than the decoded arrays.
+        end = mappings.find(";", start)
+        if end < 0:
+            end = size
+        text = mappings[start:end]
         generated = 0
         if text:
             for segment in text.split(","):
                 d = deltas.get(segment)
                 if d is None:
-                    d = deltas[segment] = _vlq(segment, number)
+                    d = _vlq(segment, number)
+                    if len(deltas) < _MAX_CACHED:
+                        deltas[segment] = d
                 if d[0] < 0 and len(columns) > line_starts[-1]:
                     raise SourceMapError(f"generated columns out of order on line {number}")
                 generated += d[0]
@@ -161,6 +172,7 @@ def _decode_mappings(
             if len(columns) > max_segments:
                 raise SourceMapError(f"more than {max_segments} segments")
         line_starts.append(len(columns))
+        start, number = end + 1, number + 1
     # Ranges checked once, at C speed, over the whole arrays.
     if columns and min(columns) < 0:
         raise SourceMapError("a generated column is negative")

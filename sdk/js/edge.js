@@ -245,7 +245,8 @@ function describe(value) {
 
 // componentize-js runs without stdio, so an exception that ends the request would otherwise
 // leave nothing in the function's log: it is logged here, one line per stack frame. The stack
-// names lines of the bundle esbuild made, not of the source files.
+// names lines of the bundle esbuild made; the node maps them back to the source files with the
+// source map the build put in the component (edge/sandbox/stackmap.py).
 function reportUncaught(e) {
   logWrite("error", `Uncaught ${e instanceof Error ? String(e) : describe(e) + ": " + String(e)}`);
   const stack = e instanceof Error && typeof e.stack === "string" ? e.stack.trimEnd() : "";
