@@ -85,6 +85,7 @@ class Invocation:
 
 
 _local = threading.local()
+_MAIN = threading.main_thread()
 
 
 def current() -> Invocation:
@@ -128,10 +129,12 @@ def mapped_log_write(stack: StackMapper, deadline_ticks: int) -> HostFunc:
         if name == "error":
             first = not stack.decoded
             message = stack.rewrite(message)
-            if first and stack.decoded:
+            if first and stack.decoded and threading.current_thread() is not _MAIN:
                 # The decode (up to ~0.5 s for the largest map) ran on this request's clock,
                 # once per loaded function: the request gets its whole deadline again, so it
-                # does not become a 504 that loses the rest of its stack.
+                # does not become a 504 that loses the rest of its stack. Not a run inline on
+                # the event loop's thread (edge.node.inline): that one goes over its short
+                # budget and is run again on a worker thread, its lines discarded.
                 capi.set_epoch_deadline(store._context(), deadline_ticks)
         current().log(name, message, "log")
 
