@@ -13,10 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edge.config.toml_fields import load_toml
 from edge.control.component_check import check_component_framing
 from edge.sandbox.stackmap import SECTION, find_section, section_bytes
 
-from .conftest import FIXTURES, Proc
+from .cluster import Control, converge, follower
+from .conftest import FIXTURES, NodeFactory, Proc
 from .test_sdk import get, logged
 
 pytestmark = pytest.mark.toolchain
@@ -133,3 +135,18 @@ def test_dev_shows_the_mapped_stack_in_its_error_answer(
     assert r.status_code == 500
     assert r.json()["function_log"][1:3] == [f"error {line}" for line in THROWN]
     assert "parseAmount@lib/parse.js:5:11" in dev.log()
+
+
+def test_the_map_travels_with_a_deployed_version(
+    control: Control, start_node: NodeFactory, built: Callable[[Path], Path], tmp_path: Path
+) -> None:
+    """Uploaded, stored, signed and pushed like any component (its map section with it): a
+    follower that only has what the control plane sent maps the stack."""
+    node = follower(start_node, control, "n1", "eu-west", tmp_path / "state")
+    with control.client() as client:
+        data = built(PROJECT).read_bytes()
+        version = client.upload_version("stack-js", data, load_toml(PROJECT / "edge.toml"), "v")
+        converge(client, client.deploy("stack-js", int(version["number"]), ["*/"]))
+    r = get(node, "/?amount=x", "deployed-throw")
+    assert r.status_code == 500 and r.json()["error"] == "trap"
+    assert own_lines(node, "deployed-throw")[1:3] == THROWN
