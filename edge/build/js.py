@@ -18,7 +18,7 @@ from edge.build.language import Language, Work
 from edge.build.toolchain import SDK_DIR, WIT_DIR, WORLD, Toolchain
 from edge.config.function import FunctionConfig
 from edge.errors import BuildFailed
-from edge.sandbox.stackmap import BUNDLE_NAME
+from edge.sandbox.stackmap import BUNDLE_NAME, SECTION
 
 JS_SDK = SDK_DIR / "js"
 DISABLED_FEATURES = ["stdio", "random", "clocks", "http", "fetch-event"]
@@ -46,7 +46,7 @@ def sdk_inputs() -> Sequence[tuple[str, Path]]:
 def toolchain_version(tools: Toolchain) -> str:
     cjs = tools.version([*tools.componentize_js(), "--version"])
     esb = tools.version([*tools.esbuild(), "--version"])
-    recipe = f"disable {' '.join(DISABLED_FEATURES)}; {js_map.SECTION} section"
+    recipe = f"disable {' '.join(DISABLED_FEATURES)}; {SECTION} section"
     return f"componentize-js {cjs}; esbuild {esb}; {recipe}"
 
 

@@ -16,8 +16,6 @@ from pathlib import Path
 from edge.errors import BuildFailed
 from edge.sandbox.stackmap import SECTION, section_bytes
 
-__all__ = ["SECTION", "embed", "relocate", "source_name"]
-
 
 def source_name(path: str, project_dir: Path, sdk_dir: Path, entry: Path) -> str:
     """The name a stack shows for one of the bundle's sources (an absolute path)."""

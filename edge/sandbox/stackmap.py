@@ -11,8 +11,8 @@ top-level sections as they are.
 
 The host keeps the section's bytes (at most MAX_MAP_BYTES) when it loads a function and decodes
 them only when an error line first names the bundle: once per loaded function, into at most
-sourcemap.DEFAULT_MAX_SEGMENTS segments. A map that is missing, too large or corrupt leaves
-every line as it was (and says so once, as a platform warning).
+sourcemap.DEFAULT_MAX_SEGMENTS segments. Without a map every line stays as it was; with one
+too large or corrupt too, and that is said once, as a platform warning.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ import time
 from collections.abc import Callable
 
 from edge.sandbox import sourcemap
+from edge.sandbox.growcheck import COMPONENT_PREAMBLE
 from edge.sandbox.wasm_decode import Undecodable, encode_uleb, read_name, read_uleb
 
 SECTION = "edge:js-source-map"
 BUNDLE_NAME = "bundle.js"  # what the build calls the bundle; the engine's stacks name it so
 MAX_MAP_BYTES = 4 * 1024 * 1024  # ~0.5 s to decode; a larger section is not kept at all
 
-_COMPONENT_PREAMBLE = b"\0asm\x0d\x00\x01\x00"
 # `bundle.js:LINE:COLUMN` as a whole file name: `name@bundle.js:1:2`, not `xbundle.js` or
 # `/some/dir/bundle.js` (componentize-js's own files).
 _POSITION = re.compile(r"(?<![\w./\\-])" + re.escape(BUNDLE_NAME) + r":(\d+):(\d+)")
@@ -46,10 +46,10 @@ def find_section(wasm: bytes, name: str = SECTION) -> memoryview | None:
     """The payload of the component's top-level custom section `name`; None when it has none
     or the bytes are not a well-framed component. Walks section headers only (a JS component
     has a few dozen), never decodes a section."""
-    if not wasm.startswith(_COMPONENT_PREAMBLE):
+    if not wasm.startswith(COMPONENT_PREAMBLE):
         return None
     wanted = name.encode()
-    pos = len(_COMPONENT_PREAMBLE)
+    pos = len(COMPONENT_PREAMBLE)
     try:
         while pos < len(wasm):
             size, start = read_uleb(wasm, pos + 1)
