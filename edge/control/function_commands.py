@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from edge.cli_output import JsonOption, Output, utc_time
 from edge.control.client import DEFAULT_URL
@@ -32,18 +32,19 @@ def list_functions(
     token: Token = "",
     as_json: JsonOption = False,
 ) -> None:
-    """This tenant's functions: deployed version, canary, routes, number of versions, when
-    created and last changed. Deleted ones only with --deleted. --json: {"functions": [...]}
-    as GET /v1/functions answers."""
+    """This tenant's functions: deployed (stable) version, canary, routes, number of versions
+    and last change. Deleted ones only with --deleted. --json: {"functions": [...]} as
+    GET /v1/functions answers (creation times too)."""
     with Output(as_json) as out, _client(control, token) as client:
         result = client.functions(deleted)
     listed = result["functions"]
-    table = Table("function", "stable", "canary", "versions", "routes", "created", "updated")
+    # Creation times are in --json: the table fits 80 columns without them.
+    table = Table("function", "stable", "canary", "versions", Column("routes", overflow="fold"),
+                  Column("updated", no_wrap=True))
     for f in listed:
         stable = "deleted" if f["deleted"] else "-" if f["stable"] is None else f"v{f['stable']}"
         table.add_row(f["name"], stable, _canary(f), str(f["version_count"]),
-                      " ".join(f["routes"]) or "-", utc_time(f["created_unix"]),
-                      utc_time(f["updated_unix"]))
+                      " ".join(f["routes"]) or "-", utc_time(f["updated_unix"]))
     empty = "no functions" + ("" if deleted else " (deleted ones: --deleted)")
     out.result(result, lambda: out.show(table) if listed else out.show(empty))
 
