@@ -309,10 +309,11 @@ def create_app(
     async def list_functions(request: Request) -> Response:
         """This tenant's functions by name (scope read).
 
-        Each: `name`, `stable` (the deployed version, null if not deployed), `canary` and
-        `canary_percent`, `routes`, `version_count` (versions number from 1, so also the
-        newest's number), `created_unix`, `updated_unix` (its newest version or change) and
-        `deleted` (taken out of service by `DELETE /v1/functions/NAME`, not deployed since).
+        Each: `name`, `stable` (the deployed version, null if not deployed), `canary`,
+        `canary_percent` and `sticky` (how clients are split), `routes`, `version_count`
+        (versions number from 1, so also the newest's number), `created_unix`, `updated_unix`
+        (its newest version or change) and `deleted` (taken out of service by
+        `DELETE /v1/functions/NAME`, not deployed since).
         Query: deleted=1 to list deleted functions too (left out by default)."""
         tenant_id, _ = await tenant(request, "read")
         with_deleted = flag_param(request.query_params.get("deleted"), "deleted")

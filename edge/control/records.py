@@ -119,6 +119,7 @@ class FunctionSummary:
             "stable": d.stable if d else None,
             "canary": d.canary if d else None,
             "canary_percent": d.canary_percent if d else 0,
+            "sticky": d.sticky if d else None,
             "routes": d.to_json()["routes"] if d else [],
             "version_count": self.version_count,
             "created_unix": self.created_unix,

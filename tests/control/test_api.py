@@ -257,12 +257,12 @@ def test_functions_lists_this_tenants_own_with_canary_and_hides_deleted_ones(
     draft, hello = listed
     changed = {row.function: row.created_unix for row in server.store.revisions()}
     assert {k: hello[k] for k in hello if not k.endswith("_unix")} == {
-        "name": "hello", "stable": 1, "canary": 2, "canary_percent": 10,
+        "name": "hello", "stable": 1, "canary": 2, "canary_percent": 10, "sticky": "ip",
         "routes": ["*/api", "example.com/"], "version_count": 2, "deleted": False}
     assert hello["created_unix"] < hello["updated_unix"] == changed["default/hello"]
     assert {k: draft[k] for k in draft if not k.endswith("_unix")} == {
-        "name": "draft", "stable": None, "canary": None, "canary_percent": 0, "routes": [],
-        "version_count": 1, "deleted": False}
+        "name": "draft", "stable": None, "canary": None, "canary_percent": 0, "sticky": None,
+        "routes": [], "version_count": 1, "deleted": False}
     [first] = read.get("/v1/functions/draft/versions").json()["versions"]
     assert draft["created_unix"] <= draft["updated_unix"] == first["created_unix"]
 
