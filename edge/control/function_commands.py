@@ -18,7 +18,7 @@ from edge.control.client import DEFAULT_URL
 from edge.control.commands import ControlUrl, Token, _client
 
 function_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                           help="Manage deployed functions.")
+                           help="List and manage functions.")
 
 
 def _canary(f: dict[str, Any]) -> str:
