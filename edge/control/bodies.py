@@ -40,11 +40,11 @@ def int_param(text: str, what: str) -> int:
 
 
 def flag_param(text: str | None, what: str) -> bool:
-    """A yes/no from the query: absent, "0" or "false" is no; "1" or "true" is yes; anything
-    else is a BadRequest (a typo must not quietly mean no)."""
-    if text is None or text.lower() in ("0", "false", ""):
+    """A yes/no from the query: absent, "0", "false" or "no" is no; "1", "true" or "yes" is
+    yes; anything else is a BadRequest (a typo must not quietly mean no)."""
+    if text is None or text.lower() in ("0", "false", "no", ""):
         return False
-    if text.lower() in ("1", "true"):
+    if text.lower() in ("1", "true", "yes"):
         return True
     raise BadRequest(f"{what} must be 1 or 0 (true or false), got {text[:40]!r}")
 
