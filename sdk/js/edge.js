@@ -261,7 +261,7 @@ function reportUncaught(e) {
     // constructor; a set name (TypeError, or the author's) wins.
     if (isError && typeof e.name === "string" && e.name && e.name !== "Error") type = e.name;
     text = isError ? String(e.message) : String(e);
-    first = isError ? `Uncaught ${String(e)}` : `Uncaught ${type}: ${text}`;
+    first = `Uncaught ${type}${text || !isError ? ": " : ""}${text}`;
   } catch {
     // a getter or toString that throws: the type still says what happened
   }

@@ -235,7 +235,11 @@ def _die_uncaught() -> NoReturn:
         text = str(exc)
     except BaseException:  # a __str__ that raises: the type still says what happened
         text = ""
-    report = _traceback.format_exc().rstrip("\n")
+    # From the handler's frame on: this wrapper's own frame is noise to the function's author.
+    tb = exc.__traceback__ if exc is not None else None
+    if tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    report = "".join(_traceback.format_exception(kind, exc, tb)).rstrip("\n")
     fields = [name.replace("\0", ""), text.replace("\0", "\ufffd"), report]
     try:
         _log.write(_log.Level.ERROR, _REPORT_MARK + "\0".join(fields))
