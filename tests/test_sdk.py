@@ -95,10 +95,10 @@ def test_an_exceptions_message_stays_out_of_the_answer(node: Proc) -> None:
         assert not any(secret in answer.text for secret in SECRETS)
         assert "Traceback" not in answer.text and "bundle.js" not in answer.text
     # The function's log has it all, for its author.
-    py = logged(node, "py-secret", "function raised")
-    assert any(line["message"].endswith("app.PaymentDeclined: card declined for "
-                                        "api_key=sk_live_py_SECRET_4242") for line in py)  # fmt: skip
-    own = [x["message"] for x in logged(node, "js-secret", "function raised") if x["source"] == "log"]
+    said = "app.PaymentDeclined: card declined for api_key=sk_live_py_SECRET_4242"
+    assert any(x["message"].endswith(said) for x in logged(node, "py-secret", "function raised"))
+    js_lines = logged(node, "js-secret", "function raised")
+    own = [x["message"] for x in js_lines if x["source"] == "log"]
     assert own[0].startswith("Uncaught PaymentDeclined: api_key=sk_live_js_SECRET_4242\n    at ")
 
 
