@@ -345,6 +345,7 @@ class LoadedFunction:
         self, live: _Live, request: abi.GuestRequest, invocation: host.Invocation
     ) -> abi.GuestResponse:
         live.output.invocation = invocation
+        invocation.flush_output = live.output.flush
         marks = invocation.marks
         started = time.time_ns() if marks is not None else 0
         try:

@@ -68,6 +68,9 @@ class Invocation:
     # (see edge.sandbox.uncaught): read by the sandbox when the call traps.
     uncaught: Uncaught | None = None
     reported: bool = False  # a report was logged (once a request, over the line cap too)
+    # Logs what guest stdio holds without its newline yet (OutputRoute.flush), so that what
+    # was printed before a report comes before it in the log.
+    flush_output: Callable[[], None] | None = None
 
     def log(self, level: str, message: str, source: str) -> None:
         if self.lines >= MAX_LOG_LINES_PER_REQUEST:
@@ -84,6 +87,8 @@ class Invocation:
         one error line, and the exception is the request's until another host call."""
         report = uncaught.parse(message)
         self.uncaught = report
+        if self.flush_output is not None:
+            self.flush_output()
         # Logged over the line cap too, once: an SDK reports as its last act, so a request's
         # first report is its own, and more are a function writing marks.
         if self.reported:

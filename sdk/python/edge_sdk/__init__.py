@@ -241,6 +241,11 @@ def _die_uncaught() -> NoReturn:
         tb = tb.tb_next
     report = "".join(_traceback.format_exception(kind, exc, tb)).rstrip("\n")
     fields = [name.replace("\0", ""), text.replace("\0", "\ufffd"), report]
+    for stream in (_sys.stdout, _sys.stderr):  # what was printed comes first in the log
+        try:
+            stream.flush()
+        except BaseException:
+            pass
     try:
         _log.write(_log.Level.ERROR, _REPORT_MARK + "\0".join(fields))
     except BaseException:  # text the host cannot take (a lone surrogate): a plain trap then
