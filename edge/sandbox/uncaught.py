@@ -4,9 +4,9 @@ When a handler lets an exception out, the Python and JavaScript SDKs call `log.w
 REPORT_MARK + type + NUL + message + NUL + traceback)` and then trap. The host logs the
 traceback as one error line and remembers the report on the request's invocation; the sandbox
 calls the trap that follows a `function_exception` (edge.errors.FunctionException) instead of a
-`trap`. A report counts only when the trap comes right after it: any later call of a host
-import withdraws it, so a line a function logged earlier (its own text, or a client's it logs)
-never turns a later trap into an exception. A function can claim an exception on purpose by
+`trap`. A report counts only when the trap comes right after it: a later call of the
+contract's imports (log, config) withdraws it, so a line a function logged earlier (its own
+text, or a client's it logs) never turns a later trap into an exception. A function can claim an exception on purpose by
 writing the mark and trapping; it could as well raise one, so that tells nothing it could not.
 
 No new import, so the WIT contract (edge:function@0.1.0) is unchanged: a component built with
