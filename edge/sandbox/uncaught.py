@@ -6,8 +6,9 @@ traceback as one error line and remembers the report on the request's invocation
 calls the trap that follows a `function_exception` (edge.errors.FunctionException) instead of a
 `trap`. A report counts only when the trap comes right after it: a later call of the
 contract's imports (log, config) withdraws it, so a line a function logged earlier (its own
-text, or a client's it logs) never turns a later trap into an exception. A function can claim an exception on purpose by
-writing the mark and trapping; it could as well raise one, so that tells nothing it could not.
+text, or a client's it logs) never turns a later trap into an exception. A function can claim
+an exception on purpose by writing the mark and trapping; it could as well raise one, so that
+tells nothing it could not.
 
 No new import, so the WIT contract (edge:function@0.1.0) is unchanged: a component built with
 an older SDK writes an ordinary traceback and its exceptions stay 500 `trap`.
