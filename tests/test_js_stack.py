@@ -19,7 +19,7 @@ from edge.sandbox.stackmap import SECTION, find_section, section_bytes
 
 from .cluster import Control, converge, follower
 from .conftest import FIXTURES, NodeFactory, Proc
-from .test_sdk import get, logged
+from .test_sdk import exception_answer, get, logged
 
 pytestmark = pytest.mark.toolchain
 
@@ -76,25 +76,31 @@ def node(
     return start_module_node(body)
 
 
-def own_lines(node: Proc, request_id: str) -> list[str]:
-    lines = logged(node, request_id, "function trapped")
-    return [line["message"] for line in lines if line["source"] == "log"]
+def stack(node: Proc, request_id: str) -> list[str]:
+    """The lines of the one log line that holds an uncaught exception's message and stack."""
+    lines = logged(node, request_id, "function raised")
+    own = [line["message"] for line in lines if line["source"] == "log"]
+    assert len(own) == 1, own
+    return own[0].split("\n")
+
+
+def thrown(node: Proc, path: str, request_id: str) -> list[str]:
+    exception_answer(get(node, path, request_id), "RangeError", request_id)
+    lines = stack(node, request_id)
+    assert lines[0] == 'Uncaught RangeError: not an amount: "x"'
+    return lines
 
 
 def test_uncaught_error_names_the_authors_file_and_line(node: Proc) -> None:
-    r = get(node, "/mapped?amount=x", "mapped-throw")
-    assert r.status_code == 500 and r.json()["error"] == "trap"
-    own = own_lines(node, "mapped-throw")
-    assert own[0] == 'Uncaught RangeError: not an amount: "x"'
-    assert own[1:3] == THROWN
-    assert own[3].startswith("    at handle@edge:sdk/edge.js:")  # the SDK's wrapper
-    assert not any("@bundle.js:" in line for line in own)
+    lines = thrown(node, "/mapped?amount=x", "mapped-throw")
+    assert lines[1:3] == THROWN
+    assert lines[3].startswith("    at handle@edge:sdk/edge.js:")  # the SDK's wrapper
+    assert not any("@bundle.js:" in line for line in lines)
     assert get(node, "/mapped?amount=7", "mapped-ok").text == "amount 7\n"
 
 
 def test_console_error_of_an_error_is_mapped_too(node: Proc) -> None:
-    r = get(node, "/mapped/logged", "mapped-logged")
-    assert r.status_code == 200
+    assert get(node, "/mapped/logged", "mapped-logged").status_code == 200
     lines = logged(node, "mapped-logged", "Error: logged, not thrown")
     message = next(line["message"] for line in lines if line["source"] == "log")
     assert message.splitlines()[1] == "handle@index.js:9:19"
@@ -104,11 +110,8 @@ def test_console_error_of_an_error_is_mapped_too(node: Proc) -> None:
 def test_without_a_usable_map_lines_stay_as_the_bundle_has_them(node: Proc, name: str) -> None:
     for attempt in range(2):
         request_id = f"{name}-{attempt}"
-        r = get(node, f"/{name}?amount=x", request_id)
-        assert r.status_code == 500 and r.json()["error"] == "trap"
-        own = own_lines(node, request_id)
-        assert own[0] == 'Uncaught RangeError: not an amount: "x"'
-        assert BUNDLE_FRAME.fullmatch(own[1]), own
+        lines = thrown(node, f"/{name}?amount=x", request_id)
+        assert BUNDLE_FRAME.fullmatch(lines[1]), lines
         assert get(node, f"/{name}?amount=2", f"{request_id}-ok").text == "amount 2\n"
     warnings = [line for line in node.log().splitlines()
                 if "stack positions left unmapped" in line and f'"{name}"' in line]  # fmt: skip
@@ -116,11 +119,9 @@ def test_without_a_usable_map_lines_stay_as_the_bundle_has_them(node: Proc, name
 
 
 def test_a_slow_decode_does_not_cost_the_request_its_deadline(node: Proc) -> None:
-    r = get(node, "/slow?amount=x", "slow-throw")
-    assert r.status_code == 500 and r.json()["error"] == "trap"  # not 504 deadline_exceeded
-    assert own_lines(node, "slow-throw")[1:3] == THROWN
-    assert get(node, "/slow?amount=x", "slow-again").status_code == 500
-    assert own_lines(node, "slow-again")[1:3] == THROWN
+    # 500 function_exception, not 504 deadline_exceeded, with the stack mapped.
+    assert thrown(node, "/slow?amount=x", "slow-throw")[1:3] == THROWN
+    assert thrown(node, "/slow?amount=x", "slow-again")[1:3] == THROWN
 
 
 def test_the_control_plane_accepts_the_built_component(built: Callable[[Path], Path]) -> None:
@@ -133,7 +134,11 @@ def test_dev_shows_the_mapped_stack_in_its_error_answer(
     dev = start_dev(PROJECT)
     r = httpx.get(dev.url + "/?amount=x", headers={"x-request-id": "dev-stack"}, timeout=30)
     assert r.status_code == 500
-    assert r.json()["function_log"][1:3] == [f"error {line}" for line in THROWN]
+    doc = r.json()
+    assert doc["error"] == "function_exception"
+    assert doc["traceback"][1:3] == THROWN  # the traceback's last lines: the whole stack here
+    entry = next(line for line in doc["function_log"] if line.startswith("error "))
+    assert entry.split("\n")[1:3] == THROWN
     assert "parseAmount@lib/parse.js:5:11" in dev.log()
 
 
@@ -147,6 +152,4 @@ def test_the_map_travels_with_a_deployed_version(
         data = built(PROJECT).read_bytes()
         version = client.upload_version("stack-js", data, load_toml(PROJECT / "edge.toml"), "v")
         converge(client, client.deploy("stack-js", int(version["number"]), ["*/"]))
-    r = get(node, "/?amount=x", "deployed-throw")
-    assert r.status_code == 500 and r.json()["error"] == "trap"
-    assert own_lines(node, "deployed-throw")[1:3] == THROWN
+    assert thrown(node, "/?amount=x", "deployed-throw")[1:3] == THROWN

@@ -20,8 +20,9 @@ from wasmtime import WasiConfig
 from wasmtime import component as cm
 
 from edge.config.function import Capabilities
-from edge.sandbox import capi
+from edge.sandbox import capi, uncaught
 from edge.sandbox.stackmap import StackMapper
+from edge.sandbox.uncaught import Uncaught
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 MAX_LOG_LINE_BYTES = 4096
@@ -38,6 +39,9 @@ class LogLine:
     time_unix: float
     version: str = ""  # the deployed version's label ("3"), "" for a static node
     trace_id: str = ""  # W3C trace id of the request (edge.node.tracecontext)
+    # On the line of an SDK's uncaught-exception report, for `edge dev`'s answer; sinks that
+    # write or ship lines leave it out (its text is the traceback already).
+    exception: Uncaught | None = None
 
 
 LogSink = Callable[[LogLine], None]
@@ -61,6 +65,13 @@ class Invocation:
     dropped: int = 0
     # Set when this invocation created a fresh instance (not when it reused one): for metrics.
     instantiate_s: float | None = None
+    # The SDK's report of an uncaught exception while no host import has been called since
+    # (see edge.sandbox.uncaught): read by the sandbox when the call traps.
+    uncaught: Uncaught | None = None
+    reported: bool = False  # a report was logged (once a request, over the line cap too)
+    # Logs what guest stdio holds without its newline yet (OutputRoute.flush), so that what
+    # was printed before a report comes before it in the log.
+    flush_output: Callable[[], None] | None = None
 
     def log(self, level: str, message: str, source: str) -> None:
         if self.lines >= MAX_LOG_LINES_PER_REQUEST:
@@ -71,6 +82,24 @@ class Invocation:
             message = message[:MAX_LOG_LINE_BYTES] + "…(truncated)"
         self.sink(LogLine(self.function, self.request_id, level, message, source, time.time(),
                           self.version, self.trace_id))  # fmt: skip
+
+    def report_uncaught(self, message: str) -> None:
+        """The SDK's report (`message` is one, see `uncaught.is_report`): its traceback becomes
+        one error line, and the exception is the request's until another host call."""
+        report = uncaught.parse(message)
+        self.uncaught = report
+        if self.flush_output is not None:
+            self.flush_output()
+        # Logged over the line cap too, once: an SDK reports as its last act, so a request's
+        # first report is its own, and more are a function writing marks.
+        if self.reported:
+            if self.lines >= MAX_LOG_LINES_PER_REQUEST:
+                self.dropped += 1
+                return
+            self.lines += 1
+        self.reported = True
+        self.sink(LogLine(self.function, self.request_id, "error", report.traceback, "log",
+                          time.time(), self.version, self.trace_id, report))  # fmt: skip
 
     def report_dropped(self) -> None:
         """Once the request is over: says how many lines the per-request cap refused."""
@@ -114,35 +143,42 @@ class bound:
 
 def _log_write(_store: Any, level: Any, message: str) -> None:
     name = level if isinstance(level, str) else LOG_LEVELS[int(level)]
-    current().log(name, message, "log")
+    inv = current()
+    if name == "error" and uncaught.is_report(message):
+        inv.report_uncaught(message)
+        return
+    inv.uncaught = None  # a report stands only if the trap comes next
+    inv.log(name, message, "log")
 
 
 HostFunc = Callable[..., Any]
 
 
 def mapped_log_write(stack: StackMapper, deadline_ticks: int) -> HostFunc:
-    """The log import of a function with a source map: its error lines get their bundle
-    positions mapped (see stackmap). Other levels cost one comparison more than _log_write."""
+    """The log import of a function with a source map: _log_write, its error lines (the
+    SDK's uncaught-exception report too) with their bundle positions mapped first (see
+    stackmap). Other levels cost one comparison more."""
 
     def write(store: Any, level: Any, message: str) -> None:
-        name = level if isinstance(level, str) else LOG_LEVELS[int(level)]
-        if name == "error":
+        if (level if isinstance(level, str) else LOG_LEVELS[int(level)]) == "error":
             first = not stack.decoded
             message = stack.rewrite(message)
             if first and stack.decoded and threading.current_thread() is not _MAIN:
                 # The decode (up to ~0.5 s for the largest map) ran on this request's clock,
                 # once per loaded function: the request gets its whole deadline again, so it
-                # does not become a 504 that loses the rest of its stack. Not a run inline on
-                # the event loop's thread (edge.node.inline): that one goes over its short
-                # budget and is run again on a worker thread, its lines discarded.
+                # does not become a 504 instead of its exception. Not a run inline on the
+                # event loop's thread (edge.node.inline): that one goes over its short budget
+                # and is run again on a worker thread, its lines discarded.
                 capi.set_epoch_deadline(store._context(), deadline_ticks)
-        current().log(name, message, "log")
+        _log_write(store, level, message)
 
     return write
 
 
 def _config_get(_store: Any, key: str) -> str | None:
-    return current().config.get(key)
+    inv = current()
+    inv.uncaught = None
+    return inv.config.get(key)
 
 
 def _wall_now(_store: Any) -> cm.Record:
