@@ -48,6 +48,7 @@ from edge.control.bodies import (
 )
 from edge.control.closing import close_unread_bodies
 from edge.control.component_check import check_component_framing
+from edge.control.config_api import config_routes
 from edge.control.dashboard import Dashboard
 from edge.control.errors import Forbidden, NodeAlive, NotFound, PayloadTooLarge, Unauthorized
 from edge.control.feeds import NodeWatch, RevisionFeed, SnapshotCache
@@ -669,6 +670,7 @@ def create_app(
         Mount("/dashboard", Dashboard()),
     ]
     routes += log_routes(store, logs, tenant, node, json_body, run, function_name, now)
+    routes += config_routes(store, tenant, json_body, run, function_name, publish)
     # Not in `routes`: the OpenAPI description is of the token-protected API.
     served = [*routes, Route("/metrics", metrics_page, methods=["GET"]),
               Route("/healthz", healthz, methods=["GET"])]

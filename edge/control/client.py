@@ -92,6 +92,18 @@ class ControlClient:
     def delete_function(self, name: str) -> dict[str, Any]:
         return self._json("DELETE", f"/v1/functions/{name}")
 
+    def config(self, name: str) -> dict[str, Any]:
+        """The function's deploy-time config values (secrets by name only)."""
+        return self._json("GET", f"/v1/functions/{name}/config")
+
+    def set_config(
+        self, name: str, values: dict[str, str | None], secret: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Sets (str) or removes (None) values in one revision; `secret`: keys set here whose
+        values are never shown again."""
+        return self._json("PUT", f"/v1/functions/{name}/config",
+                          json={"values": values, "secret": secret or []})
+
     def promote(self, name: str) -> dict[str, Any]:
         return self._json("POST", f"/v1/functions/{name}/promote", json={})
 
