@@ -45,7 +45,7 @@ def test_values_reach_the_node_without_a_compile_and_secrets_stay_hidden(
     project = tmp_path / "config"
     shutil.copytree(EXAMPLES / "c" / "config", project, ignore=shutil.ignore_patterns("build"))
 
-    # `edge deploy --var`: the value is there from the deploy's revision on.
+    # `edge deploy --var`: the value comes with the deploy (two revisions, one snapshot).
     d = cli_json(control, "deploy", str(project), "--route", "*/", "--var", "greeting=from var")
     assert d["convergence"]["converged"]
     r = httpx.get(node.url + "/")
@@ -97,3 +97,5 @@ def test_config_commands_refuse_what_the_token_may_not_do(
     assert "bad config key" in r.stderr
     r = cli(control, "config", "set", FUNCTION, "novalue", ok=False)
     assert r.returncode == 2 and "KEY=VALUE" in r.stderr
+    r = cli(control, "deploy", str(project), "--canary", "10", "--var", "a=b", ok=False)
+    assert r.returncode == 2 and "--var" in r.stderr

@@ -64,6 +64,7 @@ from edge.control.snapshot import build_snapshot
 from edge.control.split import valid_sticky
 from edge.control.status import node_json, status_json
 from edge.control.store import DB_NAME, Store
+from edge.control.values import parse_change
 from edge.control.wire import METADATA_HEADER, decode_metadata
 from edge.errors import BadRequest, ConfigError, EdgeError
 from edge.node.http import declares_body
@@ -320,7 +321,9 @@ def create_app(
     async def deploy(request: Request) -> Response:
         """Make a version stable, optionally replacing the routes (scope deploy).
 
-        Body: {"version": int, "routes": ["host/path", ...] (optional: keep the current)}.
+        Body: {"version": int, "routes": ["host/path", ...] (optional: keep the current),
+        "config": {"values": {...}, "secret": [...]} (optional: config values changed with the
+        deploy, as PUT .../config; nodes get both in one snapshot)}.
         """
         tenant_id, p = await tenant(request, "deploy")
         name = function_name(request)
@@ -330,7 +333,10 @@ def create_app(
         if body.get("routes") is not None:
             specs = field(body, "routes", list)
             routes = [parse_route_spec(s) for s in specs]
-        return await changed(await run(store.deploy, tenant_id, name, version, routes, p.label))
+        values = None if body.get("config") is None else parse_change(field(body, "config", dict))
+        return await changed(
+            await run(store.deploy, tenant_id, name, version, routes, p.label, values)
+        )
 
     async def delete_function(request: Request) -> Response:
         """Take a function out of service (scope deploy): its deployment and routes go in one

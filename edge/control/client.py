@@ -75,10 +75,16 @@ class ControlClient:
     def versions(self, name: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/functions/{name}/versions")
 
-    def deploy(self, name: str, version: int, routes: list[str] | None) -> dict[str, Any]:
+    def deploy(
+        self, name: str, version: int, routes: list[str] | None,
+        values: dict[str, str | None] | None = None,
+    ) -> dict[str, Any]:
+        """`values`: config values changed with the deploy (nodes get both at once)."""
         body: dict[str, Any] = {"version": version}
         if routes is not None:
             body["routes"] = routes
+        if values:
+            body["config"] = {"values": values}
         return self._json("POST", f"/v1/functions/{name}/deploy", json=body)
 
     def canary(

@@ -163,7 +163,7 @@ def deploy(
     sticky: Annotated[str | None, typer.Option(help="with --canary: ip or cookie:NAME")] = None,
     var: Annotated[list[str] | None, typer.Option(
         "--var", metavar="KEY=VALUE",
-        help="set a config value (as `edge config set`) just before the deploy; repeat",
+        help="set a config value (as `edge config set`) with the deploy; repeat",
     )] = None,
     timeout_s: Annotated[float, typer.Option("--timeout-s", help="wait for nodes")] = 60.0,
     control: ControlUrl = DEFAULT_URL,
@@ -173,14 +173,16 @@ def deploy(
     """Build PROJECT, upload it as a new version, make it stable (or, with --canary PERCENT,
     the canary for that share of clients), and wait for every node.
 
-    --var values are set after the upload, in their own revision just before the deploy's
-    (the versions serving meanwhile read them too).
+    --var values change with the deployment: nodes switch to both at once.
 
     Shows the build's step, then every node's progress towards the new revision; ends with one
     line: version, revision, nodes and seconds. --json: version, revision and every node."""
     with Output(as_json) as out:
         if canary_percent is None and sticky is not None:
             out.fail(UsageError("--sticky goes with --canary"), EXIT_USAGE)
+        if canary_percent is not None and var:
+            out.fail(UsageError("--var sets values every version reads, the stable one too: "
+                                "with --canary, use `edge config set` on its own"), EXIT_USAGE)
         if canary_percent is not None and route:
             out.fail(UsageError("--route changes routes with a stable deploy, not --canary"),
                      EXIT_USAGE)
@@ -195,12 +197,9 @@ def deploy(
             version = client.upload_version(config.name, data, manifest, message)
             out.say(f"{config.name}: uploaded v{version['number']} ({len(data)} bytes, "
                     f"sha256 {version['sha256'][:12]})")
-            if values:
-                set_result = client.set_config(config.name, dict(values))
-                out.say(f"{config.name}: set {', '.join(values)} "
-                        f"(revision {set_result['revision']})")
             if canary_percent is None:
-                result = client.deploy(config.name, version["number"], route or None)
+                result = client.deploy(config.name, version["number"], route or None,
+                                       dict(values))
             else:
                 result = client.canary(config.name, version["number"], canary_percent, sticky)
             revision = int(result["revision"])

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -412,11 +413,16 @@ class Store:
         version: int,
         routes: Sequence[tuple[str, str]] | None,
         author: str,
+        values: tuple[Mapping[str, str | None], frozenset[str]] | None = None,
     ) -> Change:
-        """Makes `version` stable (clearing any canary) and, if given, sets the routes."""
+        """Makes `version` stable (clearing any canary) and, if given, sets the routes and
+        changes config values (as `set_config`). Values and deployment are two revisions of
+        one transaction: the snapshot of the second, the one published, has both, so no node
+        serves the new version without its values or the old one with them."""
         with self._tx() as db:
             fid = self._function_id(db, tenant_id, name)
             self._require_version(db, fid, version)
+            set_values = values is not None and self._set_values(db, fid, *values, author).changed
             old = self._state(db, fid)
             new_routes = old.routes if old and routes is None else tuple(sorted(set(routes or ())))
             if routes is not None:
@@ -429,7 +435,8 @@ class Store:
                 new = FunctionState(self._function_key(db, fid), version, routes=new_routes,
                                     sticky=old.sticky if old else "ip")
                 kind = "deploy"
-            return self._write(db, fid, kind, old, new, author)
+            change = self._write(db, fid, kind, old, new, author)
+            return replace(change, changed=True) if set_values else change
 
     def set_canary(
         self,
@@ -533,32 +540,38 @@ class Store:
         keep theirs. A value set without being named in `secret` is not secret (any more).
         The revision's change shows a secret value as "(secret)" only."""
         with self._tx() as db:
-            fid = self._function_id(db, tenant_id, name)
-            old = {v.key: v for v in self._values(db, fid)}
-            new = dict(old)
-            for key, value in changes.items():
-                if value is None:
-                    new.pop(key, None)
-                else:
-                    new[key] = ConfigValue(key, value, key in secret)
-            check_count(len(new))
-            after = tuple(new[k] for k in sorted(new))
-            if new == old:
-                return ConfigChange(self._revision(db), False, after)
-            db.execute("DELETE FROM function_config WHERE function_id = ?", (fid,))
-            db.executemany(
-                "INSERT INTO function_config (function_id, key, value, secret) "
-                "VALUES (?, ?, ?, ?)", [(fid, v.key, v.value, int(v.secret)) for v in after],
-            )  # fmt: skip
-            change = {
-                k: [old[k].shown() if k in old else None, new[k].shown() if k in new else None]
-                for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)
-            }
-            state = {"function": self._function_key(db, fid),
-                     "values": {v.key: v.value for v in after},
-                     "secret": [v.key for v in after if v.secret]}
-            number = self._log(db, fid, "config", {}, state, author, change)
-            return ConfigChange(number, True, after)
+            return self._set_values(db, self._function_id(db, tenant_id, name), changes,
+                                    secret, author)
+
+    def _set_values(
+        self, db: sqlite3.Connection, fid: int, changes: Mapping[str, str | None],
+        secret: frozenset[str], author: str,
+    ) -> ConfigChange:
+        old = {v.key: v for v in self._values(db, fid)}
+        new = dict(old)
+        for key, value in changes.items():
+            if value is None:
+                new.pop(key, None)
+            else:
+                new[key] = ConfigValue(key, value, key in secret)
+        check_count(len(new))
+        after = tuple(new[k] for k in sorted(new))
+        if new == old:
+            return ConfigChange(self._revision(db), False, after)
+        db.execute("DELETE FROM function_config WHERE function_id = ?", (fid,))
+        db.executemany(
+            "INSERT INTO function_config (function_id, key, value, secret) "
+            "VALUES (?, ?, ?, ?)", [(fid, v.key, v.value, int(v.secret)) for v in after],
+        )  # fmt: skip
+        change = {
+            k: [old[k].shown() if k in old else None, new[k].shown() if k in new else None]
+            for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)
+        }
+        state = {"function": self._function_key(db, fid),
+                 "values": {v.key: v.value for v in after},
+                 "secret": [v.key for v in after if v.secret]}
+        number = self._log(db, fid, "config", {}, state, author, change)
+        return ConfigChange(number, True, after)
 
     def _deployed(self, db: sqlite3.Connection, fid: int, name: str) -> FunctionState:
         state = self._state(db, fid)

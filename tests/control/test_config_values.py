@@ -71,6 +71,26 @@ def test_setting_values_is_a_config_revision_carried_by_the_snapshot(
     assert SECRET not in json.dumps([r.change for r in store.revisions()])
 
 
+def test_a_deploy_changes_values_in_the_same_transaction(make_store: MakeStore) -> None:
+    store, t = deployed_store(make_store)
+    add_version(store, t, "hello")
+    change = store.deploy(t, "hello", 2, None, "u", ({"greeting": "v2"}, frozenset()))
+    assert change.changed and change.revision == 3  # 2: the values, 3: the deploy
+    published = store.config_at(3).functions[0]
+    assert (published.stable.number, published.values) == (2, {"greeting": "v2"})
+    # Only values changed: still a change, at the values' revision.
+    again = store.deploy(t, "hello", 2, None, "u", ({"greeting": "v3"}, frozenset()))
+    assert again.changed and again.revision == 4
+    # A refused deploy (taken route) changes no values either: one transaction.
+    other = store.create_tenant("other")
+    add_version(store, other, "taken")
+    store.deploy(other, "taken", 1, [("taken.example", "/")], "o")
+    with pytest.raises(store_module.Conflict):
+        store.deploy(t, "hello", 1, [("taken.example", "/")], "u", ({"greeting": "no"},
+                                                                    frozenset()))
+    assert [v.value for v in store.config_values(t, "hello")] == ["v3"]
+
+
 def test_values_are_the_functions_not_another_tenants(make_store: MakeStore) -> None:
     store, _ = deployed_store(make_store)
     other = store.create_tenant("other")
@@ -226,6 +246,13 @@ def test_bad_keys_values_and_bodies_are_typed_400s(start_control: Start) -> None
         r = c.put(path, json=body)
         assert r.status_code == 400 and r.json()["error"] == reason, (body, r.text)
     assert c.put(path, content=b"{not json").status_code == 400
+    # The same rules for values given with a deploy, and a refused one deploys nothing.
+    r = c.post("/v1/functions/hello/deploy",
+               json={"version": 1, "config": {"values": {"bad key": "v"}}})
+    assert r.status_code == 400 and r.json()["error"] == "bad_config_key"
+    r = c.post("/v1/functions/hello/deploy", json={"version": 1, "config": ["a"]})
+    assert r.status_code == 400
+    assert c.get("/v1/status").json()["revision"] == 1
     assert c.put("/v1/functions/Bad_Name/config", json={"values": {"a": "b"}}).status_code == 400
     assert c.put("/v1/functions/nothere/config", json={"values": {"a": "b"}}).status_code == 404
     assert c.put(path, json={"values": {"a": "x" * MAX_VALUE_BYTES}}).status_code == 200
