@@ -73,6 +73,7 @@ def test_values_reach_the_node_without_a_compile_and_secrets_stay_hidden(
         assert gone["values"] == []
         converge(client, gone)
         assert httpx.get(node.url + "/").text == DEFAULT
+        assert "edge.toml v1" in cli(control, "config", "list", FUNCTION).stdout
     # Three value changes, not one compile-cache lookup: the same version stayed loaded.
     assert cache_lookups(node) == lookups
     assert SECRET not in control.proc.log() and SECRET not in node.log()

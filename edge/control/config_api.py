@@ -35,10 +35,14 @@ def config_routes(
 
         Each: {"key", "secret", "value"}; a secret's value is always null here (and in every
         other answer). A function's config.get sees its version's edge.toml [config] with
-        these over it, key by key."""
+        these over it, key by key; "edge_toml" is the stable version's ({"version",
+        "config"}; null while the function is not deployed)."""
         tenant_id, _ = await tenant(request, "read")
         name = function_name(request)
-        return JSONResponse(values_json(name, await run(store.config_values, tenant_id, name)))
+        values = await run(store.config_values, tenant_id, name)
+        stable = await run(store.stable_config, tenant_id, name)
+        edge_toml = None if stable is None else {"version": stable[0], "config": stable[1]}
+        return JSONResponse({**values_json(name, values), "edge_toml": edge_toml})
 
     async def put_config(request: Request) -> Response:
         """Set or remove deploy-time config values, in one revision (scope deploy).

@@ -65,13 +65,25 @@ def unset_values(
 def list_values(
     name: Name, control: ControlUrl = DEFAULT_URL, token: Token = "", as_json: JsonOption = False
 ) -> None:
-    """List config values of function NAME; secrets show as (secret)."""
+    """List what config.get reads in function NAME: its config values, and the stable
+    version's edge.toml [config] keys they do not override. Secrets show as (secret)."""
     with Output(as_json) as out, _client(control, token) as client:
         result = client.config(name)
-    table = Table("key", "value")
-    for v in result["values"]:
-        table.add_row(v["key"], SECRET_SHOWN if v["secret"] else v["value"])
-    out.result(result, lambda: out.show(table))
+    out.result(result, lambda: out.show(config_table(result)))
+
+
+def config_table(result: dict[str, Any]) -> Table:
+    """One row per key config.get finds, with where its value comes from."""
+    rows = {v["key"]: (SECRET_SHOWN if v["secret"] else v["value"], "edge config")
+            for v in result["values"]}
+    toml = result.get("edge_toml")
+    if toml is not None:
+        for key, value in toml["config"].items():
+            rows.setdefault(key, (value, f"edge.toml v{toml['version']}"))
+    table = Table("key", "value", "from")
+    for key in sorted(rows):
+        table.add_row(key, *rows[key])
+    return table
 
 
 def register(app: typer.Typer) -> None:

@@ -524,6 +524,20 @@ class Store:
         with self._tx() as db:
             return self._values(db, self._function_id(db, tenant_id, name))
 
+    def stable_config(self, tenant_id: int, name: str) -> tuple[int, dict[str, str]] | None:
+        """The stable version's number and edge.toml [config] (what values override), None
+        while the function is not deployed."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT v.number, v.manifest FROM deployments d JOIN versions v "
+                "ON v.function_id = d.function_id AND v.number = d.stable_version "
+                "WHERE d.function_id = ?", (self._function_id(db, tenant_id, name),),
+            ).fetchone()  # fmt: skip
+        if row is None:
+            return None
+        config = json.loads(row[1]).get("config", {})
+        return int(row[0]), {k: v for k, v in config.items() if isinstance(v, str)}
+
     @staticmethod
     def _values(db: sqlite3.Connection, fid: int) -> list[ConfigValue]:
         rows = db.execute(

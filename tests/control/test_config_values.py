@@ -186,6 +186,8 @@ def test_set_list_unset_over_the_api_and_secrets_are_never_shown(start_control: 
                               {"key": "greeting", "secret": False, "value": "hey"}]
     listed = c.get("/v1/functions/hello/config")
     assert listed.status_code == 200 and listed.json()["values"] == body["values"]
+    # What the values override: the stable version's edge.toml [config].
+    assert listed.json()["edge_toml"] == {"version": 1, "config": {"greeting": "hi"}}
     # The node gets the secret (the function must read it), signed like everything else.
     snap = httpx_snapshot(server)
     assert snap.functions["default/hello"].values == {"greeting": "hey", "api_key": SECRET}
@@ -227,6 +229,8 @@ def test_config_endpoints_check_tokens_scopes_and_tenants(start_control: Start) 
     assert other.put(path, json={"values": {"a": "theirs"}}).status_code == 200
     mine = server.client(server.admin).get(path).json()["values"]
     assert mine == []
+    theirs = other.get(path).json()  # uploaded, not deployed: nothing of edge.toml in use
+    assert theirs["edge_toml"] is None and theirs["values"][0]["value"] == "theirs"
 
 
 def test_bad_keys_values_and_bodies_are_typed_400s(start_control: Start) -> None:
