@@ -25,6 +25,7 @@ warnings go through `out.note`. Never print to stdout directly.
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 import traceback
@@ -187,6 +188,13 @@ def human_bytes(n: int) -> str:
     if n < 1024 * 1024:
         return f"{n / 1024:.1f} KiB"
     return f"{n / (1024 * 1024):.1f} MiB"
+
+
+def utc_time(unix: float | None) -> str:
+    """A time in a table: UTC to the second ("-": never)."""
+    if unix is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _fail_code(out: Output, error: EdgeError, code: int) -> int:

@@ -1,8 +1,9 @@
 """What `edge dev` adds around the node's app, for the person at the terminal and at curl.
 
 A line per request on stderr, and the function's own error lines inside a 5xx error answer, as
-`wrangler dev` shows an uncaught exception in the response. Never on a node: clients of a
-deployed function must not read what it logged.
+`wrangler dev` shows an uncaught exception in the response (for a `function_exception`, also
+its message and the traceback's last lines). Never on a node: clients of a deployed function
+must not read what it logged.
 """
 
 from __future__ import annotations
@@ -12,19 +13,28 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from edge.asgi import ASGIApp, Message, Receive, Scope, Send
 from edge.cli_output import Output
-from edge.errors import FunctionError
+from edge.errors import FunctionError, FunctionException
 from edge.node import http
 from edge.sandbox.host import LogLine, LogSink
+from edge.sandbox.uncaught import Uncaught
 
 KEPT_REQUESTS = 64
+TRACEBACK_TAIL_LINES = 6  # of an uncaught exception's, in the answer (all of it is in the log)
 # The error codes of a function's own failure (FunctionError and subclasses), whose answer
 # gets the function's log lines; a build failure already carries the compiler's output.
 _FUNCTION_FAILURES = frozenset(
     {FunctionError.reason, *(cls.reason for cls in FunctionError.__subclasses__())}
 )
+
+
+@dataclass
+class _Kept:
+    lines: list[str] = field(default_factory=list)
+    exception: Uncaught | None = None  # the SDK's report of an uncaught exception
 
 
 class RecentLines:
@@ -33,7 +43,7 @@ class RecentLines:
 
     def __init__(self, sink: LogSink) -> None:
         self.sink = sink
-        self._lines: OrderedDict[str, list[str]] = OrderedDict()
+        self._kept: OrderedDict[str, _Kept] = OrderedDict()
         self._lock = threading.Lock()  # functions log from worker threads
 
     def __call__(self, line: LogLine) -> None:
@@ -42,14 +52,25 @@ class RecentLines:
             return
         text = f"{line.level} {line.message}" if line.source == "log" else line.message
         with self._lock:
-            self._lines.setdefault(line.request_id, []).append(text)
-            self._lines.move_to_end(line.request_id)
-            while len(self._lines) > KEPT_REQUESTS:
-                self._lines.popitem(last=False)
+            kept = self._kept.get(line.request_id)
+            if kept is None:
+                kept = self._kept[line.request_id] = _Kept()
+            kept.lines.append(text)
+            if line.exception is not None:
+                kept.exception = line.exception
+            self._kept.move_to_end(line.request_id)
+            while len(self._kept) > KEPT_REQUESTS:
+                self._kept.popitem(last=False)
 
     def of(self, request_id: str) -> Sequence[str]:
         with self._lock:
-            return tuple(self._lines.get(request_id, ()))
+            kept = self._kept.get(request_id)
+            return tuple(kept.lines) if kept else ()
+
+    def exception_of(self, request_id: str) -> Uncaught | None:
+        with self._lock:
+            kept = self._kept.get(request_id)
+            return kept.exception if kept else None
 
 
 class ErrorDetail:
@@ -94,7 +115,14 @@ class ErrorDetail:
             return held
         if not isinstance(doc, dict) or doc.get("error") not in _FUNCTION_FAILURES:
             return held
-        doc["function_log"] = list(self.recent.of(str(doc.get("request_id", ""))))
+        request_id = str(doc.get("request_id", ""))
+        doc["function_log"] = list(self.recent.of(request_id))
+        exception = self.recent.exception_of(request_id)
+        if doc["error"] == FunctionException.reason and exception is not None:
+            # What a node's answer leaves out (see FunctionException), for the developer.
+            text = f": {exception.message}" if exception.message else ""
+            doc["message"] = f"function raised an uncaught exception: {exception.type_name}{text}"
+            doc["traceback"] = exception.traceback.splitlines()[-TRACEBACK_TAIL_LINES:]
         detailed = json.dumps(doc).encode()
         headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
         headers.append((b"content-length", str(len(detailed)).encode()))

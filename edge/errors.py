@@ -63,6 +63,23 @@ class FunctionTrapped(FunctionError):
     reason = "trap"
 
 
+class FunctionException(FunctionError):
+    """The function's code raised an exception it did not catch (its SDK reported it before
+    the trap, see edge.sandbox.uncaught). `message` names the exception's type only: what it
+    says and its traceback can hold secrets or other users' data, so they go to the
+    function's log (and `edge dev`'s answer), never to a client of a node."""
+
+    reason = "function_exception"
+
+    def __init__(self, exception_type: str, request_id: str) -> None:
+        where = f" under request id {request_id}" if request_id else ""
+        super().__init__(
+            f"function raised an uncaught exception: {exception_type}; "
+            f"the traceback is in the function's log{where}"
+        )
+        self.exception_type = exception_type
+
+
 class MemoryLimitExceeded(FunctionError):
     reason = "memory_limit"
 

@@ -250,6 +250,10 @@ def test_function_delete_stops_nodes_routing_to_it_and_a_redeploy_brings_it_back
     assert (r.status_code, r.json()["error"]) == (404, "no_route"), r.text
     assert edge_json("status", control=control)["functions"] == []
     assert FUNCTION not in edge("status", control=control).stdout
+    assert edge_json("function", "list", control=control)["functions"] == []
+    [gone] = edge_json("function", "list", "--deleted", control=control)["functions"]
+    assert (gone["name"], gone["deleted"], gone["stable"], gone["version_count"]) == (
+        FUNCTION, True, None, 1)
     assert [v["number"] for v in edge_json("versions", FUNCTION, control=control)[
         "versions"]] == [1]
     again = edge("function", "delete", FUNCTION, control=control).stdout
@@ -259,6 +263,8 @@ def test_function_delete_stops_nodes_routing_to_it_and_a_redeploy_brings_it_back
     assert back["version"]["number"] == 2 and back["convergence"]["converged"]
     assert httpx.get(node_url + "/").text == "Hello from C!\n"
     assert [f["stable"] for f in edge_json("status", control=control)["functions"]] == [2]
+    listed = edge_json("function", "list", control=control)["functions"]
+    assert [(f["name"], f["stable"], f["deleted"]) for f in listed] == [(FUNCTION, 2, False)]
     said = edge("function", "delete", FUNCTION, control=control).stdout
     assert f"{FUNCTION}: deleted at revision" in said and "(was stable v2, routes */)" in said
 

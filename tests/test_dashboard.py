@@ -9,6 +9,7 @@ Outside CI a missing browser skips this test; in CI (`CI` set, as .ci/run does) 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -18,6 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from edge.control.client import ControlClient
 
 from .cluster import FUNCTION, Control, converge, follower, start_control, upload
 from .conftest import NodeFactory, Proc, free_port
@@ -225,15 +228,22 @@ def test_dashboard_shows_the_stack_and_drains_a_region(
 def test_dashboard_deletes_a_function_once_its_name_is_typed(
     control: Control, tmp_path: Path
 ) -> None:
-    """Delete asks for the function's name; a read-only token's 403 is shown, not swallowed;
-    with a deploy token the function leaves the page and the control plane's status, and its
-    versions stay."""
+    """The functions list (GET /v1/functions) shows the canary and only this tenant's
+    functions. Delete asks for the function's name; a read-only token's 403 is shown, not
+    swallowed; with a deploy token the function leaves the list and the control plane's
+    status, and its versions stay; "deleted ones too" shows it again, marked deleted."""
     sync_api = browser_or_skip()
     expect = sync_api.expect
     with control.client() as client:
         version = upload(client, tmp_path, "Hello, soon deleted")
         client.deploy(FUNCTION, version, ["*/"])
+        canary = upload(client, tmp_path, "Hello, canary")
+        client.canary(FUNCTION, canary, 10)
         reader = client.create_token("default", ["read"], "dashboard reader")["token"]
+        client.create_tenant("other")
+        theirs = client.create_token("other", ["deploy"], "other tenant")["token"]
+    with ControlClient(control.url, theirs) as other:  # a function of the same name
+        upload(other, tmp_path, "Hello, other tenant")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -250,8 +260,15 @@ def test_dashboard_deletes_a_function_once_its_name_is_typed(
                 page.click("#login button[type=submit]")
                 expect(row.locator("td").nth(1)).to_have_text(f"v{version}", timeout=WAIT_MS)
 
-            # A read-only token may press the button, and sees the API's refusal.
+            # A read-only token may look: the canary, the versions, no other tenant's function.
             sign_in(reader)
+            cells = row.locator("td")
+            expect(cells.nth(2)).to_have_text(f"v{canary} at 10% (ip)")
+            expect(cells.nth(3)).to_have_text(f"v{version} stable v{canary} canary")
+            expect(cells.nth(4)).to_have_text("*/")
+            expect(cells.nth(6)).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ$"))
+            expect(page.locator("#functions tbody tr")).to_have_count(1)  # not theirs
+            # It may press the button, and sees the API's refusal.
             expect(dialog).to_be_hidden()
             row.get_by_role("button", name="Delete", exact=True).click()
             expect(dialog).to_be_visible()
@@ -295,9 +312,16 @@ def test_dashboard_deletes_a_function_once_its_name_is_typed(
                 numbers = [v["number"] for v in client.versions(FUNCTION)["versions"]]
             expect(message).to_have_text(f"delete {FUNCTION}: done, revision "
                                          f"{status['revision']}")
-            expect(page.locator("#functions tbody td.empty")).to_have_text(
-                "nothing deployed yet")
-            assert numbers == [version]
+            expect(page.locator("#functions tbody td.empty")).to_have_text("no functions yet")
+            assert numbers == [version, canary]
+            # Asked for, it is back in the list: deleted, with nothing left to press.
+            page.check("#show-deleted")
+            expect(row.locator("td").nth(1)).to_have_text("deleted", timeout=WAIT_MS)
+            expect(row.locator("td").nth(4)).to_have_text("")
+            for name in ("Promote", "Roll back", "Delete"):
+                expect(row.get_by_role("button", name=name, exact=True)).to_be_disabled()
+            page.uncheck("#show-deleted")
+            expect(row).to_have_count(0, timeout=WAIT_MS)
             assert errors == []
         finally:
             browser.close()

@@ -108,16 +108,44 @@ def test_dev_puts_the_functions_own_lines_in_its_error_answer(
     r = httpx.get(dev.url, headers={"x-request-id": "dev-raise"}, timeout=30)
     assert r.status_code == 500
     doc = r.json()
-    assert (doc["error"], doc["request_id"]) == ("trap", "dev-raise")
+    assert (doc["error"], doc["request_id"]) == ("function_exception", "dev-raise")
     log = doc["function_log"]
     assert log[:2] == ["printed in three pieces", "no newline at the end"]
-    assert log[-1] == "ValueError: boom from python"
+    # The traceback is one entry of it (at level error), not one per line.
+    assert len(log) == 3 and log[2].startswith("error Traceback (most recent call last):\n")
+    assert log[2].endswith("\nValueError: boom from python")
     assert r.headers["content-length"] == str(len(r.content))
     ok = httpx.get(dev.url + "/ok", headers={"x-request-id": "dev-ok"})
     assert ok.status_code == 200 and ok.text == "ok\n"
     # Its own request's lines only, not the ones of the requests before it.
     other = httpx.get(dev.url, headers={"x-request-id": "dev-raise-2"}, timeout=30).json()
     assert other["function_log"] == log
+
+
+@pytest.mark.parametrize(
+    ("fixture", "said", "last"),
+    [
+        ("uncaught-py", "app.PaymentDeclined: card declined for api_key=sk_live_py_SECRET_4242",
+         "app.PaymentDeclined: card declined for api_key=sk_live_py_SECRET_4242"),
+        ("uncaught-js", "PaymentDeclined: api_key=sk_live_js_SECRET_4242", "    at "),
+    ],
+)  # fmt: skip
+def test_dev_shows_an_uncaught_exceptions_message_and_traceback(
+    tmp_path: Path, start_dev: Callable[[Path], Proc], fixture: str, said: str, last: str
+) -> None:
+    # What a node keeps from its clients (tests/test_sdk.py), the developer sees.
+    dev = start_dev(copied(FIXTURES / "functions" / fixture, tmp_path / fixture))
+    r = httpx.get(dev.url + "/secret", headers={"x-request-id": "dev-secret"}, timeout=30)
+    assert r.status_code == 500
+    doc = r.json()
+    assert doc["error"] == "function_exception"
+    assert doc["message"] == f"function raised an uncaught exception: {said}"
+    tail = doc["traceback"]
+    assert 1 <= len(tail) <= 6 and tail[-1].startswith(last)
+    # The whole traceback is in function_log, as the one entry the node logged.
+    entry = next(line for line in doc["function_log"] if line.startswith("error "))
+    assert entry.endswith("\n".join(tail)) and said.split(": ")[1] in entry
+    assert r.headers["content-length"] == str(len(r.content))
 
 
 def test_dev_leaves_a_functions_own_5xx_alone(

@@ -1,8 +1,9 @@
 """What the SDKs promise a function's author, seen from outside: a real node on 127.0.0.1.
 
-An exception a handler lets out ends the request with 500 `trap` and leaves its message in the
-function's log, one log line per line; stdout arrives whole lines at a time; the JS SDK's
-request bodies are exact bytes.
+An exception a handler lets out ends the request with 500 `function_exception` naming its type
+(never its message) and leaves its traceback in the function's log as one line; only the SDK's
+report right before the trap counts, not a line that looks like one; stdout arrives whole lines
+at a time; the JS SDK's request bodies are exact bytes.
 """
 
 from __future__ import annotations
@@ -17,10 +18,15 @@ import httpx
 import pytest
 
 from .conftest import FIXTURES, Proc
+from .metrics_text import Scrape, delta
 
 pytestmark = pytest.mark.toolchain
 
-FUNCTIONS = ["uncaught-py", "uncaught-js", "mirror-js", "headers-js", "response-py", "console-js"]
+FUNCTIONS = [
+    "uncaught-py", "uncaught-js", "mirror-js", "headers-js", "response-py", "console-js",
+    "fakeexception", "trap",
+]  # fmt: skip
+SECRETS = ["sk_live_py_SECRET_4242", "sk_live_js_SECRET_4242", "secret-in-fake-message"]
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +57,93 @@ def get(node: Proc, path: str, request_id: str) -> httpx.Response:
     return httpx.get(node.url + path, headers={"x-request-id": request_id}, timeout=30)
 
 
-def test_python_exception_is_a_trap_with_its_traceback_in_the_log(node: Proc) -> None:
+def exception_answer(r: httpx.Response, exception_type: str, request_id: str) -> None:
+    """A node's answer to an uncaught exception: its type and where to look, nothing more."""
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "error": "function_exception",
+        "message": f"function raised an uncaught exception: {exception_type}; the traceback "
+        f"is in the function's log under request id {request_id}",
+        "request_id": request_id,
+    }
+
+
+def test_python_exception_names_its_type_with_the_traceback_in_the_log(node: Proc) -> None:
     r = get(node, "/uncaught-py", "py-raise")
-    assert r.status_code == 500 and r.json()["error"] == "trap"
-    lines = logged(node, "py-raise", "function trapped")
-    errors = [line["message"] for line in lines if line["source"] == "stderr"]
-    assert errors[0] == "Uncaught exception in the request handler:"
-    assert errors[1] == "Traceback (most recent call last):"
-    assert errors[-1] == "ValueError: boom from python"  # one line, not four pieces
-    assert all(line["level"] == "error" for line in lines if line["source"] == "stderr")
+    exception_answer(r, "ValueError", "py-raise")
+    lines = logged(node, "py-raise", "function raised")
+    errors = [line for line in lines if line["level"] == "error" and line["source"] != "platform"]
+    assert len(errors) == 1  # the whole traceback, one line
+    assert errors[0]["source"] == "log"
+    text = errors[0]["message"]
+    assert text.startswith("Traceback (most recent call last):\n")
+    # Source lines are not there (a function has no files at request time), the frames are;
+    # the SDK's own frame is left out.
+    assert '/app.py", line ' in text and "edge_sdk" not in text
+    assert text.endswith("\nValueError: boom from python")
     # componentize-py's own report of the exception (a Rust panic) is not added to it.
-    assert not any("panicked" in m or "RUST_BACKTRACE" in m for m in errors)
-    assert lines[-1]["source"] == "platform"
+    assert not any("panicked" in m["message"] or "RUST_BACKTRACE" in m["message"] for m in lines)
+    assert lines[-1]["source"] == "platform" and lines[-1]["message"] == r.json()["message"]
+
+
+def test_an_exceptions_message_stays_out_of_the_answer(node: Proc) -> None:
+    r = get(node, "/uncaught-py/secret", "py-secret")
+    exception_answer(r, "app.PaymentDeclined", "py-secret")
+    js = get(node, "/uncaught-js/secret", "js-secret")
+    exception_answer(js, "PaymentDeclined", "js-secret")
+    for answer in [r, js]:
+        assert not any(secret in answer.text for secret in SECRETS)
+        assert "Traceback" not in answer.text and "bundle.js" not in answer.text
+    # The function's log has it all, for its author.
+    said = "app.PaymentDeclined: card declined for api_key=sk_live_py_SECRET_4242"
+    assert any(x["message"].endswith(said) for x in logged(node, "py-secret", "function raised"))
+    js_lines = logged(node, "js-secret", "function raised")
+    own = [x["message"] for x in js_lines if x["source"] == "log"]
+    assert own[0].startswith("Uncaught PaymentDeclined: api_key=sk_live_js_SECRET_4242\n    at ")
+
+
+def test_a_c_trap_is_still_a_trap(node: Proc) -> None:
+    r = get(node, "/trap", "c-trap")
+    assert r.status_code == 500 and r.json()["error"] == "trap"
+    assert r.json()["message"] == (
+        "function trapped while running: wasm trap: wasm `unreachable` instruction executed"
+    )
+
+
+@pytest.mark.parametrize("path", ["/fakeexception", "/fakeexception/mark-then-log",
+                                  "/fakeexception/mark-then-config"])  # fmt: skip
+def test_lines_that_look_like_an_exception_do_not_make_a_trap_one(node: Proc, path: str) -> None:
+    request_id = "fake" + path.replace("/", "-")
+    r = get(node, path, request_id)
+    assert r.status_code == 500 and r.json()["error"] == "trap", r.text
+    assert "secret-in-fake-message" not in r.text
+    logged(node, request_id, "function trapped")
+
+
+def test_a_report_names_no_type_that_is_not_a_name(node: Proc) -> None:
+    # A function can claim an exception on purpose (it could as well raise one); what it
+    # writes still reaches the client only as a type name.
+    r = get(node, "/fakeexception/mark", "fake-mark")
+    exception_answer(r, "(unnamed)", "fake-mark")
+    assert "secret-in-fake-message" not in r.text and "Type" not in r.text
+
+
+def test_exceptions_count_by_reason_apart_from_traps(node: Proc) -> None:
+    before = Scrape.of(node.url)
+    for n in range(2):
+        assert get(node, "/uncaught-py", f"py-count-{n}").json()["error"] == "function_exception"
+        assert get(node, "/uncaught-js", f"js-count-{n}").json()["error"] == "function_exception"
+    assert get(node, "/trap", "c-count").json()["error"] == "trap"
+    after = Scrape.of(node.url)
+    errors = "edge_function_errors_total"
+    for function in ["uncaught-py", "uncaught-js"]:
+        assert delta(before, after, errors, function=function, reason="function_exception") == 2
+        assert delta(before, after, errors, function=function, reason="trap") == 0
+        assert delta(before, after, "edge_function_traps_total", function=function) == 0
+        assert delta(before, after, "edge_function_requests_total", function=function,
+                     status_class="5xx") == 2  # fmt: skip
+    assert delta(before, after, errors, function="trap", reason="trap") == 1
+    assert delta(before, after, "edge_function_traps_total", function="trap") == 1
 
 
 def test_stdout_is_logged_a_whole_line_at_a_time(node: Proc) -> None:
@@ -92,17 +173,21 @@ def test_stdout_is_logged_a_whole_line_at_a_time(node: Proc) -> None:
         ),
     ],
 )
-def test_javascript_exception_is_a_trap_with_its_message_in_the_log(
+def test_javascript_exception_names_its_type_with_its_stack_in_the_log(
     node: Proc, path: str, first: str
 ) -> None:
     request_id = "js" + path.replace("/", "-")
     r = get(node, path, request_id)
-    assert r.status_code == 500 and r.json()["error"] == "trap"
-    lines = logged(node, request_id, "function trapped")
+    exception_answer(r, first.split(":")[0].removeprefix("Uncaught "), request_id)
+    lines = logged(node, request_id, "function raised")
     own = [line for line in lines if line["source"] == "log"]
-    assert own[0]["message"] == first and own[0]["level"] == "error"
+    assert len(own) == 1 and own[0]["level"] == "error"  # message and stack: one line
+    head, *frames = own[0]["message"].split("\n")
+    assert head == first
     if "Error" in first:  # an Error has a stack, one line per frame
-        assert len(own) > 1 and all(line["message"].startswith("    at ") for line in own[1:])
+        assert frames and all(frame.startswith("    at ") for frame in frames)
+    else:
+        assert frames == []
     assert get(node, "/uncaught-js/ok", request_id + "-after").text == "ok\n"
 
 

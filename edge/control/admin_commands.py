@@ -7,13 +7,12 @@ captures just the token); the control plane keeps only its sha256.
 
 from __future__ import annotations
 
-import datetime
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from edge.cli_output import EXIT_USAGE, JsonOption, Output
+from edge.cli_output import EXIT_USAGE, JsonOption, Output, utc_time
 from edge.control.client import DEFAULT_URL
 from edge.control.commands import ControlUrl, Token, _client
 from edge.control.records import TOKEN_SCOPES
@@ -22,12 +21,6 @@ from edge.errors import UsageError
 
 tenant_app = typer.Typer(no_args_is_help=True, add_completion=False, help="Tenants (admin).")
 token_app = typer.Typer(no_args_is_help=True, add_completion=False, help="API tokens (admin).")
-
-
-def _when(unix: float | None) -> str:
-    if unix is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(unix, datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 @tenant_app.command("create")
@@ -52,7 +45,7 @@ def list_tenants(
         result = client.tenants()
         table = Table("tenant", "created", "deployed", "with versions", "tokens")
         for t in result["tenants"]:
-            table.add_row(t["name"], _when(t["created_unix"]), str(t["functions"]),
+            table.add_row(t["name"], utc_time(t["created_unix"]), str(t["functions"]),
                           str(t["functions_with_versions"]), str(t["active_tokens"]))
         out.result(result, lambda: out.show(table))
 
@@ -88,7 +81,7 @@ def create_token(
                                          expires_in_s=expires_in_s)
         who = "node token" if node else f"tenant {result['tenant']}, {','.join(result['scopes'])}"
         expires = result["expires_unix"]
-        until = "" if expires is None else f", expires {_when(expires)}"
+        until = "" if expires is None else f", expires {utc_time(expires)}"
         out.note(f"token {result['id']} ({who}, name {result['name']!r}{until}); shown only now:")
         out.result(result, result["token"])  # stdout is the secret alone
 
@@ -112,7 +105,7 @@ def list_tokens(
 def token_row(t: dict[str, Any]) -> tuple[str, ...]:
     return (
         str(t["id"]), t["kind"], t["tenant"] or "-", ",".join(t["scopes"]) or "-", t["name"],
-        _when(t["created_unix"]), _when(t["revoked_unix"]), _when(t.get("expires_unix")),
+        utc_time(t["created_unix"]), utc_time(t["revoked_unix"]), utc_time(t.get("expires_unix")),
     )  # fmt: skip
 
 
@@ -127,7 +120,7 @@ def revoke_token(
     with Output(as_json) as out, _client(control, token) as client:
         result = client.revoke_token(token_id)
         out.note(f"token {result['id']} ({result['name']}) revoked at "
-                 f"{_when(result['revoked_unix'])}")
+                 f"{utc_time(result['revoked_unix'])}")
         out.result(result)
 
 

@@ -38,6 +38,7 @@ from edge.config.function import NAME_RE, parse_function_config
 from edge.control.admin_api import admin_routes, require_admin
 from edge.control.bodies import (
     field,
+    flag_param,
     int_param,
     json_body,
     number,
@@ -306,6 +307,22 @@ def create_app(
             )
         )
         return JSONResponse(version_json(version), status_code=201)
+
+    async def list_functions(request: Request) -> Response:
+        """This tenant's functions by name (scope read).
+
+        Each: `name`, `stable` (the deployed version, null if not deployed), `canary`,
+        `canary_percent` and `sticky` (how clients are split), `routes`, `version_count`
+        (versions number from 1, so also the newest's number), `created_unix`, `updated_unix`
+        (its newest version or change) and `deleted` (taken out of service by
+        `DELETE /v1/functions/NAME`, not deployed since).
+        Query: deleted=1 to list deleted functions too (left out by default)."""
+        tenant_id, _ = await tenant(request, "read")
+        with_deleted = flag_param(request.query_params.get("deleted"), "deleted")
+        listed = await run(store.functions, tenant_id)
+        return JSONResponse({"functions": [
+            f.to_json() for f in listed if with_deleted or not f.deleted
+        ]})  # fmt: skip
 
     async def list_versions(request: Request) -> Response:
         """Versions of a function, oldest first, and its deployment (scope read)."""
@@ -652,6 +669,7 @@ def create_app(
 
     f = "/v1/functions/{name}"
     routes: list[BaseRoute] = [
+        Route("/v1/functions", list_functions, methods=["GET"]),
         Route(f, delete_function, methods=["DELETE"]),
         Route(f + "/versions", upload_version, methods=["POST"]),
         Route(f + "/versions", list_versions, methods=["GET"]),

@@ -39,6 +39,16 @@ def int_param(text: str, what: str) -> int:
     return value
 
 
+def flag_param(text: str | None, what: str) -> bool:
+    """A yes/no from the query: absent, "0", "false" or "no" is no; "1", "true" or "yes" is
+    yes; anything else is a BadRequest (a typo must not quietly mean no)."""
+    if text is None or text.lower() in ("0", "false", "no", ""):
+        return False
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    raise BadRequest(f"{what} must be 1 or 0 (true or false), got {text[:40]!r}")
+
+
 def wait_param(text: str, limit_s: float) -> float:
     """A long poll's wait in seconds from the query, clamped to [0, limit_s]. NaN is refused:
     it passes both clamps (every comparison with it is false) and a NaN timeout waits forever."""

@@ -72,6 +72,10 @@ class ControlClient:
                      METADATA_HEADER: encode_metadata(manifest, message)},
         )
 
+    def functions(self, deleted: bool = False) -> dict[str, Any]:
+        """{"functions": [...]}: this tenant's, with deleted ones too if `deleted`."""
+        return self._json("GET", "/v1/functions", params={"deleted": "1"} if deleted else {})
+
     def versions(self, name: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/functions/{name}/versions")
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from edge.control.bodies import int_param
+from edge.control.bodies import flag_param, int_param
 from edge.control.errors import NotFound, PayloadTooLarge
 from edge.control.feeds import RevisionFeed
 from edge.control.log_store import LogStore
@@ -53,7 +53,7 @@ def _query(request: Request, now: float) -> tuple[int, float | None, str | None,
     region = q.get("region") or None
     if region is not None and not REGION_RE.match(region):
         raise BadRequest(f"bad region name {region!r}")
-    follow = q.get("follow", "") in ("1", "true", "yes")
+    follow = flag_param(q.get("follow"), "follow")
     return after, since, region, max(0, min(limit, MAX_LIMIT)), follow
 
 

@@ -103,6 +103,34 @@ class FunctionState:
 
 
 @dataclass(frozen=True)
+class FunctionSummary:
+    """One of a tenant's functions as `GET /v1/functions` lists it."""
+
+    name: str
+    deployment: FunctionState | None  # None: not deployed (never yet, or deleted)
+    # Versions are numbered from 1 and never deleted, so this is also the newest one's number.
+    version_count: int
+    created_unix: float
+    updated_unix: float  # its newest version or revision (its creation if neither)
+    deleted: bool  # its last revision is a delete, and no deploy since
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.deployment
+        return {
+            "name": self.name,
+            "stable": d.stable if d else None,
+            "canary": d.canary if d else None,
+            "canary_percent": d.canary_percent if d else 0,
+            "sticky": d.sticky if d else None,
+            "routes": d.to_json()["routes"] if d else [],
+            "version_count": self.version_count,
+            "created_unix": self.created_unix,
+            "updated_unix": self.updated_unix,
+            "deleted": self.deleted,
+        }
+
+
+@dataclass(frozen=True)
 class Removal:
     """The outcome of `Store.delete_function`: the "delete" revision (the current one if the
     function was not deployed, changed False) and the deployment it took away."""

@@ -36,6 +36,7 @@ from edge.control.records import (
     ConfigAt,
     ConfigChange,
     FunctionState,
+    FunctionSummary,
     Node,
     NodeEndpoint,
     Principal,
@@ -365,6 +366,30 @@ class Store:
                 "SELECT name FROM functions WHERE tenant_id = ? ORDER BY name", (tenant_id,)
             )
             return [r[0] for r in rows]
+
+    def functions(self, tenant_id: int) -> list[FunctionSummary]:
+        """Every function of the tenant by name, deleted ones included (`deleted` says which),
+        read in one transaction so the list is one moment's."""
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT f.id, f.name, f.created_unix, "
+                "(SELECT COUNT(*) FROM versions v WHERE v.function_id = f.id) AS version_count, "
+                "(SELECT MAX(created_unix) FROM versions v WHERE v.function_id = f.id) AS v_unix, "
+                "(SELECT MAX(created_unix) FROM revisions r WHERE r.function_id = f.id) AS r_unix, "
+                # Config values stay through a delete: their changes say nothing of it.
+                "(SELECT kind FROM revisions r WHERE r.function_id = f.id AND kind != 'config' "
+                " ORDER BY number DESC LIMIT 1) AS last_kind "
+                "FROM functions f WHERE f.tenant_id = ? ORDER BY f.name",
+                (tenant_id,),
+            ).fetchall()
+            return [
+                FunctionSummary(
+                    r["name"], self._state(db, r["id"]), r["version_count"], r["created_unix"],
+                    max(t for t in (r["created_unix"], r["v_unix"], r["r_unix"]) if t is not None),
+                    r["last_kind"] == "delete",
+                )
+                for r in rows
+            ]
 
     @staticmethod
     def _version(key: str, r: sqlite3.Row) -> Version:

@@ -20,6 +20,7 @@ from edge.errors import (
     DeadlineExceeded,
     EdgeError,
     FunctionError,
+    FunctionException,
     FunctionTrapped,
     InvalidResponse,
     MemoryLimitExceeded,
@@ -344,23 +345,31 @@ class LoadedFunction:
         self, live: _Live, request: abi.GuestRequest, invocation: host.Invocation
     ) -> abi.GuestResponse:
         live.output.invocation = invocation
+        invocation.flush_output = live.output.flush
         marks = invocation.marks
         started = time.time_ns() if marks is not None else 0
         try:
-            return self._execute(live, request)
+            return self._execute(live, request, invocation)
         finally:
             live.output.flush()
             if marks is not None:
                 marks.append(("execute", started, time.time_ns()))
 
-    def _execute(self, live: _Live, request: abi.GuestRequest) -> abi.GuestResponse:
+    def _execute(
+        self, live: _Live, request: abi.GuestRequest, invocation: host.Invocation
+    ) -> abi.GuestResponse:
         param = abi.LoweredRequest(request)
         result = _scratch().result
         func = live.func
         context = live.store.context
         err = capi.func_call(func, context, param.pointer, 1, ctypes.addressof(result), 1)
         if err:
-            raise _classify(capi.error(err), self.config, "running")
+            error = _classify(capi.error(err), self.config, "running")
+            # The SDK reported an uncaught exception and trapped at once (edge.sandbox.uncaught);
+            # the sandbox's own kills (deadline, memory) still say what ended the request.
+            if type(error) is FunctionTrapped and invocation.uncaught is not None:
+                raise FunctionException(invocation.uncaught.type_name, invocation.request_id)
+            raise error
         try:
             response = abi.lift_response(result, self.config.limits.response_body_limit_bytes)
         except abi.ResponseBodyOverLimit as e:

@@ -20,6 +20,8 @@ from wasmtime import WasiConfig
 from wasmtime import component as cm
 
 from edge.config.function import Capabilities
+from edge.sandbox import uncaught
+from edge.sandbox.uncaught import Uncaught
 
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 MAX_LOG_LINE_BYTES = 4096
@@ -36,6 +38,9 @@ class LogLine:
     time_unix: float
     version: str = ""  # the deployed version's label ("3"), "" for a static node
     trace_id: str = ""  # W3C trace id of the request (edge.node.tracecontext)
+    # On the line of an SDK's uncaught-exception report, for `edge dev`'s answer; sinks that
+    # write or ship lines leave it out (its text is the traceback already).
+    exception: Uncaught | None = None
 
 
 LogSink = Callable[[LogLine], None]
@@ -59,6 +64,13 @@ class Invocation:
     dropped: int = 0
     # Set when this invocation created a fresh instance (not when it reused one): for metrics.
     instantiate_s: float | None = None
+    # The SDK's report of an uncaught exception while no host import has been called since
+    # (see edge.sandbox.uncaught): read by the sandbox when the call traps.
+    uncaught: Uncaught | None = None
+    reported: bool = False  # a report was logged (once a request, over the line cap too)
+    # Logs what guest stdio holds without its newline yet (OutputRoute.flush), so that what
+    # was printed before a report comes before it in the log.
+    flush_output: Callable[[], None] | None = None
 
     def log(self, level: str, message: str, source: str) -> None:
         if self.lines >= MAX_LOG_LINES_PER_REQUEST:
@@ -69,6 +81,24 @@ class Invocation:
             message = message[:MAX_LOG_LINE_BYTES] + "…(truncated)"
         self.sink(LogLine(self.function, self.request_id, level, message, source, time.time(),
                           self.version, self.trace_id))  # fmt: skip
+
+    def report_uncaught(self, message: str) -> None:
+        """The SDK's report (`message` is one, see `uncaught.is_report`): its traceback becomes
+        one error line, and the exception is the request's until another host call."""
+        report = uncaught.parse(message)
+        self.uncaught = report
+        if self.flush_output is not None:
+            self.flush_output()
+        # Logged over the line cap too, once: an SDK reports as its last act, so a request's
+        # first report is its own, and more are a function writing marks.
+        if self.reported:
+            if self.lines >= MAX_LOG_LINES_PER_REQUEST:
+                self.dropped += 1
+                return
+            self.lines += 1
+        self.reported = True
+        self.sink(LogLine(self.function, self.request_id, "error", report.traceback, "log",
+                          time.time(), self.version, self.trace_id, report))  # fmt: skip
 
     def report_dropped(self) -> None:
         """Once the request is over: says how many lines the per-request cap refused."""
@@ -111,11 +141,18 @@ class bound:
 
 def _log_write(_store: Any, level: Any, message: str) -> None:
     name = level if isinstance(level, str) else LOG_LEVELS[int(level)]
-    current().log(name, message, "log")
+    inv = current()
+    if name == "error" and uncaught.is_report(message):
+        inv.report_uncaught(message)
+        return
+    inv.uncaught = None  # a report stands only if the trap comes next
+    inv.log(name, message, "log")
 
 
 def _config_get(_store: Any, key: str) -> str | None:
-    return current().config.get(key)
+    inv = current()
+    inv.uncaught = None
+    return inv.config.get(key)
 
 
 def _wall_now(_store: Any) -> cm.Record:

@@ -229,7 +229,7 @@ export function wrapHandler(handle) {
         return { status: resp.status, headers: resp.headers, body: bytesToLatin1(resp.body) };
       } catch (e) {
         reportUncaught(e);
-        throw e; // a trap: the node answers 500 `trap`
+        throw e; // a trap, right after the report: the node answers 500 `function_exception`
       } finally {
         inRequest = false;
       }
@@ -243,11 +243,31 @@ function describe(value) {
   return value.constructor ? value.constructor.name : "object";
 }
 
+// The node's mark for a report of an uncaught exception (edge/sandbox/uncaught.py): it must be
+// the last host call before the trap.
+const REPORT_MARK = "\0edge:uncaught-exception\0";
+
 // componentize-js runs without stdio, so an exception that ends the request would otherwise
-// leave nothing in the function's log: it is logged here, one line per stack frame. The stack
+// leave nothing in the function's log. Reported so, the node logs it as one error line (the
+// message, then the stack) and answers 500 `function_exception` naming its type. The stack
 // names lines of the bundle esbuild made, not of the source files.
 function reportUncaught(e) {
-  logWrite("error", `Uncaught ${e instanceof Error ? String(e) : describe(e) + ": " + String(e)}`);
-  const stack = e instanceof Error && typeof e.stack === "string" ? e.stack.trimEnd() : "";
-  for (const frame of stack ? stack.split("\n") : []) logWrite("error", `    at ${frame}`);
+  const isError = e instanceof Error;
+  let type = describe(e);
+  let text = "";
+  let first = `Uncaught ${type}`;
+  try {
+    // A subclass that sets no `name` (class PaymentError extends Error {}) is named by its
+    // constructor; a set name (TypeError, or the author's) wins.
+    if (isError && typeof e.name === "string" && e.name && e.name !== "Error") type = e.name;
+    text = isError ? String(e.message) : String(e);
+    first = `Uncaught ${type}${text || !isError ? ": " : ""}${text}`;
+  } catch {
+    // a getter or toString that throws: the type still says what happened
+  }
+  const stack = isError && typeof e.stack === "string" ? e.stack.trimEnd() : "";
+  const frames = stack ? stack.split("\n").map((frame) => `    at ${frame}`) : [];
+  const report = [first, ...frames].join("\n");
+  const clean = (s) => s.replaceAll("\0", "\ufffd");
+  logWrite("error", REPORT_MARK + [clean(type), clean(text), report].join("\0"));
 }

@@ -58,6 +58,7 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/v1/traffic", {}),
     ("POST", "/v1/node/traffic", {"json": {}}),
     ("DELETE", "/v1/nodes/eu-1", {}),
+    ("GET", "/v1/functions", {}),
 ]
 
 
@@ -230,6 +231,66 @@ def test_delete_takes_a_function_out_of_snapshots_and_keeps_its_versions(
         ("example.com", "/", "default/hello"), ("*", "/api", "default/other")}
 
 
+def test_functions_lists_this_tenants_own_with_canary_and_hides_deleted_ones(
+    start_control: Start,
+) -> None:
+    server = start_control()
+    admin = deployed(server, ["example.com/", "*/api"])
+    assert upload(admin, tag="b").status_code == 201
+    assert admin.post("/v1/functions/hello/canary",
+                      json={"version": 2, "percent": 10}).status_code == 200
+    assert upload(admin, "draft").status_code == 201  # never deployed
+    assert upload(admin, "gone").status_code == 201
+    assert admin.post("/v1/functions/gone/deploy",
+                      json={"version": 1, "routes": ["*/gone"]}).status_code == 200
+    assert admin.delete("/v1/functions/gone").json()["changed"]
+    theirs = server.client(server.token("other"))
+    assert upload(theirs, "secret").status_code == 201
+    assert theirs.post("/v1/functions/secret/deploy",
+                       json={"version": 1, "routes": ["other.example/"]}).status_code == 200
+
+    read = server.client(server.token("default", ("read",)))  # read scope is enough
+    r = read.get("/v1/functions")
+    assert r.status_code == 200, r.text
+    listed = r.json()["functions"]
+    assert [f["name"] for f in listed] == ["draft", "hello"]
+    draft, hello = listed
+    changed = {row.function: row.created_unix for row in server.store.revisions()}
+    assert {k: hello[k] for k in hello if not k.endswith("_unix")} == {
+        "name": "hello", "stable": 1, "canary": 2, "canary_percent": 10, "sticky": "ip",
+        "routes": ["*/api", "example.com/"], "version_count": 2, "deleted": False}
+    assert hello["created_unix"] < hello["updated_unix"] == changed["default/hello"]
+    assert {k: draft[k] for k in draft if not k.endswith("_unix")} == {
+        "name": "draft", "stable": None, "canary": None, "canary_percent": 0, "sticky": None,
+        "routes": [], "version_count": 1, "deleted": False}
+    [first] = read.get("/v1/functions/draft/versions").json()["versions"]
+    assert draft["created_unix"] <= draft["updated_unix"] == first["created_unix"]
+
+    every = read.get("/v1/functions", params={"deleted": "1"}).json()["functions"]
+    assert [(f["name"], f["deleted"]) for f in every] == [
+        ("draft", False), ("gone", True), ("hello", False)]
+    gone = every[1]
+    assert (gone["stable"], gone["routes"], gone["version_count"]) == (None, [], 1)
+    assert read.get("/v1/functions?deleted=0").json()["functions"] == listed
+    r = read.get("/v1/functions", params={"deleted": "maybe"})
+    assert r.status_code == 400 and r.json()["error"] == "bad_request"
+
+    # Another tenant sees its own only, even asking for deleted ones; and it never sees ours.
+    assert [f["name"] for f in theirs.get("/v1/functions?deleted=1").json()["functions"]] == [
+        "secret"]
+    assert admin.get("/v1/functions").json()["functions"] == listed  # the admin's tenant's
+    # Deployed again, a deleted function is listed as deployed.
+    assert admin.post("/v1/functions/gone/deploy",
+                      json={"version": 1, "routes": ["*/gone"]}).status_code == 200
+    back = [f for f in read.get("/v1/functions").json()["functions"] if f["name"] == "gone"]
+    assert [(f["stable"], f["deleted"], f["routes"]) for f in back] == [(1, False, ["*/gone"])]
+
+    # Scopes: another scope alone is 403, a node token 403, like every tenant endpoint.
+    for token in (server.token("default", ("operate",)), server.node):
+        r = server.client(token).get("/v1/functions")
+        assert r.status_code == 403 and r.json()["error"] == "forbidden"
+
+
 def test_bad_requests_are_400_or_409(start_control: Start) -> None:
     server = start_control()
     admin = deployed(server)
@@ -308,6 +369,9 @@ def test_public_key_and_openapi(start_control: Start) -> None:
     assert key["public_key"] == server.signer.public_key.hex() and key["algorithm"] == "ed25519"
     spec = c.get("/openapi.json").json()
     assert "post" in spec["paths"]["/v1/functions/{name}/deploy"]
+    listing = spec["paths"]["/v1/functions"]["get"]
+    assert listing["summary"] == "This tenant's functions by name (scope read)."
+    assert "deleted=1" in listing["description"]
     assert spec["paths"]["/v1/node/snapshot"]["get"]["summary"].startswith("Long poll")
 
 

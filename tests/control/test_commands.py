@@ -16,9 +16,9 @@ import httpx
 import typer
 from typer.testing import CliRunner
 
-from edge.control.client import Convergence, convergence, wait_for_nodes
+from edge.control.client import ControlClient, Convergence, convergence, wait_for_nodes
 from edge.control.command_groups import control_cli
-from tests.control.conftest import ControlServer, FakeClock, component
+from tests.control.conftest import ControlServer, FakeClock, component, manifest
 
 Start = Callable[..., ControlServer]
 
@@ -35,10 +35,10 @@ def project(tmp_path: Path) -> tuple[Path, Path]:
 control_app = control_cli()
 
 
-def cli(server: ControlServer, *args: str) -> Any:
+def cli(server: ControlServer, *args: str, env: dict[str, str] | None = None) -> Any:
     result = CliRunner().invoke(
         control_app, list(args),
-        env={"EDGE_CONTROL_URL": server.url, "EDGE_TOKEN": server.admin},
+        env={"EDGE_CONTROL_URL": server.url, "EDGE_TOKEN": server.admin, **(env or {})},
     )
     return result
 
@@ -88,6 +88,66 @@ def test_deploy_waits_for_nodes_then_canary_promote_rollback(
     assert json.loads(r.stdout)["revision"] == 6
     r = cli(server, "status")
     assert r.exit_code == 0 and "n1" in r.stdout and "example.com/" in r.stdout
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """A rich table's rows by first cell, without the last (the time): the cells of each line
+    between the box's vertical bars."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) > 2 and cells[0] and cells[0] != "function":
+            rows[cells[0]] = cells[1:-1]
+    return rows
+
+
+def test_function_list_shows_a_table_json_and_deleted_ones_on_request(
+    start_control: Start,
+) -> None:
+    server = start_control()
+    with ControlClient(server.url, server.admin) as admin:
+        for name, tag in (("web", "1"), ("web", "2"), ("gone", "1"), ("draft", "1")):
+            admin.upload_version(name, component(name + tag), manifest(name), "")
+        admin.deploy("web", 1, ["example.com/"])
+        admin.canary("web", 2, 15)
+        admin.deploy("gone", 1, ["*/gone"])
+        admin.delete_function("gone")
+    with ControlClient(server.url, server.token("other")) as other:
+        other.upload_version("theirs", component("t"), manifest("theirs"), "")
+    reader = server.token("default", ("read",))
+
+    wide = {"COLUMNS": "120"}  # rich's width: every cell on one line
+    r = cli(server, "function", "list", "--token", reader, env=wide)
+    assert r.exit_code == 0, r.output
+    assert table_rows(r.stdout) == {"web": ["v1", "v2 at 15%", "2", "example.com/"],
+                                    "draft": ["-", "-", "1", "-"]}
+    r = cli(server, "function", "list", "--deleted", "--token", reader, env=wide)
+    assert table_rows(r.stdout)["gone"] == ["deleted", "-", "1", "-"]
+
+    r = cli(server, "function", "list", "--json", "--token", reader)
+    assert r.exit_code == 0, r.output
+    listed = json.loads(r.stdout)["functions"]
+    assert [(f["name"], f["stable"], f["canary"], f["canary_percent"]) for f in listed] == [
+        ("draft", None, None, 0), ("web", 1, 2, 15)]
+    r = cli(server, "function", "list", "--deleted", "--json", "--token", reader)
+    assert [(f["name"], f["deleted"]) for f in json.loads(r.stdout)["functions"]] == [
+        ("draft", False), ("gone", True), ("web", False)]
+
+    # Errors as every command has them: a wrong token says so, in words or in JSON.
+    r = cli(server, "function", "list", "--token", "edge_wrong")
+    assert (r.exit_code, r.stderr.strip()) == (1, "error: unknown token")
+    assert r.stdout == ""
+    r = cli(server, "function", "list", "--json", "--token", "edge_wrong")
+    assert r.exit_code == 1 and json.loads(r.stdout) == {
+        "error": {"type": "unauthorized", "message": "unknown token"}}
+    r = cli(server, "function", "list", "--token", server.token("default", ("operate",)))
+    assert (r.exit_code, r.stderr.strip()) == (1, "error: this token lacks the 'read' scope")
+    r = CliRunner().invoke(control_app, ["function", "list"],
+                           env={"EDGE_CONTROL_URL": server.url, "EDGE_TOKEN": ""})
+    assert r.exit_code == 1 and "no token" in r.stderr
+    fresh = server.token("empty")
+    r = cli(server, "function", "list", "--token", fresh)
+    assert r.stdout.strip() == "no functions (deleted ones: --deleted)"
 
 
 def test_deploy_timeout_names_the_laggards(start_control: Start, tmp_path: Path) -> None:
@@ -278,6 +338,8 @@ def test_python_m_edge_control_offers_every_control_plane_command_of_edge(
 
     r = run("function", "delete", "nothere")
     assert r.returncode == 1 and "no function 'nothere'" in r.stderr, r.stderr
+    r = run("function", "list", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"functions": []}, r.stderr
     report(server, "gone-1", 0)
     r = run("node", "forget", "gone-1")  # still reporting: refused
     assert r.returncode == 1 and "gone-1" in r.stderr, r.stderr

@@ -91,6 +91,17 @@ def test_a_deploy_changes_values_in_the_same_transaction(make_store: MakeStore) 
     assert [v.value for v in store.config_values(t, "hello")] == ["v3"]
 
 
+def test_values_outlive_a_delete_which_they_do_not_undo(make_store: MakeStore) -> None:
+    store, t = deployed_store(make_store)
+    store.delete_function(t, "hello", "u")
+    store.set_config(t, "hello", {"greeting": "kept"}, frozenset(), "u")
+    listed = store.functions(t)
+    assert [(f.name, f.deleted) for f in listed] == [("hello", True)]
+    assert not store.config_at(store.revision()).functions  # still out of snapshots
+    store.deploy(t, "hello", 1, [("*", "/")], "u")
+    assert store.config_at(store.revision()).functions[0].values == {"greeting": "kept"}
+
+
 def test_values_are_the_functions_not_another_tenants(make_store: MakeStore) -> None:
     store, _ = deployed_store(make_store)
     other = store.create_tenant("other")

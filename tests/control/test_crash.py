@@ -45,6 +45,19 @@ def wait_ready(url: str, data: Path, proc: subprocess.Popen[bytes], log: Path) -
     raise AssertionError("control plane did not start:\n" + log.read_text())
 
 
+def wait_revision_above(
+    url: str, token: str, revision: int, proc: subprocess.Popen[bytes], log: Path
+) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        r = httpx.get(url + "/v1/status", headers={"authorization": f"Bearer {token}"}, timeout=10)
+        if r.status_code == 200 and r.json()["revision"] > revision:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no deploy got through in 60 s:\n{log.read_text()}")
+
+
 def check_consistent(data: Path) -> int:
     db = sqlite3.connect(data / "control.db")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -77,7 +90,10 @@ def test_sigkill_mid_deploy_loses_nothing_committed(tmp_path: Path) -> None:
         try:
             token = wait_ready(url, data, server, log)
             loop = spawn(["tests.control.deploy_loop", url, token], tmp_path / "loop.log")
-            time.sleep(0.8 + 0.3 * round_)
+            # The kill must land after a deploy got through: on a loaded machine the loop's
+            # interpreter alone can take longer to start than any fixed sleep.
+            wait_revision_above(url, token, revisions, server, log)
+            time.sleep(0.2 + 0.3 * round_)
             os.kill(server.pid, signal.SIGKILL)
             server.wait(10)
             loop.wait(20)

@@ -29,6 +29,7 @@ FUZZ = settings(
 # Long polls answer at once here: a drawn wait_s must not make an example last a minute.
 QUICK = ControlSettings(long_poll_max_s=0.2, long_poll_default_s=0.1, health_interval_s=60)
 ENDPOINTS = [
+    ("GET", "/v1/functions"),
     ("DELETE", "/v1/functions/{name}"),
     ("POST", "/v1/functions/{name}/versions"),
     ("GET", "/v1/functions/{name}/versions"),
@@ -62,7 +63,8 @@ KEYS = ["version", "routes", "percent", "sticky", "to", "node_id", "region", "re
         "latitude", "longitude", "weight", "over_s", "name", "kind", "tenant", "scopes",
         "expires_in_s", "series", "started_unix", "lines", "function", "buckets", "since_unix",
         "level", "source", "message", "time", "request_id", "trace_id", "manifest"]  # fmt: skip
-QUERY_KEYS = ["revision", "wait_s", "after", "limit", "since", "region", "function", "tenant"]
+QUERY_KEYS = ["revision", "wait_s", "after", "limit", "since", "region", "function", "tenant",
+              "deleted"]
 ODD_NUMBERS = ["nan", "NaN", "inf", "-inf", "1e999", "-1", "0", "", " 1", "0x10", "1_0", "\u0661",
                "9" * 30, "-" + "9" * 30, "1.5", "10m", "90s", "1h", "0s", "-5m",
                "1e9h"]  # fmt: skip

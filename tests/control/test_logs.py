@@ -235,7 +235,7 @@ def test_log_endpoints_check_token_kind_and_query(start_control: Start) -> None:
     write_only = server.client(server.token("default", ("deploy",)))
     assert write_only.get("/v1/functions/hello/logs").status_code == 403
     assert httpx.get(server.url + "/v1/functions/hello/logs").status_code == 401
-    for query in ("since=yesterday", "after=x", "region=Bad_Region", "limit=ten"):
+    for query in ("since=yesterday", "after=x", "region=Bad_Region", "limit=ten", "follow=maybe"):
         r = admin.get(f"/v1/functions/hello/logs?{query}")
         assert r.status_code == 400 and r.json()["error"] == "bad_request", query
     assert server.client(server.node).post("/v1/node/logs", content=b"[").status_code == 400

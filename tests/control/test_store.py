@@ -221,6 +221,44 @@ def test_delete_is_one_revision_and_the_config_has_the_function_no_more(
         "acme/a", "acme/b"]
 
 
+def test_functions_lists_a_tenants_functions_with_their_deployment_and_times(
+    make_store: MakeStore, clock: FakeClock
+) -> None:
+    store = make_store()
+    t, other = tenant(store), tenant(store, "other")
+    start = clock()
+    add_version(store, t, "web")
+    clock.advance(10)
+    add_version(store, t, "web")
+    clock.advance(5)
+    store.deploy(t, "web", 1, [("*", "/")], "u")
+    store.set_canary(t, "web", 2, 25, None, "u")
+    clock.advance(5)
+    add_version(store, t, "draft")
+    add_version(store, other, "theirs")
+    listed = {f.name: f for f in store.functions(t)}
+    assert list(listed) == ["draft", "web"]  # by name; the other tenant's is not there
+    web, draft = listed["web"], listed["draft"]
+    assert web.deployment is not None
+    assert (web.deployment.stable, web.deployment.canary, web.deployment.canary_percent,
+            web.deployment.routes) == (1, 2, 25, (("*", "/"),))
+    assert (web.version_count, web.created_unix, web.updated_unix, web.deleted) == (
+        2, start, start + 15, False)
+    assert (draft.deployment, draft.version_count, draft.created_unix, draft.updated_unix,
+            draft.deleted) == (None, 1, start + 20, start + 20, False)
+
+    clock.advance(5)
+    store.delete_function(t, "web", "u")
+    web = store.functions(t)[1]
+    assert (web.deployment, web.deleted, web.updated_unix) == (None, True, start + 25)
+    clock.advance(5)
+    store.deploy(t, "web", 2, [("*", "/")], "u")  # deployed again: not deleted any more
+    web = store.functions(t)[1]
+    assert web.deployment is not None and web.deployment.stable == 2
+    assert (web.deleted, web.updated_unix, web.created_unix) == (False, start + 30, start)
+    assert [f.name for f in store.functions(other)] == ["theirs"]
+
+
 def test_migration_10_keeps_every_revision_and_admits_deletes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

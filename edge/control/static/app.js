@@ -7,8 +7,6 @@ const KEY = "edge-token";
 const $ = (id) => document.getElementById(id);
 
 let timer = null;
-let versionsAt = -1; // the revision the versions column was fetched at
-const versions = new Map(); // function name -> [version numbers]
 
 class ApiError extends Error {
   constructor(status, reason, message) {
@@ -186,30 +184,37 @@ function renderNodes(status) {
   fill("nodes", rows, sig, "no node has reported yet");
 }
 
-const shortName = (f) => f.slice(f.indexOf("/") + 1);
+// As the CLI prints times: UTC to the second.
+const utc = (unix) => new Date(unix * 1000).toISOString().slice(0, 19).replace("T", " ") + "Z";
 
-function renderFunctions(status) {
-  const rows = status.functions.map((d) => {
-    const name = shortName(d.function);
-    const list = (versions.get(name) || []).map((v) => {
-      const tag = v === d.stable ? " stable" : v === d.canary ? " canary" : "";
-      return el("span", `v${v}${tag} `, v === d.stable ? "stable" : "");
-    });
+// Versions are numbered 1..version_count (never deleted), so the count names them all.
+function versionList(f) {
+  return Array.from({ length: f.version_count }, (_, i) => {
+    const v = i + 1;
+    const tag = v === f.stable ? " stable" : v === f.canary ? " canary" : "";
+    return el("span", `v${v}${tag} `, v === f.stable ? "stable" : "");
+  });
+}
+
+function renderFunctions(listing) {
+  const rows = listing.functions.map((f) => {
+    const deployed = f.stable !== null;
     return [
-      name,
-      `v${d.stable}`,
-      d.canary === null ? "-" : `v${d.canary} at ${d.canary_percent}% (${d.sticky})`,
-      { nodes: list },
-      d.routes.join(" "),
+      f.name,
+      deployed ? `v${f.stable}` : { text: f.deleted ? "deleted" : "-", cls: f.deleted ? "bad" : "" },
+      f.canary === null ? "-" : `v${f.canary} at ${f.canary_percent}% (${f.sticky})`,
+      { nodes: versionList(f) },
+      f.routes.join(" "),
+      utc(f.created_unix),
+      utc(f.updated_unix),
       { nodes: [
-        button("Promote", () => functionAction(name, "promote"), d.canary !== null),
-        button("Roll back", () => functionAction(name, "rollback")),
-        button("Delete", () => askDelete(name)),
+        button("Promote", () => functionAction(f.name, "promote"), f.canary !== null),
+        button("Roll back", () => functionAction(f.name, "rollback"), deployed),
+        button("Delete", () => askDelete(f.name), deployed),
       ] },
     ];
   });
-  const sig = JSON.stringify([status.functions, [...versions]]);
-  fill("functions", rows, sig, "nothing deployed yet");
+  fill("functions", rows, JSON.stringify(listing.functions), "no functions yet");
 }
 
 function renderTraffic(t) {
@@ -227,24 +232,15 @@ function renderTraffic(t) {
   fill("traffic", rows, JSON.stringify([t.functions, t.regions]), "no requests in the window");
 }
 
-async function loadVersions(status) {
-  if (status.revision === versionsAt) return;
-  await Promise.all(status.functions.map(async (d) => {
-    const name = shortName(d.function);
-    const r = await api("GET", `/v1/functions/${encodeURIComponent(name)}/versions`);
-    versions.set(name, r.versions.map((v) => v.number));
-  }));
-  versionsAt = status.revision;
-}
-
 async function refresh() {
-  const [regions, status, traffic] = await Promise.all([
-    api("GET", "/v1/regions"), api("GET", "/v1/status"), api("GET", "/v1/traffic"),
+  const functions = $("show-deleted").checked ? "/v1/functions?deleted=1" : "/v1/functions";
+  const [regions, status, listing, traffic] = await Promise.all([
+    api("GET", "/v1/regions"), api("GET", "/v1/status"), api("GET", functions),
+    api("GET", "/v1/traffic"),
   ]);
-  await loadVersions(status);
   renderRegions(regions);
   renderNodes(status);
-  renderFunctions(status);
+  renderFunctions(listing);
   renderTraffic(traffic);
 }
 
@@ -269,8 +265,6 @@ function signOut(reason) {
   clearTimeout(timer);
   closeDelete();
   sessionStorage.removeItem(KEY);
-  versionsAt = -1;
-  versions.clear();
   $("main").hidden = true;
   $("logout").hidden = true;
   $("login").hidden = false;
@@ -292,6 +286,7 @@ $("login").addEventListener("submit", (event) => {
   start();
 });
 $("logout").addEventListener("click", () => signOut());
+$("show-deleted").addEventListener("change", () => refresh().catch(() => {})); // polls say why
 
 if (sessionStorage.getItem(KEY)) start();
 else signOut();

@@ -13,9 +13,9 @@ bindings and builds a small entry module that imports the user's module and expo
 The module is imported at build time too (componentize-py snapshots the initialised
 interpreter), so module-level code must not call `config` or `log`: those exist only per request.
 Import every module at the top: there are no files at request time, so an `import` that runs
-first inside the handler fails with ModuleNotFoundError. An exception the handler lets out is
-written to stderr (one log line per line of its traceback) and the request ends with a 500
-`trap`.
+first inside the handler fails with ModuleNotFoundError. An exception the handler lets out
+ends the request with a 500 `function_exception` naming its type; its traceback is one error
+line in the function's log.
 """
 
 from __future__ import annotations
@@ -217,11 +217,40 @@ class Handler(_exports.Handler):
             _die_uncaught()
 
 
+# The node's mark for a report of an uncaught exception (edge/sandbox/uncaught.py): it must
+# be the last host call before the trap.
+_REPORT_MARK = "\0edge:uncaught-exception\0"
+
+
 def _die_uncaught() -> NoReturn:
-    # Left to componentize-py, an exception is printed and then a Rust panic message follows
-    # it; the traceback alone, then a trap (the node answers 500 `trap`), says it plainly.
-    _sys.stderr.write("Uncaught exception in the request handler:\n" + _traceback.format_exc())
-    _sys.stderr.flush()
+    # Left to componentize-py, an exception is printed a line at a time and a Rust panic
+    # message follows it. Reported so, the node logs the traceback as one line and answers
+    # 500 `function_exception` naming the exception's type.
+    exc = _sys.exc_info()[1]
+    kind = type(exc)
+    name = kind.__qualname__
+    if kind.__module__ not in ("builtins", "__main__"):
+        name = f"{kind.__module__}.{name}"
+    try:
+        text = str(exc)
+    except BaseException:  # a __str__ that raises: the type still says what happened
+        text = ""
+    # From the handler's frame on: this wrapper's own frame is noise to the function's author.
+    tb = exc.__traceback__ if exc is not None else None
+    if tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    report = "".join(_traceback.format_exception(kind, exc, tb)).rstrip("\n")
+    fields = [name.replace("\0", ""), text.replace("\0", "\ufffd"), report]
+    for stream in (_sys.stdout, _sys.stderr):  # what was printed comes first in the log
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    try:
+        _log.write(_log.Level.ERROR, _REPORT_MARK + "\0".join(fields))
+    except BaseException:  # text the host cannot take (a lone surrogate): a plain trap then
+        _sys.stderr.write("Uncaught exception in the request handler:\n" + report + "\n")
+        _sys.stderr.flush()
     _os.abort()
 
 
