@@ -203,7 +203,8 @@ def test_set_list_unset_over_the_api_and_secrets_are_never_shown(start_control: 
     snap = httpx_snapshot(server)
     assert snap.functions["default/hello"].values == {"greeting": "hey", "api_key": SECRET}
     # ... and no answer a tenant can get shows it.
-    for path in ("/v1/functions/hello/config", "/v1/functions/hello/versions", "/v1/status",
+    for path in ("/v1/functions/hello/config", "/v1/functions/hello/versions", "/v1/functions",
+                 "/v1/status",
                  "/v1/traffic", "/v1/regions", "/openapi.json"):
         answer = c.get(path)
         assert answer.status_code == 200 and SECRET not in answer.text, path
