@@ -24,7 +24,7 @@ from edge.errors import BadRequest, UsageError
 
 # Like an environment variable or a TOML bare key, so any edge.toml key one would write can be
 # overridden; dots and dashes allowed for "db.url"-style names.
-KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")  # fullmatch: "$" admits a final "\n"
 MAX_KEYS = 64
 MAX_VALUE_BYTES = 8 * 1024  # Cloudflare and Fastly allow a few KiB; a certificate fits
 SECRET_SHOWN = "(secret)"  # what listings and revision diffs say instead of a secret value
@@ -46,7 +46,7 @@ class ConfigValue:
 
 
 def check_key(key: object) -> str:
-    if not isinstance(key, str) or not KEY_RE.match(key):
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key):
         raise BadConfigKey(
             f"bad config key {str(key)[:140]!r}: 1-128 letters, digits, '_', '.' and '-', "
             "starting with a letter or '_'"
@@ -57,9 +57,13 @@ def check_key(key: object) -> str:
 def check_value(key: str, value: object) -> str:
     if not isinstance(value, str):
         raise BadConfigValue(f"config value of {key!r} must be a string")
-    if len(value.encode()) > MAX_VALUE_BYTES:
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escapes can carry
+        raise BadConfigValue(f"config value of {key!r} is not valid Unicode") from None
+    if size > MAX_VALUE_BYTES:
         raise ConfigValueTooLarge(
-            f"config value of {key!r} is {len(value.encode())} bytes; at most {MAX_VALUE_BYTES}"
+            f"config value of {key!r} is {size} bytes; at most {MAX_VALUE_BYTES}"
         )
     return value
 

@@ -157,8 +157,9 @@ def test_snapshot_config_is_optional_and_strictly_checked() -> None:
     assert open_snapshot(_payload(None), SIGNER.public_key).functions["t/hello"].values == {}
     assert open_snapshot(_payload({"a": "b"}), SIGNER.public_key).functions[
         "t/hello"].values == {"a": "b"}
-    for bad in ([], {"a": 1}, {1: "a"}, {"bad key": "v"}, {"a": "x" * (MAX_VALUE_BYTES + 1)},
-                {f"k{i}": "v" for i in range(MAX_KEYS + 1)}, {"a": b"bytes"}):
+    for bad in ([], {"a": 1}, {1: "a"}, {"bad key": "v"}, {"a\n": "v"},
+                {"a": "x" * (MAX_VALUE_BYTES + 1)}, {f"k{i}": "v" for i in range(MAX_KEYS + 1)},
+                {"a": b"bytes"}):
         with pytest.raises(SnapshotRejected):
             open_snapshot(_payload(bad), SIGNER.public_key)
     # cbor2 round trip of the envelope stays canonical with the new field
@@ -254,12 +255,14 @@ def test_bad_keys_values_and_bodies_are_typed_400s(start_control: Start) -> None
         ({"values": {"": "v"}}, "bad_config_key"),
         ({"values": {"a": "x" * (MAX_VALUE_BYTES + 1)}}, "config_value_too_large"),
         ({"values": {"a": 5}}, "bad_config_value"),
+        ({"values": {"a": "\ud800"}}, "bad_config_value"),
+        ({"values": {"a\n": "v"}}, "bad_config_key"),
         ({"values": {f"k{i}": "v" for i in range(MAX_KEYS + 1)}}, "too_many_config_keys"),
         ({"values": "a=b"}, "bad_request"),
         ({"values": {"a": "b"}, "secret": ["c"]}, "bad_request"),
     ]
-    for body, reason in cases:
-        r = c.put(path, json=body)
+    for body, reason in cases:  # ASCII JSON: "\ud800" travels as the escape it is
+        r = c.put(path, content=json.dumps(body), headers={"content-type": "application/json"})
         assert r.status_code == 400 and r.json()["error"] == reason, (body, r.text)
     assert c.put(path, content=b"{not json").status_code == 400
     # The same rules for values given with a deploy, and a refused one deploys nothing.
