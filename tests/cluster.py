@@ -94,6 +94,16 @@ def upload(client: ControlClient, tmp: Path, text: str) -> int:
     return int(client.upload_version(FUNCTION, data, manifest, text)["number"])
 
 
+def cache_lookups(node: Proc) -> float:
+    """How often the node looked in its compile cache: it does before every compile."""
+    text = httpx.get(node.url + "/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("edge_node_compile_cache_lookups_total{")
+    )
+
+
 def converge(client: ControlClient, result: dict[str, object]) -> None:
     state = client.wait_for(int(result["revision"]), 60)
     assert state.converged, state

@@ -20,7 +20,15 @@ from edge.build import build_function
 from edge.config.toml_fields import load_toml
 from edge.control.client import ControlClient
 
-from .cluster import FUNCTION, Control, converge, follower, start_control, upload
+from .cluster import (
+    FUNCTION,
+    Control,
+    cache_lookups,
+    converge,
+    follower,
+    start_control,
+    upload,
+)
 from .conftest import EXAMPLES, NodeFactory, Proc, wait_until
 
 pytestmark = pytest.mark.toolchain
@@ -284,15 +292,6 @@ def test_first_request_after_a_switch_pays_no_compilation(
     assert compiled, "the node did not store its Cranelift code in its cache"
 
 
-def _cache_lookups(node: Proc) -> float:
-    text = httpx.get(node.url + "/metrics").text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("edge_node_compile_cache_lookups_total{")
-    )
-
-
 def test_rollback_to_a_recent_version_neither_loads_nor_compiles(
     control: Control, start_node: NodeFactory, tmp_path: Path
 ) -> None:
@@ -304,8 +303,8 @@ def test_rollback_to_a_recent_version_neither_loads_nor_compiles(
         converge(client, client.deploy(FUNCTION, v1, ["*/"]))
         converge(client, client.deploy(FUNCTION, upload(client, tmp_path, "second"), None))
         assert httpx.get(node.url + "/").text == "second\n"
-        lookups = _cache_lookups(node)
+        lookups = cache_lookups(node)
         converge(client, client.rollback(FUNCTION, v1))
     r = httpx.get(node.url + "/")
     assert r.text == "first\n" and r.headers["x-edge-version"] == f"default/{FUNCTION}@{v1}"
-    assert _cache_lookups(node) == lookups >= 2
+    assert cache_lookups(node) == lookups >= 2

@@ -49,6 +49,7 @@ from edge.control.bodies import (
 )
 from edge.control.closing import close_unread_bodies
 from edge.control.component_check import check_component_framing
+from edge.control.config_api import config_routes
 from edge.control.dashboard import Dashboard
 from edge.control.errors import Forbidden, NodeAlive, NotFound, PayloadTooLarge, Unauthorized
 from edge.control.feeds import NodeWatch, RevisionFeed, SnapshotCache
@@ -64,6 +65,7 @@ from edge.control.snapshot import build_snapshot
 from edge.control.split import valid_sticky
 from edge.control.status import node_json, status_json
 from edge.control.store import DB_NAME, Store
+from edge.control.values import parse_change
 from edge.control.wire import METADATA_HEADER, decode_metadata
 from edge.errors import BadRequest, ConfigError, EdgeError
 from edge.node.http import declares_body
@@ -336,7 +338,9 @@ def create_app(
     async def deploy(request: Request) -> Response:
         """Make a version stable, optionally replacing the routes (scope deploy).
 
-        Body: {"version": int, "routes": ["host/path", ...] (optional: keep the current)}.
+        Body: {"version": int, "routes": ["host/path", ...] (optional: keep the current),
+        "config": {"values": {...}, "secret": [...]} (optional: config values changed with the
+        deploy, as PUT .../config; nodes get both in one snapshot)}.
         """
         tenant_id, p = await tenant(request, "deploy")
         name = function_name(request)
@@ -346,7 +350,10 @@ def create_app(
         if body.get("routes") is not None:
             specs = field(body, "routes", list)
             routes = [parse_route_spec(s) for s in specs]
-        return await changed(await run(store.deploy, tenant_id, name, version, routes, p.label))
+        values = None if body.get("config") is None else parse_change(field(body, "config", dict))
+        return await changed(
+            await run(store.deploy, tenant_id, name, version, routes, p.label, values)
+        )
 
     async def delete_function(request: Request) -> Response:
         """Take a function out of service (scope deploy): its deployment and routes go in one
@@ -687,6 +694,7 @@ def create_app(
         Mount("/dashboard", Dashboard()),
     ]
     routes += log_routes(store, logs, tenant, node, json_body, run, function_name, now)
+    routes += config_routes(store, tenant, json_body, run, function_name, publish)
     # Not in `routes`: the OpenAPI description is of the token-protected API.
     served = [*routes, Route("/metrics", metrics_page, methods=["GET"]),
               Route("/healthz", healthz, methods=["GET"])]

@@ -79,10 +79,16 @@ class ControlClient:
     def versions(self, name: str) -> dict[str, Any]:
         return self._json("GET", f"/v1/functions/{name}/versions")
 
-    def deploy(self, name: str, version: int, routes: list[str] | None) -> dict[str, Any]:
+    def deploy(
+        self, name: str, version: int, routes: list[str] | None,
+        values: dict[str, str | None] | None = None,
+    ) -> dict[str, Any]:
+        """`values`: config values changed with the deploy (nodes get both at once)."""
         body: dict[str, Any] = {"version": version}
         if routes is not None:
             body["routes"] = routes
+        if values:
+            body["config"] = {"values": values}
         return self._json("POST", f"/v1/functions/{name}/deploy", json=body)
 
     def canary(
@@ -95,6 +101,18 @@ class ControlClient:
 
     def delete_function(self, name: str) -> dict[str, Any]:
         return self._json("DELETE", f"/v1/functions/{name}")
+
+    def config(self, name: str) -> dict[str, Any]:
+        """The function's deploy-time config values (secrets by name only)."""
+        return self._json("GET", f"/v1/functions/{name}/config")
+
+    def set_config(
+        self, name: str, values: dict[str, str | None], secret: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Sets (str) or removes (None) values in one revision; `secret`: keys set here whose
+        values are never shown again."""
+        return self._json("PUT", f"/v1/functions/{name}/config",
+                          json={"values": values, "secret": secret or []})
 
     def promote(self, name: str) -> dict[str, Any]:
         return self._json("POST", f"/v1/functions/{name}/promote", json={})

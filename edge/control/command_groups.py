@@ -1,6 +1,6 @@
 """Every control-plane command, registered on a typer app: `edge` and `python -m edge.control`
 offer the same ones (`control`, `deploy`, `status`, ... and the function, node, region, logs,
-tenant and token groups), from this one list."""
+tenant, token and config groups), from this one list."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 from edge.control import (
     admin_commands,
     commands,
+    config_commands,
     function_commands,
     log_commands,
     node_commands,
@@ -25,6 +26,7 @@ def register_all(app: typer.Typer, node_app: typer.Typer) -> None:
     log_commands.register(app)
     admin_commands.register(app)
     function_commands.register(app)
+    config_commands.register(app)
 
 
 def control_cli() -> typer.Typer:

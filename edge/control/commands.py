@@ -24,6 +24,7 @@ from edge.config.function import parse_function_config
 from edge.config.toml_fields import load_toml
 from edge.control.client import DEFAULT_URL, ControlClient, Convergence
 from edge.control.errors import Conflict, RemoteError
+from edge.control.values import parse_assignments
 from edge.errors import BadRequest, EdgeError, UsageError
 
 ControlUrl = Annotated[
@@ -160,6 +161,10 @@ def deploy(
         help="start the new version as a canary for PERCENT of clients, not as stable",
     )] = None,
     sticky: Annotated[str | None, typer.Option(help="with --canary: ip or cookie:NAME")] = None,
+    var: Annotated[list[str] | None, typer.Option(
+        "--var", metavar="KEY=VALUE",
+        help="set a config value (as `edge config set`) with the deploy; repeat",
+    )] = None,
     timeout_s: Annotated[float, typer.Option("--timeout-s", help="wait for nodes")] = 60.0,
     control: ControlUrl = DEFAULT_URL,
     token: Token = "",
@@ -168,14 +173,20 @@ def deploy(
     """Build PROJECT, upload it as a new version, make it stable (or, with --canary PERCENT,
     the canary for that share of clients), and wait for every node.
 
+    --var values change with the deployment: nodes switch to both at once.
+
     Shows the build's step, then every node's progress towards the new revision; ends with one
     line: version, revision, nodes and seconds. --json: version, revision and every node."""
     with Output(as_json) as out:
         if canary_percent is None and sticky is not None:
             out.fail(UsageError("--sticky goes with --canary"), EXIT_USAGE)
+        if canary_percent is not None and var:
+            out.fail(UsageError("--var sets values every version reads, the stable one too: "
+                                "with --canary, use `edge config set` on its own"), EXIT_USAGE)
         if canary_percent is not None and route:
             out.fail(UsageError("--route changes routes with a stable deploy, not --canary"),
                      EXIT_USAGE)
+        values = parse_assignments(var or [])
         manifest = load_toml(project / "edge.toml")
         config = parse_function_config(manifest, str(project / "edge.toml"))
         data, built = _component(out, project, component)
@@ -187,7 +198,8 @@ def deploy(
             out.say(f"{config.name}: uploaded v{version['number']} ({len(data)} bytes, "
                     f"sha256 {version['sha256'][:12]})")
             if canary_percent is None:
-                result = client.deploy(config.name, version["number"], route or None)
+                result = client.deploy(config.name, version["number"], route or None,
+                                       dict(values))
             else:
                 result = client.canary(config.name, version["number"], canary_percent, sticky)
             revision = int(result["revision"])

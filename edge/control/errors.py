@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge.errors import EdgeError
+from edge.errors import BadRequest, EdgeError
 
 
 class Unauthorized(EdgeError):
@@ -71,3 +71,23 @@ class RemoteError(EdgeError):
         super().__init__(message)
         self.status = status
         self.reason = reason
+
+
+class BadConfigKey(BadRequest):
+    """A deploy-time configuration key that is not a valid name."""
+
+    reason = "bad_config_key"
+
+
+class BadConfigValue(BadRequest):
+    """A deploy-time configuration value that is not a string (or null, to remove it)."""
+
+    reason = "bad_config_value"
+
+
+class ConfigValueTooLarge(BadRequest):
+    reason = "config_value_too_large"
+
+
+class TooManyConfigKeys(BadRequest):
+    reason = "too_many_config_keys"

@@ -227,4 +227,38 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX revisions_by_function ON revisions(function_id, number)",
         "CREATE INDEX revisions_by_subject ON revisions(kind, subject, number)",
     ],
+    # Deploy-time configuration values (edge.control.values): per function, not per version,
+    # each change a "config" revision (state: the function's whole set of values). Rebuilt as
+    # in 5 and 10 for the new kind.
+    11: [
+        """CREATE TABLE function_config (
+            function_id INTEGER NOT NULL REFERENCES functions(id),
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            secret INTEGER NOT NULL CHECK (secret IN (0, 1)),
+            PRIMARY KEY (function_id, key)
+        )""",
+        """CREATE TABLE revisions_v11 (
+            number INTEGER PRIMARY KEY,
+            created_unix REAL NOT NULL,
+            function_id INTEGER REFERENCES functions(id),
+            subject TEXT,
+            kind TEXT NOT NULL CHECK (kind IN ('deploy', 'canary', 'promote', 'rollback',
+                                               'routes', 'delete', 'config', 'region',
+                                               'node')),
+            author TEXT NOT NULL,
+            state TEXT NOT NULL,
+            change TEXT NOT NULL,
+            CHECK ((kind IN ('region', 'node')) = (function_id IS NULL)),
+            CHECK ((kind IN ('region', 'node')) = (subject IS NOT NULL))
+        )""",
+        """INSERT INTO revisions_v11 (number, created_unix, function_id, subject, kind, author,
+                                     state, change)
+           SELECT number, created_unix, function_id, subject, kind, author, state, change
+           FROM revisions""",
+        "DROP TABLE revisions",
+        "ALTER TABLE revisions_v11 RENAME TO revisions",
+        "CREATE INDEX revisions_by_function ON revisions(function_id, number)",
+        "CREATE INDEX revisions_by_subject ON revisions(kind, subject, number)",
+    ],
 }

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge.control.regions import Region
+from edge.control.values import ConfigValue
 
 SCOPES = ("deploy", "operate", "read")
 # Manages tenants and tokens of every tenant: the operator's scope, not a tenant's.
@@ -148,12 +150,23 @@ class Change:
 
 
 @dataclass(frozen=True)
+class ConfigChange:
+    """The outcome of `Store.set_config`: the "config" revision (the current one if nothing
+    changed) and the function's values after it."""
+
+    revision: int
+    changed: bool
+    values: tuple[ConfigValue, ...]
+
+
+@dataclass(frozen=True)
 class Resolved:
     """A function's deployment with its versions looked up, ready for a snapshot."""
 
     state: FunctionState
     stable: Version
     canary: Version | None
+    values: Mapping[str, str] = field(default_factory=dict)  # deploy-time config values
 
 
 @dataclass(frozen=True)

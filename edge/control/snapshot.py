@@ -15,7 +15,10 @@ Wire format (CBOR, cbor2 canonical=True everywhere):
         "functions": {"<tenant>/<name>": {
             "stable": V, "canary": V / null,
             "canary_percent": 0..100,
-            "sticky": "ip" / "cookie:NAME"}, ...},
+            "sticky": "ip" / "cookie:NAME",
+            "config": {tstr: tstr}}, ...},  # optional (added within format 1; absent: none):
+                                            # deploy-time values over edge.toml's [config]
+                                            # (edge.control.values: key names, sizes, count)
         "regions": {"<region>": {         # optional (added within format 1; absent: none)
             "latitude": float / null, "longitude": float / null,
             "weight": 0..100 / null,      # null: not set at the control plane
@@ -61,7 +64,8 @@ from edge.control.signing import (
     version_message,
 )
 from edge.control.split import valid_sticky
-from edge.errors import ConfigError
+from edge.control.values import check_values
+from edge.errors import BadRequest, ConfigError
 from edge.node.routing import Route, RoutingTable
 
 if TYPE_CHECKING:  # nodes import this module; they need no SQLite
@@ -90,6 +94,7 @@ class FunctionDeployment:
     canary: SignedVersion | None
     canary_percent: int
     sticky: str
+    values: Mapping[str, str] = field(default_factory=dict)  # over each version's [config]
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,8 @@ def build_snapshot(store: Store, revision: int, signer: Signer) -> bytes:
             "canary_percent": s.canary_percent,
             "sticky": s.sticky,
         }
+        if r.values:  # only when set: snapshots of functions without values stay as they were
+            functions[s.function]["config"] = dict(r.values)
     routes.sort(key=lambda x: (x["host"], x["path"]))
     regions = {}
     for region in config.regions:
@@ -206,6 +213,10 @@ def _open(envelope: bytes, public_key: bytes) -> Snapshot:
         if not 0 <= percent <= 100 or not valid_sticky(sticky):
             raise SnapshotRejected(f"{where}: bad canary_percent or sticky")
         canary_raw = entry.get("canary")
+        try:
+            values = check_values(_as(entry.get("config", {}), dict, f"{where}.config"))
+        except BadRequest as e:
+            raise SnapshotRejected(f"{where}.config: {e.message}") from None
         functions[key] = FunctionDeployment(
             key,
             _signed_version(_get(entry, "stable", dict, where), key, public_key),
@@ -213,6 +224,7 @@ def _open(envelope: bytes, public_key: bytes) -> Snapshot:
                                                             public_key),
             percent,
             sticky,
+            values,
         )
 
     routes = []

@@ -18,8 +18,9 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,6 +34,7 @@ from edge.control.records import (
     TOKEN_SCOPES,
     Change,
     ConfigAt,
+    ConfigChange,
     FunctionState,
     FunctionSummary,
     Node,
@@ -47,6 +49,7 @@ from edge.control.records import (
     Version,
 )
 from edge.control.regions import Region, RegionDrain, check_region_fields
+from edge.control.values import ConfigValue, check_count
 from edge.errors import BadRequest, ConfigError
 
 DB_NAME = "control.db"
@@ -373,7 +376,8 @@ class Store:
                 "(SELECT COUNT(*) FROM versions v WHERE v.function_id = f.id) AS version_count, "
                 "(SELECT MAX(created_unix) FROM versions v WHERE v.function_id = f.id) AS v_unix, "
                 "(SELECT MAX(created_unix) FROM revisions r WHERE r.function_id = f.id) AS r_unix, "
-                "(SELECT kind FROM revisions r WHERE r.function_id = f.id "
+                # Config values stay through a delete: their changes say nothing of it.
+                "(SELECT kind FROM revisions r WHERE r.function_id = f.id AND kind != 'config' "
                 " ORDER BY number DESC LIMIT 1) AS last_kind "
                 "FROM functions f WHERE f.tenant_id = ? ORDER BY f.name",
                 (tenant_id,),
@@ -434,11 +438,16 @@ class Store:
         version: int,
         routes: Sequence[tuple[str, str]] | None,
         author: str,
+        values: tuple[Mapping[str, str | None], frozenset[str]] | None = None,
     ) -> Change:
-        """Makes `version` stable (clearing any canary) and, if given, sets the routes."""
+        """Makes `version` stable (clearing any canary) and, if given, sets the routes and
+        changes config values (as `set_config`). Values and deployment are two revisions of
+        one transaction: the snapshot of the second, the one published, has both, so no node
+        serves the new version without its values or the old one with them."""
         with self._tx() as db:
             fid = self._function_id(db, tenant_id, name)
             self._require_version(db, fid, version)
+            set_values = values is not None and self._set_values(db, fid, *values, author).changed
             old = self._state(db, fid)
             new_routes = old.routes if old and routes is None else tuple(sorted(set(routes or ())))
             if routes is not None:
@@ -451,7 +460,8 @@ class Store:
                 new = FunctionState(self._function_key(db, fid), version, routes=new_routes,
                                     sticky=old.sticky if old else "ip")
                 kind = "deploy"
-            return self._write(db, fid, kind, old, new, author)
+            change = self._write(db, fid, kind, old, new, author)
+            return replace(change, changed=True) if set_values else change
 
     def set_canary(
         self,
@@ -502,7 +512,8 @@ class Store:
                 events = [
                     (r["kind"], json.loads(r["state"])["stable"])
                     for r in db.execute(
-                        "SELECT kind, state FROM revisions WHERE function_id = ? ORDER BY number",
+                        "SELECT kind, state FROM revisions WHERE function_id = ? "
+                        "AND kind != 'config' ORDER BY number",
                         (fid,),
                     )
                 ]
@@ -531,6 +542,75 @@ class Store:
             before = old.to_json()
             after = {**before, "stable": None, "canary": None, "canary_percent": 0, "routes": []}
             return Removal(self._log(db, fid, "delete", before, after, author), True, old)
+
+    # --- deploy-time configuration values (edge.control.values) --------------------------------
+
+    def config_values(self, tenant_id: int, name: str) -> list[ConfigValue]:
+        with self._tx() as db:
+            return self._values(db, self._function_id(db, tenant_id, name))
+
+    def stable_config(self, tenant_id: int, name: str) -> tuple[int, dict[str, str]] | None:
+        """The stable version's number and edge.toml [config] (what values override), None
+        while the function is not deployed."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT v.number, v.manifest FROM deployments d JOIN versions v "
+                "ON v.function_id = d.function_id AND v.number = d.stable_version "
+                "WHERE d.function_id = ?", (self._function_id(db, tenant_id, name),),
+            ).fetchone()  # fmt: skip
+        if row is None:
+            return None
+        config = json.loads(row[1]).get("config", {})
+        return int(row[0]), {k: v for k, v in config.items() if isinstance(v, str)}
+
+    @staticmethod
+    def _values(db: sqlite3.Connection, fid: int) -> list[ConfigValue]:
+        rows = db.execute(
+            "SELECT key, value, secret FROM function_config WHERE function_id = ? ORDER BY key",
+            (fid,),
+        ).fetchall()
+        return [ConfigValue(r[0], r[1], bool(r[2])) for r in rows]
+
+    def set_config(
+        self, tenant_id: int, name: str, changes: Mapping[str, str | None],
+        secret: frozenset[str], author: str,
+    ) -> ConfigChange:
+        """Sets (a string) or removes (None) values in one "config" revision; keys not named
+        keep theirs. A value set without being named in `secret` is not secret (any more).
+        The revision's change shows a secret value as "(secret)" only."""
+        with self._tx() as db:
+            return self._set_values(db, self._function_id(db, tenant_id, name), changes,
+                                    secret, author)
+
+    def _set_values(
+        self, db: sqlite3.Connection, fid: int, changes: Mapping[str, str | None],
+        secret: frozenset[str], author: str,
+    ) -> ConfigChange:
+        old = {v.key: v for v in self._values(db, fid)}
+        new = dict(old)
+        for key, value in changes.items():
+            if value is None:
+                new.pop(key, None)
+            else:
+                new[key] = ConfigValue(key, value, key in secret)
+        check_count(len(new))
+        after = tuple(new[k] for k in sorted(new))
+        if new == old:
+            return ConfigChange(self._revision(db), False, after)
+        db.execute("DELETE FROM function_config WHERE function_id = ?", (fid,))
+        db.executemany(
+            "INSERT INTO function_config (function_id, key, value, secret) "
+            "VALUES (?, ?, ?, ?)", [(fid, v.key, v.value, int(v.secret)) for v in after],
+        )  # fmt: skip
+        change = {
+            k: [old[k].shown() if k in old else None, new[k].shown() if k in new else None]
+            for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)
+        }
+        state = {"function": self._function_key(db, fid),
+                 "values": {v.key: v.value for v in after},
+                 "secret": [v.key for v in after if v.secret]}
+        number = self._log(db, fid, "config", {}, state, author, change)
+        return ConfigChange(number, True, after)
 
     def _deployed(self, db: sqlite3.Connection, fid: int, name: str) -> FunctionState:
         state = self._state(db, fid)
@@ -597,10 +677,12 @@ class Store:
 
     def _log(
         self, db: sqlite3.Connection, fid: int, kind: str, before: dict[str, Any],
-        after: dict[str, Any], author: str,
+        after: dict[str, Any], author: str, change: dict[str, Any] | None = None,
     ) -> int:
-        """Writes a function's revision row (its whole state after, and what changed)."""
-        change = {k: [before.get(k), v] for k, v in after.items() if before.get(k) != v}
+        """Writes a function's revision row (its whole state after, and what changed: by
+        default, every key of the state whose value differs)."""
+        if change is None:
+            change = {k: [before.get(k), v] for k, v in after.items() if before.get(k) != v}
         number = self._revision(db) + 1
         db.execute(
             "INSERT INTO revisions (number, created_unix, function_id, kind, author, state, "
@@ -653,9 +735,17 @@ class Store:
             rows = db.execute(
                 "SELECT r.function_id, r.state FROM revisions r JOIN (SELECT function_id, "
                 "MAX(number) AS n FROM revisions WHERE number <= ? AND function_id IS NOT NULL "
-                "GROUP BY function_id) m ON r.number = m.n ORDER BY r.function_id",
+                "AND kind != 'config' GROUP BY function_id) m ON r.number = m.n "
+                "ORDER BY r.function_id",
                 (revision,),
             ).fetchall()
+            values = {
+                r[0]: json.loads(r[1])["values"] for r in db.execute(
+                    "SELECT r.function_id, r.state FROM revisions r JOIN (SELECT function_id, "
+                    "MAX(number) AS n FROM revisions WHERE kind = 'config' AND number <= ? "
+                    "GROUP BY function_id) m ON r.number = m.n", (revision,),
+                )
+            }  # fmt: skip
             regions = tuple(
                 Region.from_state(s) for s in self._subjects_at(db, "region", revision)
             )
@@ -681,6 +771,7 @@ class Store:
                         None if state.canary is None
                         else self._version_row(db, row["function_id"], state.function,
                                                state.canary),
+                        values.get(row["function_id"], {}),
                     )
                 )
         return ConfigAt(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Mapping
 
 import anyio
 import httpx
@@ -231,8 +232,9 @@ class FunctionServer:
         started = time.perf_counter()
         try:
             result = await self._run(
-                function, guest_request, route.function, version, request_id, trace, series
-            )
+                function, served.config_of(function), guest_request, route.function, version,
+                request_id, trace, series,
+            )  # fmt: skip
             out_headers = http.response_headers(result.headers, request_id)
         except FunctionError as e:
             # The function's author needs this line: it is the platform's word on their code.
@@ -310,6 +312,7 @@ class FunctionServer:
     async def _run(
         self,
         function: LoadedFunction,
+        config: Mapping[str, str],
         request: GuestRequest,
         key: str,
         version: str,
@@ -320,7 +323,6 @@ class FunctionServer:
         """Runs the function; `key` is its routed name ("tenant/name" on a follower), which
         its log lines carry so the control plane can file them."""
         sink = self.runtime.sink
-        config = function.config.config
         hint = self.hints.get(function)
         if hint is None:
             hint = self.hints[function] = InlineHint()

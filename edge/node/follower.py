@@ -156,6 +156,7 @@ class Follower:
                     d.sticky,
                     str(d.stable.number),
                     str(d.canary.number) if d.canary else "",
+                    d.values,
                 )
             return served
 

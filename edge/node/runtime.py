@@ -46,6 +46,9 @@ class Served:
     sticky: str = "ip"
     stable_label: str = ""  # e.g. "3" (version number), shown in x-edge-version
     canary_label: str = ""
+    # Deploy-time config values (edge.control.values), over each version's edge.toml [config].
+    # Not part of a loaded version: changing them alone switches without a compile.
+    values: Mapping[str, str] = field(default_factory=dict)
 
     def pick(self, function: str, client_ip: str, cookies: Mapping[str, str]) -> tuple[Loaded, str]:
         if self.canary is None or self.canary_percent <= 0:
@@ -54,6 +57,11 @@ class Served:
         if split.side(self.canary_percent, key, function) == "canary":
             return self.canary, self.canary_label
         return self.stable, self.stable_label
+
+    def config_of(self, function: LoadedFunction) -> Mapping[str, str]:
+        """What `config.get` reads in `function` (one of the versions served here)."""
+        base = function.config.config
+        return {**base, **self.values} if self.values else base
 
     def labels(self) -> list[str]:
         """The version labels it serves (metrics keep series for these only)."""

@@ -38,6 +38,8 @@ ENDPOINTS = [
     ("POST", "/v1/functions/{name}/promote"),
     ("POST", "/v1/functions/{name}/rollback"),
     ("GET", "/v1/functions/{name}/logs"),
+    ("GET", "/v1/functions/{name}/config"),
+    ("PUT", "/v1/functions/{name}/config"),
     ("GET", "/v1/status"),
     ("GET", "/v1/node/snapshot"),
     ("POST", "/v1/node/report"),
@@ -62,7 +64,8 @@ KEYS = ["version", "routes", "percent", "sticky", "to", "node_id", "region", "re
         "healthy", "convergence_ms", "last_error", "url", "requests_total", "ipv4", "ipv6",
         "latitude", "longitude", "weight", "over_s", "name", "kind", "tenant", "scopes",
         "expires_in_s", "series", "started_unix", "lines", "function", "buckets", "since_unix",
-        "level", "source", "message", "time", "request_id", "trace_id", "manifest"]  # fmt: skip
+        "level", "source", "message", "time", "request_id", "trace_id", "manifest", "values",
+        "secret", "config"]  # fmt: skip
 QUERY_KEYS = ["revision", "wait_s", "after", "limit", "since", "region", "function", "tenant",
               "deleted"]
 ODD_NUMBERS = ["nan", "NaN", "inf", "-inf", "1e999", "-1", "0", "", " 1", "0x10", "1_0", "\u0661",
