@@ -89,15 +89,22 @@ function health(r) {
 
 // --- actions ---------------------------------------------------------------------------------
 
+// True when the API said yes.
 async function act(what, method, path, body) {
+  let done = false;
   try {
     const r = await api(method, path, body);
     say(`${what}: ${r.state ?? "done"}${r.changed === false ? " (unchanged)" : ""}, revision ${r.revision}`);
+    done = true;
   } catch (e) {
     say(`${what}: ${e.message}`, true);
-    if (e.status === 401) return signOut("the token was refused");
+    if (e.status === 401) {
+      signOut("the token was refused");
+      return false;
+    }
   }
   await refresh().catch(() => {}); // the next poll says what is wrong
+  return done;
 }
 
 function regionAction(name, action) {
@@ -144,6 +151,81 @@ $("delete-form").addEventListener("submit", (event) => {
   closeDelete();
   act(`delete ${name}`, "DELETE", `/v1/functions/${encodeURIComponent(name)}`);
 });
+
+// --- configuration values ------------------------------------------------------------------
+
+let configOf = null; // the function whose configuration is shown, if any
+let configSecrets = new Set(); // its secret keys, as last shown
+
+const configPath = (name) => `/v1/functions/${encodeURIComponent(name)}/config`;
+
+function showConfig(name) {
+  configOf = name;
+  configSecrets = new Set();
+  $("config-name").textContent = name;
+  fill("config", [], `loading ${name}`, "loading");
+  $("config-section").hidden = false;
+  refresh().catch(() => {}); // polls say why
+}
+
+function closeConfig() {
+  configOf = null;
+  $("config-section").hidden = true;
+}
+
+// A secret could only be changed into a shown value here: its old value would be lost for good
+// (nobody can read it back), so secrets are set and removed with the CLI.
+$("config-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const name = configOf;
+  const key = $("config-key").value.trim();
+  if (name === null) return;
+  if (configSecrets.has(key)) {
+    say(`${key} of ${name} is a secret: change it with edge config set --secret`, true);
+    return;
+  }
+  const body = { values: { [key]: $("config-value").value } };
+  if (await act(`set ${key} of ${name}`, "PUT", configPath(name), body)) {
+    $("config-key").value = "";
+    $("config-value").value = "";
+  }
+});
+$("config-close").addEventListener("click", closeConfig);
+
+function unsetConfig(name, key) {
+  return act(`unset ${key} of ${name}`, "PUT", configPath(name), { values: { [key]: null } });
+}
+
+// As `edge config list`: one row per key config.get finds, the value it reads and where from.
+function renderConfig(name, answer) {
+  if (answer instanceof Error) {
+    fill("config", [], `error ${name} ${answer.message}`, `${name}: ${answer.message}`);
+    return;
+  }
+  const toml = answer.edge_toml;
+  const fromToml = new Map(toml === null ? [] : Object.entries(toml.config));
+  const rows = new Map();
+  for (const v of answer.values) {
+    const over = fromToml.has(v.key) ? ` (over edge.toml v${toml.version})` : "";
+    rows.set(v.key, [
+      v.key,
+      v.secret ? { text: "(secret)", cls: "secret" } : { text: v.value, cls: "value" },
+      `edge config${over}`,
+      // A secret has no Remove here for the reason the form refuses one.
+      { nodes: v.secret ? [] : [button("Remove", () => unsetConfig(name, v.key))] },
+    ]);
+  }
+  for (const [key, value] of fromToml) {
+    if (!rows.has(key)) {
+      rows.set(key, [key, { text: value, cls: "value" }, `edge.toml v${toml.version}`, ""]);
+    }
+  }
+  configSecrets = new Set(answer.values.filter((v) => v.secret).map((v) => v.key));
+  const keys = [...rows.keys()].sort();
+  const empty = toml === null ? "no values, and no edge.toml (not deployed)"
+    : `no values, and no [config] in edge.toml v${toml.version}`;
+  fill("config", keys.map((k) => rows.get(k)), JSON.stringify([name, answer]), empty);
+}
 
 // --- rendering -------------------------------------------------------------------------------
 
@@ -211,6 +293,7 @@ function renderFunctions(listing) {
         button("Promote", () => functionAction(f.name, "promote"), f.canary !== null),
         button("Roll back", () => functionAction(f.name, "rollback"), deployed),
         button("Delete", () => askDelete(f.name), deployed),
+        button("Config", () => showConfig(f.name)),
       ] },
     ];
   });
@@ -234,14 +317,19 @@ function renderTraffic(t) {
 
 async function refresh() {
   const functions = $("show-deleted").checked ? "/v1/functions?deleted=1" : "/v1/functions";
-  const [regions, status, listing, traffic] = await Promise.all([
+  const name = configOf;
+  // A function's config that cannot be read (deleted for good, no scope) is said in its table.
+  const config = name === null ? null
+    : api("GET", configPath(name)).catch((e) => (e.status === 401 ? Promise.reject(e) : e));
+  const [regions, status, listing, traffic, values] = await Promise.all([
     api("GET", "/v1/regions"), api("GET", "/v1/status"), api("GET", functions),
-    api("GET", "/v1/traffic"),
+    api("GET", "/v1/traffic"), config,
   ]);
   renderRegions(regions);
   renderNodes(status);
   renderFunctions(listing);
   renderTraffic(traffic);
+  if (name !== null && name === configOf) renderConfig(name, values);
 }
 
 let pollFailed = false;
@@ -264,6 +352,7 @@ async function poll() {
 function signOut(reason) {
   clearTimeout(timer);
   closeDelete();
+  closeConfig();
   sessionStorage.removeItem(KEY);
   $("main").hidden = true;
   $("logout").hidden = true;
