@@ -318,7 +318,7 @@ function renderTraffic(t) {
 async function refresh() {
   const functions = $("show-deleted").checked ? "/v1/functions?deleted=1" : "/v1/functions";
   const name = configOf;
-  // A function's config that cannot be read (deleted for good, no scope) is said in its table.
+  // The config answer failing (say a 404) is said in its own table, not the page-wide message.
   const config = name === null ? null
     : api("GET", configPath(name)).catch((e) => (e.status === 401 ? Promise.reject(e) : e));
   const [regions, status, listing, traffic, values] = await Promise.all([
