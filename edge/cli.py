@@ -67,12 +67,10 @@ def dev(
 ) -> None:
     """Serve PROJECT locally on the production runtime, rebuilding on save.
 
-    Config values from --var, then PROJECT/.dev.vars (KEY=VALUE lines, git-ignored: for
-    secrets), lie over edge.toml's [config] as `edge config set` values do on nodes; a save of
-    .dev.vars is served without a rebuild.
+    --var values, then PROJECT/.dev.vars ones (KEY=VALUE lines; git-ignored, for secrets), lie
+    over edge.toml's config table as `edge config set` values do on nodes.
 
-    --json: one event per line on stdout (built, build_failed, change, ready, vars,
-    vars_failed)."""
+    --json: one event per line on stdout (built, build_failed, change, ready, vars, ...)."""
     from edge.dev import serve_dev
     from edge.dev_vars import parse_var_options
     from edge.sandbox.engine import check_compiler
