@@ -59,21 +59,30 @@ def dev(
             help="winch: compiles ~5x faster, slower code; cranelift: as production nodes"
         ),
     ] = "winch",
+    var: Annotated[list[str] | None, typer.Option(
+        "--var", metavar="KEY=VALUE",
+        help="a config value over edge.toml and PROJECT/.dev.vars (as `edge config set`); repeat",
+    )] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Serve PROJECT locally on the production runtime, rebuilding on save.
 
-    --json: one event per line on stdout (built, build_failed, change, ready)."""
+    --var values, then PROJECT/.dev.vars ones (KEY=VALUE lines; git-ignored, for secrets), lie
+    over edge.toml's config table as `edge config set` values do on nodes.
+
+    --json: one event per line on stdout (built, build_failed, change, ready, vars, ...)."""
     from edge.dev import serve_dev
+    from edge.dev_vars import parse_var_options
     from edge.sandbox.engine import check_compiler
 
     out = Output(as_json)
     try:
         check_compiler(compiler, "--compiler", UsageError)
+        var_options = parse_var_options(var or [])
     except UsageError as e:
         out.fail(e, EXIT_USAGE)
     with out, contextlib.suppress(KeyboardInterrupt):
-        serve_dev(project, host, port, out, compiler)
+        serve_dev(project, host, port, out, compiler, var_options)
 
 
 node_app = typer.Typer(add_completion=False)

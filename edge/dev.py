@@ -7,6 +7,10 @@ Components are compiled with Winch by default here, wasmtime's baseline compiler
 Python or JavaScript function is served ~3 s sooner (compile 0.7 s instead of 3.5-4.2 s) and
 the code runs slower, which a developer's requests do not notice; everything else is the
 production node's. `--compiler cranelift` compiles as nodes do.
+
+Config values from `--var` and the project's `.dev.vars` (edge.dev_vars) lie over edge.toml's
+[config] as deploy-time values do on a node (`Served.values`). A save of `.dev.vars` alone is
+served without a rebuild; a bad one is reported and the values before it stay.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import anyio
@@ -23,13 +28,14 @@ from edge.build import build
 from edge.cli_output import Output
 from edge.config.function import load_function_config
 from edge.dev_http import AccessLog, ErrorDetail, RecentLines
-from edge.errors import BuildFailed, EdgeError
+from edge.dev_vars import DEV_VARS_FILE, load_dev_values
+from edge.errors import BuildFailed, ConfigError, EdgeError
 from edge.node.app import create_app
 from edge.node.client_ip import parse_networks
 from edge.node.config import FunctionSource, NodeConfig
 from edge.node.logs import LogWriter
 from edge.node.routing import Route
-from edge.node.runtime import NodeRuntime, Unavailable
+from edge.node.runtime import Loaded, NodeRuntime, Served, Unavailable
 from edge.node.server import run
 from edge.sandbox.engine import EngineSettings
 from edge.traffic.geodb import default_database
@@ -61,11 +67,13 @@ class DevServer:
         port: int,
         out: Output | None = None,
         compiler: str = DEV_COMPILER,
+        var_options: Mapping[str, str] | None = None,
     ) -> None:
         self.out = out or Output()
         self.compiler = compiler
         self.project = project.resolve()
         self.config = load_function_config(self.project)
+        self.values = load_dev_values(self.project, var_options or {})
         node_config = NodeConfig(
             node_id="dev",
             region="local",
@@ -107,8 +115,7 @@ class DevServer:
             if not self.has_good_build:
                 self.runtime.replace_function(name, loaded)
             return False
-        # The route names the function; a renamed function gets the route.
-        self.runtime.deploy([Route("*", "/", self.config.name)], {self.config.name: loaded})
+        self._serve(loaded)
         in_use = self.runtime.cache.path_for(loaded.digest)
         if in_use is not None:
             prune_compiled(in_use, DEV_KEEP_COMPILED)
@@ -117,12 +124,49 @@ class DevServer:
                        **built.to_json())
         return True
 
+    def _serve(self, loaded: Loaded) -> None:
+        # The route names the function; a renamed function gets the route.
+        served = Served(loaded, values=self.values.merged)
+        self.runtime.deploy([Route("*", "/", self.config.name)], {self.config.name: served})
+
+    def reload_values(self) -> bool:
+        """Reads .dev.vars again and serves its values with the build being served."""
+        try:
+            values = load_dev_values(self.project, self.values.from_options)
+        except ConfigError as e:
+            self.out.event(
+                "vars_failed",
+                f"edge dev: {e.message}\nedge dev: still serving the config values before it",
+                type=e.reason, message=e.message,
+            )  # fmt: skip
+            return False
+        self.values = values
+        served = self.runtime.deployment.functions.get(self.config.name)
+        if served is not None:
+            self._serve(served.stable)
+        self._announce_values(f"{DEV_VARS_FILE} read again; ")
+        return True
+
+    def _announce_values(self, why: str) -> None:
+        self.out.event(
+            "vars",
+            f"edge dev: {why}config values over edge.toml: {self.values.describe()}",
+            file=sorted(self.values.from_file), var=sorted(self.values.from_options),
+        )  # fmt: skip
+
     async def watch(self) -> None:
-        async for _ in awatch(self.project, watch_filter=_SourceFilter(), debounce=200):
-            self.out.event("change", "edge dev: change detected, rebuilding")
-            await self.rebuild()
+        dev_vars = str(self.project / DEV_VARS_FILE)
+        async for changes in awatch(self.project, watch_filter=_SourceFilter(), debounce=200):
+            changed = {path for _change, path in changes}
+            if dev_vars in changed:  # values only: no rebuild
+                self.reload_values()
+            if changed - {dev_vars}:
+                self.out.event("change", "edge dev: change detected, rebuilding")
+                await self.rebuild()
 
     async def serve(self) -> None:
+        if self.values.merged:
+            self._announce_values("")
         await self.rebuild()
 
         async def announce() -> None:
@@ -157,6 +201,11 @@ def prune_compiled(in_use: Path, keep: int) -> None:
 
 
 def serve_dev(
-    project: Path, host: str, port: int, out: Output | None = None, compiler: str = DEV_COMPILER
+    project: Path,
+    host: str,
+    port: int,
+    out: Output | None = None,
+    compiler: str = DEV_COMPILER,
+    var_options: Mapping[str, str] | None = None,
 ) -> None:
-    asyncio.run(DevServer(project, host, port, out, compiler).serve())
+    asyncio.run(DevServer(project, host, port, out, compiler, var_options).serve())

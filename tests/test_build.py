@@ -158,6 +158,10 @@ def test_scaffold_replaces_name(tmp_path: Path, lang: str) -> None:
     for path in files:
         assert "{{name}}" not in path.read_text()
     assert 'name = "my-fn"' in (tmp_path / "fn" / "edge.toml").read_text()
+    # Local secrets for `edge dev` stay out of git, and the README says where they go.
+    ignored = (tmp_path / "fn" / ".gitignore").read_text().splitlines()
+    assert ".dev.vars" in ignored and "build/" in ignored
+    assert "`.dev.vars`" in (tmp_path / "fn" / "README.md").read_text()
 
 
 # --- Needs toolchains ---------------------------------------------------------------------------

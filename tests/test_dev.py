@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, FIXTURES, Proc
+from .conftest import EXAMPLES, FIXTURES, REPO, Proc, free_port
 
 pytestmark = pytest.mark.toolchain
 
@@ -203,3 +205,77 @@ def test_dev_keeps_only_the_newest_compiled_code(
     wait_for(lambda: httpx.get(dev.url).text == "Hello from C!\n", 60, dev, "undo")
     assert len(list(compiled.glob("*.cwasm"))) == DEV_KEEP_COMPILED
     assert len(list(compiled.glob("*.lock"))) <= DEV_KEEP_COMPILED
+
+
+SECRET = "sk_dev_SECRET_4242"
+
+
+def test_dev_lays_dev_vars_over_edge_toml_and_rereads_them_without_a_rebuild(
+    tmp_path: Path, start_dev: Callable[..., Proc]
+) -> None:
+    project = copied(EXAMPLES / "c" / "config", tmp_path / "config")
+    dev_vars = project / ".dev.vars"
+    dev_vars.write_text(f'# local only\n\ngreeting = "  {SECRET} from the file"\n')
+    dev = start_dev(project)
+    assert "config values over edge.toml: greeting (.dev.vars)" in dev.log()
+    assert httpx.get(dev.url).text == f"  {SECRET} from the file\n"
+    builds = dev.log().count("edge dev: built")
+
+    dev_vars.write_text(f"greeting={SECRET} saved\n")
+    wait_for(lambda: httpx.get(dev.url).text == f"{SECRET} saved\n", 30, dev, "new value")
+    assert ".dev.vars read again" in dev.log()
+    # A bad line: reported by file and line, and the values before it stay.
+    dev_vars.write_text(f"greeting=ok\n{SECRET}\n")
+    wait_for(lambda: "still serving the config values before it" in dev.log(), 30, dev, "report")
+    assert f"{dev_vars} line 2: expected KEY=VALUE" in dev.log()
+    assert httpx.get(dev.url).text == f"{SECRET} saved\n"
+    dev_vars.unlink()  # edge.toml's value again
+    wait_for(lambda: httpx.get(dev.url).text == "Hello from C config!\n", 30, dev, "toml value")
+    assert "config values over edge.toml: none" in dev.log()
+
+    log = dev.log()
+    assert log.count("edge dev: built") == builds and "rebuilding" not in log
+    assert "Traceback" not in log
+    # Neither the request lines nor any other line of edge dev's shows a value.
+    assert re.search(r"GET / 200 \d+\.\d ms", log) and SECRET not in log
+
+
+def test_dev_var_options_win_over_dev_vars(
+    tmp_path: Path, start_dev: Callable[..., Proc]
+) -> None:
+    project = copied(EXAMPLES / "c" / "config", tmp_path / "config")
+    (project / ".dev.vars").write_text("greeting=from the file\n")
+    dev = start_dev(project, "--var", f"greeting={SECRET}", "--var", "other=x=y")
+    assert "greeting (--var), other (--var)" in dev.log()
+    assert httpx.get(dev.url).text == f"{SECRET}\n"
+    (project / ".dev.vars").write_text("greeting=changed file\n")
+    wait_for(lambda: dev.log().count("config values over edge.toml") == 2, 30, dev, "reread")
+    assert httpx.get(dev.url).text == f"{SECRET}\n"
+    # An error answer (the node's, here a 413) carries no value either.
+    big = httpx.post(dev.url, content=b"x" * (10 * 1024 * 1024 + 1))
+    assert big.status_code == 413 and SECRET not in big.text
+    assert SECRET not in dev.log()
+
+
+def edge_dev_failing(project: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge", "dev", str(project), "--port", str(free_port()), *options],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+
+
+def test_dev_refuses_a_malformed_dev_vars_or_var(tmp_path: Path) -> None:
+    project = copied(EXAMPLES / "c" / "config", tmp_path / "config")
+    (project / ".dev.vars").write_text(f"# ok\ngreeting=hi\nnot an assignment {SECRET}\n")
+    bad_file = edge_dev_failing(project)
+    assert bad_file.returncode == 1, bad_file.stderr
+    dev_vars = (project / ".dev.vars").resolve()
+    assert bad_file.stderr == f"error: {dev_vars} line 3: expected KEY=VALUE\n"
+
+    (project / ".dev.vars").write_text("greeting=hi\n")
+    bad_key = edge_dev_failing(project, "--var", f"1bad={SECRET}")
+    assert bad_key.returncode == 2
+    assert bad_key.stderr.startswith("error: --var: bad config key '1bad'")
+    no_key = edge_dev_failing(project, "--var", SECRET)
+    assert no_key.returncode == 2 and "argument 1 has no KEY=" in no_key.stderr
+    assert all(SECRET not in r.stderr + r.stdout for r in (bad_file, bad_key, no_key))

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from edge.dev_vars import DEV_VARS_FILE
 from edge.errors import ConfigError
 
 # Bump when a language's build recipe changes in a way the inputs do not show.
@@ -23,6 +24,8 @@ RECIPE_VERSION = "1"
 
 # Not sources: build output, tool caches and VCS metadata.
 SKIP_DIRS = frozenset({"build", "node_modules", "__pycache__", ".git", ".mypy_cache"})
+# `edge dev`'s local secrets: never a build input, so editing them does not make a new build.
+SKIP_FILES = frozenset({DEV_VARS_FILE})
 
 
 DEFAULT_MAX_MIB = 2048
@@ -52,7 +55,9 @@ def project_files(project_dir: Path) -> list[Path]:
     for root, dirs, files in os.walk(project_dir):
         # Pruned in place so os.walk does not descend; sorted for a stable hash order.
         dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
-        out.extend(Path(root) / f for f in sorted(files) if not f.endswith(".pyc"))
+        out.extend(
+            Path(root) / f for f in sorted(files) if not f.endswith(".pyc") and f not in SKIP_FILES
+        )
     return out
 
 
