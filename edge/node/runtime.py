@@ -49,6 +49,15 @@ class Served:
     # Deploy-time config values (edge.control.values), over each version's edge.toml [config].
     # Not part of a loaded version: changing them alone switches without a compile.
     values: Mapping[str, str] = field(default_factory=dict)
+    # config.get's map per version served here, merged once per deployment, not per request.
+    _configs: dict[int, Mapping[str, str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        merged = {
+            id(f): {**f.config.config, **self.values}
+            for f in self.loaded() if self.values and isinstance(f, LoadedFunction)
+        }  # fmt: skip
+        object.__setattr__(self, "_configs", merged)
 
     def pick(self, function: str, client_ip: str, cookies: Mapping[str, str]) -> tuple[Loaded, str]:
         if self.canary is None or self.canary_percent <= 0:
@@ -60,8 +69,7 @@ class Served:
 
     def config_of(self, function: LoadedFunction) -> Mapping[str, str]:
         """What `config.get` reads in `function` (one of the versions served here)."""
-        base = function.config.config
-        return {**base, **self.values} if self.values else base
+        return self._configs.get(id(function), function.config.config)
 
     def labels(self) -> list[str]:
         """The version labels it serves (metrics keep series for these only)."""
