@@ -1,9 +1,11 @@
 """Stack positions mapped through the component's source map section, in process: the section's
-framing, the rewrite of log lines, decoding once and lazily, and maps that cannot be used."""
+framing, the rewrite of log lines, decoding once, off the caller's thread and only when asked,
+and maps that cannot be used."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,14 @@ from edge.control.component_check import check_component_framing
 from edge.errors import BuildFailed
 from edge.sandbox import stackmap
 from edge.sandbox.sourcemap import decode
-from edge.sandbox.stackmap import SECTION, StackMapper, find_section, rewrite, section_bytes
+from edge.sandbox.stackmap import (
+    RUNTIME_NAME,
+    SECTION,
+    StackMapper,
+    find_section,
+    rewrite,
+    section_bytes,
+)
 
 PREAMBLE = b"\0asm\x0d\x00\x01\x00"
 # Generated line 1 (0-based 0): column 4 -> lib/a.js 10:2; line 2: column 0 -> index.js 3:0.
@@ -52,6 +61,19 @@ def test_positions_of_the_bundle_are_rewritten() -> None:
     for line in ("f@bundle.js:1:4", "f@bundle.js:9:1", "f@/tmp/x/bundle.js:1:5",
                  "f@mybundle.js:1:5", "f@bundle.js"):  # fmt: skip
         assert rewrite(line, m) == line
+    assert rewrite("f@bundle.js:1:5", None) == "f@bundle.js:1:5"  # no map (yet)
+
+
+def test_the_runtime_frame_loses_the_build_machines_path() -> None:
+    # componentize-js's bindings, in its temporary folder of the build; map or not.
+    frame = "export@/tmp/edge-build-x-k58u/tmp/898e/sources/initializer.js:242:15"
+    for source_map in (decode(MAP), None):
+        assert rewrite(f"Error: x\nf@bundle.js:9:1\n{frame}", source_map) == (
+            f"Error: x\nf@bundle.js:9:1\nexport@{RUNTIME_NAME}"
+        )
+    # The author's own initializer.js: relative once mapped, or a file name of a message.
+    for line in ("init@lib/initializer.js:1:2", "see initializer.js:1:2", "x/initializer.js:1:2"):
+        assert rewrite(line, None) == line
 
 
 class Recorder:
@@ -67,13 +89,34 @@ class Recorder:
         return float(self.clock_calls)
 
 
-def test_decoded_once_and_only_when_a_line_names_the_bundle() -> None:
-    seen = Recorder()
-    mapper = StackMapper(MAP, seen.warn, seen.clock)
-    assert mapper.rewrite("Uncaught Error: boom") == "Uncaught Error: boom"
-    assert not mapper.decoded and seen.clock_calls == 0
+class Spawned:
+    """Stands in for the decode's thread: keeps what it was given, to run when the test says."""
+
+    def __init__(self) -> None:
+        self.targets: list[Callable[[], None]] = []
+
+    def __call__(self, target: Callable[[], None]) -> None:
+        self.targets.append(target)
+
+    def run(self) -> None:
+        for target in self.targets:
+            target()
+
+
+def test_decoded_once_on_its_own_thread_and_only_when_asked() -> None:
+    seen, spawned = Recorder(), Spawned()
+    mapper = StackMapper(MAP, seen.warn, seen.clock, spawned)
+    # Nothing decodes a map by itself: a line before the decode stays as it was.
+    assert mapper.rewrite("f@bundle.js:1:5") == "f@bundle.js:1:5"
+    assert mapper.wants_map("f@bundle.js:1:5") and not mapper.wants_map("Uncaught Error: boom")
+    assert not mapper.decoded and not spawned.targets
+    mapper.start()
+    mapper.start()
+    assert len(spawned.targets) == 1 and not mapper.decoded  # started once, not run here
+    assert not mapper.wait(0)
+    spawned.run()
+    assert mapper.decoded and mapper.wait(0) and mapper.decode_s == 1.0
     assert mapper.rewrite("f@bundle.js:1:5") == "f@lib/a.js:11:3"
-    assert mapper.decoded and mapper.decode_s == 1.0
     assert mapper.rewrite("g@bundle.js:2:1") == "g@index.js:4:1"
     assert seen.clock_calls == 2 and seen.warnings == []  # one decode, timed once
 
@@ -84,11 +127,21 @@ def test_decoded_once_and_only_when_a_line_names_the_bundle() -> None:
 )
 def test_a_corrupt_map_leaves_lines_unchanged_and_warns_once(raw: bytes) -> None:
     seen = Recorder()
-    mapper = StackMapper(raw, seen.warn, seen.clock)
+    mapper = StackMapper(raw, seen.warn, seen.clock, lambda target: target())
     for _ in range(3):
+        assert mapper.wait(0)
         assert mapper.rewrite("f@bundle.js:1:5") == "f@bundle.js:1:5"
     assert len(seen.warnings) == 1
     assert seen.warnings[0].startswith("JavaScript stack positions left unmapped: bad source map")
+
+
+def test_the_decodes_thread_ends_the_wait_even_when_the_decode_fails_unexpectedly() -> None:
+    seen = Recorder()
+    mapper = StackMapper(MAP, seen.warn, seen.clock)
+    mapper._raw = None  # a bug: the decode raises something other than SourceMapError
+    assert mapper.wait(30)  # the real thread: it ended, and said so
+    assert mapper.rewrite("f@bundle.js:1:5") == "f@bundle.js:1:5"
+    assert seen.warnings == ["JavaScript stack positions left unmapped: AssertionError: "]
 
 
 def test_components_without_a_usable_section_get_no_mapper(

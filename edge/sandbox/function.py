@@ -90,7 +90,7 @@ class LoadedFunction:
         self.sink = sink
         self.digest = content_hash(wasm)
         self._deadline_ticks = engine.deadline_ticks(config.limits.deadline_ms)
-        # A JS build's source map (kept undecoded until an error line needs it); every other
+        # A JS build's source map (kept undecoded until a log line needs it); every other
         # function links the plain log import. The mapper warns to the sink directly: the
         # tier-up's code holds it, and must not hold the function (see _queue_tier_up).
         stack = stackmap.StackMapper.for_component(wasm, partial(_warn, sink, self.name))
@@ -218,10 +218,12 @@ class LoadedFunction:
         """Runs one request. With `budget_ticks` (shorter than the deadline) it raises
         OverBudget instead of DeadlineExceeded when the budget runs out."""
         ticks = self._deadline_ticks
+        invocation.inline = budget_ticks is not None
         if budget_ticks is not None and budget_ticks < ticks:
             ticks = budget_ticks
         else:
             budget_ticks = None
+        invocation.rerunnable = budget_ticks is not None
         with host.bound(invocation), self.engine.running():
             try:
                 if not self.config.instance.reuse:

@@ -72,6 +72,11 @@ class Invocation:
     # Logs what guest stdio holds without its newline yet (OutputRoute.flush), so that what
     # was printed before a report comes before it in the log.
     flush_output: Callable[[], None] | None = None
+    # Set by the sandbox for a run under a short budget on the event loop (edge.node.inline),
+    # where a host call must not block; `rerunnable`: one over the budget is run again on a
+    # worker thread (the budget is shorter than the deadline).
+    inline: bool = False
+    rerunnable: bool = False
 
     def log(self, level: str, message: str, source: str) -> None:
         if self.lines >= MAX_LOG_LINES_PER_REQUEST:
@@ -114,7 +119,6 @@ class Invocation:
 
 
 _local = threading.local()
-_MAIN = threading.main_thread()
 
 
 def current() -> Invocation:
@@ -155,24 +159,42 @@ HostFunc = Callable[..., Any]
 
 
 def mapped_log_write(stack: StackMapper, deadline_ticks: int) -> HostFunc:
-    """The log import of a function with a source map: _log_write, its error lines (the
-    SDK's uncaught-exception report too) with their bundle positions mapped first (see
-    stackmap). Other levels cost one comparison more."""
+    """The log import of a function with a source map: _log_write, every line (the SDK's
+    uncaught-exception report too) with its bundle positions mapped first (see stackmap). A
+    line without any costs two substring searches."""
 
     def write(store: Any, level: Any, message: str) -> None:
-        if (level if isinstance(level, str) else LOG_LEVELS[int(level)]) == "error":
-            first = not stack.decoded
-            message = stack.rewrite(message)
-            if first and stack.decoded and threading.current_thread() is not _MAIN:
-                # The decode (up to ~0.5 s for the largest map) ran on this request's clock,
-                # once per loaded function: the request gets its whole deadline again, so it
-                # does not become a 504 instead of its exception. Not a run inline on the
-                # event loop's thread (edge.node.inline): that one goes over its short budget
-                # and is run again on a worker thread, its lines discarded.
-                capi.set_epoch_deadline(store._context(), deadline_ticks)
-        _log_write(store, level, message)
+        if not stack.decoded and stack.wants_map(message):
+            message = _before_the_map(stack, store, message, deadline_ticks)
+        _log_write(store, level, stack.rewrite(message))
 
     return write
+
+
+WAIT_FOR_MAP_S = 5.0  # the largest map decodes in ~0.5 s; this is for a starved machine
+NOT_MAPPED_NOTE = "\n(stack positions not mapped: the source map is still being decoded)"
+
+
+def _before_the_map(stack: StackMapper, store: Any, message: str, deadline_ticks: int) -> str:
+    """A line that needs the map before it is decoded (the first such of a loaded function,
+    and any that come while the decode runs): held until it is, except on the event loop."""
+    inv = current()
+    if inv.rerunnable:
+        # On the event loop nothing waits: the run is ended as over its budget (a deadline of
+        # now interrupts the guest at its next call) and run again on a worker thread, which
+        # waits. This run's lines are dropped, this one with them.
+        stack.start()
+        capi.set_epoch_deadline(store._context(), 0)
+        return message
+    if inv.inline:  # the budget is the whole deadline: no run again, so no wait either
+        stack.start()
+        return message + NOT_MAPPED_NOTE
+    if not stack.wait(WAIT_FOR_MAP_S):
+        return message + NOT_MAPPED_NOTE
+    # The wait ran on the request's clock, once per loaded function: the request gets its
+    # whole deadline again, so it does not become a 504 instead of its exception.
+    capi.set_epoch_deadline(store._context(), deadline_ticks)
+    return message
 
 
 def _config_get(_store: Any, key: str) -> str | None:
