@@ -153,8 +153,9 @@ def test_a_slow_decode_does_not_cost_the_request_its_deadline(node: Proc) -> Non
 
 def test_a_decode_holds_up_no_other_function(node: Proc) -> None:
     """While the node decodes big's 3.5 MB map for its first stack, a small function on the same
-    node answers as fast as ever: the decode runs on a thread of its own, not on the event loop
-    (where big's first run starts, as every function's does, see edge.node.inline)."""
+    node answers meanwhile. big's stack is logged from a worker thread here (a fresh JS instance
+    outlasts the inline budget); that a run inline on the event loop leaves the wait to one is
+    shown in process, in test_js_stack_wait."""
     latencies: list[float] = []
     with ThreadPoolExecutor(1) as pool, httpx.Client(timeout=30) as client:
         assert client.get(node.url + "/status").text == "body\n"  # connected, compiled
