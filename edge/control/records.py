@@ -166,7 +166,8 @@ class Resolved:
     state: FunctionState
     stable: Version
     canary: Version | None
-    values: Mapping[str, str] = field(default_factory=dict)  # deploy-time config values
+    # Deploy-time config values; a secret's as sealed bytes (edge.control.sealing).
+    values: Mapping[str, str | bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
