@@ -8,19 +8,23 @@ file the control plane or a node wrote holds the secret, nor does the snapshot o
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from edge.control.sealing import KEY_FILE, SecretsKey, from_text, to_text
+from edge.control.sealing import KEY_FILE, SecretsKey, from_text, sealed_key_id, to_text
+from edge.control.snapshot import open_snapshot
 from edge.control.store import DB_NAME
 
-from .cluster import Control, converge, follower
-from .conftest import EXAMPLES, NodeFactory
+from .cluster import Control, converge, follower, start_control
+from .conftest import EXAMPLES, REPO, NodeFactory
 from .test_config_values_cluster import cli, cli_json
 
 pytestmark = pytest.mark.toolchain
@@ -121,3 +125,61 @@ def test_a_node_whose_key_file_is_missing_or_bad_does_not_start(
             follower(start_node, control, "sec-bad", "eu-west", tmp_path / "state",
                      secrets_key=False, extra=f'secrets_key_file = "{path}"\n')
         assert path.name in str(e.value)
+
+
+def test_rotating_the_key_keeps_the_node_serving_and_retires_the_old_key(
+    control: Control, start_node: NodeFactory, tmp_path: Path
+) -> None:
+    old_file = control.data / KEY_FILE
+    old, new_file = SecretsKey.load(old_file), tmp_path / "new.key"
+    state = tmp_path / "rot"
+    node = follower(start_node, control, "rot-1", "eu-west", state)
+    project = tmp_path / "config"
+    shutil.copytree(EXAMPLES / "c" / "config", project, ignore=shutil.ignore_patterns("build"))
+    cli(control, "deploy", str(project), "--route", "*/")
+    with control.client() as client:
+        converge(client, cli_json(control, "config", "set", FUNCTION, f"greeting={SECRET}",
+                                  "--secret"))
+    assert httpx.get(node.url + "/").text == SECRET + "\n"
+
+    # 1. With the control plane stopped, everything is sealed again under a new key.
+    control.proc.stop()
+    r = subprocess.run(
+        [sys.executable, "-m", "edge", "rotate-secrets-key", "--data", str(control.data),
+         "--new-key", str(new_file), "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    new = SecretsKey.load(new_file)
+    assert stat.S_IMODE(new_file.stat().st_mode) == 0o600
+    assert (result["old_key_id"], result["new_key_id"]) == (old.key_id, new.key_id)
+    assert result["functions"] == [f"default/{FUNCTION}"] and result["values"] >= 2
+    assert SECRET.encode() not in raw_bytes(control.data)
+    # 2. The node, given both keys, serves on from what it kept (still under the old key).
+    node.stop()
+    both = (f'secrets_key_file = "{new_file}"\n'
+            f'previous_secrets_key_file = "{old_file}"\n')
+    node = follower(start_node, control, "rot-1", "eu-west", state, secrets_key=False,
+                    extra=both)
+    assert httpx.get(node.url + "/").text == SECRET + "\n"
+    # 3. The control plane starts with the new key; the node fetches the new revisions.
+    restarted = start_control(control.data, control.port, tmp_path / "control-2.log",
+                              ("--secrets-key", str(new_file)))
+    try:
+        assert f"secrets key {new.key_id}" in restarted.proc.log()
+        with restarted.client() as client:
+            assert client.wait_for(result["revisions"][-1], 60).converged
+        # 4. The old key is no longer needed: what the node keeps is under the new one.
+        node.stop()
+        kept = open_snapshot((state / "snapshot.cbor").read_bytes(),
+                             bytes.fromhex(control.tokens["public_key"]))
+        sealed = kept.functions[f"default/{FUNCTION}"].sealed["greeting"]
+        assert sealed_key_id(sealed) == new.key_id
+        node = follower(start_node, control, "rot-1", "eu-west", state, secrets_key=False,
+                        extra=f'secrets_key_file = "{new_file}"\n')
+        assert httpx.get(node.url + "/").text == SECRET + "\n"
+        assert SECRET.encode() not in raw_bytes(state)
+        assert "secrets_key_mismatch" not in restarted.proc.log()
+    finally:
+        restarted.proc.stop()

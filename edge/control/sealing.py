@@ -111,7 +111,7 @@ class SecretsKey:
 
 class Keyring:
     """The keys a node can open values with, by key id: its current one and, while a rotation
-    runs, the previous one (edge.control.rotation)."""
+    runs, the previous one (edge.control.secrets_commands)."""
 
     def __init__(self, keys: Iterable[SecretsKey] = ()) -> None:
         self._keys = {k.key_id: k for k in keys}

@@ -11,6 +11,7 @@ One Store is shared by the server's worker threads; a lock serialises use of the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -27,7 +28,7 @@ from typing import Any
 
 from edge.control import history
 from edge.control.blobs import BlobStore
-from edge.control.errors import Conflict, NodeAlive, NotFound
+from edge.control.errors import Conflict, NodeAlive, NotFound, SecretUnavailable
 from edge.control.migrations import MIGRATIONS, SEALING_MIGRATION
 from edge.control.records import (
     ADMIN_SCOPE,
@@ -42,6 +43,7 @@ from edge.control.records import (
     Principal,
     RegionChange,
     Removal,
+    Reseal,
     Resolved,
     RevisionRow,
     Tenant,
@@ -49,8 +51,15 @@ from edge.control.records import (
     Version,
 )
 from edge.control.regions import Region, RegionDrain, check_region_fields
-from edge.control.sealing import KEY_FILE, SecretsKey, from_text, sealed_key_id, to_text
-from edge.control.values import ConfigValue, check_count
+from edge.control.sealing import (
+    KEY_FILE,
+    Keyring,
+    SecretsKey,
+    from_text,
+    sealed_key_id,
+    to_text,
+)
+from edge.control.values import SECRET_SHOWN, ConfigValue, check_count
 from edge.errors import BadRequest, ConfigError
 
 DB_NAME = "control.db"
@@ -610,6 +619,54 @@ class Store:
             if kid != self.secrets_key.key_id:
                 counts[kid] = counts.get(kid, 0) + 1
         return counts
+
+    def reseal_secrets(self, new: SecretsKey, author: str) -> Reseal:
+        """Seals every secret value again under `new` (a rotation), in one transaction: the
+        current ones, and the ones each "config" revision remembers, so the old key opens
+        nothing kept here any more. Each function with a secret gets a "config" revision, so
+        nodes fetch its values sealed under `new`. A current value neither key opens stops it all
+        (SecretUnavailable): set it again (or remove it) first. Run it again after a crash:
+        values already under `new` are sealed again, no harm done."""
+        ring = Keyring([self.secrets_key, new])
+        count = 0
+
+        def again(sealed_text: str, function: str, key: str) -> str:
+            nonlocal count
+            value = ring.open(from_text(sealed_text), function, key)
+            count += 1
+            return to_text(new.seal(value, function, key))
+
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT function_id, key, value FROM function_config WHERE secret = 1 "
+                "ORDER BY function_id, key").fetchall()
+            names = {fid: self._function_key(db, fid) for fid in {r[0] for r in rows}}
+            db.executemany(
+                "UPDATE function_config SET value = ? WHERE function_id = ? AND key = ?",
+                [(again(text, names[fid], key), fid, key) for fid, key, text in rows],
+            )
+            for number, state_json in db.execute(
+                "SELECT number, state FROM revisions WHERE kind = 'config'"
+            ).fetchall():
+                state = json.loads(state_json)
+                for key in state.get("secret", ()):
+                    # History no key opens (a value changed in the file) stays as it is: it
+                    # holds nothing either key could reveal, and no one can set it again.
+                    with contextlib.suppress(SecretUnavailable):
+                        state["values"][key] = again(state["values"][key], state["function"],
+                                                     key)
+                db.execute("UPDATE revisions SET state = ? WHERE number = ?",
+                           (_dumps(state), number))
+            revisions = []
+            for fid in sorted(names):
+                after = self._values(db, fid)
+                state = {"function": names[fid], "values": {v.key: v.value for v in after},
+                         "secret": [v.key for v in after if v.secret]}
+                change = {k: [SECRET_SHOWN, SECRET_SHOWN] for k in state["secret"]}
+                revisions.append(self._log(db, fid, "config", {}, state, author, change))
+            self.secrets_key = new
+        self.scrub()
+        return Reseal(count, tuple(names[f] for f in sorted(names)), tuple(revisions))
 
     def set_config(
         self, tenant_id: int, name: str, changes: Mapping[str, str | None],

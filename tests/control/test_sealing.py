@@ -293,3 +293,78 @@ def test_a_store_opened_with_another_key_counts_what_it_cannot_reseal(tmp_path: 
     with Store(tmp_path / "fresh") as store:
         assert (tmp_path / "fresh" / KEY_FILE).exists()
         assert store.secrets_key.key_id == SecretsKey.load(tmp_path / "fresh" / KEY_FILE).key_id
+
+
+# --- rotation -----------------------------------------------------------------------------------
+
+
+def sealed_texts(path: Path) -> list[tuple[str, str, str]]:
+    """(function, key, sealed text) of every secret the database keeps, history included."""
+    with sqlite3.connect(path) as db:
+        out = [(f"acme/{r[0]}", r[1], r[2]) for r in db.execute(
+            "SELECT f.name, c.key, c.value FROM function_config c JOIN functions f "
+            "ON f.id = c.function_id WHERE c.secret = 1")]
+        for (state_json,) in db.execute("SELECT state FROM revisions WHERE kind = 'config'"):
+            state = json.loads(state_json)
+            out += [(state["function"], k, state["values"][k]) for k in state["secret"]]
+    return out
+
+
+def test_resealing_moves_every_secret_to_the_new_key(tmp_path: Path) -> None:
+    old, new = SecretsKey.generate(), SecretsKey.generate()
+    with Store(tmp_path, secrets_key=old) as store:
+        t = deployed(store)
+        deployed(store, "web")
+        deployed(store, "plain")
+        store.set_config(t, "api", {"token": OLD_SECRET}, frozenset({"token"}), "u")
+        store.set_config(t, "api", {"token": SECRET, "p": "v"}, frozenset({"token"}), "u")
+        store.set_config(t, "web", {"a": "1", "b": "2"}, frozenset({"a", "b"}), "u")
+        store.set_config(t, "plain", {"p": "v"}, frozenset(), "u")
+        before = store.revision()
+        result = store.reseal_secrets(new, "rotate")
+        # Three current values (api's token, web's a and b) and four the log remembers.
+        assert result.values == 3 + 4 and result.functions == ("acme/api", "acme/web")
+        assert result.revisions == (before + 1, before + 2) == (store.revision() - 1,
+                                                                store.revision())
+        assert store.secrets_key is new and store.foreign_secrets() == {}
+        rows = [r for r in store.revisions() if r.number in result.revisions]
+        assert [(r.kind, r.author, r.function) for r in rows] == [
+            ("config", "rotate", "acme/api"), ("config", "rotate", "acme/web")]
+        assert rows[1].change == {"a": ["(secret)", "(secret)"], "b": ["(secret)", "(secret)"]}
+        texts = sealed_texts(tmp_path / DB_NAME)
+        assert len(texts) == 3 + 4 + 3  # rows, the log before, the rotation's revisions
+        for function, key, text in texts:
+            assert sealed_key_id(from_text(text)) == new.key_id
+            with pytest.raises(SecretUnavailable):
+                Keyring([old]).open(from_text(text), function, key)
+        now = {f.state.function: f.values for f in store.config_at(store.revision()).functions}
+        assert Keyring([new]).open(now["acme/api"]["token"], "acme/api", "token") == SECRET
+        assert now["acme/plain"] == {"p": "v"}
+        # A second run (after a crash, say) finds every value under the new key already.
+        assert store.reseal_secrets(new, "rotate").values == 3 + 4 + 3
+
+
+def test_a_current_value_no_key_opens_stops_the_rotation_whole(tmp_path: Path) -> None:
+    old, new = SecretsKey.generate(), SecretsKey.generate()
+    with Store(tmp_path, secrets_key=old) as store:
+        t = deployed(store)
+        store.set_config(t, "api", {"token": SECRET}, frozenset({"token"}), "u")
+        store.set_config(t, "api", {"other": SECRET}, frozenset({"other"}), "u")
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        db.execute("UPDATE function_config SET value = 'sealed:1:AAAA' WHERE key = 'token'")
+        first = db.execute("SELECT MIN(number) FROM revisions WHERE kind = 'config'").fetchone()
+        db.execute("UPDATE revisions SET state = json_set(state, '$.values.token', "
+                   "'sealed:1:AAAA') WHERE number = ?", first)
+    before = sealed_texts(tmp_path / DB_NAME)
+    with Store(tmp_path, secrets_key=old) as store:
+        revision = store.revision()
+        with pytest.raises(SecretUnavailable) as e:
+            store.reseal_secrets(new, "rotate")
+        assert "'token'" in e.value.message
+        assert store.revision() == revision and store.secrets_key is old
+    assert sealed_texts(tmp_path / DB_NAME) == before  # rolled back whole
+    # Set again, the value opens; the damaged one left in history stays as it is.
+    with Store(tmp_path, secrets_key=old) as store:
+        store.set_config(t, "api", {"token": SECRET}, frozenset({"token"}), "u")
+        assert store.reseal_secrets(new, "rotate").values == 2 + (1 + 2 + 2 - 1)
+    assert ("acme/api", "token", "sealed:1:AAAA") in sealed_texts(tmp_path / DB_NAME)
