@@ -45,6 +45,8 @@ def assert_unavailable(url: str, key_id: str, what: str) -> None:
     assert what in body["message"] and SECRET not in r.text
     hello = httpx.get(url + "/hello")  # another function on the same node serves on
     assert hello.status_code == 200 and hello.text == "Hello from C!\n"
+    ready = httpx.get(url + "/readyz").json()
+    assert ready["ready"] and ready["unavailable"] == [f"default/{FUNCTION}"]
 
 
 def test_secrets_are_sealed_on_every_disk_and_open_only_with_the_fleet_key(
