@@ -153,6 +153,8 @@ class Follower:
             if _key(v) not in self._loaded and v.sha256 not in blobs:
                 blobs[v.sha256] = await self._blob(v, fetch, fetched)
 
+        secret_errors: dict[str, str] = {}  # by function: what compile_all could not open
+
         def compile_all() -> dict[str, Served]:
             served = {}
             for name, d in snapshot.functions.items():
@@ -178,8 +180,6 @@ class Follower:
                     values,
                 )
             return served
-
-        secret_errors: dict[str, str] = {}
 
         if blobs:
             served = await anyio.to_thread.run_sync(compile_all)
