@@ -157,13 +157,19 @@ def test_no_secret_is_in_the_database_files_or_the_snapshot(make_store: MakeStor
     store.set_config(t, "api", {"token": OLD_SECRET, "plain": "shown"}, frozenset({"token"}),
                      "u")
     store.set_config(t, "api", {"token": SECRET}, frozenset({"token"}), "u")
+    # Values given with a deploy (`"config"` in POST .../deploy) take the same way.
+    add_version(store, t, "api")
+    store.deploy(t, "api", 2, None, "u", ({"with_deploy": SECRET + "-d"},
+                                          frozenset({"with_deploy"})))
     snapshot = build_snapshot(store, store.revision(), SIGNER)
     files = raw_bytes(tmp_path / "data")
-    for secret in (SECRET, OLD_SECRET):
+    for secret in (SECRET, OLD_SECRET, SECRET + "-d"):
         assert secret.encode() not in files and secret.encode() not in snapshot
     assert b"shown" in files  # non-secret values stay plaintext: the API shows them anyway
     fn = open_snapshot(snapshot, SIGNER.public_key).functions["acme/api"]
     assert Keyring([store.secrets_key]).open(fn.sealed["token"], "acme/api", "token") == SECRET
+    assert Keyring([store.secrets_key]).open(fn.sealed["with_deploy"], "acme/api",
+                                             "with_deploy") == SECRET + "-d"
     # A secret set again is a change every time: `changed` tells no guesser anything.
     assert store.set_config(t, "api", {"token": SECRET}, frozenset({"token"}), "u").changed
     # The listing still says what is secret, and carries no plaintext.
