@@ -126,8 +126,8 @@ class Keyring:
         found = self._keys.get(kid)
         if found is not None:
             return found.open(sealed, function, key)
-        has = (f"keys {', '.join(self._keys)}" if self._keys
-               else "no secrets key (set [control] secrets_key_file)")
+        has = (f"key{'s' if len(self._keys) > 1 else ''} {', '.join(self._keys)}"
+               if self._keys else "no secrets key (set [control] secrets_key_file)")
         raise SecretUnavailable(
             f"config value {key!r} of {function} is sealed with secrets key {kid}; "
             f"this node has {has}"
