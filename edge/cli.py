@@ -101,6 +101,10 @@ def node(
         str | None, typer.Option(envvar="EDGE_PUBLIC_KEY", help="control plane key (hex)")
     ] = None,
     state_dir: Annotated[Path | None, typer.Option(help="where applied state is kept")] = None,
+    secrets_key_file: Annotated[Path | None, typer.Option(
+        envvar="EDGE_SECRETS_KEY_FILE",
+        help="the fleet's secrets key (the control plane's DATA/secrets.key)",
+    )] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run an edge node: from a node.toml, or following a control plane (--control).
@@ -116,7 +120,8 @@ def node(
         out.fail(UsageError("give --config node.toml or --control URL"), EXIT_USAGE)
     with out:
         settings = node_config_from_args(
-            config, control, region, node_id, listen, token, public_key, state_dir
+            config, control, region, node_id, listen, token, public_key, state_dir,
+            secrets_key_file,
         )
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_node(settings, out))

@@ -26,6 +26,7 @@ from edge.build import build_function
 from edge.cli_output import Output
 from edge.config.toml_fields import load_toml
 from edge.control.client import ControlClient
+from edge.control.sealing import KEY_FILE
 from edge.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -146,6 +147,9 @@ class Stack:
                     "--listen", f"{r.address}:{s.node_port}", "--token", tokens["node"],
                     "--public-key", tokens["public_key"],
                     "--state-dir", str(s.state_dir / "nodes" / r.name),
+                    # On one machine the nodes read the control plane's own key file; elsewhere
+                    # the operator copies it to each node.
+                    "--secrets-key-file", str(data / KEY_FILE),
                 ])  # fmt: skip
             for r in REGIONS:
                 url = f"http://{r.address}:{s.node_port}/healthz"

@@ -12,6 +12,7 @@ import httpx
 from edge.build import build_function
 from edge.config.toml_fields import load_toml
 from edge.control.client import ControlClient
+from edge.control.sealing import KEY_FILE
 
 from .conftest import EXAMPLES, NodeFactory, Proc, _spawn, wait_until
 
@@ -66,13 +67,16 @@ def follower(
     cache_dir: Path | None = None,
     extra: str = "",
     host: str = "127.0.0.1",
+    secrets_key: bool = True,
 ) -> Proc:
     """`extra`: more node.toml tables (e.g. [tracing]) after [control]; `host`: the loopback
-    address it listens on (and DNS answers with)."""
+    address it listens on (and DNS answers with); `secrets_key`: give it the control plane's
+    secrets key file, as `edge up` does."""
+    key = f'secrets_key_file = "{control.data / KEY_FILE}"\n' if secrets_key else ""
     body = (
         f'[control]\nurl = "{control.url}"\ntoken = "{control.tokens["node"]}"\n'
         f'public_key = "{public_key or control.tokens["public_key"]}"\n'
-        f'state_dir = "{state}"\n{extra}'
+        f'state_dir = "{state}"\n{key}{extra}'
     )
     node = f'id = "{node_id}"\nregion = "{region}"\ntrusted_proxies = ["127.0.0.1/32"]\n'
     if cache_dir is None:

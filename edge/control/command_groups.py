@@ -1,6 +1,6 @@
 """Every control-plane command, registered on a typer app: `edge` and `python -m edge.control`
-offer the same ones (`control`, `deploy`, `status`, ... and the function, node, region, logs,
-tenant, token and config groups), from this one list."""
+offer the same ones (`control`, `deploy`, `status`, `rotate-secrets-key`, ... and the
+function, node, region, logs, tenant, token and config groups), from this one list."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from edge.control import (
     log_commands,
     node_commands,
     region_commands,
+    secrets_commands,
 )
 
 
@@ -27,6 +28,7 @@ def register_all(app: typer.Typer, node_app: typer.Typer) -> None:
     admin_commands.register(app)
     function_commands.register(app)
     config_commands.register(app)
+    secrets_commands.register(app)
 
 
 def control_cli() -> typer.Typer:

@@ -110,6 +110,10 @@ def serve(
         "--node-stale-after", min=0.1,
         help="seconds without a report after which a node is stale (and may be forgotten)",
     )] = 60.0,
+    secrets_key: Annotated[Path | None, typer.Option(
+        "--secrets-key", help="the fleet's secrets key file (default DATA/secrets.key, made "
+        "at first start); nodes need a copy",
+    )] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run the control plane. The first start creates tenant "default" and prints its tokens.
@@ -128,7 +132,7 @@ def serve(
         node_stale_after_s=node_stale_after,
     )  # fmt: skip
     with Output(as_json) as out, suppress(KeyboardInterrupt):
-        asyncio.run(run_control(data, listen, settings, out=out))
+        asyncio.run(run_control(data, listen, settings, out=out, secrets_key=secrets_key))
 
 
 def _component(out: Output, project: Path, component: Path | None) -> tuple[bytes, Any]:

@@ -91,3 +91,12 @@ class ConfigValueTooLarge(BadRequest):
 
 class TooManyConfigKeys(BadRequest):
     reason = "too_many_config_keys"
+
+
+class SecretUnavailable(EdgeError):
+    """A node cannot open a function's sealed secret value (edge.control.sealing): it has no
+    secrets key, another key, or the value was changed. That function answers this; the
+    operator's fault (the key's distribution), so no retry by the client helps soon."""
+
+    status = 503
+    reason = "secret_unavailable"

@@ -1,11 +1,48 @@
 """Numbered schema migrations, applied in order at open, each in its own transaction.
 
-Never edit a migration that has shipped; add the next number instead.
+Never edit a migration that has shipped; add the next number instead. A step is an SQL
+statement, or a function of the connection and the secrets key for what SQL cannot do.
 """
 
 from __future__ import annotations
 
-MIGRATIONS: dict[int, list[str]] = {
+import json
+import sqlite3
+from collections.abc import Callable
+
+from edge.control.sealing import SecretsKey, to_text
+
+Step = str | Callable[[sqlite3.Connection, SecretsKey], None]
+SEALING_MIGRATION = 12
+
+
+def _seal_secrets(db: sqlite3.Connection, key: SecretsKey) -> None:
+    """Seals every secret value kept in plaintext before 12: the current ones and every one a
+    "config" revision's state remembers (the store rewrites the file afterwards, see
+    Store.scrub, so the plaintext is not left in free pages)."""
+    names = {
+        int(r[0]): f"{r[1]}/{r[2]}" for r in db.execute(
+            "SELECT f.id, t.name, f.name FROM functions f JOIN tenants t ON t.id = f.tenant_id")
+    }  # fmt: skip
+    rows = db.execute(
+        "SELECT function_id, key, value FROM function_config WHERE secret = 1").fetchall()
+    db.executemany(
+        "UPDATE function_config SET value = ? WHERE function_id = ? AND key = ?",
+        [(to_text(key.seal(r[2], names[r[0]], r[1])), r[0], r[1]) for r in rows],
+    )
+    for number, fid, state_json in db.execute(
+        "SELECT number, function_id, state FROM revisions WHERE kind = 'config'"
+    ).fetchall():
+        state = json.loads(state_json)
+        if not state.get("secret"):
+            continue
+        for k in state["secret"]:
+            state["values"][k] = to_text(key.seal(state["values"][k], names[fid], k))
+        db.execute("UPDATE revisions SET state = ? WHERE number = ?",
+                   (json.dumps(state, sort_keys=True, separators=(",", ":")), number))
+
+
+MIGRATIONS: dict[int, list[Step]] = {
     1: [
         """CREATE TABLE tenants (
             id INTEGER PRIMARY KEY,
@@ -261,4 +298,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX revisions_by_function ON revisions(function_id, number)",
         "CREATE INDEX revisions_by_subject ON revisions(kind, subject, number)",
     ],
+    # Secret config values sealed at rest (edge.control.sealing): the table and the revision
+    # log keep only their sealed form from now on.
+    12: [_seal_secrets],
 }

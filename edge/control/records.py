@@ -150,6 +150,17 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Reseal:
+    """The outcome of `Store.reseal_secrets`: how many sealed values (current ones and those
+    the revision log remembers) now are under the new key, and the "config" revisions that
+    carry the current ones to nodes, one per function that has any."""
+
+    values: int
+    functions: tuple[str, ...]
+    revisions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class ConfigChange:
     """The outcome of `Store.set_config`: the "config" revision (the current one if nothing
     changed) and the function's values after it."""
@@ -166,7 +177,8 @@ class Resolved:
     state: FunctionState
     stable: Version
     canary: Version | None
-    values: Mapping[str, str] = field(default_factory=dict)  # deploy-time config values
+    # Deploy-time config values; a secret's as sealed bytes (edge.control.sealing).
+    values: Mapping[str, str | bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,11 @@ Wire format (CBOR, cbor2 canonical=True everywhere):
             "stable": V, "canary": V / null,
             "canary_percent": 0..100,
             "sticky": "ip" / "cookie:NAME",
-            "config": {tstr: tstr}}, ...},  # optional (added within format 1; absent: none):
-                                            # deploy-time values over edge.toml's [config]
-                                            # (edge.control.values: key names, sizes, count)
+            "config": {tstr: tstr / bstr}}, ...},  # optional (added within format 1; absent:
+                                            # none): deploy-time values over edge.toml's
+                                            # [config] (edge.control.values: key names, sizes,
+                                            # count); a secret's is bstr, sealed under the
+                                            # fleet's secrets key (edge.control.sealing)
         "regions": {"<region>": {         # optional (added within format 1; absent: none)
             "latitude": float / null, "longitude": float / null,
             "weight": 0..100 / null,      # null: not set at the control plane
@@ -52,9 +54,10 @@ import cbor2
 
 from edge.config.function import FunctionConfig, parse_function_config
 from edge.config.ip import ip_of_version
-from edge.control.errors import BlobMismatch, SnapshotRejected
+from edge.control.errors import BlobMismatch, ConfigValueTooLarge, SnapshotRejected
 from edge.control.records import NodeEndpoint, Version
 from edge.control.regions import REGION_RE, Region, RegionDrain, check_region_fields
+from edge.control.sealing import OVERHEAD_BYTES
 from edge.control.signing import (
     SIGNATURE_BYTES,
     Signer,
@@ -64,7 +67,7 @@ from edge.control.signing import (
     version_message,
 )
 from edge.control.split import valid_sticky
-from edge.control.values import check_values
+from edge.control.values import MAX_VALUE_BYTES, check_count, check_key, check_values
 from edge.errors import BadRequest, ConfigError
 from edge.node.routing import Route, RoutingTable
 
@@ -95,6 +98,7 @@ class FunctionDeployment:
     canary_percent: int
     sticky: str
     values: Mapping[str, str] = field(default_factory=dict)  # over each version's [config]
+    sealed: Mapping[str, bytes] = field(default_factory=dict)  # secret values, still sealed
 
 
 @dataclass(frozen=True)
@@ -213,10 +217,7 @@ def _open(envelope: bytes, public_key: bytes) -> Snapshot:
         if not 0 <= percent <= 100 or not valid_sticky(sticky):
             raise SnapshotRejected(f"{where}: bad canary_percent or sticky")
         canary_raw = entry.get("canary")
-        try:
-            values = check_values(_as(entry.get("config", {}), dict, f"{where}.config"))
-        except BadRequest as e:
-            raise SnapshotRejected(f"{where}.config: {e.message}") from None
+        values, sealed = _config(_as(entry.get("config", {}), dict, f"{where}.config"), where)
         functions[key] = FunctionDeployment(
             key,
             _signed_version(_get(entry, "stable", dict, where), key, public_key),
@@ -225,6 +226,7 @@ def _open(envelope: bytes, public_key: bytes) -> Snapshot:
             percent,
             sticky,
             values,
+            sealed,
         )
 
     routes = []
@@ -256,6 +258,22 @@ def _open(envelope: bytes, public_key: bytes) -> Snapshot:
             raise SnapshotRejected(f"{where}: url must be http(s)")
         nodes[node.id] = node
     return Snapshot(revision, created, tuple(routes), functions, regions, nodes)
+
+
+def _config(raw: dict[Any, Any], where: str) -> tuple[dict[str, str], dict[str, bytes]]:
+    """Plain values (every rule of edge.control.values) and sealed ones (opened, or refused
+    with a typed error for that function alone, when the node builds what it serves)."""
+    sealed = {k: v for k, v in raw.items() if isinstance(v, bytes)}
+    try:
+        check_count(len(raw))
+        for k, v in sealed.items():
+            check_key(k)
+            if len(v) > MAX_VALUE_BYTES + OVERHEAD_BYTES:
+                raise ConfigValueTooLarge(f"sealed value of {k!r} is {len(v)} bytes")
+        values = check_values({k: v for k, v in raw.items() if k not in sealed})
+    except BadRequest as e:
+        raise SnapshotRejected(f"{where}.config: {e.message}") from None
+    return values, sealed
 
 
 def _region(name: Any, raw: Any) -> Region:

@@ -11,6 +11,7 @@ One Store is shared by the server's worker threads; a lock serialises use of the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -27,8 +28,8 @@ from typing import Any
 
 from edge.control import history
 from edge.control.blobs import BlobStore
-from edge.control.errors import Conflict, NodeAlive, NotFound
-from edge.control.migrations import MIGRATIONS
+from edge.control.errors import Conflict, NodeAlive, NotFound, SecretUnavailable
+from edge.control.migrations import MIGRATIONS, SEALING_MIGRATION
 from edge.control.records import (
     ADMIN_SCOPE,
     TOKEN_SCOPES,
@@ -42,6 +43,7 @@ from edge.control.records import (
     Principal,
     RegionChange,
     Removal,
+    Reseal,
     Resolved,
     RevisionRow,
     Tenant,
@@ -49,7 +51,15 @@ from edge.control.records import (
     Version,
 )
 from edge.control.regions import Region, RegionDrain, check_region_fields
-from edge.control.values import ConfigValue, check_count
+from edge.control.sealing import (
+    KEY_FILE,
+    Keyring,
+    SecretsKey,
+    from_text,
+    sealed_key_id,
+    to_text,
+)
+from edge.control.values import SECRET_SHOWN, ConfigValue, check_count
 from edge.errors import BadRequest, ConfigError
 
 DB_NAME = "control.db"
@@ -66,10 +76,16 @@ def _dumps(value: Any) -> str:
 
 
 class Store:
-    def __init__(self, data_dir: Path, now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, data_dir: Path, now: Callable[[], float] = time.time,
+        secrets_key: SecretsKey | None = None,
+    ) -> None:
+        """`secrets_key` seals secret config values (edge.control.sealing); by default the one
+        in DATA/secrets.key, made on first use."""
         self.data_dir = data_dir
         self.now = now
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.secrets_key = secrets_key or SecretsKey.load_or_create(data_dir / KEY_FILE)
         self.blobs = BlobStore(data_dir / "blobs")
         self._lock = threading.RLock()
         # Tokens that authenticated, by sha256; cleared by every revocation.
@@ -84,6 +100,9 @@ class Store:
             # FULL: a committed deploy survives power loss too, not only a killed process.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            # Deleted rows are zeroed, not left in free pages: no old value (a secret sealed
+            # before its rotation, say) lingers in the file.
+            self._db.execute("PRAGMA secure_delete=ON")
             self.migrate()
         except sqlite3.DatabaseError as e:  # not a database, damaged, locked, read-only
             self._db.close()
@@ -138,14 +157,32 @@ class Store:
                 ).fetchone()
                 if done:
                     continue
-                for statement in MIGRATIONS[number]:
-                    db.execute(statement)
+                for step in MIGRATIONS[number]:
+                    if isinstance(step, str):
+                        db.execute(step)
+                    else:
+                        step(db, self.secrets_key)
                 db.execute(
                     "INSERT INTO schema_migrations (version, applied_unix) VALUES (?, ?)",
                     (number, self.now()),
                 )
                 applied.append(number)
+        if SEALING_MIGRATION in applied and self._has_config():
+            self.scrub()
         return applied
+
+    def _has_config(self) -> bool:
+        with self._tx() as db:
+            row = db.execute("SELECT 1 FROM revisions WHERE kind = 'config'").fetchone()
+        return row is not None
+
+    def scrub(self) -> None:
+        """Rewrites the database file without free space and empties the WAL, so no value
+        deleted or replaced before secure_delete (plaintext secrets before migration 12) is
+        left in either file."""
+        with self._lock:
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def schema_versions(self) -> list[int]:
         with self._tx() as db:
@@ -571,6 +608,66 @@ class Store:
         ).fetchall()
         return [ConfigValue(r[0], r[1], bool(r[2])) for r in rows]
 
+    def foreign_secrets(self) -> dict[str, int]:
+        """How many current secret values are sealed with a key other than this store's, by
+        that key's id ("" for a value that is not sealed at all)."""
+        with self._tx() as db:
+            rows = db.execute("SELECT value FROM function_config WHERE secret = 1").fetchall()
+        counts: dict[str, int] = {}
+        for (text,) in rows:
+            kid = sealed_key_id(from_text(text))
+            if kid != self.secrets_key.key_id:
+                counts[kid] = counts.get(kid, 0) + 1
+        return counts
+
+    def reseal_secrets(self, new: SecretsKey, author: str) -> Reseal:
+        """Seals every secret value again under `new` (a rotation), in one transaction: the
+        current ones, and the ones each "config" revision remembers, so the old key opens
+        nothing kept here any more. Each function with a secret gets a "config" revision, so
+        nodes fetch its values sealed under `new`. A current value neither key opens stops it all
+        (SecretUnavailable): set it again (or remove it) first. Run it again after a crash:
+        values already under `new` are sealed again, no harm done."""
+        ring = Keyring([self.secrets_key, new])
+        count = 0
+
+        def again(sealed_text: str, function: str, key: str) -> str:
+            nonlocal count
+            value = ring.open(from_text(sealed_text), function, key)
+            count += 1
+            return to_text(new.seal(value, function, key))
+
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT function_id, key, value FROM function_config WHERE secret = 1 "
+                "ORDER BY function_id, key").fetchall()
+            names = {fid: self._function_key(db, fid) for fid in {r[0] for r in rows}}
+            db.executemany(
+                "UPDATE function_config SET value = ? WHERE function_id = ? AND key = ?",
+                [(again(text, names[fid], key), fid, key) for fid, key, text in rows],
+            )
+            for number, state_json in db.execute(
+                "SELECT number, state FROM revisions WHERE kind = 'config'"
+            ).fetchall():
+                state = json.loads(state_json)
+                for key in state.get("secret", ()):
+                    # History no key opens (a value changed in the file) stays as it is: it
+                    # holds nothing either key could reveal, and no one can set it again.
+                    with contextlib.suppress(SecretUnavailable):
+                        state["values"][key] = again(state["values"][key], state["function"],
+                                                     key)
+                db.execute("UPDATE revisions SET state = ? WHERE number = ?",
+                           (_dumps(state), number))
+            revisions = []
+            for fid in sorted(names):
+                after = self._values(db, fid)
+                state = {"function": names[fid], "values": {v.key: v.value for v in after},
+                         "secret": [v.key for v in after if v.secret]}
+                change = {k: [SECRET_SHOWN, SECRET_SHOWN] for k in state["secret"]}
+                revisions.append(self._log(db, fid, "config", {}, state, author, change))
+            self.secrets_key = new
+        self.scrub()
+        return Reseal(count, tuple(names[f] for f in sorted(names)), tuple(revisions))
+
     def set_config(
         self, tenant_id: int, name: str, changes: Mapping[str, str | None],
         secret: frozenset[str], author: str,
@@ -588,11 +685,17 @@ class Store:
     ) -> ConfigChange:
         old = {v.key: v for v in self._values(db, fid)}
         new = dict(old)
+        function = self._function_key(db, fid)
         for key, value in changes.items():
             if value is None:
                 new.pop(key, None)
+            elif key in secret:
+                # Sealed before it is written anywhere. A fresh nonce makes every set a change,
+                # so `changed` never tells whether a guess matched the secret already set.
+                sealed = to_text(self.secrets_key.seal(value, function, key))
+                new[key] = ConfigValue(key, sealed, True)
             else:
-                new[key] = ConfigValue(key, value, key in secret)
+                new[key] = ConfigValue(key, value, False)
         check_count(len(new))
         after = tuple(new[k] for k in sorted(new))
         if new == old:
@@ -606,8 +709,8 @@ class Store:
             k: [old[k].shown() if k in old else None, new[k].shown() if k in new else None]
             for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)
         }
-        state = {"function": self._function_key(db, fid),
-                 "values": {v.key: v.value for v in after},
+        state = {"function": function,
+                 "values": {v.key: v.value for v in after},  # secrets sealed
                  "secret": [v.key for v in after if v.secret]}
         number = self._log(db, fid, "config", {}, state, author, change)
         return ConfigChange(number, True, after)
@@ -740,7 +843,7 @@ class Store:
                 (revision,),
             ).fetchall()
             values = {
-                r[0]: json.loads(r[1])["values"] for r in db.execute(
+                r[0]: _snapshot_values(json.loads(r[1])) for r in db.execute(
                     "SELECT r.function_id, r.state FROM revisions r JOIN (SELECT function_id, "
                     "MAX(number) AS n FROM revisions WHERE kind = 'config' AND number <= ? "
                     "GROUP BY function_id) m ON r.number = m.n", (revision,),
@@ -1015,6 +1118,12 @@ def _token_info(r: sqlite3.Row) -> TokenInfo:
     return TokenInfo(
         r[0], r[1], r[2], tuple(x for x in r[3].split(",") if x), r[4], r[5], r[6], r[7]
     )
+
+
+def _snapshot_values(state: dict[str, Any]) -> dict[str, str | bytes]:
+    """A "config" revision's values as snapshots carry them: secrets as sealed bytes."""
+    secret = set(state.get("secret", ()))
+    return {k: from_text(v) if k in secret else v for k, v in state["values"].items()}
 
 
 def _split_route(spec: str) -> tuple[str, str]:

@@ -36,6 +36,10 @@ url = "http://127.0.0.1:7000"
 token = "..."                      # a node token (or token_file)
 public_key = "hex"                 # the control plane's Ed25519 key: the node's trust root
 state_dir = "state"                # last applied snapshot and blobs, for restarts
+secrets_key_file = "secrets.key"   # the fleet's secrets key (the control plane's DATA/secrets.key):
+                                   # opens secret config values; without it, functions that have
+                                   # one answer 503 secret_unavailable
+previous_secrets_key_file = "old.key"  # optional, while the key is rotated
 
 [[function]]
 project = "sdk/examples/c/hello"   # reads edge.toml and build/<name>.wasm
@@ -77,6 +81,8 @@ class ControlConfig:
     token: str
     public_key: bytes
     state_dir: Path
+    secrets_key_file: Path | None = None
+    previous_secrets_key_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,8 @@ def http_url(table: Table, key: str) -> str:
 def parse_control(table: Table, base: Path) -> ControlConfig | None:
     if not table.data:
         return None
-    table.reject_unknown({"url", "token", "token_file", "public_key", "state_dir"})
+    table.reject_unknown({"url", "token", "token_file", "public_key", "state_dir",
+                          "secrets_key_file", "previous_secrets_key_file"})
     token = table.get("token", str, "")
     if not token and table.get("token_file", str, ""):
         try:
@@ -175,7 +182,14 @@ def parse_control(table: Table, base: Path) -> ControlConfig | None:
         token=token,
         public_key=key,
         state_dir=base / table.get("state_dir", str, "state"),
+        secrets_key_file=_optional_path(table, "secrets_key_file", base),
+        previous_secrets_key_file=_optional_path(table, "previous_secrets_key_file", base),
     )
+
+
+def _optional_path(table: Table, key: str, base: Path) -> Path | None:
+    value = table.get(key, str, "")
+    return base / value if value else None
 
 
 def parse_tracing(table: Table) -> TracingConfig:

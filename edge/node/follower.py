@@ -21,16 +21,23 @@ import contextlib
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import httpx
 
 from edge.control.client import describe_failure
-from edge.control.errors import SnapshotRejected
-from edge.control.snapshot import SignedVersion, Snapshot, open_snapshot, verify_blob
+from edge.control.errors import SecretUnavailable, SnapshotRejected
+from edge.control.sealing import Keyring
+from edge.control.snapshot import (
+    FunctionDeployment,
+    SignedVersion,
+    Snapshot,
+    open_snapshot,
+    verify_blob,
+)
 from edge.errors import EdgeError
 from edge.node.persisted import NodeState
 from edge.node.runtime import Loaded, NodeRuntime, Served, Unavailable
@@ -57,6 +64,9 @@ class ControlSettings:
     url: str
     token: str
     public_key: bytes
+    # Opens the functions' secret config values (edge.control.sealing); none: every function
+    # with a secret answers 503 secret_unavailable.
+    secrets: Keyring = field(default_factory=Keyring)
 
 
 class Follower:
@@ -78,6 +88,7 @@ class Follower:
         # Loaded versions by (function, number, sha256), least recently served first.
         self._loaded: OrderedDict[VersionKey, Loaded] = OrderedDict()
         self._report_lock = asyncio.Lock()
+        self._secret_errors: dict[str, str] = {}  # by function, as last said
         self._traffic_sent: list[dict[str, Any]] = []  # the series the control plane last took
         self._client = httpx.AsyncClient(
             base_url=settings.url,
@@ -142,13 +153,23 @@ class Follower:
             if _key(v) not in self._loaded and v.sha256 not in blobs:
                 blobs[v.sha256] = await self._blob(v, fetch, fetched)
 
+        secret_errors: dict[str, str] = {}  # by function: what compile_all could not open
+
         def compile_all() -> dict[str, Served]:
             served = {}
             for name, d in snapshot.functions.items():
-                stable = self._load_version(d.stable, blobs.get(d.stable.sha256))
-                canary = (
+                stable: Loaded = self._load_version(d.stable, blobs.get(d.stable.sha256))
+                canary: Loaded | None = (
                     self._load_version(d.canary, blobs.get(d.canary.sha256)) if d.canary else None
                 )
+                try:
+                    values = self._open_values(d)
+                except SecretUnavailable as e:
+                    # Never served without its secret: that function answers the error, the
+                    # others serve on. Its versions stay loaded for when the key comes.
+                    values = {}
+                    stable, canary = Unavailable(e), Unavailable(e) if canary else None
+                    secret_errors[name] = e.message
                 served[name] = Served(
                     stable,
                     canary,
@@ -156,7 +177,7 @@ class Follower:
                     d.sticky,
                     str(d.stable.number),
                     str(d.canary.number) if d.canary else "",
-                    d.values,
+                    values,
                 )
             return served
 
@@ -175,13 +196,26 @@ class Follower:
         self.applied = snapshot.revision
         # Applied, but a version no request can run is an error the operator must see (status,
         # dashboard, `edge deploy`) as much as a refused snapshot.
-        self.last_error = "; ".join(
-            f"revision {snapshot.revision}: cannot load {v.function} v{v.number}: "
-            f"{loaded.error.message}"
-            for v in versions
-            if isinstance(loaded := self._loaded.get(_key(v)), Unavailable)
-        )
+        self.last_error = "; ".join([
+            *(f"revision {snapshot.revision}: cannot load {v.function} v{v.number}: "
+              f"{loaded.error.message}"
+              for v in versions
+              if isinstance(loaded := self._loaded.get(_key(v)), Unavailable)),
+            *(f"revision {snapshot.revision}: {message}"
+              for message in secret_errors.values()),
+        ])
+        for name, message in secret_errors.items():
+            if self._secret_errors.get(name) != message:  # once, not at every revision
+                self.say(f"error: {name} answers 503 secret_unavailable: {message}")
+        self._secret_errors = secret_errors
         return snapshot, fetched
+
+    def _open_values(self, d: FunctionDeployment) -> Mapping[str, str]:
+        """The function's config values with its secrets opened, in memory only."""
+        if not d.sealed:
+            return d.values
+        opened = {k: self.settings.secrets.open(v, d.function, k) for k, v in d.sealed.items()}
+        return {**d.values, **opened}
 
     async def restore(self) -> bool:
         """Serves the snapshot kept on disk, if there is a good one, before any network."""

@@ -13,8 +13,15 @@ import anyio
 from edge.cli_output import Output
 from edge.config.listen import check_listen
 from edge.config.toml_fields import Table
+from edge.control.sealing import Keyring, SecretsKey
 from edge.node.app import create_app
-from edge.node.config import NodeConfig, load_node_config, parse_control, parse_node_config
+from edge.node.config import (
+    ControlConfig,
+    NodeConfig,
+    load_node_config,
+    parse_control,
+    parse_node_config,
+)
 from edge.node.follower import ControlSettings, Follower
 from edge.node.logbuffer import LogBuffer
 from edge.node.logs import LogWriter, Tee
@@ -44,11 +51,20 @@ def span_exporter(config: NodeConfig) -> SpanExporter | None:
     return OtlpExporter(t.otlp_endpoint, t.service_name, config.node_id, config.region)
 
 
+def keyring(control: ControlConfig) -> Keyring:
+    """The secrets keys the node's config names, read at start: a named file that is missing or
+    not a key stops the node with a ConfigError naming it."""
+    files = (control.secrets_key_file, control.previous_secrets_key_file)
+    return Keyring(SecretsKey.load(path) for path in files if path is not None)
+
+
 async def run_node(config: NodeConfig, out: Output | None = None) -> None:
     say = out or Output()
     url = f"http://{config.listen}/"
     shipper = None
+    secrets = Keyring()
     if config.control is not None:
+        secrets = keyring(config.control)
         shipper = LogShipper(
             config.control.url, config.control.token, config.node_id, config.region,
             LogBuffer(config.logs.buffer_lines), config.logs.ship_interval_ms / 1000,
@@ -82,7 +98,7 @@ async def run_node(config: NodeConfig, out: Output | None = None) -> None:
         control = config.control
         follower = Follower(
             runtime,
-            ControlSettings(control.url, control.token, control.public_key),
+            ControlSettings(control.url, control.token, control.public_key, secrets),
             NodeState(control.state_dir),
         )
         restored = await follower.restore()
@@ -118,6 +134,7 @@ def node_config_from_args(
     token: str | None,
     public_key: str | None,
     state_dir: Path | None,
+    secrets_key_file: Path | None = None,
 ) -> NodeConfig:
     """A node.toml (optional) with command-line flags on top."""
     if config_path is not None:
@@ -142,6 +159,11 @@ def node_config_from_args(
                 state_dir or (known.state_dir if known else Path(".edge-node") / config.node_id)
             ),
         }
+        for key, given in (("secrets_key_file", secrets_key_file),
+                           ("previous_secrets_key_file", None)):
+            path = given or (getattr(known, key) if known else None)
+            if path is not None:
+                table[key] = str(path)
         control = parse_control(Table(table, "command line", "control"), base)
         config = replace(config, control=control)
     env_endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()

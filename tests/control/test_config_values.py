@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import pytest
 from edge.control import store as store_module
 from edge.control.errors import BadConfigKey, SnapshotRejected, TooManyConfigKeys
 from edge.control.migrations import MIGRATIONS
+from edge.control.sealing import OVERHEAD_BYTES
 from edge.control.signing import Signer, canonical_cbor
 from edge.control.snapshot import build_snapshot, open_snapshot, sign_payload
 from edge.control.store import Store
@@ -28,6 +29,13 @@ MakeStore = Callable[..., Store]
 Start = Callable[..., ControlServer]
 SIGNER = Signer.generate()
 SECRET = "s3cr3t-value-that-must-not-leak"
+
+
+def opened(store: Store, values: Mapping[str, str | bytes],
+           function: str = "acme/hello") -> dict[str, str]:
+    """Values as a node serves them: the sealed ones opened with the store's key."""
+    return {k: store.secrets_key.open(v, function, k) if isinstance(v, bytes) else v
+            for k, v in values.items()}
 
 
 def deployed_store(make_store: MakeStore) -> tuple[Store, int]:
@@ -51,7 +59,9 @@ def test_setting_values_is_a_config_revision_carried_by_the_snapshot(
     assert [(v.key, v.secret) for v in change.values] == [("greeting", False), ("key", True)]
     snap = open_snapshot(build_snapshot(store, 2, SIGNER), SIGNER.public_key)
     fn = snap.functions["acme/hello"]
-    assert fn.values == {"greeting": "hey", "key": SECRET}
+    # The secret travels sealed (edge.control.sealing); the fleet's key opens it.
+    assert fn.values == {"greeting": "hey"} and set(fn.sealed) == {"key"}
+    assert store.secrets_key.open(fn.sealed["key"], "acme/hello", "key") == SECRET
     assert fn.stable.config.config == {"greeting": "hi"}  # the version itself is unchanged
     # The revision before has none: a snapshot of any revision is rebuilt exactly.
     assert open_snapshot(build_snapshot(store, 1, SIGNER), SIGNER.public_key).functions[
@@ -59,11 +69,12 @@ def test_setting_values_is_a_config_revision_carried_by_the_snapshot(
     # The same values again change nothing; removing one is the next revision.
     assert not store.set_config(t, "hello", {"greeting": "hey"}, frozenset(), "ops").changed
     assert store.set_config(t, "hello", {"greeting": None}, frozenset(), "ops").revision == 3
-    assert store.config_at(3).functions[0].values == {"key": SECRET}
+    assert opened(store, store.config_at(3).functions[0].values) == {"key": SECRET}
     # A deploy after it keeps the values; rollback history ignores config revisions.
     add_version(store, t, "hello")
     store.deploy(t, "hello", 2, None, "u")
-    assert store.config_at(store.revision()).functions[0].values == {"key": SECRET}
+    assert opened(store, store.config_at(store.revision()).functions[0].values) == {
+        "key": SECRET}
     assert store.rollback(t, "hello", None, "u").state.stable == 1
     # The revision log says what changed, never a secret value.
     logged = [r for r in store.revisions() if r.kind == "config"]
@@ -157,9 +168,16 @@ def test_snapshot_config_is_optional_and_strictly_checked() -> None:
     assert open_snapshot(_payload(None), SIGNER.public_key).functions["t/hello"].values == {}
     assert open_snapshot(_payload({"a": "b"}), SIGNER.public_key).functions[
         "t/hello"].values == {"a": "b"}
+    # Bytes are a sealed secret: carried as they are, opened (or refused for that function
+    # alone) when the node builds what it serves.
+    fn = open_snapshot(_payload({"a": "b", "s": b"sealed"}), SIGNER.public_key).functions[
+        "t/hello"]
+    assert (fn.values, fn.sealed) == ({"a": "b"}, {"s": b"sealed"})
+    too_big = b"x" * (MAX_VALUE_BYTES + OVERHEAD_BYTES + 1)
     for bad in ([], {"a": 1}, {1: "a"}, {"bad key": "v"}, {"a\n": "v"},
                 {"a": "x" * (MAX_VALUE_BYTES + 1)}, {f"k{i}": "v" for i in range(MAX_KEYS + 1)},
-                {"a": b"bytes"}):
+                {"bad key": b"sealed"}, {1: b"sealed"}, {"a": too_big},
+                {**{f"k{i}": "v" for i in range(MAX_KEYS)}, "s": b"sealed"}):
         with pytest.raises(SnapshotRejected):
             open_snapshot(_payload(bad), SIGNER.public_key)
     # cbor2 round trip of the envelope stays canonical with the new field
@@ -202,7 +220,10 @@ def test_set_list_unset_over_the_api_and_secrets_are_never_shown(start_control: 
     assert listed.json()["edge_toml"] == {"version": 1, "config": {"greeting": "hi"}}
     # The node gets the secret (the function must read it), signed like everything else.
     snap = httpx_snapshot(server)
-    assert snap.functions["default/hello"].values == {"greeting": "hey", "api_key": SECRET}
+    fn = snap.functions["default/hello"]
+    assert fn.values == {"greeting": "hey"} and SECRET.encode() not in fn.sealed["api_key"]
+    assert server.store.secrets_key.open(fn.sealed["api_key"], "default/hello",
+                                         "api_key") == SECRET
     # ... and no answer a tenant can get shows it.
     for path in ("/v1/functions/hello/config", "/v1/functions/hello/versions", "/v1/functions",
                  "/v1/status",
