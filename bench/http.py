@@ -6,7 +6,10 @@ generator is wrk (Debian package) when installed, else an in-repo asyncio client
 Target (issue 2): ratio ≥ 0.85. A third server, the node with its sandbox call replaced by a
 fixed answer (bench/canned_node.py), shows how much of the gap is the call itself; a fourth,
 the C hello opted in to `[instance] policy = "reuse"`, what giving up a fresh instance per
-request buys.
+request buys. Each server's CPU time per request (user + system, from /proc, over the load
+runs) is reported beside its requests/s: on a machine shared with other jobs requests/s move
+with the load, CPU per request much less, and their ratio is what the throughput ratio would
+be on an otherwise idle core.
 
     .venv/bin/python -m bench.http [--seconds S] [--connections C] [--rounds R]
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import statistics
@@ -126,6 +130,16 @@ def _percentile_us(out: str, q: int) -> float:
     return _us(m.group(1))
 
 
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU time of process `pid` so far."""
+    # Fields after the command name (which may hold spaces), counted from field 3.
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+
+
 def run_wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
@@ -135,11 +149,13 @@ def run_wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
         timeout=seconds + 30,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     p50 = _percentile_us(out, 50)
     p99 = _percentile_us(out, 99)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
         "rps": rps,
+        "requests": total,
         "p50_us": p50,
         "p99_us": p99,
         "non_2xx": float(errors.group(1)) if errors else 0.0,
@@ -166,6 +182,7 @@ def run_asyncio_client(url: str, seconds: int, connections: int) -> dict[str, fl
         ordered = sorted(latencies)
         return {
             "rps": len(latencies) / seconds,
+            "requests": float(len(latencies)),
             "p50_us": statistics.median(ordered),
             "p99_us": ordered[int(0.99 * (len(ordered) - 1))],
             "non_2xx": float(bad),
@@ -192,8 +209,11 @@ def main() -> None:
         try:
             results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
             for _ in range(args.rounds):  # alternate, so drift hits all alike
-                for name, (_, url) in servers.items():
-                    results[name].append(load(url, args.seconds, args.connections))
+                for name, (proc, url) in servers.items():
+                    before = cpu_s(proc.pid)
+                    run = load(url, args.seconds, args.connections)
+                    run["cpu_us"] = (cpu_s(proc.pid) - before) / max(run["requests"], 1) * 1e6
+                    results[name].append(run)
         finally:
             for p, _ in servers.values():
                 p.terminate()
@@ -204,6 +224,7 @@ def main() -> None:
             {
                 "server": name,
                 "rps_median": round(statistics.median(r["rps"] for r in runs)),
+                "cpu_us_per_request": round(statistics.median(r["cpu_us"] for r in runs), 1),
                 "p50_us": round(statistics.median(r["p50_us"] for r in runs)),
                 "p99_us": round(statistics.median(r["p99_us"] for r in runs)),
                 "non_2xx": int(sum(r["non_2xx"] for r in runs)),
@@ -212,6 +233,8 @@ def main() -> None:
     ratio = rows[0]["rps_median"] / rows[1]["rps_median"]
     canned_ratio = rows[2]["rps_median"] / rows[1]["rps_median"]
     reuse_ratio = rows[3]["rps_median"] / rows[1]["rps_median"]
+    cpu_ratio = rows[1]["cpu_us_per_request"] / rows[0]["cpu_us_per_request"]
+    canned_cpu_ratio = rows[1]["cpu_us_per_request"] / rows[2]["cpu_us_per_request"]
     path = write_results(
         "http",
         rows,
@@ -223,12 +246,17 @@ def main() -> None:
             "ratio_edge_over_bare": round(ratio, 3),
             "ratio_canned_over_bare": round(canned_ratio, 3),
             "ratio_reuse_over_bare": round(reuse_ratio, 3),
+            # Bare Starlette's CPU per request over the node's: the ratio on an idle core.
+            "cpu_ratio_edge_over_bare": round(cpu_ratio, 3),
+            "cpu_ratio_canned_over_bare": round(canned_cpu_ratio, 3),
             "target_ratio": 0.85,
         },
     )
     print_table(f"HTTP requests/s, {generator}, {args.connections} connections", rows)
     print(f"ratio edge/bare = {ratio:.3f} (target ≥ 0.85); without the sandbox call "
-          f"{canned_ratio:.3f}; with instance reuse (opt-in) {reuse_ratio:.3f}; wrote {path}")
+          f"{canned_ratio:.3f}; with instance reuse (opt-in) {reuse_ratio:.3f}")
+    print(f"by CPU per request (bare/node): {cpu_ratio:.3f}; without the sandbox call "
+          f"{canned_cpu_ratio:.3f}; wrote {path}")
 
 
 if __name__ == "__main__":

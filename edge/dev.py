@@ -116,7 +116,7 @@ class DevServer:
                 self.runtime.replace_function(name, loaded)
             return False
         self._serve(loaded)
-        in_use = self.runtime.cache.path_for(loaded.digest)
+        in_use = self.runtime.cache.path_for(loaded.digest, loaded.code_engine)
         if in_use is not None:
             prune_compiled(in_use, DEV_KEEP_COMPILED)
         self.has_good_build = True

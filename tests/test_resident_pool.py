@@ -59,10 +59,38 @@ def test_deadline_applies_in_resident_pool(
         assert call(fn).body == b"1 0"
 
 
-def test_small_component_stays_in_default_pool(
-    engine: SandboxEngine, built: Callable[[Path], Path]
+def test_small_component_gets_its_data_copied_in(
+    engine: SandboxEngine, built: Callable[[Path], Path], tmp_path: Path
 ) -> None:
-    project = EXAMPLES / "c" / "hello"
-    assert engine.engine_for(len(built(project).read_bytes())) is engine.engine
-    fn = load(engine, built, project)
-    assert call(fn).status == 200
+    """A small component (C) runs in the pool whose memories are initialized by copying the
+    data segments in, not by mapping the image: still its data every time (the hello's text)
+    and nothing an earlier request wrote (the counter), across slot resets."""
+    hello, counter = EXAMPLES / "c" / "hello", FIXTURES / "functions" / "counter"
+    small = engine.engine_for(len(built(hello).read_bytes()))
+    assert small is not engine.engine
+    assert engine.engine_for(len(built(counter).read_bytes())) is small
+    assert engine.engine_for(engine.settings.copy_init_below_bytes) is engine.engine
+    first, second = load(engine, built, hello), load(engine, built, counter)
+    # More requests than the pool has slots, so freed slots are reset and handed out again.
+    answers = [(call(first).body, call(second).body) for _ in range(100)]
+    assert answers == [(b"Hello from C!\n", b"1")] * 100
+
+
+def test_copied_and_mapped_artifacts_are_kept_apart(
+    engine: SandboxEngine, built: Callable[[Path], Path], tmp_path: Path
+) -> None:
+    """wasmtime refuses an artifact made with the memory image in an engine without it, so the
+    two get their own files; each is found again by a later load (a restart)."""
+    wasm = built(EXAMPLES / "c" / "hello").read_bytes()
+    small = engine.engine_for(len(wasm))
+    cache = CompileCache(engine, tmp_path)
+    digest = "ab" * 32
+    assert cache.path_for(digest, small) != cache.path_for(digest, engine.engine)
+    assert cache.path_for(digest, engine.engine) == cache.path_for(digest)
+    cache.load(wasm, engine=small)
+    cache.load(wasm, engine=engine.engine)
+    again = CompileCache(engine, tmp_path)
+    again.load(wasm, engine=small)
+    again.load(wasm, engine=engine.engine)
+    assert (again.stats.hits, again.stats.misses) == (2, 0)
+    assert len(list(tmp_path.glob("*.cwasm"))) == 2

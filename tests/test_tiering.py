@@ -255,7 +255,7 @@ def test_background_compiles_suit_the_serving_engine(
     wasm = built(project).read_bytes()
     cache = CompileCache(engine, tmp_path if on_disk else None)
     serving = engine.engine_for(len(wasm))
-    compiled = cache.load(wasm, engine=serving, compile_in=engine.background_compiler())
+    compiled = cache.load(wasm, engine=serving, compile_in=engine.background_compiler(serving))
     assert cache.stats.misses == 1
     fn = LoadedFunction(engine, cache, wasm, load_function_config(project), lambda _: None)
     assert call(fn).body.startswith(b"Hello from C!")

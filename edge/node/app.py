@@ -147,7 +147,7 @@ class FunctionServer:
             exporter is not None,
         )  # fmt: skip
         metrics = self.runtime.metrics
-        metrics.in_flight.inc()
+        metrics.in_flight += 1
         error = ""
         try:
             response = await self._serve(scope, receive, headers, request_id, trace)
@@ -159,7 +159,7 @@ class FunctionServer:
             if not isinstance(e, FunctionError) and http.declares_body(headers):
                 response[1].append(http.CLOSE)
         finally:
-            metrics.in_flight.dec()
+            metrics.in_flight -= 1
         status, raw_headers, body = response
         # The caller can find this request's trace (and this node's span) from the answer.
         raw_headers.append((TRACEPARENT, trace.traceparent().encode()))
@@ -228,7 +228,7 @@ class FunctionServer:
             geo=runtime.geo.lookup(ip) if runtime.geo else NO_GEO,
         )
         series = runtime.metrics.series(route.function, version)
-        series.bytes_in.inc(len(body))
+        series.bytes_in += len(body)
         started = time.perf_counter()
         try:
             result = await self._run(
@@ -245,7 +245,7 @@ class FunctionServer:
         finally:
             series.latency.observe(time.perf_counter() - started)
         series.answered(result.status)
-        series.bytes_out.inc(len(result.body))
+        series.bytes_out += len(result.body)
         if version:
             out_headers.append((b"x-edge-version", f"{route.function}@{version}".encode()))
         out_headers.append((b"x-edge-region", config.region.encode()))

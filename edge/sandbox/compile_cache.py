@@ -58,10 +58,12 @@ class CompileCache:
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
 
-    def path_for(self, digest: str) -> Path | None:
+    def path_for(self, digest: str, engine: wasmtime.Engine | None = None) -> Path | None:
+        """Where the artifact for `engine` (default: the sandbox's first) is kept."""
         if self.directory is None:
             return None
-        return self.directory / f"{digest}-{self.engine.settings.fingerprint()}.cwasm"
+        tag = self.engine.artifact_tag(engine) if engine is not None else ""
+        return self.directory / f"{digest}-{self.engine.settings.fingerprint()}{tag}.cwasm"
 
     def load(
         self,
@@ -78,7 +80,7 @@ class CompileCache:
         SandboxEngine.background_compiler)."""
         digest = digest or content_hash(wasm)
         engine = engine or self.engine.engine
-        path = self.path_for(digest)
+        path = self.path_for(digest, engine)
         if path is None:
             self.stats.misses += 1
             if compile_in is None:
@@ -106,7 +108,7 @@ class CompileCache:
 
     def cached(self, digest: str, engine: wasmtime.Engine) -> component.Component | None:
         """The component mapped from disk if it was compiled before (a hit), else None."""
-        path = self.path_for(digest)
+        path = self.path_for(digest, engine)
         compiled = None if path is None else self._mapped(path, engine)
         self.stats.hits += compiled is not None
         return compiled

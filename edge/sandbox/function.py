@@ -138,7 +138,7 @@ class LoadedFunction:
         # Nothing here may hold the function: an unloaded one is skipped, not compiled for.
         top = self.engine.engine_for(len(wasm))
         digest, name, sink, tier = self.digest, self.name, self.sink, self.engine.settings.compiler
-        caps, compile_in = self.config.capabilities, self.engine.background_compiler()
+        caps, compile_in = self.config.capabilities, self.engine.background_compiler(top)
         log_write = self._log_write
 
         def compile_top() -> Code:  # its growcheck warnings were said at the first compile
@@ -176,6 +176,11 @@ class LoadedFunction:
     def tier(self) -> str:
         """The compiler whose code requests run now (see tiering)."""
         return self._code.tier
+
+    @property
+    def code_engine(self) -> wasmtime.Engine:
+        """The engine the code requests run now was compiled for (see CompileCache.path_for)."""
+        return self._code.engine
 
     @property
     def prepares_instances(self) -> bool:

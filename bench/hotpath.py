@@ -1,0 +1,187 @@
+"""CPU per request of the node's ASGI app in process, without HTTP: where `bench.http`'s gap is.
+
+Drives three ASGI apps directly with the request wrk sends (GET / with Host and a couple of
+headers), in one process, alternating rounds so drift hits all alike:
+    node, C hello       the production app (edge.node.app) serving the C hello, fresh instances
+    node, call canned   the same app with the function's invoke replaced by a fixed answer
+    bare Starlette      bench.bare_app's hello
+and reports this thread's CPU time per request (time.thread_time) and page faults per request
+(getrusage minflt). `--profile` adds a cProfile of the node's requests, sorted by own time.
+
+    .venv/bin/python -m bench.hotpath [--requests N] [--rounds R] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import pstats
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from bench.bare_app import app as bare_app
+from bench.canned_node import ANSWER
+from bench.http import REPO, _name
+from edge.asgi import ASGIApp, Message
+from edge.build import build_function
+from edge.node.app import create_app
+from edge.node.config import load_node_config
+from edge.node.main import settle_heap
+from edge.node.runtime import NodeRuntime
+from edge.sandbox.function import LoadedFunction
+from edge.sandbox.host import LogLine
+
+from .common import print_table, write_results
+
+# What wrk sends by default is only Host; a browser-ish client adds a few more.
+HEADERS = [
+    (b"host", b"127.0.0.1:8787"),
+    (b"user-agent", b"wrk/4.1.0"),
+    (b"accept", b"*/*"),
+]
+
+
+def scope() -> dict[str, Any]:
+    """A new scope per request, shaped as Hypercorn builds one for HTTP/1.1."""
+    return {
+        "type": "http",
+        "asgi": {"spec_version": "2.1", "version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": list(HEADERS),
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8787),
+        "extensions": {},
+    }
+
+
+async def _receive() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.status = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+
+
+async def _drive(app: ASGIApp, n: int) -> None:
+    sent = _Sent()
+    for _ in range(n):
+        await app(scope(), _receive, sent)
+        if sent.status != 200:
+            raise SystemExit(f"answer {sent.status}, not 200")
+
+
+def measure(app: ASGIApp, n: int) -> dict[str, float]:
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(_drive(app, 200))  # warm caches and lazy set-up
+        faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        cpu = time.thread_time()
+        loop.run_until_complete(_drive(app, n))
+        cpu = time.thread_time() - cpu
+        faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults
+    finally:
+        loop.close()
+    return {"cpu_us": cpu / n * 1e6, "faults": faults / n}
+
+
+def node_runtime(workdir: Path) -> NodeRuntime:
+    component = build_function(REPO / "sdk" / "examples" / "c" / "hello")
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "node.toml"
+    config.write_text(
+        f'[node]\nid = "bench"\nregion = "local"\nlisten = "127.0.0.1:8787"\n'
+        f'cache_dir = "{workdir / "compiled"}"\n\n'
+        f'[[function]]\nproject = "{component.parent.parent}"\n\n'
+        f'[[route]]\nroute = "*/"\nfunction = "{_name(component)}"\n'
+    )
+    lines: list[LogLine] = []
+    runtime = NodeRuntime(load_node_config(config), lines.append)
+    runtime.load_configured()
+    return runtime
+
+
+def canned_runtime(workdir: Path) -> NodeRuntime:
+    runtime = node_runtime(workdir / "canned")
+    for served in runtime.deployment.functions.values():
+        for fn in served.loaded():
+            if isinstance(fn, LoadedFunction):
+                fn.invoke = lambda *_a, **_k: ANSWER  # type: ignore[method-assign]
+    return runtime
+
+
+def profile(app: ASGIApp, n: int, top: int) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(_drive(app, 200))
+        prof = cProfile.Profile()
+        coro: Coroutine[Any, Any, None] = _drive(app, n)
+        prof.enable()
+        loop.run_until_complete(coro)
+        prof.disable()
+    finally:
+        loop.close()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        node = node_runtime(Path(tmp) / "node")
+        canned = canned_runtime(Path(tmp))
+        settle_heap()  # as the node does once loaded
+        apps: dict[str, Callable[[], ASGIApp]] = {
+            "node, C hello (fresh instance)": lambda: create_app(node),
+            "node, sandbox call canned": lambda: create_app(canned),
+            "bare Starlette": lambda: bare_app,
+        }
+        built = {name: make() for name, make in apps.items()}
+        if args.profile:
+            profile(built["node, C hello (fresh instance)"], args.requests, 40)
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in built}
+        for _ in range(args.rounds):
+            for name, app in built.items():
+                gc.collect()
+                runs[name].append(measure(app, args.requests))
+        node.close()
+        canned.close()
+    rows = [
+        {
+            "app": name,
+            "cpu_us_median": round(statistics.median(r["cpu_us"] for r in rs), 1),
+            "cpu_us_min": round(min(r["cpu_us"] for r in rs), 1),
+            "faults_per_request": round(statistics.median(r["faults"] for r in rs), 2),
+        }
+        for name, rs in runs.items()
+    ]
+    path = write_results(
+        "hotpath", rows, {"requests": args.requests, "rounds": args.rounds, "headers": len(HEADERS)}
+    )
+    print_table(f"ASGI app CPU per request, in process ({args.rounds} rounds of {args.requests})",
+                rows)  # fmt: skip
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
