@@ -169,8 +169,9 @@ def test_stdout_is_logged_a_whole_line_at_a_time(node: Proc) -> None:
         ),
         (
             "/uncaught-js/promise",
-            "Uncaught TypeError: handle(req) returned a Promise: it must be synchronous (no async)",
+            "Uncaught TypeError: handle(req) must return a Response, got Object",
         ),
+        ("/uncaught-js/rejected", "Uncaught RangeError: rejected later"),
     ],
 )
 def test_javascript_exception_names_its_type_with_its_stack_in_the_log(

@@ -1,0 +1,137 @@
+"""Code written for Cloudflare Workers, Fastly Compute or Spin runs as written, seen from outside:
+a real node on 127.0.0.1 with the GeoIP test database, trusting 127.0.0.1's X-Forwarded-For.
+
+The fixtures use Web globals only (Request, Response, Headers, ReadableStream) and the three
+module shapes: Workers' `export default { fetch }`, the service worker's fetch listener, and
+our own `handle`, async and answering with a Web Response.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import FIXTURES, SHARED_GEOIP, Proc
+
+pytestmark = pytest.mark.toolchain
+
+FUNCTIONS = ["worker-cf", "worker-fastly", "async-js"]
+LONDON = "81.2.69.142"  # GB, London, EU in GeoIP2-City-Test
+
+
+@pytest.fixture(scope="module")
+def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) -> Proc:
+    body = ""
+    for name in FUNCTIONS:
+        built(FIXTURES / "functions" / name)
+        body += f'[[function]]\nproject = "{FIXTURES / "functions" / name}"\n'
+        body += f'[[route]]\nroute = "*/{name}"\nfunction = "{name}"\n'
+    node_table = (
+        'id = "node-a"\nregion = "eu-west"\n'
+        f'geoip_db = "{SHARED_GEOIP / "GeoIP2-City-Test.mmdb"}"\n'
+        'trusted_proxies = ["127.0.0.1/32"]\n'
+    )
+    return start_module_node(body, node=node_table)
+
+
+def test_cloudflare_worker_gets_env_cf_and_headers(node: Proc) -> None:
+    sent = [("x-forwarded-for", LONDON), ("x-rep", "one"), ("x-rep", "two")]
+    r = httpx.get(node.url + "/worker-cf/hello", headers=sent, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "greeting": "Hello from a Worker",  # env.GREETING from edge.toml's [config]
+        "unset": True,
+        "country": "GB",
+        "city": "London",
+        "continent": "EU",
+        "method": "GET",
+        "host": node.url.removeprefix("http://"),  # dropped by a bare Web Request, kept here
+        "rep": "one, two",
+    }
+    local = httpx.get(node.url + "/worker-cf/hello", timeout=30).json()
+    assert local["country"] is None and local["city"] is None  # no geo: absent, as on Workers
+
+
+def test_cloudflare_worker_wait_until_runs_before_the_answer(node: Proc) -> None:
+    request_id = "cf-wait-until"
+    r = httpx.get(node.url + "/worker-cf/later", headers={"x-request-id": request_id})
+    assert r.status_code == 200
+    # The node logs the function's lines as the call returns, so the line is there by now.
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(t) for t in node.log().splitlines() if t.startswith("{")]
+        ours = [line for line in lines if line.get("request_id") == request_id]
+        if any(line["message"] == "waitUntil ran for /worker-cf/later" for line in ours):
+            break
+        assert time.monotonic() < deadline, node.log()
+        time.sleep(0.05)
+
+
+def test_cloudflare_worker_json_body_round_trip(node: Proc) -> None:
+    doc = {"name": "héllo ✓", "n": [1, 2.5, None], "nested": {"ok": True}}
+    r = httpx.post(node.url + "/worker-cf/json", json=doc, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    assert r.json() == {"got": doc, "type": "application/json"}
+
+
+def test_cloudflare_worker_binary_body_is_exact_bytes(node: Proc) -> None:
+    binary = bytes(range(256)) * 4
+    r = httpx.post(node.url + "/worker-cf/bytes", content=binary, timeout=30)
+    assert r.status_code == 200 and r.content == binary[::-1]
+
+
+def test_web_response_keeps_status_and_repeated_headers(node: Proc) -> None:
+    r = httpx.get(node.url + "/worker-cf/teapot", timeout=30)
+    assert r.status_code == 418 and r.text == "short and stout\n"
+    assert r.headers["content-type"] == "text/plain" and r.headers["x-worker"] == "cf"
+    assert r.headers.get_list("set-cookie") == ["a=1; Path=/", "b=2; Path=/"]
+    # Headers joins other repeated names into one value, as on Workers.
+    assert r.headers.get_list("x-multi") == ["one, two"]
+    assert r.headers["content-length"] == str(len(r.content))
+
+
+def test_fastly_style_fetch_listener_with_client_address(node: Proc) -> None:
+    r = httpx.post(
+        node.url + "/worker-fastly/submit",
+        content="form text",
+        headers={"x-forwarded-for": LONDON},
+        timeout=30,
+    )
+    assert r.status_code == 201 and r.headers["x-style"] == "fastly"
+    assert r.json() == {
+        "path": "/worker-fastly/submit",
+        "method": "POST",
+        "client": LONDON,
+        "country": "GB",
+        "text": "form text",
+    }
+    local = httpx.get(node.url + "/worker-fastly/", timeout=30).json()
+    assert local["client"] == "127.0.0.1" and local["country"] is None
+
+
+def test_async_handle_is_awaited(node: Proc) -> None:
+    r = httpx.get(node.url + "/async-js/who", headers={"x-who": "ada"}, timeout=30)
+    assert r.status_code == 200
+    assert r.json() == {"who": "ada", "region": "eu-west", "fallback": "dflt"}
+
+
+def test_handle_may_answer_with_a_web_response_and_a_stream_body(node: Proc) -> None:
+    r = httpx.get(node.url + "/async-js/web", timeout=30)
+    assert r.status_code == 203 and r.text == "streamed body\n"
+    assert r.headers["x-kind"] == "web"
+
+
+def test_a_timer_with_a_delay_is_an_exception_that_says_why(node: Proc) -> None:
+    request_id = "async-sleep"
+    r = httpx.get(node.url + "/async-js/sleep", headers={"x-request-id": request_id}, timeout=30)
+    assert r.status_code == 500 and r.json()["error"] == "function_exception"
+    assert "TypeError" in r.json()["message"]
+    deadline = time.monotonic() + 10
+    while "functions have no clock" not in node.log():
+        assert time.monotonic() < deadline, node.log()
+        time.sleep(0.05)
