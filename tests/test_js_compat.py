@@ -114,6 +114,12 @@ def test_fastly_style_fetch_listener_with_client_address(node: Proc) -> None:
     assert local["client"] == "127.0.0.1" and local["country"] is None
 
 
+def test_fetch_rejects_with_a_reason_the_code_can_catch(node: Proc) -> None:
+    r = httpx.get(node.url + "/worker-fastly/origin", timeout=30)
+    assert r.status_code == 502
+    assert r.text == "TypeError: fetch is not available: functions have no network access"
+
+
 def test_async_handle_is_awaited(node: Proc) -> None:
     r = httpx.get(node.url + "/async-js/who", headers={"x-who": "ada"}, timeout=30)
     assert r.status_code == 200

@@ -52,6 +52,12 @@ globalThis.clearTimeout = (id) => {
 };
 globalThis.clearInterval = globalThis.clearTimeout;
 
+// The network is denied by capability (no wasi:http import, DISABLED_FEATURES): the engine's
+// fetch traps with nothing in the log. A rejection says why, and code that catches it can go on.
+globalThis.fetch = async function fetch() {
+  throw new TypeError("fetch is not available: functions have no network access");
+};
+
 const NO_BODY = new Set(["GET", "HEAD"]);
 
 // Workers' `request.cf` names for the fields of our geo record; a field the GeoIP database does
