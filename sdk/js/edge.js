@@ -218,11 +218,13 @@ const SHAPES =
   "(Cloudflare Workers) or `addEventListener(\"fetch\", (event) => event.respondWith(...))` " +
   "(service worker: Fastly Compute, Spin, older Workers)";
 
+const HANDLE = "handle(req)";
+
 // Each shape as one call: (raw WIT request, ctx) -> what the user's code returned, maybe a
 // Promise. `handle` comes first, so a module may keep both while it is being ported.
 function pickServe(mod) {
   if (typeof mod.handle === "function") {
-    return { who: "handle(req)", serve: (raw) => mod.handle(new Request(raw)) };
+    return { who: HANDLE, serve: (raw) => mod.handle(new Request(raw)) };
   }
   const worker = mod.default;
   if (worker && typeof worker.fetch === "function") {
@@ -250,13 +252,16 @@ function dispatchFetch(raw, ctx) {
   throw new TypeError("no fetch listener called event.respondWith()");
 }
 
+// The WIT response for the SDK's Response.
+function witOf(resp) {
+  return { status: resp.status, headers: resp.headers, body: bytesToLatin1(resp.body) };
+}
+
 // The WIT response for what the handler gave: the SDK's Response, a Web `Response` (its body
 // read whole, a stream included), or a string (`handle` only, as before).
 async function toWit(resp, who) {
-  if (typeof resp === "string" && who === "handle(req)") resp = Response.text(resp);
-  if (resp instanceof Response) {
-    return { status: resp.status, headers: resp.headers, body: bytesToLatin1(resp.body) };
-  }
+  if (typeof resp === "string" && who === HANDLE) resp = Response.text(resp);
+  if (resp instanceof Response) return witOf(resp);
   if (resp instanceof WebResponse) {
     const body = new Uint8Array(await resp.arrayBuffer());
     return { status: resp.status, headers: toHeaderList(resp.headers), body: bytesToLatin1(body) };
@@ -276,25 +281,47 @@ async function settle(ctx) {
   }
 }
 
+// An exception that ends the request: reported, then a trap right after the report (the node
+// answers 500 `function_exception`).
+function fail(e) {
+  reportUncaught(e);
+  throw e;
+}
+
+async function finish(result, ctx, who) {
+  try {
+    const out = await toWit(await result, who);
+    await settle(ctx);
+    return out;
+  } catch (e) {
+    fail(e);
+  } finally {
+    inRequest = false;
+  }
+}
+
 // Used by the generated build entry: adapts the module to the WIT export. The export may
 // return a Promise: componentize-js runs the engine's event loop until it settles, within the
-// one export call (so `async` handlers work; a Promise that never settles is a deadline).
+// one export call, so `async` handlers work (a Promise that nothing left to run can settle
+// traps). A synchronous `handle` answering with the SDK's Response returns at once, as before,
+// without a Promise for componentize-js to drive.
 export function wrapModule(mod) {
   const { who, serve } = pickServe(mod);
   return {
-    async handle(raw) {
+    handle(raw) {
       inRequest = true;
+      let later = false;
       try {
         const ctx = new ExecutionContext();
-        const resp = await serve(raw, ctx);
-        const out = await toWit(resp, who);
-        await settle(ctx);
-        return out;
+        let resp = serve(raw, ctx);
+        if (typeof resp === "string" && who === HANDLE) resp = Response.text(resp);
+        if (resp instanceof Response && ctx.pending.length === 0) return witOf(resp);
+        later = true;
+        return finish(resp, ctx, who);
       } catch (e) {
-        reportUncaught(e);
-        throw e; // a trap, right after the report: the node answers 500 `function_exception`
+        fail(e);
       } finally {
-        inRequest = false;
+        if (!later) inRequest = false;
       }
     },
   };
