@@ -9,6 +9,7 @@ our own `handle`, async and answering with a Web Response.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import FIXTURES, SHARED_GEOIP, Proc
+from .conftest import EXAMPLES, FIXTURES, SHARED_GEOIP, Proc
 
 pytestmark = pytest.mark.toolchain
 
@@ -141,3 +142,19 @@ def test_a_timer_with_a_delay_is_an_exception_that_says_why(node: Proc) -> None:
     while "functions have no clock" not in node.log():
         assert time.monotonic() < deadline, node.log()
         time.sleep(0.05)
+
+
+def test_worker_example_in_edge_dev_with_a_var_as_env(
+    tmp_path: Path, start_dev: Callable[..., Proc]
+) -> None:
+    project = tmp_path / "worker"
+    shutil.copytree(EXAMPLES / "js" / "worker", project, ignore=shutil.ignore_patterns("build"))
+    dev = start_dev(project, "--var", "GREETING=Hi from --var")
+    r = httpx.get(dev.url + "/", headers={"x-forwarded-for": LONDON}, timeout=30)
+    assert r.status_code == 200 and r.text.startswith("Hi from --var, visitor from ")
+    assert r.text.endswith(", GB!\n")  # the city depends on which GeoIP database `edge dev` has
+    assert r.headers["content-type"] == "text/plain; charset=utf-8"
+    local = httpx.get(dev.url + "/", timeout=30)
+    assert local.text == "Hi from --var, visitor from somewhere!\n"
+    posted = httpx.post(dev.url + "/", json={"a": [1, "two"]}, timeout=30)
+    assert posted.json() == {"received": {"a": [1, "two"]}}

@@ -7,7 +7,7 @@ export default {
       const doc = await request.json();
       return Response.json({ received: doc });
     }
-    const where = request.cf.city ?? request.cf.country ?? "somewhere";
+    const where = [request.cf.city, request.cf.country].filter(Boolean).join(", ") || "somewhere";
     ctx.waitUntil(Promise.resolve().then(() => console.log(`served ${url.pathname}`)));
     return new Response(`${env.GREETING}, visitor from ${where}!\n`, {
       headers: { "content-type": "text/plain; charset=utf-8" },
