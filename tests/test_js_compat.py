@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, FIXTURES, SHARED_GEOIP, Proc
+from .conftest import EXAMPLES, SHARED_GEOIP, Proc, fixture_routes
 
 pytestmark = pytest.mark.toolchain
 
@@ -27,17 +27,12 @@ LONDON = "81.2.69.142"  # GB, London, EU in GeoIP2-City-Test
 
 @pytest.fixture(scope="module")
 def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) -> Proc:
-    body = ""
-    for name in FUNCTIONS:
-        built(FIXTURES / "functions" / name)
-        body += f'[[function]]\nproject = "{FIXTURES / "functions" / name}"\n'
-        body += f'[[route]]\nroute = "*/{name}"\nfunction = "{name}"\n'
     node_table = (
         'id = "node-a"\nregion = "eu-west"\n'
         f'geoip_db = "{SHARED_GEOIP / "GeoIP2-City-Test.mmdb"}"\n'
         'trusted_proxies = ["127.0.0.1/32"]\n'
     )
-    return start_module_node(body, node=node_table)
+    return start_module_node(fixture_routes(FUNCTIONS, built), node=node_table)
 
 
 def test_cloudflare_worker_gets_env_cf_and_headers(node: Proc) -> None:
