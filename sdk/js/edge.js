@@ -7,6 +7,10 @@
 //       return Response.text("Hello from JavaScript!\n");
 //     }
 //
+// `handle` may be async and may return a Web `Response` instead. Code written for Cloudflare
+// Workers (`export default { fetch }`) or a service worker (`addEventListener("fetch", ...)`)
+// works too: web.js gives it Web-standard requests (wrapModule below picks the shape).
+//
 // `edge build` bundles the module with this file (esbuild) behind an entry that exports the WIT
 // interface `edge:function/handler@0.1.0`, then componentize-js turns the bundle into a component.
 // The WIT imports below are provided by the host; esbuild leaves them external.
