@@ -8,9 +8,7 @@ our own `handle`, async and answering with a Web Response.
 
 from __future__ import annotations
 
-import json
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import httpx
 import pytest
 
 from .conftest import EXAMPLES, SHARED_GEOIP, Proc, fixture_routes
+from .test_sdk import exception_answer, get, logged
 
 pytestmark = pytest.mark.toolchain
 
@@ -54,18 +53,9 @@ def test_cloudflare_worker_gets_env_cf_and_headers(node: Proc) -> None:
 
 
 def test_cloudflare_worker_wait_until_runs_before_the_answer(node: Proc) -> None:
-    request_id = "cf-wait-until"
-    r = httpx.get(node.url + "/worker-cf/later", headers={"x-request-id": request_id})
-    assert r.status_code == 200
-    # The node logs the function's lines as the call returns, so the line is there by now.
-    deadline = time.monotonic() + 10
-    while True:
-        lines = [json.loads(t) for t in node.log().splitlines() if t.startswith("{")]
-        ours = [line for line in lines if line.get("request_id") == request_id]
-        if any(line["message"] == "waitUntil ran for /worker-cf/later" for line in ours):
-            break
-        assert time.monotonic() < deadline, node.log()
-        time.sleep(0.05)
+    assert get(node, "/worker-cf/later", "cf-wait-until").status_code == 200
+    lines = logged(node, "cf-wait-until", "waitUntil ran for /worker-cf/later")
+    assert [line["level"] for line in lines if line["source"] == "log"] == ["info"]
 
 
 def test_cloudflare_worker_json_body_round_trip(node: Proc) -> None:
@@ -89,6 +79,22 @@ def test_web_response_keeps_status_and_repeated_headers(node: Proc) -> None:
     # Headers joins other repeated names into one value, as on Workers.
     assert r.headers.get_list("x-multi") == ["one, two"]
     assert r.headers["content-length"] == str(len(r.content))
+
+
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        ("/worker-cf/plain-object", "fetch(request, env, ctx) must return a Response, got Object"),
+        ("/worker-fastly/silent", "no fetch listener called event.respondWith()"),
+    ],
+)
+def test_an_answer_that_is_not_a_response_is_a_typed_exception(
+    node: Proc, path: str, said: str
+) -> None:
+    request_id = "not-a-response" + path.replace("/", "-")
+    exception_answer(get(node, path, request_id), "TypeError", request_id)
+    lines = logged(node, request_id, f"Uncaught TypeError: {said}")
+    assert [line["level"] for line in lines if line["source"] == "log"] == ["error"]
 
 
 def test_fastly_style_fetch_listener_with_client_address(node: Proc) -> None:
@@ -129,14 +135,12 @@ def test_handle_may_answer_with_a_web_response_and_a_stream_body(node: Proc) -> 
 
 
 def test_a_timer_with_a_delay_is_an_exception_that_says_why(node: Proc) -> None:
-    request_id = "async-sleep"
-    r = httpx.get(node.url + "/async-js/sleep", headers={"x-request-id": request_id}, timeout=30)
-    assert r.status_code == 500 and r.json()["error"] == "function_exception"
-    assert "TypeError" in r.json()["message"]
-    deadline = time.monotonic() + 10
-    while "functions have no clock" not in node.log():
-        assert time.monotonic() < deadline, node.log()
-        time.sleep(0.05)
+    exception_answer(get(node, "/async-js/sleep", "async-sleep"), "TypeError", "async-sleep")
+    logged(
+        node,
+        "async-sleep",
+        "Uncaught TypeError: setTimeout with a delay is not available: functions have no clock",
+    )
 
 
 def test_worker_example_in_edge_dev_with_a_var_as_env(
