@@ -48,6 +48,17 @@ def build(project: Path) -> Path:
     return build_function(project)
 
 
+def fixture_routes(names: list[str], built: Callable[[Path], Path]) -> str:
+    """node.toml entries serving each of tests/fixtures/functions/NAME at */NAME, built first."""
+    body = ""
+    for name in names:
+        project = FIXTURES / "functions" / name
+        built(project)
+        body += f'[[function]]\nproject = "{project}"\n'
+        body += f'[[route]]\nroute = "*/{name}"\nfunction = "{name}"\n'
+    return body
+
+
 @pytest.fixture(scope="session")
 def built() -> Callable[[Path], Path]:
     """Builds a function project once per session (and once per content hash across runs)."""

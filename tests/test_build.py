@@ -236,16 +236,25 @@ def test_python_without_handler_fails_the_build(tmp_path: Path) -> None:
 
 
 @pytest.mark.toolchain
-def test_js_without_handle_fails_when_bundling(tmp_path: Path) -> None:
+def test_js_without_a_handler_shape_fails_the_build_naming_the_three(tmp_path: Path) -> None:
     project = copy_example("js", "hello", tmp_path)
-    (project / "index.js").write_text("export function hande(req) {}\n")
+    # A Worker with its method misspelt, and a `handle` that is not exported.
+    (project / "index.js").write_text(
+        "function handle(req) {}\nexport const helper = 1;\n"
+        "export default { async fetc(request, env, ctx) { return new Response('x'); } };\n"
+    )
     with pytest.raises(BuildFailed) as info:
         build_function(project, cache_dir=tmp_path / "cache")
-    assert info.value.message.startswith("esbuild (hello-js) failed")
-    assert "hint: index.js must export a synchronous `export function handle(req)`" in str(
-        info.value.message
-    )
-    assert 'No matching export in "index.js" for import "handle"' in info.value.output
+    message = info.value.message
+    assert message.startswith("index.js has no request handler: export one of")
+    for shape in [
+        "`export function handle(req)` (edge)",
+        "`export default { fetch(request, env, ctx) }` (Cloudflare Workers)",
+        '`addEventListener("fetch", (event) => event.respondWith(...))`',
+    ]:
+        assert shape in message
+    assert "exports none of the accepted shapes" in info.value.output
+    assert not (project / "build" / "hello-js.wasm").exists()
 
 
 @pytest.mark.toolchain

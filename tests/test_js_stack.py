@@ -103,9 +103,12 @@ def thrown(node: Proc, path: str, request_id: str) -> list[str]:
 def test_uncaught_error_names_the_authors_file_and_line(node: Proc) -> None:
     lines = thrown(node, "/mapped?amount=x", "mapped-throw")
     assert lines[1:3] == THROWN
-    assert lines[3].startswith("    at handle@edge:sdk/edge.js:")  # the SDK's wrapper
+    # The SDK's wrapper: the module's shape (`serve`), then the export's `handle`.
+    sdk_frames = lines[3:-1]
+    assert [frame.split("@")[0] for frame in sdk_frames] == ["    at serve", "    at handle"]
+    assert all(frame.split("@")[1].startswith("edge:sdk/edge.js:") for frame in sdk_frames)
     # Not the temporary folder of the machine that built it (/tmp/…/initializer.js:242:15).
-    assert lines[4:] == ["    at " + RUNTIME_FRAME]
+    assert lines[-1] == "    at " + RUNTIME_FRAME
     assert not any("@bundle.js:" in line for line in lines)
     assert get(node, "/mapped?amount=7", "mapped-ok").text == "amount 7\n"
 

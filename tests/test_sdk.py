@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import FIXTURES, Proc
+from .conftest import Proc, fixture_routes
 from .metrics_text import Scrape, delta
 
 pytestmark = pytest.mark.toolchain
@@ -31,12 +31,7 @@ SECRETS = ["sk_live_py_SECRET_4242", "sk_live_js_SECRET_4242", "secret-in-fake-m
 
 @pytest.fixture(scope="module")
 def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) -> Proc:
-    body = ""
-    for name in FUNCTIONS:
-        built(FIXTURES / "functions" / name)
-        body += f'[[function]]\nproject = "{FIXTURES / "functions" / name}"\n'
-        body += f'[[route]]\nroute = "*/{name}"\nfunction = "{name}"\n'
-    return start_module_node(body)
+    return start_module_node(fixture_routes(FUNCTIONS, built))
 
 
 def logged(node: Proc, request_id: str, last: str) -> list[dict[str, Any]]:
@@ -169,8 +164,9 @@ def test_stdout_is_logged_a_whole_line_at_a_time(node: Proc) -> None:
         ),
         (
             "/uncaught-js/promise",
-            "Uncaught TypeError: handle(req) returned a Promise: it must be synchronous (no async)",
+            "Uncaught TypeError: handle(req) must return a Response, got Object",
         ),
+        ("/uncaught-js/rejected", "Uncaught RangeError: rejected later"),
     ],
 )
 def test_javascript_exception_names_its_type_with_its_stack_in_the_log(

@@ -7,12 +7,19 @@
 //       return Response.text("Hello from JavaScript!\n");
 //     }
 //
+// `handle` may be async and may return a Web `Response` instead. Code written for Cloudflare
+// Workers (`export default { fetch }`) or a service worker (`addEventListener("fetch", ...)`)
+// works too: web.js gives it Web-standard requests (wrapModule below picks the shape).
+//
 // `edge build` bundles the module with this file (esbuild) behind an entry that exports the WIT
 // interface `edge:function/handler@0.1.0`, then componentize-js turns the bundle into a component.
 // The WIT imports below are provided by the host; esbuild leaves them external.
 
 import { write as logWrite } from "edge:function/log@0.1.0";
 import { get as configGet } from "edge:function/config@0.1.0";
+import {
+  ExecutionContext, FetchEvent, WebResponse, env, fetchListeners, webRequest,
+} from "./web.js";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -22,7 +29,7 @@ const decoder = new TextDecoder();
 // btoa reads exactly such a string and fromBase64 is native too: a loop over the characters
 // runs in the interpreter (componentize-js has no JIT) at ~0.2 µs a byte, which put a 300 KB
 // request body over the default 100 ms deadline.
-function latin1ToBytes(text) {
+export function latin1ToBytes(text) {
   return Uint8Array.fromBase64(btoa(text));
 }
 
@@ -209,29 +216,116 @@ export const config = {
   },
 };
 
-// Used by the generated build entry: adapts the user's `handle` to the WIT export.
-export function wrapHandler(handle) {
-  if (typeof handle !== "function") {
-    throw new Error("the function module must export `handle(req)`");
+// The three shapes of module a function may be, as the build error names them.
+const SHAPES =
+  "`export function handle(req)` (edge), `export default { fetch(request, env, ctx) }` " +
+  "(Cloudflare Workers) or `addEventListener(\"fetch\", (event) => event.respondWith(...))` " +
+  "(service worker: Fastly Compute, Spin, older Workers)";
+
+const HANDLE = "handle(req)";
+
+// Each shape as one call: (raw WIT request, ctx) -> what the user's code returned, maybe a
+// Promise. `handle` comes first, so a module may keep both while it is being ported.
+function pickServe(mod) {
+  if (typeof mod.handle === "function") {
+    return { who: HANDLE, serve: (raw) => mod.handle(new Request(raw)) };
   }
+  const worker = mod.default;
+  if (worker && typeof worker.fetch === "function") {
+    return {
+      who: "fetch(request, env, ctx)",
+      serve: (raw, ctx) => worker.fetch(webRequest(raw), env, ctx),
+    };
+  }
+  if (fetchListeners.length > 0) {
+    return { who: "event.respondWith()", serve: dispatchFetch };
+  }
+  throw new Error(`${EXPORTS_NONE} ${SHAPES}`);
+}
+
+// The marker edge/build/js.py finds in componentize-js's output to name the failure.
+const EXPORTS_NONE = "edge: the function module exports none of the accepted shapes:";
+
+function dispatchFetch(raw, ctx) {
+  const event = new FetchEvent(raw, ctx);
+  for (const listener of fetchListeners) {
+    if (typeof listener === "function") listener.call(globalThis, event);
+    else listener.handleEvent(event);
+    if (event.responded) return event.response;
+  }
+  throw new TypeError("no fetch listener called event.respondWith()");
+}
+
+// The WIT response for the SDK's Response.
+function witOf(resp) {
+  return { status: resp.status, headers: resp.headers, body: bytesToLatin1(resp.body) };
+}
+
+// The WIT response for what the handler gave: the SDK's Response, a Web `Response` (its body
+// read whole, a stream included), or a string (`handle` only, as before).
+async function toWit(resp, who) {
+  if (typeof resp === "string" && who === HANDLE) resp = Response.text(resp);
+  if (resp instanceof Response) return witOf(resp);
+  if (resp instanceof WebResponse) {
+    const body = new Uint8Array(await resp.arrayBuffer());
+    return { status: resp.status, headers: toHeaderList(resp.headers), body: bytesToLatin1(body) };
+  }
+  throw new TypeError(`${who} must return a Response, got ${describe(resp)}`);
+}
+
+// waitUntil's promises, including those added while waiting; a rejection is logged only.
+async function settle(ctx) {
+  while (ctx.pending.length > 0) {
+    const batch = ctx.pending.splice(0);
+    for (const result of await Promise.allSettled(batch)) {
+      if (result.status === "rejected") {
+        logWrite("error", `waitUntil promise rejected: ${formatArg(result.reason)}`);
+      }
+    }
+  }
+}
+
+// An exception that ends the request: reported, then a trap right after the report (the node
+// answers 500 `function_exception`).
+function fail(e) {
+  reportUncaught(e);
+  throw e;
+}
+
+async function finish(result, ctx, who) {
+  try {
+    const out = await toWit(await result, who);
+    await settle(ctx);
+    return out;
+  } catch (e) {
+    fail(e);
+  } finally {
+    inRequest = false;
+  }
+}
+
+// Used by the generated build entry: adapts the module to the WIT export. The export may
+// return a Promise: componentize-js runs the engine's event loop until it settles, within the
+// one export call, so `async` handlers work (a Promise that nothing left to run can settle
+// traps). A synchronous `handle` answering with the SDK's Response returns at once, as before,
+// without a Promise for componentize-js to drive.
+export function wrapModule(mod) {
+  const { who, serve } = pickServe(mod);
   return {
     handle(raw) {
       inRequest = true;
+      let later = false;
       try {
-        let resp = handle(new Request(raw));
-        if (typeof resp === "string") resp = Response.text(resp);
-        if (resp instanceof Promise) {
-          throw new TypeError("handle(req) returned a Promise: it must be synchronous (no async)");
-        }
-        if (!(resp instanceof Response)) {
-          throw new TypeError(`handle(req) must return a Response, got ${describe(resp)}`);
-        }
-        return { status: resp.status, headers: resp.headers, body: bytesToLatin1(resp.body) };
+        const ctx = new ExecutionContext();
+        let resp = serve(raw, ctx);
+        if (typeof resp === "string" && who === HANDLE) resp = Response.text(resp);
+        if (resp instanceof Response && ctx.pending.length === 0) return witOf(resp);
+        later = true;
+        return finish(resp, ctx, who);
       } catch (e) {
-        reportUncaught(e);
-        throw e; // a trap, right after the report: the node answers 500 `function_exception`
+        fail(e);
       } finally {
-        inRequest = false;
+        if (!later) inRequest = false;
       }
     },
   };

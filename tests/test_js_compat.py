@@ -1,0 +1,159 @@
+"""Code written for Cloudflare Workers, Fastly Compute or Spin runs as written, seen from outside:
+a real node on 127.0.0.1 with the GeoIP test database, trusting 127.0.0.1's X-Forwarded-For.
+
+The fixtures use Web globals only (Request, Response, Headers, ReadableStream) and the three
+module shapes: Workers' `export default { fetch }`, the service worker's fetch listener, and
+our own `handle`, async and answering with a Web Response.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import EXAMPLES, SHARED_GEOIP, Proc, fixture_routes
+from .test_sdk import exception_answer, get, logged
+
+pytestmark = pytest.mark.toolchain
+
+FUNCTIONS = ["worker-cf", "worker-fastly", "async-js"]
+LONDON = "81.2.69.142"  # GB, London, EU in GeoIP2-City-Test
+
+
+@pytest.fixture(scope="module")
+def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) -> Proc:
+    node_table = (
+        'id = "node-a"\nregion = "eu-west"\n'
+        f'geoip_db = "{SHARED_GEOIP / "GeoIP2-City-Test.mmdb"}"\n'
+        'trusted_proxies = ["127.0.0.1/32"]\n'
+    )
+    return start_module_node(fixture_routes(FUNCTIONS, built), node=node_table)
+
+
+def test_cloudflare_worker_gets_env_cf_and_headers(node: Proc) -> None:
+    sent = [("x-forwarded-for", LONDON), ("x-rep", "one"), ("x-rep", "two")]
+    r = httpx.get(node.url + "/worker-cf/hello", headers=sent, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "greeting": "Hello from a Worker",  # env.GREETING from edge.toml's [config]
+        "unset": True,
+        "country": "GB",
+        "city": "London",
+        "continent": "EU",
+        "method": "GET",
+        "host": node.url.removeprefix("http://"),  # dropped by a bare Web Request, kept here
+        "rep": "one, two",
+    }
+    local = httpx.get(node.url + "/worker-cf/hello", timeout=30).json()
+    assert local["country"] is None and local["city"] is None  # no geo: absent, as on Workers
+
+
+def test_cloudflare_worker_wait_until_runs_before_the_answer(node: Proc) -> None:
+    assert get(node, "/worker-cf/later", "cf-wait-until").status_code == 200
+    lines = logged(node, "cf-wait-until", "waitUntil ran for /worker-cf/later")
+    assert [line["level"] for line in lines if line["source"] == "log"] == ["info"]
+
+
+def test_cloudflare_worker_json_body_round_trip(node: Proc) -> None:
+    doc = {"name": "héllo ✓", "n": [1, 2.5, None], "nested": {"ok": True}}
+    r = httpx.post(node.url + "/worker-cf/json", json=doc, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    assert r.json() == {"got": doc, "type": "application/json"}
+
+
+def test_cloudflare_worker_binary_body_is_exact_bytes(node: Proc) -> None:
+    binary = bytes(range(256)) * 4
+    r = httpx.post(node.url + "/worker-cf/bytes", content=binary, timeout=30)
+    assert r.status_code == 200 and r.content == binary[::-1]
+
+
+def test_web_response_keeps_status_and_repeated_headers(node: Proc) -> None:
+    r = httpx.get(node.url + "/worker-cf/teapot", timeout=30)
+    assert r.status_code == 418 and r.text == "short and stout\n"
+    assert r.headers["content-type"] == "text/plain" and r.headers["x-worker"] == "cf"
+    assert r.headers.get_list("set-cookie") == ["a=1; Path=/", "b=2; Path=/"]
+    # Headers joins other repeated names into one value, as on Workers.
+    assert r.headers.get_list("x-multi") == ["one, two"]
+    assert r.headers["content-length"] == str(len(r.content))
+
+
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        ("/worker-cf/plain-object", "fetch(request, env, ctx) must return a Response, got Object"),
+        ("/worker-fastly/silent", "no fetch listener called event.respondWith()"),
+    ],
+)
+def test_an_answer_that_is_not_a_response_is_a_typed_exception(
+    node: Proc, path: str, said: str
+) -> None:
+    request_id = "not-a-response" + path.replace("/", "-")
+    exception_answer(get(node, path, request_id), "TypeError", request_id)
+    lines = logged(node, request_id, f"Uncaught TypeError: {said}")
+    assert [line["level"] for line in lines if line["source"] == "log"] == ["error"]
+
+
+def test_fastly_style_fetch_listener_with_client_address(node: Proc) -> None:
+    r = httpx.post(
+        node.url + "/worker-fastly/submit",
+        content="form text",
+        headers={"x-forwarded-for": LONDON},
+        timeout=30,
+    )
+    assert r.status_code == 201 and r.headers["x-style"] == "fastly"
+    assert r.json() == {
+        "path": "/worker-fastly/submit",
+        "method": "POST",
+        "client": LONDON,
+        "country": "GB",
+        "text": "form text",
+    }
+    local = httpx.get(node.url + "/worker-fastly/", timeout=30).json()
+    assert local["client"] == "127.0.0.1" and local["country"] is None
+
+
+def test_fetch_rejects_with_a_reason_the_code_can_catch(node: Proc) -> None:
+    r = httpx.get(node.url + "/worker-fastly/origin", timeout=30)
+    assert r.status_code == 502
+    assert r.text == "TypeError: fetch is not available: functions have no network access"
+
+
+def test_async_handle_is_awaited(node: Proc) -> None:
+    r = httpx.get(node.url + "/async-js/who", headers={"x-who": "ada"}, timeout=30)
+    assert r.status_code == 200
+    assert r.json() == {"who": "ada", "region": "eu-west", "fallback": "dflt"}
+
+
+def test_handle_may_answer_with_a_web_response_and_a_stream_body(node: Proc) -> None:
+    r = httpx.get(node.url + "/async-js/web", timeout=30)
+    assert r.status_code == 203 and r.text == "streamed body\n"
+    assert r.headers["x-kind"] == "web"
+
+
+def test_a_timer_with_a_delay_is_an_exception_that_says_why(node: Proc) -> None:
+    exception_answer(get(node, "/async-js/sleep", "async-sleep"), "TypeError", "async-sleep")
+    logged(
+        node,
+        "async-sleep",
+        "Uncaught TypeError: setTimeout with a delay is not available: functions have no clock",
+    )
+
+
+def test_worker_example_in_edge_dev_with_a_var_as_env(
+    tmp_path: Path, start_dev: Callable[..., Proc]
+) -> None:
+    project = tmp_path / "worker"
+    shutil.copytree(EXAMPLES / "js" / "worker", project, ignore=shutil.ignore_patterns("build"))
+    dev = start_dev(project, "--var", "GREETING=Hi from --var")
+    r = httpx.get(dev.url + "/", headers={"x-forwarded-for": LONDON}, timeout=30)
+    assert r.status_code == 200 and r.text.startswith("Hi from --var, visitor from ")
+    assert r.text.endswith(", GB!\n")  # the city depends on which GeoIP database `edge dev` has
+    assert r.headers["content-type"] == "text/plain; charset=utf-8"
+    local = httpx.get(dev.url + "/", timeout=30)
+    assert local.text == "Hi from --var, visitor from somewhere!\n"
+    posted = httpx.post(dev.url + "/", json={"a": [1, "two"]}, timeout=30)
+    assert posted.json() == {"received": {"a": [1, "two"]}}
