@@ -69,6 +69,11 @@ class ControlSettings:
     secrets: Keyring = field(default_factory=Keyring)
 
 
+PUBLIC_SECRET_MESSAGE = (
+    "this function cannot be served on this node: a secret config value it needs cannot be "
+    "opened here; the node's operator sees why in its log and in `edge status`"
+)
+
 class Follower:
     def __init__(
         self,
@@ -166,9 +171,12 @@ class Follower:
                     values = self._open_values(d)
                 except SecretUnavailable as e:
                     # Never served without its secret: that function answers the error, the
-                    # others serve on. Its versions stay loaded for when the key comes.
+                    # others serve on. Its versions stay loaded for when the key comes. Its
+                    # clients learn only that; which value and which keys is for the
+                    # operator (log, `edge status`), as a config key's name can say a lot.
                     values = {}
-                    stable, canary = Unavailable(e), Unavailable(e) if canary else None
+                    public = Unavailable(SecretUnavailable(PUBLIC_SECRET_MESSAGE))
+                    stable, canary = public, public if canary else None
                     secret_errors[name] = e.message
                 served[name] = Served(
                     stable,
