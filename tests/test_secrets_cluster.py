@@ -25,7 +25,7 @@ from edge.control.store import DB_NAME
 from edge.node.follower import PUBLIC_SECRET_MESSAGE
 
 from .cluster import Control, converge, follower, start_control
-from .conftest import EXAMPLES, REPO, NodeFactory, Proc
+from .conftest import EXAMPLES, REPO, NodeFactory, Proc, free_port
 from .test_config_values_cluster import cli, cli_json
 
 pytestmark = pytest.mark.toolchain
@@ -190,3 +190,33 @@ def test_rotating_the_key_keeps_the_node_serving_and_retires_the_old_key(
         assert "secrets_key_mismatch" not in restarted.proc.log()
     finally:
         restarted.proc.stop()
+
+
+def test_a_data_directory_in_use_refuses_a_second_control_plane_and_a_rotation(
+    control: Control, tmp_path: Path
+) -> None:
+    edge = [sys.executable, "-m", "edge"]
+    second = subprocess.run(
+        [*edge, "control", "--data", str(control.data), "--listen", f"127.0.0.1:{free_port()}"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    rotation = subprocess.run(
+        [*edge, "rotate-secrets-key", "--data", str(control.data),
+         "--new-key", str(tmp_path / "new.key")],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    for r in (second, rotation):
+        assert r.returncode != 0, r.stdout
+        assert "is in use by edge control (pid" in r.stderr and "Traceback" not in r.stderr
+    # The running one serves on; the refused rotation made no key file.
+    assert httpx.get(control.url + "/v1/status").status_code == 401
+    assert not (tmp_path / "new.key").exists()
+    # Once it stops, the directory is free again: the lock went with the process.
+    control.proc.stop()
+    r = subprocess.run(
+        [*edge, "rotate-secrets-key", "--data", str(control.data),
+         "--new-key", str(tmp_path / "new.key"), "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["new_key_id"] == SecretsKey.load(tmp_path / "new.key").key_id

@@ -22,6 +22,7 @@ from typing import Annotated
 import typer
 
 from edge.cli_output import JsonOption, Output
+from edge.control.datalock import hold
 from edge.control.sealing import KEY_FILE, SecretsKey
 from edge.control.store import DB_NAME, Store
 from edge.errors import ConfigError, UsageError
@@ -43,12 +44,13 @@ def rotate_secrets_key(
     with Output(as_json) as out:
         if not (data / DB_NAME).is_file():
             raise ConfigError(f"{data} holds no control plane database ({DB_NAME})")
-        current = SecretsKey.load(secrets_key or data / KEY_FILE)
-        new = SecretsKey.load_or_create(new_key)
-        if new.key_id == current.key_id:
-            raise UsageError(f"{new_key} is the current key ({current.key_id})")
-        with Store(data, secrets_key=current) as store:
-            result = store.reseal_secrets(new, "rotate-secrets-key")
+        with hold(data, "edge rotate-secrets-key"):  # before any key file is made
+            current = SecretsKey.load(secrets_key or data / KEY_FILE)
+            new = SecretsKey.load_or_create(new_key)
+            if new.key_id == current.key_id:
+                raise UsageError(f"{new_key} is the current key ({current.key_id})")
+            with Store(data, secrets_key=current) as store:
+                result = store.reseal_secrets(new, "rotate-secrets-key")
         last = f" (last revision {result.revisions[-1]})" if result.revisions else ""
         out.result(
             {"values": result.values, "functions": list(result.functions),

@@ -8,6 +8,7 @@ from edge.cli_output import Output
 from edge.config.listen import check_listen
 from edge.control.api import ControlSettings, create_app
 from edge.control.bootstrap import TOKENS_FILE, bootstrap
+from edge.control.datalock import hold
 from edge.control.sealing import KEY_FILE, SecretsKey
 from edge.control.store import Store
 from edge.node.server import run
@@ -24,7 +25,15 @@ async def run_control(
     # The directory holds the signing and secrets keys and the first tokens: owner only.
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     key_file = secrets_key or data_dir / KEY_FILE
-    key = SecretsKey.load(key_file) if secrets_key else SecretsKey.load_or_create(key_file)
+    with hold(data_dir, "edge control"):
+        await _serve(data_dir, listen, settings, say, key_file, secrets_key is not None)
+
+
+async def _serve(
+    data_dir: Path, listen: str, settings: ControlSettings | None, say: Output,
+    key_file: Path, key_named: bool,
+) -> None:
+    key = SecretsKey.load(key_file) if key_named else SecretsKey.load_or_create(key_file)
     with Store(data_dir, secrets_key=key) as store:
         for other, count in store.foreign_secrets().items():
             say.event(
