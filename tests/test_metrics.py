@@ -135,3 +135,23 @@ def test_series_of_versions_no_longer_deployed_are_dropped() -> None:
     m.series("f", "2").answered(204)
     assert m.requests_total() == 7
     assert m.series("f", "2") is m.series("f", "2")  # bound once, reused per request
+
+
+def test_plain_histogram_counts_as_prometheus_client_does() -> None:
+    """The node's histograms are plain numbers (edge.node.metrics.Buckets) made into metric
+    families when scraped: a value on a bound, between bounds and past the last must land in
+    the bucket prometheus-client's own Histogram puts it in."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from edge.node.metrics import LATENCY_BUCKETS_S, Buckets
+
+    values = [0.0, *LATENCY_BUCKETS_S, *(b * 1.5 for b in LATENCY_BUCKETS_S), 1e9]
+    theirs = Histogram("h", "h", buckets=LATENCY_BUCKETS_S, registry=CollectorRegistry())
+    ours = Buckets(LATENCY_BUCKETS_S)
+    for v in values:
+        theirs.observe(v)
+        ours.observe(v)
+    samples = [s for m in theirs.collect() for s in m.samples]
+    expected = [s.value for s in samples if s.name == "h_bucket"]
+    assert [float(c) for c in ours.cumulative()] == expected
+    assert ours.sum == next(s.value for s in samples if s.name == "h_sum")
