@@ -39,9 +39,11 @@ func_call = _bind("wasmtime_component_func_call", _P, [_P, _P, _P, c_size_t, _P,
 func_post_return = _bind("wasmtime_component_func_post_return", _P, [_P, _P])
 
 # An atomic add: bound as a Python-API function, which keeps the GIL, because releasing and
-# retaking it costs the ticker thread (500 calls a second) more than the call itself.
+# retaking it costs the Python ticker thread (500 calls a second) more than the call itself.
+# The native ticker (edge.sandbox.ticker) calls it by this address.
 _increment_epoch_at = ctypes.cast(ffi.dll.wasmtime_engine_increment_epoch, c_void_p).value
 assert _increment_epoch_at is not None
+increment_epoch_address: int = _increment_epoch_at
 engine_increment_epoch = ctypes.PYFUNCTYPE(None, c_void_p)(_increment_epoch_at)
 
 _ErrorPtr = ctypes.POINTER(ffi.wasmtime_error_t)

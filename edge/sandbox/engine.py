@@ -1,15 +1,18 @@
-"""The one wasmtime Engine of a node, its settings, and the epoch ticker behind deadlines.
+"""The wasmtime Engines of a node, their settings, and the epoch ticker behind deadlines.
 
 Deadlines use epoch interruption (cheaper than fuel: one check per loop header and function
-entry, no counting): a daemon thread bumps the engine's epoch every `epoch_tick_ms`, and each
-store traps once its epoch deadline, set from the function's `deadline_ms`, passes.
+entry, no counting): a ticker thread bumps each engine's epoch every `epoch_tick_ms`, and each
+store traps once its epoch deadline, set from the function's `deadline_ms`, passes. The ticker
+is a native thread (our C helper, built with zig: see edge.sandbox.ticker), which runs beside
+the requests without taking the GIL; where the helper cannot be built or loaded, a Python thread
+does the same (`ticker_fallback` says why). Either sleeps while no wasm runs. Baseline engines
+no code uses any more are closed by a sweeper thread that runs only while one exists.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -19,21 +22,21 @@ from typing import TYPE_CHECKING
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from edge.sandbox import capi, growcheck
+from edge.sandbox import growcheck
 from edge.sandbox.prepare import Preparer
+from edge.sandbox.ticker import NATIVE, TICKERS, Ticker, start_ticker
 from edge.sandbox.tiering import TierUps
 
 if TYPE_CHECKING:
     from edge.sandbox.code import Code
 
 MIB = 1024 * 1024
-IDLE_TICKS = 250  # ticks without wasm before the ticker sleeps (0.5 s at 2 ms)
 # wasmtime's code generators, as its C API numbers them (wasmtime_strategy_t). Cranelift
 # optimises; Winch, a baseline compiler, compiles a componentize-py component in 0.7 s instead
 # of 3.5 s (componentize-js: 0.65 s instead of 4.2 s) for slower code: the `edge dev` loop.
 COMPILERS = {"cranelift": 1, "winch": 2}
 BASELINE = "winch"  # the tier a large component starts on while its optimised code compiles
-# How often the ticker looks for baseline engines nothing uses any more (see _release_unused).
+# How often the sweeper looks for baseline engines nothing uses any more (see _release_unused).
 SWEEP_S = 1.0
 
 
@@ -47,9 +50,19 @@ def check_compiler(
         raise error(f"{where} must be one of {', '.join(sorted(COMPILERS))}, got {name!r}")
 
 
+def check_ticker(
+    name: str, where: str, error: Callable[[str], Exception] = ValueError
+) -> None:
+    """As check_compiler, for the epoch ticker's kind."""
+    if name not in TICKERS:
+        raise error(f"{where} must be one of {', '.join(TICKERS)}, got {name!r}")
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     epoch_tick_ms: int = 2
+    # "native" (a thread in our C helper), or "python" (the fallback, forced: for comparison).
+    ticker: str = NATIVE
     # The pooling allocator pre-reserves instance slots and keeps warm memories for reuse;
     # bench/sandbox.py measures it against on-demand allocation.
     pooling: bool = True
@@ -94,6 +107,7 @@ class EngineSettings:
 
     def __post_init__(self) -> None:
         check_compiler(self.compiler, "compiler")
+        check_ticker(self.ticker, "ticker")
 
     @property
     def tiers_up(self) -> bool:
@@ -135,7 +149,7 @@ class _Baseline:
 
 
 class SandboxEngine:
-    """Owns the Engines and the ticker thread. Close it once; closing twice is harmless.
+    """Owns the Engines and the ticker. Close it once; closing twice is harmless.
 
     One Engine per (compiler, pool) in use: `engine` (the settings' compiler, the mapped
     pool) from the start, the others on first use. The ticker bumps the epoch of each,
@@ -148,25 +162,20 @@ class SandboxEngine:
         self.engine = _make_engine(self.settings, 0, compiler)
         self._engines: dict[EngineKey, wasmtime.Engine] = {(compiler, MAPPED): self.engine}
         self._baseline: _Baseline | None = None
-        # Their addresses, for the ticker: a tuple replaced whole, so it never sees one half-made.
-        self._tick_ptrs: tuple[int, ...] = (capi.address(self.engine),)
         self._engines_lock = threading.Lock()
         self._background: dict[bool, wasmtime.Engine] = {}  # by copy_init
         self.baseline_engines_made = 0
         self.baseline_engines_closed = 0
-        self.sweeps = 0  # the ticker's looks for unused baseline engines (_release_unused)
+        self.sweeps = 0  # the sweeper's looks for unused baseline engines (_release_unused)
+        self._sweeping = False  # a sweeper thread runs (only while a baseline engine is open)
         self._stop = threading.Event()
-        # The ticker sleeps once no wasm has run for IDLE_TICKS ticks: an idle node (or 50 of
-        # them on one machine) should not wake 500 times a second for nothing, and a busy one
-        # should not pay a thread wake-up per request. Running calls are tokens in a set
-        # (adding and discarding are atomic under the GIL, so no lock per request); `_entries`
-        # only tells the ticker that calls happened (a lost increment does no harm).
-        self._active: set[object] = set()
-        self._entries = 0
-        self._awake = True
-        self._work = threading.Event()
-        self._ticker = threading.Thread(target=self._tick, name="epoch-ticker", daemon=True)
-        self._ticker.start()
+        self.ticker: Ticker
+        # Why the native ticker is not the one in use although asked for ("" when it is).
+        self.ticker_fallback: str
+        self.ticker, self.ticker_fallback = start_ticker(
+            self.settings.ticker, self.settings.epoch_tick_ms
+        )
+        self.ticker.add(self.engine)
         self.preparer = Preparer()
         self.tiering = TierUps()
 
@@ -189,8 +198,8 @@ class SandboxEngine:
                 pool = key[1]
                 keep = self.settings.pool_resident_bytes if pool == RESIDENT else 0
                 found = _make_engine(self.settings, keep, key[0], copy_init=pool == COPIED)
+                self.ticker.add(found)
                 self._engines[key] = found
-                self._tick_ptrs = (*self._tick_ptrs, capi.address(found))
             return found
 
     def artifact_tag(self, engine: wasmtime.Engine) -> str:
@@ -214,16 +223,22 @@ class SandboxEngine:
         The pool also reserves ~4 TiB of address space (the default 512 slots), for code that
         runs only until its tier-up. The Codes are what keeps the engine: every store holds its
         Code (capi.Store `keep`), and so do instances made ahead or reused; so once no Code is
-        left, nothing of the engine is either, and the ticker closes it (_release_unused). The
+        left, nothing of the engine is either, and the sweeper closes it (_release_unused). The
         next tier-up makes a new one."""
         with self._engines_lock:
             held = self._baseline
             if held is None:
                 keep = self.settings.pool_resident_bytes
-                held = self._baseline = _Baseline(_make_engine(self.settings, keep, BASELINE))
-                self._tick_ptrs = (*self._tick_ptrs, capi.address(held.engine))
+                held = _Baseline(_make_engine(self.settings, keep, BASELINE))
+                self.ticker.add(held.engine)
+                self._baseline = held
                 self.baseline_engines_made += 1
-            held.making += 1  # the ticker must not close it before `make` has made its Code
+                if not self._sweeping:
+                    self._sweeping = True
+                    threading.Thread(
+                        target=self._sweep, name="baseline-sweeper", daemon=True
+                    ).start()
+            held.making += 1  # the sweeper must not close it before `make` has made its Code
         try:
             code = make(held.engine)
             held.codes.add(code)
@@ -255,55 +270,34 @@ class SandboxEngine:
 
     def running(self) -> _Running:
         """Context manager around any wasm execution (instantiation included)."""
-        return _Running(self)
+        return _Running(self.ticker)
 
-    def _tick(self) -> None:
-        interval = self.settings.epoch_tick_ms / 1000
-        idle = 0
-        seen = self._entries
-        next_sweep = 0.0
-        while not self._stop.is_set():
-            if self._active or self._entries != seen:
-                seen = self._entries
-                idle = 0
-            else:
-                idle += 1
-            if idle >= IDLE_TICKS:
-                # Announce sleep before the last look: a call that starts after that look
-                # sees `_awake` false and sets the event, so no wake-up is lost.
-                self._awake = False
-                self._work.clear()
-                if not self._active:
-                    self._work.wait(timeout=1.0)
-                self._awake = True
-                idle = 0
-            # A plain sleep: Event.wait with a timeout costs several times as much per tick.
-            time.sleep(interval)
-            if self._stop.is_set():
+    def _sweep(self) -> None:
+        # Once a second: a look costs a lock and a weak set's length, and the engine's address
+        # space waits a second longer at most.
+        while not self._stop.wait(SWEEP_S):
+            if not self._release_unused():
                 return
-            if self._active:
-                # Deadlines count from the current epoch when a call starts, so epochs that
-                # pass while nothing runs do not matter.
-                for engine in self._tick_ptrs:
-                    capi.engine_increment_epoch(engine)
-            if self._baseline is not None and time.monotonic() >= next_sweep:
-                next_sweep = time.monotonic() + SWEEP_S
-                self._release_unused()
 
-    def _release_unused(self) -> None:
-        """Closes the baseline engine if no Code (nor compile) uses it any more. Runs on the
-        ticker thread, the only reader of `_tick_ptrs`: no tick is under way on it then."""
-        self.sweeps += 1
+    def _release_unused(self) -> bool:
+        """Closes the baseline engine if no Code (nor compile) uses it any more. Returns whether
+        one is still open; if not, the sweeper stops (the next baseline engine starts one)."""
         with self._engines_lock:
+            self.sweeps += 1
             held = self._baseline
-            if held is None or held.making or held.codes:
-                return
+            if held is not None and (held.making or held.codes):
+                return True
+            self._sweeping = False
+            if held is None:
+                return False
             self._baseline = None
-            self._tick_ptrs = tuple(capi.address(e) for e in self._engines.values())
             self.baseline_engines_closed += 1
         # Outside the lock: this unmaps the pool. Stores, components and linkers hold their own
-        # references to wasmtime's engine, so ours is the last one left here.
+        # references to wasmtime's engine, so ours is the last one left here; the ticker lets go
+        # of it first (remove waits out a tick under way).
+        self.ticker.remove(held.engine)
         held.engine.close()
+        return False
 
     def deadline_ticks(self, deadline_ms: int) -> int:
         return ticks_for(deadline_ms, self.settings.epoch_tick_ms)
@@ -312,9 +306,7 @@ class SandboxEngine:
         self.tiering.close()
         self.preparer.close()
         self._stop.set()
-        self._work.set()
-        if self._ticker.is_alive() and threading.current_thread() is not self._ticker:
-            self._ticker.join(timeout=1)
+        self.ticker.close()
 
     def __enter__(self) -> SandboxEngine:
         return self
@@ -374,17 +366,13 @@ def _enable_pooling(config: wasmtime.Config, s: EngineSettings, keep_resident_by
 
 
 class _Running:
-    __slots__ = ("engine",)
+    __slots__ = ("ticker",)
 
-    def __init__(self, engine: SandboxEngine) -> None:
-        self.engine = engine
+    def __init__(self, ticker: Ticker) -> None:
+        self.ticker = ticker
 
     def __enter__(self) -> None:
-        engine = self.engine
-        engine._active.add(self)
-        engine._entries += 1
-        if not engine._awake:
-            engine._work.set()
+        self.ticker.enter(self)
 
     def __exit__(self, *exc: object) -> None:
-        self.engine._active.discard(self)
+        self.ticker.leave(self)
