@@ -91,7 +91,10 @@ class Proc:
                 self.proc.wait()
 
 
-def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[str]:
+def _spawn(
+    args: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`env`: variables set for the child on top of this process's."""
     with log_path.open("w") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "edge", *args],
@@ -99,6 +102,7 @@ def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[str]:
             stderr=subprocess.STDOUT,
             text=True,
             cwd=REPO,
+            env={**os.environ, **env} if env else None,
         )
 
 
@@ -130,9 +134,10 @@ class NodeFactory:
 
     def __call__(
         self, body: str, *, node: str = "", ready: bool = True, cache_dir: Path = COMPILED,
-        host: str = "127.0.0.1",
+        host: str = "127.0.0.1", env: dict[str, str] | None = None,
     ) -> Proc:
-        """`host`: another loopback address (127.0.0.x) gives the node an address of its own."""
+        """`host`: another loopback address (127.0.0.x) gives the node an address of its own;
+        `env`: variables set for the node on top of the test's."""
         port = free_port()
         config = self.workdir / f"node-{port}.toml"
         if "id =" not in node:
@@ -140,7 +145,9 @@ class NodeFactory:
         header = f'[node]\nlisten = "{host}:{port}"\ncache_dir = "{cache_dir}"\n'
         config.write_text(header + node + "\n" + body)
         log = self.workdir / f"node-{port}.log"
-        proc = Proc(_spawn(["node", "--config", str(config)], log), f"http://{host}:{port}", log)
+        proc = Proc(
+            _spawn(["node", "--config", str(config)], log, env), f"http://{host}:{port}", log
+        )
         self.procs.append(proc)
         path = "/readyz" if ready else "/healthz"
         wait_until(lambda: httpx.get(proc.url + path).status_code == 200, 120, "node", proc)

@@ -112,6 +112,19 @@ def test_node_sandbox_compiler(tmp_path: Path) -> None:
         compiler({"compiler": "llvm"})
 
 
+def test_node_sandbox_ticker(tmp_path: Path) -> None:
+    def ticker(sandbox: dict[str, object]) -> str:
+        return parse_node_config({"sandbox": sandbox}, "node.toml", tmp_path).sandbox.ticker
+
+    assert ticker({}) == "native"
+    assert ticker({"ticker": "python"}) == "python"
+    with pytest.raises(ConfigError, match=r"node\.toml: sandbox\.ticker must be one of "
+                       r"native, python, got 'rust'"):
+        ticker({"ticker": "rust"})
+    with pytest.raises(ValueError, match="ticker must be one of native, python, got ''"):
+        EngineSettings(ticker="")
+
+
 def test_node_sandbox_tier_up(tmp_path: Path) -> None:
     def sandbox(table: dict[str, object]) -> EngineSettings:
         return parse_node_config({"sandbox": table}, "node.toml", tmp_path).sandbox

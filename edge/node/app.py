@@ -99,6 +99,8 @@ def ops_app(runtime: NodeRuntime) -> Starlette:
                 # Function -> version -> the compiler its requests run on ("winch" until a
                 # tier-up to "cranelift", see sandbox.tiering).
                 "tiers": {n: served.tiers() for n, served in sorted(deployment.functions.items())},
+                # "native", or "python" with why when the native one could not be had.
+                "epoch_ticker": runtime.engine.ticker_summary,
             },
             status_code=200 if ready else 503,
         )

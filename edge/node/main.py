@@ -71,6 +71,8 @@ async def run_node(config: NodeConfig, out: Output | None = None) -> None:
         )  # fmt: skip
     writer = LogWriter("json")
     runtime = NodeRuntime(config, writer if shipper is None else Tee([writer, shipper]))
+    if runtime.engine.ticker_fallback:  # deadlines still hold; each request costs a bit more
+        say.note(f"edge node: epoch ticker: python, {runtime.engine.ticker_fallback}")
     runtime.spans = span_exporter(config)
     if runtime.spans is not None:
         say.note(f"edge node: exporting spans to {config.tracing.otlp_endpoint} (OTLP/HTTP)")

@@ -57,6 +57,7 @@ class NodeMetrics:
         revision: Callable[[], int | None] = lambda: None,
         now: Callable[[], float] = time.time,
         tiers: TierStats | None = None,
+        ticker: str = "",
     ) -> None:
         self.now = now
         # Tells the control plane which life of the node the counters belong to: a restarted
@@ -72,6 +73,12 @@ class NodeMetrics:
         Gauge(
             "edge_node_info", "This node (value 1)", ["node", "region"], registry=r
         ).labels(node_id, region).set(1)
+        if ticker:
+            Gauge(
+                "edge_node_epoch_ticker",
+                "The epoch ticker behind deadlines (value 1): native, or the python fallback",
+                ["ticker"], registry=r,
+            ).labels(ticker).set(1)  # fmt: skip
         self._series: dict[Key, FunctionSeries] = {}
         r.register(_Tally(self))
         r.register(_ScrapeTime(cache or CacheStats(), revision, tiers or TierStats()))

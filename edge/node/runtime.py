@@ -112,7 +112,7 @@ class NodeRuntime:
         self.deployment = Deployment()
         self.metrics = NodeMetrics(
             config.node_id, config.region, self.cache.stats, lambda: self.deployment.revision,
-            tiers=self.engine.tiering.stats,
+            tiers=self.engine.tiering.stats, ticker=self.engine.ticker.kind,
         )  # fmt: skip
         self.spans: SpanExporter | None = None  # set when an OTLP endpoint is configured
 

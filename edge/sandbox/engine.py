@@ -268,6 +268,14 @@ class SandboxEngine:
                 )  # fmt: skip
             return found
 
+    @property
+    def ticker_summary(self) -> str:
+        """The ticker in use, and why it is the Python one when the native one was asked for:
+        "native", "python", or "python (native ticker unavailable (...))"."""
+        if self.ticker_fallback:
+            return f"{self.ticker.kind} ({self.ticker_fallback})"
+        return self.ticker.kind
+
     def running(self) -> _Running:
         """Context manager around any wasm execution (instantiation included)."""
         return _Running(self.ticker)

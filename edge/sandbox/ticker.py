@@ -20,6 +20,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from ctypes import c_int, c_size_t, c_uint64, c_void_p
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -235,11 +236,13 @@ def native_lib() -> _Lib | str:
         return _native
 
 
-def start_ticker(kind: str, tick_ms: int) -> tuple[Ticker, str]:
+def start_ticker(
+    kind: str, tick_ms: int, load: Callable[[], _Lib | str] = native_lib
+) -> tuple[Ticker, str]:
     """The ticker `kind` asks for, or the Python one if the native one is not available; and,
-    when it fell back, why ("" otherwise)."""
+    when it fell back, why ("" otherwise). `load`: the helper, or why it is not available."""
     if kind == NATIVE:
-        lib = native_lib()
+        lib = load()
         if isinstance(lib, str):
             return PythonTicker(tick_ms), f"native ticker unavailable ({lib})"
         try:
