@@ -5,10 +5,14 @@ headers), in one process, alternating rounds so drift hits all alike:
     node, C hello       the production app (edge.node.app) serving the C hello, fresh instances
     node, call canned   the same app with the function's invoke replaced by a fixed answer
     bare Starlette      bench.bare_app's hello
-and reports this thread's CPU time per request (time.thread_time) and page faults per request
-(getrusage minflt). `--profile` adds a cProfile of the node's requests, sorted by own time.
+and reports this thread's CPU time per request (time.thread_time), the whole process's (its
+other threads too: the epoch ticker's), wall time and page faults per request (getrusage
+minflt). `--profile` adds a cProfile of the node's requests, sorted by own time.
+`--tickers native,python` serves the C hello from one node per epoch ticker (see
+edge.sandbox.ticker), alternating with the rest; each round starts once every other node's
+ticker sleeps, so only the measured node's ticker runs.
 
-    .venv/bin/python -m bench.hotpath [--requests N] [--rounds R] [--profile]
+    .venv/bin/python -m bench.hotpath [--requests N] [--rounds R] [--profile] [--tickers K,K]
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ from edge.node.main import settle_heap
 from edge.node.runtime import NodeRuntime
 from edge.sandbox.function import LoadedFunction
 from edge.sandbox.host import LogLine
+from edge.sandbox.ticker import NATIVE, TICKERS
 
 from .common import print_table, write_results
 
@@ -93,27 +98,43 @@ def measure(app: ASGIApp, n: int) -> dict[str, float]:
     try:
         loop.run_until_complete(_drive(app, 200))  # warm caches and lazy set-up
         faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-        cpu = time.thread_time()
+        cpu, process, wall = time.thread_time(), time.process_time(), time.perf_counter()
         loop.run_until_complete(_drive(app, n))
         cpu = time.thread_time() - cpu
+        process, wall = time.process_time() - process, time.perf_counter() - wall
         faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults
     finally:
         loop.close()
-    return {"cpu_us": cpu / n * 1e6, "faults": faults / n}
+    return {
+        "cpu_us": cpu / n * 1e6, "process_cpu_us": process / n * 1e6, "wall_us": wall / n * 1e6,
+        "faults": faults / n,
+    }  # fmt: skip
 
 
-def node_runtime(workdir: Path) -> NodeRuntime:
+def quiet_tickers(runtimes: list[NodeRuntime], timeout_s: float = 5.0) -> None:
+    """Until every ticker of `runtimes` sleeps (IDLE_TICKS after their last call)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(r.engine.ticker.stats().asleep for r in runtimes):
+            return
+        time.sleep(0.05)
+    raise SystemExit("an idle node's epoch ticker did not fall asleep")
+
+
+def node_runtime(workdir: Path, ticker: str = NATIVE) -> NodeRuntime:
     component = build_function(REPO / "sdk" / "examples" / "c" / "hello")
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "node.toml"
     config.write_text(
         f'[node]\nid = "bench"\nregion = "local"\nlisten = "127.0.0.1:8787"\n'
-        f'cache_dir = "{workdir / "compiled"}"\n\n'
+        f'cache_dir = "{workdir / "compiled"}"\n\n[sandbox]\nticker = "{ticker}"\n\n'
         f'[[function]]\nproject = "{component.parent.parent}"\n\n'
         f'[[route]]\nroute = "*/"\nfunction = "{_name(component)}"\n'
     )
     lines: list[LogLine] = []
     runtime = NodeRuntime(load_node_config(config), lines.append)
+    if runtime.engine.ticker_fallback:
+        raise SystemExit(f"asked for the {ticker} ticker: {runtime.engine.ticker_fallback}")
     runtime.load_configured()
     return runtime
 
@@ -146,38 +167,49 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--tickers", default=NATIVE, help=f"comma-separated, of {TICKERS}")
     args = parser.parse_args()
+    tickers = args.tickers.split(",")
+    if not tickers or any(t not in TICKERS for t in tickers):
+        parser.error(f"--tickers: a comma-separated list of {', '.join(TICKERS)}")
     with tempfile.TemporaryDirectory() as tmp:
-        node = node_runtime(Path(tmp) / "node")
+        nodes = {t: node_runtime(Path(tmp) / f"node-{t}", t) for t in tickers}
         canned = canned_runtime(Path(tmp))
         settle_heap()  # as the node does once loaded
-        apps: dict[str, Callable[[], ASGIApp]] = {
-            "node, C hello (fresh instance)": lambda: create_app(node),
-            "node, sandbox call canned": lambda: create_app(canned),
-            "bare Starlette": lambda: bare_app,
+        named = {
+            "node, C hello (fresh instance)" + (f", {t} ticker" if len(nodes) > 1 else ""): rt
+            for t, rt in nodes.items()
         }
-        built = {name: make() for name, make in apps.items()}
+        runtimes = {**named, "node, sandbox call canned": canned}
+        built: dict[str, ASGIApp] = {name: create_app(rt) for name, rt in runtimes.items()}
+        built["bare Starlette"] = bare_app
+        first = next(iter(built))
         if args.profile:
-            profile(built["node, C hello (fresh instance)"], args.requests, 40)
+            profile(built[first], args.requests, 40)
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in built}
         for _ in range(args.rounds):
             for name, app in built.items():
+                quiet_tickers([rt for other, rt in runtimes.items() if other != name])
                 gc.collect()
                 runs[name].append(measure(app, args.requests))
-        node.close()
-        canned.close()
+        for rt in runtimes.values():
+            rt.close()
     rows = [
         {
             "app": name,
             "cpu_us_median": round(statistics.median(r["cpu_us"] for r in rs), 1),
             "cpu_us_min": round(min(r["cpu_us"] for r in rs), 1),
+            "process_cpu_us_median": round(statistics.median(r["process_cpu_us"] for r in rs), 1),
+            "wall_us_median": round(statistics.median(r["wall_us"] for r in rs), 1),
             "faults_per_request": round(statistics.median(r["faults"] for r in rs), 2),
         }
         for name, rs in runs.items()
     ]
     path = write_results(
-        "hotpath", rows, {"requests": args.requests, "rounds": args.rounds, "headers": len(HEADERS)}
-    )
+        "hotpath", rows,
+        {"requests": args.requests, "rounds": args.rounds, "headers": len(HEADERS),
+         "tickers": tickers, "runs": runs},
+    )  # fmt: skip
     print_table(f"ASGI app CPU per request, in process ({args.rounds} rounds of {args.requests})",
                 rows)  # fmt: skip
     print(f"wrote {path}")

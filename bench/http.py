@@ -9,9 +9,10 @@ the C hello opted in to `[instance] policy = "reuse"`, what giving up a fresh in
 request buys. Each server's CPU time per request (user + system, from /proc, over the load
 runs) is reported beside its requests/s: on a machine shared with other jobs requests/s move
 with the load, CPU per request much less, and their ratio is what the throughput ratio would
-be on an otherwise idle core.
+be on an otherwise idle core. `--tickers native,python` runs instead one node per epoch ticker
+(see edge.sandbox.ticker) beside bare Starlette, alternating, and reports their ratios.
 
-    .venv/bin/python -m bench.http [--seconds S] [--connections C] [--rounds R]
+    .venv/bin/python -m bench.http [--seconds S] [--connections C] [--rounds R] [--tickers K,K]
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from edge.build import build_function
+from edge.sandbox.ticker import NATIVE, TICKERS
 
 from .common import print_table, write_results
 
@@ -64,13 +67,14 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -
 
 
 def start_edge_node(
-    workdir: Path, canned: bool = False, reuse: bool = False
+    workdir: Path, canned: bool = False, reuse: bool = False, ticker: str = NATIVE
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`canned`: the node with its sandbox call replaced by a fixed answer (bench.canned_node).
-    `reuse`: the C hello with `[instance] policy = "reuse"` in its edge.toml (opt-in)."""
+    `reuse`: the C hello with `[instance] policy = "reuse"` in its edge.toml (opt-in).
+    `ticker`: its epoch ticker (`[sandbox] ticker`)."""
     component = build_function(REPO / "sdk" / "examples" / "c" / "hello")
     port = free_port()
-    workdir = workdir / ("canned" if canned else "reuse" if reuse else "node")
+    workdir = workdir / ("canned" if canned else "reuse" if reuse else f"node-{ticker}")
     workdir.mkdir(parents=True, exist_ok=True)
     if reuse:  # a copy of the built project whose edge.toml opts in
         project = shutil.copytree(component.parent.parent, workdir / "project")
@@ -80,7 +84,7 @@ def start_edge_node(
     config = workdir / "node.toml"
     config.write_text(
         f'[node]\nid = "bench"\nregion = "local"\nlisten = "127.0.0.1:{port}"\n'
-        f'cache_dir = "{workdir / "compiled"}"\n\n'
+        f'cache_dir = "{workdir / "compiled"}"\n\n[sandbox]\nticker = "{ticker}"\n\n'
         f'[[function]]\nproject = "{component.parent.parent}"\n\n'
         f'[[route]]\nroute = "*/"\nfunction = "{_name(component)}"\n'
     )
@@ -92,6 +96,10 @@ def start_edge_node(
         stderr=subprocess.DEVNULL,
     )
     wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+    running = httpx.get(f"http://127.0.0.1:{port}/readyz").json()["epoch_ticker"]
+    if running != ticker:
+        proc.terminate()
+        raise SystemExit(f"asked for the {ticker} epoch ticker, the node runs {running}")
     return proc, f"http://127.0.0.1:{port}/"
 
 
@@ -191,14 +199,82 @@ def run_asyncio_client(url: str, seconds: int, connections: int) -> dict[str, fl
     return asyncio.run(go())
 
 
+Load = Callable[[str, int, int], dict[str, float]]
+Servers = dict[str, tuple[subprocess.Popen[bytes], str]]
+Results = dict[str, list[dict[str, float]]]
+
+
+def alternate(servers: Servers, args: argparse.Namespace, load: Load) -> Results:
+    """Each server loaded in turn, `args.rounds` times (so drift hits all alike); then stopped."""
+    try:
+        results: Results = {name: [] for name in servers}
+        for _ in range(args.rounds):
+            for name, (proc, url) in servers.items():
+                before = cpu_s(proc.pid)
+                run = load(url, args.seconds, args.connections)
+                run["cpu_us"] = (cpu_s(proc.pid) - before) / max(run["requests"], 1) * 1e6
+                results[name].append(run)
+        return results
+    finally:
+        for p, _ in servers.values():
+            p.terminate()
+            p.wait(timeout=10)
+
+
+def table_rows(results: Results) -> list[dict[str, Any]]:
+    return [
+        {
+            "server": name,
+            "rps_median": round(statistics.median(r["rps"] for r in runs)),
+            "cpu_us_per_request": round(statistics.median(r["cpu_us"] for r in runs), 1),
+            "p50_us": round(statistics.median(r["p50_us"] for r in runs)),
+            "p99_us": round(statistics.median(r["p99_us"] for r in runs)),
+            "non_2xx": int(sum(r["non_2xx"] for r in runs)),
+        }
+        for name, runs in results.items()
+    ]
+
+
+def compare_tickers(tickers: list[str], args: argparse.Namespace, load: Load) -> None:
+    """One node per epoch ticker and bare Starlette, alternating; every round's numbers are
+    kept in the JSON (the spread matters on a shared machine)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        servers: Servers = {
+            f"edge node (C hello), {t} ticker": start_edge_node(Path(tmp), ticker=t)
+            for t in tickers
+        }
+        servers["bare Starlette"] = start_bare()
+        results = alternate(servers, args, load)
+    rows = table_rows(results)
+    bare = rows[-1]
+    for row in rows[:-1]:
+        row["ratio_over_bare"] = round(row["rps_median"] / bare["rps_median"], 3)
+        row["cpu_ratio"] = round(bare["cpu_us_per_request"] / row["cpu_us_per_request"], 3)
+    extra = {"seconds": args.seconds, "connections": args.connections, "rounds": args.rounds}
+    path = write_results("http_tickers", rows, {**extra, "tickers": tickers, "runs": results})
+    print_table(f"HTTP requests/s by epoch ticker, {args.connections} connections", rows)
+    a, b = rows[0], rows[min(1, len(rows) - 2)]
+    rps = a["rps_median"] / b["rps_median"]
+    cpu = a["cpu_us_per_request"] / b["cpu_us_per_request"]
+    print(f"{a['server']} / {b['server']}: req/s {rps:.3f}, CPU per request {cpu:.3f}")
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tickers", default="", help=f"comma-separated, of {TICKERS}")
     args = parser.parse_args()
+    tickers = args.tickers.split(",") if args.tickers else []
+    if any(t not in TICKERS for t in tickers):
+        parser.error(f"--tickers: a comma-separated list of {', '.join(TICKERS)}")
     generator = "wrk" if shutil.which("wrk") else "asyncio-httpx"
     load = run_wrk if generator == "wrk" else run_asyncio_client
+    if tickers:
+        compare_tickers(tickers, args, load)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         servers = {
             "edge node (C hello)": start_edge_node(Path(tmp)),
@@ -206,30 +282,8 @@ def main() -> None:
             CANNED: start_edge_node(Path(tmp), canned=True),
             REUSE: start_edge_node(Path(tmp), reuse=True),
         }
-        try:
-            results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
-            for _ in range(args.rounds):  # alternate, so drift hits all alike
-                for name, (proc, url) in servers.items():
-                    before = cpu_s(proc.pid)
-                    run = load(url, args.seconds, args.connections)
-                    run["cpu_us"] = (cpu_s(proc.pid) - before) / max(run["requests"], 1) * 1e6
-                    results[name].append(run)
-        finally:
-            for p, _ in servers.values():
-                p.terminate()
-                p.wait(timeout=10)
-    rows: list[dict[str, Any]] = []
-    for name, runs in results.items():
-        rows.append(
-            {
-                "server": name,
-                "rps_median": round(statistics.median(r["rps"] for r in runs)),
-                "cpu_us_per_request": round(statistics.median(r["cpu_us"] for r in runs), 1),
-                "p50_us": round(statistics.median(r["p50_us"] for r in runs)),
-                "p99_us": round(statistics.median(r["p99_us"] for r in runs)),
-                "non_2xx": int(sum(r["non_2xx"] for r in runs)),
-            }
-        )
+        results = alternate(servers, args, load)
+    rows = table_rows(results)
     ratio = rows[0]["rps_median"] / rows[1]["rps_median"]
     canned_ratio = rows[2]["rps_median"] / rows[1]["rps_median"]
     reuse_ratio = rows[3]["rps_median"] / rows[1]["rps_median"]
