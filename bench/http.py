@@ -148,6 +148,19 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
+def context_switches(pid: int) -> int:
+    """Context switches of process `pid`'s threads so far (voluntary and not): a thread that
+    hands the GIL to another, or sleeps for it, adds one each time."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:  # a thread that ended meanwhile
+            continue
+        total += sum(int(m) for m in re.findall(r"ctxt_switches:\s+(\d+)", text))
+    return total
+
+
 def run_wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url],
@@ -210,9 +223,11 @@ def alternate(servers: Servers, args: argparse.Namespace, load: Load) -> Results
         results: Results = {name: [] for name in servers}
         for _ in range(args.rounds):
             for name, (proc, url) in servers.items():
-                before = cpu_s(proc.pid)
+                before, switches = cpu_s(proc.pid), context_switches(proc.pid)
                 run = load(url, args.seconds, args.connections)
-                run["cpu_us"] = (cpu_s(proc.pid) - before) / max(run["requests"], 1) * 1e6
+                requests = max(run["requests"], 1)
+                run["cpu_us"] = (cpu_s(proc.pid) - before) / requests * 1e6
+                run["switches"] = (context_switches(proc.pid) - switches) / requests
                 results[name].append(run)
         return results
     finally:
@@ -227,6 +242,7 @@ def table_rows(results: Results) -> list[dict[str, Any]]:
             "server": name,
             "rps_median": round(statistics.median(r["rps"] for r in runs)),
             "cpu_us_per_request": round(statistics.median(r["cpu_us"] for r in runs), 1),
+            "switches_per_request": round(statistics.median(r["switches"] for r in runs), 3),
             "p50_us": round(statistics.median(r["p50_us"] for r in runs)),
             "p99_us": round(statistics.median(r["p99_us"] for r in runs)),
             "non_2xx": int(sum(r["non_2xx"] for r in runs)),
