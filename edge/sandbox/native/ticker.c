@@ -83,8 +83,9 @@ static void *run(void *arg) {
             idle = 0;
         }
         after_ns(&next, t->interval_ns);
-        /* A signal here is only ever stop: sleep out the interval otherwise. */
-        while (!t->stop && pthread_cond_timedwait(&t->wake, &t->lock, &next) != ETIMEDOUT) {
+        /* A signal here is only ever stop: sleep out the interval otherwise (0 is a wake-up;
+         * ETIMEDOUT, or any error, ends the wait rather than spin). */
+        while (!t->stop && pthread_cond_timedwait(&t->wake, &t->lock, &next) == 0) {
         }
         if (t->stop) {
             break;
