@@ -1,6 +1,7 @@
 """The WebAssembly sandbox: one engine, a compile cache, and a fresh instance per request.
 
-- `engine`: the shared wasmtime Engine, its settings and the epoch ticker that enforces deadlines.
+- `engine`: the shared wasmtime Engines, their settings, and the ticker that enforces deadlines.
+- `ticker`, `native_build`: the epoch ticker (a native thread, C built with zig; Python fallback).
 - `compile_cache`: compiled components on disk, keyed by content hash + wasmtime + settings.
 - `contract`: what a component may import and must export (the edge:function world).
 - `host`: the host side of the imports: log, config, and WASI with everything denied.
