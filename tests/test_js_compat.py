@@ -1,9 +1,10 @@
 """Code written for Cloudflare Workers, Fastly Compute or Spin runs as written, seen from outside:
 a real node on 127.0.0.1 with the GeoIP test database, trusting 127.0.0.1's X-Forwarded-For.
 
-The fixtures use Web globals only (Request, Response, Headers, ReadableStream) and the three
-module shapes: Workers' `export default { fetch }`, the service worker's fetch listener, and
-our own `handle`, async and answering with a Web Response.
+The fixtures use Web globals only (Request, Response, Headers, ReadableStream) and the module
+shapes: Workers' `export default { fetch }` and `WorkerEntrypoint` class (from
+"cloudflare:workers"), Spin's `handleRequest` answering with a plain object, the service
+worker's fetch listener, and our own `handle`, async and answering with a Web Response.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .test_sdk import exception_answer, get, logged
 
 pytestmark = pytest.mark.toolchain
 
-FUNCTIONS = ["worker-cf", "worker-fastly", "async-js"]
+FUNCTIONS = ["worker-cf", "worker-fastly", "async-js", "worker-entrypoint", "spin-js"]
 LONDON = "81.2.69.142"  # GB, London, EU in GeoIP2-City-Test
 
 
@@ -95,6 +96,59 @@ def test_an_answer_that_is_not_a_response_is_a_typed_exception(
     exception_answer(get(node, path, request_id), "TypeError", request_id)
     lines = logged(node, request_id, f"Uncaught TypeError: {said}")
     assert [line["level"] for line in lines if line["source"] == "log"] == ["error"]
+
+
+def test_worker_entrypoint_class_gets_env_and_ctx(node: Proc) -> None:
+    r = get(node, "/worker-entrypoint/hello", "entrypoint")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "greeting": "Hello from a WorkerEntrypoint",  # this.env, from edge.toml's [config]
+        "moduleEnv": "Hello from a WorkerEntrypoint",  # import { env } from "cloudflare:workers"
+        "unset": True,
+        "method": "GET",
+        "country": None,
+        "sameEnv": True,
+    }
+    lines = logged(node, "entrypoint", "waitUntil for /worker-entrypoint/hello")
+    assert [line["level"] for line in lines if line["source"] == "log"] == ["info"]
+    r = httpx.get(
+        node.url + "/worker-entrypoint/", headers={"x-forwarded-for": LONDON}, timeout=30
+    )
+    assert r.json()["country"] == "GB"
+
+
+def test_worker_entrypoint_exception_is_typed(node: Proc) -> None:
+    exception_answer(get(node, "/worker-entrypoint/throw", "entry-throw"), "SyntaxError",
+                     "entry-throw")  # fmt: skip
+    logged(node, "entry-throw", "Uncaught SyntaxError: from a WorkerEntrypoint")
+
+
+def test_spin_handle_request_answers_with_a_plain_object(node: Proc) -> None:
+    r = httpx.get(node.url + "/spin-js/", timeout=30)
+    assert r.status_code == 200 and r.text == "Hello from Spin's handleRequest\n"
+    assert r.headers["x-spin"] == "object"
+    sent = [("x-rep", "one"), ("x-rep", "two"), ("content-type", "text/plain")]
+    r = httpx.post(node.url + "/spin-js/echo", content="héllo".encode(), headers=sent, timeout=30)
+    assert r.status_code == 201 and r.headers["x-spin"] == "map"
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "method": "POST", "text": "héllo", "bytes": 6, "rep": "one, two", "type": "text/plain",
+    }  # fmt: skip
+    r = httpx.post(node.url + "/spin-js/json", json={"name": "ada"}, timeout=30)
+    assert r.status_code == 200 and r.text == "ada" and r.headers["content-type"] == "text/plain"
+    r = httpx.get(node.url + "/spin-js/empty", timeout=30)
+    assert r.status_code == 204 and r.content == b""
+
+
+def test_spin_answer_without_a_status_is_a_typed_exception(node: Proc) -> None:
+    exception_answer(get(node, "/spin-js/no-status", "spin-no-status"), "TypeError",
+                     "spin-no-status")  # fmt: skip
+    logged(
+        node,
+        "spin-no-status",
+        "Uncaught TypeError: handleRequest(request) must return a Response or "
+        "{ status, headers, body }, got Object",
+    )
 
 
 def test_fastly_style_fetch_listener_with_client_address(node: Proc) -> None:

@@ -298,7 +298,8 @@ async function toWit(resp, who) {
     const body = new Uint8Array(await resp.arrayBuffer());
     return { status: resp.status, headers: toHeaderList(resp.headers), body: bytesToLatin1(body) };
   }
-  throw new TypeError(`${who} must return a Response, got ${describe(resp)}`);
+  const wanted = who === SPIN ? "a Response or { status, headers, body }" : "a Response";
+  throw new TypeError(`${who} must return ${wanted}, got ${describe(resp)}`);
 }
 
 function isSpinResponse(value) {
