@@ -73,6 +73,20 @@ def test_wait_until_that_never_settles_leaves_the_answer(node: Proc) -> None:
     ]
 
 
+def test_a_slow_answer_stands_with_a_wait_until_that_never_settles(node: Proc) -> None:
+    # 200 hops: the SDK has marked the wait for the node, and marks the answer.
+    r = httpx.get(node.url + "/pending-js/slow-answer", timeout=30)
+    assert r.status_code == 200 and r.text == "slow but answered\n"
+
+
+@pytest.mark.parametrize("hops", [0, 200])
+def test_a_crash_after_the_answer_is_a_trap_not_no_response(node: Proc, hops: int) -> None:
+    request_id = f"crash-after-{hops}"
+    r = get(node, f"/pending-js/crash-after-answer?hops={hops}", request_id)
+    assert r.status_code == 500 and r.json()["error"] == "trap"
+    logged(node, request_id, "function trapped while running")
+
+
 # From 0 hops the queued work runs before the SDK's report, from a few on after it, where it
 # used to withdraw the report (the answer was `trap`), or now never runs: the report traps.
 @pytest.mark.parametrize("hops", [0, 1, 2, 3, 4, 8, 50])

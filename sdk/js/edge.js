@@ -322,18 +322,35 @@ function fail(e) {
 
 // The node's marks around the handler's Promise (edge/sandbox/awaiting.py): a trap between
 // them, with no exception reported, is that Promise never settling. componentize-js traps when
-// its event loop has nothing left to run and the Promise is still pending.
+// its event loop has nothing left to run and the Promise is still pending. A mark is a host
+// call (~27 µs; a microtask hop is < 1 µs), so the wait is marked only once it has lasted
+// UNMARKED_HOPS hops: most handlers answer sooner and write none. The watch's own hops keep
+// the loop from running dry until then, so no unmarked wait can end in that trap.
 const AWAITING_MARK = "\0edge:awaiting\0";
 const ANSWERED_MARK = "\0edge:answered\0";
+const UNMARKED_HOPS = 64;
+
+function watch(wait, hops) {
+  if (wait.answered) return;
+  if (hops > 0) {
+    queueMicrotask(() => watch(wait, hops - 1));
+    return;
+  }
+  wait.marked = true;
+  logWrite("trace", AWAITING_MARK);
+}
 
 async function finish(result, who) {
+  const wait = { answered: false, marked: false };
+  watch(wait, UNMARKED_HOPS);
   let out;
   try {
     out = await toWit(await result, who);
   } catch (e) {
     fail(e);
   }
-  logWrite("trace", ANSWERED_MARK);
+  wait.answered = true;
+  if (wait.marked) logWrite("trace", ANSWERED_MARK);
   return out;
 }
 
@@ -341,7 +358,7 @@ async function finish(result, who) {
 // return a Promise: componentize-js runs the engine's event loop within the one export call
 // until nothing is left to run, so `async` handlers work, and so does waitUntil's work. A
 // synchronous `handle` answering with the SDK's Response returns at once, as before, without a
-// Promise for componentize-js to drive (and without the marks' two host calls).
+// Promise for componentize-js to drive.
 export function wrapModule(mod) {
   const { who, serve } = pickServe(mod);
   return {
@@ -352,7 +369,6 @@ export function wrapModule(mod) {
         let resp = serve(raw, ctx);
         if (typeof resp === "string" && who === HANDLE) resp = Response.text(resp);
         if (resp instanceof Response && ctx.waiting === 0) return witOf(resp);
-        logWrite("trace", AWAITING_MARK);
         return finish(resp, who);
       } catch (e) {
         fail(e);
