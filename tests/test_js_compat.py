@@ -128,11 +128,13 @@ def test_spin_handle_request_answers_with_a_plain_object(node: Proc) -> None:
     assert r.status_code == 200 and r.text == "Hello from Spin's handleRequest\n"
     assert r.headers["x-spin"] == "object"
     sent = [("x-rep", "one"), ("x-rep", "two"), ("content-type", "text/plain")]
-    r = httpx.post(node.url + "/spin-js/echo", content="héllo".encode(), headers=sent, timeout=30)
+    url = node.url + "/spin-js/echo?q=1"
+    r = httpx.post(url, content="héllo".encode(), headers=sent, timeout=30)
     assert r.status_code == 201 and r.headers["x-spin"] == "map"
     assert r.headers["content-type"] == "application/json"
     assert r.json() == {
         "method": "POST", "text": "héllo", "bytes": 6, "rep": "one, two", "type": "text/plain",
+        "uri": "/spin-js/echo?q=1", "fullUrl": url,
     }  # fmt: skip
     r = httpx.post(node.url + "/spin-js/json", json={"name": "ada"}, timeout=30)
     assert r.status_code == 200 and r.text == "ada" and r.headers["content-type"] == "text/plain"

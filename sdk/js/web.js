@@ -101,11 +101,13 @@ export function webRequest(raw) {
 }
 
 // The request of Spin's `handleRequest(request)` (its JS SDK before the fetch event): method,
-// `uri` (the full URL), `headers` an object of lower-case names (repeated ones joined with
-// ", "), `body` an ArrayBuffer, `text()` and `json()`.
+// `uri` (path and query, as Spin has it; the full URL is the `spin-full-url` header, as there),
+// `headers` an object of lower-case names (repeated ones joined with ", "), `body` an
+// ArrayBuffer, `text()` and `json()`.
 export function spinRequest(raw) {
   const headers = {};
-  for (const [name, value] of raw.headers) {
+  const url = new URL(raw.url);
+  for (const [name, value] of [...raw.headers, ["spin-full-url", raw.url]]) {
     const joined = Object.hasOwn(headers, name) ? `${headers[name]}, ${value}` : value;
     // Defined, not assigned: a header named `__proto__` is a header like any other.
     Object.defineProperty(headers, name, {
@@ -115,7 +117,7 @@ export function spinRequest(raw) {
   const bytes = latin1ToBytes(raw.body);
   return {
     method: raw.method.toUpperCase(),
-    uri: raw.url,
+    uri: url.pathname + url.search,
     headers,
     body: bytes.buffer,
     text: () => new TextDecoder().decode(bytes),
