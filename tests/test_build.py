@@ -251,7 +251,8 @@ def test_js_without_a_handler_shape_fails_the_build_naming_them(tmp_path: Path) 
         "`export function handle(req)` (edge)",
         "`export default { fetch(request, env, ctx) }` or "
         "`export default class extends WorkerEntrypoint { fetch(request) }` (Cloudflare Workers)",
-        "`export async function handleRequest(request)` (Spin)",
+        "`export async function handleRequest(request)` or "
+        "`export async function handler(req, res)` (Spin)",
         '`addEventListener("fetch", (event) => event.respondWith(...))`',
     ]:
         assert shape in message
@@ -260,11 +261,18 @@ def test_js_without_a_handler_shape_fails_the_build_naming_them(tmp_path: Path) 
 
 
 @pytest.mark.toolchain
-def test_js_import_from_cloudflare_workers_without_a_counterpart_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("module", "name", "shim"),
+    [("cloudflare:workers", "DurableObject", "cloudflare-workers.js"),
+     ("@fermyon/spin-sdk", "Kv", "spin-sdk.js")],
+)  # fmt: skip
+def test_js_import_from_a_platform_module_without_a_counterpart_is_named(
+    tmp_path: Path, module: str, name: str, shim: str
+) -> None:
     project = copy_example("js", "hello", tmp_path)
     (project / "index.js").write_text(
-        'import { DurableObject } from "cloudflare:workers";\n'
-        "export class Counter extends DurableObject {}\n"
+        f'import {{ {name} }} from "{module}";\n'
+        f"export const used = {name};\n"
         "export function handle(req) { return 'x'; }\n"
     )
     with pytest.raises(BuildFailed) as info:
@@ -272,7 +280,7 @@ def test_js_import_from_cloudflare_workers_without_a_counterpart_is_named(tmp_pa
     assert "esbuild" in info.value.message
     # esbuild names the import and the module our alias stands for.
     assert 'No matching export in "' in info.value.output
-    assert "cloudflare-workers.js\" for import \"DurableObject\"" in info.value.output
+    assert f'{shim}" for import "{name}"' in info.value.output
 
 
 @pytest.mark.toolchain

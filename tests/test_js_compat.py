@@ -3,7 +3,8 @@ a real node on 127.0.0.1 with the GeoIP test database, trusting 127.0.0.1's X-Fo
 
 The fixtures use Web globals only (Request, Response, Headers, ReadableStream) and the module
 shapes: Workers' `export default { fetch }` and `WorkerEntrypoint` class (from
-"cloudflare:workers"), Spin's `handleRequest` answering with a plain object, the service
+"cloudflare:workers"), Spin's `handleRequest` answering with a plain object and `handler(req,
+res)` with its ResponseBuilder (from "@fermyon/spin-sdk"), the service
 worker's fetch listener, and our own `handle`, async and answering with a Web Response.
 """
 
@@ -21,7 +22,9 @@ from .test_sdk import exception_answer, get, logged
 
 pytestmark = pytest.mark.toolchain
 
-FUNCTIONS = ["worker-cf", "worker-fastly", "async-js", "worker-entrypoint", "spin-js"]
+FUNCTIONS = [
+    "worker-cf", "worker-fastly", "async-js", "worker-entrypoint", "spin-js", "spin-v2-js",
+]  # fmt: skip
 LONDON = "81.2.69.142"  # GB, London, EU in GeoIP2-City-Test
 
 
@@ -151,6 +154,37 @@ def test_spin_answer_without_a_status_is_a_typed_exception(node: Proc) -> None:
         "Uncaught TypeError: handleRequest(request) must return a Response or "
         "{ status, headers, body }, got Object",
     )
+
+
+def test_spin_v2_handler_answers_through_the_response_builder(node: Proc) -> None:
+    r = httpx.get(node.url + "/spin-v2-js/", timeout=30)
+    assert r.status_code == 200 and r.text == "Hello from Spin's handler(req, res)\n"
+    r = httpx.get(node.url + "/spin-v2-js/parts", timeout=30)
+    assert r.status_code == 207 and r.text == "part one, part two"
+    assert r.headers["content-type"] == "text/plain" and r.headers["x-spin"] == "v2"
+    r = httpx.post(node.url + "/spin-v2-js/json", json={"a": [1, "b"]}, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"got": {"a": [1, "b"]}, "builder": True}
+
+
+def test_spin_v2_handler_that_never_answers_is_a_typed_exception(node: Proc) -> None:
+    exception_answer(get(node, "/spin-v2-js/silent", "spin-silent"), "TypeError", "spin-silent")
+    logged(
+        node,
+        "spin-silent",
+        "Uncaught TypeError: handler(req, res) finished without calling res.send() or res.end()",
+    )
+
+
+def test_spin_v2_error_after_the_answer_is_logged_and_the_answer_stands(node: Proc) -> None:
+    r = get(node, "/spin-v2-js/after-send", "spin-after-send")
+    assert r.status_code == 200 and r.text == "sent first\n"
+    lines = logged(
+        node,
+        "spin-after-send",
+        "handler(req, res) failed after answering: RangeError: thrown after the answer",
+    )
+    assert [line["level"] for line in lines if line["source"] == "log"] == ["error"]
 
 
 def test_fastly_style_fetch_listener_with_client_address(node: Proc) -> None:

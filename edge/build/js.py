@@ -24,11 +24,13 @@ JS_SDK = SDK_DIR / "js"
 # "clocks" also makes the SDK's trapNow trap (sdk/js/web.js): an uncaught exception's report
 # must be the last host call before the trap.
 DISABLED_FEATURES = ["stdio", "random", "clocks", "http", "fetch-event"]
-# Workers' own module, as far as it has a counterpart here (`WorkerEntrypoint`, `env`).
+# Platforms' own modules, as far as they have a counterpart here: Workers' `WorkerEntrypoint`
+# and `env`, Spin's `ResponseBuilder`. Any other import from them fails the bundle, named.
 CLOUDFLARE_WORKERS = JS_SDK / "cloudflare-workers.js"
+SPIN_SDK = JS_SDK / "spin-sdk.js"
 
 # A namespace import: which shape the module has (`handle`, Workers' default export, Spin's
-# `handleRequest`, or a fetch listener added at its top level) is known only once it has run,
+# `handleRequest` or `handler`, or a fetch listener added at its top level) is known only once it has run,
 # in componentize-js's snapshot, where the SDK throws an error with this marker for a module
 # of none.
 ENTRY_SOURCE = """\
@@ -45,7 +47,8 @@ def no_shape_message(source: str) -> str:
         f"{source} has no request handler: export one of `export function handle(req)` (edge), "
         "`export default { fetch(request, env, ctx) }` or "
         "`export default class extends WorkerEntrypoint { fetch(request) }` (Cloudflare "
-        "Workers), `export async function handleRequest(request)` (Spin), or call "
+        "Workers), `export async function handleRequest(request)` or "
+        "`export async function handler(req, res)` (Spin), or call "
         '`addEventListener("fetch", (event) => event.respondWith(...))` at its top level '
         "(service worker: Fastly Compute, Spin)"
     )
@@ -56,6 +59,7 @@ def sdk_inputs() -> Sequence[tuple[str, Path]]:
         ("sdk-js", JS_SDK / "edge.js"),
         ("sdk-js-web", JS_SDK / "web.js"),
         ("sdk-js-cloudflare-workers", CLOUDFLARE_WORKERS),
+        ("sdk-js-spin", SPIN_SDK),
         ("sdk-js-pkg", JS_SDK / "package.json"),
     ]
 
@@ -82,6 +86,7 @@ def build_component(project_dir: Path, cfg: FunctionConfig, tools: Toolchain, wo
             "--platform=browser",
             f"--alias:edge={JS_SDK / 'edge.js'}",
             f"--alias:cloudflare:workers={CLOUDFLARE_WORKERS}",
+            f"--alias:@fermyon/spin-sdk={SPIN_SDK}",
             # The WIT imports are resolved by componentize-js, not by the bundler.
             "--external:edge:function/*",
             f"--outfile={bundle}",

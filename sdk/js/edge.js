@@ -9,8 +9,9 @@
 //
 // `handle` may be async and may return a Web `Response` instead. Code written for Cloudflare
 // Workers (`export default { fetch }`, or a `WorkerEntrypoint` class), Spin
-// (`handleRequest(request)`) or a service worker (`addEventListener("fetch", ...)`) works too:
-// web.js gives it Web-standard requests (wrapModule below picks the shape).
+// (`handleRequest(request)`, `handler(req, res)`) or a service worker
+// (`addEventListener("fetch", ...)`) works too: web.js and spin-sdk.js give it the requests it
+// expects (wrapModule below picks the shape).
 //
 // `edge build` bundles the module with this file (esbuild) behind an entry that exports the WIT
 // interface `edge:function/handler@0.1.0`, then componentize-js turns the bundle into a component.
@@ -18,9 +19,9 @@
 
 import { write as logWrite } from "edge:function/log@0.1.0";
 import { get as configGet } from "edge:function/config@0.1.0";
+import { serveHandler, spinRequest } from "./spin-sdk.js";
 import {
-  ExecutionContext, FetchEvent, WebResponse, env, fetchListeners, spinRequest, trapNow,
-  webRequest,
+  ExecutionContext, FetchEvent, WebResponse, env, fetchListeners, trapNow, webRequest,
 } from "./web.js";
 
 const encoder = new TextEncoder();
@@ -44,11 +45,13 @@ function bytesToLatin1(bytes) {
   return out;
 }
 
-function toBytes(body) {
+export function toBytes(body) {
   if (body === undefined || body === null) return new Uint8Array(0);
   if (body instanceof Uint8Array) return body;
   if (body instanceof ArrayBuffer) return new Uint8Array(body);
-  if (ArrayBuffer.isView(body)) return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+  if (ArrayBuffer.isView(body)) {
+    return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+  }
   return encoder.encode(String(body));
 }
 
@@ -231,7 +234,8 @@ export const config = {
 const SHAPES =
   "`export function handle(req)` (edge), `export default { fetch(request, env, ctx) }` or " +
   "`export default class extends WorkerEntrypoint { fetch(request) }` (Cloudflare Workers), " +
-  "`export async function handleRequest(request)` (Spin) or " +
+  "`export async function handleRequest(request)` or `export async function handler(req, res)` " +
+  "(Spin) or " +
   "`addEventListener(\"fetch\", (event) => event.respondWith(...))` " +
   "(service worker: Fastly Compute, Spin, older Workers)";
 
@@ -260,6 +264,13 @@ function pickServe(mod) {
   }
   if (typeof mod.handleRequest === "function") {
     return { who: SPIN, serve: (raw) => mod.handleRequest(spinRequest(raw)) };
+  }
+  // Spin v2's: two parameters, so that a helper of that common name is not taken for it.
+  if (typeof mod.handler === "function" && mod.handler.length === 2) {
+    return {
+      who: "handler(req, res)",
+      serve: (raw) => serveHandler(mod.handler, webRequest(raw)),
+    };
   }
   if (fetchListeners.length > 0) {
     return { who: "event.respondWith()", serve: dispatchFetch };

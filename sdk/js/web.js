@@ -1,7 +1,7 @@
 // web.js: the Web-standard side of a request, for code written for Cloudflare Workers, Fastly
 // Compute or Spin: a global `Request` (with Workers' `request.cf`), the `env` of config values,
-// Workers' `ctx`, the service worker's FetchEvent and Spin's plain request object. edge.js's
-// wrapModule picks the module's shape and uses these.
+// Workers' `ctx` and the service worker's FetchEvent (Spin's own shapes: spin-sdk.js).
+// edge.js's wrapModule picks the module's shape and uses these.
 
 import { get as configGet } from "edge:function/config@0.1.0";
 import { latin1ToBytes } from "./edge.js";
@@ -98,31 +98,6 @@ export function webRequest(raw) {
   Object.defineProperty(request, "headers", { value: new Headers(raw.headers) });
   Object.defineProperty(request, "cf", { value: cfOf(raw), enumerable: true });
   return request;
-}
-
-// The request of Spin's `handleRequest(request)` (its JS SDK before the fetch event): method,
-// `uri` (path and query, as Spin has it; the full URL is the `spin-full-url` header, as there),
-// `headers` an object of lower-case names (repeated ones joined with ", "), `body` an
-// ArrayBuffer, `text()` and `json()`.
-export function spinRequest(raw) {
-  const headers = {};
-  const url = new URL(raw.url);
-  for (const [name, value] of [...raw.headers, ["spin-full-url", raw.url]]) {
-    const joined = Object.hasOwn(headers, name) ? `${headers[name]}, ${value}` : value;
-    // Defined, not assigned: a header named `__proto__` is a header like any other.
-    Object.defineProperty(headers, name, {
-      value: joined, enumerable: true, writable: true, configurable: true,
-    });
-  }
-  const bytes = latin1ToBytes(raw.body);
-  return {
-    method: raw.method.toUpperCase(),
-    uri: url.pathname + url.search,
-    headers,
-    body: bytes.buffer,
-    text: () => new TextDecoder().decode(bytes),
-    json: () => JSON.parse(new TextDecoder().decode(bytes)),
-  };
 }
 
 // Workers' `env`: the function's config values (edge.toml [config], then deploy-time values and
