@@ -247,3 +247,16 @@ def test_worker_example_in_edge_dev_with_a_var_as_env(
     assert local.text == "Hi from --var, visitor from somewhere!\n"
     posted = httpx.post(dev.url + "/", json={"a": [1, "two"]}, timeout=30)
     assert posted.json() == {"received": {"a": [1, "two"]}}
+
+
+def test_spin_example_in_edge_dev_with_a_var_as_its_variable(
+    tmp_path: Path, start_dev: Callable[..., Proc]
+) -> None:
+    project = tmp_path / "spin"
+    shutil.copytree(EXAMPLES / "js" / "spin", project, ignore=shutil.ignore_patterns("build"))
+    dev = start_dev(project, "--var", "greeting=Hi from --var")
+    r = httpx.get(dev.url + "/?name=ada", timeout=30)
+    assert r.status_code == 200 and r.text == "Hi from --var, ada!\n"
+    assert r.headers["content-type"] == "text/plain; charset=utf-8"
+    posted = httpx.post(dev.url + "/", content="body text", timeout=30)
+    assert posted.json() == {"name": "world", "received": "body text"}
