@@ -165,6 +165,8 @@ def test_spin_v2_handler_answers_through_the_response_builder(node: Proc) -> Non
     r = httpx.post(node.url + "/spin-v2-js/json", json={"a": [1, "b"]}, timeout=30)
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     assert r.json() == {"got": {"a": [1, "b"]}, "builder": True}
+    r = httpx.get(node.url + "/spin-v2-js/no-content", timeout=30)
+    assert r.status_code == 204 and r.content == b""
 
 
 def test_spin_v2_handler_that_never_answers_is_a_typed_exception(node: Proc) -> None:

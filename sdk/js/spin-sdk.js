@@ -94,7 +94,9 @@ export class ResponseBuilder {
       body.set(chunk, at);
       at += chunk.length;
     }
-    return new WebResponse(body, { status: this.statusCode, headers: this.headers });
+    // No body at all when nothing was written: a 204's or 304's may not have one, even empty.
+    const init = { status: this.statusCode, headers: this.headers };
+    return new WebResponse(size > 0 ? body : null, init);
   }
 }
 
