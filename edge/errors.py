@@ -80,6 +80,22 @@ class FunctionException(FunctionError):
         self.exception_type = exception_type
 
 
+class NoResponse(FunctionError):
+    """The handler returned a Promise that never settled: the engine ran out of work to run
+    with no answer to give (see edge.sandbox.awaiting). As Workers' "The script will never
+    generate a response"."""
+
+    reason = "no_response"
+
+    def __init__(self, request_id: str) -> None:
+        where = f" (request id {request_id})" if request_id else ""
+        super().__init__(
+            "function gave no response: its handler's Promise never settled, as nothing left "
+            "to run could settle it (an await on a Promise nothing resolves, or an event that "
+            f"never comes){where}"
+        )
+
+
 class MemoryLimitExceeded(FunctionError):
     reason = "memory_limit"
 

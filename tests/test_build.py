@@ -236,7 +236,7 @@ def test_python_without_handler_fails_the_build(tmp_path: Path) -> None:
 
 
 @pytest.mark.toolchain
-def test_js_without_a_handler_shape_fails_the_build_naming_the_three(tmp_path: Path) -> None:
+def test_js_without_a_handler_shape_fails_the_build_naming_them(tmp_path: Path) -> None:
     project = copy_example("js", "hello", tmp_path)
     # A Worker with its method misspelt, and a `handle` that is not exported.
     (project / "index.js").write_text(
@@ -249,12 +249,38 @@ def test_js_without_a_handler_shape_fails_the_build_naming_the_three(tmp_path: P
     assert message.startswith("index.js has no request handler: export one of")
     for shape in [
         "`export function handle(req)` (edge)",
-        "`export default { fetch(request, env, ctx) }` (Cloudflare Workers)",
+        "`export default { fetch(request, env, ctx) }` or "
+        "`export default class extends WorkerEntrypoint { fetch(request) }` (Cloudflare Workers)",
+        "`export async function handleRequest(request)` or "
+        "`export async function handler(req, res)` (Spin)",
         '`addEventListener("fetch", (event) => event.respondWith(...))`',
     ]:
         assert shape in message
     assert "exports none of the accepted shapes" in info.value.output
     assert not (project / "build" / "hello-js.wasm").exists()
+
+
+@pytest.mark.toolchain
+@pytest.mark.parametrize(
+    ("module", "name", "shim"),
+    [("cloudflare:workers", "DurableObject", "cloudflare-workers.js"),
+     ("@fermyon/spin-sdk", "Kv", "spin-sdk.js")],
+)  # fmt: skip
+def test_js_import_from_a_platform_module_without_a_counterpart_is_named(
+    tmp_path: Path, module: str, name: str, shim: str
+) -> None:
+    project = copy_example("js", "hello", tmp_path)
+    (project / "index.js").write_text(
+        f'import {{ {name} }} from "{module}";\n'
+        f"export const used = {name};\n"
+        "export function handle(req) { return 'x'; }\n"
+    )
+    with pytest.raises(BuildFailed) as info:
+        build_function(project, cache_dir=tmp_path / "cache")
+    assert "esbuild" in info.value.message
+    # esbuild names the import and the module our alias stands for.
+    assert 'No matching export in "' in info.value.output
+    assert f'{shim}" for import "{name}"' in info.value.output
 
 
 @pytest.mark.toolchain

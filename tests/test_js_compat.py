@@ -1,9 +1,11 @@
 """Code written for Cloudflare Workers, Fastly Compute or Spin runs as written, seen from outside:
 a real node on 127.0.0.1 with the GeoIP test database, trusting 127.0.0.1's X-Forwarded-For.
 
-The fixtures use Web globals only (Request, Response, Headers, ReadableStream) and the three
-module shapes: Workers' `export default { fetch }`, the service worker's fetch listener, and
-our own `handle`, async and answering with a Web Response.
+The fixtures use Web globals only (Request, Response, Headers, ReadableStream) and the module
+shapes: Workers' `export default { fetch }` and `WorkerEntrypoint` class (from
+"cloudflare:workers"), Spin's `handleRequest` answering with a plain object and `handler(req,
+res)` with its ResponseBuilder (from "@fermyon/spin-sdk"), the service
+worker's fetch listener, and our own `handle`, async and answering with a Web Response.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from .test_sdk import exception_answer, get, logged
 
 pytestmark = pytest.mark.toolchain
 
-FUNCTIONS = ["worker-cf", "worker-fastly", "async-js"]
+FUNCTIONS = [
+    "worker-cf", "worker-fastly", "async-js", "worker-entrypoint", "spin-js", "spin-v2-js",
+]  # fmt: skip
 LONDON = "81.2.69.142"  # GB, London, EU in GeoIP2-City-Test
 
 
@@ -97,6 +101,94 @@ def test_an_answer_that_is_not_a_response_is_a_typed_exception(
     assert [line["level"] for line in lines if line["source"] == "log"] == ["error"]
 
 
+def test_worker_entrypoint_class_gets_env_and_ctx(node: Proc) -> None:
+    r = get(node, "/worker-entrypoint/hello", "entrypoint")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "greeting": "Hello from a WorkerEntrypoint",  # this.env, from edge.toml's [config]
+        "moduleEnv": "Hello from a WorkerEntrypoint",  # import { env } from "cloudflare:workers"
+        "unset": True,
+        "method": "GET",
+        "country": None,
+        "sameEnv": True,
+    }
+    lines = logged(node, "entrypoint", "waitUntil for /worker-entrypoint/hello")
+    assert [line["level"] for line in lines if line["source"] == "log"] == ["info"]
+    r = httpx.get(
+        node.url + "/worker-entrypoint/", headers={"x-forwarded-for": LONDON}, timeout=30
+    )
+    assert r.json()["country"] == "GB"
+
+
+def test_worker_entrypoint_exception_is_typed(node: Proc) -> None:
+    exception_answer(get(node, "/worker-entrypoint/throw", "entry-throw"), "SyntaxError",
+                     "entry-throw")  # fmt: skip
+    logged(node, "entry-throw", "Uncaught SyntaxError: from a WorkerEntrypoint")
+
+
+def test_spin_handle_request_answers_with_a_plain_object(node: Proc) -> None:
+    r = httpx.get(node.url + "/spin-js/", timeout=30)
+    assert r.status_code == 200 and r.text == "Hello from Spin's handleRequest\n"
+    assert r.headers["x-spin"] == "object"
+    sent = [("x-rep", "one"), ("x-rep", "two"), ("content-type", "text/plain")]
+    url = node.url + "/spin-js/echo?q=1"
+    r = httpx.post(url, content="héllo".encode(), headers=sent, timeout=30)
+    assert r.status_code == 201 and r.headers["x-spin"] == "map"
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "method": "POST", "text": "héllo", "bytes": 6, "rep": "one, two", "type": "text/plain",
+        "uri": "/spin-js/echo?q=1", "fullUrl": url,
+    }  # fmt: skip
+    r = httpx.post(node.url + "/spin-js/json", json={"name": "ada"}, timeout=30)
+    assert r.status_code == 200 and r.text == "ada" and r.headers["content-type"] == "text/plain"
+    r = httpx.get(node.url + "/spin-js/empty", timeout=30)
+    assert r.status_code == 204 and r.content == b""
+
+
+def test_spin_answer_without_a_status_is_a_typed_exception(node: Proc) -> None:
+    exception_answer(get(node, "/spin-js/no-status", "spin-no-status"), "TypeError",
+                     "spin-no-status")  # fmt: skip
+    logged(
+        node,
+        "spin-no-status",
+        "Uncaught TypeError: handleRequest(request) must return a Response or "
+        "{ status, headers, body }, got Object",
+    )
+
+
+def test_spin_v2_handler_answers_through_the_response_builder(node: Proc) -> None:
+    r = httpx.get(node.url + "/spin-v2-js/", timeout=30)
+    assert r.status_code == 200 and r.text == "Hello from Spin's handler(req, res)\n"
+    r = httpx.get(node.url + "/spin-v2-js/parts", timeout=30)
+    assert r.status_code == 207 and r.text == "part one, part two"
+    assert r.headers["content-type"] == "text/plain" and r.headers["x-spin"] == "v2"
+    r = httpx.post(node.url + "/spin-v2-js/json", json={"a": [1, "b"]}, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"got": {"a": [1, "b"]}, "builder": True}
+    r = httpx.get(node.url + "/spin-v2-js/no-content", timeout=30)
+    assert r.status_code == 204 and r.content == b""
+
+
+def test_spin_v2_handler_that_never_answers_is_a_typed_exception(node: Proc) -> None:
+    exception_answer(get(node, "/spin-v2-js/silent", "spin-silent"), "TypeError", "spin-silent")
+    logged(
+        node,
+        "spin-silent",
+        "Uncaught TypeError: handler(req, res) finished without calling res.send() or res.end()",
+    )
+
+
+def test_spin_v2_error_after_the_answer_is_logged_and_the_answer_stands(node: Proc) -> None:
+    r = get(node, "/spin-v2-js/after-send", "spin-after-send")
+    assert r.status_code == 200 and r.text == "sent first\n"
+    lines = logged(
+        node,
+        "spin-after-send",
+        "handler(req, res) failed after answering: RangeError: thrown after the answer",
+    )
+    assert [line["level"] for line in lines if line["source"] == "log"] == ["error"]
+
+
 def test_fastly_style_fetch_listener_with_client_address(node: Proc) -> None:
     r = httpx.post(
         node.url + "/worker-fastly/submit",
@@ -157,3 +249,16 @@ def test_worker_example_in_edge_dev_with_a_var_as_env(
     assert local.text == "Hi from --var, visitor from somewhere!\n"
     posted = httpx.post(dev.url + "/", json={"a": [1, "two"]}, timeout=30)
     assert posted.json() == {"received": {"a": [1, "two"]}}
+
+
+def test_spin_example_in_edge_dev_with_a_var_as_its_variable(
+    tmp_path: Path, start_dev: Callable[..., Proc]
+) -> None:
+    project = tmp_path / "spin"
+    shutil.copytree(EXAMPLES / "js" / "spin", project, ignore=shutil.ignore_patterns("build"))
+    dev = start_dev(project, "--var", "greeting=Hi from --var")
+    r = httpx.get(dev.url + "/?name=ada", timeout=30)
+    assert r.status_code == 200 and r.text == "Hi from --var, ada!\n"
+    assert r.headers["content-type"] == "text/plain; charset=utf-8"
+    posted = httpx.post(dev.url + "/", content="body text", timeout=30)
+    assert posted.json() == {"name": "world", "received": "body text"}

@@ -25,6 +25,7 @@ from edge.errors import (
     FunctionTrapped,
     InvalidResponse,
     MemoryLimitExceeded,
+    NoResponse,
     ResponseTooLarge,
 )
 from edge.sandbox import abi, capi, growcheck, host, prepare, stackmap
@@ -383,10 +384,14 @@ class LoadedFunction:
         err = capi.func_call(func, context, param.pointer, 1, ctypes.addressof(result), 1)
         if err:
             error = _classify(capi.error(err), self.config, "running")
-            # The SDK reported an uncaught exception and trapped at once (edge.sandbox.uncaught);
-            # the sandbox's own kills (deadline, memory) still say what ended the request.
-            if type(error) is FunctionTrapped and invocation.uncaught is not None:
-                raise FunctionException(invocation.uncaught.type_name, invocation.request_id)
+            # The SDK reported an uncaught exception and trapped at once (edge.sandbox.uncaught),
+            # or the JS engine found the handler's Promise could never settle (awaiting); the
+            # sandbox's own kills (deadline, memory) still say what ended the request.
+            if type(error) is FunctionTrapped:
+                if invocation.uncaught is not None:
+                    raise FunctionException(invocation.uncaught.type_name, invocation.request_id)
+                if invocation.awaiting and error.message.endswith(UNREACHABLE):
+                    raise NoResponse(invocation.request_id)
             raise error
         try:
             response = abi.lift_response(result, self.config.limits.response_body_limit_bytes)
@@ -409,6 +414,10 @@ class LoadedFunction:
                 "200 to 599"
             )
         return response
+
+
+# The cause of a trap in guest code that gave up on purpose (C abort, the JS engine's).
+UNREACHABLE = "wasm `unreachable` instruction executed"
 
 
 def _warn(sink: host.LogSink, function: str, message: str) -> None:

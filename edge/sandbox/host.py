@@ -20,7 +20,7 @@ from wasmtime import WasiConfig
 from wasmtime import component as cm
 
 from edge.config.function import Capabilities
-from edge.sandbox import capi, uncaught
+from edge.sandbox import awaiting, capi, uncaught
 from edge.sandbox.stackmap import StackMapper
 from edge.sandbox.uncaught import Uncaught
 
@@ -69,6 +69,8 @@ class Invocation:
     # (see edge.sandbox.uncaught): read by the sandbox when the call traps.
     uncaught: Uncaught | None = None
     reported: bool = False  # a report was logged (once a request, over the line cap too)
+    # Between the JS SDK's marks around its handler's Promise (see edge.sandbox.awaiting).
+    awaiting: bool = False
     # Logs what guest stdio holds without its newline yet (OutputRoute.flush), so that what
     # was printed before a report comes before it in the log.
     flush_output: Callable[[], None] | None = None
@@ -148,9 +150,14 @@ class bound:
 def _log_write(_store: Any, level: Any, message: str) -> None:
     name = level if isinstance(level, str) else LOG_LEVELS[int(level)]
     inv = current()
-    if name == "error" and uncaught.is_report(message):
-        inv.report_uncaught(message)
-        return
+    if message[:1] == "\0":  # the SDKs' marks start so
+        if name == "error" and uncaught.is_report(message):
+            inv.report_uncaught(message)
+            return
+        if message == awaiting.AWAITING or message == awaiting.ANSWERED:
+            inv.uncaught = None
+            inv.awaiting = message == awaiting.AWAITING
+            return
     inv.uncaught = None  # a report stands only if the trap comes next
     inv.log(name, message, "log")
 

@@ -8,8 +8,10 @@
 //     }
 //
 // `handle` may be async and may return a Web `Response` instead. Code written for Cloudflare
-// Workers (`export default { fetch }`) or a service worker (`addEventListener("fetch", ...)`)
-// works too: web.js gives it Web-standard requests (wrapModule below picks the shape).
+// Workers (`export default { fetch }`, or a `WorkerEntrypoint` class), Spin
+// (`handleRequest(request)`, `handler(req, res)`) or a service worker
+// (`addEventListener("fetch", ...)`) works too: web.js and spin-sdk.js give it the requests it
+// expects (wrapModule below picks the shape).
 //
 // `edge build` bundles the module with this file (esbuild) behind an entry that exports the WIT
 // interface `edge:function/handler@0.1.0`, then componentize-js turns the bundle into a component.
@@ -17,8 +19,9 @@
 
 import { write as logWrite } from "edge:function/log@0.1.0";
 import { get as configGet } from "edge:function/config@0.1.0";
+import { serveHandler, spinRequest } from "./spin-sdk.js";
 import {
-  ExecutionContext, FetchEvent, WebResponse, env, fetchListeners, webRequest,
+  ExecutionContext, FetchEvent, WebResponse, env, fetchListeners, trapNow, webRequest,
 } from "./web.js";
 
 const encoder = new TextEncoder();
@@ -42,10 +45,13 @@ function bytesToLatin1(bytes) {
   return out;
 }
 
-function toBytes(body) {
+export function toBytes(body) {
   if (body === undefined || body === null) return new Uint8Array(0);
   if (body instanceof Uint8Array) return body;
   if (body instanceof ArrayBuffer) return new Uint8Array(body);
+  if (ArrayBuffer.isView(body)) {
+    return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+  }
   return encoder.encode(String(body));
 }
 
@@ -169,8 +175,15 @@ export class Response {
   }
 }
 
+// The function's own lines never start with NUL: the SDK's marks for the node do
+// (edge/sandbox/uncaught.py, edge/sandbox/awaiting.py), and a client's text that a function
+// logs must not pass for one.
+function own(text) {
+  return text.charCodeAt(0) === 0 ? `\ufffd${text.slice(1)}` : text;
+}
+
 function level(name) {
-  return (message) => logWrite(name, String(message));
+  return (message) => logWrite(name, own(String(message)));
 }
 
 export const log = {
@@ -182,8 +195,9 @@ export const log = {
 };
 
 // console.* as in Workers: a line in the function's log. componentize-js runs without stdio,
-// which dropped it. Only while a request runs: the module's top level runs at build time, when
-// there is no host to log to (a call there is dropped, as before).
+// which dropped it. Only once a request runs: the module's top level runs at build time, when
+// there is no host to log to (a call there is dropped, as before). Never false again: work
+// left running after the handler answered (waitUntil's) logs too.
 let inRequest = false;
 
 function formatArg(value) {
@@ -204,7 +218,7 @@ for (const [method, levelName] of [
   ["warn", "warn"], ["error", "error"],
 ]) {
   globalThis.console[method] = (...args) => {
-    if (inRequest) logWrite(levelName, args.map(formatArg).join(" "));
+    if (inRequest) logWrite(levelName, own(args.map(formatArg).join(" ")));
   };
 }
 
@@ -216,13 +230,17 @@ export const config = {
   },
 };
 
-// The three shapes of module a function may be, as the build error names them.
+// The shapes of module a function may be, as the build error names them.
 const SHAPES =
-  "`export function handle(req)` (edge), `export default { fetch(request, env, ctx) }` " +
-  "(Cloudflare Workers) or `addEventListener(\"fetch\", (event) => event.respondWith(...))` " +
+  "`export function handle(req)` (edge), `export default { fetch(request, env, ctx) }` or " +
+  "`export default class extends WorkerEntrypoint { fetch(request) }` (Cloudflare Workers), " +
+  "`export async function handleRequest(request)` or `export async function handler(req, res)` " +
+  "(Spin) or " +
+  "`addEventListener(\"fetch\", (event) => event.respondWith(...))` " +
   "(service worker: Fastly Compute, Spin, older Workers)";
 
 const HANDLE = "handle(req)";
+const SPIN = "handleRequest(request)";
 
 // Each shape as one call: (raw WIT request, ctx) -> what the user's code returned, maybe a
 // Promise. `handle` comes first, so a module may keep both while it is being ported.
@@ -231,10 +249,27 @@ function pickServe(mod) {
     return { who: HANDLE, serve: (raw) => mod.handle(new Request(raw)) };
   }
   const worker = mod.default;
+  if (typeof worker === "function" && typeof worker.prototype?.fetch === "function") {
+    // A class (Workers' WorkerEntrypoint, from "cloudflare:workers"): one per request.
+    return {
+      who: "fetch(request)",
+      serve: (raw, ctx) => new worker(ctx, env).fetch(webRequest(raw)),
+    };
+  }
   if (worker && typeof worker.fetch === "function") {
     return {
       who: "fetch(request, env, ctx)",
       serve: (raw, ctx) => worker.fetch(webRequest(raw), env, ctx),
+    };
+  }
+  if (typeof mod.handleRequest === "function") {
+    return { who: SPIN, serve: (raw) => mod.handleRequest(spinRequest(raw)) };
+  }
+  // Spin v2's: two parameters, so that a helper of that common name is not taken for it.
+  if (typeof mod.handler === "function" && mod.handler.length === 2) {
+    return {
+      who: "handler(req, res)",
+      serve: (raw) => serveHandler(mod.handler, webRequest(raw)),
     };
   }
   if (fetchListeners.length > 0) {
@@ -262,70 +297,92 @@ function witOf(resp) {
 }
 
 // The WIT response for what the handler gave: the SDK's Response, a Web `Response` (its body
-// read whole, a stream included), or a string (`handle` only, as before).
+// read whole, a stream included), a string (`handle` only, as before) or Spin's plain
+// `{ status, headers, body }` (`handleRequest` only).
 async function toWit(resp, who) {
   if (typeof resp === "string" && who === HANDLE) resp = Response.text(resp);
+  if (who === SPIN && isSpinResponse(resp)) {
+    resp = new Response(resp.body, { status: resp.status, headers: resp.headers ?? [] });
+  }
   if (resp instanceof Response) return witOf(resp);
   if (resp instanceof WebResponse) {
     const body = new Uint8Array(await resp.arrayBuffer());
     return { status: resp.status, headers: toHeaderList(resp.headers), body: bytesToLatin1(body) };
   }
-  throw new TypeError(`${who} must return a Response, got ${describe(resp)}`);
+  const wanted = who === SPIN ? "a Response or { status, headers, body }" : "a Response";
+  throw new TypeError(`${who} must return ${wanted}, got ${describe(resp)}`);
 }
 
-// waitUntil's promises, including those added while waiting; a rejection is logged only.
-async function settle(ctx) {
-  while (ctx.pending.length > 0) {
-    const batch = ctx.pending.splice(0);
-    for (const result of await Promise.allSettled(batch)) {
-      if (result.status === "rejected") {
-        logWrite("error", `waitUntil promise rejected: ${formatArg(result.reason)}`);
-      }
-    }
-  }
+function isSpinResponse(value) {
+  return value !== null && typeof value === "object" && Number.isInteger(value.status) &&
+    !(value instanceof Response) && !(value instanceof WebResponse);
 }
 
-// An exception that ends the request: reported, then a trap right after the report (the node
+function waitUntilRejected(reason) {
+  logWrite("error", own(`waitUntil promise rejected: ${formatArg(reason)}`));
+}
+
+// An exception that ends the request: reported, then a trap at once, before any other queued
+// work can call the host (the node believes a report only when the trap comes next, and
 // answers 500 `function_exception`).
 function fail(e) {
   reportUncaught(e);
-  throw e;
+  trapNow();
+  throw e; // not reached while the build disables the clock
 }
 
-async function finish(result, ctx, who) {
+// The node's marks around the handler's Promise (edge/sandbox/awaiting.py): a trap between
+// them, with no exception reported, is that Promise never settling. componentize-js traps when
+// its event loop has nothing left to run and the Promise is still pending. A mark is a host
+// call (~27 µs; a microtask hop is < 1 µs), so the wait is marked only once it has lasted
+// UNMARKED_HOPS hops: most handlers answer sooner and write none. The watch's own hops keep
+// the loop from running dry until then, so no unmarked wait can end in that trap.
+const AWAITING_MARK = "\0edge:awaiting\0";
+const ANSWERED_MARK = "\0edge:answered\0";
+const UNMARKED_HOPS = 64;
+
+function watch(wait, hops) {
+  if (wait.answered) return;
+  if (hops > 0) {
+    queueMicrotask(() => watch(wait, hops - 1));
+    return;
+  }
+  wait.marked = true;
+  logWrite("trace", AWAITING_MARK);
+}
+
+async function finish(result, who) {
+  const wait = { answered: false, marked: false };
+  watch(wait, UNMARKED_HOPS);
+  let out;
   try {
-    const out = await toWit(await result, who);
-    await settle(ctx);
-    return out;
+    out = await toWit(await result, who);
   } catch (e) {
     fail(e);
-  } finally {
-    inRequest = false;
   }
+  wait.answered = true;
+  if (wait.marked) logWrite("trace", ANSWERED_MARK);
+  return out;
 }
 
 // Used by the generated build entry: adapts the module to the WIT export. The export may
-// return a Promise: componentize-js runs the engine's event loop until it settles, within the
-// one export call, so `async` handlers work (a Promise that nothing left to run can settle
-// traps). A synchronous `handle` answering with the SDK's Response returns at once, as before,
-// without a Promise for componentize-js to drive.
+// return a Promise: componentize-js runs the engine's event loop within the one export call
+// until nothing is left to run, so `async` handlers work, and so does waitUntil's work. A
+// synchronous `handle` answering with the SDK's Response returns at once, as before, without a
+// Promise for componentize-js to drive.
 export function wrapModule(mod) {
   const { who, serve } = pickServe(mod);
   return {
     handle(raw) {
       inRequest = true;
-      let later = false;
       try {
-        const ctx = new ExecutionContext();
+        const ctx = new ExecutionContext(waitUntilRejected);
         let resp = serve(raw, ctx);
         if (typeof resp === "string" && who === HANDLE) resp = Response.text(resp);
-        if (resp instanceof Response && ctx.pending.length === 0) return witOf(resp);
-        later = true;
-        return finish(resp, ctx, who);
+        if (resp instanceof Response && ctx.waiting === 0) return witOf(resp);
+        return finish(resp, who);
       } catch (e) {
         fail(e);
-      } finally {
-        if (!later) inRequest = false;
       }
     },
   };

@@ -1,7 +1,7 @@
 // web.js: the Web-standard side of a request, for code written for Cloudflare Workers, Fastly
 // Compute or Spin: a global `Request` (with Workers' `request.cf`), the `env` of config values,
-// Workers' `ctx` and the service worker's FetchEvent. edge.js's wrapModule picks the module's
-// shape and uses these.
+// Workers' `ctx` and the service worker's FetchEvent (Spin's own shapes: spin-sdk.js).
+// edge.js's wrapModule picks the module's shape and uses these.
 
 import { get as configGet } from "edge:function/config@0.1.0";
 import { latin1ToBytes } from "./edge.js";
@@ -52,6 +52,19 @@ globalThis.clearTimeout = (id) => {
 };
 globalThis.clearInterval = globalThis.clearTimeout;
 
+// performance.now() reads the monotonic clock, which the build disables too: the engine's
+// traps. As Date.now() is frozen, no time passes in a function: it is 0. The engine's own is
+// kept to end a request on purpose (trapNow).
+const enginePerformanceNow = performance.now;
+Object.defineProperty(performance, "now", { value: () => 0, configurable: true, writable: true });
+
+// Ends the request at once with a trap, nothing else run after it: the clock import is a trap
+// stub while DISABLED_FEATURES (edge/build/js.py) has "clocks". Used right after the SDK's
+// report of an uncaught exception, which the node believes only when the trap comes next.
+export function trapNow() {
+  enginePerformanceNow.call(performance);
+}
+
 // The network is denied by capability (no wasi:http import, DISABLED_FEATURES): the engine's
 // fetch traps with nothing in the log. A rejection says why, and code that catches it can go on.
 globalThis.fetch = async function fetch() {
@@ -101,16 +114,20 @@ export const env = new Proxy(Object.create(null), {
   },
 });
 
-// Workers' `ctx` (and the service worker's event.waitUntil): promises given to waitUntil are
-// awaited before the request's answer leaves the function, since an instance lives for one
-// request only; a rejection is logged, and the answer stands.
+// Workers' `ctx` (and the service worker's event.waitUntil). componentize-js runs the engine's
+// event loop until nothing is left to run before the call returns, so work given to waitUntil
+// is done before the answer leaves the function (an instance lives for one request) without
+// the SDK awaiting it: one that never settles is dropped then, and the answer stands. A
+// rejection goes to `rejected` (a log line).
 export class ExecutionContext {
-  constructor() {
-    this.pending = [];
+  constructor(rejected) {
+    this.rejected = rejected;
+    this.waiting = 0; // promises given: a synchronous answer then still runs the event loop
   }
 
   waitUntil(promise) {
-    this.pending.push(Promise.resolve(promise));
+    this.waiting += 1;
+    Promise.resolve(promise).catch(this.rejected);
   }
 
   // There is no origin to fall back to: an exception still ends the request with a 500.

@@ -1,0 +1,122 @@
+// spin-sdk.js: Spin's JavaScript shapes from before its fetch event, and what
+// `import ... from "@fermyon/spin-sdk"` gets (edge build aliases the package here): its
+// `ResponseBuilder`. Key-value, variables, outbound HTTP and the rest have no counterpart, and
+// the build names the import.
+
+import { latin1ToBytes, toBytes } from "./edge.js";
+import { WebResponse } from "./web.js";
+
+const decoder = new TextDecoder();
+
+// The request of `handleRequest(request)` (Spin's JS SDK v1): method, `uri` (path and query,
+// as Spin has it; the full URL is the `spin-full-url` header, as there), `headers` an object of
+// lower-case names (repeated ones joined with ", "), `body` an ArrayBuffer, `text()`, `json()`.
+export function spinRequest(raw) {
+  const headers = {};
+  const url = new URL(raw.url);
+  for (const [name, value] of [...raw.headers, ["spin-full-url", raw.url]]) {
+    const joined = Object.hasOwn(headers, name) ? `${headers[name]}, ${value}` : value;
+    // Defined, not assigned: a header named `__proto__` is a header like any other.
+    Object.defineProperty(headers, name, {
+      value: joined, enumerable: true, writable: true, configurable: true,
+    });
+  }
+  const bytes = latin1ToBytes(raw.body);
+  return {
+    method: raw.method.toUpperCase(),
+    uri: url.pathname + url.search,
+    headers,
+    body: bytes.buffer,
+    text: () => decoder.decode(bytes),
+    json: () => JSON.parse(decoder.decode(bytes)),
+  };
+}
+
+// The `res` of `handler(req, res)` (Spin's JS SDK v2): status(), set(), write(), send(), end().
+// Nothing is streamed: the answer is what was written when end() (or send()) is called, or
+// when the handler's Promise settles after a write().
+export class ResponseBuilder {
+  constructor(ended) {
+    this.headers = new Headers();
+    this.statusCode = 200;
+    this.chunks = [];
+    this.written = false;
+    this.sent = false;
+    this.ended = ended;
+  }
+
+  status(code) {
+    if (this.written) throw new Error("Headers and Status already sent");
+    this.statusCode = code;
+    return this;
+  }
+
+  getStatus() {
+    return this.statusCode;
+  }
+
+  set(nameOrHeaders, value) {
+    if (this.written) throw new Error("Headers already sent");
+    if (typeof nameOrHeaders === "string" && typeof value === "string") {
+      this.headers.set(nameOrHeaders, value);
+    } else if (typeof nameOrHeaders === "object" && nameOrHeaders && value === undefined) {
+      for (const [name, v] of Object.entries(nameOrHeaders)) this.headers.set(name, v);
+    } else {
+      throw new Error("Invalid arguments");
+    }
+    return this;
+  }
+
+  write(value) {
+    if (this.sent) throw new Error("Response has already been sent");
+    this.written = true;
+    this.chunks.push(toBytes(value));
+  }
+
+  end() {
+    if (this.sent) throw new Error("Response has already been sent");
+    this.written = true;
+    this.sent = true;
+    this.ended();
+  }
+
+  send(value = new Uint8Array()) {
+    this.write(value);
+    this.end();
+  }
+
+  // The Web Response of what was written.
+  response() {
+    const size = this.chunks.reduce((n, c) => n + c.length, 0);
+    const body = new Uint8Array(size);
+    let at = 0;
+    for (const chunk of this.chunks) {
+      body.set(chunk, at);
+      at += chunk.length;
+    }
+    // No body at all when nothing was written: a 204's or 304's may not have one, even empty.
+    const init = { status: this.statusCode, headers: this.headers };
+    return new WebResponse(size > 0 ? body : null, init);
+  }
+}
+
+// `handler(req, res)`: answered at res.end() / res.send(), or when the handler's Promise
+// settles having written something; settling without a write is a TypeError that says so.
+export function serveHandler(handler, request) {
+  return new Promise((resolve, reject) => {
+    const res = new ResponseBuilder(() => resolve(res.response()));
+    Promise.resolve()
+      .then(() => handler(request, res))
+      .then(() => {
+        if (!res.written) {
+          throw new TypeError("handler(req, res) finished without calling res.send() or res.end()");
+        }
+        resolve(res.response());
+      })
+      .catch((e) => {
+        // After res.end() the answer stands, as on Spin; the error is only logged.
+        if (res.sent) console.error("handler(req, res) failed after answering:", e);
+        else reject(e);
+      });
+  });
+}
