@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +23,13 @@ from edge.control.client import ControlClient
 from edge.control.sealing import KEY_FILE, SecretsKey
 from edge.node.follower import PUBLIC_SECRET_MESSAGE
 
-from .cluster import Control, converge, follower, start_control
-from .conftest import EXAMPLES, REPO, NodeFactory, Proc, wait_until
-from .test_config_values_cluster import cli, cli_json
+from .cluster import Control, follower, start_control
+from .conftest import NodeFactory, Proc, wait_until
+from .test_secrets_cluster import FUNCTION, deploy_with_secret, rotate
 
 pytestmark = pytest.mark.toolchain
 
 SECRET = "reloaded-greeting-7d21"
-FUNCTION = "config-c"
 LOOK_S = 20  # the node looks at its key files every heartbeat (5 s); slack for a busy machine
 
 
@@ -54,16 +50,6 @@ def status_error(client: ControlClient, node_id: str) -> str:
     return str(nodes[node_id]["last_error"])
 
 
-def deploy_secret(control: Control, tmp_path: Path) -> None:
-    for example, route in (("hello", "*/hello"), ("config", "*/")):
-        project = tmp_path / example
-        shutil.copytree(EXAMPLES / "c" / example, project, ignore=shutil.ignore_patterns("build"))
-        cli(control, "deploy", str(project), "--route", route)
-    with control.client() as client:
-        converge(client, cli_json(control, "config", "set", FUNCTION, f"greeting={SECRET}",
-                                  "--secret"))
-
-
 def test_a_rotation_reaches_a_running_node_through_its_key_files(
     control: Control, start_node: NodeFactory, tmp_path: Path
 ) -> None:
@@ -78,18 +64,14 @@ def test_a_rotation_reaches_a_running_node_through_its_key_files(
                     secrets_key=False,
                     extra=f'secrets_key_file = "{current}"\n'
                           f'previous_secrets_key_file = "{previous}"\n')
-    deploy_secret(control, tmp_path)
+    deploy_with_secret(control, tmp_path, SECRET)
     assert httpx.get(node.url + "/").text == SECRET + "\n"
     assert readyz(node)["secrets_keys"] == {"key_ids": [old.key_id], "error": ""}
 
     # 1. With the control plane stopped, everything is sealed again under a new key.
     control.proc.stop()
     new_file = tmp_path / "new.key"
-    r = subprocess.run(
-        [sys.executable, "-m", "edge", "rotate-secrets-key", "--data", str(control.data),
-         "--new-key", str(new_file), "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )
+    r = rotate(control, new_file, "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     new = SecretsKey.load(new_file)
@@ -137,7 +119,7 @@ def test_a_bad_key_file_on_a_running_node_keeps_its_keys_until_it_is_fixed(
     put(key_file, good_text)
     node = follower(start_node, control, "reload-2", "eu-west", tmp_path / "state",
                     secrets_key=False, extra=f'secrets_key_file = "{key_file}"\n')
-    deploy_secret(control, tmp_path)
+    deploy_with_secret(control, tmp_path, SECRET)
     assert httpx.get(node.url + "/").text == SECRET + "\n"
 
     with control.client() as client:
