@@ -216,7 +216,7 @@ def test_node_listen_and_token_file_errors_name_what_is_wrong(tmp_path: Path) ->
 
 def test_node_secrets_key_files_from_node_toml_and_the_command_line(tmp_path: Path) -> None:
     from edge.control.sealing import SecretsKey
-    from edge.node.main import keyring, node_config_from_args
+    from edge.node.main import key_files, node_config_from_args
 
     current = SecretsKey.load_or_create(tmp_path / "keys" / "new.key")
     previous = SecretsKey.load_or_create(tmp_path / "keys" / "old.key")
@@ -229,7 +229,7 @@ def test_node_secrets_key_files_from_node_toml_and_the_command_line(tmp_path: Pa
     from_file = node_config_from_args(config, None, None, None, None, None, None, None)
     assert from_file.control is not None
     assert from_file.control.secrets_key_file == tmp_path / "keys" / "new.key"  # file-relative
-    ring = keyring(from_file.control)
+    ring = key_files(from_file.control).keyring
     assert sorted(ring.key_ids) == sorted([current.key_id, previous.key_id])
     # --control keeps the file's keys; --secrets-key-file replaces the current one.
     flags = (config, control["url"], None, None, None, None, None, None)
@@ -239,9 +239,9 @@ def test_node_secrets_key_files_from_node_toml_and_the_command_line(tmp_path: Pa
     assert given is not None and given.secrets_key_file == tmp_path / "keys" / "old.key"
     # None configured: an empty keyring (functions with secrets answer 503 on this node).
     bare = parse_node_config({"control": control}, "node.toml", tmp_path).control
-    assert bare is not None and keyring(bare).key_ids == []
+    assert bare is not None and key_files(bare).keyring.key_ids == []
     missing = parse_node_config({"control": {**control, "secrets_key_file": "missing.key"}},
                                 "node.toml", tmp_path).control
     assert missing is not None
     with pytest.raises(ConfigError, match=r"missing\.key"):
-        keyring(missing)
+        key_files(missing)

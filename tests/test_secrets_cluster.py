@@ -38,6 +38,26 @@ def raw_bytes(directory: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())
 
 
+def rotate(control: Control, new_key: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`edge rotate-secrets-key` on the control plane's data directory."""
+    return subprocess.run(
+        [sys.executable, "-m", "edge", "rotate-secrets-key", "--data", str(control.data),
+         "--new-key", str(new_key), *flags],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+
+
+def deploy_with_secret(control: Control, tmp_path: Path, secret: str = SECRET) -> None:
+    """The C hello (at /hello) and config (at /) examples, the config one's greeting a secret."""
+    for example, route in (("hello", "*/hello"), ("config", "*/")):
+        project = tmp_path / example
+        shutil.copytree(EXAMPLES / "c" / example, project, ignore=shutil.ignore_patterns("build"))
+        cli(control, "deploy", str(project), "--route", route)
+    with control.client() as client:
+        converge(client, cli_json(control, "config", "set", FUNCTION, f"greeting={secret}",
+                                  "--secret"))
+
+
 def assert_unavailable(node: Proc, key_id: str, what: str) -> None:
     url = node.url
     r = httpx.get(url + "/")
@@ -69,14 +89,9 @@ def test_secrets_are_sealed_on_every_disk_and_open_only_with_the_fleet_key(
                      secrets_key=False)
     other = follower(start_node, control, "sec-wrong", "eu-west", states["wrong"],
                      secrets_key=False, extra=f'secrets_key_file = "{wrong_file}"\n')
-    for example, route in (("hello", "*/hello"), ("config", "*/")):
-        project = tmp_path / example
-        shutil.copytree(EXAMPLES / "c" / example, project, ignore=shutil.ignore_patterns("build"))
-        cli(control, "deploy", str(project), "--route", route)
+    deploy_with_secret(control, tmp_path)
 
     with control.client() as client:
-        converge(client, cli_json(control, "config", "set", FUNCTION, f"greeting={SECRET}",
-                                  "--secret"))
         # The function reads the secret through config.get on the node that has the key ...
         assert httpx.get(good.url + "/").text == SECRET + "\n"
         # ... and is never served without it elsewhere: a typed 503 naming the key it needs.
@@ -151,11 +166,7 @@ def test_rotating_the_key_keeps_the_node_serving_and_retires_the_old_key(
 
     # 1. With the control plane stopped, everything is sealed again under a new key.
     control.proc.stop()
-    r = subprocess.run(
-        [sys.executable, "-m", "edge", "rotate-secrets-key", "--data", str(control.data),
-         "--new-key", str(new_file), "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )
+    r = rotate(control, new_file, "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     new = SecretsKey.load(new_file)
@@ -200,11 +211,7 @@ def test_a_data_directory_in_use_refuses_a_second_control_plane_and_a_rotation(
         [*edge, "control", "--data", str(control.data), "--listen", f"127.0.0.1:{free_port()}"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
-    rotation = subprocess.run(
-        [*edge, "rotate-secrets-key", "--data", str(control.data),
-         "--new-key", str(tmp_path / "new.key")],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )
+    rotation = rotate(control, tmp_path / "new.key")
     for r in (second, rotation):
         assert r.returncode != 0, r.stdout
         assert "is in use by edge control (pid" in r.stderr and "Traceback" not in r.stderr
@@ -213,10 +220,6 @@ def test_a_data_directory_in_use_refuses_a_second_control_plane_and_a_rotation(
     assert not (tmp_path / "new.key").exists()
     # Once it stops, the directory is free again: the lock went with the process.
     control.proc.stop()
-    r = subprocess.run(
-        [*edge, "rotate-secrets-key", "--data", str(control.data),
-         "--new-key", str(tmp_path / "new.key"), "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )
+    r = rotate(control, tmp_path / "new.key", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["new_key_id"] == SecretsKey.load(tmp_path / "new.key").key_id

@@ -90,8 +90,15 @@ def ops_app(runtime: NodeRuntime) -> Starlette:
             for n, served in deployment.functions.items()
             if any(isinstance(f, Unavailable) for f in served.loaded())
         )
+        secrets = runtime.secrets
+        # The keys secrets open with, and why new key files were not taken (the node serves on
+        # with the keys it had), when following a control plane.
+        keys = {} if secrets is None else {
+            "secrets_keys": {"key_ids": secrets.keyring.key_ids, "error": secrets.error}
+        }
         return JSONResponse(
             {
+                **keys,
                 "ready": ready,
                 "waiting": waiting,
                 "unavailable": unavailable,

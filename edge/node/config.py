@@ -41,7 +41,9 @@ state_dir = "state"                # last applied snapshot and blobs, for restar
 secrets_key_file = "secrets.key"   # the fleet's secrets key (the control plane's DATA/secrets.key):
                                    # opens secret config values; without it, functions that have
                                    # one answer 503 secret_unavailable
-previous_secrets_key_file = "old.key"  # optional, while the key is rotated
+previous_secrets_key_file = "old.key"  # optional, while the key is rotated; may be absent.
+                                   # Both files are read again when they change (a stat at
+                                   # every heartbeat and apply, and on SIGHUP): no restart
 
 [[function]]
 project = "sdk/examples/c/hello"   # reads edge.toml and build/<name>.wasm

@@ -39,6 +39,7 @@ from edge.control.snapshot import (
     verify_blob,
 )
 from edge.errors import EdgeError
+from edge.node.keyfiles import KeyFiles, describe, read_keys, stamps
 from edge.node.persisted import NodeState
 from edge.node.runtime import Loaded, NodeRuntime, Served, Unavailable
 from edge.node.spill import Topology
@@ -64,15 +65,28 @@ class ControlSettings:
     url: str
     token: str
     public_key: bytes
-    # Opens the functions' secret config values (edge.control.sealing); none: every function
-    # with a secret answers 503 secret_unavailable.
-    secrets: Keyring = field(default_factory=Keyring)
+    # Opens the functions' secret config values (edge.control.sealing), followed while the
+    # node runs (edge.node.keyfiles); none: every function with a secret answers 503
+    # secret_unavailable.
+    secrets: KeyFiles = field(default_factory=KeyFiles.none)
 
 
 PUBLIC_SECRET_MESSAGE = (
     "this function cannot be served on this node: a secret config value it needs cannot be "
     "opened here; the node's operator sees why in its log and in `edge status`"
 )
+
+def _versions(snapshot: Snapshot) -> list[SignedVersion]:
+    return [v for d in snapshot.functions.values() for v in (d.stable, d.canary) if v is not None]
+
+
+def _open_values(d: FunctionDeployment, keyring: Keyring) -> Mapping[str, str]:
+    """The function's config values with its secrets opened, in memory only."""
+    if not d.sealed:
+        return d.values
+    opened = {k: keyring.open(v, d.function, k) for k, v in d.sealed.items()}
+    return {**d.values, **opened}
+
 
 class Follower:
     def __init__(
@@ -93,6 +107,11 @@ class Follower:
         # Loaded versions by (function, number, sha256), least recently served first.
         self._loaded: OrderedDict[VersionKey, Loaded] = OrderedDict()
         self._report_lock = asyncio.Lock()
+        # One switch at a time: a key reload re-opening the served snapshot must not interleave
+        # with a new snapshot being applied.
+        self._switch_lock = asyncio.Lock()
+        self._snapshot: Snapshot | None = None  # the one served
+        self._recheck_keys = asyncio.Event()  # SIGHUP: look at the key files now
         self._secret_errors: dict[str, str] = {}  # by function, as last said
         self._traffic_sent: list[dict[str, Any]] = []  # the series the control plane last took
         self._client = httpx.AsyncClient(
@@ -148,16 +167,22 @@ class Follower:
             self.state.save_snapshot(envelope)
 
     async def _switch(self, envelope: bytes, fetch: bool) -> tuple[Snapshot, dict[str, bytes]]:
-        snapshot = open_snapshot(envelope, self.settings.public_key)
-        versions = [
-            v for d in snapshot.functions.values() for v in (d.stable, d.canary) if v is not None
-        ]
-        blobs: dict[str, bytes] = {}
-        fetched: dict[str, bytes] = {}
-        for v in versions:
-            if _key(v) not in self._loaded and v.sha256 not in blobs:
-                blobs[v.sha256] = await self._blob(v, fetch, fetched)
+        async with self._switch_lock:
+            snapshot = open_snapshot(envelope, self.settings.public_key)
+            blobs: dict[str, bytes] = {}
+            fetched: dict[str, bytes] = {}
+            for v in _versions(snapshot):
+                if _key(v) not in self._loaded and v.sha256 not in blobs:
+                    blobs[v.sha256] = await self._blob(v, fetch, fetched)
+            await self._reload_keys()  # a new revision may need the key a rotation just put
+            await self._deploy(snapshot, blobs)
+            return snapshot, fetched
 
+    async def _deploy(self, snapshot: Snapshot, blobs: dict[str, bytes]) -> None:
+        """Loads (compiling what `blobs` holds), opens the secrets with the keyring as it is
+        now, and switches to `snapshot` in one assignment."""
+        versions = _versions(snapshot)
+        keyring = self.settings.secrets.keyring
         secret_errors: dict[str, str] = {}  # by function: what compile_all could not open
 
         def compile_all() -> dict[str, Served]:
@@ -168,7 +193,7 @@ class Follower:
                     self._load_version(d.canary, blobs.get(d.canary.sha256)) if d.canary else None
                 )
                 try:
-                    values = self._open_values(d)
+                    values = _open_values(d, keyring)
                 except SecretUnavailable as e:
                     # Never served without its secret: that function answers the error, the
                     # others serve on. Its versions stay loaded for when the key comes. Its
@@ -202,6 +227,7 @@ class Follower:
         for k in old[: max(0, len(old) - KEEP_LOADED)]:
             del self._loaded[k]
         self.applied = snapshot.revision
+        self._snapshot = snapshot
         # Applied, but a version no request can run is an error the operator must see (status,
         # dashboard, `edge deploy`) as much as a refused snapshot.
         self.last_error = "; ".join([
@@ -215,15 +241,59 @@ class Follower:
         for name, message in secret_errors.items():
             if self._secret_errors.get(name) != message:  # once, not at every revision
                 self.say(f"error: {name} answers 503 secret_unavailable: {message}")
+        for name in self._secret_errors.keys() - secret_errors.keys() & snapshot.functions.keys():
+            self.say(f"{name}: its secrets open again; serving it")
         self._secret_errors = secret_errors
-        return snapshot, fetched
 
-    def _open_values(self, d: FunctionDeployment) -> Mapping[str, str]:
-        """The function's config values with its secrets opened, in memory only."""
-        if not d.sealed:
-            return d.values
-        opened = {k: self.settings.secrets.open(v, d.function, k) for k, v in d.sealed.items()}
-        return {**d.values, **opened}
+    # --- secrets keys -----------------------------------------------------------------------
+
+    async def _reload_keys(self) -> bool:
+        """Takes the key files if they changed since last read; True when the keys did (what
+        is served must then be opened again). Under the switch lock."""
+        files = self.settings.secrets
+        now = stamps(files.paths)  # a stat each: cheap enough for every look, on the loop
+        if not files.stale(now):
+            return False
+        before = files.error
+        loaded = await anyio.to_thread.run_sync(read_keys, files.paths, files.optional)
+        reload = files.settle(now, loaded)
+        if reload.error and reload.error != before:  # once, not at every look
+            self.say(f"error: new secrets key files not taken: {reload.error}")
+        elif not reload.error and (reload.changed or before):  # taken: say what changed
+            self.say(f"secrets key files read again: opening secrets with "
+                     f"{describe(reload.keyring)}")
+        return reload.changed
+
+    async def check_keys(self) -> None:
+        """Rereads the key files if they changed and, when the keys did, opens the served
+        snapshot's secrets again: functions that answered 503 secret_unavailable serve, those
+        whose secret the new keys do not open answer it."""
+        files = self.settings.secrets
+        if not files.stale(stamps(files.paths)):  # the common case takes no lock
+            return
+        error = files.error
+        async with self._switch_lock:
+            if await self._reload_keys() and self._snapshot is not None:
+                await self._deploy(self._snapshot, {})  # its versions are all loaded
+            elif files.error == error:
+                return
+        await self.report()  # the error went or came: `edge status` shows it now
+
+    def recheck_keys(self) -> None:
+        """Asks for a look at the key files now (SIGHUP), not at the next heartbeat."""
+        self._recheck_keys.set()
+
+    async def watch_keys(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recheck_keys.wait(), HEARTBEAT_S)
+            self._recheck_keys.clear()
+            await self.check_keys()
+
+    @property
+    def status_error(self) -> str:
+        """What `edge status` shows for this node: the last apply's errors and the key files'."""
+        return "; ".join(e for e in (self.last_error, self.settings.secrets.error) if e)
 
     async def restore(self) -> bool:
         """Serves the snapshot kept on disk, if there is a good one, before any network."""
@@ -252,7 +322,7 @@ class Follower:
             "region": self.runtime.config.region,
             "revision": max(self.applied, 0),
             "healthy": True,
-            "last_error": self.last_error[:2000],
+            "last_error": self.status_error[:2000],
             "url": self.own_url,
             # Where the geo-DNS server sends clients to this node (it reads them from the
             # control plane's region listing).
@@ -335,6 +405,7 @@ class Follower:
     async def run(self) -> None:
         beat = asyncio.create_task(self.heartbeat())
         counters = asyncio.create_task(self.traffic())
+        keys = asyncio.create_task(self.watch_keys())
         failures = 0
         try:
             while True:
@@ -352,6 +423,7 @@ class Follower:
         finally:
             beat.cancel()
             counters.cancel()
+            keys.cancel()
             await self.close()
 
     async def close(self) -> None:

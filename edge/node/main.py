@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +15,6 @@ import anyio
 from edge.cli_output import Output
 from edge.config.listen import check_listen
 from edge.config.toml_fields import Table
-from edge.control.sealing import Keyring, SecretsKey
 from edge.node.app import create_app
 from edge.node.config import (
     ControlConfig,
@@ -23,6 +24,7 @@ from edge.node.config import (
     parse_node_config,
 )
 from edge.node.follower import ControlSettings, Follower
+from edge.node.keyfiles import KeyFiles
 from edge.node.logbuffer import LogBuffer
 from edge.node.logs import LogWriter, Tee
 from edge.node.logship import LogShipper
@@ -51,20 +53,23 @@ def span_exporter(config: NodeConfig) -> SpanExporter | None:
     return OtlpExporter(t.otlp_endpoint, t.service_name, config.node_id, config.region)
 
 
-def keyring(control: ControlConfig) -> Keyring:
-    """The secrets keys the node's config names, read at start: a named file that is missing or
-    not a key stops the node with a ConfigError naming it."""
+def key_files(control: ControlConfig) -> KeyFiles:
+    """The secrets key files the node's config names, read at start: one that is not a key,
+    or a current one that is missing, stops the node with a ConfigError naming it (an absent
+    previous one is no key). Later changes are taken while it runs (edge.node.keyfiles)."""
     files = (control.secrets_key_file, control.previous_secrets_key_file)
-    return Keyring(SecretsKey.load(path) for path in files if path is not None)
+    optional = () if control.previous_secrets_key_file is None else \
+        (control.previous_secrets_key_file,)
+    return KeyFiles.load([path for path in files if path is not None], optional)
 
 
 async def run_node(config: NodeConfig, out: Output | None = None) -> None:
     say = out or Output()
     url = f"http://{config.listen}/"
     shipper = None
-    secrets = Keyring()
+    secrets = KeyFiles.none()
     if config.control is not None:
-        secrets = keyring(config.control)
+        secrets = key_files(config.control)
         shipper = LogShipper(
             config.control.url, config.control.token, config.node_id, config.region,
             LogBuffer(config.logs.buffer_lines), config.logs.ship_interval_ms / 1000,
@@ -74,6 +79,8 @@ async def run_node(config: NodeConfig, out: Output | None = None) -> None:
     if runtime.engine.ticker_fallback:  # deadlines still hold; each request costs a bit more
         say.note(f"edge node: epoch ticker: python, {runtime.engine.ticker_fallback}")
     runtime.spans = span_exporter(config)
+    if config.control is not None:
+        runtime.secrets = secrets
     if runtime.spans is not None:
         say.note(f"edge node: exporting spans to {config.tracing.otlp_endpoint} (OTLP/HTTP)")
     app = create_app(runtime)
@@ -104,6 +111,9 @@ async def run_node(config: NodeConfig, out: Output | None = None) -> None:
             NodeState(control.state_dir),
         )
         restored = await follower.restore()
+        # Not on the main thread (tests run servers in threads): the heartbeat's look will do.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, follower.recheck_keys)
         settle_heap()
         kept = " (serving the state kept on disk)" if restored else ""
         say.event(

@@ -15,6 +15,7 @@ from edge.control import split
 from edge.errors import ComponentRejected, EdgeError
 from edge.node.config import FunctionSource, NodeConfig
 from edge.node.geo import GeoLookup
+from edge.node.keyfiles import KeyFiles
 from edge.node.metrics import NodeMetrics
 from edge.node.routing import Route, RoutingTable
 from edge.node.spill import Topology
@@ -115,6 +116,7 @@ class NodeRuntime:
             tiers=self.engine.tiering.stats, ticker=self.engine.ticker.kind,
         )  # fmt: skip
         self.spans: SpanExporter | None = None  # set when an OTLP endpoint is configured
+        self.secrets: KeyFiles | None = None  # set when following a control plane (readyz)
 
     def load(self, source: FunctionSource) -> LoadedFunction | Unavailable:
         try:

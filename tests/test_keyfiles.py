@@ -1,0 +1,141 @@
+"""The node's secrets key files followed while it runs (edge.node.keyfiles): which stamps count
+as a change and which keyring a reload leaves, with stat results and read outcomes given; then
+the thin I/O on real files in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edge.control.sealing import Keyring, SecretsKey
+from edge.errors import ConfigError
+from edge.node.keyfiles import KeyFiles, Stamp, read_keys, stamp, stamps
+
+NEW, OLD = SecretsKey(b"\x01" * 32), SecretsKey(b"\x02" * 32)
+PATHS = (Path("/keys/current.key"), Path("/keys/previous.key"))
+START: tuple[Stamp, ...] = ((10, 65, 1_000), (11, 65, 1_000))
+BAD = ConfigError("secrets key file /keys/current.key must hold 64 hex digits")
+
+
+def test_only_a_different_inode_size_or_mtime_is_a_change() -> None:
+    files = KeyFiles(PATHS, START, Keyring([NEW, OLD]))
+    assert not files.stale(START)
+    assert not files.stale(list(START))  # any sequence
+    for changed in ((12, 65, 1_000), (10, 66, 1_000), (10, 65, 1_001)):
+        assert files.stale((changed, START[1]))
+        assert files.stale((START[0], changed))
+    assert files.stale((START[0], "secrets key file /keys/previous.key: No such file"))
+
+
+def test_new_files_with_other_keys_replace_the_keyring_and_ask_for_a_reopen() -> None:
+    # Started with the old key, its previous file named but absent (no rotation ran yet).
+    absent = "secrets key file /keys/previous.key: No such file or directory"
+    files = KeyFiles(PATHS, (START[0], absent), Keyring([OLD]), optional=PATHS[1:])
+    assert files.optional == frozenset(PATHS[1:])
+    rotated = ((20, 65, 2_000), (21, 65, 2_000))
+    reload = files.settle(rotated, [NEW, OLD])
+    assert reload.changed and reload.error == "" and files.error == ""
+    assert sorted(reload.keyring.key_ids) == sorted([NEW.key_id, OLD.key_id])
+    assert files.keyring is reload.keyring
+    assert not files.stale(rotated)
+    # The same keys again (the files rewritten, or current and previous swapped): taken, but
+    # nothing served needs opening again.
+    swapped = ((30, 65, 3_000), (31, 65, 3_000))
+    again = files.settle(swapped, [OLD, NEW])
+    assert not again.changed and again.error == ""
+    assert not files.stale(swapped)
+    # The rotation done, the previous file deleted: the old key goes.
+    ended = (swapped[0], absent)
+    assert files.stale(ended)
+    dropped = files.settle(ended, [NEW, None])
+    assert dropped.changed and files.keyring.key_ids == [NEW.key_id] and files.error == ""
+
+
+def test_a_bad_or_missing_file_keeps_the_keyring_until_the_files_change_again() -> None:
+    files = KeyFiles(PATHS, START, Keyring([OLD]))
+    before = files.keyring
+    broken = ((40, 9, 4_000), START[1])
+    reload = files.settle(broken, [BAD, OLD])
+    assert not reload.changed and reload.keyring is before and files.keyring is before
+    assert reload.error == files.error
+    assert BAD.message in files.error and f"still opening secrets with key {OLD.key_id}" \
+        in files.error
+    # The same broken files are no change: not read (nor reported) again at every look.
+    assert not files.stale(broken)
+    # A missing file fails its stat: that reason is its stamp.
+    missing = ("secrets key file /keys/current.key: No such file or directory", START[1])
+    assert files.stale(missing)
+    gone = files.settle(missing, [ConfigError(str(missing[0])), OLD])
+    assert gone.keyring is before and "No such file" in files.error
+    assert not files.stale(missing)
+    # Fixed: taken, the error goes.
+    fixed = ((41, 65, 5_000), START[1])
+    assert files.stale(fixed)
+    recovered = files.settle(fixed, [NEW, OLD])
+    assert recovered.changed and recovered.error == "" and files.error == ""
+    assert sorted(files.keyring.key_ids) == sorted([NEW.key_id, OLD.key_id])
+
+
+def test_every_file_must_be_good_for_any_to_be_taken() -> None:
+    files = KeyFiles(PATHS, START, Keyring([OLD]))
+    reload = files.settle(((50, 65, 6_000), (51, 3, 6_000)), [NEW, BAD])
+    assert not reload.changed and files.keyring.key_ids == [OLD.key_id]
+    assert BAD.message in reload.error
+
+
+def test_no_key_files_never_change() -> None:
+    files = KeyFiles.none()
+    assert files.paths == () and files.keyring.key_ids == []
+    assert not files.stale(stamps(files.paths))
+    assert "no key" in KeyFiles((), (), Keyring()).settle((), [BAD]).error
+
+
+def test_stamps_and_reads_of_real_files(tmp_path: Path) -> None:
+    current, previous = tmp_path / "current.key", tmp_path / "previous.key"
+    SecretsKey.load_or_create(current)
+    files = KeyFiles.load([current])
+    assert not files.stale(stamps([current]))
+    missing = stamp(previous)
+    assert isinstance(missing, str) and "previous.key" in missing and "No such file" in missing
+    # Replaced the way an operator would (a new file renamed over it): another inode.
+    (tmp_path / "next.key").write_text(NEW.key_id)  # not a key: 16 hex digits
+    os.replace(tmp_path / "next.key", current)
+    now = stamps([current])
+    assert files.stale(now)
+    [loaded] = read_keys([current])
+    assert isinstance(loaded, ConfigError) and "current.key" in loaded.message
+    reload = files.settle(now, [loaded])
+    assert reload.error and files.keyring is reload.keyring
+    # Written in place with a good key: the size and mtime move.
+    current.write_text((b"\x03" * 32).hex() + "\n")
+    fixed = stamps([current])
+    assert files.stale(fixed)
+    taken = files.settle(fixed, read_keys([current]))
+    assert taken.changed and taken.error == ""
+    assert files.keyring.key_ids == [SecretsKey(b"\x03" * 32).key_id]
+
+
+def test_an_absent_file_is_no_key_only_where_it_is_optional(tmp_path: Path) -> None:
+    current, previous = tmp_path / "current.key", tmp_path / "previous.key"
+    SecretsKey.load_or_create(current)
+    files = KeyFiles.load([current, previous], optional=[previous])
+    assert files.keyring.key_ids == [SecretsKey.load(current).key_id]
+    [key, absent] = read_keys([current, previous], [previous])
+    assert isinstance(key, SecretsKey) and absent is None
+    [required] = read_keys([previous])
+    assert isinstance(required, ConfigError) and "No such file" in required.message
+    # An optional file that is there must still be a key.
+    previous.write_text("not a key\n")
+    [_, bad] = read_keys([current, previous], [previous])
+    assert isinstance(bad, ConfigError) and "previous.key" in bad.message
+
+
+def test_a_bad_or_missing_file_at_start_stops_the_node(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key\n")
+    with pytest.raises(ConfigError, match=r"bad\.key"):
+        KeyFiles.load([bad])
+    with pytest.raises(ConfigError, match=r"missing\.key: No such file"):
+        KeyFiles.load([tmp_path / "missing.key"])
