@@ -288,7 +288,10 @@ class Follower:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._recheck_keys.wait(), HEARTBEAT_S)
             self._recheck_keys.clear()
-            await self.check_keys()
+            try:
+                await self.check_keys()
+            except Exception as e:  # a bug here must not end every later look
+                self.say(f"error: checking the secrets key files failed: {e!r}")
 
     @property
     def status_error(self) -> str:

@@ -105,3 +105,37 @@ def test_revision_zero_has_no_convergence_time(
     assert said == ["applied revision 0"]
     (node,) = server.store.nodes()
     assert node.applied_revision == 0 and node.convergence_ms is None
+
+
+def test_the_key_file_watch_survives_a_failing_look(start_control: Start, tmp_path: Path) -> None:
+    server = start_control()
+    said: list[str] = []
+    follower = make_follower(server, tmp_path, tmp_path / "state")
+    follower.say = said.append
+    looks: list[int] = []
+
+    async def check_keys() -> None:
+        looks.append(len(looks))
+        if len(looks) == 1:
+            raise RuntimeError("a bug in the look")
+
+    follower.check_keys = check_keys  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        watch = asyncio.create_task(follower.watch_keys())
+        for _ in range(2):  # SIGHUP twice: the second look must still happen
+            follower.recheck_keys()
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                if not follower._recheck_keys.is_set():
+                    break
+        await asyncio.sleep(0.05)
+        watch.cancel()
+        await follower.close()
+
+    asyncio.run(scenario())
+    follower.runtime.close()
+    assert looks == [0, 1]
+    assert said == [
+        "error: checking the secrets key files failed: RuntimeError('a bug in the look')"
+    ]
