@@ -3,6 +3,8 @@ fallback, in process and in a node."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -174,6 +176,36 @@ def test_the_helper_is_built_once_into_its_cache_and_found_there_without_zig(
     assert built.parent == tmp_path / "cache" and built.name.startswith("ticker-")
     assert [p.name for p in built.parent.iterdir()] == [built.name]  # no scratch left
     assert native_build.build_library("ticker", tmp_path / "cache", no_zig) == built
+
+
+_LOAD = """
+import ctypes, sys
+from pathlib import Path
+from edge.sandbox import native_build
+lib = ctypes.CDLL(str(native_build.build_library("ticker", Path(sys.argv[1]))))
+print(lib.edge_ticker_size())
+"""
+
+
+@pytest.mark.parametrize("keep_bytes", [4096, 1000])
+def test_a_truncated_library_in_the_cache_is_built_again_never_loaded(
+    tmp_path: Path, keep_bytes: int
+) -> None:
+    """A library cut short (a disk that filled, a crash before its pages were written) maps
+    pages past its end: loaded, it killed the process with SIGBUS. In a child process, so a
+    crash fails this test instead of ending the run."""
+    cache = tmp_path / "cache"
+    built = native_build.build_library("ticker", cache)
+    whole = built.read_bytes()
+    built.write_bytes(whole[:keep_bytes])
+    no_zig = Toolchain(has_module=lambda _name: False)
+    with pytest.raises(ToolchainMissing, match=f"{built.name} in the cache is damaged"):
+        native_build.build_library("ticker", cache, no_zig)
+    child = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(cache)], capture_output=True, text=True, timeout=120
+    )
+    assert child.returncode == 0, (child.returncode, child.stderr)
+    assert int(child.stdout) > 0 and built.read_bytes() == whole
 
 
 # --- in a node ------------------------------------------------------------------------------------

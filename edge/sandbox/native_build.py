@@ -1,5 +1,6 @@
 """Our C helpers (edge/sandbox/native/*.c) as shared libraries, built with `zig cc` from the
-ziglang package and kept in a cache keyed by the source's hash.
+ziglang package and kept in a cache keyed by the source's hash. A cached library is loaded only
+whole (see _seal); a damaged one is built again.
 
 `./scripts/install` builds them ahead (`python -m edge.sandbox.native_build`), so a node does not
 wait for zig at its first start; a node that finds one missing builds it then (~4 s). Callers
@@ -57,10 +58,19 @@ def build_library(
 
     Raises ToolchainMissing (no zig, not Linux) or BuildFailed (zig's output attached)."""
     path = library_path(name, cache_dir)
-    if path.is_file():
+    damaged = path.is_file() and not _intact(path)
+    if path.is_file() and not damaged:
         return path
     tools = tools or Toolchain()
-    zig = tools.zig_cc()
+    try:
+        zig = tools.zig_cc()
+    except ToolchainMissing as e:
+        if damaged:
+            raise ToolchainMissing(
+                f"{path.name} in the cache is damaged (cut short or changed) and cannot be built "
+                f"again: {e.message}"
+            ) from None
+        raise
     path.parent.mkdir(parents=True, exist_ok=True)
     # Built beside its final name and renamed into place: a process loading it never sees half
     # a file, and two processes building at once both end with a whole one.
@@ -70,8 +80,33 @@ def build_library(
             [*zig, "-target", _target(), *CFLAGS, "-o", str(out), str(SOURCE_DIR / f"{name}.c")],
             cwd=Path(work), tmp=Path(work) / "tmp", what=f"zig cc ({name}.c)",
         )  # fmt: skip
+        _seal(out)
         os.replace(out, path)
     return path
+
+
+# A library ends with the SHA-256 of what precedes it (the dynamic loader maps only the
+# segments its headers name, so trailing bytes are inert). One cut short, as a crash or a full
+# disk can leave it, would map pages past the file's end, and the loader's first touch of one
+# kills the process with SIGBUS: only a library whose digest matches is loaded.
+DIGEST_BYTES = 32
+
+
+def _seal(path: Path) -> None:
+    data = path.read_bytes()
+    with path.open("ab") as f:
+        f.write(hashlib.sha256(data).digest())
+        f.flush()
+        os.fsync(f.fileno())  # whole on disk before its name is
+
+
+def _intact(path: Path) -> bool:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    body, digest = data[:-DIGEST_BYTES], data[-DIGEST_BYTES:]
+    return len(data) > DIGEST_BYTES and hashlib.sha256(body).digest() == digest
 
 
 HELPERS = ("ticker",)
