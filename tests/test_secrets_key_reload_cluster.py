@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from edge.control.sealing import KEY_FILE, SecretsKey
 from edge.node.follower import PUBLIC_SECRET_MESSAGE
 
 from .cluster import Control, follower, start_control
-from .conftest import NodeFactory, Proc, wait_until
+from .conftest import EXAMPLES, NodeFactory, Proc, wait_until
 from .test_secrets_cluster import FUNCTION, deploy_with_secret, rotate
 
 pytestmark = pytest.mark.toolchain
@@ -168,3 +169,21 @@ def test_a_bad_key_file_on_a_running_node_keeps_its_keys_until_it_is_fixed(
         wait_until(lambda: status_error(client, "reload-2") == "", LOOK_S, "status clear", node)
     assert f"default/{FUNCTION}: its secrets open again" in node.log()
     assert node.proc.poll() is None and SECRET not in node.log()
+
+
+def test_sighup_on_a_node_that_follows_no_control_plane_leaves_it_serving(
+    start_node: NodeFactory, built: Callable[[Path], Path]
+) -> None:
+    """No key files to look at: the signal is noted, not the end of the node (its default
+    action), so `kill -HUP` sent to every node during a rotation stops none."""
+    project = EXAMPLES / "c" / "hello"
+    built(project)
+    node = start_node(
+        f'[[function]]\nproject = "{project}"\n\n[[route]]\nroute = "*/"\nfunction = "hello-c"\n'
+    )
+    for _ in range(2):
+        node.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: node.log().count("SIGHUP") == 2, LOOK_S, "SIGHUP noted", node)
+    assert "follows no control plane: no secrets key files to read" in node.log()
+    assert httpx.get(node.url + "/").text == "Hello from C!\n"
+    assert node.proc.poll() is None

@@ -66,6 +66,22 @@ def key_files(control: ControlConfig) -> KeyFiles:
 async def run_node(config: NodeConfig, out: Output | None = None) -> None:
     say = out or Output()
     url = f"http://{config.listen}/"
+    following: list[Follower] = []  # the follower, once there is one
+
+    def hangup() -> None:
+        if following:
+            following[0].recheck_keys()
+        elif config.control is None:
+            say.note("edge node: SIGHUP: this node follows no control plane: no secrets key "
+                     "files to read")
+        # Else it is starting: the first revision it applies looks at the key files anyway.
+
+    # First thing: SIGHUP's default action ends the process, so a `kill -HUP` sent to every
+    # node for a key rotation must not find one without a handler (still starting, or serving
+    # a node.toml). Not on the main thread (tests run servers in threads): the heartbeat's
+    # look will do.
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup)
     shipper = None
     secrets = KeyFiles.none()
     if config.control is not None:
@@ -110,10 +126,8 @@ async def run_node(config: NodeConfig, out: Output | None = None) -> None:
             ControlSettings(control.url, control.token, control.public_key, secrets),
             NodeState(control.state_dir),
         )
+        following.append(follower)
         restored = await follower.restore()
-        # Not on the main thread (tests run servers in threads): the heartbeat's look will do.
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, follower.recheck_keys)
         settle_heap()
         kept = " (serving the state kept on disk)" if restored else ""
         say.event(
