@@ -139,3 +139,20 @@ def test_a_bad_or_missing_file_at_start_stops_the_node(tmp_path: Path) -> None:
         KeyFiles.load([bad])
     with pytest.raises(ConfigError, match=r"missing\.key: No such file"):
         KeyFiles.load([tmp_path / "missing.key"])
+
+
+def test_an_optional_file_that_cannot_be_looked_at_is_an_error_not_an_exception(
+    tmp_path: Path,
+) -> None:
+    """Only absence is no key. Another failure to look (EACCES on a node not running as root,
+    EIO; here a name too long, which root meets too) raised out of the reload and ended the
+    follower's loop: the node then never took another revision."""
+    current = tmp_path / "current.key"
+    SecretsKey.load_or_create(current)
+    unreachable = tmp_path / ("x" * 300) / "previous.key"
+    [key, read] = read_keys([current, unreachable], [unreachable])
+    assert isinstance(key, SecretsKey)
+    assert isinstance(read, ConfigError)
+    assert str(unreachable) in read.message and "File name too long" in read.message
+    with pytest.raises(ConfigError, match="File name too long"):  # at start: named, no traceback
+        KeyFiles.load([current, unreachable], optional=[unreachable])

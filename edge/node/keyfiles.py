@@ -102,7 +102,7 @@ def stamps(paths: Sequence[Path]) -> tuple[Stamp, ...]:
 def read_keys(paths: Sequence[Path], optional: Collection[Path] = ()) -> list[Read]:
     loaded: list[Read] = []
     for path in paths:
-        if path in optional and not path.exists():
+        if path in optional and _absent(path):
             loaded.append(None)
             continue
         try:
@@ -110,3 +110,15 @@ def read_keys(paths: Sequence[Path], optional: Collection[Path] = ()) -> list[Re
         except ConfigError as e:
             loaded.append(e)
     return loaded
+
+
+def _absent(path: Path) -> bool:
+    # Not Path.exists(): it raises for a failure other than absence (EACCES, EIO), which ended
+    # the follower's loop. Such a file is read anyway, and the read's error names it.
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
