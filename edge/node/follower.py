@@ -423,6 +423,10 @@ class Follower:
                                  " serving on")
                     await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
                     failures += 1
+                except Exception as e:  # a bug or a full disk must not end following for good
+                    self.say(f"error: following the control plane failed: {e!r}; trying again")
+                    await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
+                    failures += 1
         finally:
             beat.cancel()
             counters.cancel()

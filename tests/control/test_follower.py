@@ -6,6 +6,7 @@ processes.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -139,3 +140,38 @@ def test_the_key_file_watch_survives_a_failing_look(start_control: Start, tmp_pa
     assert said == [
         "error: checking the secrets key files failed: RuntimeError('a bug in the look')"
     ]
+
+
+def test_following_goes_on_after_an_unexpected_failure(
+    start_control: Start, tmp_path: Path
+) -> None:
+    server = start_control()
+    said: list[str] = []
+    follower = make_follower(server, tmp_path, tmp_path / "state")
+    follower.say = said.append
+    polls: list[int] = []
+
+    async def poll_once() -> bool:
+        polls.append(len(polls))
+        if len(polls) == 1:
+            raise IsADirectoryError("a directory where a blob file should be")
+        await asyncio.sleep(3600)  # the next poll reached: the loop went on
+        return True
+
+    follower.poll_once = poll_once  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        run = asyncio.create_task(follower.run())
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if len(polls) == 2:
+                break
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+
+    asyncio.run(scenario())
+    follower.runtime.close()
+    assert polls == [0, 1]
+    assert said[0] == ("error: following the control plane failed: IsADirectoryError('a "
+                       "directory where a blob file should be'); trying again")
