@@ -169,6 +169,20 @@ def test_spin_v2_handler_answers_through_the_response_builder(node: Proc) -> Non
     assert r.status_code == 204 and r.content == b""
 
 
+def test_spin_v2_builder_takes_headers_and_any_body_send_takes(node: Proc) -> None:
+    r = httpx.get(node.url + "/spin-v2-js/set-headers", timeout=30)
+    assert r.status_code == 200 and r.text == "a,b\n"
+    assert r.headers["content-type"] == "text/csv" and r.headers["x-spin"] == "headers"
+    r = httpx.get(node.url + "/spin-v2-js/send-stream", timeout=30)
+    assert r.status_code == 200 and r.text == "streamed whole\n"
+    r = httpx.get(node.url + "/spin-v2-js/send-form", timeout=30)
+    assert r.status_code == 200 and r.text == "a=1&b=x+y"
+    assert r.headers["content-type"].startswith("application/x-www-form-urlencoded")
+    # A string sent whole is text, as a Response of it is on Spin.
+    r = httpx.get(node.url + "/spin-v2-js/", timeout=30)
+    assert r.headers["content-type"].startswith("text/plain")
+
+
 def test_spin_v2_handler_that_never_answers_is_a_typed_exception(node: Proc) -> None:
     exception_answer(get(node, "/spin-v2-js/silent", "spin-silent"), "TypeError", "spin-silent")
     logged(
