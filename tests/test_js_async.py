@@ -139,3 +139,46 @@ def test_edge_dev_answer_carries_the_log_before_the_hang(
     # The terminal shows the platform's word next to the request's access line.
     said = [line for line in dev.log().splitlines() if "function gave no response" in line]
     assert said and all("dev-never" in line for line in said)
+
+
+def test_over_the_memory_limit_while_waiting_is_memory_limit_not_no_response(node: Proc) -> None:
+    r = get(node, "/pending-js/oom-while-waiting", "oom-waiting")
+    assert r.status_code == 500 and r.json()["error"] == "memory_limit"
+    r = httpx.get(node.url + "/pending-js/", timeout=30)
+    assert r.status_code == 200 and r.text == "ok\n"
+
+
+@pytest.fixture(scope="module")
+def reusing(
+    start_module_node: Callable[..., Proc],
+    built: Callable[[Path], Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Proc:
+    project = tmp_path_factory.mktemp("reuse") / "pending-js"
+    shutil.copytree(
+        FIXTURES / "functions" / "pending-js", project, ignore=shutil.ignore_patterns("build")
+    )
+    with (project / "edge.toml").open("a") as toml:
+        toml.write('\n[instance]\npolicy = "reuse"\n')
+    built(project)
+    return start_module_node(
+        f'[[function]]\nproject = "{project}"\n[[route]]\nroute = "*/pending-js"\n'
+        'function = "pending-js"\n'
+    )
+
+
+def test_a_reused_instance_keeps_no_wait_from_one_request_to_the_next(reusing: Proc) -> None:
+    """Marked answers, a hang, a crash after a marked answer and an exception in turn on one
+    reused instance: each request's answer is its own."""
+    for round_ in range(2):
+        r = httpx.get(reusing.url + "/pending-js/slow-answer", timeout=30)
+        assert r.status_code == 200 and r.text == "slow but answered\n"
+        assert httpx.get(reusing.url + "/pending-js/", timeout=30).text == "ok\n"
+        no_response_answer(get(reusing, "/pending-js/returns-never", f"r-never-{round_}"),
+                           f"r-never-{round_}")  # fmt: skip
+        r = httpx.get(reusing.url + "/pending-js/slow-answer", timeout=30)
+        assert r.status_code == 200
+        r = get(reusing, "/pending-js/crash-after-answer?hops=200", f"r-crash-{round_}")
+        assert r.status_code == 500 and r.json()["error"] == "trap"
+        r = get(reusing, "/pending-js/late-logs?hops=50", f"r-late-{round_}")
+        exception_answer(r, "TypeError", f"r-late-{round_}")
