@@ -182,3 +182,10 @@ def test_a_reused_instance_keeps_no_wait_from_one_request_to_the_next(reusing: P
         assert r.status_code == 500 and r.json()["error"] == "trap"
         r = get(reusing, "/pending-js/late-logs?hops=50", f"r-late-{round_}")
         exception_answer(r, "TypeError", f"r-late-{round_}")
+
+
+def test_engine_promises_that_settle_after_the_mark_answer(node: Proc) -> None:
+    r = httpx.post(node.url + "/pending-js/web-apis", content=b"sent", timeout=30)
+    assert r.status_code == 200, r.text
+    # SHA-256("abc") starts with 0xba.
+    assert r.json() == {"digest": 0xBA, "blob": "blob abc", "streamed": "abc", "req": "sent"}
