@@ -183,6 +183,19 @@ def test_spin_v2_builder_takes_headers_and_any_body_send_takes(node: Proc) -> No
     assert r.headers["content-type"].startswith("text/plain")
 
 
+@pytest.mark.parametrize(("status", "error"), [(204, "TypeError"), (1000, "RangeError")])
+def test_spin_v2_answer_no_response_can_be_made_of_is_the_handlers_exception(
+    node: Proc, status: int, error: str
+) -> None:
+    """send() with a status a Response refuses (or a 204 with a body) throws in the handler,
+    as on Spin: not an answer that never comes (500 no_response)."""
+    request_id = f"spin-bad-status-{status}"
+    r = get(node, f"/spin-v2-js/bad-status?status={status}", request_id)
+    exception_answer(r, error, request_id)
+    r = httpx.get(node.url + f"/spin-v2-js/bad-status?status={status}&retry=1", timeout=30)
+    assert r.status_code == 502 and r.text == f"refused: {error}"
+
+
 def test_spin_v2_handler_that_never_answers_is_a_typed_exception(node: Proc) -> None:
     exception_answer(get(node, "/spin-v2-js/silent", "spin-silent"), "TypeError", "spin-silent")
     logged(

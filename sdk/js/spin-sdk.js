@@ -79,9 +79,20 @@ export class ResponseBuilder {
 
   end() {
     if (this.sent) throw new Error("Response has already been sent");
+    const written = this.written;
     this.written = true;
+    // Sent only once the answer is made: a Response that cannot be (a 204 with a body, a
+    // status out of range) is the handler's exception, not an error after answering, which
+    // left the request without an answer ever (500 no_response). As on Spin, the handler
+    // may catch it and send another.
+    try {
+      this.ended();
+    } catch (e) {
+      this.written = written;
+      this.whole = null;
+      throw e;
+    }
     this.sent = true;
-    this.ended();
   }
 
   // Before any write(), as on Spin: the answer is a Response of `value`, so any body a
