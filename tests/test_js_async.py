@@ -118,6 +118,19 @@ def test_a_client_text_never_passes_for_an_sdk_mark(node: Proc) -> None:
     assert own == ["\ufffdedge:answered\0"]
 
 
+@pytest.mark.parametrize(
+    ("api", "said"),
+    [("random", "4"), ("uuid", "36"), ("mathRandom", "number"), ("timeOrigin", "true")],
+)
+@pytest.mark.parametrize("hops", [0, 200])
+def test_engine_apis_near_disabled_features_answer_before_and_past_the_mark(
+    node: Proc, api: str, said: str, hops: int
+) -> None:
+    """None of them traps: past the SDK's mark a trap would read as no_response."""
+    r = httpx.get(node.url + f"/pending-js/engine-api?api={api}&hops={hops}", timeout=30)
+    assert r.status_code == 200 and r.text == f"{api}: {said}\n", r.text
+
+
 def test_performance_now_is_frozen_instead_of_trapping(node: Proc) -> None:
     r = httpx.get(node.url + "/pending-js/clock", timeout=30)
     assert r.status_code == 200 and r.text == "performance.now() = 0\n"
