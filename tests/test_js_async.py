@@ -120,15 +120,23 @@ def test_a_client_text_never_passes_for_an_sdk_mark(node: Proc) -> None:
 
 @pytest.mark.parametrize(
     ("api", "said"),
-    [("random", "4"), ("uuid", "36"), ("mathRandom", "number"), ("timeOrigin", "true")],
+    [
+        ("random", "4"), ("uuid", "36"), ("mathRandom", "number"), ("timeOrigin", "true"),
+        ("consoleTime", "ok"),
+    ],  # fmt: skip
 )
 @pytest.mark.parametrize("hops", [0, 200])
 def test_engine_apis_near_disabled_features_answer_before_and_past_the_mark(
     node: Proc, api: str, said: str, hops: int
 ) -> None:
     """None of them traps: past the SDK's mark a trap would read as no_response."""
-    r = httpx.get(node.url + f"/pending-js/engine-api?api={api}&hops={hops}", timeout=30)
+    request_id = f"engine-api-{api}-{hops}"
+    r = get(node, f"/pending-js/engine-api?api={api}&hops={hops}", request_id)
     assert r.status_code == 200 and r.text == f"{api}: {said}\n", r.text
+    if api == "consoleTime":  # no time passes in a function
+        lines = logged(node, request_id, "t: 0ms")
+        own = [(x["level"], x["message"]) for x in lines if x["source"] == "log"]
+        assert own == [("info", "t: 0ms half"), ("info", "t: 0ms")]
 
 
 def test_performance_now_is_frozen_instead_of_trapping(node: Proc) -> None:
