@@ -121,9 +121,12 @@ def test_a_client_text_never_passes_for_an_sdk_mark(node: Proc) -> None:
 @pytest.mark.parametrize(
     ("api", "said"),
     [
-        ("random", "4"), ("uuid", "36"), ("mathRandom", "number"), ("timeOrigin", "true"),
+        ("random", "4"),
+        ("uuid", "36"),
+        ("mathRandom", "number"),
+        ("timeOrigin", "true"),
         ("consoleTime", "ok"),
-    ],  # fmt: skip
+    ],
 )
 @pytest.mark.parametrize("hops", [0, 200])
 def test_engine_apis_near_disabled_features_answer_before_and_past_the_mark(
