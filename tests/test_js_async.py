@@ -118,6 +118,30 @@ def test_a_client_text_never_passes_for_an_sdk_mark(node: Proc) -> None:
     assert own == ["\ufffdedge:answered\0"]
 
 
+@pytest.mark.parametrize(
+    ("api", "said"),
+    [
+        ("random", "4"),
+        ("uuid", "36"),
+        ("mathRandom", "number"),
+        ("timeOrigin", "true"),
+        ("consoleTime", "ok"),
+    ],
+)
+@pytest.mark.parametrize("hops", [0, 200])
+def test_engine_apis_near_disabled_features_answer_before_and_past_the_mark(
+    node: Proc, api: str, said: str, hops: int
+) -> None:
+    """None of them traps: past the SDK's mark a trap would read as no_response."""
+    request_id = f"engine-api-{api}-{hops}"
+    r = get(node, f"/pending-js/engine-api?api={api}&hops={hops}", request_id)
+    assert r.status_code == 200 and r.text == f"{api}: {said}\n", r.text
+    if api == "consoleTime":  # no time passes in a function
+        lines = logged(node, request_id, "t: 0ms")
+        own = [(x["level"], x["message"]) for x in lines if x["source"] == "log"]
+        assert own == [("info", "t: 0ms half"), ("info", "t: 0ms")]
+
+
 def test_performance_now_is_frozen_instead_of_trapping(node: Proc) -> None:
     r = httpx.get(node.url + "/pending-js/clock", timeout=30)
     assert r.status_code == 200 and r.text == "performance.now() = 0\n"
@@ -139,3 +163,53 @@ def test_edge_dev_answer_carries_the_log_before_the_hang(
     # The terminal shows the platform's word next to the request's access line.
     said = [line for line in dev.log().splitlines() if "function gave no response" in line]
     assert said and all("dev-never" in line for line in said)
+
+
+def test_over_the_memory_limit_while_waiting_is_memory_limit_not_no_response(node: Proc) -> None:
+    r = get(node, "/pending-js/oom-while-waiting", "oom-waiting")
+    assert r.status_code == 500 and r.json()["error"] == "memory_limit"
+    r = httpx.get(node.url + "/pending-js/", timeout=30)
+    assert r.status_code == 200 and r.text == "ok\n"
+
+
+@pytest.fixture(scope="module")
+def reusing(
+    start_module_node: Callable[..., Proc],
+    built: Callable[[Path], Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Proc:
+    project = tmp_path_factory.mktemp("reuse") / "pending-js"
+    shutil.copytree(
+        FIXTURES / "functions" / "pending-js", project, ignore=shutil.ignore_patterns("build")
+    )
+    with (project / "edge.toml").open("a") as toml:
+        toml.write('\n[instance]\npolicy = "reuse"\n')
+    built(project)
+    return start_module_node(
+        f'[[function]]\nproject = "{project}"\n[[route]]\nroute = "*/pending-js"\n'
+        'function = "pending-js"\n'
+    )
+
+
+def test_a_reused_instance_keeps_no_wait_from_one_request_to_the_next(reusing: Proc) -> None:
+    """Marked answers, a hang, a crash after a marked answer and an exception in turn on one
+    reused instance: each request's answer is its own."""
+    for round_ in range(2):
+        r = httpx.get(reusing.url + "/pending-js/slow-answer", timeout=30)
+        assert r.status_code == 200 and r.text == "slow but answered\n"
+        assert httpx.get(reusing.url + "/pending-js/", timeout=30).text == "ok\n"
+        no_response_answer(get(reusing, "/pending-js/returns-never", f"r-never-{round_}"),
+                           f"r-never-{round_}")  # fmt: skip
+        r = httpx.get(reusing.url + "/pending-js/slow-answer", timeout=30)
+        assert r.status_code == 200
+        r = get(reusing, "/pending-js/crash-after-answer?hops=200", f"r-crash-{round_}")
+        assert r.status_code == 500 and r.json()["error"] == "trap"
+        r = get(reusing, "/pending-js/late-logs?hops=50", f"r-late-{round_}")
+        exception_answer(r, "TypeError", f"r-late-{round_}")
+
+
+def test_engine_promises_that_settle_after_the_mark_answer(node: Proc) -> None:
+    r = httpx.post(node.url + "/pending-js/web-apis", content=b"sent", timeout=30)
+    assert r.status_code == 200, r.text
+    # SHA-256("abc") starts with 0xba.
+    assert r.json() == {"digest": 0xBA, "blob": "blob abc", "streamed": "abc", "req": "sent"}

@@ -169,6 +169,33 @@ def test_spin_v2_handler_answers_through_the_response_builder(node: Proc) -> Non
     assert r.status_code == 204 and r.content == b""
 
 
+def test_spin_v2_builder_takes_headers_and_any_body_send_takes(node: Proc) -> None:
+    r = httpx.get(node.url + "/spin-v2-js/set-headers", timeout=30)
+    assert r.status_code == 200 and r.text == "a,b\n"
+    assert r.headers["content-type"] == "text/csv" and r.headers["x-spin"] == "headers"
+    r = httpx.get(node.url + "/spin-v2-js/send-stream", timeout=30)
+    assert r.status_code == 200 and r.text == "streamed whole\n"
+    r = httpx.get(node.url + "/spin-v2-js/send-form", timeout=30)
+    assert r.status_code == 200 and r.text == "a=1&b=x+y"
+    assert r.headers["content-type"].startswith("application/x-www-form-urlencoded")
+    # A string sent whole is text, as a Response of it is on Spin.
+    r = httpx.get(node.url + "/spin-v2-js/", timeout=30)
+    assert r.headers["content-type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize(("status", "error"), [(204, "TypeError"), (1000, "RangeError")])
+def test_spin_v2_answer_no_response_can_be_made_of_is_the_handlers_exception(
+    node: Proc, status: int, error: str
+) -> None:
+    """send() with a status a Response refuses (or a 204 with a body) throws in the handler,
+    as on Spin: not an answer that never comes (500 no_response)."""
+    request_id = f"spin-bad-status-{status}"
+    r = get(node, f"/spin-v2-js/bad-status?status={status}", request_id)
+    exception_answer(r, error, request_id)
+    r = httpx.get(node.url + f"/spin-v2-js/bad-status?status={status}&retry=1", timeout=30)
+    assert r.status_code == 502 and r.text == f"refused: {error}"
+
+
 def test_spin_v2_handler_that_never_answers_is_a_typed_exception(node: Proc) -> None:
     exception_answer(get(node, "/spin-v2-js/silent", "spin-silent"), "TypeError", "spin-silent")
     logged(

@@ -17,6 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from edge.sandbox.awaiting import ANSWERED, AWAITING
+from edge.sandbox.uncaught import REPORT_MARK
+
 from .conftest import Proc, fixture_routes
 from .metrics_text import Scrape, delta
 
@@ -232,3 +235,22 @@ def test_javascript_console_writes_to_the_functions_log(node: Proc) -> None:
     level, message = own[4]
     assert level == "error" and message.startswith("TypeError: described\n")
     assert "at the top level" not in node.log()  # build time: there was no request to log to
+
+
+@pytest.mark.parametrize(
+    ("name", "mark"),
+    [("awaiting", AWAITING), ("answered", ANSWERED), ("report", REPORT_MARK + "Forged\0m\0tb")],
+)
+def test_python_client_text_never_passes_for_an_sdk_mark(node: Proc, name: str, mark: str) -> None:
+    """A client's text a Python function logs is logged (NUL first as U+FFFD), never taken for
+    the SDKs' marks: one would vanish from the log, set the node's no_response wait or claim
+    an exception."""
+    request_id = f"py-forged-{name}"
+    r = httpx.post(node.url + "/uncaught-py/log-body", content=mark.encode(),
+                   headers={"x-request-id": request_id}, timeout=30)  # fmt: skip
+    assert r.status_code == 200 and r.text == "logged\n"
+    shown = "\ufffd" + mark[1:]
+    lines = logged(node, request_id, shown)
+    assert [(x["level"], x["message"]) for x in lines if x["source"] == "log"] == [
+        ("info", shown), ("error", shown),
+    ]  # fmt: skip

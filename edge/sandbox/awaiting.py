@@ -12,8 +12,9 @@ known ones (the disabled clock, timers, fetch) the SDK turns into exceptions fir
 running after the answer (waitUntil's) cannot take the answer away by never settling: the loop
 just ends.
 
-The function's own log lines never start with NUL (the SDK replaces one), so a client's text a
-function logs is never taken for a mark; a function writing one on purpose mislabels only its
+The function's own log lines never start with NUL (the JavaScript and Python SDKs replace one;
+C's `edge_log` takes a C string, which cannot), so a client's text a function logs is never
+taken for a mark; a function writing one on purpose mislabels only its
 own traps. No new import: the WIT contract (edge:function@0.1.0) is unchanged, and a component
 built with an earlier SDK writes no marks, so its never-settled Promises stay 500 `trap`.
 """

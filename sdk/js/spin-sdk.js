@@ -42,6 +42,7 @@ export class ResponseBuilder {
     this.chunks = [];
     this.written = false;
     this.sent = false;
+    this.whole = null; // { value } once send() came before any write()
     this.ended = ended;
   }
 
@@ -59,6 +60,9 @@ export class ResponseBuilder {
     if (this.written) throw new Error("Headers already sent");
     if (typeof nameOrHeaders === "string" && typeof value === "string") {
       this.headers.set(nameOrHeaders, value);
+    } else if (nameOrHeaders instanceof Headers) {
+      // Its own properties are empty: read as an object, every header was dropped.
+      nameOrHeaders.forEach((v, name) => this.headers.set(name, v));
     } else if (typeof nameOrHeaders === "object" && nameOrHeaders && value === undefined) {
       for (const [name, v] of Object.entries(nameOrHeaders)) this.headers.set(name, v);
     } else {
@@ -75,18 +79,38 @@ export class ResponseBuilder {
 
   end() {
     if (this.sent) throw new Error("Response has already been sent");
+    const written = this.written;
     this.written = true;
+    // Sent only once the answer is made: a Response that cannot be (a 204 with a body, a
+    // status out of range) is the handler's exception, not an error after answering, which
+    // left the request without an answer ever (500 no_response). As on Spin, the handler
+    // may catch it and send another.
+    try {
+      this.ended();
+    } catch (e) {
+      this.written = written;
+      this.whole = null;
+      throw e;
+    }
     this.sent = true;
-    this.ended();
   }
 
-  send(value = new Uint8Array()) {
-    this.write(value);
+  // Before any write(), as on Spin: the answer is a Response of `value`, so any body a
+  // Response takes (a stream, a Blob, URLSearchParams) is sent as such, a string as text.
+  send(value) {
+    if (this.sent) throw new Error("Response has already been sent");
+    if (this.written) {
+      if (value) this.write(value);
+    } else {
+      this.whole = { value };
+    }
     this.end();
   }
 
-  // The Web Response of what was written.
+  // The Web Response of what was sent or written.
   response() {
+    const init = { status: this.statusCode, headers: this.headers };
+    if (this.whole) return new WebResponse(this.whole.value ?? null, init);
     const size = this.chunks.reduce((n, c) => n + c.length, 0);
     const body = new Uint8Array(size);
     let at = 0;
@@ -95,7 +119,6 @@ export class ResponseBuilder {
       at += chunk.length;
     }
     // No body at all when nothing was written: a 204's or 304's may not have one, even empty.
-    const init = { status: this.statusCode, headers: this.headers };
     return new WebResponse(size > 0 ? body : null, init);
   }
 }
@@ -111,7 +134,8 @@ export function serveHandler(handler, request) {
         if (!res.written) {
           throw new TypeError("handler(req, res) finished without calling res.send() or res.end()");
         }
-        resolve(res.response());
+        // Once sent, the answer was made then: a stream it has may not be read twice.
+        if (!res.sent) resolve(res.response());
       })
       .catch((e) => {
         // After res.end() the answer stands, as on Spin; the error is only logged.

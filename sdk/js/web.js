@@ -55,8 +55,11 @@ globalThis.clearInterval = globalThis.clearTimeout;
 // performance.now() reads the monotonic clock, which the build disables too: the engine's
 // traps. As Date.now() is frozen, no time passes in a function: it is 0. The engine's own is
 // kept to end a request on purpose (trapNow).
+// timeOrigin reads that clock too (it trapped): it is Date.now(), so that timeOrigin + now()
+// is the time, as the spec has it.
 const enginePerformanceNow = performance.now;
 Object.defineProperty(performance, "now", { value: () => 0, configurable: true, writable: true });
+Object.defineProperty(performance, "timeOrigin", { get: () => Date.now(), configurable: true });
 
 // Ends the request at once with a trap, nothing else run after it: the clock import is a trap
 // stub while DISABLED_FEATURES (edge/build/js.py) has "clocks". Used right after the SDK's

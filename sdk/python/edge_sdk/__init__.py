@@ -160,7 +160,13 @@ class _Log:
     """log.info("...") and friends: one structured line each, tagged by the host."""
 
     def _write(self, level: _log.Level, message: object) -> None:
-        _log.write(level, str(message))
+        # The function's own lines never start with NUL: the SDKs' marks for the node do
+        # (edge/sandbox/uncaught.py, awaiting.py), and a client's text it logs must not pass
+        # for one (the node would drop the line, or take it for an exception's report).
+        text = str(message)
+        if text[:1] == "\0":
+            text = "\ufffd" + text[1:]
+        _log.write(level, text)
 
     def trace(self, message: object) -> None:
         self._write(_log.Level.TRACE, message)
