@@ -5,6 +5,7 @@ control plane keeps the lines for the next try."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 from edge.node.logbuffer import LogBuffer
@@ -75,3 +76,34 @@ def test_a_refused_batch_is_counted_not_retried(start_control: Start) -> None:
     assert ship_once(wrong)
     assert len(buffer) == 0
     assert buffer.take(10).dropped == {"default/hello": 1}
+
+
+def test_shipping_goes_on_after_an_unexpected_failure() -> None:
+    """It ended on one: the node served on, and no log line reached the control plane again."""
+    said: list[str] = []
+    ship = LogShipper("http://127.0.0.1:9", "x", "eu-1", "eu-west", LogBuffer(10), 0.01,
+                      say=said.append)
+    tries: list[int] = []
+
+    async def ship_once() -> bool:
+        tries.append(len(tries))
+        if len(tries) == 1:
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+        return True
+
+    ship.ship_once = ship_once  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(ship.run())
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if len(tries) >= 2 or task.done():
+                break
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert tries[:2] == [0, 1]
+    assert said == ["error: shipping function logs to the control plane failed: "
+                    "UnicodeEncodeError('utf-8', '\\ud800', 0, 1, 'surrogates not allowed')"]
