@@ -6,7 +6,6 @@ processes.)"""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from edge.node.persisted import SNAPSHOT_FILE, NodeState
 from edge.node.runtime import NodeRuntime
 from edge.sandbox.function import LoadedFunction
 from tests.conftest import EXAMPLES
-from tests.control.conftest import ControlServer
+from tests.control.conftest import ControlServer, run_until
 
 pytestmark = pytest.mark.toolchain
 Start = Callable[..., ControlServer]
@@ -160,17 +159,7 @@ def test_following_goes_on_after_an_unexpected_failure(
 
     follower.poll_once = poll_once  # type: ignore[method-assign]
 
-    async def scenario() -> None:
-        run = asyncio.create_task(follower.run())
-        for _ in range(500):
-            await asyncio.sleep(0.01)
-            if len(polls) == 2:
-                break
-        run.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await run
-
-    asyncio.run(scenario())
+    asyncio.run(run_until(follower.run(), lambda: len(polls) == 2))  # run closes the follower
     follower.runtime.close()
     assert polls == [0, 1]
     assert said[0] == ("error: following the control plane failed: IsADirectoryError('a "
@@ -202,14 +191,7 @@ def test_the_reporting_loops_survive_a_failing_step(
     monkeypatch.setattr(follower, step, failing_once)
 
     async def scenario() -> None:
-        task = asyncio.create_task(getattr(follower, loop)())
-        for _ in range(500):
-            await asyncio.sleep(0.01)
-            if len(steps) >= 2 or task.done():
-                break
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await run_until(getattr(follower, loop)(), lambda: len(steps) >= 2)
         await follower.close()
 
     asyncio.run(scenario())

@@ -5,13 +5,12 @@ control plane keeps the lines for the next try."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from edge.node.logbuffer import LogBuffer
 from edge.node.logship import LogShipper
 from edge.sandbox.host import LogLine
-from tests.control.conftest import ControlServer, free_port
+from tests.control.conftest import ControlServer, free_port, run_until
 from tests.control.test_api import upload
 
 Start = Callable[..., ControlServer]
@@ -93,17 +92,7 @@ def test_shipping_goes_on_after_an_unexpected_failure() -> None:
 
     ship.ship_once = ship_once  # type: ignore[method-assign]
 
-    async def scenario() -> None:
-        task = asyncio.create_task(ship.run())
-        for _ in range(500):
-            await asyncio.sleep(0.01)
-            if len(tries) >= 2 or task.done():
-                break
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(scenario())
+    asyncio.run(run_until(ship.run(), lambda: len(tries) >= 2))
     assert tries[:2] == [0, 1]
     assert said == ["error: shipping function logs to the control plane failed: "
                     "UnicodeEncodeError('utf-8', '\\ud800', 0, 1, 'surrogates not allowed')"]
