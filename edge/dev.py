@@ -165,6 +165,8 @@ class DevServer:
                 await self.rebuild()
 
     async def serve(self) -> None:
+        if self.runtime.engine.ticker_note:  # as `edge node` says it
+            self.out.note(f"edge dev: {self.runtime.engine.ticker_note}")
         if self.values.merged:
             self._announce_values("")
         await self.rebuild()

@@ -175,14 +175,15 @@ def start_module_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node
 
 @pytest.fixture
 def start_dev(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    """start(project, *options): `edge dev project --port P *options`, once it serves."""
+    """start(project, *options, env=None): `edge dev project --port P *options` (with `env`
+    on top of this process's), once it serves."""
     procs: list[Proc] = []
 
-    def start(project: Path, *options: str) -> Proc:
+    def start(project: Path, *options: str, env: dict[str, str] | None = None) -> Proc:
         port = free_port()
         log = tmp_path / f"dev-{port}.log"
         args = ["dev", str(project), "--port", str(port), *options]
-        proc = Proc(_spawn(args, log), f"http://127.0.0.1:{port}", log)
+        proc = Proc(_spawn(args, log, env), f"http://127.0.0.1:{port}", log)
         procs.append(proc)
         wait_until(lambda: "serving" in proc.log(), 180, "edge dev", proc)
         return proc

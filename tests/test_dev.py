@@ -100,6 +100,23 @@ def test_dev_prints_a_line_per_request(tmp_path: Path, start_dev: Callable[[Path
         line = logged_line(dev, f"[{request_id}]")
         expected = rf"\d\d:\d\d:\d\d {method} /some/path\?x=1&y=%C3%A9 200 \d+\.\d ms"
         assert re.fullmatch(rf"{expected} \[{request_id}\]", line), line
+    assert "epoch ticker" not in dev.log()  # the native one: nothing to say
+
+
+def test_dev_says_when_it_falls_back_to_the_python_ticker_as_a_node_does(
+    tmp_path: Path, start_dev: Callable[..., Proc]
+) -> None:
+    """`edge node` said so and `edge dev` did not: a developer saw nothing of it."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # the helper's cache dir cannot be made under a file
+    project = copied(FIXTURES / "functions" / "loop", tmp_path / "loop")
+    dev = start_dev(project, env={"EDGE_NATIVE_DIR": str(blocked / "native")})
+    said = [line for line in dev.log().splitlines() if "epoch ticker" in line]
+    assert len(said) == 1, dev.log()
+    assert said[0].startswith("edge dev: epoch ticker: python, native ticker unavailable (")
+    assert "Not a directory" in said[0]
+    r = httpx.get(dev.url, timeout=30)  # deadlines still hold
+    assert r.status_code == 504 and r.json()["error"] == "deadline_exceeded"
 
 
 def test_dev_puts_the_functions_own_lines_in_its_error_answer(

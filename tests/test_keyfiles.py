@@ -5,6 +5,7 @@ the thin I/O on real files in a temporary directory."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -15,15 +16,17 @@ from edge.node.keyfiles import KeyFiles, Stamp, read_keys, stamp, stamps
 
 NEW, OLD = SecretsKey(b"\x01" * 32), SecretsKey(b"\x02" * 32)
 PATHS = (Path("/keys/current.key"), Path("/keys/previous.key"))
-START: tuple[Stamp, ...] = ((10, 65, 1_000), (11, 65, 1_000))
+START: tuple[Stamp, ...] = ((1, 10, 65, 1_000, 1_000), (1, 11, 65, 1_000, 1_000))
 BAD = ConfigError("secrets key file /keys/current.key must hold 64 hex digits")
 
 
-def test_only_a_different_inode_size_or_mtime_is_a_change() -> None:
+def test_only_a_different_device_inode_size_mtime_or_ctime_is_a_change() -> None:
     files = KeyFiles(PATHS, START, Keyring([NEW, OLD]))
     assert not files.stale(START)
     assert not files.stale(list(START))  # any sequence
-    for changed in ((12, 65, 1_000), (10, 66, 1_000), (10, 65, 1_001)):
+    for changed in ((2, 10, 65, 1_000, 1_000), (1, 12, 65, 1_000, 1_000),
+                    (1, 10, 66, 1_000, 1_000), (1, 10, 65, 1_001, 1_000),
+                    (1, 10, 65, 1_000, 1_001)):
         assert files.stale((changed, START[1]))
         assert files.stale((START[0], changed))
     assert files.stale((START[0], "secrets key file /keys/previous.key: No such file"))
@@ -34,7 +37,7 @@ def test_new_files_with_other_keys_replace_the_keyring_and_ask_for_a_reopen() ->
     absent = "secrets key file /keys/previous.key: No such file or directory"
     files = KeyFiles(PATHS, (START[0], absent), Keyring([OLD]), optional=PATHS[1:])
     assert files.optional == frozenset(PATHS[1:])
-    rotated = ((20, 65, 2_000), (21, 65, 2_000))
+    rotated = ((1, 20, 65, 2_000, 2_000), (1, 21, 65, 2_000, 2_000))
     reload = files.settle(rotated, [NEW, OLD])
     assert reload.changed and reload.error == "" and files.error == ""
     assert sorted(reload.keyring.key_ids) == sorted([NEW.key_id, OLD.key_id])
@@ -42,7 +45,7 @@ def test_new_files_with_other_keys_replace_the_keyring_and_ask_for_a_reopen() ->
     assert not files.stale(rotated)
     # The same keys again (the files rewritten, or current and previous swapped): taken, but
     # nothing served needs opening again.
-    swapped = ((30, 65, 3_000), (31, 65, 3_000))
+    swapped = ((1, 30, 65, 3_000, 3_000), (1, 31, 65, 3_000, 3_000))
     again = files.settle(swapped, [OLD, NEW])
     assert not again.changed and again.error == ""
     assert not files.stale(swapped)
@@ -56,7 +59,7 @@ def test_new_files_with_other_keys_replace_the_keyring_and_ask_for_a_reopen() ->
 def test_a_bad_or_missing_file_keeps_the_keyring_until_the_files_change_again() -> None:
     files = KeyFiles(PATHS, START, Keyring([OLD]))
     before = files.keyring
-    broken = ((40, 9, 4_000), START[1])
+    broken = ((1, 40, 9, 4_000, 4_000), START[1])
     reload = files.settle(broken, [BAD, OLD])
     assert not reload.changed and reload.keyring is before and files.keyring is before
     assert reload.error == files.error
@@ -71,7 +74,7 @@ def test_a_bad_or_missing_file_keeps_the_keyring_until_the_files_change_again() 
     assert gone.keyring is before and "No such file" in files.error
     assert not files.stale(missing)
     # Fixed: taken, the error goes.
-    fixed = ((41, 65, 5_000), START[1])
+    fixed = ((1, 41, 65, 5_000, 5_000), START[1])
     assert files.stale(fixed)
     recovered = files.settle(fixed, [NEW, OLD])
     assert recovered.changed and recovered.error == "" and files.error == ""
@@ -80,7 +83,7 @@ def test_a_bad_or_missing_file_keeps_the_keyring_until_the_files_change_again() 
 
 def test_every_file_must_be_good_for_any_to_be_taken() -> None:
     files = KeyFiles(PATHS, START, Keyring([OLD]))
-    reload = files.settle(((50, 65, 6_000), (51, 3, 6_000)), [NEW, BAD])
+    reload = files.settle(((1, 50, 65, 6_000, 6_000), (1, 51, 3, 6_000, 6_000)), [NEW, BAD])
     assert not reload.changed and files.keyring.key_ids == [OLD.key_id]
     assert BAD.message in reload.error
 
@@ -115,6 +118,42 @@ def test_stamps_and_reads_of_real_files(tmp_path: Path) -> None:
     taken = files.settle(fixed, read_keys([current]))
     assert taken.changed and taken.error == ""
     assert files.keyring.key_ids == [SecretsKey(b"\x03" * 32).key_id]
+
+
+
+def test_a_file_rewritten_in_place_with_its_size_and_mtime_kept_is_a_change(
+    tmp_path: Path,
+) -> None:
+    """`cp new.key current.key` then `touch -r` (or an editor saving twice within the mtime's
+    granularity) keeps the inode, the size and the mtime: the node kept opening secrets with
+    the old key until it was restarted. The ctime moved, and utime cannot set it back."""
+    current = tmp_path / "current.key"
+    current.write_text((b"\x03" * 32).hex() + "\n")
+    files = KeyFiles.load([current])
+    before = current.stat()
+    _after_a_ctime_tick(tmp_path, before.st_ctime_ns)
+    current.write_text((b"\x04" * 32).hex() + "\n")  # truncated and written: the same inode
+    os.utime(current, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = current.stat()
+    assert (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns)
+    now = stamps([current])
+    assert files.stale(now)
+    taken = files.settle(now, read_keys([current]))
+    assert taken.changed and files.keyring.key_ids == [SecretsKey(b"\x04" * 32).key_id]
+
+
+def _after_a_ctime_tick(directory: Path, ctime_ns: int) -> None:
+    """Returns once a file changed now gets a ctime after `ctime_ns`. The kernel stamps
+    changes with a clock that moves in ticks (a few ms): two writes within one tick get the
+    same ctime, which no stat tells apart."""
+    probe = directory / "probe"
+    for _ in range(10_000):
+        probe.write_bytes(b"")
+        if probe.stat().st_ctime_ns > ctime_ns:
+            return
+        time.sleep(0.001)
+    raise AssertionError("the file system's ctime did not move in 10 s")
 
 
 def test_an_absent_file_is_no_key_only_where_it_is_optional(tmp_path: Path) -> None:

@@ -178,6 +178,27 @@ def test_the_helper_is_built_once_into_its_cache_and_found_there_without_zig(
     assert native_build.build_library("ticker", tmp_path / "cache", no_zig) == built
 
 
+
+def test_building_the_helper_deletes_its_libraries_of_other_versions(tmp_path: Path) -> None:
+    """Each version's library stayed in ~/.cache/edge/native for good."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    old = cache / "ticker-0123456789abcdef.so"
+    old.write_bytes(b"an earlier version's library")
+    undeletable = cache / "ticker-fedcba9876543210.so"
+    undeletable.mkdir()  # unlink fails (EISDIR), as it would for a file we may not delete
+    others = ["clock-0123456789abcdef.so", "ticker-notes.txt", "ticker.so", "ticker-1.so"]
+    for name in others:
+        (cache / name).write_bytes(b"not a ticker library of ours")
+    built = native_build.build_library("ticker", cache)
+    assert not old.exists() and undeletable.is_dir()
+    assert sorted(p.name for p in cache.iterdir()) == sorted([built.name, undeletable.name,
+                                                              *others])
+    # Found in the cache, not built: nothing is looked at.
+    old.write_bytes(b"an earlier version's library")
+    assert native_build.build_library("ticker", cache) == built and old.exists()
+
+
 _LOAD = """
 import ctypes, sys
 from pathlib import Path

@@ -39,6 +39,7 @@ from edge.control.snapshot import (
     verify_blob,
 )
 from edge.errors import EdgeError
+from edge.node.background import carry_on
 from edge.node.keyfiles import KeyFiles, describe, read_keys, stamps
 from edge.node.persisted import NodeState
 from edge.node.runtime import Loaded, NodeRuntime, Served, Unavailable
@@ -288,10 +289,8 @@ class Follower:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._recheck_keys.wait(), HEARTBEAT_S)
             self._recheck_keys.clear()
-            try:
+            with carry_on(self.say, "checking the secrets key files"):
                 await self.check_keys()
-            except Exception as e:  # a bug here must not end every later look
-                self.say(f"error: checking the secrets key files failed: {e!r}")
 
     @property
     def status_error(self) -> str:
@@ -382,7 +381,8 @@ class Follower:
 
     async def heartbeat(self) -> None:
         while True:
-            await self.report()
+            with carry_on(self.say, "reporting to the control plane"):
+                await self.report()
             await asyncio.sleep(HEARTBEAT_S)
 
     async def report_traffic(self) -> None:
@@ -403,7 +403,8 @@ class Follower:
     async def traffic(self) -> None:
         while True:
             await asyncio.sleep(TRAFFIC_S)
-            await self.report_traffic()
+            with carry_on(self.say, "reporting traffic to the control plane"):
+                await self.report_traffic()
 
     async def run(self) -> None:
         beat = asyncio.create_task(self.heartbeat())
@@ -412,19 +413,20 @@ class Follower:
         failures = 0
         try:
             while True:
-                try:
-                    await self.poll_once()
-                    self._reached()
+                polled = False
+                with carry_on(self.say, "following the control plane", "trying again"):
+                    try:
+                        await self.poll_once()
+                        self._reached()
+                        polled = True
+                    except (httpx.HTTPError, SnapshotRejected) as e:
+                        if isinstance(e, httpx.HTTPError) and not self._lost:
+                            self._lost = True
+                            self.say(f"cannot follow the control plane ({describe_failure(e)});"
+                                     " serving on")
+                if polled:
                     failures = 0
-                except (httpx.HTTPError, SnapshotRejected) as e:
-                    if isinstance(e, httpx.HTTPError) and not self._lost:
-                        self._lost = True
-                        self.say(f"cannot follow the control plane ({describe_failure(e)});"
-                                 " serving on")
-                    await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
-                    failures += 1
-                except Exception as e:  # a bug or a full disk must not end following for good
-                    self.say(f"error: following the control plane failed: {e!r}; trying again")
+                else:  # refused, unreachable or unexpected: the same backoff
                     await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
                     failures += 1
         finally:

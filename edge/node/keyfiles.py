@@ -1,13 +1,15 @@
 """The node's secrets key files, followed while it runs: a key rotation needs no node restart.
 
 At start the node reads `secrets_key_file` and `previous_secrets_key_file` (a bad one stops it
-then). After that it compares each file's stat identity (inode, size, mtime in ns: a stat, no
-read) at every snapshot it applies, every heartbeat and on SIGHUP; when one differs it reads
-both again. Only files that are all good keys replace the keyring: a file that is missing,
-unreadable or not a key (half written, a typo) keeps the keys the node has, and the error is
-reported until the files change again. The previous key's file alone may be absent, at start
-too: no rotation runs, or it ended and the old key was deleted. `KeyFiles` decides; `stamps`
-and `read_keys` do the I/O.
+then). After that it compares each file's stat identity (device, inode, size, mtime and ctime
+in ns: a stat, no read) at every snapshot it applies, every heartbeat and on SIGHUP; when one
+differs it reads both again. The ctime is what catches a file rewritten in place with the same
+size and mtime (`cp` then `touch -r`, an editor within the mtime's granularity): every write
+moves it, and utime cannot set it back. Only files that are all good keys replace the keyring:
+a file that is missing, unreadable or not a key (half written, a typo) keeps the keys the node
+has, and the error is reported until the files change again. The previous key's file alone may
+be absent, at start too: no rotation runs, or it ended and the old key was deleted. `KeyFiles`
+decides; `stamps` and `read_keys` do the I/O.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from pathlib import Path
 from edge.control.sealing import Keyring, SecretsKey
 from edge.errors import ConfigError
 
-# (inode, size, mtime_ns); a str when the file cannot be statted (why, naming it): a stat that
-# keeps failing the same way is no change, so it is not read and reported again at every look.
-Stamp = tuple[int, int, int] | str
+# (device, inode, size, mtime_ns, ctime_ns); a str when the file cannot be statted (why, naming
+# it): a stat that keeps failing the same way is no change, so it is not read and reported again
+# at every look.
+Stamp = tuple[int, int, int, int, int] | str
 # What reading one file gave: its key, why it is no key, or None (an optional file is absent).
 Read = SecretsKey | ConfigError | None
 
@@ -92,7 +95,7 @@ def stamp(path: Path) -> Stamp:
         st = path.stat()
     except OSError as e:
         return f"secrets key file {path}: {e.strerror}"
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def stamps(paths: Sequence[Path]) -> tuple[Stamp, ...]:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import httpx
 
+from edge.node.background import carry_on
 from edge.node.logbuffer import Batch, LogBuffer
 from edge.node.logs import line_json
 from edge.sandbox.host import LogLine
@@ -102,11 +103,12 @@ class LogShipper:
                     await asyncio.sleep(RETRY_S[min(failures - 1, len(RETRY_S) - 1)])
                 else:
                     await asyncio.sleep(self.interval_s)
-                if await self.ship_once():
-                    failures = 0
-                    while len(self.buffer) >= BATCH_MAX_LINES and await self.ship_once():
+                shipped = False
+                with carry_on(self.say, "shipping function logs to the control plane"):
+                    shipped = await self.ship_once()
+                    while shipped and len(self.buffer) >= BATCH_MAX_LINES \
+                            and await self.ship_once():
                         pass  # a backlog goes out at once, not one batch per interval
-                else:
-                    failures += 1
+                failures = 0 if shipped else failures + 1
         finally:
             await self.aclose()

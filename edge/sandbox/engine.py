@@ -276,6 +276,15 @@ class SandboxEngine:
             return f"{self.ticker.kind} ({self.ticker_fallback})"
         return self.ticker.kind
 
+    @property
+    def ticker_note(self) -> str:
+        """What a server (`edge node`, `edge dev`) says once at start when it ticks in Python
+        although the native ticker was asked for ("" otherwise): deadlines still hold, and
+        each request costs a little more."""
+        if self.ticker_fallback:
+            return f"epoch ticker: {self.ticker.kind}, {self.ticker_fallback}"
+        return ""
+
     def running(self) -> _Running:
         """Context manager around any wasm execution (instantiation included)."""
         return _Running(self.ticker)

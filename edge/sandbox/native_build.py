@@ -1,6 +1,7 @@
 """Our C helpers (edge/sandbox/native/*.c) as shared libraries, built with `zig cc` from the
 ziglang package and kept in a cache keyed by the source's hash. A cached library is loaded only
-whole (see _seal); a damaged one is built again.
+whole (see _seal); a damaged one is built again. Building one deletes that helper's libraries
+from other sources (earlier versions), which nothing would load again (see _prune).
 
 `./scripts/install` builds them ahead (`python -m edge.sandbox.native_build`), so a node does not
 wait for zig at its first start; a node that finds one missing builds it then (~4 s). Callers
@@ -11,9 +12,11 @@ treat any failure as "not available" and fall back to Python (see edge.sandbox.t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +29,7 @@ SOURCE_DIR = Path(__file__).resolve().parent / "native"
 # target would link musl in statically, and two libcs' threads in one process do not mix);
 # baseline CPU features, so a cache dir shared between machines of one architecture is safe.
 CFLAGS = ("-O2", "-shared", "-fPIC", "-pthread", "-fvisibility=hidden", "-mcpu=baseline")
+KEY_HEX = 16  # hex digits of the cache key in a library's name
 
 
 def native_dir() -> Path:
@@ -47,7 +51,7 @@ def library_path(name: str, cache_dir: Path | None = None) -> Path:
     source = (SOURCE_DIR / f"{name}.c").read_bytes()
     key = hashlib.sha256(
         b"\0".join([source, " ".join(CFLAGS).encode(), _target().encode()])
-    ).hexdigest()[:16]
+    ).hexdigest()[:KEY_HEX]
     return (cache_dir or native_dir()) / f"{name}-{key}.so"
 
 
@@ -82,7 +86,23 @@ def build_library(
         )  # fmt: skip
         _seal(out)
         os.replace(out, path)
+    _prune(path, name)
     return path
+
+
+def _prune(kept: Path, name: str) -> None:
+    """Deletes helper `name`'s other libraries beside `kept`: built from another source or
+    flags, by an earlier version, no process of this one loads them, and each would stay in
+    the cache for good. A process that loaded one keeps it (Linux unlinks the name; the mapped
+    pages live until they are unmapped), and another version sharing the cache builds its own
+    again (~4 s) at its next start. One already gone, or that may not be deleted, stays: a
+    cache left untidy is no reason to fail a build."""
+    own = re.compile(rf"{re.escape(name)}-[0-9a-f]{{{KEY_HEX}}}\.so")
+    with contextlib.suppress(OSError):
+        for path in kept.parent.iterdir():
+            if path != kept and own.fullmatch(path.name):
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
 
 
 # A library ends with the SHA-256 of what precedes it (the dynamic loader maps only the

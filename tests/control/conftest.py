@@ -4,10 +4,11 @@ on a free 127.0.0.1 port, and tiny manifests and components."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def run_until(loop: Coroutine[Any, Any, None], done: Callable[[], bool]) -> None:
+    """Runs `loop` (a node's loop: it never ends by itself) until `done()`, then cancels it.
+    A loop that ended before raises what it ended with, here."""
+    task = asyncio.create_task(loop)
+    for _ in range(1000):  # 10 s: only a loop that stopped gets near it
+        await asyncio.sleep(0.01)
+        if done() or task.done():
+            break
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 class FakeClock:

@@ -6,7 +6,6 @@ processes.)"""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from edge.node.persisted import SNAPSHOT_FILE, NodeState
 from edge.node.runtime import NodeRuntime
 from edge.sandbox.function import LoadedFunction
 from tests.conftest import EXAMPLES
-from tests.control.conftest import ControlServer
+from tests.control.conftest import ControlServer, run_until
 
 pytestmark = pytest.mark.toolchain
 Start = Callable[..., ControlServer]
@@ -160,18 +159,42 @@ def test_following_goes_on_after_an_unexpected_failure(
 
     follower.poll_once = poll_once  # type: ignore[method-assign]
 
-    async def scenario() -> None:
-        run = asyncio.create_task(follower.run())
-        for _ in range(500):
-            await asyncio.sleep(0.01)
-            if len(polls) == 2:
-                break
-        run.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await run
-
-    asyncio.run(scenario())
+    asyncio.run(run_until(follower.run(), lambda: len(polls) == 2))  # run closes the follower
     follower.runtime.close()
     assert polls == [0, 1]
     assert said[0] == ("error: following the control plane failed: IsADirectoryError('a "
                        "directory where a blob file should be'); trying again")
+
+
+@pytest.mark.parametrize(("loop", "step", "period", "what"), [
+    ("heartbeat", "report", "HEARTBEAT_S", "reporting to the control plane"),
+    ("traffic", "report_traffic", "TRAFFIC_S", "reporting traffic to the control plane"),
+])  # fmt: skip
+def test_the_reporting_loops_survive_a_failing_step(
+    start_control: Start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    loop: str, step: str, period: str, what: str,
+) -> None:
+    """The heartbeat ended on an unexpected failure: the node served on, reporting nothing,
+    and the control plane saw it as gone."""
+    monkeypatch.setattr(f"edge.node.follower.{period}", 0.0)  # no 5 s wait for the next beat
+    server = start_control()
+    said: list[str] = []
+    follower = make_follower(server, tmp_path, tmp_path / "state")
+    follower.say = said.append
+    steps: list[int] = []
+
+    async def failing_once() -> None:
+        steps.append(len(steps))
+        if len(steps) == 1:
+            raise RuntimeError("a bug in the report")
+
+    monkeypatch.setattr(follower, step, failing_once)
+
+    async def scenario() -> None:
+        await run_until(getattr(follower, loop)(), lambda: len(steps) >= 2)
+        await follower.close()
+
+    asyncio.run(scenario())
+    follower.runtime.close()
+    assert steps[:2] == [0, 1]
+    assert said == [f"error: {what} failed: RuntimeError('a bug in the report')"]

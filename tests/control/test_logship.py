@@ -10,7 +10,7 @@ from collections.abc import Callable
 from edge.node.logbuffer import LogBuffer
 from edge.node.logship import LogShipper
 from edge.sandbox.host import LogLine
-from tests.control.conftest import ControlServer, free_port
+from tests.control.conftest import ControlServer, free_port, run_until
 from tests.control.test_api import upload
 
 Start = Callable[..., ControlServer]
@@ -75,3 +75,24 @@ def test_a_refused_batch_is_counted_not_retried(start_control: Start) -> None:
     assert ship_once(wrong)
     assert len(buffer) == 0
     assert buffer.take(10).dropped == {"default/hello": 1}
+
+
+def test_shipping_goes_on_after_an_unexpected_failure() -> None:
+    """It ended on one: the node served on, and no log line reached the control plane again."""
+    said: list[str] = []
+    ship = LogShipper("http://127.0.0.1:9", "x", "eu-1", "eu-west", LogBuffer(10), 0.01,
+                      say=said.append)
+    tries: list[int] = []
+
+    async def ship_once() -> bool:
+        tries.append(len(tries))
+        if len(tries) == 1:
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+        return True
+
+    ship.ship_once = ship_once  # type: ignore[method-assign]
+
+    asyncio.run(run_until(ship.run(), lambda: len(tries) >= 2))
+    assert tries[:2] == [0, 1]
+    assert said == ["error: shipping function logs to the control plane failed: "
+                    "UnicodeEncodeError('utf-8', '\\ud800', 0, 1, 'surrogates not allowed')"]
