@@ -212,18 +212,19 @@ def _config_get(_store: Any, key: str) -> str | None:
 
 def _wall_now(_store: Any) -> cm.Record:
     # Frozen at the request's start: a function without the wall_clock grant cannot time
-    # anything with it, as in Cloudflare Workers.
-    started = current().started_unix
+    # anything with it, as in Cloudflare Workers. To the millisecond, as Workers' Date.now():
+    # a frozen value times nothing however precise, and log lines and ids want the milliseconds.
+    started_ms = int(current().started_unix * 1000)
     rec = cm.Record()
-    rec.seconds = int(started)
-    rec.nanoseconds = 0
+    rec.seconds = started_ms // 1000
+    rec.nanoseconds = started_ms % 1000 * 1_000_000
     return rec
 
 
 def _wall_resolution(_store: Any) -> cm.Record:
     rec = cm.Record()
-    rec.seconds = 1
-    rec.nanoseconds = 0
+    rec.seconds = 0
+    rec.nanoseconds = 1_000_000
     return rec
 
 
