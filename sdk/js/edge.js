@@ -213,22 +213,198 @@ function formatArg(value) {
   }
 }
 
-for (const [method, levelName] of [
-  ["log", "info"], ["info", "info"], ["debug", "debug"], ["trace", "trace"],
-  ["warn", "warn"], ["error", "error"],
-]) {
-  globalThis.console[method] = (...args) => {
-    if (inRequest) logWrite(levelName, own(args.map(formatArg).join(" ")));
-  };
+// Prototypes whose toString says nothing about the value: an object with only these is
+// written as formatArg does under %s, as Node inspects it rather than calling toString.
+const PLAIN_TO_STRING = new Set([
+  Object.prototype, Array.prototype, Error.prototype, Date.prototype, RegExp.prototype,
+  Function.prototype,
+]);
+
+function hasOwnToString(value) {
+  for (let p = value; p !== null && !PLAIN_TO_STRING.has(p); p = Object.getPrototypeOf(p)) {
+    if (Object.hasOwn(p, "toString")) return true;
+  }
+  return false;
 }
+
+function numberText(n) {
+  return Object.is(n, -0) ? "-0" : String(n);
+}
+
+// One printf-style conversion of util.format, for the argument `value`.
+const SPECIFIERS = {
+  s: (v) => {
+    if (typeof v === "bigint") return `${v}n`;
+    if (typeof v === "number") return numberText(v);
+    if (typeof v === "symbol") return String(v);
+    if (v !== null && typeof v === "object" && !hasOwnToString(v)) return formatArg(v);
+    return String(v);
+  },
+  d: (v) => (typeof v === "bigint" ? `${v}n` : typeof v === "symbol" ? "NaN" : numberText(Number(v))),
+  i: (v) => (typeof v === "bigint" ? `${v}n` : typeof v === "symbol" ? "NaN" : numberText(parseInt(v))),
+  f: (v) => (typeof v === "symbol" ? "NaN" : numberText(parseFloat(v))),
+  j: (v) => {
+    try {
+      return String(JSON.stringify(v));
+    } catch {
+      return "[Circular]";
+    }
+  },
+  o: formatArg,
+  O: formatArg,
+  c: () => "", // CSS: no styling in a log line, the argument is consumed
+};
+
+// The text of console.log(...args), as Node's util.format makes it: specifiers in a first
+// string argument take the arguments in turn (one without an argument left stays as it is,
+// %% is % while any is left), and the rest follow, space-separated.
+function formatArgs(args) {
+  if (args.length === 0) return "";
+  const [first] = args;
+  if (typeof first !== "string" || args.length === 1) return args.map(formatArg).join(" ");
+  let out = "";
+  let next = 1;
+  let from = 0;
+  for (let i = 0; i < first.length - 1; i++) {
+    if (first[i] !== "%") continue;
+    const spec = first[i + 1];
+    if (spec === "%") {
+      out += first.slice(from, i + 1);
+      from = i + 2;
+      i += 1;
+    } else if (next < args.length && Object.hasOwn(SPECIFIERS, spec)) {
+      out += first.slice(from, i) + SPECIFIERS[spec](args[next]);
+      next += 1;
+      from = i + 2;
+      i += 1;
+    }
+  }
+  out += first.slice(from);
+  const rest = args.slice(next).map(formatArg);
+  return [out, ...rest].join(" ");
+}
+
+// Per-request console state: an instance reused for the next request (`[instance] policy =
+// "reuse"`) starts with no counts and no open group, as a fresh one would.
+const counts = new Map();
+let groupDepth = 0;
+
+function resetConsole() {
+  counts.clear();
+  groupDepth = 0;
+}
+
+// A console line in the log: each of its lines indented two spaces per open group, as Node
+// indents them.
+function consoleWrite(levelName, text) {
+  if (!inRequest) return;
+  const indent = "  ".repeat(groupDepth);
+  logWrite(levelName, own(indent ? indent + text.replaceAll("\n", `\n${indent}`) : text));
+}
+
+for (const [method, levelName] of [
+  ["log", "info"], ["info", "info"], ["debug", "debug"], ["warn", "warn"], ["error", "error"],
+  ["dirxml", "info"],
+]) {
+  globalThis.console[method] = (...args) => consoleWrite(levelName, formatArgs(args));
+}
+
+// Node's and Workers' wording: "Assertion failed" alone, or before the data.
+globalThis.console.assert = (condition, ...data) => {
+  if (condition) return;
+  if (typeof data[0] === "string") data[0] = `Assertion failed: ${data[0]}`;
+  else data.unshift("Assertion failed");
+  consoleWrite("error", formatArgs(data));
+};
+
+globalThis.console.count = (label = "default") => {
+  const key = String(label);
+  const n = (counts.get(key) ?? 0) + 1;
+  counts.set(key, n);
+  consoleWrite("info", `${key}: ${n}`);
+};
+
+globalThis.console.countReset = (label = "default") => {
+  const key = String(label);
+  if (counts.has(key)) counts.set(key, 0);
+  else consoleWrite("warn", `Count for '${key}' does not exist`);
+};
+
+// The object only, as console.dir takes its options second.
+globalThis.console.dir = (value) => consoleWrite("info", formatArg(value));
+
+globalThis.console.group = (...label) => {
+  if (label.length > 0) consoleWrite("info", formatArgs(label));
+  groupDepth += 1;
+};
+globalThis.console.groupCollapsed = globalThis.console.group;
+globalThis.console.groupEnd = () => {
+  groupDepth = Math.max(0, groupDepth - 1);
+};
+
+// "Trace: message" and the stack where console.trace was called, as Node writes it; the
+// SDK's own frame left out.
+globalThis.console.trace = (...data) => {
+  const message = formatArgs(data);
+  const stack = new Error().stack ?? "";
+  const frames = stack.trimEnd().split("\n").slice(1).filter(Boolean);
+  const head = message ? `Trace: ${message}` : "Trace";
+  consoleWrite("trace", [head, ...frames.map((frame) => `    at ${frame}`)].join("\n"));
+};
+
+// console.table: a text table as Node draws it, a row a line, a cell the value as
+// console.log writes it (strings quoted). Data that is not an object is logged as is.
+function tableCell(value) {
+  return typeof value === "string" ? JSON.stringify(value) : formatArg(value);
+}
+
+function tableText(data, columns) {
+  const rows = data instanceof Map ? [...data] : data instanceof Set ? [...data].entries() :
+    Object.entries(data);
+  const keys = [];
+  let values = false;
+  const body = [];
+  for (const [index, row] of rows) {
+    const cells = new Map();
+    if (row !== null && typeof row === "object") {
+      for (const [key, value] of Object.entries(row)) {
+        if (columns && !columns.includes(key)) continue;
+        if (!keys.includes(key)) keys.push(key);
+        cells.set(key, tableCell(value));
+      }
+    } else {
+      values = true;
+      cells.set(null, tableCell(row));
+    }
+    body.push([data instanceof Map ? tableCell(index) : String(index), cells]);
+  }
+  const header = ["(index)", ...(columns ?? keys), ...(values ? ["Values"] : [])];
+  const lines = body.map(([index, cells]) => [
+    index, ...(columns ?? keys).map((key) => cells.get(key) ?? ""),
+    ...(values ? [cells.get(null) ?? ""] : []),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
+  const rule = (left, mid, right) => left + widths.map((w) => "─".repeat(w + 2)).join(mid) + right;
+  const row = (cells) => `│ ${cells.map((c, i) => c.padEnd(widths[i])).join(" │ ")} │`;
+  return [
+    rule("┌", "┬", "┐"), row(header), rule("├", "┼", "┤"), ...lines.map(row), rule("└", "┴", "┘"),
+  ].join("\n");
+}
+
+globalThis.console.table = (data, columns) => {
+  if (data === null || typeof data !== "object") {
+    consoleWrite("info", formatArg(data));
+    return;
+  }
+  consoleWrite("info", tableText(data, Array.isArray(columns) ? columns.map(String) : null));
+};
 
 // The engine's console.time family reads the clock the build disables (it trapped): as no
 // time passes in a function, a timer reads 0ms, a line as Workers writes it.
 function timer(ends) {
   return (label = "default", ...data) => {
-    if (!inRequest) return;
     const text = [`${label}: 0ms`, ...(ends ? [] : data.map(formatArg))].join(" ");
-    logWrite("info", own(text));
+    consoleWrite("info", text);
   };
 }
 globalThis.console.time = () => {};
@@ -388,6 +564,7 @@ export function wrapModule(mod) {
   return {
     handle(raw) {
       inRequest = true;
+      resetConsole();
       try {
         const ctx = new ExecutionContext(waitUntilRejected);
         let resp = serve(raw, ctx);
