@@ -19,7 +19,7 @@
 
 import { write as logWrite } from "edge:function/log@0.1.0";
 import { get as configGet } from "edge:function/config@0.1.0";
-import { serveHandler, spinRequest } from "./spin-sdk.js";
+import { serveHandler, spinRequest, spinWebRequest } from "./spin-sdk.js";
 import {
   ExecutionContext, FetchEvent, WebResponse, env, fetchListeners, trapNow, webRequest,
 } from "./web.js";
@@ -458,7 +458,7 @@ function pickServe(mod) {
   if (typeof mod.handler === "function" && mod.handler.length === 2) {
     return {
       who: "handler(req, res)",
-      serve: (raw) => serveHandler(mod.handler, webRequest(raw)),
+      serve: (raw) => serveHandler(mod.handler, spinWebRequest(raw)),
     };
   }
   if (fetchListeners.length > 0) {
