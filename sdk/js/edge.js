@@ -511,6 +511,49 @@ function waitUntilRejected(reason) {
   logWrite("error", own(`waitUntil promise rejected: ${formatArg(reason)}`));
 }
 
+// The node's marks around waitUntil's promises (edge/sandbox/awaiting.py): the call returning
+// between them, with an answer, is a request that ended with one still pending, which can
+// never settle then, and the node logs a warning. The SDK cannot: componentize-js returns
+// once nothing is left to run, and no code of the SDK runs after that. As for the handler's
+// Promise, the first mark is written only once a promise has been pending UNMARKED_HOPS hops,
+// and the second once every promise given has settled.
+const WAIT_UNTIL_PENDING_MARK = "\0edge:wait-until-pending\0";
+const WAIT_UNTIL_SETTLED_MARK = "\0edge:wait-until-settled\0";
+
+function waitUntilWatch() {
+  const state = { pending: 0, watching: false, marked: false };
+  const settled = () => {
+    state.pending -= 1;
+    if (state.pending === 0 && state.marked) {
+      state.marked = false;
+      logWrite("trace", WAIT_UNTIL_SETTLED_MARK);
+    }
+  };
+  return (promise) => {
+    state.pending += 1;
+    Promise.resolve(promise).then(settled, (reason) => {
+      waitUntilRejected(reason);
+      settled();
+    });
+    if (!state.watching && !state.marked) {
+      state.watching = true;
+      watchWaitUntil(state, UNMARKED_HOPS);
+    }
+  };
+}
+
+function watchWaitUntil(state, hops) {
+  if (state.pending === 0) {
+    state.watching = false;
+  } else if (hops > 0) {
+    queueMicrotask(() => watchWaitUntil(state, hops - 1));
+  } else {
+    state.watching = false;
+    state.marked = true;
+    logWrite("trace", WAIT_UNTIL_PENDING_MARK);
+  }
+}
+
 // An exception that ends the request: reported, then a trap at once, before any other queued
 // work can call the host (the node believes a report only when the trap comes next, and
 // answers 500 `function_exception`).
@@ -566,7 +609,7 @@ export function wrapModule(mod) {
       inRequest = true;
       resetConsole();
       try {
-        const ctx = new ExecutionContext(waitUntilRejected);
+        const ctx = new ExecutionContext(waitUntilWatch());
         let resp = serve(raw, ctx);
         if (typeof resp === "string" && who === HANDLE) resp = Response.text(resp);
         if (resp instanceof Response && ctx.waiting === 0) return witOf(resp);
