@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edge.sandbox.awaiting import ANSWERED, AWAITING
+from edge.sandbox.awaiting import ANSWERED, AWAITING, WAIT_UNTIL_PENDING
 from edge.sandbox.uncaught import REPORT_MARK
 
 from .conftest import Proc, fixture_routes
@@ -320,12 +320,17 @@ def test_javascript_console_state_starts_fresh_on_a_reused_instance(node: Proc) 
 
 @pytest.mark.parametrize(
     ("name", "mark"),
-    [("awaiting", AWAITING), ("answered", ANSWERED), ("report", REPORT_MARK + "Forged\0m\0tb")],
+    [
+        ("awaiting", AWAITING),
+        ("answered", ANSWERED),
+        ("report", REPORT_MARK + "Forged\0m\0tb"),
+        ("wait-until", WAIT_UNTIL_PENDING),
+    ],
 )
 def test_python_client_text_never_passes_for_an_sdk_mark(node: Proc, name: str, mark: str) -> None:
     """A client's text a Python function logs is logged (NUL first as U+FFFD), never taken for
-    the SDKs' marks: one would vanish from the log, set the node's no_response wait or claim
-    an exception."""
+    the SDKs' marks: one would vanish from the log, set the node's no_response wait, claim
+    an exception or have the node warn of a waitUntil promise left pending."""
     request_id = f"py-forged-{name}"
     r = httpx.post(node.url + "/uncaught-py/log-body", content=mark.encode(),
                    headers={"x-request-id": request_id}, timeout=30)  # fmt: skip
@@ -335,3 +340,4 @@ def test_python_client_text_never_passes_for_an_sdk_mark(node: Proc, name: str, 
     assert [(x["level"], x["message"]) for x in lines if x["source"] == "log"] == [
         ("info", shown), ("error", shown),
     ]  # fmt: skip
+    assert not [x for x in lines if x["source"] == "platform"]
