@@ -261,23 +261,23 @@ const SPECIFIERS = {
 function formatArgs(args) {
   if (args.length === 0) return "";
   const [first] = args;
-  if (typeof first !== "string" || args.length === 1) return args.map(formatArg).join(" ");
+  if (typeof first !== "string" || args.length === 1 || !first.includes("%")) {
+    return args.map(formatArg).join(" "); // most lines: no character-by-character scan
+  }
   let out = "";
   let next = 1;
   let from = 0;
-  for (let i = 0; i < first.length - 1; i++) {
-    if (first[i] !== "%") continue;
+  for (let i = first.indexOf("%"); i !== -1 && i < first.length - 1; ) {
     const spec = first[i + 1];
     if (spec === "%") {
       out += first.slice(from, i + 1);
       from = i + 2;
-      i += 1;
     } else if (next < args.length && Object.hasOwn(SPECIFIERS, spec)) {
       out += first.slice(from, i) + SPECIFIERS[spec](args[next]);
       next += 1;
       from = i + 2;
-      i += 1;
     }
+    i = first.indexOf("%", i + 2); // the character after a % is never a specifier's start
   }
   out += first.slice(from);
   const rest = args.slice(next).map(formatArg);
