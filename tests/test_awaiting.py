@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from edge.errors import FunctionError, NoResponse
 from edge.sandbox import host
-from edge.sandbox.awaiting import ANSWERED, AWAITING
+from edge.sandbox.awaiting import (
+    ANSWERED,
+    AWAITING,
+    WAIT_UNTIL_PENDING,
+    WAIT_UNTIL_SETTLED,
+)
 from edge.sandbox.host import Invocation, LogLine
 from edge.sandbox.uncaught import REPORT_MARK
 
@@ -23,6 +28,25 @@ def test_the_marks_open_and_close_the_wait_and_log_nothing() -> None:
         host._log_write(None, "trace", ANSWERED)
         assert not inv.awaiting
     assert [(x.level, x.message) for x in lines] == [("info", "still waiting")]
+
+
+def test_the_wait_until_marks_set_and_clear_the_pending_flag_and_log_nothing() -> None:
+    lines: list[LogLine] = []
+    inv = Invocation("fn", "req-1", {}, lines.append)
+    with host.bound(inv):
+        host._log_write(None, "error", REPORT_MARK + "TypeError\0m\0t")
+        host._log_write(None, "trace", WAIT_UNTIL_PENDING)
+        assert inv.wait_until_pending and not inv.awaiting
+        assert inv.uncaught is None  # a host call since the report: withdrawn
+        host._log_write(None, "trace", WAIT_UNTIL_SETTLED)
+        assert not inv.wait_until_pending
+        for near in [WAIT_UNTIL_PENDING + "x", WAIT_UNTIL_PENDING[:-1]]:
+            host._log_write(None, "info", near)
+            assert not inv.wait_until_pending
+    assert [x.message for x in lines if x.level == "info"] == [
+        WAIT_UNTIL_PENDING + "x",
+        WAIT_UNTIL_PENDING[:-1],
+    ]
 
 
 def test_a_mark_withdraws_a_report_like_any_host_call() -> None:

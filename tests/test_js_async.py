@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from edge.errors import NoResponse
+from edge.sandbox.awaiting import WAIT_UNTIL_DROPPED
 
 from .conftest import FIXTURES, Proc, fixture_routes
 from .metrics_text import Scrape, delta
@@ -62,14 +63,25 @@ def test_a_promise_that_never_settles_is_no_response_and_says_so(node: Proc, pat
     assert r.status_code == 200 and r.text == "ok\n"
 
 
-def test_wait_until_that_never_settles_leaves_the_answer(node: Proc) -> None:
+def test_wait_until_that_never_settles_leaves_the_answer_and_a_warning(node: Proc) -> None:
     r = get(node, "/pending-js/wait-until-never", "wait-never")
     assert r.status_code == 202 and r.text == "answered anyway\n"
-    lines = logged(node, "wait-never", "waitUntil promise rejected: RangeError: waitUntil rejected")
-    own = [(line["level"], line["message"].split("\n")[0]) for line in lines]
+    lines = logged(node, "wait-never", "waitUntil promise still pending")
+    own = [(line["level"], line["source"], line["message"].split("\n")[0]) for line in lines]
     assert own == [
-        ("info", "waitUntil work ran"),
-        ("error", "waitUntil promise rejected: RangeError: waitUntil rejected"),
+        ("info", "log", "waitUntil work ran"),
+        ("error", "log", "waitUntil promise rejected: RangeError: waitUntil rejected"),
+        ("warn", "platform", WAIT_UNTIL_DROPPED),
+    ]
+
+
+def test_wait_until_that_settles_late_gets_no_warning(node: Proc) -> None:
+    r = get(node, "/pending-js/wait-until-slow", "wait-slow")
+    assert r.status_code == 200 and r.text == "answered first\n"
+    # The node writes a request's lines before it answers: a warning would be here already.
+    lines = logged(node, "wait-slow", "slow waitUntil work ran")
+    assert [(line["level"], line["message"]) for line in lines] == [
+        ("info", "slow waitUntil work ran")
     ]
 
 

@@ -145,6 +145,26 @@ def test_spin_handle_request_answers_with_a_plain_object(node: Proc) -> None:
     assert r.status_code == 204 and r.content == b""
 
 
+@pytest.mark.parametrize("function", ["spin-js", "spin-v2-js"])
+def test_spin_request_has_the_spin_hosts_headers(node: Proc, function: str) -> None:
+    """Spin's host adds these to every request; both of Spin's JS shapes see them, a client's
+    own of those names dropped. The route headers say `/...`: the function does not know the
+    node's route, and is taken for a Spin application's only component at `route = "/..."`."""
+    url = node.url + f"/{function}/spin-headers/a%20b?q=1"
+    sent = {"x-forwarded-for": LONDON, "spin-path-info": "/forged", "spin-full-url": "forged"}
+    r = httpx.get(url, headers=sent, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "spin-full-url": url,
+        "spin-path-info": f"/{function}/spin-headers/a%20b",
+        "spin-matched-route": "/...",
+        "spin-base-path": "/",
+        "spin-raw-component-route": "/...",
+        "spin-component-route": "",
+        "spin-client-addr": LONDON,
+    }
+
+
 def test_spin_answer_without_a_status_is_a_typed_exception(node: Proc) -> None:
     exception_answer(get(node, "/spin-js/no-status", "spin-no-status"), "TypeError",
                      "spin-no-status")  # fmt: skip
@@ -181,6 +201,16 @@ def test_spin_v2_builder_takes_headers_and_any_body_send_takes(node: Proc) -> No
     # A string sent whole is text, as a Response of it is on Spin.
     r = httpx.get(node.url + "/spin-v2-js/", timeout=30)
     assert r.headers["content-type"].startswith("text/plain")
+
+
+def test_spin_v2_status_and_headers_are_those_of_the_first_write(node: Proc) -> None:
+    """As on Spin, whose first write() sends them: status() and set() throw after it, with
+    Spin's messages, and a later change to res.headers is not in the answer."""
+    r = httpx.get(node.url + "/spin-v2-js/after-write", timeout=30)
+    assert r.status_code == 200
+    assert r.text == "first; Headers and Status already sent; Headers already sent; status 200"
+    assert r.headers["x-before"] == "1"
+    assert "x-after" not in r.headers and "x-late" not in r.headers
 
 
 @pytest.mark.parametrize(("status", "error"), [(204, "TypeError"), (1000, "RangeError")])

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edge.sandbox.awaiting import ANSWERED, AWAITING
+from edge.sandbox.awaiting import ANSWERED, AWAITING, WAIT_UNTIL_PENDING
 from edge.sandbox.uncaught import REPORT_MARK
 
 from .conftest import Proc, fixture_routes
@@ -237,14 +237,100 @@ def test_javascript_console_writes_to_the_functions_log(node: Proc) -> None:
     assert "at the top level" not in node.log()  # build time: there was no request to log to
 
 
+def own_lines(node: Proc, request_id: str, last: str) -> list[tuple[str, str]]:
+    lines = logged(node, request_id, last)
+    return [(line["level"], line["message"]) for line in lines if line["source"] == "log"]
+
+
+def test_javascript_console_log_formats_printf_specifiers_as_node(node: Proc) -> None:
+    assert get(node, "/console-js/format", "js-format").text == "ok\n"
+    assert [m for _, m in own_lines(node, "js-format", "%x kept")] == [
+        'cart has 3 items costing 42 (1.5) {"a":1} [1] {"b":"x"}',
+        " styled% done extra 7",  # %c takes its CSS and writes nothing
+        "100%% %s",  # a lone string is written as it is
+        "one and %s",  # a specifier without an argument stays
+        "-0 12n %s",  # the arguments left over follow, as they are
+        "%x kept",  # not a specifier
+    ]
+
+
+TABLE = """\
+┌─────────┬─────┬─────┬──────┐
+│ (index) │ a   │ b   │ c    │
+├─────────┼─────┼─────┼──────┤
+│ 0       │ 1   │ "Y" │      │
+│ 1       │ "Z" │     │ null │
+└─────────┴─────┴─────┴──────┘"""
+VALUES = """\
+┌─────────┬────────┐
+│ (index) │ Values │
+├─────────┼────────┤
+│ 0       │ "p"    │
+│ 1       │ 2      │
+└─────────┴────────┘"""
+COLUMNS = """\
+┌─────────┬────┐
+│ (index) │ x  │
+├─────────┼────┤
+│ r1      │ 1  │
+│ r2      │ 22 │
+└─────────┴────┘"""
+
+
+def test_javascript_console_assert_count_dir_group_table_and_trace(node: Proc) -> None:
+    assert get(node, "/console-js/more", "js-more").text == "ok\n"
+    own = own_lines(node, "js-more", "Trace: ")
+    assert own[:-1] == [
+        ("error", "Assertion failed"),
+        ("error", "Assertion failed: expected 2 got 1"),
+        ("error", 'Assertion failed {"n":1}'),
+        ("info", "default: 1"),
+        ("info", "k: 1"),
+        ("info", "default: 2"),
+        ("info", "default: 1"),
+        ("warn", "Count for 'nope' does not exist"),
+        ("info", '{"d":[1,2]}'),
+        ("info", "x 1"),
+        ("info", "outer"),
+        ("info", "  in one"),
+        ("warn", "    two\n    lines"),  # every line of it indented
+        ("error", "out"),  # a groupEnd too many is no harm
+        ("info", TABLE),
+        ("info", VALUES),
+        ("info", COLUMNS),
+        ("info", "5"),
+    ]
+    level, trace = own[-1]
+    # The stack where console.trace was called, mapped to the source as any stack is.
+    assert level == "trace" and trace.startswith("Trace: here now\n    at handle@index.js:")
+
+
+def test_javascript_console_state_starts_fresh_on_a_reused_instance(node: Proc) -> None:
+    """console-js is served on a reused instance: the counts and the group one request left
+    open are not the next one's; neither is the count at the module's top level."""
+    for round_ in range(3):
+        request_id = f"js-console-state-{round_}"
+        assert get(node, "/console-js/state", request_id).text == "ok\n"
+        assert own_lines(node, request_id, "  inside") == [
+            ("info", "visits: 1"),
+            ("info", "left open"),
+            ("info", "  inside"),
+        ]
+
+
 @pytest.mark.parametrize(
     ("name", "mark"),
-    [("awaiting", AWAITING), ("answered", ANSWERED), ("report", REPORT_MARK + "Forged\0m\0tb")],
+    [
+        ("awaiting", AWAITING),
+        ("answered", ANSWERED),
+        ("report", REPORT_MARK + "Forged\0m\0tb"),
+        ("wait-until", WAIT_UNTIL_PENDING),
+    ],
 )
 def test_python_client_text_never_passes_for_an_sdk_mark(node: Proc, name: str, mark: str) -> None:
     """A client's text a Python function logs is logged (NUL first as U+FFFD), never taken for
-    the SDKs' marks: one would vanish from the log, set the node's no_response wait or claim
-    an exception."""
+    the SDKs' marks: one would vanish from the log, set the node's no_response wait, claim
+    an exception or have the node warn of a waitUntil promise left pending."""
     request_id = f"py-forged-{name}"
     r = httpx.post(node.url + "/uncaught-py/log-body", content=mark.encode(),
                    headers={"x-request-id": request_id}, timeout=30)  # fmt: skip
@@ -254,3 +340,4 @@ def test_python_client_text_never_passes_for_an_sdk_mark(node: Proc, name: str, 
     assert [(x["level"], x["message"]) for x in lines if x["source"] == "log"] == [
         ("info", shown), ("error", shown),
     ]  # fmt: skip
+    assert not [x for x in lines if x["source"] == "platform"]

@@ -23,3 +23,15 @@ from __future__ import annotations
 
 AWAITING = "\0edge:awaiting\0"
 ANSWERED = "\0edge:answered\0"
+
+# The same around waitUntil's promises: WAIT_UNTIL_PENDING once one has been pending 64 hops,
+# WAIT_UNTIL_SETTLED once every one given has settled. A call that returns an answer between
+# the two ended with a promise that can never settle (nothing was left to run), which Workers
+# would have let run on: the node logs WAIT_UNTIL_DROPPED, as no code of the SDK runs once the
+# engine's loop has run dry.
+WAIT_UNTIL_PENDING = "\0edge:wait-until-pending\0"
+WAIT_UNTIL_SETTLED = "\0edge:wait-until-settled\0"
+WAIT_UNTIL_DROPPED = (
+    "waitUntil promise still pending when the request ended: nothing left to run could "
+    "settle it, so its work was dropped (the answer stands)"
+)

@@ -28,7 +28,7 @@ from edge.errors import (
     NoResponse,
     ResponseTooLarge,
 )
-from edge.sandbox import abi, capi, growcheck, host, prepare, stackmap
+from edge.sandbox import abi, awaiting, capi, growcheck, host, prepare, stackmap
 from edge.sandbox.code import Code, link
 from edge.sandbox.compile_cache import CompileCache, content_hash
 from edge.sandbox.engine import BASELINE, SandboxEngine
@@ -393,6 +393,8 @@ class LoadedFunction:
                 if invocation.awaiting and error.message.endswith(UNREACHABLE):
                     raise NoResponse(invocation.request_id)
             raise error
+        if invocation.wait_until_pending:
+            invocation.log("warn", awaiting.WAIT_UNTIL_DROPPED, "platform")
         try:
             response = abi.lift_response(result, self.config.limits.response_body_limit_bytes)
         except abi.ResponseBodyOverLimit as e:

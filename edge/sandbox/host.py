@@ -71,6 +71,8 @@ class Invocation:
     reported: bool = False  # a report was logged (once a request, over the line cap too)
     # Between the JS SDK's marks around its handler's Promise (see edge.sandbox.awaiting).
     awaiting: bool = False
+    # Between its marks around waitUntil's promises: one is still pending.
+    wait_until_pending: bool = False
     # Logs what guest stdio holds without its newline yet (OutputRoute.flush), so that what
     # was printed before a report comes before it in the log.
     flush_output: Callable[[], None] | None = None
@@ -157,6 +159,10 @@ def _log_write(_store: Any, level: Any, message: str) -> None:
         if message == awaiting.AWAITING or message == awaiting.ANSWERED:
             inv.uncaught = None
             inv.awaiting = message == awaiting.AWAITING
+            return
+        if message == awaiting.WAIT_UNTIL_PENDING or message == awaiting.WAIT_UNTIL_SETTLED:
+            inv.uncaught = None
+            inv.wait_until_pending = message == awaiting.WAIT_UNTIL_PENDING
             return
     inv.uncaught = None  # a report stands only if the trap comes next
     inv.log(name, message, "log")

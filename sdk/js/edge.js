@@ -19,7 +19,7 @@
 
 import { write as logWrite } from "edge:function/log@0.1.0";
 import { get as configGet } from "edge:function/config@0.1.0";
-import { serveHandler, spinRequest } from "./spin-sdk.js";
+import { serveHandler, spinRequest, spinWebRequest } from "./spin-sdk.js";
 import {
   ExecutionContext, FetchEvent, WebResponse, env, fetchListeners, trapNow, webRequest,
 } from "./web.js";
@@ -213,22 +213,198 @@ function formatArg(value) {
   }
 }
 
-for (const [method, levelName] of [
-  ["log", "info"], ["info", "info"], ["debug", "debug"], ["trace", "trace"],
-  ["warn", "warn"], ["error", "error"],
-]) {
-  globalThis.console[method] = (...args) => {
-    if (inRequest) logWrite(levelName, own(args.map(formatArg).join(" ")));
-  };
+// Prototypes whose toString says nothing about the value: an object with only these is
+// written as formatArg does under %s, as Node inspects it rather than calling toString.
+const PLAIN_TO_STRING = new Set([
+  Object.prototype, Array.prototype, Error.prototype, Date.prototype, RegExp.prototype,
+  Function.prototype,
+]);
+
+function hasOwnToString(value) {
+  for (let p = value; p !== null && !PLAIN_TO_STRING.has(p); p = Object.getPrototypeOf(p)) {
+    if (Object.hasOwn(p, "toString")) return true;
+  }
+  return false;
 }
+
+function numberText(n) {
+  return Object.is(n, -0) ? "-0" : String(n);
+}
+
+// One printf-style conversion of util.format, for the argument `value`.
+const SPECIFIERS = {
+  s: (v) => {
+    if (typeof v === "bigint") return `${v}n`;
+    if (typeof v === "number") return numberText(v);
+    if (typeof v === "symbol") return String(v);
+    if (v !== null && typeof v === "object" && !hasOwnToString(v)) return formatArg(v);
+    return String(v);
+  },
+  d: (v) => (typeof v === "bigint" ? `${v}n` : typeof v === "symbol" ? "NaN" : numberText(Number(v))),
+  i: (v) => (typeof v === "bigint" ? `${v}n` : typeof v === "symbol" ? "NaN" : numberText(parseInt(v))),
+  f: (v) => (typeof v === "symbol" ? "NaN" : numberText(parseFloat(v))),
+  j: (v) => {
+    try {
+      return String(JSON.stringify(v));
+    } catch {
+      return "[Circular]";
+    }
+  },
+  o: formatArg,
+  O: formatArg,
+  c: () => "", // CSS: no styling in a log line, the argument is consumed
+};
+
+// The text of console.log(...args), as Node's util.format makes it: specifiers in a first
+// string argument take the arguments in turn (one without an argument left stays as it is,
+// %% is % while any is left), and the rest follow, space-separated.
+function formatArgs(args) {
+  if (args.length === 0) return "";
+  const [first] = args;
+  if (typeof first !== "string" || args.length === 1 || !first.includes("%")) {
+    return args.map(formatArg).join(" "); // most lines: no character-by-character scan
+  }
+  let out = "";
+  let next = 1;
+  let from = 0;
+  for (let i = first.indexOf("%"); i !== -1 && i < first.length - 1; ) {
+    const spec = first[i + 1];
+    if (spec === "%") {
+      out += first.slice(from, i + 1);
+      from = i + 2;
+    } else if (next < args.length && Object.hasOwn(SPECIFIERS, spec)) {
+      out += first.slice(from, i) + SPECIFIERS[spec](args[next]);
+      next += 1;
+      from = i + 2;
+    }
+    i = first.indexOf("%", i + 2); // the character after a % is never a specifier's start
+  }
+  out += first.slice(from);
+  const rest = args.slice(next).map(formatArg);
+  return [out, ...rest].join(" ");
+}
+
+// Per-request console state: an instance reused for the next request (`[instance] policy =
+// "reuse"`) starts with no counts and no open group, as a fresh one would.
+const counts = new Map();
+let groupDepth = 0;
+
+function resetConsole() {
+  counts.clear();
+  groupDepth = 0;
+}
+
+// A console line in the log: each of its lines indented two spaces per open group, as Node
+// indents them.
+function consoleWrite(levelName, text) {
+  if (!inRequest) return;
+  const indent = "  ".repeat(groupDepth);
+  logWrite(levelName, own(indent ? indent + text.replaceAll("\n", `\n${indent}`) : text));
+}
+
+for (const [method, levelName] of [
+  ["log", "info"], ["info", "info"], ["debug", "debug"], ["warn", "warn"], ["error", "error"],
+  ["dirxml", "info"],
+]) {
+  globalThis.console[method] = (...args) => consoleWrite(levelName, formatArgs(args));
+}
+
+// Node's and Workers' wording: "Assertion failed" alone, or before the data.
+globalThis.console.assert = (condition, ...data) => {
+  if (condition) return;
+  if (typeof data[0] === "string") data[0] = `Assertion failed: ${data[0]}`;
+  else data.unshift("Assertion failed");
+  consoleWrite("error", formatArgs(data));
+};
+
+globalThis.console.count = (label = "default") => {
+  const key = String(label);
+  const n = (counts.get(key) ?? 0) + 1;
+  counts.set(key, n);
+  consoleWrite("info", `${key}: ${n}`);
+};
+
+globalThis.console.countReset = (label = "default") => {
+  const key = String(label);
+  if (counts.has(key)) counts.set(key, 0);
+  else consoleWrite("warn", `Count for '${key}' does not exist`);
+};
+
+// The object only, as console.dir takes its options second.
+globalThis.console.dir = (value) => consoleWrite("info", formatArg(value));
+
+globalThis.console.group = (...label) => {
+  if (label.length > 0) consoleWrite("info", formatArgs(label));
+  groupDepth += 1;
+};
+globalThis.console.groupCollapsed = globalThis.console.group;
+globalThis.console.groupEnd = () => {
+  groupDepth = Math.max(0, groupDepth - 1);
+};
+
+// "Trace: message" and the stack where console.trace was called, as Node writes it; the
+// SDK's own frame left out.
+globalThis.console.trace = (...data) => {
+  const message = formatArgs(data);
+  const stack = new Error().stack ?? "";
+  const frames = stack.trimEnd().split("\n").slice(1).filter(Boolean);
+  const head = message ? `Trace: ${message}` : "Trace";
+  consoleWrite("trace", [head, ...frames.map((frame) => `    at ${frame}`)].join("\n"));
+};
+
+// console.table: a text table as Node draws it, a row a line, a cell the value as
+// console.log writes it (strings quoted). Data that is not an object is logged as is.
+function tableCell(value) {
+  return typeof value === "string" ? JSON.stringify(value) : formatArg(value);
+}
+
+function tableText(data, columns) {
+  const rows = data instanceof Map ? [...data] : data instanceof Set ? [...data].entries() :
+    Object.entries(data);
+  const keys = [];
+  let values = false;
+  const body = [];
+  for (const [index, row] of rows) {
+    const cells = new Map();
+    if (row !== null && typeof row === "object") {
+      for (const [key, value] of Object.entries(row)) {
+        if (columns && !columns.includes(key)) continue;
+        if (!keys.includes(key)) keys.push(key);
+        cells.set(key, tableCell(value));
+      }
+    } else {
+      values = true;
+      cells.set(null, tableCell(row));
+    }
+    body.push([data instanceof Map ? tableCell(index) : String(index), cells]);
+  }
+  const header = ["(index)", ...(columns ?? keys), ...(values ? ["Values"] : [])];
+  const lines = body.map(([index, cells]) => [
+    index, ...(columns ?? keys).map((key) => cells.get(key) ?? ""),
+    ...(values ? [cells.get(null) ?? ""] : []),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
+  const rule = (left, mid, right) => left + widths.map((w) => "─".repeat(w + 2)).join(mid) + right;
+  const row = (cells) => `│ ${cells.map((c, i) => c.padEnd(widths[i])).join(" │ ")} │`;
+  return [
+    rule("┌", "┬", "┐"), row(header), rule("├", "┼", "┤"), ...lines.map(row), rule("└", "┴", "┘"),
+  ].join("\n");
+}
+
+globalThis.console.table = (data, columns) => {
+  if (data === null || typeof data !== "object") {
+    consoleWrite("info", formatArg(data));
+    return;
+  }
+  consoleWrite("info", tableText(data, Array.isArray(columns) ? columns.map(String) : null));
+};
 
 // The engine's console.time family reads the clock the build disables (it trapped): as no
 // time passes in a function, a timer reads 0ms, a line as Workers writes it.
 function timer(ends) {
   return (label = "default", ...data) => {
-    if (!inRequest) return;
     const text = [`${label}: 0ms`, ...(ends ? [] : data.map(formatArg))].join(" ");
-    logWrite("info", own(text));
+    consoleWrite("info", text);
   };
 }
 globalThis.console.time = () => {};
@@ -282,7 +458,7 @@ function pickServe(mod) {
   if (typeof mod.handler === "function" && mod.handler.length === 2) {
     return {
       who: "handler(req, res)",
-      serve: (raw) => serveHandler(mod.handler, webRequest(raw)),
+      serve: (raw) => serveHandler(mod.handler, spinWebRequest(raw)),
     };
   }
   if (fetchListeners.length > 0) {
@@ -333,6 +509,49 @@ function isSpinResponse(value) {
 
 function waitUntilRejected(reason) {
   logWrite("error", own(`waitUntil promise rejected: ${formatArg(reason)}`));
+}
+
+// The node's marks around waitUntil's promises (edge/sandbox/awaiting.py): the call returning
+// between them, with an answer, is a request that ended with one still pending, which can
+// never settle then, and the node logs a warning. The SDK cannot: componentize-js returns
+// once nothing is left to run, and no code of the SDK runs after that. As for the handler's
+// Promise, the first mark is written only once a promise has been pending UNMARKED_HOPS hops,
+// and the second once every promise given has settled.
+const WAIT_UNTIL_PENDING_MARK = "\0edge:wait-until-pending\0";
+const WAIT_UNTIL_SETTLED_MARK = "\0edge:wait-until-settled\0";
+
+function waitUntilWatch() {
+  const state = { pending: 0, watching: false, marked: false };
+  const settled = () => {
+    state.pending -= 1;
+    if (state.pending === 0 && state.marked) {
+      state.marked = false;
+      logWrite("trace", WAIT_UNTIL_SETTLED_MARK);
+    }
+  };
+  return (promise) => {
+    state.pending += 1;
+    Promise.resolve(promise).then(settled, (reason) => {
+      waitUntilRejected(reason);
+      settled();
+    });
+    if (!state.watching && !state.marked) {
+      state.watching = true;
+      watchWaitUntil(state, UNMARKED_HOPS);
+    }
+  };
+}
+
+function watchWaitUntil(state, hops) {
+  if (state.pending === 0) {
+    state.watching = false;
+  } else if (hops > 0) {
+    queueMicrotask(() => watchWaitUntil(state, hops - 1));
+  } else {
+    state.watching = false;
+    state.marked = true;
+    logWrite("trace", WAIT_UNTIL_PENDING_MARK);
+  }
 }
 
 // An exception that ends the request: reported, then a trap at once, before any other queued
@@ -388,8 +607,9 @@ export function wrapModule(mod) {
   return {
     handle(raw) {
       inRequest = true;
+      resetConsole();
       try {
-        const ctx = new ExecutionContext(waitUntilRejected);
+        const ctx = new ExecutionContext(waitUntilWatch());
         let resp = serve(raw, ctx);
         if (typeof resp === "string" && who === HANDLE) resp = Response.text(resp);
         if (resp instanceof Response && ctx.waiting === 0) return witOf(resp);

@@ -4,17 +4,47 @@
 // the build names the import.
 
 import { latin1ToBytes, toBytes } from "./edge.js";
-import { WebResponse } from "./web.js";
+import { WebResponse, webRequest } from "./web.js";
 
 const decoder = new TextDecoder();
 
+// The headers the Spin host adds to every request, as far as a function here can know them.
+// Exact: `spin-full-url` (the URL the client asked for) and `spin-client-addr` (the client's
+// address after trusted-proxy handling, without a port: Spin's has one, the node does not pass
+// it). Approximations, because the function does not know the node's route pattern (edge.toml
+// or node.toml `route = "*/name"`) and the URL it sees keeps the route's path: the function is
+// taken for a Spin application's only component at `route = "/..."` with the default base, as
+// most ported ones are, so `spin-path-info` is the whole path, `spin-matched-route` and
+// `spin-raw-component-route` are "/...", `spin-component-route` is "" (the route without its
+// wildcard) and `spin-base-path` is "/". No `spin-path-match-*`: no route has parameters.
+// A client's own header of one of these names is dropped, as the Spin host sets them over it.
+const SPIN_HEADERS = new Set([
+  "spin-full-url", "spin-path-info", "spin-matched-route", "spin-base-path",
+  "spin-raw-component-route", "spin-component-route", "spin-client-addr",
+]);
+
+function withSpinHeaders(raw) {
+  const headers = raw.headers.filter(([name]) => !SPIN_HEADERS.has(name));
+  headers.push(
+    ["spin-full-url", raw.url],
+    ["spin-path-info", new URL(raw.url).pathname],
+    ["spin-matched-route", "/..."],
+    ["spin-base-path", "/"],
+    ["spin-raw-component-route", "/..."],
+    ["spin-component-route", ""],
+    ["spin-client-addr", raw.clientIp],
+  );
+  return headers;
+}
+
 // The request of `handleRequest(request)` (Spin's JS SDK v1): method, `uri` (path and query,
 // as Spin has it; the full URL is the `spin-full-url` header, as there), `headers` an object of
-// lower-case names (repeated ones joined with ", "), `body` an ArrayBuffer, `text()`, `json()`.
+// lower-case names (repeated ones joined with ", ") with Spin's own (withSpinHeaders), `body`
+// an ArrayBuffer, `text()`, `json()`.
 export function spinRequest(raw) {
   const headers = {};
   const url = new URL(raw.url);
-  for (const [name, value] of [...raw.headers, ["spin-full-url", raw.url]]) {
+  for (const [name, value] of withSpinHeaders(raw)) {
     const joined = Object.hasOwn(headers, name) ? `${headers[name]}, ${value}` : value;
     // Defined, not assigned: a header named `__proto__` is a header like any other.
     Object.defineProperty(headers, name, {
@@ -32,9 +62,16 @@ export function spinRequest(raw) {
   };
 }
 
+// The `req` of `handler(req, res)` (Spin's JS SDK v2): a Web Request, with Spin's headers too.
+export function spinWebRequest(raw) {
+  return webRequest({ ...raw, headers: withSpinHeaders(raw) });
+}
+
 // The `res` of `handler(req, res)` (Spin's JS SDK v2): status(), set(), write(), send(), end().
 // Nothing is streamed: the answer is what was written when end() (or send()) is called, or
-// when the handler's Promise settles after a write().
+// when the handler's Promise settles after a write(). As on Spin, whose first write() sends the
+// status and headers: from then on status() and set() throw, and a change to `res.headers`
+// is not in the answer (its status and headers are those of the first write).
 export class ResponseBuilder {
   constructor(ended) {
     this.headers = new Headers();
@@ -43,6 +80,7 @@ export class ResponseBuilder {
     this.written = false;
     this.sent = false;
     this.whole = null; // { value } once send() came before any write()
+    this.head = null; // { status, headers } as they were at the first write() or end()
     this.ended = ended;
   }
 
@@ -71,15 +109,22 @@ export class ResponseBuilder {
     return this;
   }
 
+  // What Spin sends with the first write: a copy, so later changes to `headers` are not.
+  commitHead() {
+    if (!this.head) this.head = { status: this.statusCode, headers: new Headers(this.headers) };
+  }
+
   write(value) {
     if (this.sent) throw new Error("Response has already been sent");
+    this.commitHead();
     this.written = true;
     this.chunks.push(toBytes(value));
   }
 
   end() {
     if (this.sent) throw new Error("Response has already been sent");
-    const written = this.written;
+    const { written, head } = this;
+    this.commitHead();
     this.written = true;
     // Sent only once the answer is made: a Response that cannot be (a 204 with a body, a
     // status out of range) is the handler's exception, not an error after answering, which
@@ -89,6 +134,7 @@ export class ResponseBuilder {
       this.ended();
     } catch (e) {
       this.written = written;
+      this.head = head;
       this.whole = null;
       throw e;
     }
@@ -109,7 +155,8 @@ export class ResponseBuilder {
 
   // The Web Response of what was sent or written.
   response() {
-    const init = { status: this.statusCode, headers: this.headers };
+    const { status, headers } = this.head ?? { status: this.statusCode, headers: this.headers };
+    const init = { status, headers };
     if (this.whole) return new WebResponse(this.whole.value ?? null, init);
     const size = this.chunks.reduce((n, c) => n + c.length, 0);
     const body = new Uint8Array(size);

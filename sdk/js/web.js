@@ -120,17 +120,17 @@ export const env = new Proxy(Object.create(null), {
 // Workers' `ctx` (and the service worker's event.waitUntil). componentize-js runs the engine's
 // event loop until nothing is left to run before the call returns, so work given to waitUntil
 // is done before the answer leaves the function (an instance lives for one request) without
-// the SDK awaiting it: one that never settles is dropped then, and the answer stands. A
-// rejection goes to `rejected` (a log line).
+// the SDK awaiting it: one that never settles is dropped then, and the answer stands (the node
+// logs a warning, see edge.js's waitUntil watch). `watch` takes each promise given.
 export class ExecutionContext {
-  constructor(rejected) {
-    this.rejected = rejected;
+  constructor(watch) {
+    this.watch = watch;
     this.waiting = 0; // promises given: a synchronous answer then still runs the event loop
   }
 
   waitUntil(promise) {
     this.waiting += 1;
-    Promise.resolve(promise).catch(this.rejected);
+    this.watch(promise);
   }
 
   // There is no origin to fall back to: an exception still ends the request with a 500.
