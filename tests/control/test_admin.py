@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import stat
@@ -350,10 +351,10 @@ def test_the_last_admin_token_cannot_be_revoked(start_control: Start) -> None:
 # --- the secrets key's online rotation --------------------------------------------------------
 
 
-def sealed_ids(store: Store) -> set[str]:
-    """The key ids every secret kept in the database (current values and the revision log's)
-    is sealed under."""
-    with sqlite3.connect(store.data_dir / DB_NAME) as db:
+def sealed_ids(data_dir: Path) -> set[str]:
+    """The key ids every secret kept in a control plane's database (current values and the
+    revision log's) is sealed under."""
+    with contextlib.closing(sqlite3.connect(data_dir / DB_NAME)) as db:
         texts = [r[0] for r in db.execute("SELECT value FROM function_config WHERE secret = 1")]
         for (state_json,) in db.execute("SELECT state FROM revisions WHERE kind = 'config'"):
             state = json.loads(state_json)
@@ -372,7 +373,7 @@ def test_the_key_rotates_online_and_later_writes_seal_under_the_new_key(
         r = c.put("/v1/functions/hello/config", json={"values": {"api_key": value},
                                                        "secret": ["api_key"]})
         assert r.status_code == 200, r.text
-    assert sealed_ids(server.store) == {old.key_id}
+    assert sealed_ids(server.store.data_dir) == {old.key_id}
     new_file = tmp_path / "keys" / "new.key"  # made, 0600, with its directory
 
     r = c.post("/v1/secrets-key/rotate", json={"new_key_file": str(new_file)})
@@ -384,7 +385,7 @@ def test_the_key_rotates_online_and_later_writes_seal_under_the_new_key(
                     "functions": ["default/hello"], "values": 3, "revisions": [4],
                     "key_file": str(key_file), "previous_key_file": f"{key_file}.previous"}
     # Nothing is left under the old key, and the revision reached the feed nodes wait on.
-    assert sealed_ids(server.store) == {new.key_id}
+    assert sealed_ids(server.store.data_dir) == {new.key_id}
     assert c.get("/v1/status").json()["revision"] == 4
     snap = open_snapshot(c.get("/v1/node/snapshot", params={"after": 3, "wait_s": 0},
                                headers={"authorization": f"Bearer {server.node}"}).content,
@@ -399,7 +400,7 @@ def test_the_key_rotates_online_and_later_writes_seal_under_the_new_key(
     r = c.put("/v1/functions/hello/config", json={"values": {"api_key": "three"},
                                                    "secret": ["api_key"]})
     assert r.status_code == 200, r.text
-    assert sealed_ids(server.store) == {new.key_id}
+    assert sealed_ids(server.store.data_dir) == {new.key_id}
     snap = open_snapshot(c.get("/v1/node/snapshot", params={"after": 4, "wait_s": 0},
                                headers={"authorization": f"Bearer {server.node}"}).content,
                          server.signer.public_key)
@@ -434,7 +435,7 @@ def test_config_writes_racing_an_online_rotation_all_end_under_the_new_key(
         assert r.status_code == 200, r.text
         [f.result() for f in futures]
     new = SecretsKey.load(tmp_path / "new.key")
-    assert sealed_ids(server.store) == {new.key_id}
+    assert sealed_ids(server.store.data_dir) == {new.key_id}
     values = {v.key: v.value for v in server.store.config_values(1, "hello")}
     assert {k: new.open(from_text(v), "default/hello", k) for k, v in values.items()} == {
         f"k{i}": f"v{i}" for i in range(writes)}
@@ -468,7 +469,7 @@ def test_online_rotation_refusals_change_nothing(start_control: Start, tmp_path:
         assert (r.status_code, r.json()["error"]) == (status, reason), (body, r.text)
     assert (key_file.read_bytes(), c.get("/v1/status").json()["revision"]) == before
     assert not (tmp_path / "new.key").exists() and not Path(f"{key_file}.previous").exists()
-    assert sealed_ids(server.store) == {SecretsKey.load(key_file).key_id}
+    assert sealed_ids(server.store.data_dir) == {SecretsKey.load(key_file).key_id}
     assert not_a_key.read_text() == "not a key\n"
 
 
