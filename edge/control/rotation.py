@@ -7,19 +7,18 @@ A running control plane keeps its secrets key in memory and holds its data direc
 1. NEW is read from the file the operator named, on the control plane's machine (made, 0600,
    if it does not exist, as the offline command does). A file that holds no key, or holds the
    current key, is refused before anything changes.
-2. The current key is written to `<key file>.previous` (0600). That keeps the old key at hand,
-   and shows that the key file's directory takes writes before anything is committed.
-3. `Store.reseal_secrets` seals every secret again under NEW in one transaction under the
+2. `Store.reseal_secrets` seals every secret again under NEW in one transaction under the
    store's lock, and switches the store's key: every seal after it (a config write racing the
    rotation included) is under NEW.
-4. NEW is written over the key file the control plane was started with (atomically: a new file
-   renamed over it), only now that the transaction committed.
+3. Only now that the transaction committed, the old key is written to `<key file>.previous`
+   and NEW over the key file the control plane was started with (each 0600, atomically: a new
+   file renamed over it).
 
 Why write over the key file rather than, say, record NEW's path in the database: the key file
 is what every reader of the key already reads (the control plane restarted with its usual
 command line, `edge rotate-secrets-key` offline, a backup, nodes on the same machine under
-`edge up`), so none of them needs to learn anything new. A crash between 3 and 4 leaves the
-database under NEW and the file with the old key: the control plane then starts with a
+`edge up`), so none of them needs to learn anything new. A crash between 2 and 3 leaves the
+database under NEW and the key file with the old key: the control plane then starts with a
 `secrets_key_mismatch` warning naming NEW's key id; copy NEW over the key file and start it
 again.
 
@@ -113,24 +112,28 @@ class KeyRotation:
         if new.key_id == current.key_id:
             raise SecretsKeyInUse(f"{new_key_file} holds the current secrets key "
                                   f"({current.key_id}); nothing changed")
-        try:
-            current.save(previous)
-        except OSError as e:
-            raise KeyFileNotSaved(f"cannot write the current key to {previous}: {e.strerror}; "
-                                  "nothing changed") from None
+        # Checked now so that a directory that takes no writes refuses before the commit;
+        # the files themselves are written after it, so a refusal leaves them as they were.
+        if not os.access(key_file.parent, os.W_OK):
+            raise KeyFileNotSaved(f"this control plane cannot write in {key_file.parent}, "
+                                  "where its key file is; nothing changed")
         try:
             result = self.store.reseal_secrets(new, author)
         except SecretUnavailable as e:
             raise Conflict(f"nothing changed: {e.message}; set that value again (or remove it), "
                            "then rotate") from None
-        try:
-            new.save(key_file)
-        except OSError as e:
+        failed = []
+        for key, path in ((current, previous), (new, key_file)):  # the old key kept first
+            try:
+                key.save(path)
+            except OSError as e:
+                failed.append(f"{path}: {e.strerror}")
+        if failed:
             raise KeyFileNotSaved(
                 f"every secret is sealed under key {new.key_id} now, and this control plane "
-                f"seals with it, but writing it over {key_file} failed: {e.strerror}. Copy "
-                f"{new_key_file} to {key_file} before the control plane restarts"
-            ) from None
+                f"seals with it, but writing its key files failed ({'; '.join(failed)}). Copy "
+                f"{new_key_file} to {key_file} (keeping the old key) before it restarts"
+            )
         return Rotated(result, current.key_id, new.key_id, new_key_file, key_file, previous)
 
 

@@ -471,6 +471,15 @@ def test_online_rotation_refusals_change_nothing(start_control: Start, tmp_path:
     assert not (tmp_path / "new.key").exists() and not Path(f"{key_file}.previous").exists()
     assert sealed_ids(server.store.data_dir) == {SecretsKey.load(key_file).key_id}
     assert not_a_key.read_text() == "not a key\n"
+    # A current value no key opens (changed in the file): 409, and nothing changes either.
+    with contextlib.closing(sqlite3.connect(server.store.data_dir / DB_NAME)) as db, db:
+        db.execute("UPDATE function_config SET value = 'sealed:1:AAAA' WHERE secret = 1")
+    r = c.post("/v1/secrets-key/rotate", json={"new_key_file": new_file})
+    assert (r.status_code, r.json()["error"]) == (409, "conflict"), r.text
+    assert "nothing changed" in r.json()["message"] and "api_key" in r.json()["message"]
+    assert (key_file.read_bytes(), c.get("/v1/status").json()["revision"]) == before
+    assert not Path(f"{key_file}.previous").exists()
+    assert server.store.secrets_key.key_id == SecretsKey.load(key_file).key_id
 
 
 def test_cli_rotate_secrets_key_online(start_control: Start, tmp_path: Path) -> None:
