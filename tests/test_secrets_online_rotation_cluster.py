@@ -11,7 +11,6 @@ the control plane restarted with its usual command line opens everything with th
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import time
@@ -22,12 +21,12 @@ import pytest
 
 from edge.control.sealing import KEY_FILE, SecretsKey
 
-from .cluster import Control, converge, follower, start_control
-from .conftest import EXAMPLES, NodeFactory, Proc, wait_until
+from .cluster import Control, converge, start_control
+from .conftest import NodeFactory, Proc, wait_until
 from .control.test_admin import sealed_ids
-from .test_config_values_cluster import cli, cli_json
-from .test_secrets_cluster import FUNCTION
-from .test_secrets_key_reload_cluster import LOOK_S, put, readyz
+from .test_config_values_cluster import cli_json
+from .test_secrets_cluster import FUNCTION, deploy_with_secret
+from .test_secrets_key_reload_cluster import LOOK_S, keyed_follower, put, readyz
 
 pytestmark = pytest.mark.toolchain
 
@@ -67,20 +66,8 @@ def test_online_rotation_with_the_node_serving_the_secret_throughout(
 ) -> None:
     key_file = control.data / KEY_FILE
     old = SecretsKey.load(key_file)
-    keys = tmp_path / "node-keys"
-    keys.mkdir()
-    current, previous = keys / "current.key", keys / "previous.key"
-    put(current, key_file.read_text())
-    node = follower(start_node, control, "online-1", "eu-west", tmp_path / "state",
-                    secrets_key=False,
-                    extra=f'secrets_key_file = "{current}"\n'
-                          f'previous_secrets_key_file = "{previous}"\n')
-    project = tmp_path / "config"
-    shutil.copytree(EXAMPLES / "c" / "config", project, ignore=shutil.ignore_patterns("build"))
-    cli(control, "deploy", str(project), "--route", "*/")
-    with control.client() as client:
-        converge(client, cli_json(control, "config", "set", FUNCTION, f"greeting={SECRET}",
-                                  "--secret"))
+    node, current, previous = keyed_follower(start_node, control, "online-1", tmp_path)
+    deploy_with_secret(control, tmp_path, SECRET)
     assert httpx.get(node.url + "/").text == SECRET + "\n"
     watch = Watch(node, (SECRET, AFTER))
     restarted: Control | None = None
