@@ -2,9 +2,10 @@
 
 Order of checks, so answers leak nothing: no, unknown or revoked token → 401; a token of the
 wrong kind or without the scope → 403 (independent of any function); then another tenant's
-function looks exactly like a missing one → 404. Tenants and tokens are managed through
-`edge.control.admin_api` (scope "admin"). All errors go through `error_response`, the one place that
-turns an EdgeError into a status and a JSON body {"error": reason, "message": ...}.
+function looks exactly like a missing one → 404. Tenants, tokens and the secrets key's online
+rotation are managed through `edge.control.admin_api` (scope "admin"). All errors go through
+`error_response`, the one place that turns an EdgeError into a status and a JSON body
+{"error": reason, "message": ...}.
 
 Store calls run on worker threads (fsync and SQLite must not stall long polls). Long polls wait
 on `edge.control.feeds`: a change signs its snapshot once and then wakes every waiting node at
