@@ -71,8 +71,8 @@ def rotate_secrets_key(
             out.result(answer, (
                 f"{_summary(answer)} The control plane seals with it now and keeps it in "
                 f"{answer['key_file']} (the old key in {answer['previous_key_file']}). Next: "
-                f"{then}make {answer['new_key_file']} every node's secrets_key_file and "
-                "delete the old key there."))
+                f"{then}on every node move the new key from previous_secrets_key_file over "
+                "secrets_key_file (the old key goes)."))
             return
         if data is None:
             raise UsageError("give --data DIR (control plane stopped) or --online")

@@ -498,7 +498,7 @@ def test_cli_rotate_secrets_key_online(start_control: Start, tmp_path: Path) -> 
              str(tmp_path / "newer.key"))
     assert r.exit_code == 0, r.output
     assert "re-sealed 3 secret value(s) of 1 function(s)" in r.stdout  # 2 in the log
-    assert "(last revision 4)" in r.stdout and "secrets_key_file" in r.stdout
+    assert "(last revision 4)" in r.stdout and "over secrets_key_file" in r.stdout
     # Refusals: the current key (typed, from the server), --data with --online, a bad token.
     r = edge(server, server.admin, "rotate-secrets-key", "--online", "--new-key",
              str(tmp_path / "newer.key"), "--json")
