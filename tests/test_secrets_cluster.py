@@ -20,12 +20,12 @@ import httpx
 import pytest
 
 from edge.control.sealing import KEY_FILE, SecretsKey, from_text, sealed_key_id, to_text
-from edge.control.snapshot import open_snapshot
+from edge.control.snapshot import Snapshot, open_snapshot
 from edge.control.store import DB_NAME
 from edge.node.follower import PUBLIC_SECRET_MESSAGE
 
 from .cluster import Control, converge, follower, start_control
-from .conftest import EXAMPLES, REPO, NodeFactory, Proc, free_port
+from .conftest import EXAMPLES, REPO, NodeFactory, Proc, free_port, wait_until
 from .test_config_values_cluster import cli, cli_json
 
 pytestmark = pytest.mark.toolchain
@@ -188,11 +188,17 @@ def test_rotating_the_key_keeps_the_node_serving_and_retires_the_old_key(
         assert f"secrets key {new.key_id}" in restarted.proc.log()
         with restarted.client() as client:
             assert client.wait_for(result["revisions"][-1], 60).converged
+
+        def kept() -> Snapshot:
+            return open_snapshot((state / "snapshot.cbor").read_bytes(),
+                                 bytes.fromhex(control.tokens["public_key"]))
+
+        # The node saves what it applied while its report is on the way (edge.node.follower):
+        # the report, and so the convergence, can come first.
+        wait_until(lambda: kept().revision == result["revisions"][-1], 20, "snapshot kept", node)
         # 4. The old key is no longer needed: what the node keeps is under the new one.
         node.stop()
-        kept = open_snapshot((state / "snapshot.cbor").read_bytes(),
-                             bytes.fromhex(control.tokens["public_key"]))
-        sealed = kept.functions[f"default/{FUNCTION}"].sealed["greeting"]
+        sealed = kept().functions[f"default/{FUNCTION}"].sealed["greeting"]
         assert sealed_key_id(sealed) == new.key_id
         node = follower(start_node, control, "rot-1", "eu-west", state, secrets_key=False,
                         extra=f'secrets_key_file = "{new_file}"\n')

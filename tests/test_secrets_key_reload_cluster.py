@@ -51,20 +51,28 @@ def status_error(client: ControlClient, node_id: str) -> str:
     return str(nodes[node_id]["last_error"])
 
 
+def keyed_follower(
+    start_node: NodeFactory, control: Control, node_id: str, tmp_path: Path
+) -> tuple[Proc, Path, Path]:
+    """A node with key files of its own: the current one a copy of the control plane's, the
+    previous one named but absent (no rotation runs yet). Returns it and the two paths."""
+    keys = tmp_path / "node-keys"
+    keys.mkdir()
+    current, previous = keys / "current.key", keys / "previous.key"
+    put(current, (control.data / KEY_FILE).read_text())
+    node = follower(start_node, control, node_id, "eu-west", tmp_path / "state",
+                    secrets_key=False,
+                    extra=f'secrets_key_file = "{current}"\n'
+                          f'previous_secrets_key_file = "{previous}"\n')
+    return node, current, previous
+
+
 def test_a_rotation_reaches_a_running_node_through_its_key_files(
     control: Control, start_node: NodeFactory, tmp_path: Path
 ) -> None:
     old = SecretsKey.load(control.data / KEY_FILE)
     old_text = (control.data / KEY_FILE).read_text()
-    keys = tmp_path / "node-keys"
-    keys.mkdir()
-    current, previous = keys / "current.key", keys / "previous.key"
-    put(current, old_text)
-    # The previous key's file is named but absent: no rotation runs yet.
-    node = follower(start_node, control, "reload-1", "eu-west", tmp_path / "state",
-                    secrets_key=False,
-                    extra=f'secrets_key_file = "{current}"\n'
-                          f'previous_secrets_key_file = "{previous}"\n')
+    node, current, previous = keyed_follower(start_node, control, "reload-1", tmp_path)
     deploy_with_secret(control, tmp_path, SECRET)
     assert httpx.get(node.url + "/").text == SECRET + "\n"
     assert readyz(node)["secrets_keys"] == {"key_ids": [old.key_id], "error": ""}

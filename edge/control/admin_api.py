@@ -1,5 +1,5 @@
-"""Tenants and tokens over HTTP, for a token with the "admin" scope (the operator's; the token
-made at first start has it).
+"""Tenants, tokens and the secrets key's online rotation over HTTP, for a token with the
+"admin" scope (the operator's; the token made at first start has it).
 
 A token's secret is in the answer that creates it and nowhere else: the store keeps its
 sha256. A revoked token stays listed and answers 401 from the next request on. Any other token
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -20,6 +21,7 @@ from starlette.routing import Route
 from edge.control.bodies import field, json_body, number
 from edge.control.errors import Forbidden, NotFound
 from edge.control.records import ADMIN_SCOPE, TOKEN_SCOPES, Principal
+from edge.control.rotation import KeyRotation
 from edge.control.store import Store
 from edge.errors import BadRequest
 
@@ -36,7 +38,10 @@ async def require_admin(authenticate: Authenticate, request: Request) -> Princip
     return p
 
 
-def admin_routes(store: Store, authenticate: Authenticate) -> list[Route]:
+def admin_routes(
+    store: Store, authenticate: Authenticate, rotation: KeyRotation,
+    publish: Callable[[int], Awaitable[None]],
+) -> list[Route]:
     def run(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
         return anyio.to_thread.run_sync(fn, *args)
 
@@ -108,7 +113,33 @@ def admin_routes(store: Store, authenticate: Authenticate) -> list[Route]:
         token_id = int(raw)
         return JSONResponse((await run(store.revoke_token, token_id)).to_json())
 
+    async def rotate_secrets_key(request: Request) -> Response:
+        """Seal every secret config value again under a new secrets key, with the control plane
+        running (admin scope; edge.control.rotation).
+
+        Body: {"new_key_file": an absolute path on the control plane's machine (a new key is
+        made there, 0600, if the file does not exist)}. In one transaction every secret,
+        current and in the revision log, is sealed again under it, and each function with a
+        secret gets a "config" revision; every later seal is under it, and it is written over
+        the control plane's key file (the old key kept in "<key file>.previous"), so a restart
+        keeps it. Nodes need it first (previous_secrets_key_file). Answers {"values",
+        "functions", "revisions", "old_key_id", "new_key_id", "new_key_file", "key_file",
+        "previous_key_file"}; 400 bad_secrets_key (no key there), 409 secrets_key_in_use (the
+        current key), 409 rotation_running, each changing nothing."""
+        p = await admin(request)
+        path = field(await json_body(request), "new_key_file", str)
+        if not path or "\0" in path:
+            raise BadRequest("new_key_file must be a file's path")
+        try:
+            done = await run(rotation.rotate, Path(path), p.label)
+        finally:
+            # Even when the key file could not be written after the commit: nodes must fetch
+            # the revisions made under the new key.
+            await publish(await run(store.revision))
+        return JSONResponse(done.to_json())
+
     return [
+        Route("/v1/secrets-key/rotate", rotate_secrets_key, methods=["POST"]),
         Route("/v1/tenants", create_tenant, methods=["POST"]),
         Route("/v1/tenants", list_tenants, methods=["GET"]),
         Route("/v1/tokens", create_token, methods=["POST"]),

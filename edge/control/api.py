@@ -2,9 +2,10 @@
 
 Order of checks, so answers leak nothing: no, unknown or revoked token → 401; a token of the
 wrong kind or without the scope → 403 (independent of any function); then another tenant's
-function looks exactly like a missing one → 404. Tenants and tokens are managed through
-`edge.control.admin_api` (scope "admin"). All errors go through `error_response`, the one place that
-turns an EdgeError into a status and a JSON body {"error": reason, "message": ...}.
+function looks exactly like a missing one → 404. Tenants, tokens and the secrets key's online
+rotation are managed through `edge.control.admin_api` (scope "admin"). All errors go through
+`error_response`, the one place that turns an EdgeError into a status and a JSON body
+{"error": reason, "message": ...}.
 
 Store calls run on worker threads (fsync and SQLite must not stall long polls). Long polls wait
 on `edge.control.feeds`: a change signs its snapshot once and then wakes every waiting node at
@@ -23,6 +24,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -60,6 +62,7 @@ from edge.control.logs_api import log_routes
 from edge.control.metrics import ControlMetrics
 from edge.control.records import Change, FunctionState, Node, Principal, RegionChange, Version
 from edge.control.regions import MAX_OVER_S, REGION_RE, Region
+from edge.control.rotation import KeyRotation
 from edge.control.signing import Signer
 from edge.control.snapshot import build_snapshot
 from edge.control.split import valid_sticky
@@ -189,7 +192,10 @@ def create_app(
     signer: Signer,
     settings: ControlSettings | None = None,
     now: Callable[[], float] = time.time,
+    secrets_key_file: Path | None = None,
 ) -> Starlette:
+    """`secrets_key_file`: where the store's secrets key was read from, which an online
+    rotation writes the new key over (None: no online rotation)."""
     settings = settings or ControlSettings()
     feed = RevisionFeed(store.revision())
     metrics = ControlMetrics(
@@ -688,7 +694,7 @@ def create_app(
         Route("/v1/regions/{name}", region_set, methods=["PUT"]),
         Route("/v1/regions/{name}/{action}", region_change, methods=["POST"]),
         Route("/v1/nodes/{id}", forget_node, methods=["DELETE"]),
-        *admin_routes(store, authenticate),
+        *admin_routes(store, authenticate, KeyRotation(store, secrets_key_file), publish),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/", to_dashboard, methods=["GET"]),
         Mount("/dashboard", Dashboard()),

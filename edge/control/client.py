@@ -160,6 +160,11 @@ class ControlClient:
             body["name"] = name
         return self._json("POST", "/v1/tokens", json=body)
 
+    def rotate_secrets_key(self, new_key_file: str) -> dict[str, Any]:
+        """Re-seals every secret under the key in `new_key_file` (a path on the control plane's
+        machine, made if absent) with the control plane running (admin scope)."""
+        return self._json("POST", "/v1/secrets-key/rotate", json={"new_key_file": new_key_file})
+
     def tokens(self, tenant: str | None = None) -> dict[str, Any]:
         return self._json("GET", "/v1/tokens", params={"tenant": tenant} if tenant else {})
 

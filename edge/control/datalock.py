@@ -3,7 +3,8 @@
 `edge control` holds the lock while it runs; `edge rotate-secrets-key` takes it for its
 transaction. Two control planes on one database would each keep their own idea of the signing
 and secrets keys and of the revision counter's cache, and a rotation under a running control
-plane would leave it sealing new secrets with the old key. An OS lock (flock) on a file in the
+plane would leave it sealing new secrets with the old key (the online rotation runs inside the
+control plane instead: edge.control.rotation). An OS lock (flock) on a file in the
 directory goes with the process, so a killed control plane leaves nothing to clean up.
 """
 

@@ -39,6 +39,18 @@ class NodeAlive(Conflict):
     reason = "node_alive"
 
 
+class SecretsKeyInUse(Conflict):
+    """An online rotation to the key the control plane seals with already."""
+
+    reason = "secrets_key_in_use"
+
+
+class RotationRunning(Conflict):
+    """An online rotation asked for while another one runs on the same control plane."""
+
+    reason = "rotation_running"
+
+
 class PayloadTooLarge(EdgeError):
     status = 413
     reason = "payload_too_large"
@@ -91,6 +103,19 @@ class ConfigValueTooLarge(BadRequest):
 
 class TooManyConfigKeys(BadRequest):
     reason = "too_many_config_keys"
+
+
+class BadSecretsKey(BadRequest):
+    """A key file named for an online rotation that holds no key, or cannot be read or made."""
+
+    reason = "bad_secrets_key"
+
+
+class KeyFileNotSaved(EdgeError):
+    """An online rotation committed, but the control plane could not write the new key over its
+    key file (the machine's fault): it seals with the new key, and must restart with it."""
+
+    reason = "key_file_not_saved"
 
 
 class SecretUnavailable(EdgeError):

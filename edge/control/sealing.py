@@ -50,6 +50,7 @@ class SecretsKey:
         if len(key) != KEY_BYTES:
             raise ValueError(f"a secrets key is {KEY_BYTES} bytes, not {len(key)}")
         self._aead = AESGCM(key)
+        self._key = key  # for `save` alone
         self.key_id = key_id(key)
         self._raw_id = bytes.fromhex(self.key_id)
 
@@ -79,9 +80,14 @@ class SecretsKey:
         """Reads the key at `path`, creating it (0600, atomically) if it does not exist yet."""
         if path.exists():
             return cls.load(path)
-        raw = AESGCM.generate_key(bit_length=KEY_BYTES * 8)
-        write_private_file(path, (raw.hex() + "\n").encode())
-        return cls(raw)
+        key = cls.generate()
+        key.save(path)
+        return key
+
+    def save(self, path: Path) -> None:
+        """Writes the key to `path` as `load` reads it: 0600, atomically (a file there is
+        replaced whole, never seen half written)."""
+        write_private_file(path, (self._key.hex() + "\n").encode())
 
     def seal(self, value: str, function: str, key: str) -> bytes:
         header = bytes([VERSION]) + self._raw_id

@@ -55,7 +55,7 @@ async def _serve(
                 data_dir=str(data_dir), tokens_file=str(data_dir / TOKENS_FILE),
                 admin_token=boot.tokens["admin"], node_token=boot.tokens["node"],
             )
-        app = create_app(store, boot.signer, settings)
+        app = create_app(store, boot.signer, settings, secrets_key_file=key_file)
 
         async def ready() -> None:
             public = boot.signer.public_key.hex()

@@ -627,7 +627,6 @@ class Store:
         nodes fetch its values sealed under `new`. A current value neither key opens stops it all
         (SecretUnavailable): set it again (or remove it) first. Run it again after a crash:
         values already under `new` are sealed again, no harm done."""
-        ring = Keyring([self.secrets_key, new])
         count = 0
 
         def again(sealed_text: str, function: str, key: str) -> str:
@@ -636,34 +635,40 @@ class Store:
             count += 1
             return to_text(new.seal(value, function, key))
 
-        with self._tx() as db:
-            rows = db.execute(
-                "SELECT function_id, key, value FROM function_config WHERE secret = 1 "
-                "ORDER BY function_id, key").fetchall()
-            names = {fid: self._function_key(db, fid) for fid in {r[0] for r in rows}}
-            db.executemany(
-                "UPDATE function_config SET value = ? WHERE function_id = ? AND key = ?",
-                [(again(text, names[fid], key), fid, key) for fid, key, text in rows],
-            )
-            for number, state_json in db.execute(
-                "SELECT number, state FROM revisions WHERE kind = 'config'"
-            ).fetchall():
-                state = json.loads(state_json)
-                for key in state.get("secret", ()):
-                    # History no key opens (a value changed in the file) stays as it is: it
-                    # holds nothing either key could reveal, and no one can set it again.
-                    with contextlib.suppress(SecretUnavailable):
-                        state["values"][key] = again(state["values"][key], state["function"],
-                                                     key)
-                db.execute("UPDATE revisions SET state = ? WHERE number = ?",
-                           (_dumps(state), number))
-            revisions = []
-            for fid in sorted(names):
-                after = self._values(db, fid)
-                state = {"function": names[fid], "values": {v.key: v.value for v in after},
-                         "secret": [v.key for v in after if v.secret]}
-                change = {k: [SECRET_SHOWN, SECRET_SHOWN] for k in state["secret"]}
-                revisions.append(self._log(db, fid, "config", {}, state, author, change))
+        # The lock spans the transaction and the switch to `new`: a config write on another
+        # thread (a running control plane's, edge.control.rotation) comes wholly before, and is
+        # sealed again here, or wholly after, under `new`; and nothing seals under `new` before
+        # the commit.
+        with self._lock:
+            ring = Keyring([self.secrets_key, new])
+            with self._tx() as db:
+                rows = db.execute(
+                    "SELECT function_id, key, value FROM function_config WHERE secret = 1 "
+                    "ORDER BY function_id, key").fetchall()
+                names = {fid: self._function_key(db, fid) for fid in {r[0] for r in rows}}
+                db.executemany(
+                    "UPDATE function_config SET value = ? WHERE function_id = ? AND key = ?",
+                    [(again(text, names[fid], key), fid, key) for fid, key, text in rows],
+                )
+                for number, state_json in db.execute(
+                    "SELECT number, state FROM revisions WHERE kind = 'config'"
+                ).fetchall():
+                    state = json.loads(state_json)
+                    for key in state.get("secret", ()):
+                        # History no key opens (a value changed in the file) stays as it is: it
+                        # holds nothing either key could reveal, and no one can set it again.
+                        with contextlib.suppress(SecretUnavailable):
+                            state["values"][key] = again(state["values"][key],
+                                                         state["function"], key)
+                    db.execute("UPDATE revisions SET state = ? WHERE number = ?",
+                               (_dumps(state), number))
+                revisions = []
+                for fid in sorted(names):
+                    after = self._values(db, fid)
+                    state = {"function": names[fid], "values": {v.key: v.value for v in after},
+                             "secret": [v.key for v in after if v.secret]}
+                    change = {k: [SECRET_SHOWN, SECRET_SHOWN] for k in state["secret"]}
+                    revisions.append(self._log(db, fid, "config", {}, state, author, change))
             self.secrets_key = new
         self.scrub()
         return Reseal(count, tuple(names[f] for f in sorted(names)), tuple(revisions))

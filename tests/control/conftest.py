@@ -21,6 +21,7 @@ from hypercorn.config import Config
 from edge.control.api import ControlSettings, create_app
 from edge.control.bootstrap import bootstrap
 from edge.control.records import SCOPES
+from edge.control.sealing import KEY_FILE
 from edge.control.signing import Signer
 from edge.control.store import Store
 from edge.sandbox.wasm_decode import encode_uleb
@@ -129,7 +130,7 @@ def start_control(tmp_path: Path) -> Iterator[Callable[..., ControlServer]]:
         store = Store(data)
         boot = bootstrap(store, data)
         assert boot.tokens is not None
-        app = create_app(store, boot.signer, settings)
+        app = create_app(store, boot.signer, settings, secrets_key_file=data / KEY_FILE)
         port = free_port()
         config = Config()
         config.bind = [f"127.0.0.1:{port}"]

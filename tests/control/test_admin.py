@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
+import stat
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +17,11 @@ import httpx
 from typer.testing import CliRunner
 
 from edge.cli import app
-from edge.control.store import Store, hash_token
+from edge.control.sealing import KEY_FILE, SecretsKey, from_text, sealed_key_id
+from edge.control.snapshot import open_snapshot
+from edge.control.store import DB_NAME, Store, hash_token
 from tests.control.conftest import ControlServer, component, manifest
-from tests.control.test_api import upload
+from tests.control.test_api import deployed, upload
 
 Start = Callable[..., ControlServer]
 
@@ -340,3 +346,165 @@ def test_the_last_admin_token_cannot_be_revoked(start_control: Start) -> None:
     successor = server.client(second["token"])
     assert successor.post(f"/v1/tokens/{second['id']}/revoke").status_code == 409
     assert successor.get("/v1/tokens").status_code == 200
+
+
+# --- the secrets key's online rotation --------------------------------------------------------
+
+
+def sealed_ids(data_dir: Path) -> set[str]:
+    """The key ids every secret kept in a control plane's database (current values and the
+    revision log's) is sealed under."""
+    with contextlib.closing(sqlite3.connect(data_dir / DB_NAME)) as db:
+        texts = [r[0] for r in db.execute("SELECT value FROM function_config WHERE secret = 1")]
+        for (state_json,) in db.execute("SELECT state FROM revisions WHERE kind = 'config'"):
+            state = json.loads(state_json)
+            texts += [state["values"][k] for k in state["secret"]]
+    return {sealed_key_id(from_text(t)) for t in texts}
+
+
+def test_the_key_rotates_online_and_later_writes_seal_under_the_new_key(
+    start_control: Start, tmp_path: Path
+) -> None:
+    server = start_control()
+    c = deployed(server)
+    key_file = server.store.data_dir / KEY_FILE
+    old = SecretsKey.load(key_file)
+    for value in ("one", "two"):  # the revision log keeps the first too
+        r = c.put("/v1/functions/hello/config", json={"values": {"api_key": value},
+                                                       "secret": ["api_key"]})
+        assert r.status_code == 200, r.text
+    assert sealed_ids(server.store.data_dir) == {old.key_id}
+    new_file = tmp_path / "keys" / "new.key"  # made, 0600, with its directory
+
+    r = c.post("/v1/secrets-key/rotate", json={"new_key_file": str(new_file)})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    new = SecretsKey.load(new_file)
+    assert stat.S_IMODE(new_file.stat().st_mode) == 0o600
+    assert body == {**body, "old_key_id": old.key_id, "new_key_id": new.key_id,
+                    "functions": ["default/hello"], "values": 3, "revisions": [4],
+                    "key_file": str(key_file), "previous_key_file": f"{key_file}.previous"}
+    # Nothing is left under the old key, and the revision reached the feed nodes wait on.
+    assert sealed_ids(server.store.data_dir) == {new.key_id}
+    assert c.get("/v1/status").json()["revision"] == 4
+    snap = open_snapshot(c.get("/v1/node/snapshot", params={"after": 3, "wait_s": 0},
+                               headers={"authorization": f"Bearer {server.node}"}).content,
+                         server.signer.public_key)
+    assert new.open(snap.functions["default/hello"].sealed["api_key"], "default/hello",
+                    "api_key") == "two"
+    # The key file holds the new key (a restart keeps it), the old one is kept beside it.
+    assert SecretsKey.load(key_file).key_id == new.key_id
+    assert SecretsKey.load(Path(body["previous_key_file"])).key_id == old.key_id
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    # A write right after is sealed under the new key.
+    r = c.put("/v1/functions/hello/config", json={"values": {"api_key": "three"},
+                                                   "secret": ["api_key"]})
+    assert r.status_code == 200, r.text
+    assert sealed_ids(server.store.data_dir) == {new.key_id}
+    snap = open_snapshot(c.get("/v1/node/snapshot", params={"after": 4, "wait_s": 0},
+                               headers={"authorization": f"Bearer {server.node}"}).content,
+                         server.signer.public_key)
+    assert new.open(snap.functions["default/hello"].sealed["api_key"], "default/hello",
+                    "api_key") == "three"
+    # The key file now holds the current key: refused as such.
+    r = c.post("/v1/secrets-key/rotate", json={"new_key_file": str(key_file)})
+    assert r.status_code == 409 and r.json()["error"] == "secrets_key_in_use", r.text
+
+
+def test_config_writes_racing_an_online_rotation_all_end_under_the_new_key(
+    start_control: Start, tmp_path: Path
+) -> None:
+    """Each write comes wholly before the rotation (and is sealed again by it) or wholly after
+    (under the new key): none is left under the old key, none is lost."""
+    server = start_control()
+    deployed(server)
+    writes = 40
+
+    def write(i: int) -> int:
+        with httpx.Client(base_url=server.url, timeout=30,
+                          headers={"authorization": f"Bearer {server.admin}"}) as w:
+            r = w.put("/v1/functions/hello/config",
+                      json={"values": {f"k{i}": f"v{i}"}, "secret": [f"k{i}"]})
+            assert r.status_code == 200, r.text
+            return int(r.json()["revision"])
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(write, i) for i in range(writes)]
+        r = server.client(server.admin).post(
+            "/v1/secrets-key/rotate", json={"new_key_file": str(tmp_path / "new.key")})
+        assert r.status_code == 200, r.text
+        [f.result() for f in futures]
+    new = SecretsKey.load(tmp_path / "new.key")
+    assert sealed_ids(server.store.data_dir) == {new.key_id}
+    values = {v.key: v.value for v in server.store.config_values(1, "hello")}
+    assert {k: new.open(from_text(v), "default/hello", k) for k, v in values.items()} == {
+        f"k{i}": f"v{i}" for i in range(writes)}
+
+
+def test_online_rotation_refusals_change_nothing(start_control: Start, tmp_path: Path) -> None:
+    server = start_control()
+    c = deployed(server)
+    assert c.put("/v1/functions/hello/config", json={"values": {"api_key": "x"},
+                                                      "secret": ["api_key"]}).status_code == 200
+    key_file = server.store.data_dir / KEY_FILE
+    before = (key_file.read_bytes(), c.get("/v1/status").json()["revision"])
+    not_a_key = tmp_path / "not.key"
+    not_a_key.write_text("not a key\n")
+    tenant = server.client(server.token("acme", ("deploy", "operate", "read")))
+    new_file = str(tmp_path / "new.key")
+    cases: list[tuple[httpx.Client, dict[str, Any], int, str]] = [
+        (server.client("nope"), {"new_key_file": new_file}, 401, "unauthorized"),
+        (server.client(None), {"new_key_file": new_file}, 401, "unauthorized"),
+        (tenant, {"new_key_file": new_file}, 403, "forbidden"),
+        (c, {"new_key_file": str(key_file)}, 409, "secrets_key_in_use"),
+        (c, {"new_key_file": str(not_a_key)}, 400, "bad_secrets_key"),
+        (c, {"new_key_file": "new.key"}, 400, "bad_secrets_key"),  # relative: whose cwd?
+        (c, {"new_key_file": str(tmp_path)}, 400, "bad_secrets_key"),  # a directory
+        (c, {"new_key_file": f"{key_file}.previous"}, 400, "bad_secrets_key"),
+        (c, {"new_key_file": 7}, 400, "bad_request"),
+        (c, {}, 400, "bad_request"),
+    ]
+    for client, body, status, reason in cases:
+        r = client.post("/v1/secrets-key/rotate", json=body)
+        assert (r.status_code, r.json()["error"]) == (status, reason), (body, r.text)
+    assert (key_file.read_bytes(), c.get("/v1/status").json()["revision"]) == before
+    assert not (tmp_path / "new.key").exists() and not Path(f"{key_file}.previous").exists()
+    assert sealed_ids(server.store.data_dir) == {SecretsKey.load(key_file).key_id}
+    assert not_a_key.read_text() == "not a key\n"
+    # A current value no key opens (changed in the file): 409, and nothing changes either.
+    with contextlib.closing(sqlite3.connect(server.store.data_dir / DB_NAME)) as db, db:
+        db.execute("UPDATE function_config SET value = 'sealed:1:AAAA' WHERE secret = 1")
+    r = c.post("/v1/secrets-key/rotate", json={"new_key_file": new_file})
+    assert (r.status_code, r.json()["error"]) == (409, "conflict"), r.text
+    assert "nothing changed" in r.json()["message"] and "api_key" in r.json()["message"]
+    assert (key_file.read_bytes(), c.get("/v1/status").json()["revision"]) == before
+    assert not Path(f"{key_file}.previous").exists()
+    assert server.store.secrets_key.key_id == SecretsKey.load(key_file).key_id
+
+
+def test_cli_rotate_secrets_key_online(start_control: Start, tmp_path: Path) -> None:
+    server = start_control()
+    c = deployed(server)
+    assert c.put("/v1/functions/hello/config", json={"values": {"api_key": "x"},
+                                                      "secret": ["api_key"]}).status_code == 200
+    new_file = tmp_path / "new.key"
+    r = edge(server, server.admin, "rotate-secrets-key", "--online", "--new-key", str(new_file),
+             "--json")
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["new_key_id"] == SecretsKey.load(new_file).key_id
+    assert result["revisions"] == [3] and result["functions"] == ["default/hello"]
+    r = edge(server, server.admin, "rotate-secrets-key", "--online", "--new-key",
+             str(tmp_path / "newer.key"))
+    assert r.exit_code == 0, r.output
+    assert "re-sealed 3 secret value(s) of 1 function(s)" in r.stdout  # 2 in the log
+    assert "(last revision 4)" in r.stdout and "over secrets_key_file" in r.stdout
+    # Refusals: the current key (typed, from the server), --data with --online, a bad token.
+    r = edge(server, server.admin, "rotate-secrets-key", "--online", "--new-key",
+             str(tmp_path / "newer.key"), "--json")
+    assert r.exit_code != 0 and "secrets_key_in_use" in r.output
+    r = edge(server, server.admin, "rotate-secrets-key", "--online", "--new-key",
+             str(new_file), "--data", str(tmp_path))
+    assert r.exit_code != 0 and "--online" in r.output
+    r = edge(server, "nope", "rotate-secrets-key", "--online", "--new-key", str(new_file))
+    assert r.exit_code != 0 and "unknown token" in r.output

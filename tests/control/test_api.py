@@ -59,6 +59,7 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/v1/node/traffic", {"json": {}}),
     ("DELETE", "/v1/nodes/eu-1", {}),
     ("GET", "/v1/functions", {}),
+    ("POST", "/v1/secrets-key/rotate", {"json": {"new_key_file": "/nonexistent/new.key"}}),
 ]
 
 
