@@ -196,6 +196,9 @@ def reusing(
     )
     with (project / "edge.toml").open("a") as toml:
         toml.write('\n[instance]\npolicy = "reuse"\n')
+    source = project / "index.js"  # its import of the SDK's trap, from where the copy is
+    web_js = (FIXTURES / "functions" / "pending-js" / "../../../../sdk/js/web.js").resolve()
+    source.write_text(source.read_text().replace("../../../../sdk/js/web.js", str(web_js)))
     built(project)
     return start_module_node(
         f'[[function]]\nproject = "{project}"\n[[route]]\nroute = "*/pending-js"\n'

@@ -288,7 +288,7 @@ def test_a_timer_with_a_delay_is_an_exception_that_says_why(node: Proc) -> None:
     logged(
         node,
         "async-sleep",
-        "Uncaught TypeError: setTimeout with a delay is not available: functions have no clock",
+        "Uncaught TypeError: setTimeout with a delay is not available: functions cannot wait",
     )
 
 

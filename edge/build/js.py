@@ -1,8 +1,12 @@
 """JavaScript: esbuild bundles the user's module with sdk/js/edge.js, componentize-js
 (StarlingMonkey) turns the bundle into a component.
 
-componentize-js takes one self-contained ES module, hence the bundling step. Every optional WASI
-feature is disabled so that the component imports only the edge:function interfaces. esbuild's
+componentize-js takes one self-contained ES module, hence the bundling step. Its optional WASI
+features are disabled except randomness and clocks: the engine is snapshotted at build time, so
+without `random` crypto.getRandomValues, crypto.randomUUID and Math.random gave the same values
+on every request, and without `clocks` Date.now() was the build time. With them, randomness is
+fresh per request and Date.now() is the host's wall clock, which is frozen at the request's start
+unless edge.toml grants `wall_clock` (edge.sandbox.host). esbuild's
 source map of the bundle (positions only, no sources content: ~5 KB for the examples) goes into
 a custom section of the component, where the node finds it to map stack traces (see js_map).
 """
@@ -21,9 +25,9 @@ from edge.errors import BuildFailed
 from edge.sandbox.stackmap import BUNDLE_NAME, SECTION
 
 JS_SDK = SDK_DIR / "js"
-# "clocks" also makes the SDK's trapNow trap (sdk/js/web.js): an uncaught exception's report
-# must be the last host call before the trap.
-DISABLED_FEATURES = ["stdio", "random", "clocks", "http", "fetch-event"]
+# "http" also makes the SDK's trapNow trap (sdk/js/web.js: the engine's own fetch): an uncaught
+# exception's report must be the last host call before the trap.
+DISABLED_FEATURES = ["stdio", "http", "fetch-event"]
 # Platforms' own modules, as far as they have a counterpart here: Workers' `WorkerEntrypoint`
 # and `env`, Spin's `ResponseBuilder`. Any other import from them fails the bundle, named.
 CLOUDFLARE_WORKERS = JS_SDK / "cloudflare-workers.js"

@@ -21,7 +21,8 @@ import { write as logWrite } from "edge:function/log@0.1.0";
 import { get as configGet } from "edge:function/config@0.1.0";
 import { serveHandler, spinRequest, spinWebRequest } from "./spin-sdk.js";
 import {
-  ExecutionContext, FetchEvent, WebResponse, env, fetchListeners, trapNow, webRequest,
+  ExecutionContext, FetchEvent, WebResponse, env, fetchListeners, startRequestClock, trapNow,
+  webRequest,
 } from "./web.js";
 
 const encoder = new TextEncoder();
@@ -291,6 +292,7 @@ let groupDepth = 0;
 
 function resetConsole() {
   counts.clear();
+  timers.clear();
   groupDepth = 0;
 }
 
@@ -399,15 +401,26 @@ globalThis.console.table = (data, columns) => {
   consoleWrite("info", tableText(data, Array.isArray(columns) ? columns.map(String) : null));
 };
 
-// The engine's console.time family reads the clock the build disables (it trapped): as no
-// time passes in a function, a timer reads 0ms, a line as Workers writes it.
+// console.time family on performance.now(): with the wall clock frozen (no `wall_clock` grant)
+// no time passes in a function and a timer reads 0ms, a line as Workers writes it. A label
+// never started is Node's warning.
+const timers = new Map();
 function timer(ends) {
   return (label = "default", ...data) => {
-    const text = [`${label}: 0ms`, ...(ends ? [] : data.map(formatArg))].join(" ");
+    const key = String(label);
+    if (!timers.has(key)) {
+      consoleWrite("warn", `Warning: No such label '${key}' for console.time${ends ? "End" : "Log"}()`);
+      return;
+    }
+    const ms = performance.now() - timers.get(key);
+    if (ends) timers.delete(key);
+    const text = [`${key}: ${ms}ms`, ...(ends ? [] : data.map(formatArg))].join(" ");
     consoleWrite("info", text);
   };
 }
-globalThis.console.time = () => {};
+globalThis.console.time = (label = "default") => {
+  timers.set(String(label), performance.now());
+};
 globalThis.console.timeLog = timer(false);
 globalThis.console.timeEnd = timer(true);
 
@@ -607,6 +620,7 @@ export function wrapModule(mod) {
   return {
     handle(raw) {
       inRequest = true;
+      startRequestClock();
       resetConsole();
       try {
         const ctx = new ExecutionContext(waitUntilWatch());

@@ -25,16 +25,16 @@ globalThis.addEventListener = function addEventListener(type, listener, options)
   }
 };
 
-// Timers need a clock, which the build disables (DISABLED_FEATURES): the engine's setTimeout
-// traps with nothing in the log. A zero delay (libraries' "run this later") becomes a microtask;
-// a real delay is an error that says why.
+// The engine's timers would wait in the host's poll, where the deadline (epoch interruption,
+// which stops wasm code only) cannot end the wait: a function cannot wait. A zero delay
+// (libraries' "run this later") becomes a microtask; a real delay is an error that says why.
 let nextTimer = 1;
 const cancelled = new Set();
 function zeroDelayOnly(name) {
   return function timer(callback, delay = 0, ...args) {
     if (Number(delay) > 0 || name === "setInterval") {
       throw new TypeError(
-        `${name} with a delay is not available: functions have no clock (a zero delay is)`,
+        `${name} with a delay is not available: functions cannot wait (a zero delay is)`,
       );
     }
     const id = nextTimer++;
@@ -52,20 +52,25 @@ globalThis.clearTimeout = (id) => {
 };
 globalThis.clearInterval = globalThis.clearTimeout;
 
-// performance.now() reads the monotonic clock, which the build disables too: the engine's
-// traps. As Date.now() is frozen, no time passes in a function: it is 0. The engine's own is
-// kept to end a request on purpose (trapNow).
-// timeOrigin reads that clock too (it trapped): it is Date.now(), so that timeOrigin + now()
-// is the time, as the spec has it.
-const enginePerformanceNow = performance.now;
-Object.defineProperty(performance, "now", { value: () => 0, configurable: true, writable: true });
-Object.defineProperty(performance, "timeOrigin", { get: () => Date.now(), configurable: true });
+// performance.now() counts from the request's start on Date.now(), the host's wall clock, frozen
+// at that start unless edge.toml grants `wall_clock`: 0 then, as no time passes in a function
+// (Workers' is frozen too). timeOrigin is that start, so timeOrigin + now() is Date.now().
+let requestOrigin = 0;
+export function startRequestClock() {
+  requestOrigin = Date.now();
+}
+Object.defineProperty(performance, "now", {
+  value: () => Date.now() - requestOrigin, configurable: true, writable: true,
+});
+Object.defineProperty(performance, "timeOrigin", { get: () => requestOrigin, configurable: true });
 
-// Ends the request at once with a trap, nothing else run after it: the clock import is a trap
-// stub while DISABLED_FEATURES (edge/build/js.py) has "clocks". Used right after the SDK's
-// report of an uncaught exception, which the node believes only when the trap comes next.
+// Ends the request at once with a trap, nothing else run after it: the engine's fetch calls
+// wasi:http, a trap stub while DISABLED_FEATURES (edge/build/js.py) has "http". Used right
+// after the SDK's report of an uncaught exception, which the node believes only when the trap
+// comes next.
+const engineFetch = globalThis.fetch;
 export function trapNow() {
-  enginePerformanceNow.call(performance);
+  engineFetch.call(globalThis, "http://trap.invalid/");
 }
 
 // The network is denied by capability (no wasi:http import, DISABLED_FEATURES): the engine's
