@@ -15,6 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edge.build import build, js
+from edge.config.function import load_function_config
+from edge.sandbox import function, host
+from edge.sandbox.compile_cache import CompileCache
+from edge.sandbox.engine import EngineSettings, SandboxEngine
+from edge.sandbox.function import LoadedFunction
+
 from .conftest import FIXTURES, Proc, fixture_routes
 
 pytestmark = pytest.mark.toolchain
@@ -52,3 +59,22 @@ def test_randomness_is_fresh_and_the_clock_is_the_requests(
     moving = httpx.get(node.url + "/entropy-clock-js?looks=100000000", timeout=30).json()
     assert moving["elapsed"] >= 5 and moving["perf"] >= 5  # granted: the real clock
     assert 0 <= moving["now"] - moving["origin"] <= 1000  # the request's start, a moment before
+
+
+def test_a_js_build_from_before_warns_when_it_is_loaded(
+    built: Callable[[Path], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A component deployed before stays as it was built: its operator is told to rebuild."""
+    project = FIXTURES / "functions" / "entropy-js"
+    current = built(project).read_bytes()
+    old_project = tmp_path / "entropy-js"
+    shutil.copytree(project, old_project, ignore=shutil.ignore_patterns("build"))
+    monkeypatch.setattr(js, "DISABLED_FEATURES", [*js.DISABLED_FEATURES, "random", "clocks"])
+    old = build(old_project, cache_dir=tmp_path / "builds").path.read_bytes()
+    cfg = load_function_config(project)
+    with SandboxEngine(EngineSettings(tier_up=False)) as engine:
+        cache = CompileCache(engine, tmp_path / "compiled")
+        for wasm, expected in ((old, [function.STALE_JS_BUILD]), (current, [])):
+            said: list[host.LogLine] = []
+            LoadedFunction(engine, cache, wasm, cfg, said.append)
+            assert [line.message for line in said if line.level == "warn"] == expected

@@ -99,6 +99,8 @@ class LoadedFunction:
             None if stack is None else host.mapped_log_write(stack, self._deadline_ticks)
         )
         self._code, tier_up = self._first_code(cache, wasm)
+        if stack is not None and not any(n.startswith("wasi:random/") for n in self._code.imports):
+            self._warn(STALE_JS_BUILD)
         self._reuse_lock = threading.Lock()
         self._reused: _Live | None = None
         # Fresh instances made ahead of requests, once instantiation proves slow (see prepare).
@@ -420,6 +422,15 @@ class LoadedFunction:
 
 # The cause of a trap in guest code that gave up on purpose (C abort, the JS engine's).
 UNREACHABLE = "wasm `unreachable` instruction executed"
+
+
+# A JS build (it carries our source map section) made before componentize-js got its random and
+# clock features: its engine snapshot repeats the build's randomness in every request.
+STALE_JS_BUILD = (
+    "built by an earlier edge: crypto.getRandomValues(), crypto.randomUUID() and Math.random() "
+    "give the same values on every request, and Date.now() is the build time; build it again "
+    "(edge build) and deploy the new build"
+)
 
 
 def _warn(sink: host.LogSink, function: str, message: str) -> None:
