@@ -573,7 +573,7 @@ function watchWaitUntil(state, hops) {
 function fail(e) {
   reportUncaught(e);
   trapNow();
-  throw e; // not reached while the build disables the clock
+  throw e; // not reached while the build disables http (trapNow calls the engine's fetch)
 }
 
 // The node's marks around the handler's Promise (edge/sandbox/awaiting.py): a trap between
