@@ -6,8 +6,8 @@ and would go on sealing with the old one). The steps, with nodes serving through
 1. stop the control plane; `edge rotate-secrets-key --data DIR --new-key NEW` (makes NEW,
    0600, if it does not exist) re-seals everything in the database in one transaction and
    writes one "config" revision per function that has a secret;
-2. give every node NEW as `secrets_key_file` and the old key as `previous_secrets_key_file`,
-   and restart them (what they kept on disk is still under the old key);
+2. give every node NEW as `secrets_key_file` and the old key as `previous_secrets_key_file`
+   (running nodes reread them, edge.node.keyfiles; what they kept is still under the old key);
 3. start the control plane with `--secrets-key NEW` (or with NEW moved to DATA/secrets.key);
    nodes fetch the new revisions;
 4. once `edge status` shows every node at the last of them, drop `previous_secrets_key_file`
