@@ -306,12 +306,13 @@ def test_javascript_console_assert_count_dir_group_table_and_trace(node: Proc) -
 
 
 def test_javascript_console_state_starts_fresh_on_a_reused_instance(node: Proc) -> None:
-    """console-js is served on a reused instance: the counts and the group one request left
-    open are not the next one's; neither is the count at the module's top level."""
+    """console-js is served on a reused instance: the counts, the group and the timer one
+    request left open are not the next one's; neither is the count at the module's top level."""
     for round_ in range(3):
         request_id = f"js-console-state-{round_}"
         assert get(node, "/console-js/state", request_id).text == "ok\n"
         assert own_lines(node, request_id, "  inside") == [
+            ("warn", "Warning: No such label 'running' for console.timeEnd()"),
             ("info", "visits: 1"),
             ("info", "left open"),
             ("info", "  inside"),
