@@ -165,8 +165,8 @@ class DevServer:
                 await self.rebuild()
 
     async def serve(self) -> None:
-        if self.runtime.engine.ticker_note:  # as `edge node` says it
-            self.out.note(f"edge dev: {self.runtime.engine.ticker_note}")
+        for note in self.runtime.engine.notes:  # as `edge node` says them
+            self.out.note(f"edge dev: {note}")
         if self.values.merged:
             self._announce_values("")
         await self.rebuild()

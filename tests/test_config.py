@@ -112,17 +112,19 @@ def test_node_sandbox_compiler(tmp_path: Path) -> None:
         compiler({"compiler": "llvm"})
 
 
-def test_node_sandbox_ticker(tmp_path: Path) -> None:
-    def ticker(sandbox: dict[str, object]) -> str:
-        return parse_node_config({"sandbox": sandbox}, "node.toml", tmp_path).sandbox.ticker
+@pytest.mark.parametrize(("key", "unknown"), [("ticker", "rust"), ("invoke", "fast")])
+def test_node_sandbox_native_or_python(tmp_path: Path, key: str, unknown: str) -> None:
+    def kind(sandbox: dict[str, object]) -> str:
+        config = parse_node_config({"sandbox": sandbox}, "node.toml", tmp_path)
+        return str(getattr(config.sandbox, key))
 
-    assert ticker({}) == "native"
-    assert ticker({"ticker": "python"}) == "python"
-    with pytest.raises(ConfigError, match=r"node\.toml: sandbox\.ticker must be one of "
-                       r"native, python, got 'rust'"):
-        ticker({"ticker": "rust"})
-    with pytest.raises(ValueError, match="ticker must be one of native, python, got ''"):
-        EngineSettings(ticker="")
+    assert kind({}) == "native"
+    assert kind({key: "python"}) == "python"
+    with pytest.raises(ConfigError, match=rf"node\.toml: sandbox\.{key} must be one of "
+                       rf"native, python, got '{unknown}'"):  # fmt: skip
+        kind({key: unknown})
+    with pytest.raises(ValueError, match=f"{key} must be one of native, python, got ''"):
+        EngineSettings(**{key: ""})
 
 
 def test_node_sandbox_tier_up(tmp_path: Path) -> None:

@@ -100,7 +100,8 @@ def test_dev_prints_a_line_per_request(tmp_path: Path, start_dev: Callable[[Path
         line = logged_line(dev, f"[{request_id}]")
         expected = rf"\d\d:\d\d:\d\d {method} /some/path\?x=1&y=%C3%A9 200 \d+\.\d ms"
         assert re.fullmatch(rf"{expected} \[{request_id}\]", line), line
-    assert "epoch ticker" not in dev.log()  # the native one: nothing to say
+    assert "epoch ticker" not in dev.log()  # the native ones: nothing to say
+    assert "native invoke" not in dev.log()
 
 
 def test_dev_says_when_it_falls_back_to_the_python_ticker_as_a_node_does(
@@ -115,6 +116,8 @@ def test_dev_says_when_it_falls_back_to_the_python_ticker_as_a_node_does(
     assert len(said) == 1, dev.log()
     assert said[0].startswith("edge dev: epoch ticker: python, native ticker unavailable (")
     assert "Not a directory" in said[0]
+    invoke = [line for line in dev.log().splitlines() if "native invoke" in line]
+    assert len(invoke) == 1 and invoke[0].startswith("edge dev: invoke: python, native invoke")
     r = httpx.get(dev.url, timeout=30)  # deadlines still hold
     assert r.status_code == 504 and r.json()["error"] == "deadline_exceeded"
 

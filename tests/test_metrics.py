@@ -114,7 +114,7 @@ def test_labels_stay_bounded_whatever_clients_send(node: Proc) -> None:
         assert text not in second.text
     assert delta(first, second, "edge_function_requests_total", function="hello-c") == 200
     allowed = {"function", "version", "status_class", "reason", "le", "node", "region",
-               "result", "to_region", "ticker"}  # fmt: skip
+               "result", "to_region", "ticker", "invoke"}  # fmt: skip
     for labels in (dict(ls) for (_, ls) in second.series()):
         assert set(labels) <= allowed, labels
 

@@ -108,6 +108,7 @@ def ops_app(runtime: NodeRuntime) -> Starlette:
                 "tiers": {n: served.tiers() for n, served in sorted(deployment.functions.items())},
                 # "native", or "python" with why when the native one could not be had.
                 "epoch_ticker": runtime.engine.ticker_summary,
+                "invoke": runtime.engine.invoke_summary,
             },
             status_code=200 if ready else 503,
         )

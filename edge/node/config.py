@@ -18,6 +18,8 @@ pooling = true
 epoch_tick_ms = 2
 ticker = "native"                  # the epoch ticker: a native thread (falls back to "python",
                                    # a Python thread, when zig cannot build it; see readyz)
+invoke = "native"                  # a C function's fresh request in one call of a native
+                                   # helper (falls back to "python" likewise; see readyz)
 prepare_instances = true           # keep one fresh instance ready for functions whose
 prepare_above_us = 200             # instantiation takes longer than this (Python)
 compiler = "cranelift"             # or "winch": compiles 5x faster, slower code (edge dev)
@@ -70,7 +72,13 @@ from edge.config.toml_fields import Table, load_toml
 from edge.errors import ConfigError
 from edge.node.client_ip import Network, parse_networks
 from edge.node.routing import Route
-from edge.sandbox.engine import MIB, EngineSettings, check_compiler, check_ticker
+from edge.sandbox.engine import (
+    MIB,
+    EngineSettings,
+    check_compiler,
+    check_invoke,
+    check_ticker,
+)
 from edge.sandbox.ticker import NATIVE
 
 
@@ -229,13 +237,15 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
     url = http_url(node, "url")
     sb = root.table("sandbox")
     sb.reject_unknown(
-        {"pooling", "epoch_tick_ms", "ticker", "prepare_instances", "prepare_above_us",
+        {"pooling", "epoch_tick_ms", "ticker", "invoke", "prepare_instances", "prepare_above_us",
          "compiler", "tier_up", "tier_up_above_bytes"}
     )  # fmt: skip
     compiler = sb.get("compiler", str, "cranelift")
     check_compiler(compiler, sb.where("compiler"), ConfigError)
     ticker = sb.get("ticker", str, NATIVE)
     check_ticker(ticker, sb.where("ticker"), ConfigError)
+    invoke = sb.get("invoke", str, NATIVE)
+    check_invoke(invoke, sb.where("invoke"), ConfigError)
     proxies = node.get("trusted_proxies", list, [])
     try:
         trusted = parse_networks([str(p) for p in proxies])
@@ -291,6 +301,7 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
             pooling=sb.get("pooling", bool, True),
             epoch_tick_ms=sb.positive_int("epoch_tick_ms", 2, 1000),
             ticker=ticker,
+            invoke=invoke,
             prepare_instances=sb.get("prepare_instances", bool, True),
             prepare_above_us=sb.positive_int("prepare_above_us", 200, 10_000_000),
             compiler=compiler,

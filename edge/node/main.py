@@ -92,8 +92,8 @@ async def run_node(config: NodeConfig, out: Output | None = None) -> None:
         )  # fmt: skip
     writer = LogWriter("json")
     runtime = NodeRuntime(config, writer if shipper is None else Tee([writer, shipper]))
-    if runtime.engine.ticker_note:
-        say.note(f"edge node: {runtime.engine.ticker_note}")
+    for note in runtime.engine.notes:
+        say.note(f"edge node: {note}")
     runtime.spans = span_exporter(config)
     if config.control is not None:
         runtime.secrets = secrets

@@ -58,6 +58,7 @@ class NodeMetrics:
         now: Callable[[], float] = time.time,
         tiers: TierStats | None = None,
         ticker: str = "",
+        invoke: str = "",
     ) -> None:
         self.now = now
         # Tells the control plane which life of the node the counters belong to: a restarted
@@ -79,6 +80,12 @@ class NodeMetrics:
                 "The epoch ticker behind deadlines (value 1): native, or the python fallback",
                 ["ticker"], registry=r,
             ).labels(ticker).set(1)  # fmt: skip
+        if invoke:
+            Gauge(
+                "edge_node_invoke",
+                "How C functions' fresh requests run (value 1): native, or the python fallback",
+                ["invoke"], registry=r,
+            ).labels(invoke).set(1)  # fmt: skip
         self._series: dict[Key, FunctionSeries] = {}
         r.register(_Tally(self))
         r.register(_ScrapeTime(cache or CacheStats(), revision, tiers or TierStats()))

@@ -114,6 +114,7 @@ class NodeRuntime:
         self.metrics = NodeMetrics(
             config.node_id, config.region, self.cache.stats, lambda: self.deployment.revision,
             tiers=self.engine.tiering.stats, ticker=self.engine.ticker.kind,
+            invoke=self.engine.invoke_kind,
         )  # fmt: skip
         self.spans: SpanExporter | None = None  # set when an OTLP endpoint is configured
         self.secrets: KeyFiles | None = None  # set when following a control plane (readyz)

@@ -287,10 +287,14 @@ def decode_body(encoded: bytes) -> bytes:
     try:
         return encoded.decode("utf-8").encode("latin-1")
     except UnicodeEncodeError as e:
-        raise AbiError(
-            f"body holds code point U+{ord(e.object[e.start]):04X}; bodies carry bytes as "
-            "U+0000..U+00FF (use the SDK's body helpers)"
-        ) from None
+        raise body_code_point_error(ord(e.object[e.start])) from None
+
+
+def body_code_point_error(code_point: int) -> AbiError:
+    return AbiError(
+        f"body holds code point U+{code_point:04X}; bodies carry bytes as U+0000..U+00FF "
+        "(use the SDK's body helpers)"
+    )
 
 
 def _get_body(kind: int, size: int, data: int, limit: int) -> bytes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from importlib.metadata import version
 from typing import TYPE_CHECKING
@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from edge.sandbox import growcheck
+from edge.sandbox import growcheck, native_invoke
+from edge.sandbox.native_invoke import INVOKES
 from edge.sandbox.prepare import Preparer
 from edge.sandbox.ticker import NATIVE, TICKERS, Ticker, start_ticker
 from edge.sandbox.tiering import TierUps
@@ -40,22 +41,34 @@ BASELINE = "winch"  # the tier a large component starts on while its optimised c
 SWEEP_S = 1.0
 
 
+def _check(
+    name: str, choices: Iterable[str], where: str, error: Callable[[str], Exception]
+) -> None:
+    if name not in choices:
+        raise error(f"{where} must be one of {', '.join(choices)}, got {name!r}")
+
+
 def check_compiler(
     name: str, where: str, error: Callable[[str], Exception] = ValueError
 ) -> None:
     """The one check of a compiler name, wherever it comes from: raises `error` (the type says
     whose fault it is: ConfigError for node.toml, UsageError for a command line) with
     "<where> must be one of cranelift, winch, got '<name>'"."""
-    if name not in COMPILERS:
-        raise error(f"{where} must be one of {', '.join(sorted(COMPILERS))}, got {name!r}")
+    _check(name, sorted(COMPILERS), where, error)
 
 
 def check_ticker(
     name: str, where: str, error: Callable[[str], Exception] = ValueError
 ) -> None:
     """As check_compiler, for the epoch ticker's kind."""
-    if name not in TICKERS:
-        raise error(f"{where} must be one of {', '.join(TICKERS)}, got {name!r}")
+    _check(name, TICKERS, where, error)
+
+
+def check_invoke(
+    name: str, where: str, error: Callable[[str], Exception] = ValueError
+) -> None:
+    """As check_compiler, for the request path's kind (see native_invoke)."""
+    _check(name, INVOKES, where, error)
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,9 @@ class EngineSettings:
     epoch_tick_ms: int = 2
     # "native" (a thread in our C helper), or "python" (the fallback, forced: for comparison).
     ticker: str = NATIVE
+    # "native": functions without WASI (C) run each fresh request in one call of our C helper
+    # (see native_invoke); "python" (the fallback, forced: for comparison) does it step by step.
+    invoke: str = NATIVE
     # The pooling allocator pre-reserves instance slots and keeps warm memories for reuse;
     # bench/sandbox.py measures it against on-demand allocation.
     pooling: bool = True
@@ -108,6 +124,7 @@ class EngineSettings:
     def __post_init__(self) -> None:
         check_compiler(self.compiler, "compiler")
         check_ticker(self.ticker, "ticker")
+        check_invoke(self.invoke, "invoke")
 
     @property
     def tiers_up(self) -> bool:
@@ -122,6 +139,10 @@ class EngineSettings:
             f"growcheck={growcheck.VERSION};compiler={self.compiler}"
         )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _summary(kind: str, fallback: str) -> str:
+    return f"{kind} ({fallback})" if fallback else kind
 
 
 def ticks_for(deadline_ms: int, tick_ms: int) -> int:
@@ -176,6 +197,15 @@ class SandboxEngine:
             self.settings.ticker, self.settings.epoch_tick_ms
         )
         self.ticker.add(self.engine)
+        # The native request path, or None; and why it is not in use although asked for.
+        self.invoke_helper: native_invoke.Helper | None = None
+        self.invoke_fallback = ""
+        if self.settings.invoke == NATIVE:
+            helper = native_invoke.load()
+            if isinstance(helper, str):
+                self.invoke_fallback = f"native invoke unavailable ({helper})"
+            else:
+                self.invoke_helper = helper
         self.preparer = Preparer()
         self.tiering = TierUps()
 
@@ -272,18 +302,29 @@ class SandboxEngine:
     def ticker_summary(self) -> str:
         """The ticker in use, and why it is the Python one when the native one was asked for:
         "native", "python", or "python (native ticker unavailable (...))"."""
-        if self.ticker_fallback:
-            return f"{self.ticker.kind} ({self.ticker_fallback})"
-        return self.ticker.kind
+        return _summary(self.ticker.kind, self.ticker_fallback)
 
     @property
-    def ticker_note(self) -> str:
-        """What a server (`edge node`, `edge dev`) says once at start when it ticks in Python
-        although the native ticker was asked for ("" otherwise): deadlines still hold, and
-        each request costs a little more."""
+    def invoke_kind(self) -> str:
+        """The request path C functions take: "native" or "python" (see native_invoke)."""
+        return native_invoke.NATIVE if self.invoke_helper else native_invoke.PYTHON
+
+    @property
+    def invoke_summary(self) -> str:
+        """As ticker_summary, for the request path."""
+        return _summary(self.invoke_kind, self.invoke_fallback)
+
+    @property
+    def notes(self) -> list[str]:
+        """What a server (`edge node`, `edge dev`) says once at start when a native helper was
+        asked for but Python does its work: deadlines still hold, and each request costs a
+        little more."""
+        notes = []
         if self.ticker_fallback:
-            return f"epoch ticker: {self.ticker.kind}, {self.ticker_fallback}"
-        return ""
+            notes.append(f"epoch ticker: {self.ticker.kind}, {self.ticker_fallback}")
+        if self.invoke_fallback:
+            notes.append(f"invoke: python, {self.invoke_fallback}")
+        return notes
 
     def running(self) -> _Running:
         """Context manager around any wasm execution (instantiation included)."""

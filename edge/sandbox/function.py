@@ -28,7 +28,7 @@ from edge.errors import (
     NoResponse,
     ResponseTooLarge,
 )
-from edge.sandbox import abi, awaiting, capi, growcheck, host, prepare, stackmap
+from edge.sandbox import abi, awaiting, capi, growcheck, host, native_invoke, prepare, stackmap
 from edge.sandbox.code import Code, link
 from edge.sandbox.compile_cache import CompileCache, content_hash
 from edge.sandbox.engine import BASELINE, SandboxEngine
@@ -99,6 +99,7 @@ class LoadedFunction:
             None if stack is None else host.mapped_log_write(stack, self._deadline_ticks)
         )
         self._code, tier_up = self._first_code(cache, wasm)
+        self._native = self._native_for(self._code)
         if stack is not None and not any(n.startswith("wasi:random/") for n in self._code.imports):
             self._warn(STALE_JS_BUILD)
         self._reuse_lock = threading.Lock()
@@ -160,6 +161,7 @@ class LoadedFunction:
         reused one is closed then). The one made ahead is replaced here, so the next request
         finds one of the new code ready, and an idle reused one is closed: neither waits for
         a request to let go of the old code (and its engine, see SandboxEngine.baseline_code)."""
+        self._native = self._native_for(code)
         self._code = code
         slot = self._slot
         with slot.cv:
@@ -174,6 +176,16 @@ class LoadedFunction:
                 self._reuse_lock.release()
             if reused is not None:
                 self.engine.preparer.retire(reused.store)
+
+    def _native_for(self, code: Code) -> native_invoke.NativeCode | None:
+        """What the native request path needs to run `code`, when it may: the helper is loaded,
+        and the function imports no WASI and takes a fresh instance per request."""
+        if self.engine.invoke_helper is None or code.needs_wasi or self.config.instance.reuse:
+            return None
+        limits = self.config.limits
+        return native_invoke.NativeCode(
+            code, limits.memory_limit_bytes, limits.response_body_limit_bytes
+        )
 
     @property
     def tier(self) -> str:
@@ -235,6 +247,9 @@ class LoadedFunction:
         with host.bound(invocation), self.engine.running():
             try:
                 if not self.config.instance.reuse:
+                    native = self._native
+                    if native is not None and not self._prepared:
+                        return self._native_fresh(native, request, invocation, ticks)
                     return self._call_once(self._fresh(ticks, invocation), request, invocation)
                 return self._invoke_reusing(request, invocation, ticks)
             except DeadlineExceeded:
@@ -254,13 +269,48 @@ class LoadedFunction:
             return self._instantiate_for(invocation, ticks)
         started = time.thread_time()
         live = self._instantiate_for(invocation, ticks)
-        samples.append(time.thread_time() - started)
+        self._sample(samples, time.thread_time() - started)
+        return live
+
+    def _sample(self, samples: list[float], cpu_s: float) -> None:
+        """Counts one instantiation's thread CPU time towards the prepare decision."""
+        samples.append(cpu_s)
         if len(samples) >= prepare.SAMPLES:
             self._instantiate_samples = None
             if statistics.median(samples) * 1e6 >= self.engine.settings.prepare_above_us:
                 self._prepared = True
                 self._want_one()
-        return live
+
+    def _native_fresh(
+        self,
+        native: native_invoke.NativeCode,
+        request: abi.GuestRequest,
+        invocation: host.Invocation,
+        ticks: int,
+    ) -> abi.GuestResponse:
+        """A fresh request in one call of the native helper: what `_fresh` and `_call_once`
+        do, with the same metrics, spans and errors."""
+        helper = self.engine.invoke_helper
+        assert helper is not None  # else there would be no `native`
+        samples = self._instantiate_samples
+        out = helper.fresh(native, ticks, request, samples is not None)
+        if out.stage == native_invoke.FAILED_INSTANTIATE:  # as in _instantiate_for: no instance
+            raise _classify(capi.error(out.error), self.config, "instantiating")
+        invocation.instantiate_s = out.instantiate_s
+        marks = invocation.marks
+        if marks is not None:
+            marks += [("instantiate", *out.wall_ns[:2]), ("execute", *out.wall_ns[2:])]
+        if samples is not None:
+            self._sample(samples, out.instantiate_cpu_s)
+        if out.stage == native_invoke.FAILED_CALL:
+            raise self._call_failed(out.error, invocation)
+        self._warn_pending(invocation)
+        if out.bad_response is not None:
+            raise self._bad_response(out.bad_response)
+        if out.stage == native_invoke.FAILED_POST_RETURN:
+            raise _classify(capi.error(out.error), self.config, "cleaning up")
+        assert out.response is not None
+        return _checked(out.response)
 
     def _instantiate_for(self, invocation: host.Invocation, ticks: int, own: bool = False) -> _Live:
         """`_instantiate` on a request's path: the request's metrics and spans see it."""
@@ -385,39 +435,54 @@ class LoadedFunction:
         context = live.store.context
         err = capi.func_call(func, context, param.pointer, 1, ctypes.addressof(result), 1)
         if err:
-            error = _classify(capi.error(err), self.config, "running")
-            # The SDK reported an uncaught exception and trapped at once (edge.sandbox.uncaught),
-            # or the JS engine found the handler's Promise could never settle (awaiting); the
-            # sandbox's own kills (deadline, memory) still say what ended the request.
-            if type(error) is FunctionTrapped:
-                if invocation.uncaught is not None:
-                    raise FunctionException(invocation.uncaught.type_name, invocation.request_id)
-                if invocation.awaiting and error.message.endswith(UNREACHABLE):
-                    raise NoResponse(invocation.request_id)
-            raise error
-        if invocation.wait_until_pending:
-            invocation.log("warn", awaiting.WAIT_UNTIL_DROPPED, "platform")
+            raise self._call_failed(err, invocation)
+        self._warn_pending(invocation)
         try:
             response = abi.lift_response(result, self.config.limits.response_body_limit_bytes)
-        except abi.ResponseBodyOverLimit as e:
-            raise ResponseTooLarge(
-                f"response body of at least {e.size} bytes exceeds the limit of "
-                f"{self.config.limits.response_body_limit_bytes} bytes "
-                "([limits] response_body_limit_bytes in edge.toml)"
-            ) from None
         except abi.AbiError as e:
-            raise InvalidResponse(f"function returned an invalid response: {e}") from None
+            raise self._bad_response(e) from None
         err = capi.func_post_return(func, context)
         if err:
             raise _classify(capi.error(err), self.config, "cleaning up")
-        # 1xx are interim answers, never the final one: the HTTP server would drop the
-        # connection rather than send one.
-        if not 200 <= response.status <= 599:
-            raise InvalidResponse(
-                f"function returned HTTP status {response.status}: a response's status must be "
-                "200 to 599"
+        return _checked(response)
+
+    def _call_failed(self, err: int, invocation: host.Invocation) -> FunctionError:
+        """The error for a call that returned wasmtime error `err` (taken over here)."""
+        error = _classify(capi.error(err), self.config, "running")
+        # The SDK reported an uncaught exception and trapped at once (edge.sandbox.uncaught),
+        # or the JS engine found the handler's Promise could never settle (awaiting); the
+        # sandbox's own kills (deadline, memory) still say what ended the request.
+        if type(error) is FunctionTrapped:
+            if invocation.uncaught is not None:
+                return FunctionException(invocation.uncaught.type_name, invocation.request_id)
+            if invocation.awaiting and error.message.endswith(UNREACHABLE):
+                return NoResponse(invocation.request_id)
+        return error
+
+    @staticmethod
+    def _warn_pending(invocation: host.Invocation) -> None:
+        if invocation.wait_until_pending:
+            invocation.log("warn", awaiting.WAIT_UNTIL_DROPPED, "platform")
+
+    def _bad_response(self, e: abi.AbiError) -> FunctionError:
+        if isinstance(e, abi.ResponseBodyOverLimit):
+            return ResponseTooLarge(
+                f"response body of at least {e.size} bytes exceeds the limit of "
+                f"{self.config.limits.response_body_limit_bytes} bytes "
+                "([limits] response_body_limit_bytes in edge.toml)"
             )
-        return response
+        return InvalidResponse(f"function returned an invalid response: {e}")
+
+
+def _checked(response: abi.GuestResponse) -> abi.GuestResponse:
+    # 1xx are interim answers, never the final one: the HTTP server would drop the
+    # connection rather than send one.
+    if not 200 <= response.status <= 599:
+        raise InvalidResponse(
+            f"function returned HTTP status {response.status}: a response's status must be "
+            "200 to 599"
+        )
+    return response
 
 
 # The cause of a trap in guest code that gave up on purpose (C abort, the JS engine's).

@@ -13,12 +13,14 @@ treat any failure as "not available" and fall back to Python (see edge.sandbox.t
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import platform
 import re
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from edge.build.toolchain import Toolchain
@@ -129,7 +131,24 @@ def _intact(path: Path) -> bool:
     return len(data) > DIGEST_BYTES and hashlib.sha256(body).digest() == digest
 
 
-HELPERS = ("ticker",)
+HELPERS = ("ticker", "invoke")
+
+_loaded: dict[str, ctypes.CDLL | str] = {}  # per helper: the library, or why it is not available
+_loaded_lock = threading.Lock()
+
+
+def load_helper(name: str) -> ctypes.CDLL | str:
+    """Helper `name`'s library, built if needed, loaded once per process; or why it is not
+    available (tried once: a node does not try zig again on every request)."""
+    with _loaded_lock:
+        found = _loaded.get(name)
+        if found is None:
+            try:
+                found = ctypes.CDLL(str(build_library(name)))
+            except Exception as e:  # whatever it is, the caller's Python path serves instead
+                found = f"{type(e).__name__}: {getattr(e, 'message', None) or e}"
+            _loaded[name] = found
+        return found
 
 
 def main() -> None:

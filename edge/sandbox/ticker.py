@@ -16,6 +16,7 @@ The request path brackets every wasm execution with `enter(token)` / `leave(toke
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 import time
@@ -220,20 +221,15 @@ class PythonTicker:
             self._thread.join(timeout=1)
 
 
-_native: _Lib | str | None = None  # the loaded helper, or why it is not available
-_native_lock = threading.Lock()
-
-
 def native_lib() -> _Lib | str:
     """The ticker helper, built if needed, loaded once per process; or why not (tried once)."""
-    global _native
-    with _native_lock:
-        if _native is None:
-            try:
-                _native = _Lib(ctypes.CDLL(str(native_build.build_library("ticker"))))
-            except Exception as e:  # whatever it is, the Python ticker serves instead
-                _native = f"{type(e).__name__}: {getattr(e, 'message', None) or e}"
-        return _native
+    dll = native_build.load_helper("ticker")
+    return dll if isinstance(dll, str) else _shared_lib(dll)
+
+
+@functools.cache
+def _shared_lib(dll: ctypes.CDLL) -> _Lib:
+    return _Lib(dll)
 
 
 def start_ticker(

@@ -1,0 +1,448 @@
+/* A fresh request in one native call: store, instantiation, the request record lowered into
+ * wasmtime's C values, the handler's call, the response lifted back into flat buffers,
+ * post-return and the store's deletion. edge/sandbox/function.py does the same in Python
+ * (edge/sandbox/abi.py); there every step is a ctypes call or a struct written from Python,
+ * about half of a C hello's time on the request path. Used for functions without WASI (a C
+ * function's): the others' instantiation costs a millisecond, next to which this is noise.
+ *
+ * Built by edge/sandbox/native_build.py with `zig cc` and loaded with ctypes (edge.sandbox.native).
+ * The wasmtime functions come as pointers from Python (no link-time dependency on libwasmtime).
+ * Host imports the guest calls during the call are wasmtime-py's ctypes callbacks: they take the
+ * GIL themselves, so this runs with the GIL released like any other wasmtime call.
+ *
+ * The value layout mirrors wasmtime 50's wasmtime/component/val.h; edge_invoke_layout reports
+ * what this file assumes and Python refuses the helper when wasmtime-py's ctypes layout differs.
+ */
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+enum { K_U16 = 4, K_F64 = 10, K_STRING = 12, K_LIST = 13, K_RECORD = 14, K_TUPLE = 15,
+       K_OPTION = 18 };
+
+typedef struct { size_t size; const char *data; } name_t;
+typedef struct val val_t;
+typedef struct entry entry_t;
+typedef struct { size_t size; val_t *data; } vals_t; /* list and tuple */
+typedef struct { size_t size; entry_t *data; } entries_t;
+struct val {
+    uint8_t kind;
+    union {
+        uint16_t u16;
+        double f64;
+        name_t string;
+        vals_t list;
+        entries_t record;
+        val_t *option;
+        uint8_t raw[24];
+    } of;
+};
+struct entry { name_t name; val_t val; };
+typedef struct { uint64_t store_id; uint32_t private1; } instance_t;
+typedef struct { uint64_t opaque[4]; } func_t;
+
+/* The wasmtime C API, as handed over by edge_invoke_init. */
+static void *(*store_new)(void *engine, void *data, void *finalizer);
+static void *(*store_context)(void *store);
+static void (*store_limiter)(void *store, int64_t, int64_t, int64_t, int64_t, int64_t);
+static void (*set_epoch_deadline)(void *context, uint64_t ticks);
+static void *(*linker_instantiate)(void *linker, void *context, void *component, instance_t *out);
+static bool (*instance_get_func)(const instance_t *, void *context, void *index, func_t *out);
+static void *(*func_call)(const func_t *, void *context, const val_t *args, size_t nargs,
+                          val_t *results, size_t nresults);
+static void *(*func_post_return)(const func_t *, void *context);
+static void (*val_delete)(val_t *);
+static void (*store_delete)(void *store);
+
+enum { FN_COUNT = 10 };
+
+EXPORT void edge_invoke_init(void *const *fns) {
+    store_new = fns[0];
+    store_context = fns[1];
+    store_limiter = fns[2];
+    set_epoch_deadline = fns[3];
+    linker_instantiate = fns[4];
+    instance_get_func = fns[5];
+    func_call = fns[6];
+    func_post_return = fns[7];
+    val_delete = fns[8];
+    store_delete = fns[9];
+}
+
+/* What this file assumes about the C API's layout and value kinds, for Python to compare. */
+EXPORT void edge_invoke_layout(int64_t *out) {
+    out[0] = (int64_t)sizeof(val_t);
+    out[1] = (int64_t)offsetof(val_t, of);
+    out[2] = (int64_t)sizeof(entry_t);
+    out[3] = (int64_t)offsetof(entry_t, val);
+    out[4] = (int64_t)sizeof(instance_t);
+    out[5] = (int64_t)sizeof(func_t);
+    out[6] = K_U16; out[7] = K_F64; out[8] = K_STRING; out[9] = K_LIST;
+    out[10] = K_RECORD; out[11] = K_TUPLE; out[12] = K_OPTION;
+    out[13] = FN_COUNT;
+}
+
+/* One compiled function, as Python keeps it per Code. */
+struct edge_code {
+    void *engine;
+    void *linker;
+    void *component;
+    void *index;
+    int64_t memory_limit_bytes;
+    uint64_t response_body_limit_bytes;
+};
+
+/* The request, flattened by Python: `blob` starts with (10 + 2 * n_headers) u32 lengths, then the
+ * strings' bytes in that order: method, url, body (raw bytes), client-ip, region, node-id,
+ * request-id, country, continent, city, then each header's name and value. */
+enum { S_METHOD, S_URL, S_BODY, S_CLIENT_IP, S_REGION, S_NODE_ID, S_REQUEST_ID, S_COUNTRY,
+       S_CONTINENT, S_CITY, S_FIXED };
+enum { GEO_COUNTRY = 1, GEO_CONTINENT = 2, GEO_CITY = 4, GEO_LATITUDE = 8, GEO_LONGITUDE = 16 };
+
+/* Where a call ended, for Python to say why (edge_out.stage). */
+enum { DONE = 0, FAILED_INSTANTIATE = 1, FAILED_CALL = 2, BAD_RESPONSE = 3,
+       FAILED_POST_RETURN = 4, OUT_OF_MEMORY = 5 };
+/* What was wrong with a response (edge_out.problem, with BAD_RESPONSE). */
+enum { P_SHAPE = 1, P_BODY_OVER_LIMIT = 2, P_BODY_CODE_POINT = 3 };
+
+struct edge_out {
+    int64_t stage;
+    int64_t problem;
+    void *error;              /* a wasmtime_error_t * for Python to take over */
+    uint64_t detail;          /* the body size over the limit, or the code point */
+    uint64_t status;
+    uint64_t n_headers;
+    const uint8_t *headers;   /* per header: u32 name size, u32 value size, name, value */
+    uint64_t headers_size;
+    const uint8_t *body;
+    uint64_t body_size;
+    int64_t instantiate_ns;   /* CLOCK_MONOTONIC, for the instantiate histogram */
+    int64_t instantiate_cpu_ns; /* this thread's CPU time, when asked for (see prepare.py) */
+    int64_t wall_ns[4];       /* CLOCK_REALTIME: instantiate start, end; call start, end */
+};
+
+/* Per-thread growable buffers: the request's vals and bytes, and the response's copies. A
+ * buffer grown past KEEP_BYTES by one large request is given back after it; all three are
+ * freed when the thread ends (worker threads come and go). */
+enum { KEEP_BYTES = 256 * 1024 };
+struct buffer { uint8_t *data; size_t cap; };
+struct buffers { struct buffer arena, headers, body; };
+static pthread_key_t buffers_key;
+static pthread_once_t buffers_once = PTHREAD_ONCE_INIT;
+
+static void free_buffers(void *p) {
+    struct buffers *b = p;
+    free(b->arena.data);
+    free(b->headers.data);
+    free(b->body.data);
+    free(b);
+}
+
+static void make_key(void) { pthread_key_create(&buffers_key, free_buffers); }
+
+static struct buffers *thread_buffers(void) {
+    pthread_once(&buffers_once, make_key);
+    struct buffers *b = pthread_getspecific(buffers_key);
+    if (!b) {
+        b = calloc(1, sizeof *b);
+        if (b && pthread_setspecific(buffers_key, b)) {
+            free(b);
+            b = NULL;
+        }
+    }
+    return b;
+}
+
+static uint8_t *reserve(struct buffer *b, size_t size) {
+    if (b->cap >= size && (b->cap <= KEEP_BYTES || size > KEEP_BYTES / 2))
+        return b->data;
+    size_t cap = size < 4096 ? 4096 : size;
+    uint8_t *data = realloc(b->data, cap);
+    if (!data)
+        return NULL;
+    b->data = data;
+    b->cap = cap;
+    return data;
+}
+
+static int64_t now_ns(clockid_t clock) {
+    struct timespec t;
+    clock_gettime(clock, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static void set_string(val_t *v, const char *data, size_t size) {
+    v->kind = K_STRING;
+    v->of.string.size = size;
+    v->of.string.data = data;
+}
+
+static void set_entry(entry_t *e, const char *name, val_t v) {
+    e->name.size = strlen(name);
+    e->name.data = name;
+    e->val = v;
+}
+
+static val_t string_val(const char *data, size_t size) {
+    val_t v;
+    memset(&v, 0, sizeof v);
+    set_string(&v, data, size);
+    return v;
+}
+
+/* The body's bytes as the UTF-8 of their ISO-8859-1 reading (see `type body` in the WIT). */
+static size_t encode_body(const uint8_t *in, size_t size, uint8_t *out) {
+    size_t n = 0;
+    for (size_t i = 0; i < size; i++) {
+        uint8_t b = in[i];
+        if (b < 0x80) {
+            out[n++] = b;
+        } else {
+            out[n++] = (uint8_t)(0xC0 | (b >> 6));
+            out[n++] = (uint8_t)(0x80 | (b & 0x3F));
+        }
+    }
+    return n;
+}
+
+/* The reverse; a code point above U+00FF (or a malformed sequence, which wasmtime's string
+ * lifting never lets through) stops it: returns 0 and sets *bad to the code point. */
+static int decode_body(const uint8_t *in, size_t size, uint8_t *out, size_t *n, uint64_t *bad) {
+    size_t k = 0;
+    for (size_t i = 0; i < size;) {
+        uint8_t b = in[i];
+        if (b < 0x80) {
+            out[k++] = b;
+            i++;
+        } else if ((b == 0xC2 || b == 0xC3) && i + 1 < size && (in[i + 1] & 0xC0) == 0x80) {
+            out[k++] = (uint8_t)(((b & 0x1F) << 6) | (in[i + 1] & 0x3F));
+            i += 2;
+        } else {
+            uint64_t cp = b;
+            int more = b >= 0xF0 ? 3 : b >= 0xE0 ? 2 : 1;
+            cp &= (uint64_t)(0x3F >> more);
+            for (int j = 1; j <= more && i + (size_t)j < size; j++)
+                cp = (cp << 6) | (in[i + (size_t)j] & 0x3F);
+            *bad = cp;
+            return 0;
+        }
+    }
+    *n = k;
+    return 1;
+}
+
+/* The i-th length at the blob's start (read bytewise: a bytes object's data need not be
+ * 4-aligned). */
+static uint32_t length(const uint8_t *blob, size_t i) {
+    uint32_t n;
+    memcpy(&n, blob + 4 * i, 4);
+    return n;
+}
+
+/* Lowers the request into the thread's arena; returns the root val or NULL (no memory). */
+static val_t *lower(struct buffer *arena, const uint8_t *blob, uint32_t n_headers,
+                    uint32_t geo_flags, double latitude, double longitude) {
+    size_t n_strings = S_FIXED + 2 * (size_t)n_headers;
+    const uint8_t *bytes = blob + 4 * n_strings;
+    size_t body_max = 2 * (size_t)length(blob, S_BODY);
+    size_t vals_bytes = sizeof(val_t) * (1 + 5 + 3 * n_headers) + sizeof(entry_t) * (6 + 4 + 5);
+    uint8_t *at = reserve(arena, vals_bytes + body_max);
+    if (!at)
+        return NULL;
+    val_t *root = (val_t *)at;
+    entry_t *request = (entry_t *)(root + 1);
+    entry_t *context = request + 6;
+    entry_t *geo = context + 4;
+    val_t *inner = (val_t *)(geo + 5);
+    val_t *header_vals = inner + 5;
+    uint8_t *body = (uint8_t *)(header_vals + 3 * n_headers);
+
+    const char *s[S_FIXED]; /* the fixed strings and their sizes */
+    size_t n[S_FIXED];
+    const uint8_t *p = bytes;
+    for (int i = 0; i < S_FIXED; i++) {
+        s[i] = (const char *)p;
+        n[i] = length(blob, (size_t)i);
+        p += n[i];
+    }
+    size_t body_size = encode_body((const uint8_t *)s[S_BODY], n[S_BODY], body);
+
+    memset(root, 0, sizeof *root);
+    root->kind = K_RECORD;
+    root->of.record.size = 6;
+    root->of.record.data = request;
+
+    val_t headers;
+    memset(&headers, 0, sizeof headers);
+    headers.kind = K_LIST;
+    headers.of.list.size = n_headers;
+    headers.of.list.data = header_vals;
+    val_t *pairs = header_vals + n_headers;
+    for (uint32_t h = 0; h < n_headers; h++) {
+        val_t *tuple = header_vals + h;
+        memset(tuple, 0, sizeof *tuple);
+        tuple->kind = K_TUPLE;
+        tuple->of.list.size = 2;
+        tuple->of.list.data = pairs + 2 * h;
+        for (int j = 0; j < 2; j++) {
+            uint32_t size = length(blob, S_FIXED + 2 * (size_t)h + (size_t)j);
+            pairs[2 * h + (uint32_t)j] = string_val((const char *)p, size);
+            p += size;
+        }
+    }
+
+    val_t context_val;
+    memset(&context_val, 0, sizeof context_val);
+    context_val.kind = K_RECORD;
+    context_val.of.record.size = 4;
+    context_val.of.record.data = context;
+    set_entry(&request[0], "method", string_val(s[S_METHOD], n[S_METHOD]));
+    set_entry(&request[1], "url", string_val(s[S_URL], n[S_URL]));
+    set_entry(&request[2], "headers", headers);
+    set_entry(&request[3], "body", string_val((const char *)body, body_size));
+    set_entry(&request[4], "client-ip", string_val(s[S_CLIENT_IP], n[S_CLIENT_IP]));
+    set_entry(&request[5], "context", context_val);
+
+    val_t geo_val;
+    memset(&geo_val, 0, sizeof geo_val);
+    geo_val.kind = K_RECORD;
+    geo_val.of.record.size = 5;
+    geo_val.of.record.data = geo;
+    set_entry(&context[0], "region", string_val(s[S_REGION], n[S_REGION]));
+    set_entry(&context[1], "node-id", string_val(s[S_NODE_ID], n[S_NODE_ID]));
+    set_entry(&context[2], "request-id", string_val(s[S_REQUEST_ID], n[S_REQUEST_ID]));
+    set_entry(&context[3], "geo", geo_val);
+
+    static const char *const geo_names[5] = {"country", "continent", "city", "latitude",
+                                             "longitude"};
+    for (int i = 0; i < 5; i++) {
+        val_t option;
+        memset(&option, 0, sizeof option);
+        option.kind = K_OPTION;
+        memset(&inner[i], 0, sizeof inner[i]);
+        if (geo_flags & (1u << i)) {
+            option.of.option = &inner[i];
+            if (i < 3) {
+                set_string(&inner[i], s[S_COUNTRY + i], n[S_COUNTRY + i]);
+            } else {
+                inner[i].kind = K_F64;
+                inner[i].of.f64 = i == 3 ? latitude : longitude;
+            }
+        }
+        set_entry(&geo[i], geo_names[i], option);
+    }
+    return root;
+}
+
+/* Copies the response out of `result` (which the caller deletes). Returns DONE or BAD_RESPONSE
+ * or OUT_OF_MEMORY, with out->problem and out->detail set for the latter two. */
+static int lift(struct buffers *buffers, const val_t *result, uint64_t body_limit,
+                struct edge_out *out) {
+    if (result->kind != K_RECORD || result->of.record.size != 3)
+        return out->problem = P_SHAPE, BAD_RESPONSE;
+    const entry_t *e = result->of.record.data;
+    /* Load checked the export's type, and wasmtime builds the record in type order. */
+    if (e[0].val.kind != K_U16 || e[1].val.kind != K_LIST || e[2].val.kind != K_STRING)
+        return out->problem = P_SHAPE, BAD_RESPONSE;
+    out->status = e[0].val.of.u16;
+
+    const vals_t *list = &e[1].val.of.list;
+    size_t need = 0;
+    for (size_t i = 0; i < list->size; i++) {
+        const val_t *t = &list->data[i];
+        if (t->kind != K_TUPLE || t->of.list.size != 2 || t->of.list.data[0].kind != K_STRING ||
+            t->of.list.data[1].kind != K_STRING)
+            return out->problem = P_SHAPE, BAD_RESPONSE;
+        need += 8 + t->of.list.data[0].of.string.size + t->of.list.data[1].of.string.size;
+    }
+    uint8_t *h = reserve(&buffers->headers, need);
+    if (!h && need)
+        return OUT_OF_MEMORY;
+    out->headers = h;
+    out->headers_size = need;
+    out->n_headers = list->size;
+    for (size_t i = 0; i < list->size; i++) {
+        const name_t *name = &list->data[i].of.list.data[0].of.string;
+        const name_t *value = &list->data[i].of.list.data[1].of.string;
+        uint32_t sizes[2] = {(uint32_t)name->size, (uint32_t)value->size};
+        memcpy(h, sizes, 8);
+        memcpy(h + 8, name->data, name->size);
+        memcpy(h + 8 + name->size, value->data, value->size);
+        h += 8 + name->size + value->size;
+    }
+
+    const name_t *body = &e[2].val.of.string;
+    /* Decoding never grows the size, so the encoded size bounds the work before it is done. */
+    if (body->size > 2 * body_limit)
+        return out->problem = P_BODY_OVER_LIMIT, out->detail = body->size, BAD_RESPONSE;
+    uint8_t *b = reserve(&buffers->body, body->size);
+    if (!b && body->size)
+        return OUT_OF_MEMORY;
+    size_t n = 0;
+    if (!decode_body((const uint8_t *)body->data, body->size, b, &n, &out->detail))
+        return out->problem = P_BODY_CODE_POINT, BAD_RESPONSE;
+    if (n > body_limit)
+        return out->problem = P_BODY_OVER_LIMIT, out->detail = n, BAD_RESPONSE;
+    out->body = b;
+    out->body_size = n;
+    return DONE;
+}
+
+EXPORT void edge_invoke_fresh(const struct edge_code *code, uint64_t deadline_ticks,
+                              uint32_t measure_cpu, const uint8_t *blob, uint32_t n_headers,
+                              uint32_t geo_flags, double latitude, double longitude,
+                              struct edge_out *out) {
+    memset(out, 0, sizeof *out);
+    struct buffers *buffers = thread_buffers();
+    val_t *param =
+        buffers ? lower(&buffers->arena, blob, n_headers, geo_flags, latitude, longitude) : NULL;
+    if (!param) {
+        out->stage = OUT_OF_MEMORY;
+        return;
+    }
+    out->wall_ns[0] = now_ns(CLOCK_REALTIME);
+    int64_t started = now_ns(CLOCK_MONOTONIC);
+    int64_t started_cpu = measure_cpu ? now_ns(CLOCK_THREAD_CPUTIME_ID) : 0;
+    /* Instantiation runs guest start code, so the deadline applies from here. */
+    void *store = store_new(code->engine, NULL, NULL);
+    void *context = store_context(store);
+    store_limiter(store, code->memory_limit_bytes, -1, -1, -1, -1);
+    set_epoch_deadline(context, deadline_ticks);
+    instance_t instance;
+    func_t func;
+    out->error = linker_instantiate(code->linker, context, code->component, &instance);
+    out->instantiate_ns = now_ns(CLOCK_MONOTONIC) - started;
+    if (measure_cpu)
+        out->instantiate_cpu_ns = now_ns(CLOCK_THREAD_CPUTIME_ID) - started_cpu;
+    out->wall_ns[1] = now_ns(CLOCK_REALTIME);
+    if (out->error) {
+        out->stage = FAILED_INSTANTIATE;
+        store_delete(store);
+        return;
+    }
+    instance_get_func(&instance, context, code->index, &func); /* load checked the export */
+    val_t result;
+    memset(&result, 0, sizeof result);
+    out->wall_ns[2] = now_ns(CLOCK_REALTIME);
+    out->error = func_call(&func, context, param, 1, &result, 1);
+    out->wall_ns[3] = now_ns(CLOCK_REALTIME);
+    if (out->error) {
+        out->stage = FAILED_CALL;
+        store_delete(store);
+        return;
+    }
+    out->stage = lift(buffers, &result, code->response_body_limit_bytes, out);
+    val_delete(&result);
+    if (out->stage == DONE) {
+        out->error = func_post_return(&func, context);
+        if (out->error)
+            out->stage = FAILED_POST_RETURN;
+    }
+    store_delete(store);
+}

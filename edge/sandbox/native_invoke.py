@@ -1,0 +1,216 @@
+"""A fresh request in one native call (edge/sandbox/native/invoke.c): store, instantiation,
+lowering, the call, lifting, post-return and the store's deletion.
+
+The Python path (capi's calls, abi's lowering and lifting) makes a dozen ctypes calls and
+writes and reads the value trees with `struct`: about half of a C hello's ~45 µs on the request
+path (bench.sandbox's `invoke` rows). The helper does the same in one call. It serves functions
+that import no WASI (a C function's: see LoadedFunction); the others' instantiation costs a
+millisecond, next to which the marshalling is noise, and they need a WASI context per store.
+
+The helper mirrors wasmtime's C value layout; `Helper` compares it with wasmtime-py's ctypes
+declarations and refuses a mismatch (a wasmtime upgrade that moved a field), so the Python path
+serves instead of the helper writing wrong values. So it does without zig, or with
+`[sandbox] invoke = "python"`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import struct
+import threading
+from ctypes import c_char_p, c_double, c_int64, c_uint32, c_uint64, c_void_p
+from dataclasses import dataclass
+
+from wasmtime import _ffi as ffi
+
+from edge.sandbox import abi, native_build
+from edge.sandbox.code import Code
+
+NATIVE = "native"
+PYTHON = "python"
+INVOKES = (NATIVE, PYTHON)
+
+# The C API functions the helper calls, in edge_invoke_init's order.
+_FUNCTIONS = (
+    "wasmtime_store_new",
+    "wasmtime_store_context",
+    "wasmtime_store_limiter",
+    "wasmtime_context_set_epoch_deadline",
+    "wasmtime_component_linker_instantiate",
+    "wasmtime_component_instance_get_func",
+    "wasmtime_component_func_call",
+    "wasmtime_component_func_post_return",
+    "wasmtime_component_val_delete",
+    "wasmtime_store_delete",
+)
+
+# Where a call ended (struct edge_out's stage).
+DONE, FAILED_INSTANTIATE, FAILED_CALL, BAD_RESPONSE, FAILED_POST_RETURN, OUT_OF_MEMORY = range(6)
+_SHAPE, _BODY_OVER_LIMIT, _BODY_CODE_POINT = 1, 2, 3  # what was wrong with a response
+
+# struct edge_out: stage, problem, error, detail, status, n_headers, headers, headers_size,
+# body, body_size, instantiate_ns, instantiate_cpu_ns, wall_ns[4].
+_OUT = struct.Struct("<qqQQQQQQQQqq4q")
+_HEADER = struct.Struct("<II")  # a lifted header's name and value sizes, before their bytes
+_lengths: dict[int, struct.Struct] = {}
+
+
+def _expected_layout() -> list[int]:
+    """What wasmtime-py declares, in the order edge_invoke_layout reports it."""
+    val, entry = ffi.wasmtime_component_val_t, ffi.wasmtime_component_valrecord_entry
+    kinds = ("U16", "F64", "STRING", "LIST", "RECORD", "TUPLE", "OPTION")
+    return [
+        ctypes.sizeof(val), val.of.offset, ctypes.sizeof(entry), entry.val.offset,
+        ctypes.sizeof(ffi.wasmtime_component_instance_t),
+        ctypes.sizeof(ffi.wasmtime_component_func_t),
+        *(getattr(ffi, f"WASMTIME_COMPONENT_{k}").value for k in kinds),
+        len(_FUNCTIONS),
+    ]  # fmt: skip
+
+
+@dataclass(slots=True)
+class Outcome:
+    stage: int
+    error: int  # a wasmtime_error_t * to take over (capi.error) when the stage failed
+    response: abi.GuestResponse | None  # with DONE and FAILED_POST_RETURN
+    bad_response: abi.AbiError | None  # with BAD_RESPONSE
+    instantiate_s: float
+    instantiate_cpu_s: float  # this thread's CPU time, when asked for; else 0
+    wall_ns: tuple[int, int, int, int]  # instantiation's start and end, the call's
+
+
+class NativeCode:
+    """A `struct edge_code` for one Code and one function's limits; holds the Code, so the
+    pointers in it stay valid while this object lives."""
+
+    __slots__ = ("_buffer", "address", "code")
+
+    def __init__(self, code: Code, memory_limit_bytes: int, body_limit_bytes: int) -> None:
+        self.code = code
+        self._buffer = (c_uint64 * 6)(
+            code.engine_ptr, code.linker_ptr, code.component_ptr, code.index_ptr,
+            memory_limit_bytes, body_limit_bytes,
+        )  # fmt: skip
+        self.address = ctypes.addressof(self._buffer)
+
+
+class _Out(threading.local):
+    def __init__(self) -> None:
+        self.buffer = ctypes.create_string_buffer(_OUT.size)
+        self.address = ctypes.addressof(self.buffer)
+        self.view = memoryview(self.buffer).cast("B")
+
+
+class Helper:
+    """The loaded helper. Raises ValueError when its layout is not wasmtime-py's."""
+
+    def __init__(self, dll: ctypes.CDLL) -> None:
+        layout = (c_int64 * len(_expected_layout()))()
+        dll.edge_invoke_layout(layout)
+        if list(layout) != _expected_layout():
+            raise ValueError(
+                f"its wasmtime value layout {list(layout)} is not this wasmtime-py's "
+                f"{_expected_layout()}"
+            )
+        functions = (c_void_p * len(_FUNCTIONS))(
+            *(ctypes.cast(ffi.dll[name], c_void_p).value for name in _FUNCTIONS)
+        )
+        dll.edge_invoke_init(functions)
+        self._fresh = dll.edge_invoke_fresh
+        self._fresh.restype = None
+        self._fresh.argtypes = [
+            c_void_p, c_uint64, c_uint32, c_char_p, c_uint32, c_uint32, c_double, c_double,
+            c_void_p,
+        ]  # fmt: skip
+        self._out = _Out()
+
+    def fresh(
+        self, native: NativeCode, ticks: int, req: abi.GuestRequest, measure_cpu: bool
+    ) -> Outcome:
+        """Runs `req` in a fresh instance of `native`'s code with an epoch deadline of `ticks`.
+        `measure_cpu`: also measure instantiation's thread CPU time (see prepare)."""
+        geo = req.geo
+        items = [
+            req.method.encode(),
+            req.url.encode(),
+            req.body,  # raw: the helper writes it as the WIT's `body`
+            req.client_ip.encode(),
+            req.region.encode(),
+            req.node_id.encode(),
+            req.request_id.encode(),
+            b"" if geo.country is None else geo.country.encode(),
+            b"" if geo.continent is None else geo.continent.encode(),
+            b"" if geo.city is None else geo.city.encode(),
+        ]
+        items += [part.encode() for pair in req.headers for part in pair]
+        lengths = _lengths.get(len(items))
+        if lengths is None:
+            lengths = _lengths[len(items)] = struct.Struct(f"<{len(items)}I")
+        blob = lengths.pack(*map(len, items)) + b"".join(items)
+        flags = (
+            (geo.country is not None)
+            | (geo.continent is not None) << 1
+            | (geo.city is not None) << 2
+            | (geo.latitude is not None) << 3
+            | (geo.longitude is not None) << 4
+        )
+        out = self._out
+        self._fresh(
+            native.address, ticks, measure_cpu, blob, len(req.headers), flags,
+            geo.latitude or 0.0, geo.longitude or 0.0, out.address,
+        )  # fmt: skip
+        (stage, problem, error, detail, status, n_headers, headers_at, headers_size, body_at,
+         body_size, instantiate_ns, cpu_ns, *wall) = _OUT.unpack_from(out.view)  # fmt: skip
+        if stage == OUT_OF_MEMORY:
+            raise MemoryError("the native invoke helper could not allocate its buffers")
+        response = bad = None
+        if stage == BAD_RESPONSE:
+            bad = _bad_response(problem, detail)
+        elif stage in (DONE, FAILED_POST_RETURN):
+            try:
+                headers = _headers(ctypes.string_at(headers_at, headers_size), n_headers)
+            except UnicodeDecodeError as e:
+                stage, bad = BAD_RESPONSE, abi.AbiError(f"response header is not UTF-8: {e}")
+            else:
+                body = ctypes.string_at(body_at, body_size) if body_size else b""
+                response = abi.GuestResponse(status, headers, body)
+        return Outcome(
+            stage, error, response, bad, instantiate_ns / 1e9, cpu_ns / 1e9, tuple(wall)
+        )
+
+
+def _headers(raw: bytes, n: int) -> abi.Headers:
+    out: abi.Headers = []
+    at = 0
+    for _ in range(n):
+        name_size, value_size = _HEADER.unpack_from(raw, at)
+        at += 8
+        value_at = at + name_size
+        out.append((raw[at:value_at].decode(), raw[value_at : value_at + value_size].decode()))
+        at = value_at + value_size
+    return out
+
+
+def _bad_response(problem: int, detail: int) -> abi.AbiError:
+    if problem == _BODY_OVER_LIMIT:
+        return abi.ResponseBodyOverLimit(detail)
+    if problem == _BODY_CODE_POINT:
+        return abi.body_code_point_error(detail)
+    return abi.AbiError("response: values do not match the response record's shape")
+
+
+def load() -> Helper | str:
+    """The helper, built if needed (once per process); or why it is not available."""
+    dll = native_build.load_helper("invoke")
+    if isinstance(dll, str):
+        return dll
+    return _helper(dll)
+
+
+@functools.cache
+def _helper(dll: ctypes.CDLL) -> Helper | str:
+    try:
+        return Helper(dll)
+    except ValueError as e:
+        return f"ValueError: {e}"
