@@ -6,7 +6,8 @@ generator is wrk (Debian package) when installed, else an in-repo asyncio client
 Target (issue 2): ratio ≥ 0.85. A third server, the node with its sandbox call replaced by a
 fixed answer (bench/canned_node.py), shows how much of the gap is the call itself; a fourth,
 the C hello opted in to `[instance] policy = "reuse"`, what giving up a fresh instance per
-request buys. Each server's CPU time per request (user + system, from /proc, over the load
+request buys; a fifth, the node with `[sandbox] invoke = "python"`, what the native request
+path saves. Each server's CPU time per request (user + system, from /proc, over the load
 runs) is reported beside its requests/s: on a machine shared with other jobs requests/s move
 with the load, CPU per request much less, and their ratio is what the throughput ratio would
 be on an otherwise idle core. `--tickers native,python` runs instead one node per epoch ticker
@@ -34,7 +35,7 @@ from typing import Any
 import httpx
 
 from edge.build import build_function
-from edge.sandbox.ticker import NATIVE, TICKERS
+from edge.sandbox.ticker import NATIVE, PYTHON, TICKERS
 
 from .common import print_table, write_results
 
@@ -43,6 +44,9 @@ REPO = Path(__file__).resolve().parents[1]
 CANNED = "edge node, sandbox call canned (bench only)"
 # The C hello opted in to instance reuse: not the default isolation, shown for the trade-off.
 REUSE = "edge node, C hello with instance reuse (opt-in)"
+# The node with the request path in Python (`[sandbox] invoke = "python"`): what the native
+# helper (edge.sandbox.native_invoke) saves.
+PY_INVOKE = "edge node, C hello, python invoke"
 
 
 def free_port() -> int:
@@ -67,14 +71,19 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -
 
 
 def start_edge_node(
-    workdir: Path, canned: bool = False, reuse: bool = False, ticker: str = NATIVE
+    workdir: Path,
+    canned: bool = False,
+    reuse: bool = False,
+    ticker: str = NATIVE,
+    invoke: str = NATIVE,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`canned`: the node with its sandbox call replaced by a fixed answer (bench.canned_node).
     `reuse`: the C hello with `[instance] policy = "reuse"` in its edge.toml (opt-in).
-    `ticker`: its epoch ticker (`[sandbox] ticker`)."""
+    `ticker`: its epoch ticker (`[sandbox] ticker`); `invoke`: its request path (`invoke`)."""
     component = build_function(REPO / "sdk" / "examples" / "c" / "hello")
     port = free_port()
-    workdir = workdir / ("canned" if canned else "reuse" if reuse else f"node-{ticker}")
+    name = "canned" if canned else "reuse" if reuse else f"node-{ticker}-{invoke}"
+    workdir = workdir / name
     workdir.mkdir(parents=True, exist_ok=True)
     if reuse:  # a copy of the built project whose edge.toml opts in
         project = shutil.copytree(component.parent.parent, workdir / "project")
@@ -84,7 +93,8 @@ def start_edge_node(
     config = workdir / "node.toml"
     config.write_text(
         f'[node]\nid = "bench"\nregion = "local"\nlisten = "127.0.0.1:{port}"\n'
-        f'cache_dir = "{workdir / "compiled"}"\n\n[sandbox]\nticker = "{ticker}"\n\n'
+        f'cache_dir = "{workdir / "compiled"}"\n\n'
+        f'[sandbox]\nticker = "{ticker}"\ninvoke = "{invoke}"\n\n'
         f'[[function]]\nproject = "{component.parent.parent}"\n\n'
         f'[[route]]\nroute = "*/"\nfunction = "{_name(component)}"\n'
     )
@@ -96,10 +106,11 @@ def start_edge_node(
         stderr=subprocess.DEVNULL,
     )
     wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
-    running = httpx.get(f"http://127.0.0.1:{port}/readyz").json()["epoch_ticker"]
-    if running != ticker:
+    ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
+    if (ready["epoch_ticker"], ready["invoke"]) != (ticker, invoke):
         proc.terminate()
-        raise SystemExit(f"asked for the {ticker} epoch ticker, the node runs {running}")
+        raise SystemExit(f"asked for the {ticker} epoch ticker and the {invoke} request path, "
+                         f"the node runs {ready['epoch_ticker']} and {ready['invoke']}")
     return proc, f"http://127.0.0.1:{port}/"
 
 
@@ -297,12 +308,14 @@ def main() -> None:
             "bare Starlette": start_bare(),
             CANNED: start_edge_node(Path(tmp), canned=True),
             REUSE: start_edge_node(Path(tmp), reuse=True),
+            PY_INVOKE: start_edge_node(Path(tmp), invoke=PYTHON),
         }
         results = alternate(servers, args, load)
     rows = table_rows(results)
     ratio = rows[0]["rps_median"] / rows[1]["rps_median"]
     canned_ratio = rows[2]["rps_median"] / rows[1]["rps_median"]
     reuse_ratio = rows[3]["rps_median"] / rows[1]["rps_median"]
+    python_ratio = rows[4]["rps_median"] / rows[1]["rps_median"]
     cpu_ratio = rows[1]["cpu_us_per_request"] / rows[0]["cpu_us_per_request"]
     canned_cpu_ratio = rows[1]["cpu_us_per_request"] / rows[2]["cpu_us_per_request"]
     path = write_results(
@@ -316,6 +329,7 @@ def main() -> None:
             "ratio_edge_over_bare": round(ratio, 3),
             "ratio_canned_over_bare": round(canned_ratio, 3),
             "ratio_reuse_over_bare": round(reuse_ratio, 3),
+            "ratio_python_invoke_over_bare": round(python_ratio, 3),
             # Bare Starlette's CPU per request over the node's: the ratio on an idle core.
             "cpu_ratio_edge_over_bare": round(cpu_ratio, 3),
             "cpu_ratio_canned_over_bare": round(canned_cpu_ratio, 3),
@@ -324,7 +338,8 @@ def main() -> None:
     )
     print_table(f"HTTP requests/s, {generator}, {args.connections} connections", rows)
     print(f"ratio edge/bare = {ratio:.3f} (target ≥ 0.85); without the sandbox call "
-          f"{canned_ratio:.3f}; with instance reuse (opt-in) {reuse_ratio:.3f}")
+          f"{canned_ratio:.3f}; with instance reuse (opt-in) {reuse_ratio:.3f}; with the "
+          f"python request path {python_ratio:.3f}")
     print(f"by CPU per request (bare/node): {cpu_ratio:.3f}; without the sandbox call "
           f"{canned_cpu_ratio:.3f}; wrote {path}")
 

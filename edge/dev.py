@@ -82,7 +82,7 @@ class DevServer:
             geoip_db=default_database(),  # GeoLite2-City from PyPI, as `edge dns` uses
             trusted_proxies=DEV_TRUSTED_PROXIES,
             workers=8,
-            sandbox=EngineSettings(compiler=compiler),
+            sandbox=EngineSettings(compiler=compiler, workers=8),
         )
         self.recent = RecentLines(LogWriter("pretty"))
         self.runtime = NodeRuntime(node_config, self.recent)

@@ -337,6 +337,18 @@ class FunctionServer:
         if hint is None:
             hint = self.hints[function] = InlineHint()
         recorded = trace.spans is not None
+        pool = self.runtime.engine.native_pool()
+        pooled = function.pooled() if pool is not None else None
+        if pooled is not None and pool is not None:
+            invocation = Invocation(key, request_id, config, sink, version=version,
+                                    trace_id=trace.trace_id, marks=[] if recorded else None)
+            try:
+                with function.engine.running():
+                    outcome = await pool.run(*pooled, request)
+                return function.native_finish(outcome, invocation)
+            finally:
+                _instantiated(invocation, series)
+                _finish(trace, invocation)
         if hint.eligible():
             buffer = _LogBuffer(sink)
             invocation = Invocation(key, request_id, config, buffer, version=version,

@@ -235,6 +235,7 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
          "trusted_proxies", "workers"}
     )
     url = http_url(node, "url")
+    workers = node.positive_int("workers", 16, 1024)
     sb = root.table("sandbox")
     sb.reject_unknown(
         {"pooling", "epoch_tick_ms", "ticker", "invoke", "prepare_instances", "prepare_above_us",
@@ -296,8 +297,9 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
         cache_dir=path("cache_dir"),
         geoip_db=path("geoip_db"),
         trusted_proxies=trusted,
-        workers=node.positive_int("workers", 16, 1024),
+        workers=workers,
         sandbox=EngineSettings(
+            workers=workers,
             pooling=sb.get("pooling", bool, True),
             epoch_tick_ms=sb.positive_int("epoch_tick_ms", 2, 1000),
             ticker=ticker,

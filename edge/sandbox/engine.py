@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from edge.sandbox import growcheck, native_invoke
+from edge.sandbox import growcheck, native_invoke, native_pool
 from edge.sandbox.native_invoke import INVOKES
 from edge.sandbox.prepare import Preparer
 from edge.sandbox.ticker import NATIVE, TICKERS, Ticker, start_ticker
@@ -79,6 +79,7 @@ class EngineSettings:
     # "native": functions without WASI (C) run each fresh request in one call of our C helper
     # (see native_invoke); "python" (the fallback, forced: for comparison) does it step by step.
     invoke: str = NATIVE
+    workers: int = 16  # native threads running fresh requests of functions without WASI
     # The pooling allocator pre-reserves instance slots and keeps warm memories for reuse;
     # bench/sandbox.py measures it against on-demand allocation.
     pooling: bool = True
@@ -206,6 +207,8 @@ class SandboxEngine:
                 self.invoke_fallback = f"native invoke unavailable ({helper})"
             else:
                 self.invoke_helper = helper
+        self._workers: native_pool.NativePool | None = None
+        self._pool_lock = threading.Lock()
         self.preparer = Preparer()
         self.tiering = TierUps()
 
@@ -326,6 +329,15 @@ class SandboxEngine:
             notes.append(f"invoke: python, {self.invoke_fallback}")
         return notes
 
+    def native_pool(self) -> native_pool.NativePool | None:
+        """The native worker threads (made on first use), or None without the helper."""
+        if self._workers is not None or self.invoke_helper is None:
+            return self._workers
+        with self._pool_lock:
+            if self._workers is None:
+                self._workers = native_pool.NativePool(self.invoke_helper, self.settings.workers)
+            return self._workers
+
     def running(self) -> _Running:
         """Context manager around any wasm execution (instantiation included)."""
         return _Running(self.ticker)
@@ -361,6 +373,8 @@ class SandboxEngine:
         return ticks_for(deadline_ms, self.settings.epoch_tick_ms)
 
     def close(self) -> None:
+        if self._workers is not None:
+            self._workers.close()
         self.tiering.close()
         self.preparer.close()
         self._stop.set()

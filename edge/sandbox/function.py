@@ -292,8 +292,24 @@ class LoadedFunction:
         do, with the same metrics, spans and errors."""
         helper = self.engine.invoke_helper
         assert helper is not None  # else there would be no `native`
+        out = helper.fresh(native, ticks, request, self._instantiate_samples is not None)
+        return self.native_finish(out, invocation)
+
+    def pooled(self) -> tuple[native_invoke.NativeCode, int, bool] | None:
+        """What a request needs to run on the engine's native worker threads (see
+        native_pool): the code, the deadline in ticks, whether to measure instantiation's CPU
+        time; None when it cannot (see _native_for), or when it imports anything of ours
+        (host imports are Python callbacks, which need the thread-bound invocation)."""
+        native = self._native
+        if native is None or self._prepared or not native.without_callbacks:
+            return None
+        return native, self._deadline_ticks, self._instantiate_samples is not None
+
+    def native_finish(
+        self, out: native_invoke.Outcome, invocation: host.Invocation
+    ) -> abi.GuestResponse:
+        """The response, or the error, of a request the native helper ran."""
         samples = self._instantiate_samples
-        out = helper.fresh(native, ticks, request, samples is not None)
         if out.stage == native_invoke.FAILED_INSTANTIATE:  # as in _instantiate_for: no instance
             raise _classify(capi.error(out.error), self.config, "instantiating")
         invocation.instantiate_s = out.instantiate_s

@@ -19,7 +19,7 @@ import ctypes
 import functools
 import struct
 import threading
-from ctypes import c_char_p, c_double, c_int64, c_uint32, c_uint64, c_void_p
+from ctypes import c_int64, c_uint64, c_void_p
 from dataclasses import dataclass
 
 from wasmtime import _ffi as ffi
@@ -27,6 +27,7 @@ from wasmtime import _ffi as ffi
 from edge.sandbox import abi, native_build
 from edge.sandbox.code import Code
 
+TYPES = "edge:function/types@"  # the one interface of ours without functions
 NATIVE = "native"
 PYTHON = "python"
 INVOKES = (NATIVE, PYTHON)
@@ -52,6 +53,9 @@ _SHAPE, _BODY_OVER_LIMIT, _BODY_CODE_POINT = 1, 2, 3  # what was wrong with a re
 # struct edge_out: stage, problem, error, detail, status, n_headers, headers, headers_size,
 # body, body_size, instantiate_ns, instantiate_cpu_ns, wall_ns[4].
 _OUT = struct.Struct("<qqQQQQQQQQqq4q")
+# struct edge_args: code, deadline ticks, measure_cpu, blob, n_headers, geo flags, latitude,
+# longitude.
+_ARGS = struct.Struct("<QQQQQQdd")
 _HEADER = struct.Struct("<II")  # a lifted header's name and value sizes, before their bytes
 _lengths: dict[int, struct.Struct] = {}
 
@@ -84,10 +88,13 @@ class NativeCode:
     """A `struct edge_code` for one Code and one function's limits; holds the Code, so the
     pointers in it stay valid while this object lives."""
 
-    __slots__ = ("_buffer", "address", "code")
+    __slots__ = ("_buffer", "address", "code", "without_callbacks")
 
     def __init__(self, code: Code, memory_limit_bytes: int, body_limit_bytes: int) -> None:
         self.code = code
+        # Whether the code imports none of our functions (only `types`): host calls are
+        # wasmtime-py callbacks, which find their request through the calling thread.
+        self.without_callbacks = all(name.startswith(TYPES) for name in code.imports)
         self._buffer = (c_uint64 * 6)(
             code.engine_ptr, code.linker_ptr, code.component_ptr, code.index_ptr,
             memory_limit_bytes, body_limit_bytes,
@@ -95,11 +102,76 @@ class NativeCode:
         self.address = ctypes.addressof(self._buffer)
 
 
-class _Out(threading.local):
+class _Scratch(threading.local):
+    """A thread's struct edge_args and edge_out, for calls on this thread."""
+
     def __init__(self) -> None:
-        self.buffer = ctypes.create_string_buffer(_OUT.size)
+        self.buffer = ctypes.create_string_buffer(_ARGS.size + _OUT.size)
         self.address = ctypes.addressof(self.buffer)
         self.view = memoryview(self.buffer).cast("B")
+
+
+# Where a bytes object's data starts, from its address (CPython's PyBytesObject layout).
+_BYTES_DATA = bytes.__basicsize__ - 1
+_probe = b"layout probe"
+assert ctypes.string_at(id(_probe) + _BYTES_DATA, len(_probe)) == _probe
+
+
+def _pack(
+    view: memoryview, native: NativeCode, ticks: int, req: abi.GuestRequest, measure_cpu: bool
+) -> bytes:
+    """Writes struct edge_args for `req` at the start of `view`; returns the blob it points
+    into, which must stay alive until the helper has run."""
+    geo = req.geo
+    items = [
+        req.method.encode(),
+        req.url.encode(),
+        req.body,  # raw: the helper writes it as the WIT's `body`
+        req.client_ip.encode(),
+        req.region.encode(),
+        req.node_id.encode(),
+        req.request_id.encode(),
+        b"" if geo.country is None else geo.country.encode(),
+        b"" if geo.continent is None else geo.continent.encode(),
+        b"" if geo.city is None else geo.city.encode(),
+    ]
+    items += [part.encode() for pair in req.headers for part in pair]
+    lengths = _lengths.get(len(items))
+    if lengths is None:
+        lengths = _lengths[len(items)] = struct.Struct(f"<{len(items)}I")
+    blob = lengths.pack(*map(len, items)) + b"".join(items)
+    flags = (
+        (geo.country is not None)
+        | (geo.continent is not None) << 1
+        | (geo.city is not None) << 2
+        | (geo.latitude is not None) << 3
+        | (geo.longitude is not None) << 4
+    )
+    _ARGS.pack_into(
+        view, 0, native.address, ticks, measure_cpu, id(blob) + _BYTES_DATA, len(req.headers),
+        flags, geo.latitude or 0.0, geo.longitude or 0.0,
+    )  # fmt: skip
+    return blob
+
+
+def _outcome(view: memoryview, at: int) -> Outcome:
+    """Reads the struct edge_out at `at` in `view` (copying what it points to)."""
+    (stage, problem, error, detail, status, n_headers, headers_at, headers_size, body_at,
+     body_size, instantiate_ns, cpu_ns, *wall) = _OUT.unpack_from(view, at)  # fmt: skip
+    if stage == OUT_OF_MEMORY:
+        raise MemoryError("the native invoke helper could not allocate its buffers")
+    response = bad = None
+    if stage == BAD_RESPONSE:
+        bad = _bad_response(problem, detail)
+    elif stage in (DONE, FAILED_POST_RETURN):
+        try:
+            headers = _headers(ctypes.string_at(headers_at, headers_size), n_headers)
+        except UnicodeDecodeError as e:
+            stage, bad = BAD_RESPONSE, abi.AbiError(f"response header is not UTF-8: {e}")
+        else:
+            body = ctypes.string_at(body_at, body_size) if body_size else b""
+            response = abi.GuestResponse(status, headers, body)
+    return Outcome(stage, error, response, bad, instantiate_ns / 1e9, cpu_ns / 1e9, tuple(wall))
 
 
 class Helper:
@@ -117,68 +189,23 @@ class Helper:
             *(ctypes.cast(ffi.dll[name], c_void_p).value for name in _FUNCTIONS)
         )
         dll.edge_invoke_init(functions)
+        self.dll = dll
         self._fresh = dll.edge_invoke_fresh
         self._fresh.restype = None
-        self._fresh.argtypes = [
-            c_void_p, c_uint64, c_uint32, c_char_p, c_uint32, c_uint32, c_double, c_double,
-            c_void_p,
-        ]  # fmt: skip
-        self._out = _Out()
+        self._fresh.argtypes = [c_void_p, c_void_p]
+        self._scratch = _Scratch()
 
     def fresh(
         self, native: NativeCode, ticks: int, req: abi.GuestRequest, measure_cpu: bool
     ) -> Outcome:
-        """Runs `req` in a fresh instance of `native`'s code with an epoch deadline of `ticks`.
-        `measure_cpu`: also measure instantiation's thread CPU time (see prepare)."""
-        geo = req.geo
-        items = [
-            req.method.encode(),
-            req.url.encode(),
-            req.body,  # raw: the helper writes it as the WIT's `body`
-            req.client_ip.encode(),
-            req.region.encode(),
-            req.node_id.encode(),
-            req.request_id.encode(),
-            b"" if geo.country is None else geo.country.encode(),
-            b"" if geo.continent is None else geo.continent.encode(),
-            b"" if geo.city is None else geo.city.encode(),
-        ]
-        items += [part.encode() for pair in req.headers for part in pair]
-        lengths = _lengths.get(len(items))
-        if lengths is None:
-            lengths = _lengths[len(items)] = struct.Struct(f"<{len(items)}I")
-        blob = lengths.pack(*map(len, items)) + b"".join(items)
-        flags = (
-            (geo.country is not None)
-            | (geo.continent is not None) << 1
-            | (geo.city is not None) << 2
-            | (geo.latitude is not None) << 3
-            | (geo.longitude is not None) << 4
-        )
-        out = self._out
-        self._fresh(
-            native.address, ticks, measure_cpu, blob, len(req.headers), flags,
-            geo.latitude or 0.0, geo.longitude or 0.0, out.address,
-        )  # fmt: skip
-        (stage, problem, error, detail, status, n_headers, headers_at, headers_size, body_at,
-         body_size, instantiate_ns, cpu_ns, *wall) = _OUT.unpack_from(out.view)  # fmt: skip
-        if stage == OUT_OF_MEMORY:
-            raise MemoryError("the native invoke helper could not allocate its buffers")
-        response = bad = None
-        if stage == BAD_RESPONSE:
-            bad = _bad_response(problem, detail)
-        elif stage in (DONE, FAILED_POST_RETURN):
-            try:
-                headers = _headers(ctypes.string_at(headers_at, headers_size), n_headers)
-            except UnicodeDecodeError as e:
-                stage, bad = BAD_RESPONSE, abi.AbiError(f"response header is not UTF-8: {e}")
-            else:
-                body = ctypes.string_at(body_at, body_size) if body_size else b""
-                response = abi.GuestResponse(status, headers, body)
-        return Outcome(
-            stage, error, response, bad, instantiate_ns / 1e9, cpu_ns / 1e9, tuple(wall)
-        )
-
+        """Runs `req` in a fresh instance of `native`'s code with an epoch deadline of `ticks`,
+        on this thread. `measure_cpu`: also measure instantiation's thread CPU time (see
+        prepare)."""
+        scratch = self._scratch
+        blob = _pack(scratch.view, native, ticks, req, measure_cpu)
+        self._fresh(scratch.address, scratch.address + _ARGS.size)
+        del blob  # alive until here: the helper read it in place
+        return _outcome(scratch.view, _ARGS.size)
 
 def _headers(raw: bytes, n: int) -> abi.Headers:
     out: abi.Headers = []

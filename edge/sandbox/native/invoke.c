@@ -13,13 +13,16 @@
  * The value layout mirrors wasmtime 50's wasmtime/component/val.h; edge_invoke_layout reports
  * what this file assumes and Python refuses the helper when wasmtime-py's ctypes layout differs.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -342,8 +345,8 @@ static val_t *lower(struct buffer *arena, const uint8_t *blob, uint32_t n_header
 
 /* Copies the response out of `result` (which the caller deletes). Returns DONE or BAD_RESPONSE
  * or OUT_OF_MEMORY, with out->problem and out->detail set for the latter two. */
-static int lift(struct buffers *buffers, const val_t *result, uint64_t body_limit,
-                struct edge_out *out) {
+static int lift(struct buffer *headers_out, struct buffer *body_out, const val_t *result,
+                uint64_t body_limit, struct edge_out *out) {
     if (result->kind != K_RECORD || result->of.record.size != 3)
         return out->problem = P_SHAPE, BAD_RESPONSE;
     const entry_t *e = result->of.record.data;
@@ -361,7 +364,7 @@ static int lift(struct buffers *buffers, const val_t *result, uint64_t body_limi
             return out->problem = P_SHAPE, BAD_RESPONSE;
         need += 8 + t->of.list.data[0].of.string.size + t->of.list.data[1].of.string.size;
     }
-    uint8_t *h = reserve(&buffers->headers, need);
+    uint8_t *h = reserve(headers_out, need);
     if (!h && need)
         return OUT_OF_MEMORY;
     out->headers = h;
@@ -381,7 +384,7 @@ static int lift(struct buffers *buffers, const val_t *result, uint64_t body_limi
     /* Decoding never grows the size, so the encoded size bounds the work before it is done. */
     if (body->size > 2 * body_limit)
         return out->problem = P_BODY_OVER_LIMIT, out->detail = body->size, BAD_RESPONSE;
-    uint8_t *b = reserve(&buffers->body, body->size);
+    uint8_t *b = reserve(body_out, body->size);
     if (!b && body->size)
         return OUT_OF_MEMORY;
     size_t n = 0;
@@ -394,31 +397,41 @@ static int lift(struct buffers *buffers, const val_t *result, uint64_t body_limi
     return DONE;
 }
 
-EXPORT void edge_invoke_fresh(const struct edge_code *code, uint64_t deadline_ticks,
-                              uint32_t measure_cpu, const uint8_t *blob, uint32_t n_headers,
-                              uint32_t geo_flags, double latitude, double longitude,
-                              struct edge_out *out) {
+/* One request's arguments (see edge_invoke_fresh). */
+struct edge_args {
+    const struct edge_code *code;
+    uint64_t deadline_ticks;
+    uint64_t measure_cpu;
+    const uint8_t *blob;
+    uint64_t n_headers;
+    uint64_t geo_flags;
+    double latitude;
+    double longitude;
+};
+
+static void run_fresh(const struct edge_args *a, struct buffer *arena, struct buffer *headers,
+                      struct buffer *body, struct edge_out *out) {
     memset(out, 0, sizeof *out);
-    struct buffers *buffers = thread_buffers();
-    val_t *param =
-        buffers ? lower(&buffers->arena, blob, n_headers, geo_flags, latitude, longitude) : NULL;
+    val_t *param = lower(arena, a->blob, (uint32_t)a->n_headers, (uint32_t)a->geo_flags,
+                         a->latitude, a->longitude);
     if (!param) {
         out->stage = OUT_OF_MEMORY;
         return;
     }
+    const struct edge_code *code = a->code;
     out->wall_ns[0] = now_ns(CLOCK_REALTIME);
     int64_t started = now_ns(CLOCK_MONOTONIC);
-    int64_t started_cpu = measure_cpu ? now_ns(CLOCK_THREAD_CPUTIME_ID) : 0;
+    int64_t started_cpu = a->measure_cpu ? now_ns(CLOCK_THREAD_CPUTIME_ID) : 0;
     /* Instantiation runs guest start code, so the deadline applies from here. */
     void *store = store_new(code->engine, NULL, NULL);
     void *context = store_context(store);
     store_limiter(store, code->memory_limit_bytes, -1, -1, -1, -1);
-    set_epoch_deadline(context, deadline_ticks);
+    set_epoch_deadline(context, a->deadline_ticks);
     instance_t instance;
     func_t func;
     out->error = linker_instantiate(code->linker, context, code->component, &instance);
     out->instantiate_ns = now_ns(CLOCK_MONOTONIC) - started;
-    if (measure_cpu)
+    if (a->measure_cpu)
         out->instantiate_cpu_ns = now_ns(CLOCK_THREAD_CPUTIME_ID) - started_cpu;
     out->wall_ns[1] = now_ns(CLOCK_REALTIME);
     if (out->error) {
@@ -437,7 +450,7 @@ EXPORT void edge_invoke_fresh(const struct edge_code *code, uint64_t deadline_ti
         store_delete(store);
         return;
     }
-    out->stage = lift(buffers, &result, code->response_body_limit_bytes, out);
+    out->stage = lift(headers, body, &result, code->response_body_limit_bytes, out);
     val_delete(&result);
     if (out->stage == DONE) {
         out->error = func_post_return(&func, context);
@@ -445,4 +458,175 @@ EXPORT void edge_invoke_fresh(const struct edge_code *code, uint64_t deadline_ti
             out->stage = FAILED_POST_RETURN;
     }
     store_delete(store);
+}
+
+EXPORT void edge_invoke_fresh(const struct edge_args *args, struct edge_out *out) {
+    struct buffers *b = thread_buffers();
+    if (!b) {
+        memset(out, 0, sizeof *out);
+        out->stage = OUT_OF_MEMORY;
+        return;
+    }
+    run_fresh(args, &b->arena, &b->headers, &b->body, out);
+}
+
+/* --- worker threads ---------------------------------------------------------------------------
+ * Requests queued by the event loop's thread and run on native threads that never take the GIL
+ * (a function's host imports excepted); each finished job is put on the done list and the
+ * eventfd is written, which the event loop watches. */
+
+struct edge_job {
+    struct edge_args args;
+    struct edge_out out;
+    struct buffer headers, body; /* the job's own: the loop reads them after the worker moved on */
+    struct edge_job *next;
+};
+
+struct edge_pool {
+    pthread_mutex_t lock;
+    pthread_cond_t work;
+    struct edge_job *head, *tail; /* queued */
+    struct edge_job *done;        /* finished, newest first */
+    int efd;
+    int stop;
+    size_t threads;
+    pthread_t *ids;
+};
+
+EXPORT size_t edge_pool_size(void) { return sizeof(struct edge_pool); }
+EXPORT size_t edge_job_size(void) { return sizeof(struct edge_job); }
+
+static void *worker(void *arg) {
+    struct edge_pool *p = arg;
+    struct buffer arena = {0};
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        while (!p->head && !p->stop)
+            pthread_cond_wait(&p->work, &p->lock);
+        struct edge_job *job = p->head;
+        if (!job) {
+            pthread_mutex_unlock(&p->lock);
+            break;
+        }
+        p->head = job->next;
+        if (!p->head)
+            p->tail = NULL;
+        pthread_mutex_unlock(&p->lock);
+
+        run_fresh(&job->args, &arena, &job->headers, &job->body, &job->out);
+
+        pthread_mutex_lock(&p->lock);
+        job->next = p->done;
+        int wake = p->done == NULL; /* else the loop has a wake-up coming already */
+        p->done = job;
+        pthread_mutex_unlock(&p->lock);
+        if (wake) {
+            uint64_t one = 1;
+            ssize_t n = write(p->efd, &one, sizeof one);
+            (void)n; /* a full counter (never, at 2^64 - 1) still wakes the loop */
+        }
+    }
+    free(arena.data);
+    return NULL;
+}
+
+EXPORT int edge_pool_start(struct edge_pool *p, size_t threads) {
+    memset(p, 0, sizeof *p);
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->work, NULL);
+    p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->efd < 0)
+        return errno;
+    p->ids = calloc(threads, sizeof *p->ids);
+    if (!p->ids)
+        return ENOMEM;
+    for (size_t i = 0; i < threads; i++) {
+        int rc = pthread_create(&p->ids[i], NULL, worker, p);
+        if (rc)
+            return rc;
+        p->threads++;
+    }
+    return 0;
+}
+
+EXPORT int edge_pool_eventfd(const struct edge_pool *p) { return p->efd; }
+
+EXPORT void edge_pool_submit(struct edge_pool *p, struct edge_job *job) {
+    job->next = NULL;
+    pthread_mutex_lock(&p->lock);
+    if (p->tail)
+        p->tail->next = job;
+    else
+        p->head = job;
+    p->tail = job;
+    pthread_mutex_unlock(&p->lock);
+    pthread_cond_signal(&p->work);
+}
+
+/* Up to `cap` finished jobs into `out`, oldest first; returns how many. Jobs beyond `cap` stay
+ * on the done list, and the eventfd is written again so the loop comes back for them. */
+EXPORT size_t edge_pool_take(struct edge_pool *p, struct edge_job **out, size_t cap) {
+    uint64_t count;
+    ssize_t n = read(p->efd, &count, sizeof count); /* clears the wake-up (EAGAIN if none) */
+    (void)n;
+    pthread_mutex_lock(&p->lock);
+    struct edge_job *newest = p->done;
+    p->done = NULL;
+    /* Reverse into oldest first. */
+    struct edge_job *oldest = NULL;
+    while (newest) {
+        struct edge_job *next = newest->next;
+        newest->next = oldest;
+        oldest = newest;
+        newest = next;
+    }
+    size_t taken = 0;
+    while (oldest && taken < cap) {
+        out[taken++] = oldest;
+        oldest = oldest->next;
+    }
+    int more = oldest != NULL;
+    while (oldest) { /* back, newest first again */
+        struct edge_job *next = oldest->next;
+        oldest->next = p->done;
+        p->done = oldest;
+        oldest = next;
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (more) {
+        uint64_t one = 1;
+        n = write(p->efd, &one, sizeof one);
+        (void)n;
+    }
+    return taken;
+}
+
+/* Stops the threads once the queue is empty, and waits for them. */
+EXPORT void edge_pool_stop(struct edge_pool *p) {
+    pthread_mutex_lock(&p->lock);
+    p->stop = 1;
+    pthread_mutex_unlock(&p->lock);
+    pthread_cond_broadcast(&p->work);
+    for (size_t i = 0; i < p->threads; i++)
+        pthread_join(p->ids[i], NULL);
+    free(p->ids);
+    p->ids = NULL;
+    p->threads = 0;
+}
+
+/* After edge_pool_stop and the last edge_pool_take. */
+EXPORT void edge_pool_free(struct edge_pool *p) {
+    if (p->efd >= 0)
+        close(p->efd);
+    p->efd = -1;
+    pthread_mutex_destroy(&p->lock);
+    pthread_cond_destroy(&p->work);
+}
+
+/* Frees a job's output buffers (the job itself is the caller's memory). */
+EXPORT void edge_job_release(struct edge_job *job) {
+    free(job->headers.data);
+    free(job->body.data);
+    job->headers.data = job->body.data = NULL;
+    job->headers.cap = job->body.cap = 0;
 }

@@ -1,0 +1,148 @@
+"""Native worker threads for fresh requests of functions without WASI (edge/sandbox/native/
+invoke.c): the event loop queues a request and awaits it; a thread of the helper, which never
+takes the GIL, runs it; an eventfd the loop watches says when requests are done.
+
+The loop's side of a request is a few µs (packing it, a future, reading the answer), where
+running it inline costs the whole call on the loop's thread and a Python worker thread costs a
+thread hop (~180 µs of CPU, mostly the GIL changing hands): so the loop serves HTTP on one core
+while functions run on the others, and a slow function never holds the loop up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import threading
+from ctypes import c_int, c_size_t, c_void_p
+from dataclasses import dataclass
+from typing import Any
+
+from edge.sandbox import abi
+from edge.sandbox.native_invoke import _ARGS, Helper, NativeCode, Outcome, _outcome, _pack
+
+TAKE_AT_ONCE = 64  # finished jobs read per wake-up of the loop
+
+
+@dataclass(slots=True)
+class _Pending:
+    future: asyncio.Future[Outcome]
+    job: _Job
+    blob: bytes  # read by the worker in place: alive until the job is done
+    native: NativeCode  # its Code too, whose pointers the job holds
+
+
+class _Job:
+    """A struct edge_job: the request's arguments, then its outcome, then its output buffers
+    (freed when the job object goes)."""
+
+    __slots__ = ("address", "buffer", "release", "view")
+
+    def __init__(self, size: int, release: Any) -> None:
+        self.buffer = ctypes.create_string_buffer(size)
+        self.address = ctypes.addressof(self.buffer)
+        self.view = memoryview(self.buffer).cast("B")
+        self.release = release
+
+    def __del__(self) -> None:
+        self.release(self.address)
+
+
+class NativePool:
+    def __init__(self, helper: Helper, threads: int) -> None:
+        dll = helper.dll
+        self._submit = _bind(dll, "edge_pool_submit", None, [c_void_p, c_void_p])
+        self._take = _bind(dll, "edge_pool_take", c_size_t, [c_void_p, c_void_p, c_size_t])
+        self._stop = _bind(dll, "edge_pool_stop", None, [c_void_p])
+        self._free_pool = _bind(dll, "edge_pool_free", None, [c_void_p])
+        self._release = _bind(dll, "edge_job_release", None, [c_void_p])
+        self._job_size = int(_bind(dll, "edge_job_size", c_size_t, [])())
+        size = int(_bind(dll, "edge_pool_size", c_size_t, [])())
+        self._state = (ctypes.c_uint64 * -(-size // 8))()
+        self._ptr = ctypes.addressof(self._state)
+        rc = _bind(dll, "edge_pool_start", c_int, [c_void_p, c_size_t])(self._ptr, threads)
+        if rc:
+            self._stop(self._ptr)
+            self._free_pool(self._ptr)
+            raise OSError(rc, f"the native worker threads did not start: {os.strerror(rc)}")
+        self.eventfd = int(_bind(dll, "edge_pool_eventfd", c_int, [c_void_p])(self._ptr))
+        self._taken = (c_void_p * TAKE_AT_ONCE)()
+        self._taken_at = ctypes.addressof(self._taken)
+        self._pending: dict[int, _Pending] = {}
+        self._free: list[_Job] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()  # loops of other threads may run requests too
+        self._closed = False
+
+    def run(
+        self, native: NativeCode, ticks: int, measure_cpu: bool, req: abi.GuestRequest
+    ) -> asyncio.Future[Outcome]:
+        """Queues `req`; the future, of the running event loop, has its outcome."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if loop is not self._loop:
+                self._watch(loop)
+            job = self._free.pop() if self._free else _Job(self._job_size, self._release)
+            blob = _pack(job.view, native, ticks, req, measure_cpu)
+            future: asyncio.Future[Outcome] = loop.create_future()
+            self._pending[job.address] = _Pending(future, job, blob, native)
+        self._submit(self._ptr, job.address)
+        return future
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The loop serving requests now; a node has one for good, tests one per test. Jobs of
+        # an earlier loop are answered through it while it runs (_done), dropped once closed.
+        old, self._loop = self._loop, loop
+        if old is not None and not old.is_closed():
+            old.remove_reader(self.eventfd)
+        loop.add_reader(self.eventfd, self._done)
+
+    def _done(self) -> None:
+        answers = []
+        with self._lock:
+            n = self._take(self._ptr, self._taken_at, TAKE_AT_ONCE)
+            for address in self._taken[:n]:
+                pending = self._pending.pop(address or 0)
+                answers.append((pending.future, _answer(pending.job)))
+                self._free.append(pending.job)
+        for future, answer in answers:
+            loop = future.get_loop()
+            if loop is self._loop:
+                _settle(future, answer)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(_settle, future, answer)
+
+    def close(self) -> None:
+        """Runs the queued jobs, stops the threads, and answers the jobs' futures (those whose
+        loops are still open)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop(self._ptr)
+        self._done()
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self.eventfd)
+        self._free_pool(self._ptr)
+
+
+def _answer(job: _Job) -> Outcome | BaseException:
+    try:
+        return _outcome(job.view, _ARGS.size)
+    except MemoryError as e:  # the helper could not allocate its buffers
+        return e
+
+
+def _settle(future: asyncio.Future[Outcome], answer: Outcome | BaseException) -> None:
+    if future.cancelled():  # the request was given up (its client went away): the job ran on
+        return
+    if isinstance(answer, BaseException):
+        future.set_exception(answer)
+    else:
+        future.set_result(answer)
+
+
+def _bind(dll: ctypes.CDLL, name: str, restype: Any, argtypes: list[Any]) -> Any:
+    func = dll[name]
+    func.restype = restype
+    func.argtypes = argtypes
+    return func

@@ -1,0 +1,164 @@
+"""The native worker threads (edge.sandbox.native_pool) in process: the same answers and typed
+errors as the call on the loop's thread, slow functions beside fast ones, requests given up,
+and event loops that come and go."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.config.function import load_function_config
+from edge.errors import DeadlineExceeded, FunctionTrapped, MemoryLimitExceeded
+from edge.sandbox import abi, host
+from edge.sandbox.compile_cache import CompileCache
+from edge.sandbox.engine import EngineSettings, SandboxEngine
+from edge.sandbox.function import LoadedFunction
+from edge.sandbox.native_invoke import Outcome
+from edge.sandbox.native_pool import NativePool
+
+from .conftest import COMPILED, EXAMPLES, FIXTURES
+
+pytestmark = pytest.mark.toolchain
+
+Load = Callable[[Path], LoadedFunction]
+REQUEST = abi.GuestRequest(
+    "GET", "http://example.com/", [("host", "example.com")], b"", "127.0.0.1", "local", "n",
+    "req-pool", abi.Geo(),
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[SandboxEngine]:
+    with SandboxEngine(EngineSettings(pool_total_instances=16, workers=4)) as e:
+        yield e
+
+
+@pytest.fixture
+def load(engine: SandboxEngine, built: Callable[[Path], Path]) -> Load:
+    def go(project: Path) -> LoadedFunction:
+        wasm = built(project).read_bytes()
+        config = load_function_config(project)
+        return LoadedFunction(engine, CompileCache(engine, COMPILED), wasm, config, print)
+
+    return go
+
+
+def pool_of(engine: SandboxEngine) -> NativePool:
+    pool = engine.native_pool()
+    assert pool is not None
+    return pool
+
+
+async def run(pool: NativePool, fn: LoadedFunction, req: abi.GuestRequest) -> abi.GuestResponse:
+    pooled = fn.pooled()
+    assert pooled is not None
+    invocation = host.Invocation(fn.name, req.request_id, {}, print)
+    return fn.native_finish(await pool.run(*pooled, req), invocation)
+
+
+def test_answers_as_the_call_on_this_thread(engine: SandboxEngine, load: Load) -> None:
+    echo = load(EXAMPLES / "c" / "echo")
+    req = abi.GuestRequest(
+        "POST", "http://example.com/ü", [("x-a", "✓")] * 40, bytes(range(256)), "::1", "r",
+        "n", "req-echo", abi.Geo("GB", None, "London", 51.5, None),
+    )  # fmt: skip
+
+    async def both() -> list[abi.GuestResponse]:
+        return await asyncio.gather(*(run(pool_of(engine), echo, req) for _ in range(20)))
+
+    here = echo.invoke(req, host.Invocation(echo.name, req.request_id, {}, print))
+    assert all(r == here for r in asyncio.run(both()))
+
+
+@pytest.mark.parametrize(
+    ("fixture", "error"),
+    [("loop", DeadlineExceeded), ("trap", FunctionTrapped), ("membomb", MemoryLimitExceeded)],
+)
+def test_hostile_functions_get_their_typed_errors(
+    engine: SandboxEngine, load: Load, fixture: str, error: type[Exception]
+) -> None:
+    fn = load(FIXTURES / "functions" / fixture)
+    with pytest.raises(error):
+        asyncio.run(run(pool_of(engine), fn, REQUEST))
+
+
+def test_a_slow_function_does_not_hold_up_a_fast_one(engine: SandboxEngine, load: Load) -> None:
+    loop_fn, hello = load(FIXTURES / "functions" / "loop"), load(EXAMPLES / "c" / "hello")
+    finished: list[str] = []
+
+    async def go() -> None:
+        async def one(name: str, fn: LoadedFunction) -> None:
+            with contextlib.suppress(DeadlineExceeded):
+                await run(pool_of(engine), fn, REQUEST)
+            finished.append(name)
+
+        slow = [asyncio.create_task(one("loop", loop_fn)) for _ in range(2)]
+        await asyncio.sleep(0.01)  # both loops are running on two of the four threads
+        await one("hello", hello)
+        await asyncio.gather(*slow)
+
+    asyncio.run(go())
+    assert finished == ["hello", "loop", "loop"]
+
+
+def test_a_request_given_up_leaves_nothing_behind(engine: SandboxEngine, load: Load) -> None:
+    loop_fn, hello = load(FIXTURES / "functions" / "loop"), load(EXAMPLES / "c" / "hello")
+    pool = pool_of(engine)
+
+    async def go() -> bytes:
+        task = asyncio.create_task(run(pool, loop_fn, REQUEST))
+        await asyncio.sleep(0.01)
+        task.cancel()  # as when the client goes away: the job runs on to its deadline
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.3)  # past the loop fixture's deadline (100 ms)
+        return (await run(pool, hello, REQUEST)).body
+
+    assert asyncio.run(go()) == b"Hello from C!\n"
+    assert not pool._pending
+
+
+def test_event_loops_come_and_go(engine: SandboxEngine, load: Load) -> None:
+    hello = load(EXAMPLES / "c" / "hello")
+    for _ in range(3):  # a new loop each time, as tests and `edge dev` reloads make
+        assert asyncio.run(run(pool_of(engine), hello, REQUEST)).status == 200
+    answers: list[int] = []  # and a loop on another thread
+    thread = threading.Thread(
+        target=lambda: answers.append(asyncio.run(run(pool_of(engine), hello, REQUEST)).status)
+    )
+    thread.start()
+    thread.join(timeout=30)
+    assert answers == [200]
+
+
+def test_functions_with_host_imports_stay_off_the_pool(engine: SandboxEngine, load: Load) -> None:
+    # log and config are Python callbacks that find their request through the calling thread.
+    assert load(EXAMPLES / "c" / "config").pooled() is None
+    assert load(EXAMPLES / "c" / "hello").pooled() is not None
+
+
+def test_closing_runs_the_queued_jobs_and_answers_them(built: Callable[[Path], Path]) -> None:
+    project = EXAMPLES / "c" / "hello"
+    with SandboxEngine(EngineSettings(pool_total_instances=8, workers=1)) as engine:
+        fn = LoadedFunction(
+            engine, CompileCache(engine, COMPILED), built(project).read_bytes(),
+            load_function_config(project), print,
+        )  # fmt: skip
+        pooled = fn.pooled()
+        assert pooled is not None
+        pool = pool_of(engine)
+
+        async def queue_and_close() -> list[asyncio.Future[Outcome]]:
+            futures = [pool.run(*pooled, REQUEST) for _ in range(50)]
+            pool.close()  # its one thread runs all 50 first
+            return futures
+
+        futures = asyncio.run(queue_and_close())
+        statuses = [f.result().response.status for f in futures]  # type: ignore[union-attr]
+        assert statuses == [200] * 50
+        assert not pool._pending
