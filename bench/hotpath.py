@@ -6,7 +6,8 @@ headers), in one process, alternating rounds so drift hits all alike:
     node, call canned   the same app with the function's invoke replaced by a fixed answer
     bare Starlette      bench.bare_app's hello
 and reports this thread's CPU time per request (time.thread_time), the whole process's (its
-other threads too: the epoch ticker's), wall time and page faults per request (getrusage
+other threads too: the epoch ticker's, and the native workers' that run the C hello's requests,
+see edge.sandbox.native_pool), wall time and this thread's page faults per request (getrusage
 minflt). `--profile` adds a cProfile of the node's requests, sorted by own time.
 `--tickers native,python` serves the C hello from one node per epoch ticker (see
 edge.sandbox.ticker), alternating with the rest; each round starts once every other node's
