@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,9 +57,9 @@ def pool_of(engine: SandboxEngine) -> NativePool:
 
 
 async def run(pool: NativePool, fn: LoadedFunction, req: abi.GuestRequest) -> abi.GuestResponse:
-    pooled = fn.pooled()
+    pooled = fn.pooled(fn.config.config)
     assert pooled is not None
-    invocation = host.Invocation(fn.name, req.request_id, {}, print)
+    invocation = host.Invocation(fn.name, req.request_id, fn.config.config, print)
     return fn.native_finish(await pool.run(*pooled, req), invocation)
 
 
@@ -136,10 +138,21 @@ def test_event_loops_come_and_go(engine: SandboxEngine, load: Load) -> None:
     assert answers == [200]
 
 
-def test_functions_with_host_imports_stay_off_the_pool(engine: SandboxEngine, load: Load) -> None:
-    # log and config are Python callbacks that find their request through the calling thread.
-    assert load(EXAMPLES / "c" / "config").pooled() is None
-    assert load(EXAMPLES / "c" / "hello").pooled() is not None
+def test_host_imports_on_the_pool(engine: SandboxEngine, load: Load) -> None:
+    fn = load(EXAMPLES / "c" / "config")
+    lines: list[host.LogLine] = []
+    invocation = host.Invocation(fn.name, "req-config", {"greeting": "Grüß dich"}, lines.append)
+    pooled = fn.pooled(invocation.config)
+    assert pooled is not None
+
+    async def go() -> abi.GuestResponse:
+        return fn.native_finish(await pool_of(engine).run(*pooled, REQUEST), invocation)
+
+    started = time.time()
+    resp = asyncio.run(go())
+    assert "Grüß dich".encode() in resp.body
+    assert [(line.source, line.request_id) for line in lines] == [("log", "req-config")]
+    assert started <= lines[0].time_unix <= time.time()  # when it was written, not replayed
 
 
 def test_closing_runs_the_queued_jobs_and_answers_them(built: Callable[[Path], Path]) -> None:
@@ -149,7 +162,7 @@ def test_closing_runs_the_queued_jobs_and_answers_them(built: Callable[[Path], P
             engine, CompileCache(engine, COMPILED), built(project).read_bytes(),
             load_function_config(project), print,
         )  # fmt: skip
-        pooled = fn.pooled()
+        pooled = fn.pooled({})
         assert pooled is not None
         pool = pool_of(engine)
 
@@ -162,3 +175,27 @@ def test_closing_runs_the_queued_jobs_and_answers_them(built: Callable[[Path], P
         statuses = [f.result().response.status for f in futures]  # type: ignore[union-attr]
         assert statuses == [200] * 50
         assert not pool._pending
+
+
+@pytest.mark.parametrize("where", ["pool", "this thread"])
+def test_log_lines_keep_the_caps_and_order(engine: SandboxEngine, load: Load, where: str) -> None:
+    fn = load(FIXTURES / "functions" / "logs")
+    lines: list[host.LogLine] = []
+    invocation = host.Invocation(fn.name, "req-logs", fn.config.config, lines.append)
+    if where == "pool":
+        pooled = fn.pooled(invocation.config)
+        assert pooled is not None
+
+        async def go() -> abi.GuestResponse:
+            return fn.native_finish(await pool_of(engine).run(*pooled, REQUEST), invocation)
+
+        resp = asyncio.run(go())
+    else:
+        resp = fn.invoke(REQUEST, invocation)
+    invocation.report_dropped()
+    assert resp.body == b"hej"
+    first, *numbered, last = lines
+    assert first.level == "error" and first.message == "é" * 4096 + "…(truncated)"
+    assert [line.message for line in numbered] == [f"line {i}" for i in range(1, 200)]
+    assert last.source == "platform" and last.message.startswith("51 log lines dropped")
+    assert all(a.time_unix <= b.time_unix for a, b in itertools.pairwise(lines))

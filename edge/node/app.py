@@ -338,7 +338,7 @@ class FunctionServer:
             hint = self.hints[function] = InlineHint()
         recorded = trace.spans is not None
         pool = self.runtime.engine.native_pool()
-        pooled = function.pooled() if pool is not None else None
+        pooled = function.pooled(config) if pool is not None else None
         if pooled is not None and pool is not None:
             invocation = Invocation(key, request_id, config, sink, version=version,
                                     trace_id=trace.trace_id, marks=[] if recorded else None)

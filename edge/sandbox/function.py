@@ -10,6 +10,7 @@ import ctypes
 import statistics
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -99,6 +100,7 @@ class LoadedFunction:
             None if stack is None else host.mapped_log_write(stack, self._deadline_ticks)
         )
         self._code, tier_up = self._first_code(cache, wasm)
+        self._configs: dict[int, tuple[Mapping[str, str], bytes]] = {}
         self._native = self._native_for(self._code)
         if stack is not None and not any(n.startswith("wasi:random/") for n in self._code.imports):
             self._warn(STALE_JS_BUILD)
@@ -180,12 +182,11 @@ class LoadedFunction:
     def _native_for(self, code: Code) -> native_invoke.NativeCode | None:
         """What the native request path needs to run `code`, when it may: the helper is loaded,
         and the function imports no WASI and takes a fresh instance per request."""
-        if self.engine.invoke_helper is None or code.needs_wasi or self.config.instance.reuse:
+        helper = self.engine.invoke_helper
+        if helper is None or code.needs_wasi or self.config.instance.reuse:
             return None
         limits = self.config.limits
-        return native_invoke.NativeCode(
-            code, limits.memory_limit_bytes, limits.response_body_limit_bytes
-        )
+        return helper.code(code, limits.memory_limit_bytes, limits.response_body_limit_bytes)
 
     @property
     def tier(self) -> str:
@@ -292,23 +293,38 @@ class LoadedFunction:
         do, with the same metrics, spans and errors."""
         helper = self.engine.invoke_helper
         assert helper is not None  # else there would be no `native`
-        out = helper.fresh(native, ticks, request, self._instantiate_samples is not None)
-        return self.native_finish(out, invocation)
+        measure = self._instantiate_samples is not None
+        config = self._packed_config(invocation.config)
+        return self.native_finish(helper.fresh(native, ticks, measure, config, request),
+                                  invocation)  # fmt: skip
 
-    def pooled(self) -> tuple[native_invoke.NativeCode, int, bool] | None:
+    def pooled(
+        self, config: Mapping[str, str]
+    ) -> tuple[native_invoke.NativeCode, int, bool, bytes] | None:
         """What a request needs to run on the engine's native worker threads (see
         native_pool): the code, the deadline in ticks, whether to measure instantiation's CPU
-        time; None when it cannot (see _native_for), or when it imports anything of ours
-        (host imports are Python callbacks, which need the thread-bound invocation)."""
+        time, `config` packed for config.get; None when it cannot (see _native_for)."""
         native = self._native
-        if native is None or self._prepared or not native.without_callbacks:
+        if native is None or self._prepared:
             return None
-        return native, self._deadline_ticks, self._instantiate_samples is not None
+        measure = self._instantiate_samples is not None
+        return native, self._deadline_ticks, measure, self._packed_config(config)
+
+    def _packed_config(self, config: Mapping[str, str]) -> bytes:
+        # Packed once per mapping (a version's config: the same object request after request);
+        # the mapping is kept with it, so its id is not reused meanwhile.
+        found = self._configs.get(id(config))
+        if found is None or found[0] is not config:
+            if len(self._configs) >= 8:  # a node serves a version with one or two mappings
+                self._configs.clear()
+            found = self._configs[id(config)] = (config, native_invoke.pack_config(config))
+        return found[1]
 
     def native_finish(
         self, out: native_invoke.Outcome, invocation: host.Invocation
     ) -> abi.GuestResponse:
         """The response, or the error, of a request the native helper ran."""
+        host.replay(invocation, out.events, out.dropped)
         samples = self._instantiate_samples
         if out.stage == native_invoke.FAILED_INSTANTIATE:  # as in _instantiate_for: no instance
             raise _classify(capi.error(out.error), self.config, "instantiating")

@@ -5,11 +5,14 @@ One linker per loaded function, because what is linked depends on the function: 
 interface must name the version the component imports).
 
 Host calls find the request they belong to through a thread-local: an invocation runs on one
-worker thread from instantiate to post-return, and wasmtime calls imports on that thread.
+worker thread from instantiate to post-return, and wasmtime calls imports on that thread. The
+native request path (functions without WASI, see native_invoke) has log and config in C and
+records their calls; `replay` does what these functions would have done, once the call is over.
 """
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -82,15 +85,17 @@ class Invocation:
     inline: bool = False
     rerunnable: bool = False
 
-    def log(self, level: str, message: str, source: str) -> None:
+    def log(self, level: str, message: str, source: str, at: float | None = None) -> None:
+        """`at`: when it was said (unix seconds), if not now."""
         if self.lines >= MAX_LOG_LINES_PER_REQUEST:
             self.dropped += 1
             return
         self.lines += 1
         if len(message) > MAX_LOG_LINE_BYTES:
             message = message[:MAX_LOG_LINE_BYTES] + "…(truncated)"
-        self.sink(LogLine(self.function, self.request_id, level, message, source, time.time(),
-                          self.version, self.trace_id))  # fmt: skip
+        self.sink(LogLine(self.function, self.request_id, level, message, source,
+                          time.time() if at is None else at, self.version,
+                          self.trace_id))  # fmt: skip
 
     def report_uncaught(self, message: str) -> None:
         """The SDK's report (`message` is one, see `uncaught.is_report`): its traceback becomes
@@ -151,7 +156,10 @@ class bound:
 
 def _log_write(_store: Any, level: Any, message: str) -> None:
     name = level if isinstance(level, str) else LOG_LEVELS[int(level)]
-    inv = current()
+    _logged(current(), name, message)
+
+
+def _logged(inv: Invocation, name: str, message: str, at: float | None = None) -> None:
     if message[:1] == "\0":  # the SDKs' marks start so
         if name == "error" and uncaught.is_report(message):
             inv.report_uncaught(message)
@@ -165,7 +173,31 @@ def _log_write(_store: Any, level: Any, message: str) -> None:
             inv.wait_until_pending = message == awaiting.WAIT_UNTIL_PENDING
             return
     inv.uncaught = None  # a report stands only if the trap comes next
-    inv.log(name, message, "log")
+    inv.log(name, message, "log", at)
+
+
+# The native helper's record of a call's host calls (edge/sandbox/native/invoke.c, struct
+# event): kind, level, padding, message size, unix ns; then the message.
+_EVENT = struct.Struct("<BBxxIq")
+_EVENT_LOG, _EVENT_CONFIG = 1, 2
+
+
+def replay(inv: Invocation, events: bytes, dropped: int) -> None:
+    """What the host calls of a call the native helper ran did, in order, as _log_write and
+    _config_get do it live: lines with the time they were written, and the end of a standing
+    exception report at each read of config. `dropped`: lines the helper did not keep (over
+    MAX_LOG_LINES_PER_REQUEST)."""
+    at = 0
+    while at < len(events):
+        kind, level, size, time_ns = _EVENT.unpack_from(events, at)
+        at += _EVENT.size
+        if kind == _EVENT_LOG:
+            message = events[at : at + size].decode("utf-8", errors="replace")
+            _logged(inv, LOG_LEVELS[level], message, time_ns / 1e9)
+        else:
+            inv.uncaught = None
+        at += size
+    inv.dropped += dropped
 
 
 HostFunc = Callable[..., Any]

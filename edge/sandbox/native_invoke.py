@@ -19,7 +19,9 @@ import ctypes
 import functools
 import struct
 import threading
-from ctypes import c_int64, c_uint64, c_void_p
+import weakref
+from collections.abc import Mapping
+from ctypes import c_char_p, c_int64, c_size_t, c_uint64, c_void_p
 from dataclasses import dataclass
 
 from wasmtime import _ffi as ffi
@@ -27,7 +29,6 @@ from wasmtime import _ffi as ffi
 from edge.sandbox import abi, native_build
 from edge.sandbox.code import Code
 
-TYPES = "edge:function/types@"  # the one interface of ours without functions
 NATIVE = "native"
 PYTHON = "python"
 INVOKES = (NATIVE, PYTHON)
@@ -44,6 +45,17 @@ _FUNCTIONS = (
     "wasmtime_component_func_post_return",
     "wasmtime_component_val_delete",
     "wasmtime_store_delete",
+    # For the host functions (log, config) and their linker:
+    "wasmtime_context_get_data",
+    "wasmtime_component_val_new",
+    "wasm_byte_vec_new",
+    "wasmtime_component_linker_new",
+    "wasmtime_component_linker_root",
+    "wasmtime_component_linker_instance_add_instance",
+    "wasmtime_component_linker_instance_add_func",
+    "wasmtime_component_linker_instance_delete",
+    "wasmtime_component_linker_delete",
+    "wasmtime_error_delete",
 )
 
 # Where a call ended (struct edge_out's stage).
@@ -51,11 +63,12 @@ DONE, FAILED_INSTANTIATE, FAILED_CALL, BAD_RESPONSE, FAILED_POST_RETURN, OUT_OF_
 _SHAPE, _BODY_OVER_LIMIT, _BODY_CODE_POINT = 1, 2, 3  # what was wrong with a response
 
 # struct edge_out: stage, problem, error, detail, status, n_headers, headers, headers_size,
-# body, body_size, instantiate_ns, instantiate_cpu_ns, wall_ns[4].
-_OUT = struct.Struct("<qqQQQQQQQQqq4q")
+# body, body_size, instantiate_ns, instantiate_cpu_ns, wall_ns[4], events, events_size,
+# dropped.
+_OUT = struct.Struct("<qqQQQQQQQQqq4qQQQ")
 # struct edge_args: code, deadline ticks, measure_cpu, blob, n_headers, geo flags, latitude,
-# longitude.
-_ARGS = struct.Struct("<QQQQQQdd")
+# longitude, config.
+_ARGS = struct.Struct("<QQQQQQddQ")
 _HEADER = struct.Struct("<II")  # a lifted header's name and value sizes, before their bytes
 _lengths: dict[int, struct.Struct] = {}
 
@@ -82,24 +95,34 @@ class Outcome:
     instantiate_s: float
     instantiate_cpu_s: float  # this thread's CPU time, when asked for; else 0
     wall_ns: tuple[int, int, int, int]  # instantiation's start and end, the call's
+    events: bytes  # the host calls the call made, for host.replay
+    dropped: int  # log lines over the per-request cap
 
 
 class NativeCode:
-    """A `struct edge_code` for one Code and one function's limits; holds the Code, so the
-    pointers in it stay valid while this object lives."""
+    """A `struct edge_code` for one Code and one function's limits, with a linker whose host
+    functions are the helper's (log and config, recorded for host.replay); holds the Code, so
+    the pointers in it stay valid while this object lives."""
 
-    __slots__ = ("_buffer", "address", "code", "without_callbacks")
+    __slots__ = ("__weakref__", "_buffer", "address", "code")
 
-    def __init__(self, code: Code, memory_limit_bytes: int, body_limit_bytes: int) -> None:
+    def __init__(self, code: Code, linker: int, memory_limit_bytes: int, body_limit: int) -> None:
         self.code = code
-        # Whether the code imports none of our functions (only `types`): host calls are
-        # wasmtime-py callbacks, which find their request through the calling thread.
-        self.without_callbacks = all(name.startswith(TYPES) for name in code.imports)
         self._buffer = (c_uint64 * 6)(
-            code.engine_ptr, code.linker_ptr, code.component_ptr, code.index_ptr,
-            memory_limit_bytes, body_limit_bytes,
+            code.engine_ptr, linker, code.component_ptr, code.index_ptr, memory_limit_bytes,
+            body_limit,
         )  # fmt: skip
         self.address = ctypes.addressof(self._buffer)
+
+
+def pack_config(config: Mapping[str, str]) -> bytes:
+    """What config.get reads, as the helper reads it: u32 count, then per entry u32 key size,
+    u32 value size, key, value."""
+    out = [struct.pack("<I", len(config))]
+    for key, value in config.items():
+        k, v = key.encode(), value.encode()
+        out += [struct.pack("<II", len(k), len(v)), k, v]
+    return b"".join(out)
 
 
 class _Scratch(threading.local):
@@ -118,10 +141,16 @@ assert ctypes.string_at(id(_probe) + _BYTES_DATA, len(_probe)) == _probe
 
 
 def _pack(
-    view: memoryview, native: NativeCode, ticks: int, req: abi.GuestRequest, measure_cpu: bool
+    view: memoryview,
+    native: NativeCode,
+    ticks: int,
+    measure_cpu: bool,
+    config: bytes,
+    req: abi.GuestRequest,
 ) -> bytes:
     """Writes struct edge_args for `req` at the start of `view`; returns the blob it points
-    into, which must stay alive until the helper has run."""
+    into, which must stay alive until the helper has run (and so must `config`, from
+    pack_config)."""
     geo = req.geo
     items = [
         req.method.encode(),
@@ -149,7 +178,7 @@ def _pack(
     )
     _ARGS.pack_into(
         view, 0, native.address, ticks, measure_cpu, id(blob) + _BYTES_DATA, len(req.headers),
-        flags, geo.latitude or 0.0, geo.longitude or 0.0,
+        flags, geo.latitude or 0.0, geo.longitude or 0.0, id(config) + _BYTES_DATA,
     )  # fmt: skip
     return blob
 
@@ -157,7 +186,8 @@ def _pack(
 def _outcome(view: memoryview, at: int) -> Outcome:
     """Reads the struct edge_out at `at` in `view` (copying what it points to)."""
     (stage, problem, error, detail, status, n_headers, headers_at, headers_size, body_at,
-     body_size, instantiate_ns, cpu_ns, *wall) = _OUT.unpack_from(view, at)  # fmt: skip
+     body_size, instantiate_ns, cpu_ns, w0, w1, w2, w3, events_at, events_size,
+     dropped) = _OUT.unpack_from(view, at)  # fmt: skip
     if stage == OUT_OF_MEMORY:
         raise MemoryError("the native invoke helper could not allocate its buffers")
     response = bad = None
@@ -171,7 +201,11 @@ def _outcome(view: memoryview, at: int) -> Outcome:
         else:
             body = ctypes.string_at(body_at, body_size) if body_size else b""
             response = abi.GuestResponse(status, headers, body)
-    return Outcome(stage, error, response, bad, instantiate_ns / 1e9, cpu_ns / 1e9, tuple(wall))
+    events = ctypes.string_at(events_at, events_size) if events_size else b""
+    return Outcome(
+        stage, error, response, bad, instantiate_ns / 1e9, cpu_ns / 1e9, (w0, w1, w2, w3),
+        events, dropped,
+    )  # fmt: skip
 
 
 class Helper:
@@ -193,16 +227,37 @@ class Helper:
         self._fresh = dll.edge_invoke_fresh
         self._fresh.restype = None
         self._fresh.argtypes = [c_void_p, c_void_p]
+        self._linker_new = dll.edge_linker_new
+        self._linker_new.restype = c_void_p
+        self._linker_new.argtypes = [c_void_p, c_char_p, c_size_t]
+        self._linker_delete = dll.edge_linker_delete
+        self._linker_delete.restype = None
+        self._linker_delete.argtypes = [c_void_p]
         self._scratch = _Scratch()
 
+    def code(self, code: Code, memory_limit_bytes: int, body_limit: int) -> NativeCode | None:
+        """`code` as the helper runs it; None when the helper's linker cannot link it."""
+        names = b"".join(name.encode() + b"\0" for name in code.imports)
+        linker = self._linker_new(code.engine_ptr, names, len(names))
+        if not linker:
+            return None
+        native = NativeCode(code, linker, memory_limit_bytes, body_limit)
+        weakref.finalize(native, self._linker_delete, linker)
+        return native
+
     def fresh(
-        self, native: NativeCode, ticks: int, req: abi.GuestRequest, measure_cpu: bool
+        self,
+        native: NativeCode,
+        ticks: int,
+        measure_cpu: bool,
+        config: bytes,
+        req: abi.GuestRequest,
     ) -> Outcome:
         """Runs `req` in a fresh instance of `native`'s code with an epoch deadline of `ticks`,
         on this thread. `measure_cpu`: also measure instantiation's thread CPU time (see
-        prepare)."""
+        prepare); `config`: what config.get reads (pack_config)."""
         scratch = self._scratch
-        blob = _pack(scratch.view, native, ticks, req, measure_cpu)
+        blob = _pack(scratch.view, native, ticks, measure_cpu, config, req)
         self._fresh(scratch.address, scratch.address + _ARGS.size)
         del blob  # alive until here: the helper read it in place
         return _outcome(scratch.view, _ARGS.size)

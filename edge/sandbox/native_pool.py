@@ -29,6 +29,7 @@ class _Pending:
     future: asyncio.Future[Outcome]
     job: _Job
     blob: bytes  # read by the worker in place: alive until the job is done
+    config: bytes  # likewise
     native: NativeCode  # its Code too, whose pointers the job holds
 
 
@@ -75,17 +76,23 @@ class NativePool:
         self._closed = False
 
     def run(
-        self, native: NativeCode, ticks: int, measure_cpu: bool, req: abi.GuestRequest
+        self,
+        native: NativeCode,
+        ticks: int,
+        measure_cpu: bool,
+        config: bytes,
+        req: abi.GuestRequest,
     ) -> asyncio.Future[Outcome]:
-        """Queues `req`; the future, of the running event loop, has its outcome."""
+        """Queues `req` (arguments as Helper.fresh's); the future, of the running event loop,
+        has its outcome."""
         loop = asyncio.get_running_loop()
         with self._lock:
             if loop is not self._loop:
                 self._watch(loop)
             job = self._free.pop() if self._free else _Job(self._job_size, self._release)
-            blob = _pack(job.view, native, ticks, req, measure_cpu)
+            blob = _pack(job.view, native, ticks, measure_cpu, config, req)
             future: asyncio.Future[Outcome] = loop.create_future()
-            self._pending[job.address] = _Pending(future, job, blob, native)
+            self._pending[job.address] = _Pending(future, job, blob, config, native)
         self._submit(self._ptr, job.address)
         return future
 

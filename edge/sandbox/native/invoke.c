@@ -62,8 +62,21 @@ static void *(*func_call)(const func_t *, void *context, const val_t *args, size
 static void *(*func_post_return)(const func_t *, void *context);
 static void (*val_delete)(val_t *);
 static void (*store_delete)(void *store);
+typedef void *(*callback_t)(void *env, void *context, const void *type, val_t *args,
+                            size_t nargs, val_t *results, size_t nresults);
+static void *(*context_get_data)(void *context);
+static void *(*val_new)(val_t *val);
+static void (*byte_vec_new)(name_t *out, size_t size, const char *data);
+static void *(*linker_new)(void *engine);
+static void *(*linker_root)(void *linker);
+static void *(*instance_add_instance)(void *instance, const char *name, size_t len, void **out);
+static void *(*instance_add_func)(void *instance, const char *name, size_t len, callback_t cb,
+                                  void *data, void (*finalizer)(void *));
+static void (*linker_instance_delete)(void *instance);
+static void (*linker_delete)(void *linker);
+static void (*error_delete)(void *error);
 
-enum { FN_COUNT = 10 };
+enum { FN_COUNT = 20 };
 
 EXPORT void edge_invoke_init(void *const *fns) {
     store_new = fns[0];
@@ -76,6 +89,16 @@ EXPORT void edge_invoke_init(void *const *fns) {
     func_post_return = fns[7];
     val_delete = fns[8];
     store_delete = fns[9];
+    context_get_data = fns[10];
+    val_new = fns[11];
+    byte_vec_new = fns[12];
+    linker_new = fns[13];
+    linker_root = fns[14];
+    instance_add_instance = fns[15];
+    instance_add_func = fns[16];
+    linker_instance_delete = fns[17];
+    linker_delete = fns[18];
+    error_delete = fns[19];
 }
 
 /* What this file assumes about the C API's layout and value kinds, for Python to compare. */
@@ -128,6 +151,9 @@ struct edge_out {
     int64_t instantiate_ns;   /* CLOCK_MONOTONIC, for the instantiate histogram */
     int64_t instantiate_cpu_ns; /* this thread's CPU time, when asked for (see prepare.py) */
     int64_t wall_ns[4];       /* CLOCK_REALTIME: instantiate start, end; call start, end */
+    const uint8_t *events;    /* host calls, in order (see struct event) */
+    uint64_t events_size;
+    uint64_t dropped;         /* log lines over MAX_LINES */
 };
 
 /* Per-thread growable buffers: the request's vals and bytes, and the response's copies. A
@@ -135,7 +161,7 @@ struct edge_out {
  * freed when the thread ends (worker threads come and go). */
 enum { KEEP_BYTES = 256 * 1024 };
 struct buffer { uint8_t *data; size_t cap; };
-struct buffers { struct buffer arena, headers, body; };
+struct buffers { struct buffer arena, headers, body, events; };
 static pthread_key_t buffers_key;
 static pthread_once_t buffers_once = PTHREAD_ONCE_INIT;
 
@@ -144,6 +170,7 @@ static void free_buffers(void *p) {
     free(b->arena.data);
     free(b->headers.data);
     free(b->body.data);
+    free(b->events.data);
     free(b);
 }
 
@@ -397,6 +424,148 @@ static int lift(struct buffer *headers_out, struct buffer *body_out, const val_t
     return DONE;
 }
 
+/* --- host functions ------------------------------------------------------------------------
+ * Our imports for functions without WASI, as C callbacks: they run on whatever thread runs the
+ * request, without the GIL. `log.write` and `config.get` are recorded in order as events the
+ * caller replays in Python once the call is over (edge.sandbox.native_invoke): what a line
+ * says and when, and that config was read (which ends a standing exception report, see
+ * host._config_get). A store's data is its request's `struct call`. */
+
+enum { MAX_LINES = 200 };             /* host.MAX_LOG_LINES_PER_REQUEST */
+enum { MAX_LINE_BYTES = 4 * 4096 + 4 }; /* over host.MAX_LOG_LINE_BYTES characters, surely */
+enum { EVENT_LOG = 1, EVENT_CONFIG = 2 };
+
+/* An event in the buffer: header, then `size` message bytes. */
+struct event {
+    uint8_t kind;
+    uint8_t level; /* index in host.LOG_LEVELS */
+    uint16_t pad;
+    uint32_t size;
+    int64_t time_ns;
+};
+
+struct call {
+    struct buffer *events;
+    size_t events_size;
+    uint64_t lines;
+    uint64_t dropped;
+    int last_config; /* the last event is a config read: another one says nothing new */
+    const uint8_t *config; /* u32 count, then per entry u32 key size, u32 value size, bytes */
+};
+
+static int add_event(struct call *c, int kind, int level, const char *data, size_t size) {
+    size_t at = c->events_size;
+    uint8_t *buf = reserve(c->events, at + sizeof(struct event) + size);
+    if (!buf)
+        return 0;
+    struct event e = {(uint8_t)kind, (uint8_t)level, 0, (uint32_t)size, now_ns(CLOCK_REALTIME)};
+    memcpy(buf + at, &e, sizeof e);
+    if (size)
+        memcpy(buf + at + sizeof e, data, size);
+    c->events_size = at + sizeof e + size;
+    return 1;
+}
+
+static const char *const levels[] = {"trace", "debug", "info", "warn", "error"};
+
+static void *log_write(void *env, void *context, const void *type, val_t *args, size_t nargs,
+                       val_t *results, size_t nresults) {
+    (void)env, (void)type, (void)results, (void)nresults;
+    struct call *c = context_get_data(context);
+    if (nargs != 2 || args[1].kind != K_STRING)
+        return NULL; /* the linker checked the signature: never */
+    int level = 2;
+    for (int i = 0; i < 5; i++) {
+        const name_t *n = &args[0].of.string; /* an enum's case name has a string's layout */
+        if (n->size == strlen(levels[i]) && memcmp(n->data, levels[i], n->size) == 0)
+            level = i;
+    }
+    c->last_config = 0;
+    if (c->lines >= MAX_LINES) {
+        c->dropped++;
+        return NULL;
+    }
+    const name_t *m = &args[1].of.string;
+    size_t size = m->size;
+    if (size > MAX_LINE_BYTES) { /* cut on a character boundary: Python decodes it */
+        size = MAX_LINE_BYTES;
+        while (size > 0 && ((uint8_t)m->data[size] & 0xC0) == 0x80)
+            size--;
+    }
+    if (add_event(c, EVENT_LOG, level, m->data, size))
+        c->lines++;
+    else
+        c->dropped++;
+    return NULL;
+}
+
+static uint32_t u32_at(const uint8_t *p) {
+    uint32_t n;
+    memcpy(&n, p, 4);
+    return n;
+}
+
+static void *config_get(void *env, void *context, const void *type, val_t *args, size_t nargs,
+                        val_t *results, size_t nresults) {
+    (void)env, (void)type;
+    struct call *c = context_get_data(context);
+    if (nargs != 1 || nresults != 1 || args[0].kind != K_STRING)
+        return NULL; /* the linker checked the signature: never */
+    if (!c->last_config && add_event(c, EVENT_CONFIG, 0, NULL, 0))
+        c->last_config = 1;
+    const name_t *key = &args[0].of.string;
+    results[0].kind = K_OPTION;
+    results[0].of.option = NULL;
+    const uint8_t *p = c->config;
+    uint32_t count = 0;
+    if (p) {
+        count = u32_at(p);
+        p += 4;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t ks = u32_at(p), vs = u32_at(p + 4);
+        const char *k = (const char *)p + 8, *v = k + ks;
+        p += 8 + ks + vs;
+        if (ks == key->size && memcmp(k, key->data, ks) == 0) {
+            val_t value;
+            memset(&value, 0, sizeof value);
+            value.kind = K_STRING;
+            byte_vec_new(&value.of.string, vs, v); /* wasmtime frees what it owns */
+            results[0].of.option = val_new(&value);
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* A linker for a component importing `names` (NUL-separated, of our interfaces only) whose
+ * functions are the callbacks above; NULL if one could not be defined. */
+EXPORT void *edge_linker_new(void *engine, const char *names, size_t size) {
+    void *linker = linker_new(engine);
+    void *root = linker_root(linker);
+    void *error = NULL;
+    for (const char *name = names; !error && name < names + size; name += strlen(name) + 1) {
+        void *instance = NULL;
+        error = instance_add_instance(root, name, strlen(name), &instance);
+        if (error)
+            break;
+        if (strncmp(name, "edge:function/log@", 18) == 0)
+            error = instance_add_func(instance, "write", 5, log_write, NULL, NULL);
+        else if (strncmp(name, "edge:function/config@", 21) == 0)
+            error = instance_add_func(instance, "get", 3, config_get, NULL, NULL);
+        linker_instance_delete(instance);
+    }
+    linker_instance_delete(root);
+    if (error) {
+        error_delete(error);
+        linker_delete(linker);
+        return NULL;
+    }
+    return linker;
+}
+
+EXPORT void edge_linker_delete(void *linker) { linker_delete(linker); }
+
 /* One request's arguments (see edge_invoke_fresh). */
 struct edge_args {
     const struct edge_code *code;
@@ -407,10 +576,11 @@ struct edge_args {
     uint64_t geo_flags;
     double latitude;
     double longitude;
+    const uint8_t *config; /* for config.get (see struct call) */
 };
 
 static void run_fresh(const struct edge_args *a, struct buffer *arena, struct buffer *headers,
-                      struct buffer *body, struct edge_out *out) {
+                      struct buffer *body, struct buffer *events, struct edge_out *out) {
     memset(out, 0, sizeof *out);
     val_t *param = lower(arena, a->blob, (uint32_t)a->n_headers, (uint32_t)a->geo_flags,
                          a->latitude, a->longitude);
@@ -423,7 +593,8 @@ static void run_fresh(const struct edge_args *a, struct buffer *arena, struct bu
     int64_t started = now_ns(CLOCK_MONOTONIC);
     int64_t started_cpu = a->measure_cpu ? now_ns(CLOCK_THREAD_CPUTIME_ID) : 0;
     /* Instantiation runs guest start code, so the deadline applies from here. */
-    void *store = store_new(code->engine, NULL, NULL);
+    struct call call = {events, 0, 0, 0, 0, a->config};
+    void *store = store_new(code->engine, &call, NULL);
     void *context = store_context(store);
     store_limiter(store, code->memory_limit_bytes, -1, -1, -1, -1);
     set_epoch_deadline(context, a->deadline_ticks);
@@ -445,6 +616,9 @@ static void run_fresh(const struct edge_args *a, struct buffer *arena, struct bu
     out->wall_ns[2] = now_ns(CLOCK_REALTIME);
     out->error = func_call(&func, context, param, 1, &result, 1);
     out->wall_ns[3] = now_ns(CLOCK_REALTIME);
+    out->events = events->data;
+    out->events_size = call.events_size;
+    out->dropped = call.dropped;
     if (out->error) {
         out->stage = FAILED_CALL;
         store_delete(store);
@@ -467,7 +641,7 @@ EXPORT void edge_invoke_fresh(const struct edge_args *args, struct edge_out *out
         out->stage = OUT_OF_MEMORY;
         return;
     }
-    run_fresh(args, &b->arena, &b->headers, &b->body, out);
+    run_fresh(args, &b->arena, &b->headers, &b->body, &b->events, out);
 }
 
 /* --- worker threads ---------------------------------------------------------------------------
@@ -478,7 +652,7 @@ EXPORT void edge_invoke_fresh(const struct edge_args *args, struct edge_out *out
 struct edge_job {
     struct edge_args args;
     struct edge_out out;
-    struct buffer headers, body; /* the job's own: the loop reads them after the worker moved on */
+    struct buffer headers, body, events; /* the job's own: read after the worker moved on */
     struct edge_job *next;
 };
 
@@ -513,7 +687,7 @@ static void *worker(void *arg) {
             p->tail = NULL;
         pthread_mutex_unlock(&p->lock);
 
-        run_fresh(&job->args, &arena, &job->headers, &job->body, &job->out);
+        run_fresh(&job->args, &arena, &job->headers, &job->body, &job->events, &job->out);
 
         pthread_mutex_lock(&p->lock);
         job->next = p->done;
@@ -627,6 +801,7 @@ EXPORT void edge_pool_free(struct edge_pool *p) {
 EXPORT void edge_job_release(struct edge_job *job) {
     free(job->headers.data);
     free(job->body.data);
-    job->headers.data = job->body.data = NULL;
-    job->headers.cap = job->body.cap = 0;
+    free(job->events.data);
+    job->headers.data = job->body.data = job->events.data = NULL;
+    job->headers.cap = job->body.cap = job->events.cap = 0;
 }
