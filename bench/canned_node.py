@@ -25,6 +25,6 @@ def _canned(*_: object, **__: object) -> GuestResponse:
 
 if __name__ == "__main__":
     LoadedFunction.invoke = _canned  # type: ignore[method-assign]
-    LoadedFunction.pooled = lambda _self: None  # type: ignore[method-assign]
+    LoadedFunction.pooled = lambda *_: None  # type: ignore[method-assign]
     sys.argv = ["edge", "node", *sys.argv[1:]]
     main()

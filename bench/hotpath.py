@@ -146,7 +146,7 @@ def canned_runtime(workdir: Path) -> NodeRuntime:
         for fn in served.loaded():
             if isinstance(fn, LoadedFunction):
                 fn.invoke = lambda *_a, **_k: ANSWER  # type: ignore[method-assign]
-                fn.pooled = lambda: None  # type: ignore[method-assign]
+                fn.pooled = lambda *_: None  # type: ignore[method-assign]
     return runtime
 
 
