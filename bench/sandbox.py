@@ -1,7 +1,9 @@
 """Sandbox overhead per request, no HTTP: fresh instance + call + marshalling.
 
 For the C hello and the Python hello, fresh and reuse, with the pooling allocator on and off,
-measured side by side in one run. Targets (issue 2): C ≤ 40 µs p50, Python ≤ 1 ms p50 fresh.
+and the C hello's fresh requests on the native and the Python request path (see
+edge/sandbox/native_invoke.py), measured side by side in one run. Targets (issue 2): C ≤ 40 µs
+p50, Python ≤ 1 ms p50 fresh.
 `prepared`: fresh instances were made ahead of requests on a background thread (see
 edge/sandbox/prepare.py); then p50 is the latency a request sees, and `cpu_us_per_req` (all
 threads) is what each request still costs the machine.
@@ -78,15 +80,23 @@ def main() -> None:
         project = EXAMPLES / lang / "hello"
         wasm = build_function(project).read_bytes()
         base = load_function_config(project)
-        for pooling in (True, False):
+        # The C hello also on the Python request path (see native_invoke): what the helper
+        # saves. Python functions import WASI and always take the Python path.
+        paths = ("native", "python") if lang == "c" else ("native",)
+        for pooling, invoke in [(p, i) for p in (True, False) for i in paths]:
             # No tier-up: the empty cache would serve the first rows from Winch code.
-            with SandboxEngine(EngineSettings(pooling=pooling, tier_up=False)) as engine:
+            settings = EngineSettings(pooling=pooling, tier_up=False, invoke=invoke)
+            with SandboxEngine(settings) as engine:
                 # On disk, as a node has it: deserialize_file maps the image copy-on-write; an
                 # in-memory compile costs 300-600 µs more per fresh Python request.
                 cache = CompileCache(engine, Path(tempfile.mkdtemp(prefix="edge-bench-")))
                 for policy, gap_ms in (("fresh", 0), ("reuse", 0), ("fresh", GAP_MS)):
                     if gap_ms and lang == "c":
                         continue  # nothing is prepared for the C hello: same as back to back
+                    if policy == "reuse" and invoke == "python":
+                        continue  # reuse always takes the Python path: a row above has it
+                    # The request path taken: native only for fresh instances of C functions.
+                    native = lang == "c" and policy == "fresh" and invoke == "native"
                     config = replace(base, instance=InstancePolicy(policy, 1_000_000))
                     fn = LoadedFunction(engine, cache, wasm, config, lambda _: None)
                     n = args.iterations if lang == "c" else max(300, args.iterations // 5)
@@ -97,6 +107,7 @@ def main() -> None:
                             "policy": policy,
                             "gap_ms": gap_ms,
                             "pooling": pooling,
+                            "invoke": "native" if native else "python",
                             "prepared": fn.prepares_instances,
                             **summary_us(samples),
                             "cpu_us_per_req": cpu_us,

@@ -199,3 +199,18 @@ def test_log_lines_keep_the_caps_and_order(engine: SandboxEngine, load: Load, wh
     assert [line.message for line in numbered] == [f"line {i}" for i in range(1, 200)]
     assert last.source == "platform" and last.message.startswith("51 log lines dropped")
     assert all(a.time_unix <= b.time_unix for a, b in itertools.pairwise(lines))
+
+
+def test_a_job_serves_on_after_a_large_answer_freed_its_buffers(engine: SandboxEngine, load: Load) -> None:
+    mirror = load(FIXTURES / "functions" / "mirror")
+    pool = pool_of(engine)
+    body = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    req = abi.GuestRequest("POST", "http://x/", [], body, "::1", "r", "n", "req-big", abi.Geo())
+
+    async def go() -> list[bytes]:
+        big = await run(pool, mirror, req)
+        small = await run(pool, mirror, REQUEST)
+        return [big.body, small.body]
+
+    assert asyncio.run(go()) == [body, b""]
+    assert len(pool._free) <= 64

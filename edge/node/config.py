@@ -11,7 +11,7 @@ dns_ipv6 = "2001:db8::5"           # default: the url's host when it is an IP li
 cache_dir = ".edge-cache"          # compiled components; relative to this file
 geoip_db = "GeoLite2-City.mmdb"    # optional
 trusted_proxies = ["127.0.0.1/32"] # whose x-forwarded-for is believed
-workers = 16                       # threads running wasm
+workers = 16                       # threads running wasm (and as many native ones for C)
 
 [sandbox]
 pooling = true

@@ -98,6 +98,11 @@ class Outcome:
     events: bytes  # the host calls the call made, for host.replay
     dropped: int  # log lines over the per-request cap
 
+    def bytes_out(self) -> int:
+        """About how much the helper's buffers held for this outcome."""
+        response = self.response
+        return len(self.events) + (len(response.body) if response is not None else 0)
+
 
 class NativeCode:
     """A `struct edge_code` for one Code and one function's limits, with a linker whose host

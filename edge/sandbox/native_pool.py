@@ -22,6 +22,8 @@ from edge.sandbox import abi
 from edge.sandbox.native_invoke import _ARGS, Helper, NativeCode, Outcome, _outcome, _pack
 
 TAKE_AT_ONCE = 64  # finished jobs read per wake-up of the loop
+KEEP_JOBS = 64  # job structs kept for reuse (one per request under way at once)
+KEEP_BYTES = 256 * 1024  # a job's output buffers beyond this are freed once read
 
 
 @dataclass(slots=True)
@@ -110,8 +112,12 @@ class NativePool:
             n = self._take(self._ptr, self._taken_at, TAKE_AT_ONCE)
             for address in self._taken[:n]:
                 pending = self._pending.pop(address or 0)
-                answers.append((pending.future, _answer(pending.job)))
-                self._free.append(pending.job)
+                answer = _answer(pending.job)
+                answers.append((pending.future, answer))
+                if isinstance(answer, Outcome) and answer.bytes_out() > KEEP_BYTES:
+                    self._release(pending.job.address)  # a large answer's copies go now
+                if len(self._free) < KEEP_JOBS:
+                    self._free.append(pending.job)
         for future, answer in answers:
             loop = future.get_loop()
             if loop is self._loop:
