@@ -74,18 +74,13 @@ class NodeMetrics:
         Gauge(
             "edge_node_info", "This node (value 1)", ["node", "region"], registry=r
         ).labels(node_id, region).set(1)
-        if ticker:
-            Gauge(
-                "edge_node_epoch_ticker",
-                "The epoch ticker behind deadlines (value 1): native, or the python fallback",
-                ["ticker"], registry=r,
-            ).labels(ticker).set(1)  # fmt: skip
-        if invoke:
-            Gauge(
-                "edge_node_invoke",
-                "How C functions' fresh requests run (value 1): native, or the python fallback",
-                ["invoke"], registry=r,
-            ).labels(invoke).set(1)  # fmt: skip
+        for name, about, label, kind in (
+            ("edge_node_epoch_ticker", "The epoch ticker behind deadlines", "ticker", ticker),
+            ("edge_node_invoke", "How C functions' fresh requests run", "invoke", invoke),
+        ):
+            if kind:
+                about += " (value 1): native, or the python fallback"
+                Gauge(name, about, [label], registry=r).labels(kind).set(1)
         self._series: dict[Key, FunctionSeries] = {}
         r.register(_Tally(self))
         r.register(_ScrapeTime(cache or CacheStats(), revision, tiers or TierStats()))

@@ -229,23 +229,30 @@ _FIXED_BYTES = 1024  # the fixed part and alignment slack; checked below
 _threads = threading.local()
 
 
+def request_strings(req: GuestRequest, body: bytes) -> list[bytes]:
+    """The request's strings as both request paths pass them: method, url, `body`, client-ip,
+    region, node-id, request-id, country, continent, city (b"" for an absent option)."""
+    geo = req.geo
+    return [
+        req.method.encode(),
+        req.url.encode(),
+        body,
+        req.client_ip.encode(),
+        req.region.encode(),
+        req.node_id.encode(),
+        req.request_id.encode(),
+        b"" if geo.country is None else geo.country.encode(),
+        b"" if geo.continent is None else geo.continent.encode(),
+        b"" if geo.city is None else geo.city.encode(),
+    ]
+
+
 class LoweredRequest:
     """The `request` param, valid while this object lives; pass `pointer` to the call."""
 
     def __init__(self, req: GuestRequest) -> None:
         geo = req.geo
-        strings = [
-            req.method.encode(),
-            req.url.encode(),
-            encode_body(req.body),
-            req.client_ip.encode(),
-            req.region.encode(),
-            req.node_id.encode(),
-            req.request_id.encode(),
-            b"" if geo.country is None else geo.country.encode(),
-            b"" if geo.continent is None else geo.continent.encode(),
-            b"" if geo.city is None else geo.city.encode(),
-        ]
+        strings = request_strings(req, encode_body(req.body))
         headers = [part.encode() for pair in req.headers for part in pair]
         total = sum(map(len, strings)) + sum(map(len, headers))
         need = _FIXED_BYTES + len(headers) // 2 * _HEADER_VALS + total

@@ -157,18 +157,7 @@ def _pack(
     into, which must stay alive until the helper has run (and so must `config`, from
     pack_config)."""
     geo = req.geo
-    items = [
-        req.method.encode(),
-        req.url.encode(),
-        req.body,  # raw: the helper writes it as the WIT's `body`
-        req.client_ip.encode(),
-        req.region.encode(),
-        req.node_id.encode(),
-        req.request_id.encode(),
-        b"" if geo.country is None else geo.country.encode(),
-        b"" if geo.continent is None else geo.continent.encode(),
-        b"" if geo.city is None else geo.city.encode(),
-    ]
+    items = abi.request_strings(req, req.body)  # the body raw: the helper encodes it
     items += [part.encode() for pair in req.headers for part in pair]
     lengths = _lengths.get(len(items))
     if lengths is None:

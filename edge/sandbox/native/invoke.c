@@ -226,6 +226,15 @@ static val_t string_val(const char *data, size_t size) {
     return v;
 }
 
+static val_t record_val(entry_t *entries, size_t size) {
+    val_t v;
+    memset(&v, 0, sizeof v);
+    v.kind = K_RECORD;
+    v.of.record.size = size;
+    v.of.record.data = entries;
+    return v;
+}
+
 /* The body's bytes as the UTF-8 of their ISO-8859-1 reading (see `type body` in the WIT). */
 static size_t encode_body(const uint8_t *in, size_t size, uint8_t *out) {
     size_t n = 0;
@@ -303,10 +312,7 @@ static val_t *lower(struct buffer *arena, const uint8_t *blob, uint32_t n_header
     }
     size_t body_size = encode_body((const uint8_t *)s[S_BODY], n[S_BODY], body);
 
-    memset(root, 0, sizeof *root);
-    root->kind = K_RECORD;
-    root->of.record.size = 6;
-    root->of.record.data = request;
+    *root = record_val(request, 6);
 
     val_t headers;
     memset(&headers, 0, sizeof headers);
@@ -327,27 +333,16 @@ static val_t *lower(struct buffer *arena, const uint8_t *blob, uint32_t n_header
         }
     }
 
-    val_t context_val;
-    memset(&context_val, 0, sizeof context_val);
-    context_val.kind = K_RECORD;
-    context_val.of.record.size = 4;
-    context_val.of.record.data = context;
     set_entry(&request[0], "method", string_val(s[S_METHOD], n[S_METHOD]));
     set_entry(&request[1], "url", string_val(s[S_URL], n[S_URL]));
     set_entry(&request[2], "headers", headers);
     set_entry(&request[3], "body", string_val((const char *)body, body_size));
     set_entry(&request[4], "client-ip", string_val(s[S_CLIENT_IP], n[S_CLIENT_IP]));
-    set_entry(&request[5], "context", context_val);
-
-    val_t geo_val;
-    memset(&geo_val, 0, sizeof geo_val);
-    geo_val.kind = K_RECORD;
-    geo_val.of.record.size = 5;
-    geo_val.of.record.data = geo;
+    set_entry(&request[5], "context", record_val(context, 4));
     set_entry(&context[0], "region", string_val(s[S_REGION], n[S_REGION]));
     set_entry(&context[1], "node-id", string_val(s[S_NODE_ID], n[S_NODE_ID]));
     set_entry(&context[2], "request-id", string_val(s[S_REQUEST_ID], n[S_REQUEST_ID]));
-    set_entry(&context[3], "geo", geo_val);
+    set_entry(&context[3], "geo", record_val(geo, 5));
 
     static const char *const geo_names[5] = {"country", "continent", "city", "latitude",
                                              "longitude"};
