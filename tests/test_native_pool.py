@@ -158,11 +158,7 @@ def test_host_imports_on_the_pool(engine: SandboxEngine, load: Load) -> None:
 def test_closing_runs_the_queued_jobs_and_answers_them(built: Callable[[Path], Path]) -> None:
     project = EXAMPLES / "c" / "hello"
     with SandboxEngine(EngineSettings(pool_total_instances=8, workers=1)) as engine:
-        fn = LoadedFunction(
-            engine, CompileCache(engine, COMPILED), built(project).read_bytes(),
-            load_function_config(project), print,
-        )  # fmt: skip
-        pooled = fn.pooled({})
+        pooled = loaded(engine, built, project).pooled({})
         assert pooled is not None
         pool = pool_of(engine)
 
@@ -201,7 +197,9 @@ def test_log_lines_keep_the_caps_and_order(engine: SandboxEngine, load: Load, wh
     assert all(a.time_unix <= b.time_unix for a, b in itertools.pairwise(lines))
 
 
-def test_a_job_serves_on_after_a_large_answer_freed_its_buffers(engine: SandboxEngine, load: Load) -> None:
+def test_a_job_serves_on_after_a_large_answer_freed_its_buffers(
+    engine: SandboxEngine, load: Load
+) -> None:
     mirror = load(FIXTURES / "functions" / "mirror")
     pool = pool_of(engine)
     body = bytes(range(256)) * 4096  # 1 MiB, every byte value
@@ -214,3 +212,40 @@ def test_a_job_serves_on_after_a_large_answer_freed_its_buffers(engine: SandboxE
 
     assert asyncio.run(go()) == [body, b""]
     assert len(pool._free) <= 64
+
+
+def test_threads_that_do_not_start_leave_requests_on_this_thread(
+    monkeypatch: pytest.MonkeyPatch, built: Callable[[Path], Path]
+) -> None:
+    def refuse(*_: object) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(NativePool, "__init__", refuse)
+    with SandboxEngine(EngineSettings(pool_total_instances=4)) as engine:
+        assert engine.native_pool() is None
+        assert engine.workers_fallback.startswith("native workers unavailable (")
+        hello = loaded(engine, built, EXAMPLES / "c" / "hello")  # the app then calls invoke
+        assert call_here(hello).body == b"Hello from C!\n"
+
+
+def test_a_stopped_pool_refuses_new_requests(built: Callable[[Path], Path]) -> None:
+    with SandboxEngine(EngineSettings(pool_total_instances=4, workers=1)) as engine:
+        pool = pool_of(engine)
+        pool.close()
+        pooled = loaded(engine, built, EXAMPLES / "c" / "hello").pooled({})
+        assert pooled is not None
+
+        async def go() -> None:
+            pool.run(*pooled, REQUEST)
+
+        with pytest.raises(RuntimeError, match="native worker threads are stopped"):
+            asyncio.run(go())
+
+
+def loaded(engine: SandboxEngine, built: Callable[[Path], Path], project: Path) -> LoadedFunction:
+    wasm, config = built(project).read_bytes(), load_function_config(project)
+    return LoadedFunction(engine, CompileCache(engine, COMPILED), wasm, config, print)
+
+
+def call_here(fn: LoadedFunction) -> abi.GuestResponse:
+    return fn.invoke(REQUEST, host.Invocation(fn.name, REQUEST.request_id, {}, print))

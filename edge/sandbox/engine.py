@@ -209,6 +209,7 @@ class SandboxEngine:
                 self.invoke_helper = helper
         self._workers: native_pool.NativePool | None = None
         self._pool_lock = threading.Lock()
+        self.workers_fallback = ""
         self.preparer = Preparer()
         self.tiering = TierUps()
 
@@ -330,12 +331,19 @@ class SandboxEngine:
         return notes
 
     def native_pool(self) -> native_pool.NativePool | None:
-        """The native worker threads (made on first use), or None without the helper."""
-        if self._workers is not None or self.invoke_helper is None:
+        """The native worker threads (made on first use), or None without the helper or when
+        they could not be started (`workers_fallback` says why: requests then run the helper
+        on the loop's thread, as cheap ones of other functions run)."""
+        if self._workers is not None or self.invoke_helper is None or self.workers_fallback:
             return self._workers
         with self._pool_lock:
-            if self._workers is None:
-                self._workers = native_pool.NativePool(self.invoke_helper, self.settings.workers)
+            if self._workers is None and not self.workers_fallback:
+                try:
+                    self._workers = native_pool.NativePool(
+                        self.invoke_helper, self.settings.workers
+                    )
+                except OSError as e:
+                    self.workers_fallback = f"native workers unavailable ({e})"
             return self._workers
 
     def running(self) -> _Running:

@@ -89,6 +89,8 @@ class NativePool:
         has its outcome."""
         loop = asyncio.get_running_loop()
         with self._lock:
+            if self._closed:  # the engine is closing: nothing would run it
+                raise RuntimeError("the native worker threads are stopped")
             if loop is not self._loop:
                 self._watch(loop)
             job = self._free.pop() if self._free else _Job(self._job_size, self._release)
