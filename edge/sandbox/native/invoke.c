@@ -651,27 +651,45 @@ struct edge_job {
     struct edge_job *next;
 };
 
+/* A worker thread. Idle ones wait on their own condition variable, on a stack: a job wakes the
+ * one that went idle last, whose caches (its stack, its arena, wasmtime's per-thread state) are
+ * the warmest, so a lightly loaded node keeps reusing one or two threads instead of cycling
+ * through all of them. */
+struct worker {
+    struct edge_pool *pool;
+    pthread_t id;
+    pthread_cond_t wake;
+    int woken;
+    struct worker *next_idle;
+};
+
 struct edge_pool {
     pthread_mutex_t lock;
-    pthread_cond_t work;
     struct edge_job *head, *tail; /* queued */
     struct edge_job *done;        /* finished, newest first */
+    struct worker *idle;          /* waiting, the last one to go idle first */
     int efd;
     int stop;
     size_t threads;
-    pthread_t *ids;
+    struct worker *workers;
 };
 
 EXPORT size_t edge_pool_size(void) { return sizeof(struct edge_pool); }
 EXPORT size_t edge_job_size(void) { return sizeof(struct edge_job); }
 
-static void *worker(void *arg) {
-    struct edge_pool *p = arg;
+static void *work(void *arg) {
+    struct worker *self = arg;
+    struct edge_pool *p = self->pool;
     struct buffer arena = {0};
     for (;;) {
         pthread_mutex_lock(&p->lock);
-        while (!p->head && !p->stop)
-            pthread_cond_wait(&p->work, &p->lock);
+        while (!p->head && !p->stop) {
+            self->woken = 0;
+            self->next_idle = p->idle;
+            p->idle = self;
+            while (!self->woken && !p->stop)
+                pthread_cond_wait(&self->wake, &p->lock);
+        }
         struct edge_job *job = p->head;
         if (!job) {
             pthread_mutex_unlock(&p->lock);
@@ -702,17 +720,21 @@ static void *worker(void *arg) {
 EXPORT int edge_pool_start(struct edge_pool *p, size_t threads) {
     memset(p, 0, sizeof *p);
     pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->work, NULL);
     p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (p->efd < 0)
         return errno;
-    p->ids = calloc(threads, sizeof *p->ids);
-    if (!p->ids)
+    p->workers = calloc(threads, sizeof *p->workers);
+    if (!p->workers)
         return ENOMEM;
     for (size_t i = 0; i < threads; i++) {
-        int rc = pthread_create(&p->ids[i], NULL, worker, p);
-        if (rc)
+        struct worker *w = &p->workers[i];
+        w->pool = p;
+        pthread_cond_init(&w->wake, NULL);
+        int rc = pthread_create(&w->id, NULL, work, w);
+        if (rc) {
+            pthread_cond_destroy(&w->wake);
             return rc;
+        }
         p->threads++;
     }
     return 0;
@@ -728,8 +750,13 @@ EXPORT void edge_pool_submit(struct edge_pool *p, struct edge_job *job) {
     else
         p->head = job;
     p->tail = job;
+    struct worker *w = p->idle; /* none idle: a busy one takes it when it is done */
+    if (w) {
+        p->idle = w->next_idle;
+        w->woken = 1;
+        pthread_cond_signal(&w->wake);
+    }
     pthread_mutex_unlock(&p->lock);
-    pthread_cond_signal(&p->work);
 }
 
 /* Up to `cap` finished jobs into `out`, oldest first; returns how many. Jobs beyond `cap` stay
@@ -774,12 +801,15 @@ EXPORT size_t edge_pool_take(struct edge_pool *p, struct edge_job **out, size_t 
 EXPORT void edge_pool_stop(struct edge_pool *p) {
     pthread_mutex_lock(&p->lock);
     p->stop = 1;
-    pthread_mutex_unlock(&p->lock);
-    pthread_cond_broadcast(&p->work);
     for (size_t i = 0; i < p->threads; i++)
-        pthread_join(p->ids[i], NULL);
-    free(p->ids);
-    p->ids = NULL;
+        pthread_cond_signal(&p->workers[i].wake);
+    pthread_mutex_unlock(&p->lock);
+    for (size_t i = 0; i < p->threads; i++) {
+        pthread_join(p->workers[i].id, NULL);
+        pthread_cond_destroy(&p->workers[i].wake);
+    }
+    free(p->workers);
+    p->workers = NULL;
     p->threads = 0;
 }
 
@@ -789,7 +819,6 @@ EXPORT void edge_pool_free(struct edge_pool *p) {
         close(p->efd);
     p->efd = -1;
     pthread_mutex_destroy(&p->lock);
-    pthread_cond_destroy(&p->work);
 }
 
 /* Frees a job's output buffers (the job itself is the caller's memory). */
