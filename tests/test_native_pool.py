@@ -60,7 +60,7 @@ async def run(pool: NativePool, fn: LoadedFunction, req: abi.GuestRequest) -> ab
     pooled = fn.pooled(fn.config.config)
     assert pooled is not None
     invocation = host.Invocation(fn.name, req.request_id, fn.config.config, print)
-    return fn.native_finish(await pool.run(*pooled, req), invocation)
+    return fn.native_finish(await pool.run(pooled, req), invocation)
 
 
 def test_answers_as_the_call_on_this_thread(engine: SandboxEngine, load: Load) -> None:
@@ -146,7 +146,7 @@ def test_host_imports_on_the_pool(engine: SandboxEngine, load: Load) -> None:
     assert pooled is not None
 
     async def go() -> abi.GuestResponse:
-        return fn.native_finish(await pool_of(engine).run(*pooled, REQUEST), invocation)
+        return fn.native_finish(await pool_of(engine).run(pooled, REQUEST), invocation)
 
     started = time.time()
     resp = asyncio.run(go())
@@ -163,7 +163,7 @@ def test_closing_runs_the_queued_jobs_and_answers_them(built: Callable[[Path], P
         pool = pool_of(engine)
 
         async def queue_and_close() -> list[asyncio.Future[Outcome]]:
-            futures = [pool.run(*pooled, REQUEST) for _ in range(50)]
+            futures = [pool.run(pooled, REQUEST) for _ in range(50)]
             pool.close()  # its one thread runs all 50 first
             return futures
 
@@ -183,7 +183,7 @@ def test_log_lines_keep_the_caps_and_order(engine: SandboxEngine, load: Load, wh
         assert pooled is not None
 
         async def go() -> abi.GuestResponse:
-            return fn.native_finish(await pool_of(engine).run(*pooled, REQUEST), invocation)
+            return fn.native_finish(await pool_of(engine).run(pooled, REQUEST), invocation)
 
         resp = asyncio.run(go())
     else:
@@ -236,7 +236,7 @@ def test_a_stopped_pool_refuses_new_requests(built: Callable[[Path], Path]) -> N
         assert pooled is not None
 
         async def go() -> None:
-            pool.run(*pooled, REQUEST)
+            pool.run(pooled, REQUEST)
 
         with pytest.raises(RuntimeError, match="native worker threads are stopped"):
             asyncio.run(go())

@@ -344,7 +344,7 @@ class FunctionServer:
                                     trace_id=trace.trace_id, marks=[] if recorded else None)
             try:
                 with function.engine.running():
-                    outcome = await pool.run(*pooled, request)
+                    outcome = await pool.run(pooled, request)
                 return function.native_finish(outcome, invocation)
             finally:
                 _instantiated(invocation, series)

@@ -293,22 +293,22 @@ class LoadedFunction:
         do, with the same metrics, spans and errors."""
         helper = self.engine.invoke_helper
         assert helper is not None  # else there would be no `native`
-        measure = self._instantiate_samples is not None
-        config = self._packed_config(invocation.config)
-        return self.native_finish(helper.fresh(native, ticks, measure, config, request),
-                                  invocation)  # fmt: skip
+        call = self._call_for(native, ticks, invocation.config)
+        return self.native_finish(helper.fresh(call, request), invocation)
 
-    def pooled(
-        self, config: Mapping[str, str]
-    ) -> tuple[native_invoke.NativeCode, int, bool, bytes] | None:
+    def pooled(self, config: Mapping[str, str]) -> native_invoke.Call | None:
         """What a request needs to run on the engine's native worker threads (see
-        native_pool): the code, the deadline in ticks, whether to measure instantiation's CPU
-        time, `config` packed for config.get; None when it cannot (see _native_for)."""
+        native_pool); None when it cannot (see _native_for)."""
         native = self._native
         if native is None or self._prepared:
             return None
+        return self._call_for(native, self._deadline_ticks, config)
+
+    def _call_for(
+        self, native: native_invoke.NativeCode, ticks: int, config: Mapping[str, str]
+    ) -> native_invoke.Call:
         measure = self._instantiate_samples is not None
-        return native, self._deadline_ticks, measure, self._packed_config(config)
+        return native_invoke.Call(native, ticks, measure, self._packed_config(config))
 
     def _packed_config(self, config: Mapping[str, str]) -> bytes:
         # Packed once per mapping (a version's config: the same object request after request);

@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Mapping
 from ctypes import c_char_p, c_int64, c_size_t, c_uint64, c_void_p
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from wasmtime import _ffi as ffi
 
@@ -68,7 +69,7 @@ _SHAPE, _BODY_OVER_LIMIT, _BODY_CODE_POINT = 1, 2, 3  # what was wrong with a re
 _OUT = struct.Struct("<qqQQQQQQQQqq4qQQQ")
 # struct edge_args: code, deadline ticks, measure_cpu, blob, n_headers, geo flags, latitude,
 # longitude, config.
-_ARGS = struct.Struct("<QQQQQQddQ")
+ARGS = struct.Struct("<QQQQQQddQ")
 _HEADER = struct.Struct("<II")  # a lifted header's name and value sizes, before their bytes
 _lengths: dict[int, struct.Struct] = {}
 
@@ -120,6 +121,16 @@ class NativeCode:
         self.address = ctypes.addressof(self._buffer)
 
 
+class Call(NamedTuple):
+    """What a fresh request needs besides the request itself, on either of the helper's paths
+    (Helper.fresh on this thread, NativePool.run on its workers)."""
+
+    native: NativeCode
+    ticks: int  # the epoch deadline
+    measure_cpu: bool  # also measure instantiation's thread CPU time (see prepare)
+    config: bytes  # what config.get reads (pack_config)
+
+
 def pack_config(config: Mapping[str, str]) -> bytes:
     """What config.get reads, as the helper reads it: u32 count, then per entry u32 key size,
     u32 value size, key, value."""
@@ -134,7 +145,7 @@ class _Scratch(threading.local):
     """A thread's struct edge_args and edge_out, for calls on this thread."""
 
     def __init__(self) -> None:
-        self.buffer = ctypes.create_string_buffer(_ARGS.size + _OUT.size)
+        self.buffer = ctypes.create_string_buffer(ARGS.size + _OUT.size)
         self.address = ctypes.addressof(self.buffer)
         self.view = memoryview(self.buffer).cast("B")
 
@@ -145,17 +156,9 @@ _probe = b"layout probe"
 assert ctypes.string_at(id(_probe) + _BYTES_DATA, len(_probe)) == _probe
 
 
-def _pack(
-    view: memoryview,
-    native: NativeCode,
-    ticks: int,
-    measure_cpu: bool,
-    config: bytes,
-    req: abi.GuestRequest,
-) -> bytes:
+def pack(view: memoryview, call: Call, req: abi.GuestRequest) -> bytes:
     """Writes struct edge_args for `req` at the start of `view`; returns the blob it points
-    into, which must stay alive until the helper has run (and so must `config`, from
-    pack_config)."""
+    into, which must stay alive until the helper has run (and so must `call.config`)."""
     geo = req.geo
     items = abi.request_strings(req, req.body)  # the body raw: the helper encodes it
     items += [part.encode() for pair in req.headers for part in pair]
@@ -170,14 +173,15 @@ def _pack(
         | (geo.latitude is not None) << 3
         | (geo.longitude is not None) << 4
     )
-    _ARGS.pack_into(
-        view, 0, native.address, ticks, measure_cpu, id(blob) + _BYTES_DATA, len(req.headers),
-        flags, geo.latitude or 0.0, geo.longitude or 0.0, id(config) + _BYTES_DATA,
+    ARGS.pack_into(
+        view, 0, call.native.address, call.ticks, call.measure_cpu, id(blob) + _BYTES_DATA,
+        len(req.headers), flags, geo.latitude or 0.0, geo.longitude or 0.0,
+        id(call.config) + _BYTES_DATA,
     )  # fmt: skip
     return blob
 
 
-def _outcome(view: memoryview, at: int) -> Outcome:
+def outcome_at(view: memoryview, at: int) -> Outcome:
     """Reads the struct edge_out at `at` in `view` (copying what it points to)."""
     (stage, problem, error, detail, status, n_headers, headers_at, headers_size, body_at,
      body_size, instantiate_ns, cpu_ns, w0, w1, w2, w3, events_at, events_size,
@@ -239,22 +243,14 @@ class Helper:
         weakref.finalize(native, self._linker_delete, linker)
         return native
 
-    def fresh(
-        self,
-        native: NativeCode,
-        ticks: int,
-        measure_cpu: bool,
-        config: bytes,
-        req: abi.GuestRequest,
-    ) -> Outcome:
-        """Runs `req` in a fresh instance of `native`'s code with an epoch deadline of `ticks`,
-        on this thread. `measure_cpu`: also measure instantiation's thread CPU time (see
-        prepare); `config`: what config.get reads (pack_config)."""
+    def fresh(self, call: Call, req: abi.GuestRequest) -> Outcome:
+        """Runs `req` in a fresh instance of `call.native`'s code, on this thread."""
         scratch = self._scratch
-        blob = _pack(scratch.view, native, ticks, measure_cpu, config, req)
-        self._fresh(scratch.address, scratch.address + _ARGS.size)
+        blob = pack(scratch.view, call, req)
+        self._fresh(scratch.address, scratch.address + ARGS.size)
         del blob  # alive until here: the helper read it in place
-        return _outcome(scratch.view, _ARGS.size)
+        return outcome_at(scratch.view, ARGS.size)
+
 
 def _headers(raw: bytes, n: int) -> abi.Headers:
     out: abi.Headers = []

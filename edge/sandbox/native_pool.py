@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.sandbox import abi
-from edge.sandbox.native_invoke import _ARGS, Helper, NativeCode, Outcome, _outcome, _pack
+from edge.sandbox.native_invoke import ARGS, Call, Helper, Outcome, outcome_at, pack
 
 TAKE_AT_ONCE = 64  # finished jobs read per wake-up of the loop
 KEEP_JOBS = 64  # job structs kept for reuse (one per request under way at once)
@@ -31,8 +31,7 @@ class _Pending:
     future: asyncio.Future[Outcome]
     job: _Job
     blob: bytes  # read by the worker in place: alive until the job is done
-    config: bytes  # likewise
-    native: NativeCode  # its Code too, whose pointers the job holds
+    call: Call  # likewise its config, and its Code, whose pointers the job holds
 
 
 class _Job:
@@ -77,16 +76,8 @@ class NativePool:
         self._lock = threading.Lock()  # loops of other threads may run requests too
         self._closed = False
 
-    def run(
-        self,
-        native: NativeCode,
-        ticks: int,
-        measure_cpu: bool,
-        config: bytes,
-        req: abi.GuestRequest,
-    ) -> asyncio.Future[Outcome]:
-        """Queues `req` (arguments as Helper.fresh's); the future, of the running event loop,
-        has its outcome."""
+    def run(self, call: Call, req: abi.GuestRequest) -> asyncio.Future[Outcome]:
+        """Queues `req`; the future, of the running event loop, has its outcome."""
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._closed:  # the engine is closing: nothing would run it
@@ -94,9 +85,9 @@ class NativePool:
             if loop is not self._loop:
                 self._watch(loop)
             job = self._free.pop() if self._free else _Job(self._job_size, self._release)
-            blob = _pack(job.view, native, ticks, measure_cpu, config, req)
+            blob = pack(job.view, call, req)
             future: asyncio.Future[Outcome] = loop.create_future()
-            self._pending[job.address] = _Pending(future, job, blob, config, native)
+            self._pending[job.address] = _Pending(future, job, blob, call)
         self._submit(self._ptr, job.address)
         return future
 
@@ -142,7 +133,7 @@ class NativePool:
 
 def _answer(job: _Job) -> Outcome | BaseException:
     try:
-        return _outcome(job.view, _ARGS.size)
+        return outcome_at(job.view, ARGS.size)
     except MemoryError as e:  # the helper could not allocate its buffers
         return e
 
