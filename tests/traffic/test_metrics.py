@@ -22,7 +22,7 @@ from edge.errors import ConfigError
 from edge.traffic.metrics import DROPPED, DnsStats
 from edge.traffic.regions import load_traffic_config
 
-from ..metrics_text import Scrape, delta
+from ..metrics_text import Sample, Scrape, delta
 from .conftest import BASE_TOML, CITY_TEST_DB, MakeConfig, MakeStack
 from .test_main import (
     EXAMPLE,
@@ -138,12 +138,24 @@ def test_labels_stay_bounded(dns_with_metrics: tuple[DnsProcess, str]) -> None:
             query(proc, f"x{rng.randrange(10**9)}.edge.test.", ecs=ecs)  # NXDOMAIN
             query(proc, "www.edge.test.", rng.choice([65280 + rng.randrange(200), 99]), ecs=ecs)
 
+    changes = "edge_dns_health_changes_total"
+    nodes = {n.name for n in load_traffic_config(EXAMPLE).nodes}
+    # Health series appear when a node's first check lands (and again if a slow probe on a busy
+    # machine flaps it), independently of queries: wait for every node's first check, and hold
+    # them to the configured nodes rather than to the first scrape.
+    assert until(lambda: all(Scrape.of(url).value(changes, node=n) >= 1 for n in nodes))
     burst(5)
     first = Scrape.of(url)
     burst(100)
     second = Scrape.of(url)
     assert delta(first, second, "edge_dns_queries_total") == 200
-    assert second.series() == first.series()
+
+    def by_queries(scrape: Scrape) -> set[Sample]:
+        return {s for s in scrape.series() if not s[0].startswith("edge_dns_health_changes")}
+
+    assert by_queries(second) == by_queries(first)
+    health = {dict(ls)["node"] for name, ls in second.series() if name == changes}
+    assert health == nodes
     assert "x" not in {v[:1] for _, ls in second.series() for k, v in ls if k != "le"}
 
 
