@@ -165,6 +165,7 @@ class DevServer:
                 await self.rebuild()
 
     async def serve(self) -> None:
+        self.runtime.engine.start_workers()
         for note in self.runtime.engine.notes:  # as `edge node` says them
             self.out.note(f"edge dev: {note}")
         if self.values.merged:

@@ -222,8 +222,13 @@ def test_threads_that_do_not_start_leave_requests_on_this_thread(
 
     monkeypatch.setattr(NativePool, "__init__", refuse)
     with SandboxEngine(EngineSettings(pool_total_instances=4)) as engine:
+        assert engine.workers_summary == "not started" and engine.notes == []
+        engine.start_workers()  # as a server does before it says its notes
         assert engine.native_pool() is None
         assert engine.workers_fallback.startswith("native workers unavailable (")
+        why = "native workers unavailable ([Errno 11] Resource temporarily unavailable)"
+        assert engine.workers_summary == f"inline ({why})"
+        assert engine.notes == [f"workers: inline, {why}"]
         hello = loaded(engine, built, EXAMPLES / "c" / "hello")  # the app then calls invoke
         assert call_here(hello).body == b"Hello from C!\n"
 

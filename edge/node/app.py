@@ -109,6 +109,7 @@ def ops_app(runtime: NodeRuntime) -> Starlette:
                 # "native", or "python" with why when the native one could not be had.
                 "epoch_ticker": runtime.engine.ticker_summary,
                 "invoke": runtime.engine.invoke_summary,
+                "workers": runtime.engine.workers_summary,
             },
             status_code=200 if ready else 503,
         )
@@ -333,12 +334,9 @@ class FunctionServer:
         """Runs the function; `key` is its routed name ("tenant/name" on a follower), which
         its log lines carry so the control plane can file them."""
         sink = self.runtime.sink
-        hint = self.hints.get(function)
-        if hint is None:
-            hint = self.hints[function] = InlineHint()
         recorded = trace.spans is not None
-        pool = self.runtime.engine.native_pool()
-        pooled = function.pooled(config) if pool is not None else None
+        pooled = function.pooled(config)  # None unless it runs on the native path (C)
+        pool = self.runtime.engine.native_pool() if pooled is not None else None
         if pooled is not None and pool is not None:
             invocation = Invocation(key, request_id, config, sink, version=version,
                                     trace_id=trace.trace_id, marks=[] if recorded else None)
@@ -349,6 +347,9 @@ class FunctionServer:
             finally:
                 _instantiated(invocation, series)
                 _finish(trace, invocation)
+        hint = self.hints.get(function)
+        if hint is None:
+            hint = self.hints[function] = InlineHint()
         if hint.eligible():
             buffer = _LogBuffer(sink)
             invocation = Invocation(key, request_id, config, buffer, version=version,

@@ -92,6 +92,7 @@ async def run_node(config: NodeConfig, out: Output | None = None) -> None:
         )  # fmt: skip
     writer = LogWriter("json")
     runtime = NodeRuntime(config, writer if shipper is None else Tee([writer, shipper]))
+    runtime.engine.start_workers()
     for note in runtime.engine.notes:
         say.note(f"edge node: {note}")
     runtime.spans = span_exporter(config)

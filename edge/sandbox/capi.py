@@ -16,12 +16,17 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 
-def _bind(name: str, restype: Any, argtypes: list[Any]) -> Any:
-    # A fresh function object (`dll[name]`), so wasmtime-py's own prototypes stay untouched.
-    func = ffi.dll[name]
+def bind(dll: ctypes.CDLL, name: str, restype: Any, argtypes: list[Any]) -> Any:
+    """`dll`'s function `name` with the given prototype. A fresh function object (`dll[name]`,
+    not the cached `dll.name`), so prototypes others set on the same library stay untouched."""
+    func = dll[name]
     func.restype = restype
     func.argtypes = argtypes
     return func
+
+
+def _bind(name: str, restype: Any, argtypes: list[Any]) -> Any:
+    return bind(ffi.dll, name, restype, argtypes)
 
 
 _P = c_void_p

@@ -328,7 +328,25 @@ class SandboxEngine:
             notes.append(f"epoch ticker: {self.ticker.kind}, {self.ticker_fallback}")
         if self.invoke_fallback:
             notes.append(f"invoke: python, {self.invoke_fallback}")
+        if self.workers_fallback:
+            notes.append(f"workers: inline, {self.workers_fallback}")
         return notes
+
+    @property
+    def workers_summary(self) -> str:
+        """Where C functions' fresh requests run: "native" (the worker threads), "inline (why)"
+        when the threads did not start (the helper runs on the loop's thread), "off" without
+        the native request path, "not started" before the first use (see start_workers)."""
+        if self.invoke_helper is None:
+            return "off"
+        if self.workers_fallback:
+            return _summary("inline", self.workers_fallback)
+        return NATIVE if self._workers is not None else "not started"
+
+    def start_workers(self) -> None:
+        """Starts the native worker threads now rather than on the first request, so that a
+        server can say at start when they cannot be had (`notes`)."""
+        self.native_pool()
 
     def native_pool(self) -> native_pool.NativePool | None:
         """The native worker threads (made on first use), or None without the helper or when

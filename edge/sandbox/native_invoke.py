@@ -28,6 +28,7 @@ from typing import NamedTuple
 from wasmtime import _ffi as ffi
 
 from edge.sandbox import abi, native_build
+from edge.sandbox.capi import bind
 from edge.sandbox.code import Code
 
 NATIVE = "native"
@@ -222,15 +223,9 @@ class Helper:
         )
         dll.edge_invoke_init(functions)
         self.dll = dll
-        self._fresh = dll.edge_invoke_fresh
-        self._fresh.restype = None
-        self._fresh.argtypes = [c_void_p, c_void_p]
-        self._linker_new = dll.edge_linker_new
-        self._linker_new.restype = c_void_p
-        self._linker_new.argtypes = [c_void_p, c_char_p, c_size_t]
-        self._linker_delete = dll.edge_linker_delete
-        self._linker_delete.restype = None
-        self._linker_delete.argtypes = [c_void_p]
+        self._fresh = bind(dll, "edge_invoke_fresh", None, [c_void_p, c_void_p])
+        self._linker_new = bind(dll, "edge_linker_new", c_void_p, [c_void_p, c_char_p, c_size_t])
+        self._linker_delete = bind(dll, "edge_linker_delete", None, [c_void_p])
         self._scratch = _Scratch()
 
     def code(self, code: Code, memory_limit_bytes: int, body_limit: int) -> NativeCode | None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.sandbox import abi
+from edge.sandbox.capi import bind
 from edge.sandbox.native_invoke import ARGS, Call, Helper, Outcome, outcome_at, pack
 
 TAKE_AT_ONCE = 64  # finished jobs read per wake-up of the loop
@@ -53,21 +54,21 @@ class _Job:
 class NativePool:
     def __init__(self, helper: Helper, threads: int) -> None:
         dll = helper.dll
-        self._submit = _bind(dll, "edge_pool_submit", None, [c_void_p, c_void_p])
-        self._take = _bind(dll, "edge_pool_take", c_size_t, [c_void_p, c_void_p, c_size_t])
-        self._stop = _bind(dll, "edge_pool_stop", None, [c_void_p])
-        self._free_pool = _bind(dll, "edge_pool_free", None, [c_void_p])
-        self._release = _bind(dll, "edge_job_release", None, [c_void_p])
-        self._job_size = int(_bind(dll, "edge_job_size", c_size_t, [])())
-        size = int(_bind(dll, "edge_pool_size", c_size_t, [])())
+        self._submit = bind(dll, "edge_pool_submit", None, [c_void_p, c_void_p])
+        self._take = bind(dll, "edge_pool_take", c_size_t, [c_void_p, c_void_p, c_size_t])
+        self._stop = bind(dll, "edge_pool_stop", None, [c_void_p])
+        self._free_pool = bind(dll, "edge_pool_free", None, [c_void_p])
+        self._release = bind(dll, "edge_job_release", None, [c_void_p])
+        self._job_size = int(bind(dll, "edge_job_size", c_size_t, [])())
+        size = int(bind(dll, "edge_pool_size", c_size_t, [])())
         self._state = (ctypes.c_uint64 * -(-size // 8))()
         self._ptr = ctypes.addressof(self._state)
-        rc = _bind(dll, "edge_pool_start", c_int, [c_void_p, c_size_t])(self._ptr, threads)
+        rc = bind(dll, "edge_pool_start", c_int, [c_void_p, c_size_t])(self._ptr, threads)
         if rc:
             self._stop(self._ptr)
             self._free_pool(self._ptr)
             raise OSError(rc, f"the native worker threads did not start: {os.strerror(rc)}")
-        self.eventfd = int(_bind(dll, "edge_pool_eventfd", c_int, [c_void_p])(self._ptr))
+        self.eventfd = int(bind(dll, "edge_pool_eventfd", c_int, [c_void_p])(self._ptr))
         self._taken = (c_void_p * TAKE_AT_ONCE)()
         self._taken_at = ctypes.addressof(self._taken)
         self._pending: dict[int, _Pending] = {}
@@ -145,10 +146,3 @@ def _settle(future: asyncio.Future[Outcome], answer: Outcome | BaseException) ->
         future.set_exception(answer)
     else:
         future.set_result(answer)
-
-
-def _bind(dll: ctypes.CDLL, name: str, restype: Any, argtypes: list[Any]) -> Any:
-    func = dll[name]
-    func.restype = restype
-    func.argtypes = argtypes
-    return func

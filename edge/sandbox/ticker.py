@@ -24,11 +24,12 @@ import weakref
 from collections.abc import Callable
 from ctypes import c_int, c_size_t, c_uint64, c_void_p
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import wasmtime
 
 from edge.sandbox import capi, native_build
+from edge.sandbox.capi import bind
 
 IDLE_TICKS = 250  # ticks without wasm before the ticker sleeps (0.5 s at 2 ms)
 NATIVE = "native"
@@ -61,23 +62,15 @@ class _Lib:
 
     def __init__(self, dll: ctypes.CDLL) -> None:
         self.dll = dll
-        self.size = self._bind("edge_ticker_size", c_size_t, [])
-        self.start = self._bind(
-            "edge_ticker_start", c_int, [c_void_p, c_void_p, c_uint64, c_uint64]
-        )
-        self.add = self._bind("edge_ticker_add", c_int, [c_void_p, c_void_p])
-        self.remove = self._bind("edge_ticker_remove", c_int, [c_void_p, c_void_p])
-        self.stats = self._bind("edge_ticker_stats", None, [c_void_p, c_void_p])
-        self.stop = self._bind("edge_ticker_stop", None, [c_void_p])
+        self.size = bind(dll, "edge_ticker_size", c_size_t, [])
+        self.start = bind(dll, "edge_ticker_start", c_int, [c_void_p, c_void_p, c_uint64, c_uint64])
+        self.add = bind(dll, "edge_ticker_add", c_int, [c_void_p, c_void_p])
+        self.remove = bind(dll, "edge_ticker_remove", c_int, [c_void_p, c_void_p])
+        self.stats = bind(dll, "edge_ticker_stats", None, [c_void_p, c_void_p])
+        self.stop = bind(dll, "edge_ticker_stop", None, [c_void_p])
         fast = ctypes.PYFUNCTYPE(None, c_void_p)
         self.enter = fast(self._address("edge_ticker_enter"))
         self.leave = fast(self._address("edge_ticker_leave"))
-
-    def _bind(self, name: str, restype: Any, argtypes: list[Any]) -> Any:
-        func = self.dll[name]
-        func.restype = restype
-        func.argtypes = argtypes
-        return func
 
     def _address(self, name: str) -> int:
         value = ctypes.cast(self.dll[name], c_void_p).value
