@@ -115,6 +115,17 @@ class InvalidResponse(FunctionError):
     reason = "invalid_response"
 
 
+# --- The node's fault ---------------------------------------------------------------------------
+
+
+class NodeOutOfMemory(EdgeError):
+    """The node could not allocate what a request needs (not the function's memory limit,
+    which is MemoryLimitExceeded): retry, here or elsewhere."""
+
+    status = 503
+    reason = "node_out_of_memory"
+
+
 # --- Rejected before any request: bad artifacts and configuration -------------------------------
 
 

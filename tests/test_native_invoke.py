@@ -5,18 +5,21 @@ not match wasmtime-py's layout. test_sandbox runs all its tests on both paths as
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from edge.config.function import load_function_config
+from edge.errors import NodeOutOfMemory
+from edge.node import http
 from edge.sandbox import abi, capi, host, native_build, native_invoke
 from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import EngineSettings, SandboxEngine
 from edge.sandbox.function import LoadedFunction
 
-from .conftest import COMPILED, EXAMPLES
+from .conftest import COMPILED, EXAMPLES, FIXTURES
 
 pytestmark = pytest.mark.toolchain
 
@@ -137,3 +140,58 @@ def test_without_the_helper_the_python_path_serves_and_says_why(
         assert engine.invoke_summary == f"python (native invoke unavailable ({why}))"
         assert engine.notes[-1] == f"invoke: python, native invoke unavailable ({why})"
         assert call(load(engine, "hello"), SHAPES["geo in part"]).body == b"Hello from C!\n"
+
+
+def test_a_log_line_over_the_helpers_cut_keeps_whole_characters(
+    engines: dict[str, SandboxEngine], built: Callable[[Path], Path]
+) -> None:
+    engine = engines["native"]
+    project = FIXTURES / "functions" / "logs"
+    fn = LoadedFunction(
+        engine, CompileCache(engine, COMPILED), built(project).read_bytes(),
+        load_function_config(project), lambda _: None,
+    )  # fmt: skip
+    pooled, helper = fn.pooled(fn.config.config), engine.invoke_helper
+    assert pooled is not None and helper is not None
+    outcome = helper.fresh(pooled, SHAPES["geo in part"])
+    kind, level, size, _ = host._EVENT.unpack_from(outcome.events, 0)
+    message = outcome.events[host._EVENT.size : host._EVENT.size + size]
+    # "a" and 5,000 four-byte characters (20,001 bytes) logged; the helper keeps at most 16,388
+    # bytes, which falls inside a character here: it keeps the 4,096 whole ones before it (more
+    # than the node keeps of a line, so the node's own truncation still marks it).
+    assert (kind, host.LOG_LEVELS[level]) == (1, "error")
+    assert size == 1 + 4 * 4096
+    assert message.decode() == "a" + "😀" * 4096  # strict: a cut character would raise
+
+
+def test_a_linker_the_helper_cannot_make_leaves_the_function_on_the_python_path(
+    engines: dict[str, SandboxEngine], load: Load, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    helper = engines["native"].invoke_helper
+    assert helper is not None
+    monkeypatch.setattr(helper, "_linker_new", lambda *_: None)  # as edge_linker_new's NULL
+    fn = load(engines["native"], "hello")
+    assert fn.pooled({}) is None  # so the node does not queue it for the workers either
+    instantiated: list[int] = []
+    real = capi.linker_instantiate
+
+    def counted(*args: object) -> object:
+        instantiated.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(capi, "linker_instantiate", counted)
+    assert call(fn, SHAPES["geo in full"]).body == b"Hello from C!\n"
+    assert instantiated == [1]
+
+
+def test_the_helper_out_of_memory_is_the_nodes_fault_not_the_functions() -> None:
+    out = bytearray(native_invoke._OUT.size)
+    struct.pack_into("<q", out, 0, native_invoke.OUT_OF_MEMORY)  # edge_out's first field: stage
+    with pytest.raises(NodeOutOfMemory, match="could not allocate its buffers") as caught:
+        native_invoke.outcome_at(memoryview(out), 0)
+    status, _, body = http.error_parts(caught.value, "req-oom")
+    assert status == 503
+    assert json.loads(body) == {
+        "error": "node_out_of_memory", "request_id": "req-oom",
+        "message": "the native invoke helper could not allocate its buffers",
+    }  # fmt: skip

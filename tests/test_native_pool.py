@@ -20,8 +20,8 @@ from edge.sandbox import abi, host
 from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import EngineSettings, SandboxEngine
 from edge.sandbox.function import LoadedFunction
-from edge.sandbox.native_invoke import Outcome
-from edge.sandbox.native_pool import NativePool
+from edge.sandbox.native_invoke import FAILED_CALL, Outcome
+from edge.sandbox.native_pool import KEEP_BYTES, KEEP_JOBS, NativePool
 
 from .conftest import COMPILED, EXAMPLES, FIXTURES
 
@@ -125,6 +125,26 @@ def test_a_request_given_up_leaves_nothing_behind(engine: SandboxEngine, load: L
     assert not pool._pending
 
 
+def test_a_job_keeps_the_epoch_ticker_awake_until_it_ends(
+    engine: SandboxEngine, load: Load
+) -> None:
+    loop_fn = load(FIXTURES / "functions" / "loop")
+    pooled = loop_fn.pooled({})
+    assert pooled is not None
+    deadline = time.monotonic() + 10
+    while not engine.ticker.stats().asleep:  # no wasm ran for a while: the ticker sleeps
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    async def go() -> Outcome:  # nothing but the pool itself wakes the ticker here
+        return await asyncio.wait_for(pool_of(engine).run(pooled, REQUEST), 5)
+
+    started = time.monotonic()
+    assert asyncio.run(go()).stage == FAILED_CALL  # its deadline (100 ms) trapped it
+    assert time.monotonic() - started < 2
+    assert engine.ticker.stats().running == 0
+
+
 def test_event_loops_come_and_go(engine: SandboxEngine, load: Load) -> None:
     hello = load(EXAMPLES / "c" / "hello")
     for _ in range(3):  # a new loop each time, as tests and `edge dev` reloads make
@@ -136,6 +156,41 @@ def test_event_loops_come_and_go(engine: SandboxEngine, load: Load) -> None:
     thread.start()
     thread.join(timeout=30)
     assert answers == [200]
+
+
+def test_a_loop_that_lost_the_pool_to_another_still_gets_its_answers(
+    engine: SandboxEngine, load: Load
+) -> None:
+    loop_fn, hello = load(FIXTURES / "functions" / "loop"), load(EXAMPLES / "c" / "hello")
+    pool = pool_of(engine)
+    queued, answered = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    async def slow() -> None:  # on its own thread's loop, which watches the pool first
+        pooled = loop_fn.pooled(loop_fn.config.config)
+        assert pooled is not None
+        job = pool.run(pooled, REQUEST)  # queued (and this loop watching) when it returns
+        queued.set()
+        try:
+            outcome = await job
+        except BaseException as e:
+            seen.append(repr(e))
+        else:
+            seen.append(f"stage {outcome.stage}")
+        answered.set()
+
+    async def fast() -> None:  # this loop takes the pool over while the slow job runs
+        assert queued.wait(10)
+        assert (await run(pool, hello, REQUEST)).status == 200
+        seen.append("hello")
+        assert pool._loop is asyncio.get_running_loop()
+        await asyncio.to_thread(answered.wait, 10)  # the slow job ends on this loop's watch
+
+    other = threading.Thread(target=lambda: asyncio.run(slow()))
+    other.start()
+    asyncio.run(fast())
+    other.join(timeout=10)
+    assert seen == ["hello", f"stage {FAILED_CALL}"]  # the deadline's trap, as an outcome
 
 
 def test_host_imports_on_the_pool(engine: SandboxEngine, load: Load) -> None:
@@ -191,7 +246,7 @@ def test_log_lines_keep_the_caps_and_order(engine: SandboxEngine, load: Load, wh
     invocation.report_dropped()
     assert resp.body == b"hej"
     first, *numbered, last = lines
-    assert first.level == "error" and first.message == "é" * 4096 + "…(truncated)"
+    assert first.level == "error" and first.message == "a" + "😀" * 4095 + "…(truncated)"
     assert [line.message for line in numbered] == [f"line {i}" for i in range(1, 200)]
     assert last.source == "platform" and last.message.startswith("51 log lines dropped")
     assert all(a.time_unix <= b.time_unix for a, b in itertools.pairwise(lines))
@@ -211,7 +266,15 @@ def test_a_job_serves_on_after_a_large_answer_freed_its_buffers(
         return [big.body, small.body]
 
     assert asyncio.run(go()) == [body, b""]
-    assert len(pool._free) <= 64
+    assert len(pool._free) <= KEEP_JOBS
+    # Its buffers were freed once read (the small answer after it may have used another job),
+    # while a job that answered ~100 KiB keeps its buffers for the next request.
+    assert all(pool.held(job.address) <= KEEP_BYTES for job in pool._free)
+    pool._free.clear()
+    mid = abi.GuestRequest("POST", "http://x/", [], body[: 100 * 1024], "::1", "r", "n", "req-mid",
+                           abi.Geo())  # fmt: skip
+    assert asyncio.run(run(pool, mirror, mid)).body == mid.body
+    assert [pool.held(job.address) >= 100 * 1024 for job in pool._free] == [True]
 
 
 def test_threads_that_do_not_start_leave_requests_on_this_thread(

@@ -340,10 +340,8 @@ class FunctionServer:
         if pooled is not None and pool is not None:
             invocation = Invocation(key, request_id, config, sink, version=version,
                                     trace_id=trace.trace_id, marks=[] if recorded else None)
-            try:
-                with function.engine.running():
-                    outcome = await pool.run(pooled, request)
-                return function.native_finish(outcome, invocation)
+            try:  # the pool keeps the epoch ticker awake while the job runs
+                return function.native_finish(await pool.run(pooled, request), invocation)
             finally:
                 _instantiated(invocation, series)
                 _finish(trace, invocation)

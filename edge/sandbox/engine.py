@@ -358,7 +358,7 @@ class SandboxEngine:
             if self._workers is None and not self.workers_fallback:
                 try:
                     self._workers = native_pool.NativePool(
-                        self.invoke_helper, self.settings.workers
+                        self.invoke_helper, self.settings.workers, self.ticker
                     )
                 except OSError as e:
                     self.workers_fallback = f"native workers unavailable ({e})"

@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 from wasmtime import _ffi as ffi
 
+from edge.errors import NodeOutOfMemory
 from edge.sandbox import abi, native_build
 from edge.sandbox.capi import bind
 from edge.sandbox.code import Code
@@ -99,11 +100,6 @@ class Outcome:
     wall_ns: tuple[int, int, int, int]  # instantiation's start and end, the call's
     events: bytes  # the host calls the call made, for host.replay
     dropped: int  # log lines over the per-request cap
-
-    def bytes_out(self) -> int:
-        """About how much the helper's buffers held for this outcome."""
-        response = self.response
-        return len(self.events) + (len(response.body) if response is not None else 0)
 
 
 class NativeCode:
@@ -188,7 +184,7 @@ def outcome_at(view: memoryview, at: int) -> Outcome:
      body_size, instantiate_ns, cpu_ns, w0, w1, w2, w3, events_at, events_size,
      dropped) = _OUT.unpack_from(view, at)  # fmt: skip
     if stage == OUT_OF_MEMORY:
-        raise MemoryError("the native invoke helper could not allocate its buffers")
+        raise NodeOutOfMemory("the native invoke helper could not allocate its buffers")
     response = bad = None
     if stage == BAD_RESPONSE:
         bad = _bad_response(problem, detail)

@@ -18,13 +18,15 @@ from ctypes import c_int, c_size_t, c_void_p
 from dataclasses import dataclass
 from typing import Any
 
+from edge.errors import NodeOutOfMemory
 from edge.sandbox import abi
 from edge.sandbox.capi import bind
 from edge.sandbox.native_invoke import ARGS, Call, Helper, Outcome, outcome_at, pack
+from edge.sandbox.ticker import Ticker
 
 TAKE_AT_ONCE = 64  # finished jobs read per wake-up of the loop
 KEEP_JOBS = 64  # job structs kept for reuse (one per request under way at once)
-KEEP_BYTES = 256 * 1024  # a job's output buffers beyond this are freed once read
+KEEP_BYTES = 256 * 1024  # a job's output buffers holding more are freed once read
 
 
 @dataclass(slots=True)
@@ -52,13 +54,18 @@ class _Job:
 
 
 class NativePool:
-    def __init__(self, helper: Helper, threads: int) -> None:
+    """`ticker`: the engine's epoch ticker, kept awake from a job's queueing to its end,
+    whether or not anyone still awaits it (a request given up runs on to its deadline)."""
+
+    def __init__(self, helper: Helper, threads: int, ticker: Ticker) -> None:
+        self._ticker = ticker
         dll = helper.dll
         self._submit = bind(dll, "edge_pool_submit", None, [c_void_p, c_void_p])
         self._take = bind(dll, "edge_pool_take", c_size_t, [c_void_p, c_void_p, c_size_t])
         self._stop = bind(dll, "edge_pool_stop", None, [c_void_p])
         self._free_pool = bind(dll, "edge_pool_free", None, [c_void_p])
         self._release = bind(dll, "edge_job_release", None, [c_void_p])
+        self.held = bind(dll, "edge_job_held", c_size_t, [c_void_p])  # a job's buffers, bytes
         self._job_size = int(bind(dll, "edge_job_size", c_size_t, [])())
         size = int(bind(dll, "edge_pool_size", c_size_t, [])())
         self._state = (ctypes.c_uint64 * -(-size // 8))()
@@ -88,7 +95,8 @@ class NativePool:
             job = self._free.pop() if self._free else _Job(self._job_size, self._release)
             blob = pack(job.view, call, req)
             future: asyncio.Future[Outcome] = loop.create_future()
-            self._pending[job.address] = _Pending(future, job, blob, call)
+            pending = self._pending[job.address] = _Pending(future, job, blob, call)
+            self._ticker.enter(pending)
         self._submit(self._ptr, job.address)
         return future
 
@@ -106,9 +114,10 @@ class NativePool:
             n = self._take(self._ptr, self._taken_at, TAKE_AT_ONCE)
             for address in self._taken[:n]:
                 pending = self._pending.pop(address or 0)
+                self._ticker.leave(pending)
                 answer = _answer(pending.job)
                 answers.append((pending.future, answer))
-                if isinstance(answer, Outcome) and answer.bytes_out() > KEEP_BYTES:
+                if self.held(pending.job.address) > KEEP_BYTES:
                     self._release(pending.job.address)  # a large answer's copies go now
                 if len(self._free) < KEEP_JOBS:
                     self._free.append(pending.job)
@@ -135,7 +144,7 @@ class NativePool:
 def _answer(job: _Job) -> Outcome | BaseException:
     try:
         return outcome_at(job.view, ARGS.size)
-    except MemoryError as e:  # the helper could not allocate its buffers
+    except NodeOutOfMemory as e:  # the helper could not allocate its buffers
         return e
 
 

@@ -821,6 +821,11 @@ EXPORT void edge_pool_free(struct edge_pool *p) {
     pthread_mutex_destroy(&p->lock);
 }
 
+/* What a job's output buffers hold (their capacity, not what the last answer used). */
+EXPORT size_t edge_job_held(const struct edge_job *job) {
+    return job->headers.cap + job->body.cap + job->events.cap;
+}
+
 /* Frees a job's output buffers (the job itself is the caller's memory). */
 EXPORT void edge_job_release(struct edge_job *job) {
     free(job->headers.data);
