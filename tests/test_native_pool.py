@@ -125,24 +125,27 @@ def test_a_request_given_up_leaves_nothing_behind(engine: SandboxEngine, load: L
     assert not pool._pending
 
 
+@pytest.mark.parametrize("ticker", ["native", "python"])
 def test_a_job_keeps_the_epoch_ticker_awake_until_it_ends(
-    engine: SandboxEngine, load: Load
+    built: Callable[[Path], Path], ticker: str
 ) -> None:
-    loop_fn = load(FIXTURES / "functions" / "loop")
-    pooled = loop_fn.pooled({})
-    assert pooled is not None
-    deadline = time.monotonic() + 10
-    while not engine.ticker.stats().asleep:  # no wasm ran for a while: the ticker sleeps
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    settings = EngineSettings(pool_total_instances=4, workers=1, ticker=ticker)
+    with SandboxEngine(settings) as engine:
+        assert engine.ticker.kind == ticker
+        pooled = loaded(engine, built, FIXTURES / "functions" / "loop").pooled({})
+        assert pooled is not None
+        deadline = time.monotonic() + 10
+        while not engine.ticker.stats().asleep:  # no wasm ran for a while: the ticker sleeps
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
 
-    async def go() -> Outcome:  # nothing but the pool itself wakes the ticker here
-        return await asyncio.wait_for(pool_of(engine).run(pooled, REQUEST), 5)
+        async def go() -> Outcome:  # nothing but the pool itself wakes the ticker here
+            return await asyncio.wait_for(pool_of(engine).run(pooled, REQUEST), 5)
 
-    started = time.monotonic()
-    assert asyncio.run(go()).stage == FAILED_CALL  # its deadline (100 ms) trapped it
-    assert time.monotonic() - started < 2
-    assert engine.ticker.stats().running == 0
+        started = time.monotonic()
+        assert asyncio.run(go()).stage == FAILED_CALL  # its deadline (100 ms) trapped it
+        assert time.monotonic() - started < 2
+        assert engine.ticker.stats().running == 0
 
 
 def test_event_loops_come_and_go(engine: SandboxEngine, load: Load) -> None:

@@ -29,7 +29,7 @@ KEEP_JOBS = 64  # job structs kept for reuse (one per request under way at once)
 KEEP_BYTES = 256 * 1024  # a job's output buffers holding more are freed once read
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # hashed by identity: the ticker keeps it in a set
 class _Pending:
     future: asyncio.Future[Outcome]
     job: _Job
