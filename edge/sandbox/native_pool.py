@@ -121,9 +121,15 @@ class NativePool:
                     self._release(pending.job.address)  # a large answer's copies go now
                 if len(self._free) < KEEP_JOBS:
                     self._free.append(pending.job)
+        try:  # a loop's reader callback, or close() on any thread
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
         for future, answer in answers:
+            # Not self._loop: another thread's loop may have taken the pool over since this
+            # callback was due, and a future is only settled on its own loop's thread.
             loop = future.get_loop()
-            if loop is self._loop:
+            if loop is here:
                 _settle(future, answer)
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(_settle, future, answer)
