@@ -441,6 +441,35 @@ def test_config_writes_racing_an_online_rotation_all_end_under_the_new_key(
         f"k{i}": f"v{i}" for i in range(writes)}
 
 
+def test_a_key_file_the_rotation_could_not_write_is_a_500_that_says_what_to_copy(
+    start_control: Start, tmp_path: Path
+) -> None:
+    server = start_control()
+    c = deployed(server)
+    assert c.put("/v1/functions/hello/config", json={"values": {"api_key": "x"},
+                                                      "secret": ["api_key"]}).status_code == 200
+    key_file = server.store.data_dir / KEY_FILE
+    old = SecretsKey.load(key_file)
+    # Where the old key is to be kept is a directory: writing it fails after the commit, even
+    # for root (which os.access, checked before the commit, lets through anywhere).
+    previous = Path(f"{key_file}.previous")
+    previous.mkdir()
+    new_file = tmp_path / "new.key"
+    r = c.post("/v1/secrets-key/rotate", json={"new_key_file": str(new_file)})
+    assert (r.status_code, r.json()["error"]) == (500, "key_file_not_saved"), r.text
+    new = SecretsKey.load(new_file)
+    message = r.json()["message"]
+    assert f"every secret is sealed under key {new.key_id} now" in message
+    assert str(previous) in message and f"Copy {new_file} to {key_file}" in message
+    # The commit stands: sealed under the new key, which this control plane now seals with,
+    # and the key file it could write holds the new key.
+    assert sealed_ids(server.store.data_dir) == {new.key_id} != {old.key_id}
+    assert SecretsKey.load(key_file).key_id == new.key_id
+    assert c.put("/v1/functions/hello/config", json={"values": {"api_key": "y"},
+                                                      "secret": ["api_key"]}).status_code == 200
+    assert sealed_ids(server.store.data_dir) == {new.key_id}
+
+
 def test_online_rotation_refusals_change_nothing(start_control: Start, tmp_path: Path) -> None:
     server = start_control()
     c = deployed(server)
