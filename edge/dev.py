@@ -59,6 +59,18 @@ class _SourceFilter(DefaultFilter):
         return not skip and super().__call__(change, path)
 
 
+def _sorted_changes(changes: set[tuple[Change, str]]) -> tuple[bool, bool]:
+    """Whether a batch of changes touches the config values, and whether it touches anything
+    else (sources: a rebuild). Editors that save by writing a temporary file and renaming it
+    over the original (`.dev.vars.tmp` -> `.dev.vars`), or that probe the directory with a file
+    they delete at once (vim's `4913`), leave files in the batch that are gone: those say
+    nothing about the build; and no file named `.dev.vars...` is a source."""
+    gone_again = {p for c, p in changes if c == Change.added and not os.path.lexists(p)}
+    paths = {p for _c, p in changes} - gone_again
+    values = {p for p in paths if Path(p).name.startswith(DEV_VARS_FILE)}
+    return bool(values), bool(paths - values)
+
+
 class DevServer:
     def __init__(
         self,
@@ -155,12 +167,11 @@ class DevServer:
         )  # fmt: skip
 
     async def watch(self) -> None:
-        dev_vars = str(self.project / DEV_VARS_FILE)
         async for changes in awatch(self.project, watch_filter=_SourceFilter(), debounce=200):
-            changed = {path for _change, path in changes}
-            if dev_vars in changed:  # values only: no rebuild
+            values, sources = _sorted_changes(changes)
+            if values:  # no rebuild
                 self.reload_values()
-            if changed - {dev_vars}:
+            if sources:
                 self.out.event("change", "edge dev: change detected, rebuilding")
                 await self.rebuild()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shutil
 import subprocess
@@ -13,6 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from watchfiles import Change
+
+from edge.dev import _sorted_changes
 
 from .conftest import EXAMPLES, FIXTURES, REPO, Proc, free_port
 
@@ -244,11 +248,19 @@ def test_dev_lays_dev_vars_over_edge_toml_and_rereads_them_without_a_rebuild(
     dev_vars.write_text(f"greeting={SECRET} saved\n")
     wait_for(lambda: httpx.get(dev.url).text == f"{SECRET} saved\n", 30, dev, "new value")
     assert ".dev.vars read again" in dev.log()
+    # Saved as many editors save: a temporary file renamed over it, after a probe file made
+    # and deleted at once (vim's 4913). The values are read again; nothing is rebuilt.
+    probe, temporary = project / "4913", project / ".dev.vars.tmp"
+    probe.write_text("")
+    probe.unlink()
+    temporary.write_text(f"greeting={SECRET} renamed\n")
+    os.replace(temporary, dev_vars)
+    wait_for(lambda: httpx.get(dev.url).text == f"{SECRET} renamed\n", 30, dev, "renamed")
     # A bad line: reported by file and line, and the values before it stay.
     dev_vars.write_text(f"greeting=ok\n{SECRET}\n")
     wait_for(lambda: "still serving the config values before it" in dev.log(), 30, dev, "report")
     assert f"{dev_vars} line 2: expected KEY=VALUE" in dev.log()
-    assert httpx.get(dev.url).text == f"{SECRET} saved\n"
+    assert httpx.get(dev.url).text == f"{SECRET} renamed\n"
     dev_vars.unlink()  # edge.toml's value again
     wait_for(lambda: httpx.get(dev.url).text == "Hello from C config!\n", 30, dev, "toml value")
     assert "config values over edge.toml: none" in dev.log()
@@ -299,3 +311,20 @@ def test_dev_refuses_a_malformed_dev_vars_or_var(tmp_path: Path) -> None:
     no_key = edge_dev_failing(project, "--var", SECRET)
     assert no_key.returncode == 2 and "argument 1 has no KEY=" in no_key.stderr
     assert all(SECRET not in r.stderr + r.stdout for r in (bad_file, bad_key, no_key))
+
+
+def test_changes_sort_into_values_and_sources(tmp_path: Path) -> None:
+    (tmp_path / ".dev.vars").write_text("")
+    (tmp_path / "main.c").write_text("")
+
+    def batch(*changes: tuple[Change, str]) -> tuple[bool, bool]:
+        return _sorted_changes({(c, str(tmp_path / name)) for c, name in changes})
+
+    renamed = batch((Change.added, ".dev.vars.tmp"), (Change.deleted, ".dev.vars.tmp"),
+                    (Change.added, ".dev.vars"))  # fmt: skip
+    assert renamed == (True, False)
+    assert batch((Change.added, "4913"), (Change.deleted, "4913")) == (False, False)
+    assert batch((Change.modified, "main.c")) == (False, True)
+    assert batch((Change.deleted, "gone.c")) == (False, True)  # a source removed: rebuilt
+    assert batch((Change.deleted, ".dev.vars")) == (True, False)
+    assert batch((Change.modified, ".dev.vars"), (Change.modified, "main.c")) == (True, True)
