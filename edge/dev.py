@@ -192,6 +192,9 @@ class DevServer:
             )
 
         watcher = asyncio.create_task(self.watch())
+        # Let it run to its first wait: awatch registers its watches before that, so a save
+        # made right after the ready line is seen (on a busy machine it came first, and was lost).
+        await asyncio.sleep(0)
         try:
             await run(self.app, self.runtime.config.listen, on_ready=announce)
         finally:
