@@ -11,9 +11,13 @@ see edge.sandbox.native_pool), wall time and this thread's page faults per reque
 minflt). `--profile` adds a cProfile of the node's requests, sorted by own time.
 `--tickers native,python` serves the C hello from one node per epoch ticker (see
 edge.sandbox.ticker), alternating with the rest; each round starts once every other node's
-ticker sleeps, so only the measured node's ticker runs.
+ticker sleeps, so only the measured node's ticker runs. `--concurrency C` keeps C requests under
+way at once, as a loaded server does: the event loop then never waits for the native workers,
+and this thread's CPU per request is what bounds its requests/s (one at a time, it also pays
+for waking up when each answer is ready).
 
     .venv/bin/python -m bench.hotpath [--requests N] [--rounds R] [--profile] [--tickers K,K]
+                                      [--concurrency C]
 """
 
 from __future__ import annotations
@@ -94,13 +98,18 @@ async def _drive(app: ASGIApp, n: int) -> None:
             raise SystemExit(f"answer {sent.status}, not 200")
 
 
-def measure(app: ASGIApp, n: int) -> dict[str, float]:
+async def _drive_at_once(app: ASGIApp, n: int, concurrency: int) -> None:
+    await asyncio.gather(*(_drive(app, n // concurrency) for _ in range(concurrency)))
+
+
+def measure(app: ASGIApp, n: int, concurrency: int = 1) -> dict[str, float]:
+    n -= n % concurrency
     loop = asyncio.new_event_loop()
     try:
-        loop.run_until_complete(_drive(app, 200))  # warm caches and lazy set-up
+        loop.run_until_complete(_drive_at_once(app, 200, concurrency))  # warm caches, set-up
         faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
         cpu, process, wall = time.thread_time(), time.process_time(), time.perf_counter()
-        loop.run_until_complete(_drive(app, n))
+        loop.run_until_complete(_drive_at_once(app, n, concurrency))
         cpu = time.thread_time() - cpu
         process, wall = time.process_time() - process, time.perf_counter() - wall
         faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults
@@ -170,6 +179,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--tickers", default=NATIVE, help=f"comma-separated, of {TICKERS}")
+    parser.add_argument("--concurrency", type=int, default=1, help="requests under way at once")
     args = parser.parse_args()
     tickers = args.tickers.split(",")
     if not tickers or any(t not in TICKERS for t in tickers):
@@ -193,7 +203,7 @@ def main() -> None:
             for name, app in built.items():
                 quiet_tickers([rt for other, rt in runtimes.items() if other != name])
                 gc.collect()
-                runs[name].append(measure(app, args.requests))
+                runs[name].append(measure(app, args.requests, args.concurrency))
         for rt in runtimes.values():
             rt.close()
     rows = [
@@ -210,10 +220,11 @@ def main() -> None:
     path = write_results(
         "hotpath", rows,
         {"requests": args.requests, "rounds": args.rounds, "headers": len(HEADERS),
-         "tickers": tickers, "runs": runs},
+         "tickers": tickers, "concurrency": args.concurrency, "runs": runs},
     )  # fmt: skip
-    print_table(f"ASGI app CPU per request, in process ({args.rounds} rounds of {args.requests})",
-                rows)  # fmt: skip
+    at_once = f", {args.concurrency} at once" if args.concurrency > 1 else ""
+    print_table(f"ASGI app CPU per request, in process ({args.rounds} rounds of {args.requests}"
+                f"{at_once})", rows)  # fmt: skip
     print(f"wrote {path}")
 
 

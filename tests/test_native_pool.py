@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from edge.config.function import load_function_config
 from edge.errors import DeadlineExceeded, FunctionTrapped, MemoryLimitExceeded
 from edge.sandbox import abi, host
 from edge.sandbox.compile_cache import CompileCache
-from edge.sandbox.engine import EngineSettings, SandboxEngine
+from edge.sandbox.engine import EngineSettings, SandboxEngine, awake_workers
 from edge.sandbox.function import LoadedFunction
 from edge.sandbox.native_invoke import FAILED_CALL, Outcome
 from edge.sandbox.native_pool import KEEP_BYTES, KEEP_JOBS, NativePool
@@ -320,3 +321,67 @@ def loaded(engine: SandboxEngine, built: Callable[[Path], Path], project: Path) 
 
 def call_here(fn: LoadedFunction) -> abi.GuestResponse:
     return fn.invoke(REQUEST, host.Invocation(fn.name, REQUEST.request_id, {}, print))
+
+
+def settled(pool: NativePool) -> None:
+    """Until every worker of a new pool has gone idle (they start awake)."""
+    deadline = time.monotonic() + 5
+    while pool.stats().awake and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert pool.stats().awake == 0
+
+
+def test_jobs_queued_while_the_awake_workers_run_wait_for_them(
+    built: Callable[[Path], Path],
+) -> None:
+    # One awake worker of four: a burst of requests is served by it, one after the other,
+    # instead of waking a thread per request; only a job that waited 1 ms gets another.
+    with SandboxEngine(EngineSettings(pool_total_instances=16, workers=4, awake_workers=1)) as e:
+        pool, hello = pool_of(e), loaded(e, built, EXAMPLES / "c" / "hello")
+        settled(pool)
+
+        async def burst() -> list[abi.GuestResponse]:
+            return await asyncio.gather(*(run(pool, hello, REQUEST) for _ in range(12)))
+
+        assert {r.body for r in asyncio.run(burst())} == {b"Hello from C!\n"}
+        stats = pool.stats()
+        assert stats.woken >= 1
+        # More than one awake only through the watcher (a slow machine: a job waited 1 ms).
+        assert stats.peak <= 1 + stats.spared
+        settled(pool)
+
+
+def test_a_slow_function_on_the_only_awake_worker_does_not_hold_up_a_fast_one(
+    built: Callable[[Path], Path],
+) -> None:
+    with SandboxEngine(EngineSettings(pool_total_instances=16, workers=4, awake_workers=1)) as e:
+        pool = pool_of(e)
+        loop_fn, hello = (loaded(e, built, p) for p in (FIXTURES / "functions" / "loop",
+                                                         EXAMPLES / "c" / "hello"))  # fmt: skip
+        settled(pool)
+        finished: list[str] = []
+
+        async def go() -> float:
+            async def slow() -> None:
+                with contextlib.suppress(DeadlineExceeded):
+                    await run(pool, loop_fn, REQUEST)
+                finished.append("loop")
+
+            task = asyncio.create_task(slow())
+            await asyncio.sleep(0.01)  # the loop runs on the one awake worker
+            started = time.monotonic()
+            assert (await run(pool, hello, REQUEST)).body == b"Hello from C!\n"
+            finished.append("hello")
+            waited = time.monotonic() - started
+            await task
+            return waited
+
+        waited = asyncio.run(go())
+        assert finished == ["hello", "loop"]
+        assert waited < 0.05  # the watcher's 1 ms and a fresh instance; the loop runs 100 ms
+        assert pool.stats().spared >= 1
+
+
+def test_awake_workers_default_to_the_cores_beside_the_loops() -> None:
+    assert awake_workers(3) == 3
+    assert awake_workers(0) == max(1, len(os.sched_getaffinity(0)) - 1)

@@ -12,6 +12,7 @@ no code uses any more are closed by a sweeper thread that runs only while one ex
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -80,6 +81,11 @@ class EngineSettings:
     # (see native_invoke); "python" (the fallback, forced: for comparison) does it step by step.
     invoke: str = NATIVE
     workers: int = 16  # native threads running fresh requests of functions without WASI
+    # Of those, how many run at once before a queued request waits for one of them (0: one per
+    # core beside the event loop's, see awake_workers); a request that waited 1 ms gets another.
+    # More only fight the loop for the cores: each wake-up is a futex call on the loop's thread
+    # and two thread switches (bench.hotpath --concurrency).
+    awake_workers: int = 0
     # The pooling allocator pre-reserves instance slots and keeps warm memories for reuse;
     # bench/sandbox.py measures it against on-demand allocation.
     pooling: bool = True
@@ -144,6 +150,14 @@ class EngineSettings:
 
 def _summary(kind: str, fallback: str) -> str:
     return f"{kind} ({fallback})" if fallback else kind
+
+
+def awake_workers(configured: int) -> int:
+    """Native workers running at once: `configured`, or one per core this process may use
+    besides the event loop's (at least one)."""
+    if configured > 0:
+        return configured
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 def ticks_for(deadline_ms: int, tick_ms: int) -> int:
@@ -358,7 +372,8 @@ class SandboxEngine:
             if self._workers is None and not self.workers_fallback:
                 try:
                     self._workers = native_pool.NativePool(
-                        self.invoke_helper, self.settings.workers, self.ticker
+                        self.invoke_helper, self.settings.workers, self.ticker,
+                        awake_workers(self.settings.awake_workers),
                     )
                 except OSError as e:
                     self.workers_fallback = f"native workers unavailable ({e})"

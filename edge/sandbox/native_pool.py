@@ -5,7 +5,10 @@ takes the GIL, runs it; an eventfd the loop watches says when requests are done.
 The loop's side of a request is a few µs (packing it, a future, reading the answer), where
 running it inline costs the whole call on the loop's thread and a Python worker thread costs a
 thread hop (~180 µs of CPU, mostly the GIL changing hands): so the loop serves HTTP on one core
-while functions run on the others, and a slow function never holds the loop up.
+while functions run on the others, and a slow function never holds the loop up. Only about one
+worker per core beside the loop's is awake at once (EngineSettings.awake_workers): a request
+queued while they are busy waits for one of them, which takes it without sleeping, unless it
+waited 1 ms (a slow function), when one more is woken.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 import threading
 from ctypes import c_int, c_size_t, c_void_p
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge.errors import NodeOutOfMemory
 from edge.sandbox import abi
@@ -27,6 +30,13 @@ from edge.sandbox.ticker import Ticker
 TAKE_AT_ONCE = 64  # finished jobs read per wake-up of the loop
 KEEP_JOBS = 64  # job structs kept for reuse (one per request under way at once)
 KEEP_BYTES = 256 * 1024  # a job's output buffers holding more are freed once read
+
+
+class PoolStats(NamedTuple):
+    woken: int  # idle workers woken for a job as it was queued (fewer than awake_max awake)
+    spared: int  # woken by the watcher for a job that waited 1 ms (the awake ones were busy)
+    awake: int  # workers not idle now (a new pool's count down to 0 as its threads start)
+    peak: int  # the most awake right after a wake-up
 
 
 @dataclass(slots=True, eq=False)  # hashed by identity: the ticker keeps it in a set
@@ -55,9 +65,11 @@ class _Job:
 
 class NativePool:
     """`ticker`: the engine's epoch ticker, kept awake from a job's queueing to its end,
-    whether or not anyone still awaits it (a request given up runs on to its deadline)."""
+    whether or not anyone still awaits it (a request given up runs on to its deadline).
+    `awake_max`: workers running at once before a queued job waits for one of them to finish
+    (0: `threads`); a job that waited 1 ms gets one more (invoke.c's watcher)."""
 
-    def __init__(self, helper: Helper, threads: int, ticker: Ticker) -> None:
+    def __init__(self, helper: Helper, threads: int, ticker: Ticker, awake_max: int = 0) -> None:
         self._ticker = ticker
         dll = helper.dll
         self._submit = bind(dll, "edge_pool_submit", None, [c_void_p, c_void_p])
@@ -70,12 +82,14 @@ class NativePool:
         size = int(bind(dll, "edge_pool_size", c_size_t, [])())
         self._state = (ctypes.c_uint64 * -(-size // 8))()
         self._ptr = ctypes.addressof(self._state)
-        rc = bind(dll, "edge_pool_start", c_int, [c_void_p, c_size_t])(self._ptr, threads)
+        start = bind(dll, "edge_pool_start", c_int, [c_void_p, c_size_t, c_size_t])
+        rc = start(self._ptr, threads, awake_max)
         if rc:
             self._stop(self._ptr)
             self._free_pool(self._ptr)
             raise OSError(rc, f"the native worker threads did not start: {os.strerror(rc)}")
         self.eventfd = int(bind(dll, "edge_pool_eventfd", c_int, [c_void_p])(self._ptr))
+        self._stats = bind(dll, "edge_pool_stats", None, [c_void_p, c_void_p])
         self._taken = (c_void_p * TAKE_AT_ONCE)()
         self._taken_at = ctypes.addressof(self._taken)
         self._pending: dict[int, _Pending] = {}
@@ -133,6 +147,11 @@ class NativePool:
                 _settle(future, answer)
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(_settle, future, answer)
+
+    def stats(self) -> PoolStats:
+        out = (ctypes.c_uint64 * 4)()
+        self._stats(self._ptr, out)
+        return PoolStats(*out)
 
     def close(self) -> None:
         """Runs the queued jobs, stops the threads, and answers the jobs' futures (those whose

@@ -642,13 +642,23 @@ EXPORT void edge_invoke_fresh(const struct edge_args *args, struct edge_out *out
 /* --- worker threads ---------------------------------------------------------------------------
  * Requests queued by the event loop's thread and run on native threads that never take the GIL
  * (a function's host imports excepted); each finished job is put on the done list and the
- * eventfd is written, which the event loop watches. */
+ * eventfd is written, which the event loop watches.
+ *
+ * At most `awake_max` workers are awake at once (about one per core beside the event loop's):
+ * a job queued while that many are awake waits for one of them to finish, which then takes it
+ * without going to sleep, instead of waking one more thread to fight them and the loop for the
+ * cores (each wake-up is a futex call on the loop's thread and two thread switches). So that a
+ * slow function cannot hold up the jobs behind it, a watcher thread wakes one more worker
+ * whenever the oldest queued job has waited SPARE_AFTER_NS, as long as any are idle. */
+
+#define SPARE_AFTER_NS 1000000L /* 1 ms: a C hello's whole run is ~30 µs */
 
 struct edge_job {
     struct edge_args args;
     struct edge_out out;
     struct buffer headers, body, events; /* the job's own: read after the worker moved on */
     struct edge_job *next;
+    int64_t queued_ns; /* CLOCK_MONOTONIC */
 };
 
 /* A worker thread. Idle ones wait on their own condition variable, on a stack: a job wakes the
@@ -671,7 +681,15 @@ struct edge_pool {
     int efd;
     int stop;
     size_t threads;
+    size_t awake;     /* workers not on the idle stack (running a job, or woken for one) */
+    size_t awake_max; /* beyond it, a job waits for an awake worker (or the watcher) */
     struct worker *workers;
+    pthread_t watcher;
+    pthread_cond_t watch; /* the watcher's, on CLOCK_MONOTONIC */
+    int watched;          /* the watcher is timing the queue (or told to) */
+    int has_watcher;
+    uint64_t woken, spared; /* idle workers woken for a job: on its queueing, by the watcher */
+    size_t peak;            /* the most awake right after a wake-up */
 };
 
 EXPORT size_t edge_pool_size(void) { return sizeof(struct edge_pool); }
@@ -687,8 +705,11 @@ static void *work(void *arg) {
             self->woken = 0;
             self->next_idle = p->idle;
             p->idle = self;
+            p->awake--;
             while (!self->woken && !p->stop)
                 pthread_cond_wait(&self->wake, &p->lock);
+            if (!self->woken) /* stopping: still on the stack, but awake again */
+                p->awake++;
         }
         struct edge_job *job = p->head;
         if (!job) {
@@ -717,12 +738,63 @@ static void *work(void *arg) {
     return NULL;
 }
 
-EXPORT int edge_pool_start(struct edge_pool *p, size_t threads) {
+/* Pops an idle worker and wakes it (the lock held); false when none is idle. */
+static int wake_idle(struct edge_pool *p) {
+    struct worker *w = p->idle;
+    if (!w)
+        return 0;
+    p->idle = w->next_idle;
+    w->woken = 1;
+    p->awake++;
+    if (p->awake > p->peak)
+        p->peak = p->awake;
+    pthread_cond_signal(&w->wake);
+    return 1;
+}
+
+static void *watch(void *arg) {
+    struct edge_pool *p = arg;
+    pthread_mutex_lock(&p->lock);
+    while (!p->stop) {
+        if (!p->watched || !p->head) {
+            p->watched = 0;
+            pthread_cond_wait(&p->watch, &p->lock);
+            continue;
+        }
+        int64_t due = p->head->queued_ns + SPARE_AFTER_NS;
+        if (now_ns(CLOCK_MONOTONIC) >= due) {
+            /* The awake workers are all busy with slow jobs: one more takes the oldest. If
+             * none is idle, all are awake, and the next to finish takes it. */
+            if (wake_idle(p))
+                p->spared++;
+            else
+                p->watched = 0;
+            due = now_ns(CLOCK_MONOTONIC) + SPARE_AFTER_NS; /* one spare per interval */
+        }
+        struct timespec until = {(time_t)(due / 1000000000L), (long)(due % 1000000000L)};
+        pthread_cond_timedwait(&p->watch, &p->lock, &until);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+/* `awake_max`: workers awake at once before a queued job waits for one (0: all of them). */
+EXPORT int edge_pool_start(struct edge_pool *p, size_t threads, size_t awake_max) {
     memset(p, 0, sizeof *p);
     pthread_mutex_init(&p->lock, NULL);
+    p->awake_max = awake_max ? awake_max : threads;
     p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (p->efd < 0)
         return errno;
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->watch, &attr);
+    pthread_condattr_destroy(&attr);
+    int rc = pthread_create(&p->watcher, NULL, watch, p);
+    if (rc)
+        return rc;
+    p->has_watcher = 1;
     p->workers = calloc(threads, sizeof *p->workers);
     if (!p->workers)
         return ENOMEM;
@@ -730,8 +802,14 @@ EXPORT int edge_pool_start(struct edge_pool *p, size_t threads) {
         struct worker *w = &p->workers[i];
         w->pool = p;
         pthread_cond_init(&w->wake, NULL);
-        int rc = pthread_create(&w->id, NULL, work, w);
+        pthread_mutex_lock(&p->lock); /* counted awake until it first goes idle */
+        p->awake++;
+        pthread_mutex_unlock(&p->lock);
+        rc = pthread_create(&w->id, NULL, work, w);
         if (rc) {
+            pthread_mutex_lock(&p->lock);
+            p->awake--;
+            pthread_mutex_unlock(&p->lock);
             pthread_cond_destroy(&w->wake);
             return rc;
         }
@@ -750,11 +828,15 @@ EXPORT void edge_pool_submit(struct edge_pool *p, struct edge_job *job) {
     else
         p->head = job;
     p->tail = job;
-    struct worker *w = p->idle; /* none idle: a busy one takes it when it is done */
-    if (w) {
-        p->idle = w->next_idle;
-        w->woken = 1;
-        pthread_cond_signal(&w->wake);
+    job->queued_ns = now_ns(CLOCK_MONOTONIC);
+    /* None idle: an awake one takes it when it is done. */
+    if (p->awake < p->awake_max && wake_idle(p)) {
+        p->woken++;
+    } else {
+        if (p->idle && !p->watched) {
+            p->watched = 1;
+            pthread_cond_signal(&p->watch);
+        }
     }
     pthread_mutex_unlock(&p->lock);
 }
@@ -803,14 +885,30 @@ EXPORT void edge_pool_stop(struct edge_pool *p) {
     p->stop = 1;
     for (size_t i = 0; i < p->threads; i++)
         pthread_cond_signal(&p->workers[i].wake);
+    pthread_cond_signal(&p->watch);
     pthread_mutex_unlock(&p->lock);
     for (size_t i = 0; i < p->threads; i++) {
         pthread_join(p->workers[i].id, NULL);
         pthread_cond_destroy(&p->workers[i].wake);
     }
+    if (p->has_watcher) {
+        pthread_join(p->watcher, NULL);
+        p->has_watcher = 0;
+    }
     free(p->workers);
     p->workers = NULL;
     p->threads = 0;
+}
+
+/* out: idle workers woken for a job on its queueing, and by the watcher (see SPARE_AFTER_NS);
+ * workers awake now, and the most awake right after a wake-up. */
+EXPORT void edge_pool_stats(struct edge_pool *p, uint64_t *out) {
+    pthread_mutex_lock(&p->lock);
+    out[0] = p->woken;
+    out[1] = p->spared;
+    out[2] = p->awake;
+    out[3] = p->peak;
+    pthread_mutex_unlock(&p->lock);
 }
 
 /* After edge_pool_stop and the last edge_pool_take. */
@@ -818,6 +916,7 @@ EXPORT void edge_pool_free(struct edge_pool *p) {
     if (p->efd >= 0)
         close(p->efd);
     p->efd = -1;
+    pthread_cond_destroy(&p->watch);
     pthread_mutex_destroy(&p->lock);
 }
 
