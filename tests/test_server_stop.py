@@ -1,0 +1,90 @@
+"""A server stopped while requests are in flight (edge.node.server.run, which the node, the
+control plane and `edge dev` run on) stops cleanly: exit status 0 and no traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from edge.node.server import drop_cancelled
+
+from .conftest import free_port
+
+# An app whose every request waits far longer than the test: in flight when the server stops.
+SLOW_SERVER = """
+import asyncio, sys
+from edge.node.server import run
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    print("in flight", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(run(app, sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_with_requests_in_flight_prints_no_traceback(sig: signal.Signals) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SERVER, listen],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://{listen}/", timeout=0.2)
+            except httpx.ReadTimeout:
+                break  # accepted and in the app: listening
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.05)
+        answers: list[int | str] = []
+
+        def hang() -> None:
+            try:
+                answers.append(httpx.get(f"http://{listen}/", timeout=30).status_code)
+            except httpx.HTTPError as e:
+                answers.append(type(e).__name__)
+
+        clients = [threading.Thread(target=hang) for _ in range(2)]
+        for c in clients:
+            c.start()
+        assert proc.stdout is not None
+        seen = 0
+        while seen < 3:  # the probe's request and the two clients'
+            assert proc.stdout.readline() == "in flight\n"
+            seen += 1
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        for c in clients:
+            c.join(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "CancelledError" not in err, err
+    # Hypercorn gives a request its graceful timeout (3 s), then cancels it and answers 500.
+    assert answers == [500, 500]
+
+
+def test_other_errors_still_reach_the_loops_handler(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            cancelled = asyncio.CancelledError()
+            drop_cancelled(loop, {"message": "a cancelled task", "exception": cancelled})
+            drop_cancelled(loop, {"message": "a real problem", "exception": ValueError("bad")})
+    finally:
+        loop.close()
+    assert [r.getMessage() for r in caplog.records] == ["a real problem"]
