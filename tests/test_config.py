@@ -156,6 +156,22 @@ def test_node_dns_addresses(tmp_path: Path) -> None:
         addresses({"dns_ipv6": "example"})
 
 
+def test_node_awake_workers(tmp_path: Path) -> None:
+    def sandbox(node: dict[str, object]) -> tuple[int, int]:
+        s = parse_node_config({"node": node}, "node.toml", tmp_path).sandbox
+        return s.workers, s.awake_workers
+
+    assert sandbox({}) == (16, 0)  # 0: one per core besides the event loop's
+    assert sandbox({"workers": 4, "awake_workers": 4}) == (4, 4)
+    with pytest.raises(ConfigError, match=r"node\.awake_workers must be between 0 \(one per spare "
+                                          r"core\) and node\.workers \(4\), got 5"):
+        sandbox({"workers": 4, "awake_workers": 5})
+    with pytest.raises(ConfigError, match=r"node\.awake_workers must be between 0"):
+        sandbox({"awake_workers": -1})
+    with pytest.raises(ConfigError, match=r"node\.awake_workers must be int, got str"):
+        sandbox({"awake_workers": "2"})
+
+
 def test_node_tracing_and_logs_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edge.node.main import node_config_from_args
 

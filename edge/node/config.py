@@ -12,6 +12,8 @@ cache_dir = ".edge-cache"          # compiled components; relative to this file
 geoip_db = "GeoLite2-City.mmdb"    # optional
 trusted_proxies = ["127.0.0.1/32"] # whose x-forwarded-for is believed
 workers = 16                       # threads running wasm (and as many native ones for C)
+awake_workers = 0                  # native ones running at once before a request waits for
+                                   # one (1 ms at most); 0: one per core besides the loop's
 
 [sandbox]
 pooling = true
@@ -232,10 +234,17 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
     node = root.table("node")
     node.reject_unknown(
         {"id", "region", "listen", "url", "dns_ipv4", "dns_ipv6", "cache_dir", "geoip_db",
-         "trusted_proxies", "workers"}
+         "trusted_proxies", "workers", "awake_workers"}
     )
     url = http_url(node, "url")
     workers = node.positive_int("workers", 16, 1024)
+    # 0: one per core besides the event loop's (edge.sandbox.engine.awake_workers).
+    awake = node.get("awake_workers", int, 0)
+    if not 0 <= awake <= workers:
+        raise ConfigError(
+            f"{node.where('awake_workers')} must be between 0 (one per spare core) and "
+            f"node.workers ({workers}), got {awake}"
+        )
     sb = root.table("sandbox")
     sb.reject_unknown(
         {"pooling", "epoch_tick_ms", "ticker", "invoke", "prepare_instances", "prepare_above_us",
@@ -300,6 +309,7 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
         workers=workers,
         sandbox=EngineSettings(
             workers=workers,
+            awake_workers=awake,
             pooling=sb.get("pooling", bool, True),
             epoch_tick_ms=sb.positive_int("epoch_tick_ms", 2, 1000),
             ticker=ticker,
