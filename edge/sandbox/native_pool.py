@@ -2,13 +2,13 @@
 invoke.c): the event loop queues a request and awaits it; a thread of the helper, which never
 takes the GIL, runs it; an eventfd the loop watches says when requests are done.
 
-The loop's side of a request is a few µs (packing it, a future, reading the answer), where
-running it inline costs the whole call on the loop's thread and a Python worker thread costs a
-thread hop (~180 µs of CPU, mostly the GIL changing hands): so the loop serves HTTP on one core
-while functions run on the others, and a slow function never holds the loop up. Only about one
-worker per core beside the loop's is awake at once (EngineSettings.awake_workers): a request
-queued while they are busy waits for one of them, which takes it without sleeping, unless it
-waited 1 ms (a slow function), when one more is woken.
+The loop's side of a request is ~25 µs of Python under load (packing it, a future, reading the
+answer: bench.hotpath --concurrency), where running it inline costs the whole call on the loop's
+thread and a Python worker thread costs a thread hop (~180 µs of CPU, mostly the GIL changing
+hands): so the loop serves HTTP on one core while functions run on the others, and a slow function
+never holds the loop up. Only about one worker per core beside the loop's is awake at once
+(EngineSettings.awake_workers): a request queued while they are busy waits for one of them, which
+takes it without sleeping, unless it waited 1 ms (a slow function), when one more is woken.
 """
 
 from __future__ import annotations
@@ -66,10 +66,10 @@ class _Job:
 class NativePool:
     """`ticker`: the engine's epoch ticker, kept awake from a job's queueing to its end,
     whether or not anyone still awaits it (a request given up runs on to its deadline).
-    `awake_max`: workers running at once before a queued job waits for one of them to finish
-    (0: `threads`); a job that waited 1 ms gets one more (invoke.c's watcher)."""
+    `awake_max` (≥ 1, engine.awake_workers): workers running at once before a queued job
+    waits for one of them to finish; a job that waited 1 ms gets one more (invoke.c's watcher)."""
 
-    def __init__(self, helper: Helper, threads: int, ticker: Ticker, awake_max: int = 0) -> None:
+    def __init__(self, helper: Helper, threads: int, ticker: Ticker, awake_max: int) -> None:
         self._ticker = ticker
         dll = helper.dll
         self._submit = bind(dll, "edge_pool_submit", None, [c_void_p, c_void_p])
