@@ -257,6 +257,7 @@ def test_a_node_without_the_native_helper_falls_back_says_so_and_keeps_deadlines
     assert node.log().count("edge node: invoke: python, native invoke unavailable") == 1
     assert 'edge_node_invoke{invoke="python"} 1.0' in metrics
     assert ready["workers"] == "off"  # no native request path, so no native workers
+    assert ready["wire"] == "off"  # nor its loop side
     assert "workers" not in node.log()
     r = httpx.get(node.url + "/", timeout=30)
     assert r.status_code == 504 and r.json()["error"] == "deadline_exceeded"
@@ -272,6 +273,7 @@ def test_a_node_answers_504_for_an_infinite_loop_with_either_ticker(
     assert "epoch ticker" not in node.log()
     assert httpx.get(node.url + "/readyz").json()["invoke"] == NATIVE
     assert httpx.get(node.url + "/readyz").json()["workers"] == NATIVE  # started with the node
+    assert httpx.get(node.url + "/readyz").json()["wire"] == NATIVE  # wire.c packs and reads
     assert 'edge_node_invoke{invoke="native"} 1.0' in httpx.get(node.url + "/metrics").text
     for _ in range(3):
         r = httpx.get(node.url + "/", timeout=30)

@@ -110,6 +110,7 @@ def ops_app(runtime: NodeRuntime) -> Starlette:
                 "epoch_ticker": runtime.engine.ticker_summary,
                 "invoke": runtime.engine.invoke_summary,
                 "workers": runtime.engine.workers_summary,
+                "wire": runtime.engine.wire_summary,
             },
             status_code=200 if ready else 503,
         )

@@ -333,6 +333,15 @@ class SandboxEngine:
         return _summary(self.invoke_kind, self.invoke_fallback)
 
     @property
+    def wire_summary(self) -> str:
+        """Who packs native requests and reads their answers on the loop's thread: "native"
+        (wire.c), "python (why)", or "off" without the native request path."""
+        if self.invoke_helper is None:
+            return "off"
+        wire = self.invoke_helper.wire
+        return _summary(wire.kind, wire.fallback)
+
+    @property
     def notes(self) -> list[str]:
         """What a server (`edge node`, `edge dev`) says once at start when a native helper was
         asked for but Python does its work: deadlines still hold, and each request costs a
@@ -342,6 +351,8 @@ class SandboxEngine:
             notes.append(f"epoch ticker: {self.ticker.kind}, {self.ticker_fallback}")
         if self.invoke_fallback:
             notes.append(f"invoke: python, {self.invoke_fallback}")
+        if self.invoke_helper is not None and self.invoke_helper.wire.fallback:
+            notes.append(f"wire: python, {self.invoke_helper.wire.fallback}")
         if self.workers_fallback:
             notes.append(f"workers: inline, {self.workers_fallback}")
         return notes

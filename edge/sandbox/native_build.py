@@ -15,13 +15,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import importlib.machinery
+import importlib.util
 import os
 import platform
 import re
 import sys
+import sysconfig
 import tempfile
 import threading
 from pathlib import Path
+from types import ModuleType
 
 from edge.build.toolchain import Toolchain
 from edge.errors import ToolchainMissing
@@ -32,6 +36,9 @@ SOURCE_DIR = Path(__file__).resolve().parent / "native"
 # baseline CPU features, so a cache dir shared between machines of one architecture is safe.
 CFLAGS = ("-O2", "-shared", "-fPIC", "-pthread", "-fvisibility=hidden", "-mcpu=baseline")
 KEY_HEX = 16  # hex digits of the cache key in a library's name
+# Helpers that are CPython extension modules (module `edge_NAME`), built against this
+# interpreter's headers: the key names its ABI, so another Python builds its own.
+EXTENSIONS = ("wire",)
 
 
 def native_dir() -> Path:
@@ -46,13 +53,24 @@ def _target() -> str:
     return f"{platform.machine()}-linux-gnu"
 
 
+def _flags(name: str) -> tuple[str, ...]:
+    if name not in EXTENSIONS:
+        return CFLAGS
+    include = sysconfig.get_paths()["include"]
+    if not (Path(include) / "Python.h").is_file():
+        raise ToolchainMissing(
+            f"Python's C headers are not in {include} (Debian: apt install python3-dev)"
+        )
+    return (*CFLAGS, f"-I{include}", f"-DEDGE_SOABI={sysconfig.get_config_var('SOABI')}")
+
+
 def library_path(name: str, cache_dir: Path | None = None) -> Path:
     """Where helper `name`'s library for this source and these flags is (or will be) kept.
     The key leaves out zig's version: another zig makes an equivalent library, and a node
     without zig still finds one built earlier."""
     source = (SOURCE_DIR / f"{name}.c").read_bytes()
     key = hashlib.sha256(
-        b"\0".join([source, " ".join(CFLAGS).encode(), _target().encode()])
+        b"\0".join([source, " ".join(_flags(name)).encode(), _target().encode()])
     ).hexdigest()[:KEY_HEX]
     return (cache_dir or native_dir()) / f"{name}-{key}.so"
 
@@ -83,7 +101,8 @@ def build_library(
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as work:
         out = Path(work) / path.name
         tools.run(
-            [*zig, "-target", _target(), *CFLAGS, "-o", str(out), str(SOURCE_DIR / f"{name}.c")],
+            [*zig, "-target", _target(), *_flags(name), "-o", str(out),
+             str(SOURCE_DIR / f"{name}.c")],
             cwd=Path(work), tmp=Path(work) / "tmp", what=f"zig cc ({name}.c)",
         )  # fmt: skip
         _seal(out)
@@ -131,24 +150,51 @@ def _intact(path: Path) -> bool:
     return len(data) > DIGEST_BYTES and hashlib.sha256(body).digest() == digest
 
 
-HELPERS = ("ticker", "invoke")
+HELPERS = ("ticker", "invoke", *EXTENSIONS)
 
-_loaded: dict[str, ctypes.CDLL | str] = {}  # per helper: the library, or why it is not available
+# Per helper: the library (or module), or why it is not available.
+_loaded: dict[str, ctypes.CDLL | ModuleType | str] = {}
 _loaded_lock = threading.Lock()
 
 
 def load_helper(name: str) -> ctypes.CDLL | str:
     """Helper `name`'s library, built if needed, loaded once per process; or why it is not
     available (tried once: a node does not try zig again on every request)."""
+    found = _load(name)
+    assert not isinstance(found, ModuleType), f"{name} is an extension: load_extension"
+    return found
+
+
+def load_extension(name: str) -> ModuleType | str:
+    """Extension helper `name` (one of EXTENSIONS) as the module `edge_NAME`, built if needed,
+    loaded once per process; or why it is not available."""
+    found = _load(name)
+    assert not isinstance(found, ctypes.CDLL), f"{name} is a library: load_helper"
+    return found
+
+
+def _load(name: str) -> ctypes.CDLL | ModuleType | str:
     with _loaded_lock:
         found = _loaded.get(name)
         if found is None:
             try:
-                found = ctypes.CDLL(str(build_library(name)))
+                path = build_library(name)
+                found = _import(name, path) if name in EXTENSIONS else ctypes.CDLL(str(path))
             except Exception as e:  # whatever it is, the caller's Python path serves instead
                 found = f"{type(e).__name__}: {getattr(e, 'message', None) or e}"
             _loaded[name] = found
         return found
+
+
+def _import(name: str, path: Path) -> ModuleType:
+    # Not through sys.path: the file's name carries the cache key, and nothing else may import
+    # it by accident. The module's name must be the one its PyInit_ function is named for.
+    loader = importlib.machinery.ExtensionFileLoader(f"edge_{name}", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
 
 
 def main() -> None:

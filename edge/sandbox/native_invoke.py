@@ -23,7 +23,8 @@ import weakref
 from collections.abc import Mapping
 from ctypes import c_char_p, c_int64, c_size_t, c_uint64, c_void_p
 from dataclasses import dataclass
-from typing import NamedTuple
+from types import ModuleType
+from typing import NamedTuple, Protocol
 
 from wasmtime import _ffi as ffi
 
@@ -138,6 +139,55 @@ def pack_config(config: Mapping[str, str]) -> bytes:
     return b"".join(out)
 
 
+class Buffer(Protocol):
+    """Where a request's struct edge_args and then its struct edge_out are (a pool's job, or a
+    thread's scratch): the same memory by address and as a view."""
+
+    address: int
+    view: memoryview
+
+
+class Wire:
+    """The loop's side of a native request: packing it (`pack`) and reading its outcome
+    (`outcome_at`). `native` is the wire.c extension that does both in C where it could be built
+    and loaded (`fallback` says why not): its reader declines what is not a plain answer, which
+    Python's then reads and explains."""
+
+    __slots__ = ("fallback", "native")
+
+    def __init__(self, native: ModuleType | None, fallback: str = "") -> None:
+        self.native = native
+        self.fallback = fallback
+
+    @property
+    def kind(self) -> str:
+        return NATIVE if self.native is not None else PYTHON
+
+    def pack(self, job: Buffer, call: Call, req: abi.GuestRequest) -> bytes:
+        if self.native is not None:
+            blob: bytes = self.native.pack(job, call, req)
+            return blob
+        return pack(job.view, call, req)
+
+    def outcome(self, job: Buffer, at: int) -> Outcome:
+        if self.native is not None:
+            out: Outcome | None = self.native.outcome(job, at)
+            if out is not None:
+                return out
+        return outcome_at(job.view, at)
+
+
+def load_wire() -> Wire:
+    """wire.c's extension, built if needed; or Python's reader and packer, and why."""
+    module = native_build.load_extension("wire")
+    if isinstance(module, str):
+        return Wire(None, f"native wire unavailable ({module})")
+    if module.layout() != (ARGS.size, _OUT.size):
+        return Wire(None, f"native wire's layout {module.layout()} is not {ARGS.size, _OUT.size}")
+    module.configure(Outcome, abi.GuestResponse)
+    return Wire(module)
+
+
 class _Scratch(threading.local):
     """A thread's struct edge_args and edge_out, for calls on this thread."""
 
@@ -223,6 +273,7 @@ class Helper:
         self._linker_new = bind(dll, "edge_linker_new", c_void_p, [c_void_p, c_char_p, c_size_t])
         self._linker_delete = bind(dll, "edge_linker_delete", None, [c_void_p])
         self._scratch = _Scratch()
+        self.wire = load_wire()
 
     def code(self, code: Code, memory_limit_bytes: int, body_limit: int) -> NativeCode | None:
         """`code` as the helper runs it; None when the helper's linker cannot link it."""
@@ -237,10 +288,10 @@ class Helper:
     def fresh(self, call: Call, req: abi.GuestRequest) -> Outcome:
         """Runs `req` in a fresh instance of `call.native`'s code, on this thread."""
         scratch = self._scratch
-        blob = pack(scratch.view, call, req)
+        blob = self.wire.pack(scratch, call, req)
         self._fresh(scratch.address, scratch.address + ARGS.size)
         del blob  # alive until here: the helper read it in place
-        return outcome_at(scratch.view, ARGS.size)
+        return self.wire.outcome(scratch, ARGS.size)
 
 
 def _headers(raw: bytes, n: int) -> abi.Headers:

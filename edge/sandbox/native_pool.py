@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from edge.errors import NodeOutOfMemory
 from edge.sandbox import abi
 from edge.sandbox.capi import bind
-from edge.sandbox.native_invoke import ARGS, Call, Helper, Outcome, outcome_at, pack
+from edge.sandbox.native_invoke import ARGS, Call, Helper, Outcome, Wire
 from edge.sandbox.ticker import Ticker
 
 TAKE_AT_ONCE = 64  # finished jobs read per wake-up of the loop
@@ -71,6 +71,7 @@ class NativePool:
 
     def __init__(self, helper: Helper, threads: int, ticker: Ticker, awake_max: int) -> None:
         self._ticker = ticker
+        self._wire = helper.wire
         dll = helper.dll
         self._submit = bind(dll, "edge_pool_submit", None, [c_void_p, c_void_p])
         self._take = bind(dll, "edge_pool_take", c_size_t, [c_void_p, c_void_p, c_size_t])
@@ -107,7 +108,7 @@ class NativePool:
             if loop is not self._loop:
                 self._watch(loop)
             job = self._free.pop() if self._free else _Job(self._job_size, self._release)
-            blob = pack(job.view, call, req)
+            blob = self._wire.pack(job, call, req)
             future: asyncio.Future[Outcome] = loop.create_future()
             pending = self._pending[job.address] = _Pending(future, job, blob, call)
             self._ticker.enter(pending)
@@ -129,7 +130,7 @@ class NativePool:
             for address in self._taken[:n]:
                 pending = self._pending.pop(address or 0)
                 self._ticker.leave(pending)
-                answer = _answer(pending.job)
+                answer = _answer(self._wire, pending.job)
                 answers.append((pending.future, answer))
                 if self.held(pending.job.address) > KEEP_BYTES:
                     self._release(pending.job.address)  # a large answer's copies go now
@@ -166,9 +167,9 @@ class NativePool:
         self._free_pool(self._ptr)
 
 
-def _answer(job: _Job) -> Outcome | BaseException:
+def _answer(wire: Wire, job: _Job) -> Outcome | BaseException:
     try:
-        return outcome_at(job.view, ARGS.size)
+        return wire.outcome(job, ARGS.size)
     except NodeOutOfMemory as e:  # the helper could not allocate its buffers
         return e
 
