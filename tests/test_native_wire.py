@@ -228,3 +228,16 @@ def test_an_engine_says_which_wire_serves(monkeypatch: pytest.MonkeyPatch) -> No
         assert "wire: python, native wire unavailable (why)" in engine.notes
     with SandboxEngine(EngineSettings(pool_total_instances=4, invoke="python")) as engine:
         assert engine.wire_summary == "off"
+
+
+def test_install_builds_the_other_helpers_and_names_the_one_that_failed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(native_build.sysconfig, "get_paths", lambda: {"include": "/nonexistent"})
+    with pytest.raises(SystemExit) as stopped:
+        native_build.main()
+    assert stopped.value.code == 1
+    out, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in out.splitlines()] == ["ticker", "invoke"]
+    assert err == "wire: not built: Python's C headers are not in /nonexistent (Debian: apt " \
+        "install python3-dev)\n"

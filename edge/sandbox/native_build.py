@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 
 from edge.build.toolchain import Toolchain
-from edge.errors import ToolchainMissing
+from edge.errors import BuildFailed, ToolchainMissing
 
 SOURCE_DIR = Path(__file__).resolve().parent / "native"
 # Loaded into a glibc CPython process, so linked against the system's glibc (zig's default
@@ -198,8 +198,17 @@ def _import(name: str, path: Path) -> ModuleType:
 
 
 def main() -> None:
+    """Builds every helper; one that cannot be built is named with why (on stderr), the others
+    are built anyway, and the exit status is 1."""
+    failed = False
     for name in HELPERS:
-        print(f"{name}: {build_library(name)}")
+        try:
+            print(f"{name}: {build_library(name)}")
+        except (ToolchainMissing, BuildFailed) as e:
+            print(f"{name}: not built: {e.message}", file=sys.stderr)
+            failed = True
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
