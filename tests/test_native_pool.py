@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import itertools
 import os
 import threading
@@ -21,7 +22,7 @@ from edge.sandbox import abi, host
 from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import EngineSettings, SandboxEngine, awake_workers
 from edge.sandbox.function import LoadedFunction
-from edge.sandbox.native_invoke import FAILED_CALL, Outcome
+from edge.sandbox.native_invoke import FAILED_CALL, NATIVE, PYTHON, Outcome, Wire
 from edge.sandbox.native_pool import KEEP_BYTES, KEEP_JOBS, NativePool
 
 from .conftest import COMPILED, EXAMPLES, FIXTURES
@@ -35,10 +36,22 @@ REQUEST = abi.GuestRequest(
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[SandboxEngine]:
+def python_wire(engine: SandboxEngine, wire: str) -> SandboxEngine:
+    """`engine` with its pool (not made yet) on the Python wire when `wire` is "python": packing
+    and reading in Python, the pool's and ticker's functions through ctypes (as without the
+    extension)."""
+    if wire == PYTHON:
+        assert engine.invoke_helper is not None and engine.workers_summary == "not started"
+        engine.invoke_helper = copy.copy(engine.invoke_helper)  # the loaded one is shared
+        engine.invoke_helper.wire = Wire(None, "the test's choice")
+    assert engine.wire_summary.split(" ")[0] == wire
+    return engine
+
+
+@pytest.fixture(scope="module", params=[NATIVE, PYTHON])
+def engine(request: pytest.FixtureRequest) -> Iterator[SandboxEngine]:
     with SandboxEngine(EngineSettings(pool_total_instances=16, workers=4)) as e:
-        yield e
+        yield python_wire(e, request.param)
 
 
 @pytest.fixture
@@ -126,13 +139,15 @@ def test_a_request_given_up_leaves_nothing_behind(engine: SandboxEngine, load: L
     assert not pool._pending
 
 
-@pytest.mark.parametrize("ticker", ["native", "python"])
+@pytest.mark.parametrize("wire", [NATIVE, PYTHON])
+@pytest.mark.parametrize("ticker", [NATIVE, PYTHON])
 def test_a_job_keeps_the_epoch_ticker_awake_until_it_ends(
-    built: Callable[[Path], Path], ticker: str
+    built: Callable[[Path], Path], ticker: str, wire: str
 ) -> None:
     settings = EngineSettings(pool_total_instances=4, workers=1, ticker=ticker)
     with SandboxEngine(settings) as engine:
         assert engine.ticker.kind == ticker
+        python_wire(engine, wire)
         pooled = loaded(engine, built, FIXTURES / "functions" / "loop").pooled({})
         assert pooled is not None
         deadline = time.monotonic() + 10

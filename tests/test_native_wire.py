@@ -241,3 +241,20 @@ def test_install_builds_the_other_helpers_and_names_the_one_that_failed(
     assert [line.split(":")[0] for line in out.splitlines()] == ["ticker", "invoke"]
     assert err == "wire: not built: Python's C headers are not in /nonexistent (Debian: apt " \
         "install python3-dev)\n"
+
+
+def test_the_pool_calls_refuse_null_addresses_and_bad_arguments(wire: ModuleType) -> None:
+    with pytest.raises(ValueError, match="submit: a null address"):
+        wire.submit(0, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match="submit: a null address"):
+        wire.submit(1, 1, 1, 1, 0)  # an enter function without its ticker
+    with pytest.raises(ValueError, match="take: a null address"):
+        wire.take(1, 0, 64, 1)
+    with pytest.raises(ValueError, match="done: a null address"):
+        wire.done(1, 0, 0, 0, 1, 1024)
+    with pytest.raises(TypeError, match=r"take\(pool, out, cap, take_fn\)"):
+        wire.take(1, 1, 64)
+    with pytest.raises(TypeError):
+        wire.submit(1, 1, 1, 0, "0")
+    with pytest.raises(OverflowError):
+        wire.done(-1, 0, 0, 1, 1, 1024)

@@ -19,6 +19,7 @@ import os
 import threading
 from ctypes import c_int, c_size_t, c_void_p
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, NamedTuple
 
 from edge.errors import NodeOutOfMemory
@@ -91,6 +92,10 @@ class NativePool:
             raise OSError(rc, f"the native worker threads did not start: {os.strerror(rc)}")
         self.eventfd = int(bind(dll, "edge_pool_eventfd", c_int, [c_void_p])(self._ptr))
         self._stats = bind(dll, "edge_pool_stats", None, [c_void_p, c_void_p])
+        # With wire.c, the pool's and the ticker's C functions are called from there (see
+        # _Direct), ctypes being most of their cost; the ticker's only when it is the native one.
+        native = helper.wire.native
+        self._direct = _Direct(dll, ticker, native) if native is not None else None
         self._taken = (c_void_p * TAKE_AT_ONCE)()
         self._taken_at = ctypes.addressof(self._taken)
         self._pending: dict[int, _Pending] = {}
@@ -111,8 +116,13 @@ class NativePool:
             blob = self._wire.pack(job, call, req)
             future: asyncio.Future[Outcome] = loop.create_future()
             pending = self._pending[job.address] = _Pending(future, job, blob, call)
-            self._ticker.enter(pending)
-        self._submit(self._ptr, job.address)
+            direct = self._direct
+            if direct is None or not direct.enter:
+                self._ticker.enter(pending)
+        if direct is None:
+            self._submit(self._ptr, job.address)
+        else:  # entering the ticker first, when it is the native one
+            direct.wire.submit(self._ptr, job.address, direct.submit, direct.enter, direct.state)
         return future
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -125,15 +135,24 @@ class NativePool:
 
     def _done(self) -> None:
         answers = []
+        direct = self._direct
         with self._lock:
-            n = self._take(self._ptr, self._taken_at, TAKE_AT_ONCE)
+            if direct is None:
+                n = self._take(self._ptr, self._taken_at, TAKE_AT_ONCE)
+            else:
+                n = direct.wire.take(self._ptr, self._taken_at, TAKE_AT_ONCE, direct.take)
             for address in self._taken[:n]:
                 pending = self._pending.pop(address or 0)
-                self._ticker.leave(pending)
                 answer = _answer(self._wire, pending.job)
                 answers.append((pending.future, answer))
-                if self.held(pending.job.address) > KEEP_BYTES:
-                    self._release(pending.job.address)  # a large answer's copies go now
+                job = pending.job.address
+                if direct is None or not direct.leave:
+                    self._ticker.leave(pending)
+                if direct is not None:  # leaves the native ticker too
+                    direct.wire.done(job, direct.leave, direct.state, direct.held, direct.release,
+                                     KEEP_BYTES)  # fmt: skip
+                elif self.held(job) > KEEP_BYTES:
+                    self._release(job)  # a large answer's copies go now
                 if len(self._free) < KEEP_JOBS:
                     self._free.append(pending.job)
         try:  # a loop's reader callback, or close() on any thread
@@ -165,6 +184,26 @@ class NativePool:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self.eventfd)
         self._free_pool(self._ptr)
+
+
+class _Direct:
+    """The C functions wire.c calls for the pool: its own (invoke.c) and, with the native
+    ticker, the ticker's enter and leave (0 with the Python ticker, entered from Python)."""
+
+    __slots__ = ("enter", "held", "leave", "release", "state", "submit", "take", "wire")
+
+    def __init__(self, dll: ctypes.CDLL, ticker: Ticker, wire: ModuleType) -> None:
+        def address(name: str) -> int:
+            value = ctypes.cast(dll[name], c_void_p).value
+            assert value is not None
+            return value
+
+        self.wire: Any = wire  # the extension module: its functions are not typed
+        self.submit = address("edge_pool_submit")
+        self.take = address("edge_pool_take")
+        self.held = address("edge_job_held")
+        self.release = address("edge_job_release")
+        self.enter, self.leave, self.state = ticker.c_calls or (0, 0, 0)
 
 
 def _answer(wire: Wire, job: _Job) -> Outcome | BaseException:

@@ -47,6 +47,9 @@ class TickerStats:
 
 class Ticker(Protocol):
     kind: str
+    # For C callers (wire.c): the addresses of enter's and leave's C functions and of the
+    # state they take; None when entering and leaving are Python's.
+    c_calls: tuple[int, int, int] | None
 
     def add(self, engine: wasmtime.Engine) -> None: ...
     def remove(self, engine: wasmtime.Engine) -> None: ...
@@ -69,10 +72,10 @@ class _Lib:
         self.stats = bind(dll, "edge_ticker_stats", None, [c_void_p, c_void_p])
         self.stop = bind(dll, "edge_ticker_stop", None, [c_void_p])
         fast = ctypes.PYFUNCTYPE(None, c_void_p)
-        self.enter = fast(self._address("edge_ticker_enter"))
-        self.leave = fast(self._address("edge_ticker_leave"))
+        self.enter = fast(self.address("edge_ticker_enter"))
+        self.leave = fast(self.address("edge_ticker_leave"))
 
-    def _address(self, name: str) -> int:
+    def address(self, name: str) -> int:
         value = ctypes.cast(self.dll[name], c_void_p).value
         assert value is not None
         return value
@@ -92,6 +95,9 @@ class NativeTicker:
         self._lib = lib
         self._enter = lib.enter
         self._leave = lib.leave
+        self.c_calls: tuple[int, int, int] | None = (
+            lib.address("edge_ticker_enter"), lib.address("edge_ticker_leave"), self._ptr
+        )
         # The engines it ticks, kept alive until removed: the thread holds only their addresses.
         self._engines: dict[int, wasmtime.Engine] = {}
         self._lock = threading.Lock()
@@ -132,6 +138,7 @@ class NativeTicker:
 
 class PythonTicker:
     kind = PYTHON
+    c_calls: tuple[int, int, int] | None = None
 
     def __init__(self, tick_ms: int, idle_ticks: int = IDLE_TICKS) -> None:
         self._interval_s = tick_ms / 1000

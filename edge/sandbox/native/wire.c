@@ -2,7 +2,8 @@
  * a request into struct edge_args and its blob (invoke.c), and reading struct edge_out back into
  * an Outcome. The Python versions in edge/sandbox/native_invoke.py (pack, outcome_at) do the
  * same with struct and ctypes at ~3 µs each per request on the loop's thread, which is what
- * bounds a node's requests/s under load; these take a fraction of that. Python's versions stay:
+ * bounds a node's requests/s under load; these take a fraction of that. It also calls the
+ * native pool's and ticker's functions for native_pool (submit, take, done) without ctypes. Python's versions stay:
  * they are the reference the tests compare these with, serve where this cannot be built (no
  * Python headers), and read every outcome this one leaves to them (errors, bad headers).
  *
@@ -342,6 +343,74 @@ done:
     return result;
 }
 
+/* The pool's and the ticker's C functions (invoke.c, ticker.c), called here directly: through
+ * ctypes each call costs ~0.5 µs of argument conversion, several times a request. */
+typedef void (*submit_fn)(void *pool, void *job);
+typedef size_t (*take_fn)(void *pool, void **out, size_t cap);
+typedef size_t (*held_fn)(void *job);
+typedef void (*release_fn)(void *job);
+typedef void (*ticker_fn)(void *ticker);
+
+static int addresses(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, uint64_t *out,
+                     const char *usage) {
+    if (nargs != want) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < want; i++) {
+        out[i] = PyLong_AsUnsignedLongLong(args[i]);
+        if (out[i] == (uint64_t)-1 && PyErr_Occurred())
+            return -1;
+    }
+    return 0;
+}
+
+#define FN(type, value) ((type)(uintptr_t)(value))
+#define PTR(value) ((void *)(uintptr_t)(value))
+
+/* submit(pool, job, submit_fn, enter_fn, ticker): enter_fn(ticker) unless enter_fn is 0 (the
+ * Python ticker, entered by the caller), then submit_fn(pool, job). */
+static PyObject *submit(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    uint64_t a[5];
+    if (addresses(args, nargs, 5, a, "submit(pool, job, submit_fn, enter_fn, ticker)"))
+        return NULL;
+    if (!a[0] || !a[1] || !a[2] || (a[3] && !a[4]))
+        return PyErr_Format(PyExc_ValueError, "submit: a null address");
+    if (a[3])
+        FN(ticker_fn, a[3])(PTR(a[4]));
+    FN(submit_fn, a[2])(PTR(a[0]), PTR(a[1]));
+    Py_RETURN_NONE;
+}
+
+/* take(pool, out, cap, take_fn) -> int: take_fn(pool, out, cap). */
+static PyObject *take(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    uint64_t a[4];
+    if (addresses(args, nargs, 4, a, "take(pool, out, cap, take_fn)"))
+        return NULL;
+    if (!a[0] || !a[1] || !a[3])
+        return PyErr_Format(PyExc_ValueError, "take: a null address");
+    return PyLong_FromSize_t(FN(take_fn, a[3])(PTR(a[0]), PTR(a[1]), (size_t)a[2]));
+}
+
+/* done(job, leave_fn, ticker, held_fn, release_fn, keep_bytes): after a job's answer was read:
+ * leave_fn(ticker) unless leave_fn is 0, and the job's buffers freed when they hold more than
+ * keep_bytes. */
+static PyObject *done(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    uint64_t a[6];
+    if (addresses(args, nargs, 6, a, "done(job, leave_fn, ticker, held_fn, release_fn, keep)"))
+        return NULL;
+    if (!a[0] || (a[1] && !a[2]) || !a[3] || !a[4])
+        return PyErr_Format(PyExc_ValueError, "done: a null address");
+    if (a[1])
+        FN(ticker_fn, a[1])(PTR(a[2]));
+    if (FN(held_fn, a[3])(PTR(a[0])) > a[5])
+        FN(release_fn, a[4])(PTR(a[0]));
+    Py_RETURN_NONE;
+}
+
 /* configure(Outcome, GuestResponse): the classes outcome() builds. */
 static PyObject *configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -366,6 +435,11 @@ static PyMethodDef methods[] = {
     {"pack", (PyCFunction)(void (*)(void))pack, METH_FASTCALL, "pack(job, call, req) -> bytes"},
     {"outcome", (PyCFunction)(void (*)(void))outcome, METH_FASTCALL,
      "outcome(job, at) -> Outcome | None"},
+    {"submit", (PyCFunction)(void (*)(void))submit, METH_FASTCALL,
+     "submit(pool, job, submit_fn, enter_fn, ticker)"},
+    {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL, "take(pool, out, cap, take_fn)"},
+    {"done", (PyCFunction)(void (*)(void))done, METH_FASTCALL,
+     "done(job, leave_fn, ticker, held_fn, release_fn, keep_bytes)"},
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "configure(Outcome, GuestResponse)"},
     {"layout", layout, METH_NOARGS, "layout() -> (sizeof edge_args, sizeof edge_out)"},
