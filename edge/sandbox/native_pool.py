@@ -2,8 +2,10 @@
 invoke.c): the event loop queues a request and awaits it; a thread of the helper, which never
 takes the GIL, runs it; an eventfd the loop watches says when requests are done.
 
-The loop's side of a request is ~25 µs of Python under load (packing it, a future, reading the
-answer: bench.hotpath --concurrency), where running it inline costs the whole call on the loop's
+The loop's side of a request is a future and a little Python under load (bench.hotpath
+--concurrency: the node's app ~40 µs per request against the canned node's ~20): packing the
+request, reading its answer and the pool's C calls go through wire.c where it was built (see
+native_invoke.Wire), else through struct and ctypes (~20 µs more). Running it inline costs the whole call on the loop's
 thread and a Python worker thread costs a thread hop (~180 µs of CPU, mostly the GIL changing
 hands): so the loop serves HTTP on one core while functions run on the others, and a slow function
 never holds the loop up. Only about one worker per core beside the loop's is awake at once
