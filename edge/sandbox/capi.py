@@ -25,6 +25,13 @@ def bind(dll: ctypes.CDLL, name: str, restype: Any, argtypes: list[Any]) -> Any:
     return func
 
 
+def function_address(dll: ctypes.CDLL, name: str) -> int:
+    """Where function `name` of `dll` is, for C code that calls it (no ctypes in between)."""
+    value = ctypes.cast(dll[name], c_void_p).value
+    assert value is not None
+    return value
+
+
 def _bind(name: str, restype: Any, argtypes: list[Any]) -> Any:
     return bind(ffi.dll, name, restype, argtypes)
 

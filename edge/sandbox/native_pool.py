@@ -5,12 +5,13 @@ takes the GIL, runs it; an eventfd the loop watches says when requests are done.
 The loop's side of a request is a future and a little Python under load (bench.hotpath
 --concurrency: the node's app ~40 µs per request against the canned node's ~20): packing the
 request, reading its answer and the pool's C calls go through wire.c where it was built (see
-native_invoke.Wire), else through struct and ctypes (~20 µs more). Running it inline costs the whole call on the loop's
-thread and a Python worker thread costs a thread hop (~180 µs of CPU, mostly the GIL changing
-hands): so the loop serves HTTP on one core while functions run on the others, and a slow function
-never holds the loop up. Only about one worker per core beside the loop's is awake at once
-(EngineSettings.awake_workers): a request queued while they are busy waits for one of them, which
-takes it without sleeping, unless it waited 1 ms (a slow function), when one more is woken.
+native_invoke.Wire), else through struct and ctypes (~20 µs more). Running it inline costs the
+whole call on the loop's thread and a Python worker thread costs a thread hop (~180 µs of CPU,
+mostly the GIL changing hands): so the loop serves HTTP on one core while functions run on the
+others, and a slow function never holds the loop up. Only about one worker per core beside the
+loop's is awake at once (EngineSettings.awake_workers): a request queued while they are busy
+waits for one of them, which takes it without sleeping, unless it waited 1 ms (a slow function),
+when one more is woken.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, NamedTuple
 
 from edge.errors import NodeOutOfMemory
 from edge.sandbox import abi
-from edge.sandbox.capi import bind
+from edge.sandbox.capi import bind, function_address
 from edge.sandbox.native_invoke import ARGS, Call, Helper, Outcome, Wire
 from edge.sandbox.ticker import Ticker
 
@@ -195,16 +196,11 @@ class _Direct:
     __slots__ = ("enter", "held", "leave", "release", "state", "submit", "take", "wire")
 
     def __init__(self, dll: ctypes.CDLL, ticker: Ticker, wire: ModuleType) -> None:
-        def address(name: str) -> int:
-            value = ctypes.cast(dll[name], c_void_p).value
-            assert value is not None
-            return value
-
         self.wire: Any = wire  # the extension module: its functions are not typed
-        self.submit = address("edge_pool_submit")
-        self.take = address("edge_pool_take")
-        self.held = address("edge_job_held")
-        self.release = address("edge_job_release")
+        self.submit = function_address(dll, "edge_pool_submit")
+        self.take = function_address(dll, "edge_pool_take")
+        self.held = function_address(dll, "edge_job_held")
+        self.release = function_address(dll, "edge_job_release")
         self.enter, self.leave, self.state = ticker.c_calls or (0, 0, 0)
 
 

@@ -29,7 +29,7 @@ from typing import Protocol
 import wasmtime
 
 from edge.sandbox import capi, native_build
-from edge.sandbox.capi import bind
+from edge.sandbox.capi import bind, function_address
 
 IDLE_TICKS = 250  # ticks without wasm before the ticker sleeps (0.5 s at 2 ms)
 NATIVE = "native"
@@ -72,13 +72,8 @@ class _Lib:
         self.stats = bind(dll, "edge_ticker_stats", None, [c_void_p, c_void_p])
         self.stop = bind(dll, "edge_ticker_stop", None, [c_void_p])
         fast = ctypes.PYFUNCTYPE(None, c_void_p)
-        self.enter = fast(self.address("edge_ticker_enter"))
-        self.leave = fast(self.address("edge_ticker_leave"))
-
-    def address(self, name: str) -> int:
-        value = ctypes.cast(self.dll[name], c_void_p).value
-        assert value is not None
-        return value
+        self.enter = fast(function_address(dll, "edge_ticker_enter"))
+        self.leave = fast(function_address(dll, "edge_ticker_leave"))
 
 
 class NativeTicker:
@@ -96,7 +91,9 @@ class NativeTicker:
         self._enter = lib.enter
         self._leave = lib.leave
         self.c_calls: tuple[int, int, int] | None = (
-            lib.address("edge_ticker_enter"), lib.address("edge_ticker_leave"), self._ptr
+            function_address(lib.dll, "edge_ticker_enter"),
+            function_address(lib.dll, "edge_ticker_leave"),
+            self._ptr,
         )
         # The engines it ticks, kept alive until removed: the thread holds only their addresses.
         self._engines: dict[int, wasmtime.Engine] = {}
