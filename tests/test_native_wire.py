@@ -258,3 +258,10 @@ def test_the_pool_calls_refuse_null_addresses_and_bad_arguments(wire: ModuleType
         wire.submit(1, 1, 1, 0, "0")
     with pytest.raises(OverflowError):
         wire.done(-1, 0, 0, 1, 1, 1024)
+
+
+def test_another_interpreter_abi_gets_its_own_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    wire, ticker = native_build.library_path("wire"), native_build.library_path("ticker")
+    monkeypatch.setattr(native_build.sysconfig, "get_config_var", lambda _: "cpython-313-x86_64")
+    assert native_build.library_path("wire") != wire
+    assert native_build.library_path("ticker") == ticker  # a plain library is ABI-free

@@ -61,7 +61,7 @@ def _flags(name: str) -> tuple[str, ...]:
         raise ToolchainMissing(
             f"Python's C headers are not in {include} (Debian: apt install python3-dev)"
         )
-    return (*CFLAGS, f"-I{include}", f"-DEDGE_SOABI={sysconfig.get_config_var('SOABI')}")
+    return (*CFLAGS, f"-I{include}")
 
 
 def library_path(name: str, cache_dir: Path | None = None) -> Path:
@@ -69,9 +69,10 @@ def library_path(name: str, cache_dir: Path | None = None) -> Path:
     The key leaves out zig's version: another zig makes an equivalent library, and a node
     without zig still finds one built earlier."""
     source = (SOURCE_DIR / f"{name}.c").read_bytes()
-    key = hashlib.sha256(
-        b"\0".join([source, " ".join(_flags(name)).encode(), _target().encode()])
-    ).hexdigest()[:KEY_HEX]
+    parts = [source, " ".join(_flags(name)).encode(), _target().encode()]
+    if name in EXTENSIONS:  # built for this interpreter's ABI only
+        parts.append(str(sysconfig.get_config_var("SOABI")).encode())
+    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:KEY_HEX]
     return (cache_dir or native_dir()) / f"{name}-{key}.so"
 
 

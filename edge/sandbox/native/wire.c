@@ -264,11 +264,8 @@ static PyObject *headers_at(const uint8_t *raw, uint64_t size, uint64_t n) {
     }
     return out;
 bad:
-    if (PyErr_ExceptionMatches(PyExc_MemoryError)) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    PyErr_Clear();
+    if (!PyErr_ExceptionMatches(PyExc_MemoryError))
+        PyErr_Clear(); /* not decodable: declined, for Python's reader to explain */
     Py_DECREF(out);
     return NULL;
 }
