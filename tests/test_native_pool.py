@@ -397,6 +397,41 @@ def test_a_slow_function_on_the_only_awake_worker_does_not_hold_up_a_fast_one(
         assert pool.stats().spared >= 1
 
 
+def test_the_watcher_wakes_one_spare_worker_per_interval(built: Callable[[Path], Path]) -> None:
+    # Four slow jobs at once, one awake worker of four: each queued job has waited 1 ms by the
+    # time the watcher first looks, but it wakes one worker a millisecond (invoke.c's
+    # SPARE_AFTER_NS), not all idle ones at once: a burst of slow jobs must not wake every
+    # thread of the pool together. Seen from here a spare can only come later than it happened,
+    # so the third cannot be seen before 3 ms after the jobs were queued.
+    spare_after_s = 0.001
+    with SandboxEngine(EngineSettings(pool_total_instances=16, workers=4, awake_workers=1)) as e:
+        pool = pool_of(e)
+        loop_fn = loaded(e, built, FIXTURES / "functions" / "loop")  # runs to its 100 ms deadline
+        settled(pool)
+        seen: dict[int, float] = {}
+
+        async def go() -> None:
+            with pytest.raises(DeadlineExceeded):  # the first request's setup out of the way
+                await run(pool, loop_fn, REQUEST)
+            queued = time.monotonic()
+            tasks = [asyncio.ensure_future(run(pool, loop_fn, REQUEST)) for _ in range(4)]
+            await asyncio.sleep(0)  # every task has queued its job
+            seen[0] = time.monotonic() - queued  # polling starts
+            while len(seen) < 4 and time.monotonic() - queued < 0.09:  # the jobs run 100 ms
+                spared = pool.stats().spared
+                for n in range(1, spared + 1):
+                    seen.setdefault(n, time.monotonic() - queued)
+            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                assert isinstance(outcome, DeadlineExceeded)
+
+        asyncio.run(go())
+        stats = pool.stats()
+        assert stats.spared == 3 and stats.peak == 4  # every job ran at once in the end
+        for n in (1, 2, 3):
+            assert seen[n] >= n * spare_after_s, seen
+        settled(pool)
+
+
 def test_awake_workers_default_to_the_cores_beside_the_loops() -> None:
     assert awake_workers(3) == 3
     assert awake_workers(0) == max(1, len(os.sched_getaffinity(0)) - 1)
