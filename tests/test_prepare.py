@@ -93,9 +93,9 @@ def test_cheap_function_is_not_prepared(
         assert not fn.prepares_instances
 
 
-def test_store_closes_waiting_on_a_busy_preparer_are_bounded() -> None:
+def test_store_closes_waiting_on_a_busy_closing_thread_are_bounded() -> None:
     """Each store waiting to be closed holds a pool slot: past the bound, the caller closes its
-    own store at once instead of queueing it behind a busy preparer."""
+    own store at once instead of queueing it behind a busy closing thread."""
     preparer = prepare.Preparer()
     busy, closed_by = threading.Event(), []
 
@@ -103,17 +103,25 @@ def test_store_closes_waiting_on_a_busy_preparer_are_bounded() -> None:
         def close(self) -> None:
             closed_by.append(threading.current_thread().name)
 
-    preparer._put(lambda: busy.wait(10))  # the preparer thread is held up
+    class HeldStore:
+        def close(self) -> None:
+            busy.wait(10)
+
+    preparing = threading.Event()
+    preparer._put(lambda: preparing.wait(10))  # the instance preparer is busy throughout
+    preparer.retire(HeldStore())  # the closing thread is held up
     try:
         for _ in range(prepare.MAX_PENDING_CLOSES + 5):
             preparer.retire(FakeStore())
-        assert closed_by == [threading.current_thread().name] * 5
+        assert closed_by == [threading.current_thread().name] * 6  # 1 held + 31 queued
     finally:
         busy.set()
     deadline = time.monotonic() + 10
     while len(closed_by) < prepare.MAX_PENDING_CLOSES + 5 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert closed_by[5:] == ["instance-preparer"] * prepare.MAX_PENDING_CLOSES
-    preparer.retire(FakeStore())  # the queue drained: closes go to the preparer again
+    # Closed while the preparer was still busy: closes do not wait for instances being made.
+    assert closed_by[6:] == ["store-closer"] * (prepare.MAX_PENDING_CLOSES - 1)
+    preparer.retire(FakeStore())  # the queue drained: closes go to the closing thread again
+    preparing.set()
     preparer.close()
-    assert closed_by[-1] == "instance-preparer"
+    assert closed_by[-1] == "store-closer"
