@@ -270,7 +270,7 @@ def test_another_interpreter_abi_gets_its_own_build(monkeypatch: pytest.MonkeyPa
 
 
 def _each_allocation_failing(
-    call: Callable[[int], object], expected: Callable[[int], object]
+    testcapi: ModuleType, call: Callable[[int], object], expected: Callable[[int], object]
 ) -> int:
     """Calls `call(n)` with its n-th memory allocation failing (CPython's test hooks, on every
     allocator domain), for n = 0, 1, ... until a call gets through: each gives `expected(n)` or
@@ -278,23 +278,21 @@ def _each_allocation_failing(
     Returns how many raised."""
     raised = 0
     for n in range(1000):
-        _testcapi.set_nomemory(n, n + 1)
+        testcapi.set_nomemory(n, n + 1)
         try:
             got = call(n)
         except MemoryError:
             raised += 1
             continue
         finally:
-            _testcapi.remove_mem_hooks()
+            testcapi.remove_mem_hooks()
         assert got == expected(n), n
         return raised
     raise AssertionError("no call got through")
 
 
-_testcapi = pytest.importorskip("_testcapi")  # CPython's own test module, in standard builds
-
-
 def test_out_of_memory_in_pack_or_outcome_is_a_memory_error(wire: ModuleType) -> None:
+    testcapi = pytest.importorskip("_testcapi")  # CPython's own test module, in standard builds
     gc.disable()  # a collection inside a starved call would move which allocation fails
     try:
         # Everything made beforehand, a fresh request a try: the UTF-8 form of a non-ASCII str
@@ -305,7 +303,7 @@ def test_out_of_memory_in_pack_or_outcome_is_a_memory_error(wire: ModuleType) ->
         packed = [native_invoke.pack(_Buf().view, _call(), r) for r in reqs]
         bufs, call = [_Buf() for _ in reqs], _call()
         raised = _each_allocation_failing(
-            lambda n: wire.pack(bufs[n], call, reqs[n]), lambda n: packed[n]
+            testcapi, lambda n: wire.pack(bufs[n], call, reqs[n]), lambda n: packed[n]
         )
         assert raised >= 3  # the UTF-8 forms, the pieces' array, the blob
 
@@ -313,7 +311,7 @@ def test_out_of_memory_in_pack_or_outcome_is_a_memory_error(wire: ModuleType) ->
         _write_out(buf, keep, headers=[(b"x-\xc3\xa9", b"\xc3\xbc"), (b"b", b"c")])
         reference = native_invoke.outcome_at(buf.view, ARGS.size)
         raised = _each_allocation_failing(
-            lambda _: wire.outcome(buf, ARGS.size), lambda _: reference
+            testcapi, lambda _: wire.outcome(buf, ARGS.size), lambda _: reference
         )
         assert raised >= 5  # the headers' list, strings and tuples, the body, the answer
     finally:
