@@ -335,3 +335,29 @@ def test_unloading_a_function_on_winch_code_closes_its_baseline_engine(
     gc.collect()
     wait_for(lambda: not engine.baseline_open, "the baseline engine closed")
     assert engine.baseline_engines_closed == 1
+
+
+def test_a_baseline_engine_reads_open_until_its_pool_is_unmapped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given up by the sweeper, the engine is closed outside its lock (the ticker lets go of it
+    # first, then the pool is unmapped): `baseline_open` must not say closed before that ends.
+    class Token:  # a Code stand-in: only held weakly by the engine
+        pass
+
+    seen: list[tuple[bool, int]] = []
+    with SandboxEngine(EngineSettings(pool_total_instances=4)) as e:
+        token = e.baseline_code(lambda _: Token())  # type: ignore[arg-type,return-value]
+        assert e.baseline_open
+        remove = e.ticker.remove
+
+        def removing(engine: object) -> None:
+            seen.append((e.baseline_open, e.baseline_engines_closed))
+            remove(engine)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(e.ticker, "remove", removing)
+        del token
+        gc.collect()
+        assert not e._release_unused()
+        assert seen == [(True, 0)]  # while the close was under way
+        assert not e.baseline_open and e.baseline_engines_closed == 1

@@ -198,6 +198,7 @@ class SandboxEngine:
         self.engine = _make_engine(self.settings, 0, compiler)
         self._engines: dict[EngineKey, wasmtime.Engine] = {(compiler, MAPPED): self.engine}
         self._baseline: _Baseline | None = None
+        self._baseline_closing = 0  # given up by _release_unused, their close under way
         self._engines_lock = threading.Lock()
         self._background: dict[bool, wasmtime.Engine] = {}  # by copy_init
         self.baseline_engines_made = 0
@@ -297,8 +298,8 @@ class SandboxEngine:
 
     @property
     def baseline_open(self) -> bool:
-        """Whether the baseline engine is open now."""
-        return self._baseline is not None
+        """Whether the baseline engine is open now: until a closed one's pool is unmapped."""
+        return self._baseline is not None or self._baseline_closing > 0
 
     def background_compiler(self, serving: wasmtime.Engine | None = None) -> wasmtime.Engine:
         """An Engine that only compiles, on one thread, for the tier-up worker: its artifacts
@@ -413,12 +414,17 @@ class SandboxEngine:
             if held is None:
                 return False
             self._baseline = None
-            self.baseline_engines_closed += 1
+            self._baseline_closing += 1
         # Outside the lock: this unmaps the pool. Stores, components and linkers hold their own
         # references to wasmtime's engine, so ours is the last one left here; the ticker lets go
         # of it first (remove waits out a tick under way).
-        self.ticker.remove(held.engine)
-        held.engine.close()
+        try:
+            self.ticker.remove(held.engine)
+            held.engine.close()
+        finally:
+            with self._engines_lock:
+                self._baseline_closing -= 1
+                self.baseline_engines_closed += 1
         return False
 
     def deadline_ticks(self, deadline_ms: int) -> int:
