@@ -105,6 +105,9 @@ def node(
         envvar="EDGE_SECRETS_KEY_FILE",
         help="the fleet's secrets key (the control plane's DATA/secrets.key)",
     )] = None,
+    previous_secrets_key_file: Annotated[Path | None, typer.Option(
+        help="the key a rotation replaces, while it runs (may be absent: no key)",
+    )] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run an edge node: from a node.toml, or following a control plane (--control).
@@ -121,7 +124,7 @@ def node(
     with out:
         settings = node_config_from_args(
             config, control, region, node_id, listen, token, public_key, state_dir,
-            secrets_key_file,
+            secrets_key_file, previous_secrets_key_file,
         )
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(run_node(settings, out))

@@ -26,6 +26,7 @@ from edge.build import build_function
 from edge.cli_output import Output
 from edge.config.toml_fields import load_toml
 from edge.control.client import ControlClient
+from edge.control.rotation import previous_file
 from edge.control.sealing import KEY_FILE
 from edge.errors import ConfigError
 
@@ -148,8 +149,12 @@ class Stack:
                     "--public-key", tokens["public_key"],
                     "--state-dir", str(s.state_dir / "nodes" / r.name),
                     # On one machine the nodes read the control plane's own key file; elsewhere
-                    # the operator copies it to each node.
+                    # the operator copies it to each node. And the one an online rotation keeps
+                    # the old key in, which it writes first: a node that looks at its files
+                    # between the key file's change and the new revisions' arrival still opens
+                    # what it serves (with the key file alone it answered 503 meanwhile).
                     "--secrets-key-file", str(data / KEY_FILE),
+                    "--previous-secrets-key-file", str(previous_file(data / KEY_FILE)),
                 ])  # fmt: skip
             for r in REGIONS:
                 url = f"http://{r.address}:{s.node_port}/healthz"

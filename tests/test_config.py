@@ -255,6 +255,12 @@ def test_node_secrets_key_files_from_node_toml_and_the_command_line(tmp_path: Pa
     assert kept is not None and kept.previous_secrets_key_file == tmp_path / "keys" / "old.key"
     given = node_config_from_args(*flags, tmp_path / "keys" / "old.key").control
     assert given is not None and given.secrets_key_file == tmp_path / "keys" / "old.key"
+    # --previous-secrets-key-file (as `edge up` gives its nodes) replaces the previous one; it
+    # may be absent (no rotation runs): no key, not an error.
+    absent = tmp_path / "keys" / "new.key.previous"
+    both = node_config_from_args(*flags, tmp_path / "keys" / "new.key", absent).control
+    assert both is not None and both.previous_secrets_key_file == absent
+    assert key_files(both).keyring.key_ids == [current.key_id]
     # None configured: an empty keyring (functions with secrets answer 503 on this node).
     bare = parse_node_config({"control": control}, "node.toml", tmp_path).control
     assert bare is not None and key_files(bare).keyring.key_ids == []

@@ -19,9 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edge.control.rotation import previous_file
 from edge.control.sealing import KEY_FILE, SecretsKey
 
-from .cluster import Control, converge, start_control
+from .cluster import Control, converge, follower, start_control
 from .conftest import NodeFactory, Proc, wait_until
 from .control.test_admin import sealed_ids
 from .test_config_values_cluster import cli_json
@@ -122,3 +123,45 @@ def test_online_rotation_with_the_node_serving_the_secret_throughout(
     assert watch.asked > 0 and watch.wrong == []
     assert node.proc.poll() is None and "secret_unavailable" not in node.log()
     assert SECRET not in node.log() and AFTER not in control.proc.log()
+
+
+def test_nodes_on_the_control_planes_own_key_files_serve_on_when_they_look_mid_rotation(
+    control: Control, start_node: NodeFactory, tmp_path: Path
+) -> None:
+    """`edge up` runs its nodes on the control plane's key file and on the file an online
+    rotation keeps the old key in (`<key file>.previous`). The rotation writes that one first,
+    then NEW over the key file, then tells the nodes of the revisions sealed under NEW. A node
+    that looks at its files in between (here: the files written as the rotation writes them,
+    then SIGHUP, before any rotation) opens what it serves with the old key still; one on the
+    key file alone (as `edge up` ran them before) answered 503 until the revisions came."""
+    key_file = control.data / KEY_FILE
+    old = SecretsKey.load(key_file)
+    both = follower(start_node, control, "own-files", "eu-west", tmp_path / "state-1",
+                    extra=f'previous_secrets_key_file = "{previous_file(key_file)}"\n')
+    alone = follower(start_node, control, "key-file-alone", "eu-west", tmp_path / "state-2")
+    deploy_with_secret(control, tmp_path, SECRET)
+    for node in (both, alone):
+        assert httpx.get(node.url + "/").text == SECRET + "\n"
+    new_file = tmp_path / "new.key"
+    new = SecretsKey.load_or_create(new_file)
+    put(previous_file(key_file), key_file.read_text())
+    put(key_file, new_file.read_text())
+    for node in (both, alone):
+        node.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: sorted(readyz(both)["secrets_keys"]["key_ids"])
+               == sorted([old.key_id, new.key_id]), LOOK_S, "both keys taken", both)
+    wait_until(lambda: readyz(alone)["secrets_keys"]["key_ids"] == [new.key_id], LOOK_S,
+               "the new key taken", alone)
+    assert httpx.get(both.url + "/").text == SECRET + "\n"
+    assert readyz(both)["unavailable"] == []
+    assert httpx.get(alone.url + "/").status_code == 503  # the window this closes
+
+    # The rotation itself (its files are as above already): both serve what it sealed.
+    result = cli_json(control, "rotate-secrets-key", "--online", "--new-key", str(new_file))
+    assert result["new_key_id"] == new.key_id
+    with control.client() as client:
+        assert client.wait_for(result["revisions"][-1], 60).converged
+    for node in (both, alone):
+        assert httpx.get(node.url + "/").text == SECRET + "\n"
+        assert readyz(node)["unavailable"] == []
+    assert "secret_unavailable" not in both.log() and SECRET not in both.log()

@@ -50,6 +50,10 @@ from edge.sandbox.function import LoadedFunction
 LONG_POLL_S = 25.0
 KEEP_LOADED = 8  # loaded versions kept beyond those served, for rollbacks
 HEARTBEAT_S = 5.0
+# How often the key files are looked at while a function answers 503 secret_unavailable: its key
+# may be on its way (under `edge up` the control plane writes its key file just after the
+# rotation's revisions, which a node can fetch in between), and a look is a stat per file.
+KEY_RETRY_S = 0.25
 TRAFFIC_S = 1.0  # traffic counters, for the dashboard's live view; only when they moved
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -244,6 +248,8 @@ class Follower:
                 self.say(f"error: {name} answers 503 secret_unavailable: {message}")
         for name in self._secret_errors.keys() - secret_errors.keys() & snapshot.functions.keys():
             self.say(f"{name}: its secrets open again; serving it")
+        if secret_errors and not self._secret_errors:
+            self._recheck_keys.set()  # the key watch may be in a heartbeat's wait: shorten it
         self._secret_errors = secret_errors
 
     # --- secrets keys -----------------------------------------------------------------------
@@ -286,8 +292,9 @@ class Follower:
 
     async def watch_keys(self) -> None:
         while True:
+            wait_s = KEY_RETRY_S if self._secret_errors else HEARTBEAT_S
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._recheck_keys.wait(), HEARTBEAT_S)
+                await asyncio.wait_for(self._recheck_keys.wait(), wait_s)
             self._recheck_keys.clear()
             with carry_on(self.say, "checking the secrets key files"):
                 await self.check_keys()

@@ -162,6 +162,7 @@ def node_config_from_args(
     public_key: str | None,
     state_dir: Path | None,
     secrets_key_file: Path | None = None,
+    previous_secrets_key_file: Path | None = None,
 ) -> NodeConfig:
     """A node.toml (optional) with command-line flags on top."""
     if config_path is not None:
@@ -187,7 +188,7 @@ def node_config_from_args(
             ),
         }
         for key, given in (("secrets_key_file", secrets_key_file),
-                           ("previous_secrets_key_file", None)):
+                           ("previous_secrets_key_file", previous_secrets_key_file)):
             path = given or (getattr(known, key) if known else None)
             if path is not None:
                 table[key] = str(path)

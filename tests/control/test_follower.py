@@ -14,14 +14,16 @@ import pytest
 
 from edge.config.toml_fields import load_toml
 from edge.control.errors import SnapshotRejected
+from edge.control.sealing import SecretsKey
 from edge.control.signing import Signer, canonical_cbor
 from edge.control.snapshot import build_snapshot, sign_payload
 from edge.control.wire import METADATA_HEADER, encode_metadata
 from edge.node.config import parse_node_config
-from edge.node.follower import ControlSettings, Follower
+from edge.node.follower import KEY_RETRY_S, ControlSettings, Follower
+from edge.node.keyfiles import KeyFiles
 from edge.node.logs import LogWriter
 from edge.node.persisted import SNAPSHOT_FILE, NodeState
-from edge.node.runtime import NodeRuntime
+from edge.node.runtime import NodeRuntime, Unavailable
 from edge.sandbox.function import LoadedFunction
 from tests.conftest import EXAMPLES
 from tests.control.conftest import ControlServer, run_until
@@ -30,12 +32,15 @@ pytestmark = pytest.mark.toolchain
 Start = Callable[..., ControlServer]
 
 
-def make_follower(server: ControlServer, tmp_path: Path, state: Path) -> Follower:
+def make_follower(
+    server: ControlServer, tmp_path: Path, state: Path, secrets: KeyFiles | None = None
+) -> Follower:
     config = parse_node_config({"node": {"cache_dir": str(tmp_path / "compiled")}}, "test",
                                tmp_path)
     runtime = NodeRuntime(config, LogWriter("json"))
-    return Follower(runtime, ControlSettings(server.url, server.node, server.signer.public_key),
-                    NodeState(state), say=lambda _: None)
+    settings = ControlSettings(server.url, server.node, server.signer.public_key,
+                               secrets or KeyFiles.none())
+    return Follower(runtime, settings, NodeState(state), say=lambda _: None)
 
 
 def test_unsigned_wrongly_signed_and_locally_changed_snapshots_are_refused(
@@ -198,3 +203,56 @@ def test_the_reporting_loops_survive_a_failing_step(
     follower.runtime.close()
     assert steps[:2] == [0, 1]
     assert said == [f"error: {what} failed: RuntimeError('a bug in the report')"]
+
+
+def test_a_function_waiting_for_its_secrets_key_takes_it_without_waiting_for_a_heartbeat(
+    start_control: Start, built: Callable[[Path], Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under `edge up` a rotation's revisions can reach a node just before the control plane
+    writes its new key file; the function answered 503 until the next heartbeat's look (5 s).
+    While one does, the key files are looked at every KEY_RETRY_S."""
+    monkeypatch.setattr("edge.node.follower.HEARTBEAT_S", 3600.0)  # only the retry can see it
+    server = start_control()
+    project = EXAMPLES / "c" / "config"
+    admin = server.client(server.admin)
+    r = admin.post("/v1/functions/config-c/versions", content=built(project).read_bytes(),
+                   headers={METADATA_HEADER: encode_metadata(load_toml(project / "edge.toml"),
+                                                             "")})
+    assert r.status_code == 201, r.text
+    assert admin.post("/v1/functions/config-c/deploy",
+                      json={"version": 1, "routes": ["*/"]}).status_code == 200
+    r = admin.put("/v1/functions/config-c/config",
+                  json={"values": {"greeting": "sealed-hello"}, "secret": ["greeting"]})
+    assert r.status_code == 200, r.text
+    # The node has another key, and the control plane's is not in its files yet.
+    current, previous = tmp_path / "current.key", tmp_path / "previous.key"
+    SecretsKey.load_or_create(current)
+    secrets = KeyFiles.load([current, previous], optional=[previous])
+    follower = make_follower(server, tmp_path, tmp_path / "state", secrets)
+    said: list[str] = []
+    follower.say = said.append
+
+    def served() -> object:
+        return follower.runtime.deployment.functions["default/config-c"].stable
+
+    async def scenario() -> None:
+        watch = asyncio.create_task(follower.watch_keys())
+        assert await follower.poll_once()
+        assert isinstance(served(), Unavailable)
+        await asyncio.sleep(3 * KEY_RETRY_S)  # looks that find nothing new change nothing
+        assert isinstance(served(), Unavailable)
+        server.store.secrets_key.save(previous)  # no SIGHUP, no new revision
+        for _ in range(400):
+            if isinstance(served(), LoadedFunction):
+                break
+            await asyncio.sleep(0.025)
+        watch.cancel()
+        await follower.close()
+
+    asyncio.run(scenario())
+    follower.runtime.close()
+    assert isinstance(served(), LoadedFunction), said
+    assert follower.runtime.deployment.functions["default/config-c"].values == {
+        "greeting": "sealed-hello"}
+    assert "default/config-c: its secrets open again; serving it" in said
