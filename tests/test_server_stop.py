@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
 from edge.node.server import drop_cancelled
 
-from .conftest import free_port
+from .conftest import FIXTURES, NodeFactory, free_port, wait_until
 
 # An app whose every request waits far longer than the test: in flight when the server stops.
 SLOW_SERVER = """
@@ -88,3 +91,47 @@ def test_other_errors_still_reach_the_loops_handler(caplog: pytest.LogCaptureFix
     finally:
         loop.close()
     assert [r.getMessage() for r in caplog.records] == ["a real problem"]
+
+
+@pytest.mark.toolchain
+def test_a_stopped_node_lets_requests_in_flight_run_to_their_functions_deadline(
+    start_node: NodeFactory, built: Callable[[Path], Path], tmp_path: Path
+) -> None:
+    """Hypercorn's graceful timeout (3 s) cut off a request whose function may run longer: a
+    node stopped gives requests in flight its longest function deadline and a margin."""
+    project = tmp_path / "loop"
+    shutil.copytree(FIXTURES / "functions" / "loop", project,
+                    ignore=shutil.ignore_patterns("build"))
+    with (project / "edge.toml").open("a") as f:
+        f.write("\n[limits]\ndeadline_ms = 4500\n")  # spins until then: 504
+    built(project)
+    node = start_node(f'[[function]]\nproject = "{project}"\n'
+                      '[[route]]\nroute = "*/"\nfunction = "loop"\n')
+    answers: list[httpx.Response | str] = []
+
+    def ask() -> None:
+        try:
+            answers.append(httpx.get(node.url + "/", timeout=30))
+        except httpx.HTTPError as e:
+            answers.append(type(e).__name__)
+
+    client = threading.Thread(target=ask)
+    started = time.monotonic()
+    client.start()
+    wait_until(lambda: in_flight(httpx.get(node.url + "/metrics").text) >= 1, 10,
+               "the request in flight", node)
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(timeout=30) == 0
+    client.join(timeout=30)
+    (answer,) = answers
+    assert isinstance(answer, httpx.Response), answer
+    # The function's own end (its deadline, 4.5 s after it started), not a cut-off 500.
+    assert answer.status_code == 504, answer.text
+    assert answer.json()["error"] == "deadline_exceeded"
+    assert time.monotonic() - started >= 4.5
+    assert "Traceback" not in node.log()
+
+
+def in_flight(metrics: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("edge_node_in_flight_requests"))

@@ -33,6 +33,8 @@ from edge.node.runtime import NodeRuntime, Unavailable
 from edge.node.server import run
 from edge.node.tracing import SpanExporter
 
+STOP_MARGIN_S = 2.0  # beyond the longest function deadline, for requests in flight at a stop
+
 
 def settle_heap() -> None:
     """Moves everything allocated so far (modules, the loaded functions) out of the garbage
@@ -143,7 +145,10 @@ async def run_node(config: NodeConfig, out: Output | None = None) -> None:
             tasks.append(asyncio.create_task(shipper.run()))
 
     try:
-        await run(app, config.listen, on_ready=follow if config.control else load_static)
+        # Stopped (SIGTERM, a drained region's restart), requests in flight may finish: their
+        # function's deadline bounds them, plus time to wait for a worker and send the answer.
+        await run(app, config.listen, on_ready=follow if config.control else load_static,
+                  grace_s=lambda: runtime.deployment.longest_deadline_s() + STOP_MARGIN_S)
     finally:
         for task in tasks:
             task.cancel()

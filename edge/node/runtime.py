@@ -97,6 +97,15 @@ class Deployment:
     # Regions and other nodes, for L7 spill while this node's region drains.
     topology: Topology = field(default_factory=Topology)
 
+    def longest_deadline_s(self) -> float:
+        """The longest deadline of the versions served (0 with none): how long a request in
+        flight may still run its function."""
+        return max(
+            (f.config.limits.deadline_ms for served in self.functions.values()
+             for f in served.loaded() if isinstance(f, LoadedFunction)),
+            default=0,
+        ) / 1000
+
 
 class NodeRuntime:
     def __init__(

@@ -62,7 +62,15 @@ def drop_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> 
     loop.default_exception_handler(context)
 
 
-async def run(app: Any, listen: str, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
+async def run(
+    app: Any,
+    listen: str,
+    on_ready: Callable[[], Awaitable[None]] | None = None,
+    grace_s: Callable[[], float] | None = None,
+) -> None:
+    """`grace_s`: asked at the stop, how long requests in flight may still take (a node: its
+    longest function deadline and a margin); Hypercorn waits that long, at least its default
+    3 s, before it cancels them and answers 500."""
     sock = listening_socket(listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -74,7 +82,13 @@ async def run(app: Any, listen: str, on_ready: Callable[[], Awaitable[None]] | N
             loop.add_signal_handler(sig, stop.set)
     # Hypercorn takes the descriptor over (and closes it at shutdown).
     config = hypercorn_config(f"fd://{sock.detach()}")
-    task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
+
+    async def stopping() -> None:
+        await stop.wait()
+        if grace_s is not None:  # Hypercorn reads it once the trigger returns
+            config.graceful_timeout = max(config.graceful_timeout, grace_s())
+
+    task = asyncio.create_task(serve(app, config, shutdown_trigger=stopping))
     if on_ready is not None:
         await on_ready()
     await task
