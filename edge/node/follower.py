@@ -51,8 +51,7 @@ LONG_POLL_S = 25.0
 KEEP_LOADED = 8  # loaded versions kept beyond those served, for rollbacks
 HEARTBEAT_S = 5.0
 # How often the key files are looked at while a function answers 503 secret_unavailable: its key
-# may be on its way (under `edge up` the control plane writes its key file just after the
-# rotation's revisions, which a node can fetch in between), and a look is a stat per file.
+# may be on its way (an operator copying it in), and a look is a stat per file.
 KEY_RETRY_S = 0.25
 TRAFFIC_S = 1.0  # traffic counters, for the dashboard's live view; only when they moved
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)

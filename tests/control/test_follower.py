@@ -47,14 +47,7 @@ def test_unsigned_wrongly_signed_and_locally_changed_snapshots_are_refused(
     start_control: Start, built: Callable[[Path], Path], tmp_path: Path
 ) -> None:
     server = start_control()
-    project = EXAMPLES / "c" / "hello"
-    admin = server.client(server.admin)
-    r = admin.post("/v1/functions/hello-c/versions", content=built(project).read_bytes(),
-                   headers={METADATA_HEADER: encode_metadata(load_toml(project / "edge.toml"),
-                                                             "")})
-    assert r.status_code == 201, r.text
-    revision = admin.post("/v1/functions/hello-c/deploy",
-                          json={"version": 1, "routes": ["*/"]}).json()["revision"]
+    revision = deploy_example(server, built, "hello")
     state = tmp_path / "state"
     follower = make_follower(server, tmp_path, state)
 
@@ -83,6 +76,20 @@ def test_unsigned_wrongly_signed_and_locally_changed_snapshots_are_refused(
     assert not asyncio.run(changed.restore())  # restore makes no request: nothing to close
     assert changed.runtime.deployment.revision is None and not changed.runtime.deployment.ready
     changed.runtime.close()
+
+
+def deploy_example(server: ControlServer, built: Callable[[Path], Path], name: str) -> int:
+    """The C example `name` uploaded and deployed at */ as "NAME-c"; returns the revision."""
+    project = EXAMPLES / "c" / name
+    admin = server.client(server.admin)
+    r = admin.post(f"/v1/functions/{name}-c/versions", content=built(project).read_bytes(),
+                   headers={METADATA_HEADER: encode_metadata(load_toml(project / "edge.toml"),
+                                                             "")})
+    assert r.status_code == 201, r.text
+    r = admin.post(f"/v1/functions/{name}-c/deploy", json={"version": 1, "routes": ["*/"]})
+    assert r.status_code == 200, r.text
+    revision: int = r.json()["revision"]
+    return revision
 
 
 def unsigned_copy(path: Path) -> bytes:
@@ -209,19 +216,13 @@ def test_a_function_waiting_for_its_secrets_key_takes_it_without_waiting_for_a_h
     start_control: Start, built: Callable[[Path], Path], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Under `edge up` a rotation's revisions can reach a node just before the control plane
-    writes its new key file; the function answered 503 until the next heartbeat's look (5 s).
-    While one does, the key files are looked at every KEY_RETRY_S."""
+    """A function whose secret no key of the node opens answers 503 until its key is put in
+    place; the node looked at its key files only every heartbeat (5 s) or on SIGHUP. While one
+    does, it looks every KEY_RETRY_S."""
     monkeypatch.setattr("edge.node.follower.HEARTBEAT_S", 3600.0)  # only the retry can see it
     server = start_control()
-    project = EXAMPLES / "c" / "config"
+    deploy_example(server, built, "config")
     admin = server.client(server.admin)
-    r = admin.post("/v1/functions/config-c/versions", content=built(project).read_bytes(),
-                   headers={METADATA_HEADER: encode_metadata(load_toml(project / "edge.toml"),
-                                                             "")})
-    assert r.status_code == 201, r.text
-    assert admin.post("/v1/functions/config-c/deploy",
-                      json={"version": 1, "routes": ["*/"]}).status_code == 200
     r = admin.put("/v1/functions/config-c/config",
                   json={"values": {"greeting": "sealed-hello"}, "secret": ["greeting"]})
     assert r.status_code == 200, r.text
