@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -328,3 +329,39 @@ def test_changes_sort_into_values_and_sources(tmp_path: Path) -> None:
     assert batch((Change.deleted, "gone.c")) == (False, True)  # a source removed: rebuilt
     assert batch((Change.deleted, ".dev.vars")) == (True, False)
     assert batch((Change.modified, ".dev.vars"), (Change.modified, "main.c")) == (True, True)
+
+
+def test_dev_watches_the_project_before_it_says_it_is_serving(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ready line came before watchfiles had registered its watches when the scheduler ran
+    the watcher task late (seen beside a CPU hog): a save made right after it was lost. The
+    order is the event loop's, so it is checked in process: watchfiles' own RustNotify is
+    wrapped to say when it has registered, and Hypercorn is replaced by a stand-in that says
+    the ready line at once and returns."""
+    import asyncio
+
+    import watchfiles.main
+
+    from edge import dev
+    from edge.cli_output import Output
+
+    said: list[str] = []
+
+    real = watchfiles.main.RustNotify  # type: ignore[attr-defined]
+
+    def registered(*args: Any, **kwargs: Any) -> Any:
+        notify = real(*args, **kwargs)  # its watches are registered once it is made
+        said.append("watching")
+        return notify
+
+    async def ready_at_once(app: object, listen: str, on_ready: Callable[[], object]) -> None:
+        await on_ready()  # type: ignore[misc]
+
+    monkeypatch.setattr(watchfiles.main, "RustNotify", registered)
+    monkeypatch.setattr(dev, "run", ready_at_once)
+    server = dev.DevServer(copied(EXAMPLES / "c" / "hello", tmp_path / "hello"), "127.0.0.1",
+                           free_port(), Output())
+    monkeypatch.setattr(server.out, "event", lambda kind, *_a, **_k: said.append(kind))
+    asyncio.run(server.serve())
+    assert said[-2:] == ["watching", "ready"], said
