@@ -20,6 +20,7 @@ import pytest
 from edge.node.server import drop_cancelled
 
 from .conftest import FIXTURES, NodeFactory, free_port, wait_until
+from .metrics_text import Scrape
 
 # An app whose every request waits far longer than the test: in flight when the server stops.
 SLOW_SERVER = """
@@ -118,7 +119,7 @@ def test_a_stopped_node_lets_requests_in_flight_run_to_their_functions_deadline(
     client = threading.Thread(target=ask)
     started = time.monotonic()
     client.start()
-    wait_until(lambda: in_flight(httpx.get(node.url + "/metrics").text) >= 1, 10,
+    wait_until(lambda: Scrape.of(node.url).value("edge_node_in_flight_requests") >= 1, 10,
                "the request in flight", node)
     node.proc.send_signal(signal.SIGTERM)
     assert node.proc.wait(timeout=30) == 0
@@ -130,8 +131,3 @@ def test_a_stopped_node_lets_requests_in_flight_run_to_their_functions_deadline(
     assert answer.json()["error"] == "deadline_exceeded"
     assert time.monotonic() - started >= 4.5
     assert "Traceback" not in node.log()
-
-
-def in_flight(metrics: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith("edge_node_in_flight_requests"))
