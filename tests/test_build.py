@@ -5,12 +5,23 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from edge.build import Toolchain, build, build_function, stats
-from edge.build.cache import DEFAULT_MAX_MIB, cache_key, lookup, max_cache_bytes, store
+from edge.build.cache import (
+    DEFAULT_MAX_MIB,
+    STALE_LOCK_S,
+    building,
+    cache_key,
+    lookup,
+    max_cache_bytes,
+    remove_stale_locks,
+    store,
+)
 from edge.build.scaffold import new_project
 from edge.errors import BuildFailed, ConfigError, ToolchainMissing, UsageError
 
@@ -82,6 +93,21 @@ def test_cache_evicts_the_least_recently_used_past_its_size(tmp_path: Path) -> N
     assert lookup(cache, "b") is None and lookup(cache, "c") is None
     store(cache, "e", component, max_bytes=10)  # the one just stored stays, whatever the cap
     assert [p.stem for p in cache.glob("*.wasm")] == ["e"]
+
+
+def test_lock_files_go_once_stale_and_without_a_component(tmp_path: Path) -> None:
+    cache, component = tmp_path / "cache", tmp_path / "c.wasm"
+    component.write_bytes(b"x")
+    for key in ("built", "failed", "fresh"):
+        with building(cache, key, on_wait=lambda: None):
+            if key == "built":
+                store(cache, key, component)
+    locks = cache / "locks"
+    for key in ("built", "failed"):
+        os.utime(locks / f"{key}.lock", (0, 0))  # made long ago
+    remove_stale_locks(cache, now_s=STALE_LOCK_S + 1)
+    # "fresh" may belong to a build still compiling; "built" guards a component that exists.
+    assert sorted(p.stem for p in locks.glob("*.lock")) == ["built", "fresh"]
 
 
 def test_python_key_changes_with_the_packages_installed(tmp_path: Path) -> None:
@@ -192,6 +218,35 @@ def test_cache_hit_skips_compiler(tmp_path: Path) -> None:
     build_function(project, cache_dir=cache)
     assert stats.compiles == compiles + 2
     assert len(list(cache.glob("*.wasm"))) == 2
+
+
+@pytest.mark.toolchain
+def test_a_second_build_of_the_same_inputs_waits_and_takes_the_firsts_component(
+    tmp_path: Path,
+) -> None:
+    """`edge dev` saving while `edge build` runs, or two test workers: one compile, not two."""
+    project = copy_example("c", "hello", tmp_path)
+    first = build(project, cache_dir=tmp_path / "first")
+    (key,) = [p.stem for p in (tmp_path / "first").glob("*.wasm")]
+    cache = tmp_path / "cache"
+    steps: list[str] = []
+    results: list[object] = []
+    compiles = stats.compiles
+    with building(cache, key, on_wait=lambda: None):  # another build holds the inputs' lock
+        second = threading.Thread(
+            target=lambda: results.append(build(project, cache_dir=cache, on_step=steps.append))
+        )
+        second.start()
+        deadline = time.monotonic() + 30
+        while "waiting for another build of the same inputs" not in steps:
+            assert time.monotonic() < deadline, steps
+            time.sleep(0.01)
+        store(cache, key, first.path)  # what the other build leaves when it is done
+    second.join(timeout=30)
+    (result,) = results
+    assert isinstance(result, type(first)) and result.cache_hit
+    assert stats.compiles == compiles, "the waiting build must not compile"
+    assert result.path.read_bytes() == first.path.read_bytes()
 
 
 @pytest.mark.toolchain

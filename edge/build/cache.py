@@ -9,11 +9,13 @@ sees half a file.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from edge.dev_vars import DEV_VARS_FILE
@@ -29,6 +31,9 @@ SKIP_FILES = frozenset({DEV_VARS_FILE})
 
 
 DEFAULT_MAX_MIB = 2048
+# A lock file whose key has no component (a build that failed) is removed after this long.
+STALE_LOCK_S = 3600.0
+LOCKS_DIR = "locks"
 
 
 def max_cache_bytes() -> int:
@@ -93,6 +98,31 @@ def lookup(cache_dir: Path, key: str) -> Path | None:
     return path
 
 
+@contextlib.contextmanager
+def building(cache_dir: Path, key: str, on_wait: Callable[[], None]) -> Iterator[None]:
+    """Holds `key`'s lock while its component is looked up and, on a miss, built, so a second
+    build of the same inputs (`edge dev` saving while `edge build` runs, parallel test workers)
+    waits for the first and takes its component from the cache instead of compiling it again.
+    `on_wait` is told when another build holds the lock. A cache folder that cannot be written
+    builds unlocked, as it caches nothing either."""
+    try:
+        locks = cache_dir / LOCKS_DIR
+        locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # and with it the lock
+
+
 def atomic_copy(src: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
@@ -130,3 +160,17 @@ def evict(cache_dir: Path, max_bytes: int, keep: str) -> None:
         if path.stem != keep:
             path.unlink(missing_ok=True)
             total -= size
+    remove_stale_locks(cache_dir, time.time())
+
+
+def remove_stale_locks(cache_dir: Path, now_s: float) -> None:
+    """Lock files of keys without a component (failed builds, evicted ones) once they are
+    `STALE_LOCK_S` old. Removing one a build still holds costs at most a second compile of
+    that key, never a wrong component: components are written whole, by rename."""
+    for lock in (cache_dir / LOCKS_DIR).glob("*.lock"):
+        with contextlib.suppress(OSError):
+            if (
+                not (cache_dir / f"{lock.stem}.wasm").exists()
+                and now_s - lock.stat().st_mtime > STALE_LOCK_S
+            ):
+                lock.unlink()

@@ -10,7 +10,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edge.build import c, js, python
-from edge.build.cache import atomic_copy, cache_key, default_cache_dir, lookup, store
+from edge.build.cache import (
+    atomic_copy,
+    building,
+    cache_key,
+    default_cache_dir,
+    lookup,
+    store,
+)
 from edge.build.language import Language, Work
 from edge.build.toolchain import HANDLER_EXPORT, WIT_DIR, Toolchain
 from edge.config.function import FunctionConfig, load_function_config
@@ -110,21 +117,27 @@ def build(
         [("project", project_dir), ("wit", WIT_DIR), *lang.sdk_inputs()],
     )
     cdir = cache_dir if cache_dir is not None else default_cache_dir()
-    hit = lookup(cdir, key) if use_cache else None
-    if hit is not None:
-        with contextlib.suppress(FileNotFoundError):  # evicted by another build meanwhile
-            atomic_copy(hit, out)
-            stats.cache_hits += 1
-            return done(True)
+    lock = (
+        building(cdir, key, lambda: step("waiting for another build of the same inputs"))
+        if use_cache
+        else contextlib.nullcontext()
+    )
+    with lock:
+        hit = lookup(cdir, key) if use_cache else None
+        if hit is not None:
+            with contextlib.suppress(FileNotFoundError):  # evicted by another build meanwhile
+                atomic_copy(hit, out)
+                stats.cache_hits += 1
+                return done(True)
 
-    with tempfile.TemporaryDirectory(prefix=f"edge-build-{cfg.name}-") as tmp:
-        work = Work(Path(tmp))
-        built = lang.compile(project_dir, cfg, tools, work)
-        stats.compiles += 1
-        check_exports(built, tools, work)
-        atomic_copy(built, out)
-        if use_cache:
-            store(cdir, key, built)
+        with tempfile.TemporaryDirectory(prefix=f"edge-build-{cfg.name}-") as tmp:
+            work = Work(Path(tmp))
+            built = lang.compile(project_dir, cfg, tools, work)
+            stats.compiles += 1
+            check_exports(built, tools, work)
+            atomic_copy(built, out)
+            if use_cache:
+                store(cdir, key, built)
     return done(False)
 
 
