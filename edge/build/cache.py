@@ -9,7 +9,6 @@ sees half a file.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from edge.dev_vars import DEV_VARS_FILE
 from edge.errors import ConfigError
+from edge.filelock import exclusive
 
 # Bump when a language's build recipe changes in a way the inputs do not show.
 RECIPE_VERSION = "1"
@@ -103,24 +103,13 @@ def building(cache_dir: Path, key: str, on_wait: Callable[[], None]) -> Iterator
     """Holds `key`'s lock while its component is looked up and, on a miss, built, so a second
     build of the same inputs (`edge dev` saving while `edge build` runs, parallel test workers)
     waits for the first and takes its component from the cache instead of compiling it again.
-    `on_wait` is told when another build holds the lock. A cache folder that cannot be written
-    builds unlocked, as it caches nothing either."""
-    try:
-        locks = cache_dir / LOCKS_DIR
-        locks.mkdir(parents=True, exist_ok=True)
-        fd = os.open(locks / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
+    `on_wait` is told when another build holds the lock."""
+    with contextlib.ExitStack() as held:
+        # A cache folder that cannot be written builds unlocked: it caches nothing either.
+        with contextlib.suppress(OSError):
+            (cache_dir / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
+            held.enter_context(exclusive(cache_dir / LOCKS_DIR / f"{key}.lock", on_wait))
         yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            on_wait()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # and with it the lock
 
 
 def atomic_copy(src: Path, dest: Path) -> None:

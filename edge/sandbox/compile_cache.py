@@ -15,12 +15,10 @@ would each take a core).
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import wasmtime
 from wasmtime import component
 
 from edge.errors import ComponentRejected
+from edge.filelock import exclusive
 from edge.sandbox import growcheck
 from edge.sandbox.engine import SandboxEngine
 
@@ -92,7 +91,7 @@ class CompileCache:
             return compiled
         # Only the compile holds the lock, not the mapping: fifty nodes mapping one after the
         # other would each wait for the one before to be scheduled.
-        with _exclusive(path.with_name(path.name + ".lock")):
+        with exclusive(path.with_name(path.name + ".lock")):
             here = not path.exists()  # else another node sharing the directory compiled it
             if here:
                 compiled = self.compile(wasm, compile_in or engine, warn)
@@ -153,13 +152,6 @@ def _component(engine: wasmtime.Engine, wasm: bytes) -> component.Component:
         return component.Component(engine, wasm)
     except wasmtime.WasmtimeError as e:
         raise ComponentRejected(f"not a valid WebAssembly component: {_first_line(e)}") from None
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
-        yield
 
 
 def _first_line(e: Exception) -> str:
