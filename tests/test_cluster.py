@@ -274,12 +274,17 @@ def test_first_request_after_a_switch_pays_no_compilation(
     with control.client() as client:
         version = client.upload_version("hello-python", data, load_toml(project / "edge.toml"), "")
         converge(client, client.deploy("hello-python", int(version["number"]), ["*/"]))
+    label = str(version["number"])
+    # Converged means the node switched; what it switched to is compiled code already.
+    tiers = next(iter(httpx.get(node.url + "/readyz").json()["tiers"].values()))
+    assert tiers.get(label) in ("winch", "cranelift"), tiers
     t0 = time.perf_counter()
     r = httpx.get(node.url + "/")
     first_s = time.perf_counter() - t0
     assert r.status_code == 200 and r.text == "Hello from Python!\n"
-    assert first_s < 0.5, f"first request took {first_s:.2f}s: compiled at request time?"
-    label = str(version["number"])
+    # Loose, for a machine shared with other work: a compile from nothing takes 0.9 s (Winch)
+    # to 3.7 s (Cranelift) on a quiet one, the first request there ~0.05 s.
+    assert first_s < 2.0, f"first request took {first_s:.2f}s: compiled at request time?"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         tiers = next(iter(httpx.get(node.url + "/readyz").json()["tiers"].values()))
