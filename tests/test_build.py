@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.build import Toolchain, build, build_function, stats
+from edge.build import BuildResult, Toolchain, build, build_function, stats
 from edge.build.cache import (
     DEFAULT_MAX_MIB,
     STALE_LOCK_S,
@@ -230,7 +230,7 @@ def test_a_second_build_of_the_same_inputs_waits_and_takes_the_firsts_component(
     (key,) = [p.stem for p in (tmp_path / "first").glob("*.wasm")]
     cache = tmp_path / "cache"
     steps: list[str] = []
-    results: list[object] = []
+    results: list[BuildResult] = []
     compiles = stats.compiles
     with building(cache, key, on_wait=lambda: None):  # another build holds the inputs' lock
         second = threading.Thread(
@@ -244,9 +244,20 @@ def test_a_second_build_of_the_same_inputs_waits_and_takes_the_firsts_component(
         store(cache, key, first.path)  # what the other build leaves when it is done
     second.join(timeout=30)
     (result,) = results
-    assert isinstance(result, type(first)) and result.cache_hit
+    assert result.cache_hit
     assert stats.compiles == compiles, "the waiting build must not compile"
     assert result.path.read_bytes() == first.path.read_bytes()
+
+
+@pytest.mark.toolchain
+def test_a_cache_folder_that_cannot_hold_locks_still_builds_and_caches(tmp_path: Path) -> None:
+    project = copy_example("c", "hello", tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "locks").write_text("a file where the lock folder would go\n")
+    first = build(project, cache_dir=cache)
+    again = build(project, cache_dir=cache)
+    assert not first.cache_hit and again.cache_hit
 
 
 @pytest.mark.toolchain
