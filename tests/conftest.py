@@ -92,12 +92,16 @@ class Proc:
 
 
 def _spawn(
-    args: list[str], log_path: Path, env: dict[str, str] | None = None
+    args: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    wrap: list[str] | None = None,
 ) -> subprocess.Popen[str]:
-    """`env`: variables set for the child on top of this process's."""
+    """`env`: variables set for the child on top of this process's; `wrap`: a command that
+    execs the rest of its arguments (the child keeps its pid)."""
     with log_path.open("w") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "edge", *args],
+            [*(wrap or []), sys.executable, "-m", "edge", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
@@ -135,9 +139,10 @@ class NodeFactory:
     def __call__(
         self, body: str, *, node: str = "", ready: bool = True, cache_dir: Path = COMPILED,
         host: str = "127.0.0.1", env: dict[str, str] | None = None,
+        wrap: list[str] | None = None,
     ) -> Proc:
         """`host`: another loopback address (127.0.0.x) gives the node an address of its own;
-        `env`: variables set for the node on top of the test's."""
+        `env`: variables set for the node on top of the test's; `wrap`: see _spawn."""
         port = free_port()
         config = self.workdir / f"node-{port}.toml"
         if "id =" not in node:
@@ -146,7 +151,9 @@ class NodeFactory:
         config.write_text(header + node + "\n" + body)
         log = self.workdir / f"node-{port}.log"
         proc = Proc(
-            _spawn(["node", "--config", str(config)], log, env), f"http://{host}:{port}", log
+            _spawn(["node", "--config", str(config)], log, env, wrap),
+            f"http://{host}:{port}",
+            log,
         )
         self.procs.append(proc)
         path = "/readyz" if ready else "/healthz"

@@ -69,7 +69,9 @@ def test_hello_health_ready_and_request_id(node: Proc) -> None:
 
 
 def test_host_and_path_routing(node: Proc) -> None:
-    assert httpx.get(node.url + "/echo/x").json()["url"].endswith("/echo/x")
+    echo = httpx.get(node.url + "/echo/x")
+    assert echo.status_code == 200, echo.text
+    assert echo.json()["url"].endswith("/echo/x")
     assert httpx.get(node.url + "/echoes").text == "Hello from C!\n"
     via_host = httpx.get(node.url + "/anything", headers={"host": "only.example"})
     assert via_host.json()["url"] == "http://only.example/anything"
@@ -163,9 +165,11 @@ def test_healthy_function_answers_during_hostile_load(node: Proc) -> None:
 
 
 def test_busy_function_does_not_block_others(node: Proc) -> None:
-    """A function busy for 300 ms must not delay trivial requests on the same node."""
+    """A function busy for 1.5 s must not delay trivial requests on the same node: they all
+    answer while it runs, none waits anywhere near as long as it runs. (Not a tight latency
+    bound: with other tests compiling beside it on a 2-core machine, one took 1.8 s once.)"""
     with httpx.Client() as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
-        busy = pool.submit(client.get, node.url + "/busy?ms=300", timeout=30)
+        busy = pool.submit(client.get, node.url + "/busy?ms=1500", timeout=30)
         time.sleep(0.05)
         latencies = []
         for _ in range(10):
@@ -174,9 +178,9 @@ def test_busy_function_does_not_block_others(node: Proc) -> None:
             latencies.append(time.perf_counter() - t0)
         finished_while_busy = not busy.done()
         r = busy.result()
-    assert r.status_code == 200 and json.loads(r.text)["spun_ms"] >= 300
+    assert r.status_code == 200 and json.loads(r.text)["spun_ms"] >= 1500
     assert finished_while_busy, "trivial requests waited for the busy one"
-    assert max(latencies) < 0.25, latencies
+    assert max(latencies) < 1.0, latencies
 
 
 def test_bad_component_never_takes_the_node_down(
@@ -291,9 +295,50 @@ def test_ready_only_once_every_function_is_compiled(
     assert _metric(metrics, "edge_function_tier_ups_total", result="failed") == 0
 
 
+def test_a_full_compile_cache_disk_stops_neither_loading_nor_the_tier_up(
+    start_node: Callable[..., Proc], built: Callable[[Path], Path], tmp_path: Path
+) -> None:
+    """The compile cache on a 1 MiB disk of its own (a tmpfs in a mount namespace of the
+    node's): the C hello's code (~20 KB) is kept; the Python hello's (~40 MB) cannot be, yet
+    the node loads it, serves it and switches it to Cranelift code, from memory, and says so."""
+    names = {"hello-python": EXAMPLES / "python" / "hello", "hello-c": EXAMPLES / "c" / "hello"}
+    body = ""
+    for name, project in names.items():
+        built(project)
+        body += f'[[function]]\nproject = "{project}"\n'
+        body += f'[[route]]\nroute = "*/{name}"\nfunction = "{name}"\n'
+    cache = tmp_path / "small-disk"
+    cache.mkdir()
+    small_disk = 'mount -t tmpfs -o size=1m edge-test "$0" && exec "$@"'
+    wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c", small_disk, str(cache)]
+    node = start_node(body, cache_dir=cache, wrap=wrap)
+    deadline = time.monotonic() + 180
+    tiers = ""
+    while tiers != "cranelift" and time.monotonic() < deadline:
+        assert httpx.get(node.url + "/hello-python").text == "Hello from Python!\n"
+        tiers = httpx.get(node.url + "/readyz").json()["tiers"]["hello-python"][""]
+        time.sleep(0.05)
+    assert tiers == "cranelift"
+    assert httpx.get(node.url + "/hello-python").text == "Hello from Python!\n"
+    assert httpx.get(node.url + "/hello-c").text == "Hello from C!\n"
+    metrics = httpx.get(node.url + "/metrics").text
+    assert _metric(metrics, "edge_function_tier_ups_total", result="ok") == 1
+    assert _metric(metrics, "edge_node_compile_cache_unstored_total") == 1
+    log = node.log()
+    assert "cannot keep compiled code" in log and "No space left on device" in log, log
+    # Seen through the node's own mount namespace: the C hello's code was kept, and nothing
+    # of the Python hello's, not even a part.
+    disk = Path(f"/proc/{node.proc.pid}/root") / cache.relative_to("/")
+    kept = [p.name for p in disk.iterdir() if not p.name.endswith(".lock")]
+    assert len(kept) == 1 and kept[0].endswith(".cwasm"), kept
+    assert list(cache.iterdir()) == []  # the test's own view: the tmpfs is the node's alone
+
+
 def _metric(text: str, name: str, **labels: str) -> float:
     for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        if line.startswith((name + "{", name + " ")) and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 

@@ -6,6 +6,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import wasmtime
@@ -130,6 +131,40 @@ def test_compile_cache_survives_restart_and_corruption(
     third = CompileCache(engine, tmp_path)
     third.load(wasm)
     assert third.stats.misses == 1 and artifact.read_bytes() != b"garbage"
+
+
+def test_a_compile_cache_directory_taken_away_still_loads_code(
+    engine: SandboxEngine,
+    tmp_path: Path,
+    built: Callable[[Path], Path],
+    lines: list[host.LogLine],
+) -> None:
+    """The directory gone after the node started: the function loads and serves from memory,
+    compiled once, with a warning; once the directory is back the code is kept. (A full disk,
+    where the lock is taken and the file cannot be written: test_node's full compile cache
+    disk.)"""
+    wasm = built(EXAMPLES / "c" / "hello").read_bytes()
+    directory = tmp_path / "compiled"
+    cache = CompileCache(engine, directory)
+    directory.rmdir()
+    directory.write_text("a file where the cache directory goes\n")
+    compiles: list[int] = []
+    compile_once = cache.compile
+
+    def counted(*args: Any, **kwargs: Any) -> wasmtime.component.Component:
+        compiles.append(1)
+        return compile_once(*args, **kwargs)
+
+    cache.compile = counted  # type: ignore[method-assign]
+    fn = LoadedFunction(engine, cache, wasm, FunctionConfig(name="hello"), lines.append)
+    assert invoke(fn, request(), lines).body.startswith(b"Hello from C!")
+    assert len(compiles) == 1 and cache.stats.unstored == 1
+    (warning,) = [line.message for line in lines if line.source == "platform"]
+    assert "cannot keep compiled code" in warning and "Not a directory" in warning
+    directory.unlink()
+    again = CompileCache(engine, directory)
+    LoadedFunction(engine, again, wasm, FunctionConfig(name="hello"), lines.append)
+    assert again.stats.unstored == 0 and len(list(directory.glob("*.cwasm"))) == 1
 
 
 def test_nodes_sharing_a_cache_directory_compile_a_component_once(

@@ -5,17 +5,17 @@ limits on both tiers."""
 from __future__ import annotations
 
 import gc
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 from edge.config.function import InstancePolicy, load_function_config
-from edge.errors import DeadlineExceeded, MemoryLimitExceeded
+from edge.errors import ComponentRejected, DeadlineExceeded, MemoryLimitExceeded
 from edge.sandbox import abi, capi, host
 from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import EngineSettings, SandboxEngine
@@ -210,13 +210,17 @@ def test_failed_tier_up_leaves_winch_code_serving(
     engine: SandboxEngine,
     load: Loader,
     held: threading.Event,
-    tmp_path: Path,
     lines: list[host.LogLine],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fn = load(EXAMPLES / "python" / "hello", deadline_ms=5_000)  # room beside the compile
-    # The cache directory is gone (a disk taken away): the Cranelift compile cannot be stored.
-    shutil.rmtree(tmp_path / "compiled")
-    (tmp_path / "compiled").write_text("not a directory")
+
+    # A Cranelift compile that fails (injected: nothing real fails there and not in Winch; a
+    # full disk does not, see test_node's full compile cache disk).
+    def refuse(*args: object, **kwargs: object) -> NoReturn:
+        raise ComponentRejected("not a valid WebAssembly component: injected")
+
+    monkeypatch.setattr(CompileCache, "compile", refuse)
     held.set()
     deadline = time.monotonic() + TIER_UP_BOUND_S
     while engine.tiering.stats.failures == 0 and time.monotonic() < deadline:
@@ -245,18 +249,22 @@ def test_tier_settings_do_not_change_the_cache_key() -> None:
     assert EngineSettings().fingerprint() == EngineSettings(tier_up=False).fingerprint()
 
 
-@pytest.mark.parametrize("on_disk", [True, False])
+@pytest.mark.parametrize("disk", ["kept", "none", "unusable"])
 def test_background_compiles_suit_the_serving_engine(
-    engine: SandboxEngine, tmp_path: Path, built: Callable[[Path], Path], on_disk: bool
+    engine: SandboxEngine, tmp_path: Path, built: Callable[[Path], Path], disk: str
 ) -> None:
     """The tier-up worker compiles in an engine of its own (one thread, no pool); what it makes
-    is mapped into, and instantiated in, the engine that serves."""
+    is mapped into, and instantiated in, the engine that serves, or goes to it as bytes when
+    there is no cache directory or the directory cannot take it."""
     project = EXAMPLES / "c" / "hello"
     wasm = built(project).read_bytes()
-    cache = CompileCache(engine, tmp_path if on_disk else None)
+    cache = CompileCache(engine, None if disk == "none" else tmp_path / "compiled")
+    if disk == "unusable":  # taken away after the node started
+        (tmp_path / "compiled").rmdir()
+        (tmp_path / "compiled").write_text("a file where the cache directory goes\n")
     serving = engine.engine_for(len(wasm))
     compiled = cache.load(wasm, engine=serving, compile_in=engine.background_compiler(serving))
-    assert cache.stats.misses == 1
+    assert cache.stats.misses == 1 and cache.stats.unstored == (disk == "unusable")
     fn = LoadedFunction(engine, cache, wasm, load_function_config(project), lambda _: None)
     assert call(fn).body.startswith(b"Hello from C!")
     assert compiled.get_export_index("edge:function/handler@0.1.0") is not None

@@ -268,6 +268,12 @@ class _ScrapeTime(Collector):
         lookups.add_metric(["hit"], self.cache.hits)
         lookups.add_metric(["miss"], self.cache.misses)
         yield lookups
+        yield CounterMetricFamily(
+            "edge_node_compile_cache_unstored",
+            "Compiled components the compile cache's directory could not take (a full disk, a"
+            " directory gone): they serve from memory and compile again at restart",
+            value=self.cache.unstored,
+        )
         tier_ups = CounterMetricFamily(
             "edge_function_tier_ups",
             "Functions switched from baseline (Winch) to optimised code since start, and "

@@ -43,6 +43,7 @@ TRIM_AFTER_BYTES = 1024 * 1024
 class CacheStats:
     hits: int = 0
     misses: int = 0
+    unstored: int = 0  # compiled code the directory could not take (full disk, gone)
 
 
 def content_hash(wasm: bytes) -> str:
@@ -71,31 +72,47 @@ class CompileCache:
         engine: wasmtime.Engine | None = None,
         warn: Warn | None = None,
         compile_in: wasmtime.Engine | None = None,
+        *,
+        say_unchecked: bool = True,
     ) -> component.Component:
         """Returns the compiled component, from disk when possible. Raises ComponentRejected.
         `engine`: which of the sandbox's engines (see SandboxEngine.engine_for); one artifact
-        suits both. `warn` hears about core modules a compile had to leave unchecked.
-        `compile_in`: an engine with the same code settings to compile a new artifact in (see
-        SandboxEngine.background_compiler)."""
+        suits both. `warn` hears about core modules a compile had to leave unchecked (unless
+        not `say_unchecked`: a tier-up repeats what the first compile said) and about an
+        artifact the directory could not take. `compile_in`: an engine with the same code
+        settings to compile a new artifact in (see SandboxEngine.background_compiler)."""
         digest = digest or content_hash(wasm)
         engine = engine or self.engine.engine
         path = self.path_for(digest, engine)
+        unchecked = warn if say_unchecked else None
         if path is None:
             self.stats.misses += 1
-            if compile_in is None:
-                return self.compile(wasm, engine, warn)
-            data = self.compile(wasm, compile_in, warn).serialize()
-            return component.Component.deserialize(engine, data)
+            compiled = self.compile(wasm, compile_in or engine, unchecked)
+            return self._into(engine, compiled, compile_in)
         compiled = self.cached(digest, engine)
         if compiled is not None:
             return compiled
-        # Only the compile holds the lock, not the mapping: fifty nodes mapping one after the
-        # other would each wait for the one before to be scheduled.
-        with exclusive(path.with_name(path.name + ".lock")):
-            here = not path.exists()  # else another node sharing the directory compiled it
-            if here:
-                compiled = self.compile(wasm, compile_in or engine, warn)
-                _write_atomically(path, bytes(compiled.serialize()))
+        try:
+            # Only the compile holds the lock, not the mapping: fifty nodes mapping one after
+            # the other would each wait for the one before to be scheduled.
+            with exclusive(path.with_name(path.name + ".lock")):
+                here = not path.exists()  # else another node sharing the directory compiled it
+                if here:
+                    compiled = self.compile(wasm, compile_in or engine, unchecked)
+                    _write_atomically(path, bytes(compiled.serialize()))
+        except OSError as e:
+            # A full disk or a directory gone must not stop a deploy or a tier-up: the code
+            # serves from memory (without the copy-on-write image), compiled again at restart.
+            self.stats.misses += 1
+            self.stats.unstored += 1
+            if warn is not None:
+                warn(
+                    f"compile cache {self.directory} cannot keep compiled code ({e}); serving"
+                    " it from memory, a restart compiles it again"
+                )
+            if compiled is None:
+                compiled = self.compile(wasm, compile_in or engine, unchecked)
+            return self._into(engine, compiled, compile_in)
         self.stats.misses += here
         self.stats.hits += not here
         # Mapped from the file, so this node also gets the copy-on-write image; a file wasmtime
@@ -104,6 +121,16 @@ class CompileCache:
         if compiled is None:
             return self.compile(wasm, engine, warn)
         return compiled
+
+    @staticmethod
+    def _into(
+        engine: wasmtime.Engine, compiled: component.Component, compiled_in: wasmtime.Engine | None
+    ) -> component.Component:
+        """`compiled` usable in `engine`: code compiled in another engine (with the same code
+        settings, see SandboxEngine.background_compiler) goes through its bytes."""
+        if compiled_in is None or compiled_in is engine:
+            return compiled
+        return component.Component.deserialize(engine, compiled.serialize())
 
     def cached(self, digest: str, engine: wasmtime.Engine) -> component.Component | None:
         """The component mapped from disk if it was compiled before (a hit), else None."""

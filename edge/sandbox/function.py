@@ -148,7 +148,10 @@ class LoadedFunction:
         log_write = self._log_write
 
         def compile_top() -> Code:  # its growcheck warnings were said at the first compile
-            compiled = cache.load(wasm, digest, top, compile_in=compile_in)
+            def warn(message: str) -> None:
+                _warn(sink, name, message)
+
+            compiled = cache.load(wasm, digest, top, warn, compile_in, say_unchecked=False)
             return link(top, compiled, caps, tier, log_write)
 
         def failed(e: Exception) -> None:
