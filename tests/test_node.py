@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, FIXTURES, SHARED_GEOIP, Proc
+from .conftest import EXAMPLES, FIXTURES, SHARED_GEOIP, Proc, free_port
 
 pytestmark = pytest.mark.toolchain
 
@@ -332,6 +334,29 @@ def test_a_full_compile_cache_disk_stops_neither_loading_nor_the_tier_up(
     kept = [p.name for p in disk.iterdir() if not p.name.endswith(".lock")]
     assert len(kept) == 1 and kept[0].endswith(".cwasm"), kept
     assert list(cache.iterdir()) == []  # the test's own view: the tmpfs is the node's alone
+
+
+def test_a_compile_cache_directory_that_cannot_be_made_is_a_config_error(
+    tmp_path: Path, built: Callable[[Path], Path]
+) -> None:
+    project = EXAMPLES / "c" / "hello"
+    built(project)
+    (tmp_path / "a-file").write_text("not a directory\n")
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[node]\nlisten = "127.0.0.1:{free_port()}"\ncache_dir = "a-file/compiled"\n'
+        f'id = "n"\nregion = "r"\n[[function]]\nproject = "{project}"\n'
+        '[[route]]\nroute = "*/"\nfunction = "hello-c"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", "node", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said
+    where = tmp_path / "a-file" / "compiled"
+    assert f"error: compile cache directory {where}: Not a directory" in said, said
+    assert "Traceback" not in said
 
 
 def _metric(text: str, name: str, **labels: str) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -238,9 +239,17 @@ def test_module_left_unchecked_is_reported_and_still_compiles(
 # --- requests -----------------------------------------------------------------------------------
 
 
+def roomy(project: Path) -> FunctionConfig:
+    """The project's config with a 2 s deadline: what the request and answer carry is tested,
+    not speed (a first request on Winch code, beside a background compile on 2 cores, has
+    taken over the examples' 100 ms)."""
+    config = load_function_config(project)
+    return replace(config, limits=replace(config.limits, deadline_ms=2000))
+
+
 @pytest.mark.parametrize("lang", ["c", "python", "js"])
 def test_echo_sees_the_whole_request(load: Loader, lines: list[host.LogLine], lang: str) -> None:
-    fn = load(EXAMPLES / lang / "echo")
+    fn = load(EXAMPLES / lang / "echo", roomy(EXAMPLES / lang / "echo"))
     body = bytes(range(256)) * 4
     resp = invoke(fn, request(body=b"hello \xe2\x9c\x93"), lines)
     assert resp.status == 200
@@ -414,9 +423,7 @@ def test_winch_runs_every_language(
 ) -> None:
     project = EXAMPLES / lang / "hello"
     cache = CompileCache(winch, COMPILED)
-    fn = LoadedFunction(
-        winch, cache, built(project).read_bytes(), load_function_config(project), lines.append
-    )
+    fn = LoadedFunction(winch, cache, built(project).read_bytes(), roomy(project), lines.append)
     assert text in invoke(fn, request(), lines).body.decode()
 
 

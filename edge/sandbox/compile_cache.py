@@ -25,7 +25,7 @@ from pathlib import Path
 import wasmtime
 from wasmtime import component
 
-from edge.errors import ComponentRejected
+from edge.errors import ComponentRejected, ConfigError
 from edge.filelock import exclusive
 from edge.sandbox import growcheck
 from edge.sandbox.engine import SandboxEngine
@@ -56,7 +56,10 @@ class CompileCache:
         self.directory = directory
         self.stats = CacheStats()
         if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # at start: the configuration names a place that cannot be
+                raise ConfigError(f"compile cache directory {directory}: {e.strerror}") from None
 
     def path_for(self, digest: str, engine: wasmtime.Engine | None = None) -> Path | None:
         """Where the artifact for `engine` (default: the sandbox's first) is kept."""
