@@ -148,9 +148,7 @@ class LoadedFunction:
         log_write = self._log_write
 
         def compile_top() -> Code:  # its growcheck warnings were said at the first compile
-            def warn(message: str) -> None:
-                _warn(sink, name, message)
-
+            warn = partial(_warn, sink, name)
             compiled = cache.load(wasm, digest, top, warn, compile_in, say_unchecked=False)
             return link(top, compiled, caps, tier, log_write)
 
