@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -31,13 +32,20 @@ def always() -> Iterator[SandboxEngine]:
 
 
 def loader(
-    engine: SandboxEngine, built: Callable[[Path], Path], lines: list[host.LogLine]
+    engine: SandboxEngine,
+    built: Callable[[Path], Path],
+    lines: list[host.LogLine],
+    deadline_ms: int | None = None,
 ) -> Loader:
+    """`deadline_ms`: instead of the project's, where the test is not about speed."""
     cache = CompileCache(engine, COMPILED)
 
     def go(project: Path) -> LoadedFunction:
         wasm = built(project).read_bytes()
-        return LoadedFunction(engine, cache, wasm, load_function_config(project), lines.append)
+        config = load_function_config(project)
+        if deadline_ms is not None:
+            config = replace(config, limits=replace(config.limits, deadline_ms=deadline_ms))
+        return LoadedFunction(engine, cache, wasm, config, lines.append)
 
     return go
 
@@ -74,7 +82,8 @@ def test_python_function_gets_prepared_and_logs_per_request(
 ) -> None:
     # Default settings: a componentize-py instantiation is well above the threshold.
     with SandboxEngine(EngineSettings(pool_total_instances=64)) as engine:
-        fn = loader(engine, built, lines)(EXAMPLES / "python" / "config")
+        # 2 s: its first request on Winch code, beside the Cranelift compile, once took 100 ms.
+        fn = loader(engine, built, lines, deadline_ms=2000)(EXAMPLES / "python" / "config")
         ids = [f"py-{i}" for i in range(prepare.SAMPLES + 4)]
         for request_id in ids:
             assert call(fn, request_id, lines).status == 200
