@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -57,6 +58,25 @@ def fixture_routes(names: list[str], built: Callable[[Path], Path]) -> str:
         body += f'[[function]]\nproject = "{project}"\n'
         body += f'[[route]]\nroute = "*/{name}"\nfunction = "{name}"\n'
     return body
+
+
+# For tests of what a request and its answer carry, not of speed: a first request on a fresh
+# instance beside other tests' compiles on 2 cores has taken over the examples' 100 ms.
+ROOMY_DEADLINE_MS = 2_000
+
+
+def roomy_function(project: Path, wasm: Path, where: Path) -> str:
+    """A node.toml [[function]] table serving `wasm`, `project`'s build, with a deadline of
+    ROOMY_DEADLINE_MS: its edge.toml is copied into the folder `where` with that deadline."""
+    text = re.sub(r"(?m)^deadline_ms\s*=.*\n?", "", (project / "edge.toml").read_text())
+    line = f"deadline_ms = {ROOMY_DEADLINE_MS}\n"
+    if re.search(r"(?m)^\[limits\]", text):
+        text = re.sub(r"(?m)^\[limits\]\n", lambda m: m.group(0) + line, text, count=1)
+    else:
+        text += f"\n[limits]\n{line}"
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "edge.toml").write_text(text)
+    return f'[[function]]\ncomponent = "{wasm}"\nmanifest = "{where / "edge.toml"}"\n'
 
 
 @pytest.fixture(scope="session")

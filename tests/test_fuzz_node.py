@@ -24,7 +24,15 @@ from hypothesis import strategies as st
 from edge.node.tracecontext import parse_traceparent
 
 from .cluster import FUNCTION, converge, follower, start_control, upload
-from .conftest import EXAMPLES, FIXTURES, SHARED_GEOIP, NodeFactory, Proc, free_port
+from .conftest import (
+    EXAMPLES,
+    FIXTURES,
+    SHARED_GEOIP,
+    NodeFactory,
+    Proc,
+    free_port,
+    roomy_function,
+)
 from .otlp_receiver import OtlpReceiver
 
 pytestmark = pytest.mark.toolchain
@@ -51,12 +59,16 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 @pytest.fixture(scope="module")
 def node(
-    start_module_node: Callable[..., Proc], built: Callable[[Path], Path], receiver: OtlpReceiver
+    start_module_node: Callable[..., Proc],
+    built: Callable[[Path], Path],
+    receiver: OtlpReceiver,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Proc:
     projects = [EXAMPLES / "python" / "echo", FIXTURES / "functions" / "mirror"]
-    for p in projects:
-        built(p)
-    body = "".join(f'[[function]]\nproject = "{p}"\n' for p in projects)
+    where = tmp_path_factory.mktemp("functions")
+    # Framing and echoing are tested, not speed: a 504 here was a first request on a busy CI
+    # machine, not a fault of the node.
+    body = "".join(roomy_function(p, built(p), where / p.name) for p in projects)
     # No catch-all route: paths elsewhere are the platform's 404.
     body += '[[route]]\nroute = "*/echo"\nfunction = "echo-python"\n'
     body += '[[route]]\nroute = "*/mirror"\nfunction = "mirror"\n'

@@ -28,7 +28,7 @@ from edge.sandbox.engine import EngineSettings, SandboxEngine
 from edge.sandbox.function import LoadedFunction
 from edge.sandbox.native_invoke import INVOKES
 
-from .conftest import COMPILED, EXAMPLES, FIXTURES
+from .conftest import COMPILED, EXAMPLES, FIXTURES, ROOMY_DEADLINE_MS
 
 pytestmark = pytest.mark.toolchain
 
@@ -240,11 +240,9 @@ def test_module_left_unchecked_is_reported_and_still_compiles(
 
 
 def roomy(project: Path) -> FunctionConfig:
-    """The project's config with a 2 s deadline: what the request and answer carry is tested,
-    not speed (a first request on Winch code, beside a background compile on 2 cores, has
-    taken over the examples' 100 ms)."""
+    """The project's config with a deadline of ROOMY_DEADLINE_MS (see there)."""
     config = load_function_config(project)
-    return replace(config, limits=replace(config.limits, deadline_ms=2000))
+    return replace(config, limits=replace(config.limits, deadline_ms=ROOMY_DEADLINE_MS))
 
 
 @pytest.mark.parametrize("lang", ["c", "python", "js"])

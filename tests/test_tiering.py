@@ -5,6 +5,7 @@ limits on both tiers."""
 from __future__ import annotations
 
 import gc
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -124,6 +125,36 @@ def test_python_serves_winch_code_then_tiers_up_without_a_failed_request(
     assert again.tier == "cranelift"
     assert call(again).body == b"Hello from Python!\n"
     assert engine.tiering.stats.ups == 1
+
+
+def thread_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+
+
+def first_call_faults(fn: LoadedFunction) -> int:
+    """The page faults of a call on this thread (a Python function's requests run on it)."""
+    before = thread_faults()
+    assert call(fn).status == 200
+    return thread_faults() - before
+
+
+# A Python hello's first request in a fresh slot: ~3,600 faults (the slot's first reset, when its
+# store closes); ~100 in one its load warmed (LoadedFunction._warm_slot); later ones ~15.
+WARM_SLOT_FAULTS = 1_000
+
+
+def test_a_first_request_finds_its_slot_warm_on_either_tier(
+    engine: SandboxEngine, load: Loader, held: threading.Event
+) -> None:
+    project = EXAMPLES / "python" / "hello"
+    fn = load(project, deadline_ms=5_000)
+    assert fn.tier == "winch"
+    assert first_call_faults(fn) < WARM_SLOT_FAULTS
+    held.set()
+    wait_for(lambda: fn.tier == "cranelift", "the tier-up")
+    again = load(project, deadline_ms=5_000)  # mapped from the cache: the resident pool
+    assert again.tier == "cranelift"
+    assert first_call_faults(again) < WARM_SLOT_FAULTS
 
 
 def test_limits_hold_on_winch_code_before_the_tier_up(

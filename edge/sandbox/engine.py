@@ -251,6 +251,16 @@ class SandboxEngine:
                 self._engines[key] = found
             return found
 
+    def keeps_slots_resident(self, engine: wasmtime.Engine) -> bool:
+        """Whether `engine`'s pool keeps its slots' memory resident once their instance is
+        gone: the resident pool's engines and the baseline one (see baseline_code)."""
+        if not (self.settings.pooling and self.settings.pool_resident_bytes):
+            return False
+        held = self._baseline
+        if held is not None and held.engine is engine:
+            return True
+        return any(e is engine for (_, pool), e in self._engines.items() if pool == RESIDENT)
+
     def artifact_tag(self, engine: wasmtime.Engine) -> str:
         """What sets `engine`'s compiled artifacts apart from those of the settings' other
         engines ("" for most): wasmtime refuses an artifact made with the memory image
