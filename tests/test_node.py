@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, FIXTURES, SHARED_GEOIP, Proc, free_port
+from .conftest import EXAMPLES, FIXTURES, SHARED_GEOIP, Proc, free_port, roomy_function
 
 pytestmark = pytest.mark.toolchain
 
@@ -28,10 +28,15 @@ def function_entries(projects: dict[str, Path]) -> str:
 
 
 @pytest.fixture(scope="module")
-def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) -> Proc:
+def node(
+    start_module_node: Callable[..., Proc],
+    built: Callable[[Path], Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Proc:
+    echo = EXAMPLES / "python" / "echo"  # what it sees is tested, not its speed
+    roomy_echo = roomy_function(echo, built(echo), tmp_path_factory.mktemp("echo-python"))
     projects = {
         "hello-c": EXAMPLES / "c" / "hello",
-        "echo-python": EXAMPLES / "python" / "echo",
         "busy": FIXTURES / "functions" / "busy",
         "netprobe": FIXTURES / "functions" / "netprobe",
         "netprobe-js": FIXTURES / "functions" / "netprobe-js",
@@ -55,7 +60,8 @@ def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) 
         f'geoip_db = "{SHARED_GEOIP / "GeoIP2-City-Test.mmdb"}"\n'
         'trusted_proxies = ["127.0.0.1/32"]\n'
     )
-    return start_module_node(function_entries(projects) + "\n".join(routes), node=node_table)
+    body = function_entries(projects) + roomy_echo + "\n".join(routes)
+    return start_module_node(body, node=node_table)
 
 
 def test_hello_health_ready_and_request_id(node: Proc) -> None:

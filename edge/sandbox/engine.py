@@ -259,14 +259,21 @@ class SandboxEngine:
         held = self._baseline
         if held is not None and held.engine is engine:
             return True
-        return any(e is engine for (_, pool), e in self._engines.items() if pool == RESIDENT)
+        return self._pool_of(engine) == RESIDENT
 
     def artifact_tag(self, engine: wasmtime.Engine) -> str:
         """What sets `engine`'s compiled artifacts apart from those of the settings' other
         engines ("" for most): wasmtime refuses an artifact made with the memory image
         (copy-on-write) in an engine without it, and the other way round."""
-        copied = any(e is engine for (_, pool), e in self._engines.items() if pool == COPIED)
-        return "-copied" if copied else ""
+        return "-copied" if self._pool_of(engine) == COPIED else ""
+
+    def _pool_of(self, engine: wasmtime.Engine) -> str | None:
+        """The pool kind of one of the settings' compiler's engines (None for others)."""
+        # A copy: another thread may make an engine meanwhile (engine_for).
+        for (_, pool), e in tuple(self._engines.items()):
+            if e is engine:
+                return pool
+        return None
 
     def baseline_code(self, make: Callable[[wasmtime.Engine], Code]) -> Code:
         """`make`'s Code, made in the baseline compiler's engine (made now if there is none),

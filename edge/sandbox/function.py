@@ -148,10 +148,10 @@ class LoadedFunction:
         memory image written back over), on the request's path: first request 15 ms instead
         of 4 quiet, 70-80 ms instead of 31 beside a compile on another thread of the node
         (each fault then a TLB shootdown). Elsewhere a freed slot's pages are dropped, so
-        every request faults them in anyway. In wasmtime 50 a request on a thread other than
-        the one that warmed the slot paid those faults once more (cause not found); a node
-        loads on the worker threads that serve its requests. An instantiation that fails is
-        left to requests to report."""
+        every request faults them in anyway. Only the loading thread's share of the pool gets
+        one: wasmtime 50 gives threads slots of their own, as many sets as cores (a request on
+        another thread paid the faults once more); a node loads on the worker threads that
+        serve its requests. An instantiation that fails is left to requests to report."""
         if not self.engine.keeps_slots_resident(self._code.engine):
             return
         ticks = min(self._deadline_ticks, self.engine.deadline_ticks(WARM_UP_MS))
