@@ -141,6 +141,18 @@ def test_node_sandbox_tier_up(tmp_path: Path) -> None:
         sandbox({"tier_up_above_bytes": 0})
 
 
+def test_node_sandbox_warm_up_threads(tmp_path: Path) -> None:
+    def sandbox(table: dict[str, object]) -> EngineSettings:
+        return parse_node_config({"sandbox": table}, "node.toml", tmp_path).sandbox
+
+    assert sandbox({}).warm_up_threads == 2
+    assert sandbox({"warm_up_threads": 0}).warm_up_threads == 0
+    with pytest.raises(ConfigError, match=r"sandbox\.warm_up_threads must be between 0 \(off\)"):
+        sandbox({"warm_up_threads": -1})
+    with pytest.raises(ConfigError, match=r"sandbox\.warm_up_threads must be int, got bool"):
+        sandbox({"warm_up_threads": True})
+
+
 def test_node_dns_addresses(tmp_path: Path) -> None:
     def addresses(node: dict[str, object]) -> tuple[str, str]:
         return parse_node_config({"node": node}, "node.toml", tmp_path).dns_addresses

@@ -28,6 +28,8 @@ compiler = "cranelift"             # or "winch": compiles 5x faster, slower code
 tier_up = true                     # components over tier_up_above_bytes not in the compile
 tier_up_above_bytes = 1048576      # cache serve Winch code at once, then Cranelift's once it
                                    # is compiled in the background (Python: ~3 s sooner live)
+warm_up_threads = 2                # a loaded Python/JS function's pool slots warmed, so first
+                                   # requests are not slower (~25 MiB each resident); 0: off
 
 [tracing]                          # off unless an endpoint is set here or in
 otlp_endpoint = "http://127.0.0.1:4318"  # OTEL_EXPORTER_OTLP_ENDPOINT; /v1/traces is added
@@ -82,6 +84,8 @@ from edge.sandbox.engine import (
     check_ticker,
 )
 from edge.sandbox.ticker import NATIVE
+
+MAX_WARM_UP_THREADS = 64  # each may hold a slot resident per function (see EngineSettings)
 
 
 @dataclass(frozen=True)
@@ -246,9 +250,15 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
             f"node.workers ({workers}), got {awake}"
         )
     sb = root.table("sandbox")
+    warm_up_threads = sb.get("warm_up_threads", int, 2)
+    if not 0 <= warm_up_threads <= MAX_WARM_UP_THREADS:
+        raise ConfigError(
+            f"{sb.where('warm_up_threads')} must be between 0 (off) and {MAX_WARM_UP_THREADS},"
+            f" got {warm_up_threads}"
+        )
     sb.reject_unknown(
         {"pooling", "epoch_tick_ms", "ticker", "invoke", "prepare_instances", "prepare_above_us",
-         "compiler", "tier_up", "tier_up_above_bytes"}
+         "compiler", "tier_up", "tier_up_above_bytes", "warm_up_threads"}
     )  # fmt: skip
     compiler = sb.get("compiler", str, "cranelift")
     check_compiler(compiler, sb.where("compiler"), ConfigError)
@@ -319,6 +329,7 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
             compiler=compiler,
             tier_up=sb.get("tier_up", bool, True),
             tier_up_above_bytes=sb.positive_int("tier_up_above_bytes", MIB, 1 << 40),
+            warm_up_threads=warm_up_threads,
         ),
         functions=tuple(functions),
         routes=tuple(routes),

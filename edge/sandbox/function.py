@@ -7,6 +7,7 @@ runs (the calls go through ctypes), so a busy function does not stall the event 
 from __future__ import annotations
 
 import ctypes
+import os
 import statistics
 import threading
 import time
@@ -142,25 +143,34 @@ class LoadedFunction:
         return self.engine.baseline_code(make), True
 
     def _warm_slot(self) -> None:
-        """Instantiates once and lets go, where the code's engine keeps slots resident, so
-        that the first request does not pay the slot's first reset: closing the first store
-        of a Python echo in a fresh slot took ~3,200 page faults (copy-on-write pages of the
-        memory image written back over), on the request's path: first request 15 ms instead
-        of 4 quiet, 70-80 ms instead of 31 beside a compile on another thread of the node
-        (each fault then a TLB shootdown). Elsewhere a freed slot's pages are dropped, so
-        every request faults them in anyway. Only the loading thread's share of the pool gets
-        one: wasmtime 50 gives threads slots of their own, as many sets as cores (a request on
-        another thread paid the faults once more); a node loads on the worker threads that
-        serve its requests. An instantiation that fails is left to requests to report."""
+        """Instantiates and lets go where the code's engine keeps slots resident, so that the
+        first requests do not pay a slot's first reset: closing the first store of a Python
+        echo in a fresh slot took ~3,200 page faults (copy-on-write pages of the memory image
+        written back over), on the request's path: first request 15 ms instead of 4 quiet,
+        70-80 ms instead of 31 beside a compile on another thread of the node (each fault
+        then a TLB shootdown). Elsewhere a freed slot's pages are dropped, so every request
+        faults them in anyway. In wasmtime 50 a slot one thread warmed was not always warm
+        for another: on 2 cores a first request on another thread paid the faults once more,
+        after which every thread found warm slots; warm-ups on two new threads left every
+        later thread warm (with the process on one core, one did; cause not found). So it
+        runs once on each of up to `warm_up_threads` new threads, at most one per core. An
+        instantiation that fails is left to requests to report."""
         if not self.engine.keeps_slots_resident(self._code.engine):
             return
         ticks = min(self._deadline_ticks, self.engine.deadline_ticks(WARM_UP_MS))
-        try:
-            with self.engine.running():
-                live = self._instantiate(ticks)
-        except Exception:
-            return
-        live.store.close()
+
+        def warm() -> None:
+            try:
+                with self.engine.running():
+                    live = self._instantiate(ticks)
+            except Exception:
+                return
+            live.store.close()
+
+        for _ in range(min(len(os.sched_getaffinity(0)), self.engine.settings.warm_up_threads)):
+            thread = threading.Thread(target=warm, name="warm-slot")
+            thread.start()
+            thread.join()
 
     def _queue_tier_up(self, cache: CompileCache, wasm: bytes) -> None:
         # Nothing here may hold the function: an unloaded one is skipped, not compiled for.
