@@ -149,11 +149,11 @@ class LoadedFunction:
         written back over), on the request's path: first request 15 ms instead of 4 quiet,
         70-80 ms instead of 31 beside a compile on another thread of the node (each fault
         then a TLB shootdown). Elsewhere a freed slot's pages are dropped, so every request
-        faults them in anyway. In wasmtime 50 a slot one thread warmed was not always warm
-        for another: on 2 cores a first request on another thread paid the faults once more,
-        after which every thread found warm slots; warm-ups on two new threads left every
-        later thread warm (with the process on one core, one did; cause not found). So it
-        runs once on each of up to `warm_up_threads` new threads, at most one per core. An
+        faults them in anyway. wasmtime 50 appears to split a pool's slots into one share per
+        core and to give each thread one (on 2 cores a second thread's first instance took slot
+        512 of 1,024, cold, beside the first thread's warm slot 0; with the process on one
+        core, one share), so it runs once on each of up to `warm_up_threads` new threads, at
+        most one per core: two new threads left every later thread warm on 2 cores. An
         instantiation that fails is left to requests to report."""
         if not self.engine.keeps_slots_resident(self._code.engine):
             return
