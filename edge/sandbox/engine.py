@@ -129,8 +129,9 @@ class EngineSettings:
     tier_up_above_bytes: int = 1 * MIB
     # Loading a function whose pool keeps slots resident warms slots from this many new
     # threads (at most one per core), so first requests skip a slot's first reset (Python
-    # echo through a node: first answer ~9 ms instead of ~36); each holds ~25 MiB resident
-    # for a Python function whether or not requests come. 0: off (see LoadedFunction._warm_slot).
+    # echo through a node: first answer 8.3 ms instead of 22.4, bench.first_request); each
+    # holds ~25 MiB resident per Python function whether or not requests come. 0: off (see
+    # LoadedFunction._warm_slot).
     warm_up_threads: int = 2
 
     def __post_init__(self) -> None:
