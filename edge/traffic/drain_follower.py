@@ -69,11 +69,13 @@ def apply_regions(state: TrafficState, regions: list[dict[str, object]], offset_
 
 
 def apply_listing(state: TrafficState, regions: list[dict[str, object]], offset_s: float) -> None:
-    """The whole of one GET /v1/regions: the region map, then drains and weights over it."""
+    """The whole of one GET /v1/regions, one change for the state's listeners: the region
+    map, then drains and weights over it."""
     before = {r.name: r for r in state.regions}
-    state.set_regions(merge_region_map(state.config.regions, regions))
+    with state.batch():
+        state.set_regions(merge_region_map(state.config.regions, regions))
+        apply_regions(state, regions, offset_s)
     _log_map_changes(before, {r.name: r for r in state.regions})
-    apply_regions(state, regions, offset_s)
 
 
 def _log_map_changes(before: dict[str, Region], after: dict[str, Region]) -> None:

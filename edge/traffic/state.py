@@ -26,8 +26,9 @@ the generation is bumped after the write and readers take the fingerprint before
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from edge.traffic.drain import Drain
@@ -53,6 +54,8 @@ class TrafficState:
         self._moving_until = -math.inf
         self.listeners: list[Callable[[], None]] = []
         self.region_listeners: list[Callable[[tuple[Region, ...]], None]] = []
+        self._batching = 0  # nested batch() blocks open
+        self._batched = False  # a change inside them, told to listeners at the end
         self.regions = config.regions
         self._by_name = {r.name: r for r in config.regions}
         self.health: dict[str, NodeHealth] = {n.name: self._new_health() for n in self.nodes}
@@ -122,7 +125,24 @@ class TrafficState:
         else:
             self._changed()  # the same map: answers depend on more than the map
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Changes made inside reach `listeners` (the UDP worker processes) as one, at the end:
+        a worker never answers from a mix of old and new (a control plane poll's undrain of
+        one region without the weight it set on another, say)."""
+        self._batching += 1
+        try:
+            yield
+        finally:
+            self._batching -= 1
+            if not self._batching and self._batched:
+                self._batched = False
+                self._changed()
+
     def _changed(self) -> None:
+        if self._batching:
+            self._batched = True
+            return
         self._moving_until = max((d.settles_at() for d in self.drains.values()), default=-math.inf)
         self.generation += 1
         for listener in self.listeners:

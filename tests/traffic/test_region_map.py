@@ -161,6 +161,30 @@ def test_answers_follow_the_map_from_a_listing(make_stack: MakeStack) -> None:
     assert drained is not None and drained.region == "us-east"
 
 
+def test_a_listing_reaches_the_workers_as_one_change(make_stack: MakeStack) -> None:
+    """An undrain of one region and a weight set on another in one poll: the state's listeners
+    (what pushes it to the UDP worker processes) hear once, with both in place. Before, each
+    region's change was pushed on its own, and a worker could answer from the mix (eu-west
+    back, us-east not yet on standby)."""
+    stack = make_stack("", NO_REGIONS)
+    state = stack.state
+    eu = listed("eu-west", 53.35, -6.26, endpoint("eu-1", "10.0.1.1"))
+    us = listed("us-east", 39.04, -77.49, endpoint("us-1", "10.0.0.1"))
+    drain = {"direction": "drain", "started_unix": 0.0, "over_s": 0.0, "from_share": 1.0}
+    apply_listing(state, [{**eu, "drain": drain}, us], 0.0)
+    assert state.drains["eu-west"].share(1.0) == 0.0
+    heard: list[tuple[float, int | None]] = []
+    state.listeners.append(lambda: heard.append(
+        (state.drains["eu-west"].share(1.0), state.weights.get("us-east"))
+    ))  # fmt: skip
+    generation = state.generation
+    apply_listing(state, [eu, {**us, "weight": 0}], 0.0)
+    assert heard == [(1.0, 0)]
+    assert state.generation == generation + 1
+    apply_listing(state, [eu, {**us, "weight": 0}], 0.0)  # nothing new: nothing told
+    assert heard == [(1.0, 0)] and state.generation == generation + 1
+
+
 def test_health_checker_probes_nodes_that_join_and_forgets_those_that_leave(
     make_config: MakeConfig,
 ) -> None:
