@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ import pytest
 from hypothesis import settings
 
 if TYPE_CHECKING:
+    from edge.config.function import FunctionConfig
     from edge.sandbox.host import LogLine
 
     from .cluster import Control
@@ -63,6 +64,11 @@ def fixture_routes(names: list[str], built: Callable[[Path], Path]) -> str:
 # For tests of what a request and its answer carry, not of speed: a first request on a fresh
 # instance beside other tests' compiles on 2 cores has taken over the examples' 100 ms.
 ROOMY_DEADLINE_MS = 2_000
+
+
+def with_deadline(config: FunctionConfig, deadline_ms: int) -> FunctionConfig:
+    """`config` with its deadline replaced."""
+    return replace(config, limits=replace(config.limits, deadline_ms=deadline_ms))
 
 
 def roomy_function(project: Path, wasm: Path, where: Path) -> str:

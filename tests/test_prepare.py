@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import EngineSettings, SandboxEngine
 from edge.sandbox.function import LoadedFunction
 
-from .conftest import COMPILED, EXAMPLES, FIXTURES
+from .conftest import COMPILED, EXAMPLES, FIXTURES, ROOMY_DEADLINE_MS, with_deadline
 
 pytestmark = pytest.mark.toolchain
 
@@ -44,7 +43,7 @@ def loader(
         wasm = built(project).read_bytes()
         config = load_function_config(project)
         if deadline_ms is not None:
-            config = replace(config, limits=replace(config.limits, deadline_ms=deadline_ms))
+            config = with_deadline(config, deadline_ms)
         return LoadedFunction(engine, cache, wasm, config, lines.append)
 
     return go
@@ -82,8 +81,9 @@ def test_python_function_gets_prepared_and_logs_per_request(
 ) -> None:
     # Default settings: a componentize-py instantiation is well above the threshold.
     with SandboxEngine(EngineSettings(pool_total_instances=64)) as engine:
-        # 2 s: its first request on Winch code, beside the Cranelift compile, once took 100 ms.
-        fn = loader(engine, built, lines, deadline_ms=2000)(EXAMPLES / "python" / "config")
+        # Roomy: its first request on Winch code, beside the Cranelift compile, once took 100 ms.
+        load = loader(engine, built, lines, deadline_ms=ROOMY_DEADLINE_MS)
+        fn = load(EXAMPLES / "python" / "config")
         ids = [f"py-{i}" for i in range(prepare.SAMPLES + 4)]
         for request_id in ids:
             assert call(fn, request_id, lines).status == 200

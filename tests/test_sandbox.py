@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from edge.sandbox.engine import EngineSettings, SandboxEngine
 from edge.sandbox.function import LoadedFunction
 from edge.sandbox.native_invoke import INVOKES
 
-from .conftest import COMPILED, EXAMPLES, FIXTURES, ROOMY_DEADLINE_MS
+from .conftest import COMPILED, EXAMPLES, FIXTURES, ROOMY_DEADLINE_MS, with_deadline
 
 pytestmark = pytest.mark.toolchain
 
@@ -241,8 +240,7 @@ def test_module_left_unchecked_is_reported_and_still_compiles(
 
 def roomy(project: Path) -> FunctionConfig:
     """The project's config with a deadline of ROOMY_DEADLINE_MS (see there)."""
-    config = load_function_config(project)
-    return replace(config, limits=replace(config.limits, deadline_ms=ROOMY_DEADLINE_MS))
+    return with_deadline(load_function_config(project), ROOMY_DEADLINE_MS)
 
 
 @pytest.mark.parametrize("lang", ["c", "python", "js"])

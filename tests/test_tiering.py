@@ -23,7 +23,7 @@ from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import EngineSettings, SandboxEngine
 from edge.sandbox.function import LoadedFunction
 
-from .conftest import EXAMPLES, FIXTURES
+from .conftest import EXAMPLES, FIXTURES, with_deadline
 
 pytestmark = pytest.mark.toolchain
 
@@ -53,7 +53,7 @@ def load(
         wasm = built(project).read_bytes()
         config = load_function_config(project)
         if deadline_ms is not None:
-            config = replace(config, limits=replace(config.limits, deadline_ms=deadline_ms))
+            config = with_deadline(config, deadline_ms)
         return LoadedFunction(engine, cache, wasm, config, lines.append)
 
     return go
@@ -167,8 +167,7 @@ def test_first_requests_find_a_warm_slot_on_any_thread_and_tier(
     reset, which is what the warm-up saves."""
     project = EXAMPLES / "python" / "hello"
     wasm = built(project).read_bytes()
-    config = load_function_config(project)
-    config = replace(config, limits=replace(config.limits, deadline_ms=5_000))
+    config = with_deadline(load_function_config(project), 5_000)
     settings = EngineSettings(pool_total_instances=16, warm_up_threads=threads)
     with SandboxEngine(settings) as engine:
         cache = CompileCache(engine, tmp_path / "compiled")
