@@ -283,13 +283,11 @@ def test_handle_may_answer_with_a_web_response_and_a_stream_body(node: Proc) -> 
     assert r.headers["x-kind"] == "web"
 
 
-def test_a_timer_with_a_delay_is_an_exception_that_says_why(node: Proc) -> None:
-    exception_answer(get(node, "/async-js/sleep", "async-sleep"), "TypeError", "async-sleep")
-    logged(
-        node,
-        "async-sleep",
-        "Uncaught TypeError: setTimeout with a delay is not available: functions cannot wait",
-    )
+def test_a_timer_with_a_delay_is_awaited_on_virtual_time(node: Proc) -> None:
+    """A delay no longer throws (sdk/js/timers.js; more in test_js_timers)."""
+    r = httpx.get(node.url + "/async-js/sleep", headers={"x-who": "ada"}, timeout=30)
+    assert r.status_code == 200
+    assert r.json() == {"who": "ada", "region": "eu-west", "fallback": "dflt"}
 
 
 def test_worker_example_in_edge_dev_with_a_var_as_env(

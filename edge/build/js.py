@@ -62,6 +62,7 @@ def sdk_inputs() -> Sequence[tuple[str, Path]]:
     return [
         ("sdk-js", JS_SDK / "edge.js"),
         ("sdk-js-web", JS_SDK / "web.js"),
+        ("sdk-js-timers", JS_SDK / "timers.js"),
         ("sdk-js-cloudflare-workers", CLOUDFLARE_WORKERS),
         ("sdk-js-spin", SPIN_SDK),
         ("sdk-js-pkg", JS_SDK / "package.json"),

@@ -24,6 +24,7 @@ import {
   ExecutionContext, FetchEvent, WebResponse, env, fetchListeners, startRequestClock, trapNow,
   webRequest,
 } from "./web.js";
+import { lifetime, resetTimers, timersIdle } from "./timers.js";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -537,6 +538,7 @@ function waitUntilWatch() {
   const state = { pending: 0, watching: false, marked: false };
   const settled = () => {
     state.pending -= 1;
+    lifetime.extending -= 1;
     if (state.pending === 0 && state.marked) {
       state.marked = false;
       logWrite("trace", WAIT_UNTIL_SETTLED_MARK);
@@ -544,6 +546,7 @@ function waitUntilWatch() {
   };
   return (promise) => {
     state.pending += 1;
+    lifetime.extending += 1;
     Promise.resolve(promise).then(settled, (reason) => {
       waitUntilRejected(reason);
       settled();
@@ -576,6 +579,13 @@ function fail(e) {
   throw e; // not reached while the build disables http (trapNow calls the engine's fetch)
 }
 
+// A timer callback's exception ends the request as any uncaught one would, unless the answer
+// has left: then it is logged, as a rejected waitUntil promise is, and the answer stands.
+lifetime.threw = (e) => {
+  if (!lifetime.answered) fail(e);
+  logWrite("error", own(`Uncaught in a timer after the answer: ${formatArg(e)}`));
+};
+
 // The node's marks around the handler's Promise (edge/sandbox/awaiting.py): a trap between
 // them, with no exception reported, is that Promise never settling. componentize-js traps when
 // its event loop has nothing left to run and the Promise is still pending. A mark is a host
@@ -606,7 +616,10 @@ async function finish(result, who) {
     fail(e);
   }
   wait.answered = true;
+  lifetime.answered = true;
   if (wait.marked) logWrite("trace", ANSWERED_MARK);
+  // waitUntil's work may wait on timers, which run only until this call's Promise settles.
+  if (lifetime.extending > 0) await timersIdle();
   return out;
 }
 
@@ -622,11 +635,15 @@ export function wrapModule(mod) {
       inRequest = true;
       startRequestClock();
       resetConsole();
+      resetTimers();
       try {
         const ctx = new ExecutionContext(waitUntilWatch());
         let resp = serve(raw, ctx);
         if (typeof resp === "string" && who === HANDLE) resp = Response.text(resp);
-        if (resp instanceof Response && ctx.waiting === 0) return witOf(resp);
+        if (resp instanceof Response && ctx.waiting === 0) {
+          lifetime.answered = true; // timers the handler set are dropped
+          return witOf(resp);
+        }
         return finish(resp, who);
       } catch (e) {
         fail(e);

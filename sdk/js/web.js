@@ -25,33 +25,6 @@ globalThis.addEventListener = function addEventListener(type, listener, options)
   }
 };
 
-// The engine's timers would wait in the host's poll, where the deadline (epoch interruption,
-// which stops wasm code only) cannot end the wait: a function cannot wait. A zero delay
-// (libraries' "run this later") becomes a microtask; a real delay is an error that says why.
-let nextTimer = 1;
-const cancelled = new Set();
-function zeroDelayOnly(name) {
-  return function timer(callback, delay = 0, ...args) {
-    if (Number(delay) > 0 || name === "setInterval") {
-      throw new TypeError(
-        `${name} with a delay is not available: functions cannot wait (a zero delay is)`,
-      );
-    }
-    const id = nextTimer++;
-    queueMicrotask(() => {
-      if (!cancelled.delete(id)) callback(...args);
-    });
-    return id;
-  };
-}
-globalThis.setTimeout = zeroDelayOnly("setTimeout");
-globalThis.setInterval = zeroDelayOnly("setInterval");
-// An instance serves one request, so the set of cleared ids stays small.
-globalThis.clearTimeout = (id) => {
-  cancelled.add(id);
-};
-globalThis.clearInterval = globalThis.clearTimeout;
-
 // performance.now() counts from the request's start on Date.now(), the host's wall clock, frozen
 // at that start unless edge.toml grants `wall_clock`: 0 then, as no time passes in a function
 // (Workers' is frozen too). timeOrigin is that start, so timeOrigin + now() is Date.now().
