@@ -1,7 +1,8 @@
-"""What the memory.grow rewrite (edge/sandbox/growcheck.py) adds to loading a component.
+"""What the rewrites before a compile add to loading a component: memory.grow checks
+(edge/sandbox/growcheck.py) and clock waits given 0 (edge/sandbox/waitclamp.py).
 
 It runs only when a component is compiled (a compile cache miss), so it is set beside the
-compile it precedes: for the C, Python and JS hello, the rewrite's wall time (median and worst
+compile it precedes: for the C, Python and JS hello, each rewrite's wall time (median and worst
 of `--rounds`) and one compile of the rewritten component in a fresh engine.
 
     .venv/bin/python -m bench.growcheck [--rounds 10]
@@ -17,7 +18,7 @@ from pathlib import Path
 from wasmtime import component
 
 from edge.build import build_function
-from edge.sandbox import growcheck
+from edge.sandbox import growcheck, waitclamp
 from edge.sandbox.engine import EngineSettings, SandboxEngine
 
 from .common import print_table, write_results
@@ -38,6 +39,11 @@ def main() -> None:
                 started = time.perf_counter()
                 result = growcheck.instrument(wasm)
                 times_ms.append((time.perf_counter() - started) * 1000)
+            clamp_ms = []
+            for _ in range(args.rounds):
+                started = time.perf_counter()
+                clamped = waitclamp.clamp(wasm)
+                clamp_ms.append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()
             component.Component(sandbox.engine_for(len(wasm)), result.wasm)
             compile_ms = (time.perf_counter() - started) * 1000
@@ -51,10 +57,13 @@ def main() -> None:
                     "bytes_added": len(result.wasm) - len(wasm),
                     "rewrite_p50_ms": round(statistics.median(times_ms), 2),
                     "rewrite_max_ms": round(max(times_ms), 2),
+                    "wait_sites": clamped.sites,
+                    "clamp_p50_ms": round(statistics.median(clamp_ms), 2),
+                    "clamp_max_ms": round(max(clamp_ms), 2),
                     "compile_ms": round(compile_ms, 1),
                 }
             )
-    print_table("memory.grow rewrite per component load (cache miss)", rows)
+    print_table("rewrites per component load (cache miss)", rows)
     path = write_results("growcheck", rows, {"rounds": args.rounds})
     print(f"wrote {path}")
 

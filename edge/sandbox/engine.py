@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from edge.sandbox import growcheck, native_invoke, native_pool
+from edge.sandbox import growcheck, native_invoke, native_pool, waitclamp
 from edge.sandbox.native_invoke import INVOKES
 from edge.sandbox.prepare import Preparer
 from edge.sandbox.ticker import NATIVE, TICKERS, Ticker, start_ticker
@@ -149,7 +149,8 @@ class EngineSettings:
         # Pool sizes do not change generated code; tunables that do are listed here.
         text = (
             f"wasmtime={version('wasmtime')};epoch=1;stack={self.max_wasm_stack_bytes};"
-            f"growcheck={growcheck.VERSION};compiler={self.compiler}"
+            f"growcheck={growcheck.VERSION};waitclamp={waitclamp.VERSION};"
+            f"compiler={self.compiler}"
         )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

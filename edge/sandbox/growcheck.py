@@ -22,16 +22,21 @@ from typing import NamedTuple
 
 from edge.sandbox.wasm_decode import (
     CALL,
+    MODULE_PREAMBLE,
+    Section,
     Undecodable,
     count_types,
     encode_uleb,
     grow_sites,
+    map_core_modules,
     memory_is_64,
     read_name,
     read_uleb,
+    sections_of,
     skip_leb,
     skip_table_type,
     skip_valtype,
+    with_payload,
 )
 
 # Part of the compile cache key: bump when the rewrite changes what it produces.
@@ -39,10 +44,8 @@ VERSION = 1
 CHECK_NAME = "edge.memory_limit"
 _CHECK_NAMES = {False: CHECK_NAME.encode(), True: (CHECK_NAME + "64").encode()}
 
-MODULE_PREAMBLE = b"\0asm\x01\x00\x00\x00"
 COMPONENT_PREAMBLE = b"\0asm\x0d\x00\x01\x00"
 _CUSTOM, _TYPE, _IMPORT, _FUNCTION, _MEMORY, _CODE = 0, 1, 2, 3, 5, 10
-_CORE_MODULE, _COMPONENT = 1, 4  # component section ids
 _FUNCTION_NAMES = 1  # name section subsection id
 
 # (param iN) (result iN): local.get 0; iN.const -1; iN.eq; if; unreachable; end; local.get 0
@@ -69,21 +72,13 @@ class Instrumented:
     skipped: list[str] = field(default_factory=list)  # why modules were left as they were
 
 
-class _Section(NamedTuple):
-    id: int
-    header: int  # where its id byte is
-    start: int  # where its payload starts
-    end: int
-
-
 def instrument(wasm: bytes) -> Instrumented:
     """The component (or core module) with checked `memory.grow`s. Never raises: bytes it
     cannot parse come back unchanged (compiling them reports what is wrong)."""
     result = Instrumented(wasm)
     try:
         if wasm.startswith(COMPONENT_PREAMBLE):
-            counter = [0]
-            rewritten = _component(wasm, result, counter)
+            rewritten = map_core_modules(wasm, lambda m, i: _module_or_skip(m, result, i))
         elif wasm.startswith(MODULE_PREAMBLE):
             rewritten = _module_or_skip(wasm, result, 0)
         else:
@@ -94,43 +89,6 @@ def instrument(wasm: bytes) -> Instrumented:
     if rewritten is not None:
         result.wasm = rewritten
     return result
-
-
-def _sections(data: bytes, pos: int) -> list[_Section]:
-    out: list[_Section] = []
-    size_of = len(data)
-    while pos < size_of:
-        size, start = read_uleb(data, pos + 1)
-        end = start + size
-        if end > size_of:
-            raise Undecodable("section runs past the end", pos)
-        out.append(_Section(data[pos], pos, start, end))
-        pos = end
-    return out
-
-
-def _with_payload(section_id: int, payload: bytes) -> bytes:
-    return bytes([section_id]) + encode_uleb(len(payload)) + payload
-
-
-def _component(data: bytes, result: Instrumented, counter: list[int]) -> bytes | None:
-    """`counter` numbers core modules in binary order (nested components included), so a
-    skipped one can be named."""
-    parts = [data[:8]]
-    changed = False
-    for s in _sections(data, 8):
-        new: bytes | None = None
-        if s.id == _CORE_MODULE:
-            new = _module_or_skip(data[s.start : s.end], result, counter[0])
-            counter[0] += 1
-        elif s.id == _COMPONENT:
-            new = _component(data[s.start : s.end], result, counter)
-        if new is None:
-            parts.append(data[s.header : s.end])
-        else:
-            parts.append(_with_payload(s.id, new))
-            changed = True
-    return b"".join(parts) if changed else None
 
 
 def _module_or_skip(data: bytes, result: Instrumented, index: int) -> bytes | None:
@@ -149,13 +107,13 @@ def _module_or_skip(data: bytes, result: Instrumented, index: int) -> bytes | No
 class _Layout:
     """What the rewrite needs to know about a core module's sections."""
 
-    def __init__(self, data: bytes, sections: list[_Section]) -> None:
+    def __init__(self, data: bytes, sections: list[Section]) -> None:
         self.func_imports = 0
         self.memories: list[bool] = []  # per memory index: whether it is 64-bit
-        self.types: _Section | None = None
-        self.functions: _Section | None = None
-        self.code: _Section | None = None
-        self.names: _Section | None = None
+        self.types: Section | None = None
+        self.functions: Section | None = None
+        self.code: Section | None = None
+        self.names: Section | None = None
         for s in sections:
             if s.id == _IMPORT:
                 self._imports(data, s)
@@ -177,7 +135,7 @@ class _Layout:
                 if name == b"name":
                     self.names = s
 
-    def _imports(self, data: bytes, s: _Section) -> None:
+    def _imports(self, data: bytes, s: Section) -> None:
         count, pos = read_uleb(data, s.start)
         for _ in range(count):
             _, pos = read_name(data, pos)
@@ -207,7 +165,7 @@ def _module(data: bytes) -> tuple[bytes, int] | None:
     if not data.startswith(MODULE_PREAMBLE):
         raise Undecodable("not a core module of version 1", 0)
     try:
-        sections = _sections(data, 8)
+        sections = sections_of(data, 8)
         layout = _Layout(data, sections)
         if not layout.memories or layout.code is None:
             return None
@@ -228,7 +186,7 @@ class _Edit(NamedTuple):
     sites: list[tuple[int, int]]  # see wasm_decode.grow_sites
 
 
-def _grow_edits(data: bytes, code: _Section, one_memory: bool) -> list[_Edit]:
+def _grow_edits(data: bytes, code: Section, one_memory: bool) -> list[_Edit]:
     count, pos = read_uleb(data, code.start)
     hits: list[int] = []
     if one_memory:  # where the code could hold a memory.grow; only those bodies are decoded
@@ -254,7 +212,7 @@ def _grow_edits(data: bytes, code: _Section, one_memory: bool) -> list[_Edit]:
     return edits
 
 
-def _rewrite(data: bytes, sections: list[_Section], layout: _Layout, edits: list[_Edit]) -> bytes:
+def _rewrite(data: bytes, sections: list[Section], layout: _Layout, edits: list[_Edit]) -> bytes:
     if layout.types is None or layout.functions is None:
         raise Undecodable("module with code but no type or function section", 8)
     kinds = sorted(set(layout.memories))  # False (32-bit) first
@@ -286,9 +244,9 @@ def _rewrite(data: bytes, sections: list[_Section], layout: _Layout, edits: list
     parts = [data[:8]]
     for s in sections:
         payload = replaced.get(s.header)
-        parts.append(data[s.header : s.end] if payload is None else _with_payload(s.id, payload))
+        parts.append(data[s.header : s.end] if payload is None else with_payload(s.id, payload))
     if layout.names is None:
-        parts.append(_with_payload(_CUSTOM, _name_section(names)))
+        parts.append(with_payload(_CUSTOM, _name_section(names)))
     return b"".join(parts)
 
 
@@ -329,7 +287,7 @@ def _name_section(names: list[tuple[int, bytes]]) -> bytes:
     return b"\x04name" + bytes([_FUNCTION_NAMES]) + encode_uleb(len(sub)) + sub
 
 
-def _with_function_names(data: bytes, s: _Section, names: list[tuple[int, bytes]]) -> bytes:
+def _with_function_names(data: bytes, s: Section, names: list[tuple[int, bytes]]) -> bytes:
     """The name section's payload with `names` added to its function names (the checks have
     the highest indices, so they go last and the map stays sorted)."""
     _, pos = read_name(data, s.start)

@@ -10,6 +10,9 @@ alone rather than guessing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 
 class Undecodable(Exception):
     """Bytes this decoder does not understand (malformed, or a proposal it does not know)."""
@@ -21,8 +24,68 @@ class Undecodable(Exception):
 
 MEMORY_GROW = 0x40
 CALL = 0x10
+RETURN_CALL = 0x12
+REF_FUNC = 0xD2
+_END = 0x0B
 
 _MAX_LEB_BYTES = 10  # a u64
+
+MODULE_PREAMBLE = b"\0asm\x01\x00\x00\x00"
+_CORE_MODULE, _COMPONENT = 1, 4  # component section ids
+
+
+class Section(NamedTuple):
+    id: int
+    header: int  # where its id byte is
+    start: int  # where its payload starts
+    end: int
+
+
+def sections_of(data: bytes, pos: int) -> list[Section]:
+    """The sections of a module or component whose first section is at `pos`."""
+    out: list[Section] = []
+    size_of = len(data)
+    while pos < size_of:
+        size, start = read_uleb(data, pos + 1)
+        end = start + size
+        if end > size_of:
+            raise Undecodable("section runs past the end", pos)
+        out.append(Section(data[pos], pos, start, end))
+        pos = end
+    return out
+
+
+def with_payload(section_id: int, payload: bytes) -> bytes:
+    return bytes([section_id]) + encode_uleb(len(payload)) + payload
+
+
+ModuleRewrite = Callable[[bytes, int], "bytes | None"]
+
+
+def map_core_modules(component: bytes, rewrite: ModuleRewrite) -> bytes | None:
+    """The component with each core module (nested components' too) replaced by
+    `rewrite(module, index)` where that is not None; index numbers them in binary order. None
+    when no module changed. Only sizes change: no index of the component moves."""
+    counter = [0]
+    return _map_component(component, rewrite, counter)
+
+
+def _map_component(data: bytes, rewrite: ModuleRewrite, counter: list[int]) -> bytes | None:
+    parts = [data[:8]]
+    changed = False
+    for s in sections_of(data, 8):
+        new: bytes | None = None
+        if s.id == _CORE_MODULE:
+            new = rewrite(data[s.start : s.end], counter[0])
+            counter[0] += 1
+        elif s.id == _COMPONENT:
+            new = _map_component(data[s.start : s.end], rewrite, counter)
+        if new is None:
+            parts.append(data[s.header : s.end])
+        else:
+            parts.append(with_payload(s.id, new))
+            changed = True
+    return b"".join(parts) if changed else None
 
 
 def read_uleb(data: bytes, pos: int) -> tuple[int, int]:
@@ -218,18 +281,29 @@ def _skip_memarg(data: bytes, pos: int) -> int:
 def grow_sites(data: bytes, pos: int, end: int) -> list[tuple[int, int]]:
     """Every `memory.grow` in the function body `data[pos:end]` (locals and code): (position
     just after its memory index, memory index). Raises Undecodable."""
+    return walk_body(data, pos, end, frozenset())[0]
+
+
+def walk_body(
+    data: bytes, pos: int, end: int, targets: frozenset[int]
+) -> tuple[list[tuple[int, int]], list[int]]:
+    """The function body's `memory.grow` sites (as grow_sites) and where each `call` or
+    `return_call` of a function in `targets` starts (its opcode). Raises Undecodable."""
     try:
-        return _grow_sites(data, pos, end)
+        return _walk(data, pos, end, targets)
     except IndexError:
         raise Undecodable("truncated function body", pos) from None
 
 
-def _grow_sites(data: bytes, pos: int, end: int) -> list[tuple[int, int]]:
+def _walk(
+    data: bytes, pos: int, end: int, targets: frozenset[int]
+) -> tuple[list[tuple[int, int]], list[int]]:
     groups, pos = read_uleb(data, pos)
     for _ in range(groups):
         pos = skip_leb(data, pos)
         pos = skip_valtype(data, pos)
     sites: list[tuple[int, int]] = []
+    calls: list[int] = []
     main = _MAIN
     while pos < end:
         op = data[pos]
@@ -238,22 +312,56 @@ def _grow_sites(data: bytes, pos: int, end: int) -> list[tuple[int, int]]:
         if kind == _NONE:
             continue
         if kind == _LEB1:
+            if targets and op in (CALL, RETURN_CALL):
+                target, after = read_uleb(data, pos)
+                if target in targets:
+                    calls.append(pos - 1)
+                pos = after
+                continue
             while data[pos] & 0x80:
                 pos += 1
             pos += 1
             continue
-        if kind >= _FB:
-            sub, pos = read_uleb(data, pos)
-            table = _PREFIXED[kind]
-            kind = table[sub] if sub < len(table) else _UNKNOWN
-            if kind == _NONE:
-                continue
-            if kind == _UNKNOWN:
-                raise Undecodable(f"unknown instruction 0x{op:02x} {sub}", pos)
-        pos = _skip_immediates(data, pos, kind, op, sites)
+        pos = _immediates(data, pos, kind, op, sites)
     if pos != end:
         raise Undecodable("function body does not end at its size", pos)
-    return sites
+    return sites, calls
+
+
+def const_expr_refs(data: bytes, pos: int) -> tuple[list[int], int]:
+    """A constant expression at `pos` (a global's or a table's initializer, an element): the
+    functions it names with `ref.func`, and the position after its `end`."""
+    refs: list[int] = []
+    try:
+        while True:
+            op = data[pos]
+            pos += 1
+            if op == _END:
+                return refs, pos
+            if op == REF_FUNC:
+                target, pos = read_uleb(data, pos)
+                refs.append(target)
+                continue
+            kind = _MAIN[op]
+            if kind in (_NONE, _BLOCK, _BR_TABLE, _GROW, _TRY_TABLE):
+                if kind == _NONE:
+                    continue
+                raise Undecodable(f"instruction 0x{op:02x} in a constant expression", pos - 1)
+            pos = _immediates(data, pos, kind, op, [])
+    except IndexError:
+        raise Undecodable("truncated constant expression", pos) from None
+
+
+def _immediates(data: bytes, pos: int, kind: int, op: int, sites: list[tuple[int, int]]) -> int:
+    if kind >= _FB:
+        sub, pos = read_uleb(data, pos)
+        table = _PREFIXED[kind]
+        kind = table[sub] if sub < len(table) else _UNKNOWN
+        if kind == _NONE:
+            return pos
+        if kind == _UNKNOWN:
+            raise Undecodable(f"unknown instruction 0x{op:02x} {sub}", pos)
+    return _skip_immediates(data, pos, kind, op, sites)
 
 
 def _skip_immediates(

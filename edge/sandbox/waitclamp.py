@@ -1,0 +1,256 @@
+"""Rewrites a component so that a function's clock waits end at once.
+
+A WASI wait (wasi:io/poll on a pollable from wasi:clocks/monotonic-clock) blocks in the host,
+where epoch interruption cannot reach it: a Python `time.sleep(3)` held its worker thread for
+3 s past a 500 ms deadline, and the 504 came only then (measured: 3.01 s). A function has no I/O
+to wait for (no network, no files), so a wait only spends time: every call of
+`subscribe-duration` or `subscribe-instant` gets 0 as its argument, and the pollable is ready at
+once (a duration of 0, or instant 0, which is always past). `time.sleep` returns at once; code
+that loops until the monotonic clock passes a time spins instead, and its deadline ends it (504).
+JavaScript timers run on the SDK's virtual time and never get here.
+
+Only call sites change: `drop; i64.const 0` before each `call` or `return_call` of those imports;
+no index moves. A module that takes one as a value (an export, an element, a `ref.func` in an
+initializer) could call it past the rewrite: such a component is refused (ClockAddressTaken). A
+module this decoder cannot read is kept as it is and reported. Sans-I/O.
+
+Not covered: a component that hands the lowered clock function to a module under another
+import name. Toolchains name a module's imports after the interface; only a hand-made
+component does otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from edge.sandbox.growcheck import COMPONENT_PREAMBLE
+from edge.sandbox.wasm_decode import (
+    CALL,
+    MODULE_PREAMBLE,
+    RETURN_CALL,
+    Section,
+    Undecodable,
+    const_expr_refs,
+    encode_uleb,
+    map_core_modules,
+    memory_is_64,
+    read_name,
+    read_uleb,
+    sections_of,
+    skip_leb,
+    skip_table_type,
+    skip_valtype,
+    walk_body,
+    with_payload,
+)
+
+# Part of the compile cache key: bump when the rewrite changes what it produces.
+VERSION = 1
+CLOCK_INTERFACE = b"wasi:clocks/monotonic-clock@"
+SUBSCRIBE = frozenset({b"subscribe-duration", b"subscribe-instant"})
+_ZERO_ARGUMENT = b"\x1a\x42\x00"  # drop; i64.const 0
+_IMPORT, _TABLE, _GLOBAL, _EXPORT, _ELEMENT, _CODE = 2, 4, 6, 7, 9, 10
+_FUNC = 0x00
+
+
+class ClockAddressTaken(Exception):
+    """A core module uses a clock subscription other than by calling it."""
+
+
+@dataclass
+class Clamped:
+    wasm: bytes  # the input itself when no module was rewritten
+    sites: int = 0  # calls now given 0
+    skipped: list[str] = field(default_factory=list)  # modules left as they were, and why
+
+
+def clamp(wasm: bytes) -> Clamped:
+    """The component (or core module) with its clock waits given 0. Raises ClockAddressTaken;
+    otherwise never raises: bytes it cannot parse come back unchanged."""
+    result = Clamped(wasm)
+    try:
+        if wasm.startswith(COMPONENT_PREAMBLE):
+            rewritten = map_core_modules(wasm, lambda m, i: _module_or_skip(m, result, i))
+        elif wasm.startswith(MODULE_PREAMBLE):
+            rewritten = _module_or_skip(wasm, result, 0)
+        else:
+            return result
+    except Undecodable as e:
+        return Clamped(wasm, skipped=[*result.skipped, f"component not parsed: {e}"])
+    if rewritten is not None:
+        result.wasm = rewritten
+    return result
+
+
+def _module_or_skip(data: bytes, result: Clamped, index: int) -> bytes | None:
+    try:
+        done = _module(data, index)
+    except Undecodable as e:
+        result.skipped.append(f"core module {index}: {e}")
+        return None
+    except IndexError:
+        result.skipped.append(f"core module {index}: truncated")
+        return None
+    if done is None:
+        return None
+    result.sites += done[1]
+    return done[0]
+
+
+def _module(data: bytes, index: int) -> tuple[bytes, int] | None:
+    if not data.startswith(MODULE_PREAMBLE):
+        raise Undecodable("not a core module of version 1", 0)
+    sections = sections_of(data, 8)
+    by_id = {s.id: s for s in sections}
+    targets = _clock_imports(data, by_id.get(_IMPORT))
+    if not targets:
+        return None
+    taken = _values_taken(data, by_id) & targets
+    if taken:
+        raise ClockAddressTaken(
+            f"core module {index} uses wasi:clocks/monotonic-clock's subscribe functions "
+            f"(function {min(taken)}) as a value, not only by calling them: a function's "
+            "clock waits must be plain calls"
+        )
+    code = by_id.get(_CODE)
+    if code is None:
+        return None
+    new_code, sites = _code(data, code, targets)
+    if not sites:
+        return None
+    parts = [data[:8]]
+    for s in sections:
+        parts.append(with_payload(s.id, new_code) if s is code else data[s.header : s.end])
+    return b"".join(parts), sites
+
+
+def _clock_imports(data: bytes, s: Section | None) -> frozenset[int]:
+    if s is None:
+        return frozenset()
+    found: set[int] = set()
+    funcs = 0
+    count, pos = read_uleb(data, s.start)
+    for _ in range(count):
+        module, pos = read_name(data, pos)
+        name, pos = read_name(data, pos)
+        kind = data[pos]
+        pos += 1
+        if kind == _FUNC:
+            pos = skip_leb(data, pos)
+            if module.startswith(CLOCK_INTERFACE) and name in SUBSCRIBE:
+                found.add(funcs)
+            funcs += 1
+        elif kind == 0x01:
+            pos = skip_table_type(data, pos)
+        elif kind == 0x02:
+            pos = memory_is_64(data, pos)[1]
+        elif kind == 0x03:  # global: value type, mutability
+            pos = skip_valtype(data, pos) + 1
+        elif kind == 0x04:  # tag: attribute, type
+            pos = skip_leb(data, pos + 1)
+        else:
+            raise Undecodable(f"unknown import kind 0x{kind:02x}", pos - 1)
+    if pos != s.end:
+        raise Undecodable("import section does not end at its size", pos)
+    return frozenset(found)
+
+
+def _values_taken(data: bytes, by_id: dict[int, Section]) -> set[int]:
+    """The functions the module uses as values outside its code: exported, in elements, or in
+    initializers. Only these can be `ref.func` in a body (validation requires it)."""
+    taken: set[int] = set()
+    if (s := by_id.get(_EXPORT)) is not None:
+        count, pos = read_uleb(data, s.start)
+        for _ in range(count):
+            _, pos = read_name(data, pos)
+            kind = data[pos]
+            target, pos = read_uleb(data, pos + 1)
+            if kind == _FUNC:
+                taken.add(target)
+    if (s := by_id.get(_GLOBAL)) is not None:
+        count, pos = read_uleb(data, s.start)
+        for _ in range(count):
+            pos = skip_valtype(data, pos) + 1
+            refs, pos = const_expr_refs(data, pos)
+            taken.update(refs)
+    if (s := by_id.get(_TABLE)) is not None:
+        count, pos = read_uleb(data, s.start)
+        for _ in range(count):
+            if data[pos] == 0x40 and data[pos + 1] == 0x00:  # a table with an initializer
+                refs, pos = const_expr_refs(data, skip_table_type(data, pos + 2))
+                taken.update(refs)
+            else:
+                pos = skip_table_type(data, pos)
+    if (s := by_id.get(_ELEMENT)) is not None:
+        taken.update(_element_functions(data, s))
+    return taken
+
+
+def _element_functions(data: bytes, s: Section) -> set[int]:
+    out: set[int] = set()
+    count, pos = read_uleb(data, s.start)
+    for _ in range(count):
+        flags, pos = read_uleb(data, pos)
+        if flags > 7:
+            raise Undecodable(f"unknown element segment flags {flags}", pos)
+        if flags & 0b011 == 0b010:  # active with a table index
+            pos = skip_leb(data, pos)
+        if not flags & 0b001:  # active: an offset
+            pos = const_expr_refs(data, pos)[1]
+        if flags & 0b011:  # an element kind (indices) or a reference type (expressions)
+            pos = skip_valtype(data, pos) if flags & 0b100 else pos + 1
+        items, pos = read_uleb(data, pos)
+        for _ in range(items):
+            if flags & 0b100:
+                refs, pos = const_expr_refs(data, pos)
+                out.update(refs)
+            else:
+                target, pos = read_uleb(data, pos)
+                out.add(target)
+    return out
+
+
+def _call_pattern(targets: frozenset[int]) -> re.Pattern[bytes]:
+    """Bytes a call of a target could be (its index also written with padded LEB bytes): only
+    bodies holding one are decoded."""
+    forms = []
+    for target in targets:
+        minimal = encode_uleb(target)
+        padded = minimal[:-1] + bytes([minimal[-1] | 0x80])
+        forms.append(re.escape(minimal) + b"|" + re.escape(padded) + b"\x80{0,8}\x00")
+    opcodes = re.escape(bytes([CALL, RETURN_CALL]))
+    return re.compile(b"[" + opcodes + b"](?:" + b"|".join(forms) + b")")
+
+
+def _code(data: bytes, code: Section, targets: frozenset[int]) -> tuple[bytes, int]:
+    pattern = _call_pattern(targets)
+    count, pos = read_uleb(data, code.start)
+    hits = [m.start() for m in pattern.finditer(data, pos, code.end)]
+    parts = [data[code.start : pos]]
+    cursor = pos
+    next_hit = sites = 0
+    for _ in range(count):
+        size, body = read_uleb(data, pos)
+        end = body + size
+        if end > code.end:
+            raise Undecodable("function body runs past the code section", pos)
+        while next_hit < len(hits) and hits[next_hit] < body:
+            next_hit += 1
+        if next_hit < len(hits) and hits[next_hit] < end:
+            calls = walk_body(data, body, end, targets)[1]
+            if calls:
+                pieces = [data[cursor:pos]]
+                at = body
+                for call in calls:
+                    pieces += [data[at:call], _ZERO_ARGUMENT]
+                    at = call
+                new_body = b"".join([*pieces[1:], data[at:end]])
+                parts += [pieces[0], encode_uleb(len(new_body)), new_body]
+                cursor = end
+                sites += len(calls)
+        pos = end
+    if pos != code.end:
+        raise Undecodable("code section does not end at its size", pos)
+    parts.append(data[cursor : code.end])
+    return b"".join(parts), sites
