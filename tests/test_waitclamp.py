@@ -4,6 +4,7 @@ function's time.sleep returns at once, and spinning on the clock meets the deadl
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import wasmtime
 
 from edge.errors import ComponentRejected
-from edge.sandbox import waitclamp
+from edge.sandbox import clockflow, waitclamp
 from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import EngineSettings, SandboxEngine
 from edge.sandbox.wasm_decode import encode_uleb
@@ -215,3 +216,75 @@ def test_a_tier_up_reuses_the_first_compiles_rewrite_once(
         cache.compile(hello, engine.engine)
         cache.compile(hello, engine.engine)
         assert len(clamps) == 4  # too small to tier up: nothing kept
+
+
+# --- the component's wiring (clockflow) ---------------------------------------------------------
+
+CLOCK_IMPORT = f"""
+  (import "{CLOCK}" (instance $clock
+    (export "subscribe-duration" (func (param "d" u64) (result u32)))
+    (export "subscribe-instant" (func (param "d" u64) (result u32)))))
+  (alias export $clock "subscribe-duration" (func $duration))
+  (core func $lowered (canon lower (func $duration)))
+"""
+SLEEPER = """(core module $m
+    (import "{module}" "{field}" (func $wait (param i64) (result i32)))
+    (func (export "run") (result i32) (call $wait (i64.const 5000000000))))"""
+
+
+def component(core_export: str = "subscribe-duration", arg: str = CLOCK, extra: str = "") -> bytes:
+    return wat(f"""(component {CLOCK_IMPORT}
+      (core instance $wasi (export "{core_export}" (func $lowered)))
+      {SLEEPER.format(module=arg, field=core_export)}
+      (core instance (instantiate $m (with "{arg}" (instance $wasi))))
+      {extra})""")
+
+
+def test_a_lowered_clock_subscription_handed_over_under_its_name_is_followed() -> None:
+    assert clockflow.check(component()) == 1
+    clamped = waitclamp.clamp(component())
+    assert (clamped.sites, clamped.skipped) == (1, [])
+
+
+@pytest.mark.parametrize(
+    ("wiring", "refusal"),
+    [
+        ({"core_export": "sleep"}, "exported to core modules as b'sleep'"),
+        ({"arg": "env"}, "handed to a core module as b'env'"),
+    ],
+)
+def test_a_clock_subscription_under_another_name_is_refused(
+    wiring: dict[str, str], refusal: str
+) -> None:
+    # The module imports it as ("env", ...) or (..., "sleep"): names the rewrite does not see.
+    wasm = component(**wiring)
+    with pytest.raises(clockflow.ClockFlowRefused, match=re.escape(refusal)):
+        clockflow.check(wasm)
+    with pytest.raises(waitclamp.ClockAddressTaken, match="must be plain calls"):
+        waitclamp.clamp(wasm)
+
+
+def test_a_clock_subscription_is_followed_through_aliases_and_exports() -> None:
+    # Taken back out of the core instance, and the clock interface exported and aliased again:
+    # still the clock's, so handing either over under another name is refused.
+    again = """(alias core export $wasi "subscribe-duration" (core func $again))
+      (core instance (export "tick" (func $again)))"""
+    with pytest.raises(clockflow.ClockFlowRefused, match="b'tick'"):
+        clockflow.check(component(extra=again))
+    exported = """(export $out "re-exported" (instance $clock))
+      (alias export $out "subscribe-instant" (func $instant))
+      (core func $low (canon lower (func $instant)))
+      (core instance (export "later" (func $low)))"""
+    with pytest.raises(clockflow.ClockFlowRefused, match="b'later'"):
+        clockflow.check(component(extra=exported))
+
+
+def test_the_clock_interface_carried_into_a_component_instance_is_refused() -> None:
+    carried = '(instance (export "f" (func $duration)))'
+    with pytest.raises(clockflow.ClockFlowRefused, match="component instance"):
+        clockflow.check(component(extra=carried))
+
+
+def test_the_examples_wiring_is_followed(built: Callable[[Path], Path]) -> None:
+    for lang, lowered in (("python", 2), ("js", 2), ("c", 0)):
+        assert clockflow.check(built(EXAMPLES / lang / "hello").read_bytes()) == lowered, lang

@@ -14,9 +14,8 @@ no index moves. A module that takes one as a value (an export, an element, a `re
 initializer) could call it past the rewrite: such a component is refused (ClockAddressTaken). A
 module this decoder cannot read is kept as it is and reported. Sans-I/O.
 
-Not covered: a component that hands the lowered clock function to a module under another
-import name. Toolchains name a module's imports after the interface; only a hand-made
-component does otherwise.
+The rewrite finds those imports by name; clockflow checks that the component gives the lowered
+clock functions to core modules under no other name (a hand-made component could).
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from edge.sandbox import clockflow
 from edge.sandbox.growcheck import COMPONENT_PREAMBLE
 from edge.sandbox.wasm_decode import (
     CALL,
@@ -55,7 +55,8 @@ _FUNC = 0x00
 
 
 class ClockAddressTaken(Exception):
-    """A core module uses a clock subscription other than by calling it."""
+    """A core module uses a clock subscription other than by calling it, or the component gives
+    one to a module under another name."""
 
 
 @dataclass
@@ -71,6 +72,7 @@ def clamp(wasm: bytes) -> Clamped:
     result = Clamped(wasm)
     try:
         if wasm.startswith(COMPONENT_PREAMBLE):
+            _check_flow(wasm, result)
             rewritten = map_core_modules(wasm, lambda m, i: _module_or_skip(m, result, i))
         elif wasm.startswith(MODULE_PREAMBLE):
             rewritten = _module_or_skip(wasm, result, 0)
@@ -81,6 +83,15 @@ def clamp(wasm: bytes) -> Clamped:
     if rewritten is not None:
         result.wasm = rewritten
     return result
+
+
+def _check_flow(wasm: bytes, result: Clamped) -> None:
+    try:
+        clockflow.check(wasm)
+    except clockflow.ClockFlowRefused as e:
+        raise ClockAddressTaken(f"{e}: a function's clock waits must be plain calls") from None
+    except Undecodable as e:
+        result.skipped.append(f"the component's wiring (not followed: {e})")
 
 
 def _module_or_skip(data: bytes, result: Clamped, index: int) -> bytes | None:
