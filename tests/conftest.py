@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -52,13 +53,30 @@ def build(project: Path) -> Path:
 
 def fixture_routes(names: list[str], built: Callable[[Path], Path]) -> str:
     """node.toml entries serving each of tests/fixtures/functions/NAME at */NAME, built first."""
-    body = ""
-    for name in names:
-        project = FIXTURES / "functions" / name
-        built(project)
-        body += f'[[function]]\nproject = "{project}"\n'
-        body += f'[[route]]\nroute = "*/{name}"\nfunction = "{name}"\n'
-    return body
+    return "".join(project_route(FIXTURES / "functions" / name, built) for name in names)
+
+
+def project_route(project: Path, built: Callable[[Path], Path]) -> str:
+    """node.toml entries serving the function project (named as its folder) at */NAME, built
+    first."""
+    built(project)
+    name = project.name
+    return (
+        f'[[function]]\nproject = "{project}"\n'
+        f'[[route]]\nroute = "*/{name}"\nfunction = "{name}"\n'
+    )
+
+
+def reusing_copy(name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of tests/fixtures/functions/NAME (without its build) that keeps one instance for
+    sequential requests (`[instance] policy = "reuse"`)."""
+    project = tmp_path_factory.mktemp("reuse") / name
+    shutil.copytree(
+        FIXTURES / "functions" / name, project, ignore=shutil.ignore_patterns("build")
+    )
+    with (project / "edge.toml").open("a") as toml:
+        toml.write('\n[instance]\npolicy = "reuse"\n')
+    return project
 
 
 # For tests of what a request and its answer carry, not of speed: a first request on a fresh

@@ -17,6 +17,7 @@ from edge.build.toolchain import Toolchain
 from edge.sandbox import growcheck
 from edge.sandbox.wasm_decode import (
     CALL,
+    COMPONENT_PREAMBLE,
     Undecodable,
     encode_uleb,
     grow_sites,
@@ -357,7 +358,7 @@ def test_component_modules_and_nested_components_are_rewritten() -> None:
 
 
 def test_junk_comes_back_unchanged_and_never_raises() -> None:
-    for junk in [b"", b"not wasm", growcheck.COMPONENT_PREAMBLE + b"\x01\x7f"]:
+    for junk in [b"", b"not wasm", COMPONENT_PREAMBLE + b"\x01\x7f"]:
         assert growcheck.instrument(junk).wasm == junk
     # Every truncation of a real component: unchanged or rewritten, never an exception.
     component = wat(COMPONENT)

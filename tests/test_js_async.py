@@ -18,7 +18,7 @@ import pytest
 from edge.errors import NoResponse
 from edge.sandbox.awaiting import WAIT_UNTIL_DROPPED
 
-from .conftest import FIXTURES, Proc, fixture_routes
+from .conftest import FIXTURES, Proc, fixture_routes, project_route, reusing_copy
 from .metrics_text import Scrape, delta
 from .test_sdk import exception_answer, get, logged
 
@@ -190,20 +190,11 @@ def reusing(
     built: Callable[[Path], Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Proc:
-    project = tmp_path_factory.mktemp("reuse") / "pending-js"
-    shutil.copytree(
-        FIXTURES / "functions" / "pending-js", project, ignore=shutil.ignore_patterns("build")
-    )
-    with (project / "edge.toml").open("a") as toml:
-        toml.write('\n[instance]\npolicy = "reuse"\n')
+    project = reusing_copy("pending-js", tmp_path_factory)
     source = project / "index.js"  # its import of the SDK's trap, from where the copy is
     web_js = (FIXTURES / "functions" / "pending-js" / "../../../../sdk/js/web.js").resolve()
     source.write_text(source.read_text().replace("../../../../sdk/js/web.js", str(web_js)))
-    built(project)
-    return start_module_node(
-        f'[[function]]\nproject = "{project}"\n[[route]]\nroute = "*/pending-js"\n'
-        'function = "pending-js"\n'
-    )
+    return start_module_node(project_route(project, built))
 
 
 def test_a_reused_instance_keeps_no_wait_from_one_request_to_the_next(reusing: Proc) -> None:

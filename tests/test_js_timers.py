@@ -9,7 +9,6 @@ stopped by the deadline; a reused instance starts with none of the last request'
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import FIXTURES, Proc, fixture_routes
+from .conftest import Proc, fixture_routes, project_route, reusing_copy
 from .test_sdk import exception_answer, get, logged
 
 pytestmark = pytest.mark.toolchain
@@ -129,17 +128,7 @@ def reusing(
     built: Callable[[Path], Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Proc:
-    project = tmp_path_factory.mktemp("reuse") / "timers-js"
-    shutil.copytree(
-        FIXTURES / "functions" / "timers-js", project, ignore=shutil.ignore_patterns("build")
-    )
-    with (project / "edge.toml").open("a") as toml:
-        toml.write('\n[instance]\npolicy = "reuse"\n')
-    built(project)
-    return start_module_node(
-        f'[[function]]\nproject = "{project}"\n[[route]]\nroute = "*/timers-js"\n'
-        'function = "timers-js"\n'
-    )
+    return start_module_node(project_route(reusing_copy("timers-js", tmp_path_factory), built))
 
 
 def test_a_reused_instance_starts_each_request_with_no_timers(reusing: Proc) -> None:

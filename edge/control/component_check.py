@@ -10,8 +10,7 @@ without decoding any section.
 from __future__ import annotations
 
 from edge.errors import BadRequest
-from edge.sandbox.growcheck import COMPONENT_PREAMBLE
-from edge.sandbox.wasm_decode import MODULE_PREAMBLE, Undecodable, read_uleb
+from edge.sandbox.wasm_decode import COMPONENT_PREAMBLE, MODULE_PREAMBLE, Undecodable, read_uleb
 
 # Top-level section ids of the component model binary format (custom .. export).
 MAX_SECTION_ID = 11

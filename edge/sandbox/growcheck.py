@@ -25,17 +25,16 @@ from edge.sandbox.wasm_decode import (
     MODULE_PREAMBLE,
     Section,
     Undecodable,
+    code_bodies,
     count_types,
     encode_uleb,
     grow_sites,
-    map_core_modules,
+    imports_of,
     memory_is_64,
     read_name,
     read_uleb,
+    rewrite_core_modules,
     sections_of,
-    skip_leb,
-    skip_table_type,
-    skip_valtype,
     with_payload,
 )
 
@@ -44,7 +43,6 @@ VERSION = 1
 CHECK_NAME = "edge.memory_limit"
 _CHECK_NAMES = {False: CHECK_NAME.encode(), True: (CHECK_NAME + "64").encode()}
 
-COMPONENT_PREAMBLE = b"\0asm\x0d\x00\x01\x00"
 _CUSTOM, _TYPE, _IMPORT, _FUNCTION, _MEMORY, _CODE = 0, 1, 2, 3, 5, 10
 _FUNCTION_NAMES = 1  # name section subsection id
 
@@ -76,32 +74,20 @@ def instrument(wasm: bytes) -> Instrumented:
     """The component (or core module) with checked `memory.grow`s. Never raises: bytes it
     cannot parse come back unchanged (compiling them reports what is wrong)."""
     result = Instrumented(wasm)
-    try:
-        if wasm.startswith(COMPONENT_PREAMBLE):
-            rewritten = map_core_modules(wasm, lambda m, i: _module_or_skip(m, result, i))
-        elif wasm.startswith(MODULE_PREAMBLE):
-            rewritten = _module_or_skip(wasm, result, 0)
-        else:
-            return result
-    except Undecodable as e:
-        result.skipped.append(f"component not parsed: {e}")
+
+    def one(module: bytes) -> bytes | None:
+        done = _module(module)
+        if done is None:
+            return None
+        result.modules += 1
+        result.sites += done[1]
+        return done[0]
+
+    rewritten = rewrite_core_modules(wasm, one, result.skipped)
+    if rewritten is None:  # nothing rewritten: nothing counted either
         return Instrumented(wasm, skipped=result.skipped)
-    if rewritten is not None:
-        result.wasm = rewritten
+    result.wasm = rewritten
     return result
-
-
-def _module_or_skip(data: bytes, result: Instrumented, index: int) -> bytes | None:
-    try:
-        done = _module(data)
-    except Undecodable as e:
-        result.skipped.append(f"core module {index}: {e}")
-        return None
-    if done is None:
-        return None
-    result.modules += 1
-    result.sites += done[1]
-    return done[0]
 
 
 class _Layout:
@@ -136,28 +122,11 @@ class _Layout:
                     self.names = s
 
     def _imports(self, data: bytes, s: Section) -> None:
-        count, pos = read_uleb(data, s.start)
-        for _ in range(count):
-            _, pos = read_name(data, pos)
-            _, pos = read_name(data, pos)
-            kind = data[pos]
-            pos += 1
-            if kind == 0x00:  # function
-                pos = skip_leb(data, pos)
+        for entry in imports_of(data, s):
+            if entry.kind == 0x00:
                 self.func_imports += 1
-            elif kind == 0x01:
-                pos = skip_table_type(data, pos)
-            elif kind == 0x02:
-                is64, pos = memory_is_64(data, pos)
-                self.memories.append(is64)
-            elif kind == 0x03:  # global: value type, mutability
-                pos = skip_valtype(data, pos) + 1
-            elif kind == 0x04:  # tag: attribute, type
-                pos = skip_leb(data, pos + 1)
-            else:
-                raise Undecodable(f"unknown import kind 0x{kind:02x}", pos - 1)
-        if pos != s.end:
-            raise Undecodable("import section does not end at its size", pos)
+            elif entry.kind == 0x02:
+                self.memories.append(entry.memory64)
 
 
 def _module(data: bytes) -> tuple[bytes, int] | None:
@@ -187,28 +156,15 @@ class _Edit(NamedTuple):
 
 
 def _grow_edits(data: bytes, code: Section, one_memory: bool) -> list[_Edit]:
-    count, pos = read_uleb(data, code.start)
-    hits: list[int] = []
+    hits = None
     if one_memory:  # where the code could hold a memory.grow; only those bodies are decoded
-        hits = [m.start() for m in _GROW_BYTES.finditer(data, pos, code.end)]
+        hits = [m.start() for m in _GROW_BYTES.finditer(data, code.start, code.end)]
         if not hits:
             return []
-    next_hit = 0
     edits: list[_Edit] = []
-    for _ in range(count):
-        size, body = read_uleb(data, pos)
-        end = body + size
-        if end > code.end:
-            raise Undecodable("function body runs past the code section", pos)
-        while next_hit < len(hits) and hits[next_hit] < body:
-            next_hit += 1
-        if not one_memory or (next_hit < len(hits) and hits[next_hit] < end):
-            sites = grow_sites(data, body, end)
-            if sites:
-                edits.append(_Edit(pos, body, end, sites))
-        pos = end
-    if pos != code.end:
-        raise Undecodable("code section does not end at its size", pos)
+    for body in code_bodies(data, code, hits):
+        if body.hit and (sites := grow_sites(data, body.start, body.end)):
+            edits.append(_Edit(body.size_at, body.start, body.end, sites))
     return edits
 
 

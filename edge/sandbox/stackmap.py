@@ -31,8 +31,13 @@ from collections.abc import Callable
 from functools import partial
 
 from edge.sandbox import sourcemap
-from edge.sandbox.growcheck import COMPONENT_PREAMBLE
-from edge.sandbox.wasm_decode import Undecodable, encode_uleb, read_name, read_uleb
+from edge.sandbox.wasm_decode import (
+    COMPONENT_PREAMBLE,
+    Undecodable,
+    encode_uleb,
+    read_name,
+    read_uleb,
+)
 
 SECTION = "edge:js-source-map"
 BUNDLE_NAME = "bundle.js"  # what the build calls the bundle; the engine's stacks name it so

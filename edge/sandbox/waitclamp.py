@@ -24,19 +24,20 @@ import re
 from dataclasses import dataclass, field
 
 from edge.sandbox import clockflow
-from edge.sandbox.growcheck import COMPONENT_PREAMBLE
 from edge.sandbox.wasm_decode import (
     CALL,
+    COMPONENT_PREAMBLE,
     MODULE_PREAMBLE,
     RETURN_CALL,
     Section,
     Undecodable,
+    code_bodies,
     const_expr_refs,
     encode_uleb,
-    map_core_modules,
-    memory_is_64,
+    imports_of,
     read_name,
     read_uleb,
+    rewrite_core_modules,
     sections_of,
     skip_leb,
     skip_table_type,
@@ -70,18 +71,20 @@ def clamp(wasm: bytes) -> Clamped:
     """The component (or core module) with its clock waits given 0. Raises ClockAddressTaken;
     otherwise never raises: bytes it cannot parse come back unchanged."""
     result = Clamped(wasm)
-    try:
-        if wasm.startswith(COMPONENT_PREAMBLE):
-            _check_flow(wasm, result)
-            rewritten = map_core_modules(wasm, lambda m, i: _module_or_skip(m, result, i))
-        elif wasm.startswith(MODULE_PREAMBLE):
-            rewritten = _module_or_skip(wasm, result, 0)
-        else:
-            return result
-    except Undecodable as e:
-        return Clamped(wasm, skipped=[*result.skipped, f"component not parsed: {e}"])
-    if rewritten is not None:
-        result.wasm = rewritten
+    if wasm.startswith(COMPONENT_PREAMBLE):
+        _check_flow(wasm, result)
+
+    def one(module: bytes) -> bytes | None:
+        done = _module(module)
+        if done is None:
+            return None
+        result.sites += done[1]
+        return done[0]
+
+    rewritten = rewrite_core_modules(wasm, one, result.skipped)
+    if rewritten is None:  # nothing rewritten: nothing counted either
+        return Clamped(wasm, skipped=result.skipped)
+    result.wasm = rewritten
     return result
 
 
@@ -94,22 +97,7 @@ def _check_flow(wasm: bytes, result: Clamped) -> None:
         result.skipped.append(f"the component's wiring (not followed: {e})")
 
 
-def _module_or_skip(data: bytes, result: Clamped, index: int) -> bytes | None:
-    try:
-        done = _module(data, index)
-    except Undecodable as e:
-        result.skipped.append(f"core module {index}: {e}")
-        return None
-    except IndexError:
-        result.skipped.append(f"core module {index}: truncated")
-        return None
-    if done is None:
-        return None
-    result.sites += done[1]
-    return done[0]
-
-
-def _module(data: bytes, index: int) -> tuple[bytes, int] | None:
+def _module(data: bytes) -> tuple[bytes, int] | None:
     if not data.startswith(MODULE_PREAMBLE):
         raise Undecodable("not a core module of version 1", 0)
     sections = sections_of(data, 8)
@@ -120,7 +108,7 @@ def _module(data: bytes, index: int) -> tuple[bytes, int] | None:
     taken = _values_taken(data, by_id) & targets
     if taken:
         raise ClockAddressTaken(
-            f"core module {index} uses wasi:clocks/monotonic-clock's subscribe functions "
+            "a core module uses wasi:clocks/monotonic-clock's subscribe functions "
             f"(function {min(taken)}) as a value, not only by calling them: a function's "
             "clock waits must be plain calls"
         )
@@ -137,34 +125,12 @@ def _module(data: bytes, index: int) -> tuple[bytes, int] | None:
 
 
 def _clock_imports(data: bytes, s: Section | None) -> frozenset[int]:
-    if s is None:
-        return frozenset()
-    found: set[int] = set()
-    funcs = 0
-    count, pos = read_uleb(data, s.start)
-    for _ in range(count):
-        module, pos = read_name(data, pos)
-        name, pos = read_name(data, pos)
-        kind = data[pos]
-        pos += 1
-        if kind == _FUNC:
-            pos = skip_leb(data, pos)
-            if module.startswith(CLOCK_INTERFACE) and name in SUBSCRIBE:
-                found.add(funcs)
-            funcs += 1
-        elif kind == 0x01:
-            pos = skip_table_type(data, pos)
-        elif kind == 0x02:
-            pos = memory_is_64(data, pos)[1]
-        elif kind == 0x03:  # global: value type, mutability
-            pos = skip_valtype(data, pos) + 1
-        elif kind == 0x04:  # tag: attribute, type
-            pos = skip_leb(data, pos + 1)
-        else:
-            raise Undecodable(f"unknown import kind 0x{kind:02x}", pos - 1)
-    if pos != s.end:
-        raise Undecodable("import section does not end at its size", pos)
-    return frozenset(found)
+    funcs = [entry for entry in ([] if s is None else imports_of(data, s)) if entry.kind == _FUNC]
+    return frozenset(
+        index
+        for index, entry in enumerate(funcs)
+        if entry.module.startswith(CLOCK_INTERFACE) and entry.name in SUBSCRIBE
+    )
 
 
 def _values_taken(data: bytes, by_id: dict[int, Section]) -> set[int]:
@@ -235,33 +201,22 @@ def _call_pattern(targets: frozenset[int]) -> re.Pattern[bytes]:
 
 
 def _code(data: bytes, code: Section, targets: frozenset[int]) -> tuple[bytes, int]:
-    pattern = _call_pattern(targets)
-    count, pos = read_uleb(data, code.start)
-    hits = [m.start() for m in pattern.finditer(data, pos, code.end)]
-    parts = [data[code.start : pos]]
-    cursor = pos
-    next_hit = sites = 0
-    for _ in range(count):
-        size, body = read_uleb(data, pos)
-        end = body + size
-        if end > code.end:
-            raise Undecodable("function body runs past the code section", pos)
-        while next_hit < len(hits) and hits[next_hit] < body:
-            next_hit += 1
-        if next_hit < len(hits) and hits[next_hit] < end:
-            calls = walk_body(data, body, end, targets)[1]
-            if calls:
-                pieces = [data[cursor:pos]]
-                at = body
-                for call in calls:
-                    pieces += [data[at:call], _ZERO_ARGUMENT]
-                    at = call
-                new_body = b"".join([*pieces[1:], data[at:end]])
-                parts += [pieces[0], encode_uleb(len(new_body)), new_body]
-                cursor = end
-                sites += len(calls)
-        pos = end
-    if pos != code.end:
-        raise Undecodable("code section does not end at its size", pos)
+    hits = [m.start() for m in _call_pattern(targets).finditer(data, code.start, code.end)]
+    parts: list[bytes] = []
+    cursor = code.start
+    sites = 0
+    for body in code_bodies(data, code, hits):
+        calls = walk_body(data, body.start, body.end, targets)[1] if body.hit else []
+        if not calls:
+            continue
+        pieces = []
+        at = body.start
+        for call in calls:
+            pieces += [data[at:call], _ZERO_ARGUMENT]
+            at = call
+        new_body = b"".join([*pieces, data[at : body.end]])
+        parts += [data[cursor : body.size_at], encode_uleb(len(new_body)), new_body]
+        cursor = body.end
+        sites += len(calls)
     parts.append(data[cursor : code.end])
     return b"".join(parts), sites

@@ -10,7 +10,7 @@ alone rather than guessing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 
@@ -31,6 +31,7 @@ _END = 0x0B
 _MAX_LEB_BYTES = 10  # a u64
 
 MODULE_PREAMBLE = b"\0asm\x01\x00\x00\x00"
+COMPONENT_PREAMBLE = b"\0asm\x0d\x00\x01\x00"
 _CORE_MODULE, _COMPONENT = 1, 4  # component section ids
 
 
@@ -68,6 +69,97 @@ def map_core_modules(component: bytes, rewrite: ModuleRewrite) -> bytes | None:
     when no module changed. Only sizes change: no index of the component moves."""
     counter = [0]
     return _map_component(component, rewrite, counter)
+
+
+def rewrite_core_modules(
+    wasm: bytes, rewrite: Callable[[bytes], bytes | None], skipped: list[str]
+) -> bytes | None:
+    """A component's (or a lone core module's) modules each replaced by `rewrite(module)` where
+    that is not None; None when none changed or the bytes are not wasm. A module `rewrite`
+    raises Undecodable for is kept and the reason added to `skipped`; so is the whole input when
+    its component framing cannot be read."""
+
+    def one(module: bytes, index: int) -> bytes | None:
+        try:
+            return rewrite(module)
+        except Undecodable as e:
+            skipped.append(f"core module {index}: {e}")
+        except IndexError:
+            skipped.append(f"core module {index}: truncated")
+        return None
+
+    try:
+        if wasm.startswith(COMPONENT_PREAMBLE):
+            return map_core_modules(wasm, one)
+        if wasm.startswith(MODULE_PREAMBLE):
+            return one(wasm, 0)
+    except Undecodable as e:
+        skipped.append(f"component not parsed: {e}")
+    return None
+
+
+class Body(NamedTuple):
+    size_at: int  # where its size field is
+    start: int
+    end: int
+    hit: bool  # one of the positions asked about lies in it
+
+
+def code_bodies(data: bytes, code: Section, hits: list[int] | None) -> Iterator[Body]:
+    """The function bodies of a code section; `hit` says whether one of `hits` (sorted
+    positions, e.g. where bytes of an instruction of interest appear) lies in it: always,
+    when `hits` is None."""
+    count, pos = read_uleb(data, code.start)
+    next_hit = 0
+    for _ in range(count):
+        size, body = read_uleb(data, pos)
+        end = body + size
+        if end > code.end:
+            raise Undecodable("function body runs past the code section", pos)
+        hit = True
+        if hits is not None:
+            while next_hit < len(hits) and hits[next_hit] < body:
+                next_hit += 1
+            hit = next_hit < len(hits) and hits[next_hit] < end
+        yield Body(pos, body, end, hit)
+        pos = end
+    if pos != code.end:
+        raise Undecodable("code section does not end at its size", pos)
+
+
+class Import(NamedTuple):
+    module: bytes
+    name: bytes
+    kind: int  # 0 function, 1 table, 2 memory, 3 global, 4 tag
+    memory64: bool  # a 64-bit memory
+
+
+def imports_of(data: bytes, s: Section) -> list[Import]:
+    """The entries of a core module's import section."""
+    out: list[Import] = []
+    count, pos = read_uleb(data, s.start)
+    for _ in range(count):
+        module, pos = read_name(data, pos)
+        name, pos = read_name(data, pos)
+        kind = data[pos]
+        pos += 1
+        is64 = False
+        if kind == 0x00:  # function: its type
+            pos = skip_leb(data, pos)
+        elif kind == 0x01:
+            pos = skip_table_type(data, pos)
+        elif kind == 0x02:
+            is64, pos = memory_is_64(data, pos)
+        elif kind == 0x03:  # global: value type, mutability
+            pos = skip_valtype(data, pos) + 1
+        elif kind == 0x04:  # tag: attribute, type
+            pos = skip_leb(data, pos + 1)
+        else:
+            raise Undecodable(f"unknown import kind 0x{kind:02x}", pos - 1)
+        out.append(Import(module, name, kind, is64))
+    if pos != s.end:
+        raise Undecodable("import section does not end at its size", pos)
+    return out
 
 
 def _map_component(data: bytes, rewrite: ModuleRewrite, counter: list[int]) -> bytes | None:
