@@ -4,6 +4,7 @@ function's time.sleep returns at once, and spinning on the clock meets the deadl
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -14,10 +15,10 @@ import pytest
 import wasmtime
 
 from edge.errors import ComponentRejected
-from edge.sandbox import clockflow, waitclamp
+from edge.sandbox import clockflow, growcheck, waitclamp
 from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import EngineSettings, SandboxEngine
-from edge.sandbox.wasm_decode import encode_uleb
+from edge.sandbox.wasm_decode import COMPONENT_PREAMBLE, encode_uleb
 
 from .conftest import EXAMPLES, Proc, fixture_routes
 
@@ -288,3 +289,24 @@ def test_the_clock_interface_carried_into_a_component_instance_is_refused() -> N
 def test_the_examples_wiring_is_followed(built: Callable[[Path], Path]) -> None:
     for lang, lowered in (("python", 2), ("js", 2), ("c", 0)):
         assert clockflow.check(built(EXAMPLES / lang / "hello").read_bytes()) == lowered, lang
+
+
+def test_hostile_bytes_come_back_typed_never_as_a_crash(tmp_path: Path) -> None:
+    """Components nested thousands deep (a few kilobytes) used to raise RecursionError from
+    both rewrites; every truncation and a flipped byte of a component with clock waits give a
+    Clamped or the typed refusal."""
+    nested = COMPONENT_PREAMBLE
+    for _ in range(3000):
+        nested = COMPONENT_PREAMBLE + bytes([4]) + encode_uleb(len(nested)) + nested
+    for rewrite in (waitclamp.clamp, growcheck.instrument):
+        result = rewrite(nested)
+        assert result.wasm is nested and "nested more than" in result.skipped[0]
+    with SandboxEngine() as engine, pytest.raises(ComponentRejected, match="not a valid"):
+        CompileCache(engine, tmp_path).load(nested)
+    wasm = component()
+    for cut in range(len(wasm)):
+        assert isinstance(waitclamp.clamp(wasm[:cut]).wasm, bytes)
+    for at in range(8, len(wasm)):
+        flipped = wasm[:at] + bytes([wasm[at] ^ 0xFF]) + wasm[at + 1 :]
+        with contextlib.suppress(waitclamp.ClockAddressTaken):
+            assert isinstance(waitclamp.clamp(flipped).wasm, bytes)

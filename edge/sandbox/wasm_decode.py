@@ -32,6 +32,9 @@ _MAX_LEB_BYTES = 10  # a u64
 
 MODULE_PREAMBLE = b"\0asm\x01\x00\x00\x00"
 COMPONENT_PREAMBLE = b"\0asm\x0d\x00\x01\x00"
+# Components inside components: deeper ones are not walked (Python's recursion limit is ~1,000,
+# and a hostile upload can nest thousands in a few kilobytes).
+MAX_NESTING = 100
 _CORE_MODULE, _COMPONENT = 1, 4  # component section ids
 
 
@@ -68,7 +71,7 @@ def map_core_modules(component: bytes, rewrite: ModuleRewrite) -> bytes | None:
     `rewrite(module, index)` where that is not None; index numbers them in binary order. None
     when no module changed. Only sizes change: no index of the component moves."""
     counter = [0]
-    return _map_component(component, rewrite, counter)
+    return _map_component(component, rewrite, counter, 0)
 
 
 def rewrite_core_modules(
@@ -162,7 +165,11 @@ def imports_of(data: bytes, s: Section) -> list[Import]:
     return out
 
 
-def _map_component(data: bytes, rewrite: ModuleRewrite, counter: list[int]) -> bytes | None:
+def _map_component(
+    data: bytes, rewrite: ModuleRewrite, counter: list[int], depth: int
+) -> bytes | None:
+    if depth > MAX_NESTING:
+        raise Undecodable(f"components nested more than {MAX_NESTING} deep", 0)
     parts = [data[:8]]
     changed = False
     for s in sections_of(data, 8):
@@ -171,7 +178,7 @@ def _map_component(data: bytes, rewrite: ModuleRewrite, counter: list[int]) -> b
             new = rewrite(data[s.start : s.end], counter[0])
             counter[0] += 1
         elif s.id == _COMPONENT:
-            new = _map_component(data[s.start : s.end], rewrite, counter)
+            new = _map_component(data[s.start : s.end], rewrite, counter, depth + 1)
         if new is None:
             parts.append(data[s.header : s.end])
         else:
