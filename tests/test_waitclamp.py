@@ -310,3 +310,30 @@ def test_hostile_bytes_come_back_typed_never_as_a_crash(tmp_path: Path) -> None:
         flipped = wasm[:at] + bytes([wasm[at] ^ 0xFF]) + wasm[at + 1 :]
         with contextlib.suppress(waitclamp.ClockAddressTaken):
             assert isinstance(waitclamp.clamp(flipped).wasm, bytes)
+
+
+def test_the_same_code_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every JavaScript function carries the same engine code: its calls are found once, and
+    another module with that code section (other data) is rewritten the same way."""
+    decoded: list[int] = []
+    real = waitclamp.walk_body
+    monkeypatch.setattr(
+        waitclamp, "walk_body", lambda d, s, e, t: decoded.append(s) or real(d, s, e, t)
+    )
+    twin = wat(f"""(module {IMPORTS} (memory 1) (data (i32.const 0) "other data")
+      (func (export "both") (result i32)
+        (drop (call $duration (i64.const {FIVE_S})))
+        (call $instant (i64.add (call $now) (i64.const {FIVE_S}))))
+      (func (export "tail") (result i32)
+        (return_call $duration (i64.const {FIVE_S})))
+      (func (export "untouched") (result i32)
+        (drop (call $now))
+        (i32.const 7)))""")
+    waitclamp._SITES.clear()
+    first = waitclamp.clamp(WAITS)
+    assert decoded
+    decoded.clear()
+    assert waitclamp.clamp(WAITS).wasm == first.wasm
+    clamped_twin = waitclamp.clamp(twin)
+    assert decoded == [] and clamped_twin.sites == 3
+    assert run(clamped_twin.wasm, "both") == [("duration", 0), ("instant", 0)]

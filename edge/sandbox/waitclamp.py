@@ -20,7 +20,10 @@ clock functions to core modules under no other name (a hand-made component could
 
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from edge.sandbox import clockflow
@@ -29,6 +32,7 @@ from edge.sandbox.wasm_decode import (
     COMPONENT_PREAMBLE,
     MODULE_PREAMBLE,
     RETURN_CALL,
+    Body,
     Section,
     Undecodable,
     code_bodies,
@@ -200,23 +204,51 @@ def _call_pattern(targets: frozenset[int]) -> re.Pattern[bytes]:
     return re.compile(b"[" + opcodes + b"](?:" + b"|".join(forms) + b")")
 
 
+# Where the calls are in a code section, by its digest and the targets: every JavaScript
+# function carries the same engine code (as Python functions the same libpython), so only the
+# first one's bodies are decoded (~0.24 s for the JS engine); the rest cost a hash (~10 ms).
+_Calls = list[tuple[Body, list[int]]]  # bodies calling a target, and where (section offsets)
+_SITES: OrderedDict[tuple[bytes, frozenset[int]], _Calls] = OrderedDict()
+_SITES_KEPT = 16
+_SITES_LOCK = threading.Lock()
+
+
 def _code(data: bytes, code: Section, targets: frozenset[int]) -> tuple[bytes, int]:
-    hits = [m.start() for m in _call_pattern(targets).finditer(data, code.start, code.end)]
+    """The code section's payload with the calls of `targets` given 0, and how many."""
+    key = (hashlib.sha256(memoryview(data)[code.start : code.end]).digest(), targets)
+    with _SITES_LOCK:
+        found = _SITES.get(key)
+        if found is not None:
+            _SITES.move_to_end(key)
+    if found is None:
+        found = _find_calls(data, code, targets)
+        with _SITES_LOCK:
+            _SITES[key] = found
+            while len(_SITES) > _SITES_KEPT:
+                _SITES.popitem(last=False)
     parts: list[bytes] = []
-    cursor = code.start
-    sites = 0
-    for body in code_bodies(data, code, hits):
-        calls = walk_body(data, body.start, body.end, targets)[1] if body.hit else []
-        if not calls:
-            continue
+    base = code.start
+    cursor = 0
+    for body, calls in found:
         pieces = []
         at = body.start
         for call in calls:
-            pieces += [data[at:call], _ZERO_ARGUMENT]
+            pieces += [data[base + at : base + call], _ZERO_ARGUMENT]
             at = call
-        new_body = b"".join([*pieces, data[at : body.end]])
-        parts += [data[cursor : body.size_at], encode_uleb(len(new_body)), new_body]
+        new_body = b"".join([*pieces, data[base + at : base + body.end]])
+        parts += [data[base + cursor : base + body.size_at], encode_uleb(len(new_body)), new_body]
         cursor = body.end
-        sites += len(calls)
-    parts.append(data[cursor : code.end])
-    return b"".join(parts), sites
+    parts.append(data[base + cursor : code.end])
+    return b"".join(parts), sum(len(calls) for _, calls in found)
+
+
+def _find_calls(data: bytes, code: Section, targets: frozenset[int]) -> _Calls:
+    hits = [m.start() for m in _call_pattern(targets).finditer(data, code.start, code.end)]
+    found = []
+    base = code.start
+    for body in code_bodies(data, code, hits):
+        calls = walk_body(data, body.start, body.end, targets)[1] if body.hit else []
+        if calls:
+            moved = Body(body.size_at - base, body.start - base, body.end - base, True)
+            found.append((moved, [call - base for call in calls]))
+    return found
