@@ -337,3 +337,18 @@ def test_the_same_code_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
     clamped_twin = waitclamp.clamp(twin)
     assert decoded == [] and clamped_twin.sites == 3
     assert run(clamped_twin.wasm, "both") == [("duration", 0), ("instant", 0)]
+
+
+def test_a_load_lets_go_of_the_kept_rewrite(built: Callable[[Path], Path], tmp_path: Path) -> None:
+    """A tier-up loads through CompileCache.load: whether it compiles or finds the artifact,
+    the rewrite kept for its bytes (two copies of a component) is let go."""
+    hello = built(EXAMPLES / "c" / "hello").read_bytes()
+    with SandboxEngine(EngineSettings(tier_up_above_bytes=len(hello))) as engine:
+        cache = CompileCache(engine, tmp_path)
+        cache.compile(hello, engine.engine)  # the baseline compile keeps its rewrite
+        assert cache._last_rewrite is not None
+        cache.load(hello)
+        assert cache._last_rewrite is None
+        cache.compile(hello, engine.engine)
+        cache.load(hello)  # from the file this time
+        assert cache._last_rewrite is None

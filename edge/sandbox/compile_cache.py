@@ -85,6 +85,23 @@ class CompileCache:
         not `say_unchecked`: a tier-up repeats what the first compile said) and about an
         artifact the directory could not take. `compile_in`: an engine with the same code
         settings to compile a new artifact in (see SandboxEngine.background_compiler)."""
+        try:
+            return self._load(wasm, digest, engine, warn, compile_in, say_unchecked)
+        finally:
+            # A rewrite kept for these bytes is not needed again (a tier-up loads through here).
+            last = self._last_rewrite
+            if last is not None and last[0] is wasm:
+                self._last_rewrite = None
+
+    def _load(
+        self,
+        wasm: bytes,
+        digest: str | None,
+        engine: wasmtime.Engine | None,
+        warn: Warn | None,
+        compile_in: wasmtime.Engine | None,
+        say_unchecked: bool,
+    ) -> component.Component:
         digest = digest or content_hash(wasm)
         engine = engine or self.engine.engine
         path = self.path_for(digest, engine)
@@ -157,7 +174,8 @@ class CompileCache:
     def _rewritten(self, wasm: bytes) -> tuple[bytes, list[str]]:
         """`wasm` with its clock waits clamped and its memory.grow checked, and what could not
         be done. The last one is kept for the same bytes' next compile (a tier-up), once: the
-        rewrite of a JavaScript component takes ~0.25 s of the GIL. Raises ComponentRejected."""
+        rewrites of a JavaScript component take ~0.3 s of the GIL the first time. Raises
+        ComponentRejected."""
         last, self._last_rewrite = self._last_rewrite, None
         if last is not None and last[0] is wasm:
             return last[1], last[2]

@@ -1,8 +1,9 @@
 // timers.js: setTimeout, setInterval and Workers' scheduler.wait on virtual time.
 //
-// The engine's own timers wait in the host's poll, where the deadline (epoch interruption, which
-// stops wasm code only) cannot end the wait. A function has no I/O to wait for, so a timer here
-// waits for nothing: timers run as tasks, one at a time, in the order of their due times (delay
+// The engine's own timers waited in the host's poll, where the deadline (epoch interruption,
+// which stops wasm code only) cannot end a wait; the node now gives every clock wait 0
+// (edge/sandbox/waitclamp.py), so they would fire at once, out of order. A function has no I/O
+// to wait for, so a timer here waits for nothing: timers run as tasks, one at a time, in the order of their due times (delay
 // from the time they were set, ties in the order set), each once nothing else is left to run.
 // `await scheduler.wait(50)` resumes once the rest of the request's work is done, and a
 // `Promise.race` against a timeout is won by the work. Date.now() does not move (it is frozen at
