@@ -63,7 +63,7 @@ def run(module: bytes, export: str) -> list[tuple[str, int]]:
     return calls
 
 
-WAITS = wat(f"""(module {IMPORTS}
+WAIT_FUNCS = f"""
   (func (export "both") (result i32)
     (drop (call $duration (i64.const {FIVE_S})))
     (call $instant (i64.add (call $now) (i64.const {FIVE_S}))))
@@ -71,7 +71,8 @@ WAITS = wat(f"""(module {IMPORTS}
     (return_call $duration (i64.const {FIVE_S})))
   (func (export "untouched") (result i32)
     (drop (call $now))
-    (i32.const 7)))""")
+    (i32.const 7))"""
+WAITS = wat(f"(module {IMPORTS} {WAIT_FUNCS})")
 
 
 def test_calls_of_the_clock_subscriptions_get_zero() -> None:
@@ -320,15 +321,7 @@ def test_the_same_code_is_decoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         waitclamp, "walk_body", lambda d, s, e, t: decoded.append(s) or real(d, s, e, t)
     )
-    twin = wat(f"""(module {IMPORTS} (memory 1) (data (i32.const 0) "other data")
-      (func (export "both") (result i32)
-        (drop (call $duration (i64.const {FIVE_S})))
-        (call $instant (i64.add (call $now) (i64.const {FIVE_S}))))
-      (func (export "tail") (result i32)
-        (return_call $duration (i64.const {FIVE_S})))
-      (func (export "untouched") (result i32)
-        (drop (call $now))
-        (i32.const 7)))""")
+    twin = wat(f'(module {IMPORTS} (memory 1) (data (i32.const 0) "other data") {WAIT_FUNCS})')
     waitclamp._SITES.clear()
     first = waitclamp.clamp(WAITS)
     assert decoded

@@ -13,6 +13,7 @@ Sans-I/O; bytes it does not know raise Undecodable (the caller reports them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
 from edge.sandbox.wasm_decode import Undecodable, read_name, read_uleb, sections_of, skip_leb
@@ -46,19 +47,10 @@ def check(component: bytes) -> int:
     after it. Raises ClockFlowRefused or Undecodable."""
     spaces = _Spaces()
     for s in sections_of(component, 8):
+        read = _READERS.get(s.id)
         try:
-            if s.id == _IMPORT:
-                _imports(component, s.start, spaces)
-            elif s.id == _ALIAS:
-                _aliases(component, s.start, spaces)
-            elif s.id == _CANON:
-                _canons(component, s.start, spaces)
-            elif s.id == _CORE_INSTANCE:
-                _core_instances(component, s.start, spaces)
-            elif s.id == _INSTANCE:
-                _instances(component, s.start, spaces)
-            elif s.id == _EXPORT:
-                _exports(component, s.start, spaces)
+            if read is not None:
+                read(component, s.start, spaces)
         except IndexError:
             raise Undecodable("truncated component section", s.start) from None
     return sum(spaces.core_funcs)
@@ -262,3 +254,14 @@ def _at(space: list[T], index: int) -> T:
     if index >= len(space):
         raise Undecodable(f"index {index} before it is defined", 0)
     return space[index]
+
+
+# The sections that add to the index spaces followed (the rest are skipped by their size).
+_READERS: dict[int, Callable[[bytes, int, _Spaces], None]] = {
+    _IMPORT: _imports,
+    _ALIAS: _aliases,
+    _CANON: _canons,
+    _CORE_INSTANCE: _core_instances,
+    _INSTANCE: _instances,
+    _EXPORT: _exports,
+}

@@ -27,6 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from edge.sandbox import clockflow
+from edge.sandbox.clockflow import CLOCK_INTERFACE, SUBSCRIBE
 from edge.sandbox.wasm_decode import (
     CALL,
     COMPONENT_PREAMBLE,
@@ -52,8 +53,6 @@ from edge.sandbox.wasm_decode import (
 
 # Part of the compile cache key: bump when the rewrite changes what it produces.
 VERSION = 1
-CLOCK_INTERFACE = b"wasi:clocks/monotonic-clock@"
-SUBSCRIBE = frozenset({b"subscribe-duration", b"subscribe-instant"})
 _ZERO_ARGUMENT = b"\x1a\x42\x00"  # drop; i64.const 0
 _IMPORT, _TABLE, _GLOBAL, _EXPORT, _ELEMENT, _CODE = 2, 4, 6, 7, 9, 10
 _FUNC = 0x00

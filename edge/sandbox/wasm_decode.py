@@ -1,4 +1,6 @@
-"""Just enough WebAssembly binary decoding to find `memory.grow` in function bodies (sans-I/O).
+"""Just enough WebAssembly binary decoding for the rewrites before a compile (growcheck,
+waitclamp): sections, imports and function bodies of the core modules in a component, and
+`memory.grow` or calls of given functions in a body (sans-I/O).
 
 LEB128 numbers, value types, and every instruction's immediates, so a body can be walked
 instruction by instruction without mistaking an immediate byte for an opcode. Covered: MVP,
@@ -66,14 +68,6 @@ def with_payload(section_id: int, payload: bytes) -> bytes:
 ModuleRewrite = Callable[[bytes, int], "bytes | None"]
 
 
-def map_core_modules(component: bytes, rewrite: ModuleRewrite) -> bytes | None:
-    """The component with each core module (nested components' too) replaced by
-    `rewrite(module, index)` where that is not None; index numbers them in binary order. None
-    when no module changed. Only sizes change: no index of the component moves."""
-    counter = [0]
-    return _map_component(component, rewrite, counter, 0)
-
-
 def rewrite_core_modules(
     wasm: bytes, rewrite: Callable[[bytes], bytes | None], skipped: list[str]
 ) -> bytes | None:
@@ -93,7 +87,7 @@ def rewrite_core_modules(
 
     try:
         if wasm.startswith(COMPONENT_PREAMBLE):
-            return map_core_modules(wasm, one)
+            return _map_component(wasm, one, [0], 0)
         if wasm.startswith(MODULE_PREAMBLE):
             return one(wasm, 0)
     except Undecodable as e:
@@ -168,6 +162,9 @@ def imports_of(data: bytes, s: Section) -> list[Import]:
 def _map_component(
     data: bytes, rewrite: ModuleRewrite, counter: list[int], depth: int
 ) -> bytes | None:
+    """The component with each core module (nested components' too) replaced by
+    `rewrite(module, index)` where that is not None; `counter` numbers them in binary order.
+    None when no module changed. Only sizes change: no index of the component moves."""
     if depth > MAX_NESTING:
         raise Undecodable(f"components nested more than {MAX_NESTING} deep", 0)
     parts = [data[:8]]
@@ -442,9 +439,9 @@ def const_expr_refs(data: bytes, pos: int) -> tuple[list[int], int]:
                 refs.append(target)
                 continue
             kind = _MAIN[op]
-            if kind in (_NONE, _BLOCK, _BR_TABLE, _GROW, _TRY_TABLE):
-                if kind == _NONE:
-                    continue
+            if kind == _NONE:
+                continue
+            if kind in (_BLOCK, _BR_TABLE, _GROW, _TRY_TABLE):
                 raise Undecodable(f"instruction 0x{op:02x} in a constant expression", pos - 1)
             pos = _immediates(data, pos, kind, op, [])
     except IndexError:
