@@ -6,6 +6,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from edge.errors import (
     MemoryLimitExceeded,
     ResponseTooLarge,
 )
-from edge.sandbox import abi, growcheck, host
+from edge.sandbox import abi, growcheck, host, waitclamp
 from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import EngineSettings, SandboxEngine
 from edge.sandbox.function import LoadedFunction
@@ -201,12 +202,13 @@ def test_cache_key_includes_engine_settings(engine: SandboxEngine, tmp_path: Pat
         other.close()
 
 
+@pytest.mark.parametrize("rewrite", [growcheck, waitclamp])
 def test_cache_key_includes_the_rewrite_version(
-    engine: SandboxEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: SandboxEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rewrite: ModuleType
 ) -> None:
-    """Artifacts compiled before a change to growcheck are not reused after it."""
+    """Artifacts compiled before a change to a rewrite are not reused after it."""
     before = CompileCache(engine, tmp_path).path_for("ab" * 32)
-    monkeypatch.setattr(growcheck, "VERSION", growcheck.VERSION + 1)
+    monkeypatch.setattr(rewrite, "VERSION", rewrite.VERSION + 1)
     assert CompileCache(engine, tmp_path).path_for("ab" * 32) != before
 
 

@@ -345,3 +345,51 @@ def test_a_load_lets_go_of_the_kept_rewrite(built: Callable[[Path], Path], tmp_p
         cache.compile(hello, engine.engine)
         cache.load(hello)  # from the file this time
         assert cache._last_rewrite is None
+
+
+UNREADABLE = wat(f"""(component {CLOCK_IMPORT}
+  (core instance $wasi (export "subscribe-duration" (func $lowered)))
+  (core module $m
+    (import "{CLOCK}" "subscribe-duration" (func $wait (param i64) (result i32)))
+    (type $ft (func (param i32) (result i32)))
+    (type $ct (cont $ft))
+    (func $f (param i32) (result i32) (local.get 0))
+    (elem declare func $f)
+    (func (export "go")
+      (drop (call $wait (i64.const {FIVE_S})))
+      (drop (cont.new $ct (ref.func $f)))))
+  (core instance (instantiate $m (with "{CLOCK}" (instance $wasi)))))""")
+
+
+def stack_switching() -> wasmtime.Engine:
+    config = wasmtime.Config()
+    config.wasm_component_model = True
+    config.wasm_stack_switching = True
+    config.wasm_function_references = True
+    return wasmtime.Engine(config)
+
+
+def test_clock_waits_left_as_they_are_are_reported_and_still_compile(tmp_path: Path) -> None:
+    # A proposal the decoder does not know (stack switching) in a body that waits on the clock.
+    warnings: list[str] = []
+    with SandboxEngine() as engine:
+        CompileCache(engine, tmp_path).load(UNREADABLE, engine=stack_switching(),
+                                            warn=warnings.append)  # fmt: skip
+    (warning,) = warnings
+    assert warning.startswith("clock waits left as they are in core module 0: unknown instruction")
+    assert warning.endswith("a wait there holds its thread past the deadline")
+
+
+def test_a_rewrite_the_engine_refuses_falls_back_to_the_original_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our bug, not the function's: it still compiles, unrewritten, with both rewrites' words."""
+    monkeypatch.setattr(waitclamp, "clamp", lambda wasm: waitclamp.Clamped(wasm[:-1], sites=1))
+    warnings: list[str] = []
+    with SandboxEngine() as engine:
+        compiled = CompileCache(engine, tmp_path).load(component(), warn=warnings.append)
+    assert compiled is not None
+    assert len(warnings) == 2
+    assert warnings[0].startswith("memory.grow left unchecked everywhere: the rewritten component")
+    assert warnings[1].startswith("clock waits left as they are everywhere: the rewritten")
+    assert warnings[1].endswith("a wait there holds its thread past the deadline")
