@@ -55,6 +55,10 @@ def test_a_timer_set_by_a_timer_counts_from_when_it_was_set(node: Proc) -> None:
     assert answer(node, "nested") == ["outer20", "t22", "inner+5", "t30"]
 
 
+def test_delays_browsers_take_as_zero_are_zero(node: Proc) -> None:
+    assert answer(node, "odd-delays") == ["huge", "negative", "nan", "t10"]
+
+
 def test_work_wins_a_race_against_a_long_timeout(node: Proc) -> None:
     # 1,000 awaits finish before a 5 s timeout fires, and nothing waits 5 s.
     started = time.monotonic()
