@@ -126,6 +126,18 @@ class NodeOutOfMemory(EdgeError):
     reason = "node_out_of_memory"
 
 
+class FunctionOverloaded(EdgeError):
+    """More requests of one function at once than the node gives it workers for, and its
+    queue is full or the wait ran out (edge.node.fairshare): retry after `retry_after_s`."""
+
+    status = 503
+    reason = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 # --- Rejected before any request: bad artifacts and configuration -------------------------------
 
 

@@ -89,11 +89,13 @@ def with_deadline(config: FunctionConfig, deadline_ms: int) -> FunctionConfig:
     return replace(config, limits=replace(config.limits, deadline_ms=deadline_ms))
 
 
-def roomy_function(project: Path, wasm: Path, where: Path) -> str:
+def roomy_function(
+    project: Path, wasm: Path, where: Path, deadline_ms: int = ROOMY_DEADLINE_MS
+) -> str:
     """A node.toml [[function]] table serving `wasm`, `project`'s build, with a deadline of
-    ROOMY_DEADLINE_MS: its edge.toml is copied into the folder `where` with that deadline."""
+    `deadline_ms`: its edge.toml is copied into the folder `where` with that deadline."""
     text = re.sub(r"(?m)^deadline_ms\s*=.*\n?", "", (project / "edge.toml").read_text())
-    line = f"deadline_ms = {ROOMY_DEADLINE_MS}\n"
+    line = f"deadline_ms = {deadline_ms}\n"
     if re.search(r"(?m)^\[limits\]", text):
         text = re.sub(r"(?m)^\[limits\]\n", lambda m: m.group(0) + line, text, count=1)
     else:

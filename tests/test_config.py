@@ -184,6 +184,25 @@ def test_node_awake_workers(tmp_path: Path) -> None:
         sandbox({"awake_workers": "2"})
 
 
+def test_node_function_workers_and_queue(tmp_path: Path) -> None:
+    def node(table: dict[str, object]) -> tuple[int, int, int]:
+        c = parse_node_config({"node": table}, "node.toml", tmp_path)
+        return c.function_workers, c.queue_length, c.queue_timeout_ms
+
+    assert node({}) == (0, 256, 5000)  # 0: fairshare.default_per_function
+    assert node({"workers": 4, "function_workers": 4, "queue_length": 1,
+                 "queue_timeout_ms": 50}) == (4, 1, 50)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"node\.function_workers must be between 0 \(twice "
+                                          r"the cores\) and node\.workers \(4\), got 5"):
+        node({"workers": 4, "function_workers": 5})
+    with pytest.raises(ConfigError, match=r"node\.function_workers must be between 0"):
+        node({"function_workers": -1})
+    with pytest.raises(ConfigError, match=r"node\.queue_length must be between 1 and"):
+        node({"queue_length": 0})
+    with pytest.raises(ConfigError, match=r"node\.queue_timeout_ms must be int, got float"):
+        node({"queue_timeout_ms": 0.5})
+
+
 def test_node_tracing_and_logs_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edge.node.main import node_config_from_args
 

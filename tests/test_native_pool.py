@@ -139,6 +139,33 @@ def test_a_request_given_up_leaves_nothing_behind(engine: SandboxEngine, load: L
     assert not pool._pending
 
 
+def test_a_job_says_when_it_ended_even_when_given_up(engine: SandboxEngine, load: Load) -> None:
+    """The node's fair share counts a worker as taken until the job's end (edge.node.admission):
+    a request given up must not hand its worker back while its function still runs there."""
+    loop_fn, hello = load(FIXTURES / "functions" / "loop"), load(EXAMPLES / "c" / "hello")
+    pooled, fast = loop_fn.pooled({}), hello.pooled({})
+    assert pooled is not None and fast is not None
+    pool = pool_of(engine)
+    ended: list[tuple[str, float]] = []
+
+    def end(key: str) -> None:
+        ended.append((key, time.monotonic()))
+
+    async def go() -> float:
+        given_up = pool.run(pooled, REQUEST, (end, "loop"))
+        await asyncio.sleep(0.01)
+        given_up.cancel()  # as when its request is given up
+        cancelled_at = time.monotonic()
+        assert (await pool.run(fast, REQUEST, (end, "hello"))).stage != FAILED_CALL
+        while len(ended) < 2:
+            await asyncio.sleep(0.01)
+        return cancelled_at
+
+    cancelled_at = asyncio.run(go())
+    assert [key for key, _ in ended] == ["hello", "loop"]  # the loop's at its deadline, later
+    assert ended[1][1] - cancelled_at >= 0.05  # its 100 ms deadline, not the cancel
+
+
 @pytest.mark.parametrize("wire", [NATIVE, PYTHON])
 @pytest.mark.parametrize("ticker", [NATIVE, PYTHON])
 def test_a_job_keeps_the_epoch_ticker_awake_until_it_ends(

@@ -8,6 +8,7 @@ the GIL inside calls, so a function busy for a long time never delays other requ
 
 from __future__ import annotations
 
+import os
 import time
 import weakref
 from collections.abc import Mapping
@@ -22,9 +23,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edge.asgi import ASGIApp, Message, Receive, Scope, Send
-from edge.errors import EdgeError, FunctionError, MethodNotAllowed, NoRoute
+from edge.errors import EdgeError, FunctionError, FunctionOverloaded, MethodNotAllowed, NoRoute
 from edge.node import http
+from edge.node.admission import Admission
 from edge.node.client_ip import client_ip
+from edge.node.fairshare import FairShare, default_per_function
 from edge.node.geo import NO_GEO
 from edge.node.inline import InlineHint, collections
 from edge.node.metrics import FunctionSeries
@@ -142,7 +145,17 @@ class FunctionServer:
     def __init__(self, runtime: NodeRuntime) -> None:
         self.runtime = runtime
         self.config = runtime.config
-        self.limiter = anyio.CapacityLimiter(runtime.config.workers)
+        cfg = runtime.config
+        self.limiter = anyio.CapacityLimiter(cfg.workers)
+        share = cfg.function_workers or default_per_function(
+            cfg.workers, len(os.sched_getaffinity(0))
+        )
+        # One share per pool of threads: the Python workers and the native ones (C functions).
+        self.threads, self.natives = (
+            Admission(FairShare(cfg.workers, share, cfg.queue_length), cfg.queue_timeout_ms / 1000)
+            for _ in range(2)
+        )
+        runtime.metrics.queued = lambda: self.threads.share.queued + self.natives.share.queued
         self.hints: weakref.WeakKeyDictionary[LoadedFunction, InlineHint] = (
             weakref.WeakKeyDictionary()
         )
@@ -248,7 +261,7 @@ class FunctionServer:
                 request_id, trace, series,
             )  # fmt: skip
             out_headers = http.response_headers(result.headers, request_id)
-        except FunctionError as e:
+        except (FunctionError, FunctionOverloaded) as e:
             # The function's author needs this line: it is the platform's word on their code.
             runtime.sink(LogLine(route.function, request_id, "error", e.message, "platform",
                                  time.time(), version, trace.trace_id))  # fmt: skip
@@ -339,10 +352,18 @@ class FunctionServer:
         pooled = function.pooled(config)  # None unless it runs on the native path (C)
         pool = self.runtime.engine.native_pool() if pooled is not None else None
         if pooled is not None and pool is not None:
+            natives = self.natives
+            if not natives.enter(key):
+                await natives.wait(key)
             invocation = Invocation(key, request_id, config, sink, version=version,
                                     trace_id=trace.trace_id, marks=[] if recorded else None)
             try:  # the pool keeps the epoch ticker awake while the job runs
-                return function.native_finish(await pool.run(pooled, request), invocation)
+                try:  # the worker is the function's until the job ends, given up or not
+                    job = pool.run(pooled, request, (natives.leave, key))
+                except BaseException:
+                    natives.leave(key)
+                    raise
+                return function.native_finish(await job, invocation)
             finally:
                 _instantiated(invocation, series)
                 _finish(trace, invocation)
@@ -374,6 +395,9 @@ class FunctionServer:
                 _instantiated(invocation, series)
                 _finish(trace, invocation)
                 return result
+        threads = self.threads
+        if not threads.enter(key):
+            await threads.wait(key)
         invocation = Invocation(key, request_id, config, sink, version=version,
                                 trace_id=trace.trace_id, marks=[] if recorded else None)
         try:
@@ -381,6 +405,7 @@ class FunctionServer:
                 function.invoke, request, invocation, limiter=self.limiter
             )
         finally:
+            threads.leave(key)
             _instantiated(invocation, series)
             _finish(trace, invocation)
 

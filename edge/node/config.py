@@ -14,6 +14,11 @@ trusted_proxies = ["127.0.0.1/32"] # whose x-forwarded-for is believed
 workers = 16                       # threads running wasm (and as many native ones for C)
 awake_workers = 0                  # native ones running at once before a request waits for
                                    # one (1 ms at most); 0: one per core besides the loop's
+function_workers = 0               # workers one function may hold at once, so a flood of one
+                                   # function leaves the rest (and the CPU) to others; 0: twice
+                                   # the cores, at most three quarters of the workers
+queue_length = 256                 # requests of one function waiting for a worker; beyond, or
+queue_timeout_ms = 5000            # after waiting this long: 503 overloaded, Retry-After: 1
 
 [sandbox]
 pooling = true
@@ -128,6 +133,9 @@ class NodeConfig:
     geoip_db: Path | None = None
     trusted_proxies: tuple[Network, ...] = ()
     workers: int = 16
+    function_workers: int = 0  # 0: fairshare.default_per_function's
+    queue_length: int = 256
+    queue_timeout_ms: int = 5000
     sandbox: EngineSettings = field(default_factory=EngineSettings)
     functions: tuple[FunctionSource, ...] = ()
     routes: tuple[Route, ...] = ()
@@ -238,7 +246,8 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
     node = root.table("node")
     node.reject_unknown(
         {"id", "region", "listen", "url", "dns_ipv4", "dns_ipv6", "cache_dir", "geoip_db",
-         "trusted_proxies", "workers", "awake_workers"}
+         "trusted_proxies", "workers", "awake_workers", "function_workers", "queue_length",
+         "queue_timeout_ms"}
     )
     url = http_url(node, "url")
     workers = node.positive_int("workers", 16, 1024)
@@ -248,6 +257,12 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
         raise ConfigError(
             f"{node.where('awake_workers')} must be between 0 (one per spare core) and "
             f"node.workers ({workers}), got {awake}"
+        )
+    function_workers = node.get("function_workers", int, 0)
+    if not 0 <= function_workers <= workers:
+        raise ConfigError(
+            f"{node.where('function_workers')} must be between 0 (twice the cores) and "
+            f"node.workers ({workers}), got {function_workers}"
         )
     sb = root.table("sandbox")
     warm_up_threads = sb.get("warm_up_threads", int, 2)
@@ -317,6 +332,9 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
         geoip_db=path("geoip_db"),
         trusted_proxies=trusted,
         workers=workers,
+        function_workers=function_workers,
+        queue_length=node.positive_int("queue_length", 256, 1_000_000),
+        queue_timeout_ms=node.positive_int("queue_timeout_ms", 5000, 3_600_000),
         sandbox=EngineSettings(
             workers=workers,
             awake_workers=awake,

@@ -11,7 +11,13 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import urlsplit
 
-from edge.errors import BuildFailed, EdgeError, InvalidResponse, RequestBodyTooLarge
+from edge.errors import (
+    BuildFailed,
+    EdgeError,
+    FunctionOverloaded,
+    InvalidResponse,
+    RequestBodyTooLarge,
+)
 
 REQUEST_ID = "x-request-id"
 REQUEST_ID_B = REQUEST_ID.encode()
@@ -207,12 +213,11 @@ def error_parts(error: EdgeError, request_id: str) -> tuple[int, RawHeaders, byt
     if isinstance(error, BuildFailed):
         doc["compiler_output"] = error.output  # only `edge dev` serves unbuilt functions
     body = json.dumps(doc).encode()
-    return (
-        error.status,
-        [
-            (b"content-type", b"application/json"),
-            (REQUEST_ID_B, request_id.encode()),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        body,
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (REQUEST_ID_B, request_id.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if isinstance(error, FunctionOverloaded):
+        headers.append((b"retry-after", str(error.retry_after_s).encode()))
+    return error.status, headers, body

@@ -30,7 +30,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from edge.errors import DeadlineExceeded, FunctionError, FunctionTrapped, MemoryLimitExceeded
+from edge.errors import (
+    DeadlineExceeded,
+    FunctionError,
+    FunctionOverloaded,
+    FunctionTrapped,
+    MemoryLimitExceeded,
+)
 from edge.sandbox.compile_cache import CacheStats
 from edge.sandbox.tiering import TierStats
 
@@ -68,6 +74,7 @@ class NodeMetrics:
         r = self.registry
         # Requests being served: see _Tally (a Gauge would take a lock twice a request).
         self.in_flight = 0
+        self.queued: Callable[[], int] = lambda: 0  # of them, waiting for a worker (the app's)
         self.spills = Counter(
             "edge_node_spills", "Requests forwarded to another region", ["to_region"], registry=r
         )
@@ -156,7 +163,7 @@ class FunctionSeries:
         cls = status // 100
         self.requests[cls] = self.requests.get(cls, 0) + 1
 
-    def failed(self, error: FunctionError) -> None:
+    def failed(self, error: FunctionError | FunctionOverloaded) -> None:
         self.errors[error.reason] = self.errors.get(error.reason, 0) + 1
         if error.reason in self.kills:
             self.kills[error.reason] += 1
@@ -233,6 +240,11 @@ class _Tally(Collector):
         yield bytes_out
         yield GaugeMetricFamily(
             "edge_node_in_flight_requests", "Requests being served", value=self.m.in_flight
+        )
+        yield GaugeMetricFamily(
+            "edge_node_queued_requests",
+            "Function requests waiting for a worker (their function's share is taken)",
+            value=self.m.queued(),
         )
 
 

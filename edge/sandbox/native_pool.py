@@ -20,6 +20,7 @@ import asyncio
 import ctypes
 import os
 import threading
+from collections.abc import Callable
 from ctypes import c_int, c_size_t, c_void_p
 from dataclasses import dataclass
 from types import ModuleType
@@ -36,6 +37,9 @@ KEEP_JOBS = 64  # job structs kept for reuse (one per request under way at once)
 KEEP_BYTES = 256 * 1024  # a job's output buffers holding more are freed once read
 
 
+Ended = tuple[Callable[[str], None], str]  # (callback, its argument): see NativePool.run
+
+
 class PoolStats(NamedTuple):
     woken: int  # idle workers woken for a job as it was queued (fewer than awake_max awake)
     spared: int  # woken by the watcher for a job that waited 1 ms (the awake ones were busy)
@@ -49,6 +53,7 @@ class _Pending:
     job: _Job
     blob: bytes  # read by the worker in place: alive until the job is done
     call: Call  # likewise its config, and its Code, whose pointers the job holds
+    ended: Ended | None  # called on the future's loop once the job ends, given up or not
 
 
 class _Job:
@@ -107,8 +112,12 @@ class NativePool:
         self._lock = threading.Lock()  # loops of other threads may run requests too
         self._closed = False
 
-    def run(self, call: Call, req: abi.GuestRequest) -> asyncio.Future[Outcome]:
-        """Queues `req`; the future, of the running event loop, has its outcome."""
+    def run(
+        self, call: Call, req: abi.GuestRequest, ended: Ended | None = None
+    ) -> asyncio.Future[Outcome]:
+        """Queues `req`; the future, of the running event loop, has its outcome. `ended`
+        (callback, argument) is called when the job is over, even when the future was cancelled
+        (its request given up): until then a worker thread is still the job's."""
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._closed:  # the engine is closing: nothing would run it
@@ -118,7 +127,7 @@ class NativePool:
             job = self._free.pop() if self._free else _Job(self._job_size, self._release)
             blob = self._wire.pack(job, call, req)
             future: asyncio.Future[Outcome] = loop.create_future()
-            pending = self._pending[job.address] = _Pending(future, job, blob, call)
+            pending = self._pending[job.address] = _Pending(future, job, blob, call, ended)
             direct = self._direct
             if direct is None or not direct.enter:
                 self._ticker.enter(pending)
@@ -147,7 +156,7 @@ class NativePool:
             for address in self._taken[:n]:
                 pending = self._pending.pop(address or 0)
                 answer = _answer(self._wire, pending.job)
-                answers.append((pending.future, answer))
+                answers.append((pending.future, answer, pending.ended))
                 job = pending.job.address
                 if direct is None or not direct.leave:
                     self._ticker.leave(pending)
@@ -162,14 +171,14 @@ class NativePool:
             here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             here = None
-        for future, answer in answers:
+        for future, answer, ended in answers:
             # Not self._loop: another thread's loop may have taken the pool over since this
             # callback was due, and a future is only settled on its own loop's thread.
             loop = future.get_loop()
             if loop is here:
-                _settle(future, answer)
+                _settle(future, answer, ended)
             elif not loop.is_closed():
-                loop.call_soon_threadsafe(_settle, future, answer)
+                loop.call_soon_threadsafe(_settle, future, answer, ended)
 
     def stats(self) -> PoolStats:
         out = (ctypes.c_uint64 * 4)()
@@ -211,7 +220,11 @@ def _answer(wire: Wire, job: _Job) -> Outcome | BaseException:
         return e
 
 
-def _settle(future: asyncio.Future[Outcome], answer: Outcome | BaseException) -> None:
+def _settle(
+    future: asyncio.Future[Outcome], answer: Outcome | BaseException, ended: Ended | None
+) -> None:
+    if ended is not None:
+        ended[0](ended[1])
     if future.cancelled():  # the request was given up (its client went away): the job ran on
         return
     if isinstance(answer, BaseException):

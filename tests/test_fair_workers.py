@@ -1,0 +1,127 @@
+"""A flooded function leaves workers to the node's other functions; its excess waits, then is
+refused (503 overloaded): real nodes on 127.0.0.1 driven with httpx."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import EXAMPLES, FIXTURES, Proc, roomy_function, wait_until
+from .metrics_text import Scrape, delta
+
+pytestmark = pytest.mark.toolchain
+
+SLOW_DEADLINE_MS = 10_000  # the busy fixture spins for ?ms=N; it must never hit its deadline
+LOOP_DEADLINE_MS = 2_000  # the C loop runs to its deadline: how long it holds a worker
+
+
+def _slow_functions(built: Callable[[Path], Path], tmp: pytest.TempPathFactory) -> str:
+    busy, loop = FIXTURES / "functions" / "busy", FIXTURES / "functions" / "loop"
+    return (
+        roomy_function(busy, built(busy), tmp.mktemp("busy"), SLOW_DEADLINE_MS)
+        + roomy_function(loop, built(loop), tmp.mktemp("loop"), LOOP_DEADLINE_MS)
+        + '[[route]]\nroute = "*/busy"\nfunction = "busy"\n'
+        + '[[route]]\nroute = "*/loop"\nfunction = "loop"\n'
+    )
+
+
+@pytest.fixture(scope="module")
+def node(
+    start_module_node: Callable[..., Proc],
+    built: Callable[[Path], Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Proc:
+    """Four workers of each kind, two per function, two waiting per function; a long wait."""
+    body = _slow_functions(built, tmp_path_factory)
+    for lang, route in (("python", "*/hello"), ("c", "*/")):
+        project = EXAMPLES / lang / "hello"
+        built(project)
+        body += f'[[function]]\nproject = "{project}"\n'
+        body += f'[[route]]\nroute = "{route}"\nfunction = "hello-{lang}"\n'
+
+    return start_module_node(
+        body, node="workers = 4\nfunction_workers = 2\nqueue_length = 2\nqueue_timeout_ms = 60000"
+    )
+
+
+def _wait_queued(node: Proc, n: int) -> None:
+    wait_until(lambda: Scrape.of(node.url).value("edge_node_queued_requests") == n, 30,
+               f"{n} requests queued", node)  # fmt: skip
+
+
+def _refused(r: httpx.Response, because: str) -> None:
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "1"
+    doc = r.json()
+    assert doc["error"] == "overloaded" and because in doc["message"], doc
+    assert doc["request_id"] == r.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("flood", "other", "answered"),
+    [("/busy?ms=2500", "/hello", 200), ("/loop", "/", 504)],
+    ids=["python-threads", "c-native-workers"],
+)
+def test_a_flooded_function_leaves_workers_to_others_and_refuses_its_excess(
+    node: Proc, flood: str, other: str, answered: int
+) -> None:
+    before = Scrape.of(node.url)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        flooding = [pool.submit(httpx.get, node.url + flood, timeout=60) for _ in range(4)]
+        _wait_queued(node, 2)  # two run (the function's share), two wait
+        _refused(httpx.get(node.url + flood, timeout=60), "2 requests of this function")
+        # The node's two other workers were kept for other functions: no waiting behind it.
+        r = httpx.get(node.url + other, timeout=60)
+        assert r.status_code == 200, r.text
+        still_running = not any(f.done() for f in flooding)
+        statuses = [f.result().status_code for f in flooding]
+    assert still_running, "the other function waited for the flood"
+    assert statuses == [answered] * 4  # the two that waited ran after
+    after = Scrape.of(node.url)
+    function = "busy" if flood.startswith("/busy") else "loop"
+    assert delta(before, after, "edge_function_errors_total", function=function,
+                 reason="overloaded") == 1  # fmt: skip
+    assert after.value("edge_node_queued_requests") == 0
+
+
+def test_a_c_request_given_up_keeps_its_worker_until_the_job_ends(node: Proc) -> None:
+    """A client that goes away does not stop its function (it runs to its end, or deadline):
+    its worker is counted as taken until then, so a flood of abandoned requests cannot push
+    the function past its share. (Hypercorn lets the request's task run on after the client
+    left; test_native_pool covers a request whose task is cancelled.)"""
+    with pytest.raises(httpx.TimeoutException):
+        httpx.get(node.url + "/loop", timeout=0.5)  # runs on for LOOP_DEADLINE_MS
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        flooding = [pool.submit(httpx.get, node.url + "/loop", timeout=60) for _ in range(2)]
+        _wait_queued(node, 1)  # one runs beside the abandoned one, the other waits
+        waited = time.monotonic() - started
+        assert [f.result().status_code for f in flooding] == [504, 504]
+    assert waited < LOOP_DEADLINE_MS / 1000, "the abandoned job ended before it was seen"
+
+
+def test_a_request_that_waits_too_long_is_refused(
+    start_node: Callable[..., Proc], built: Callable[[Path], Path], tmp_path: Path
+) -> None:
+    busy = FIXTURES / "functions" / "busy"
+    body = roomy_function(busy, built(busy), tmp_path / "busy", SLOW_DEADLINE_MS)
+    body += '[[route]]\nroute = "*/busy"\nfunction = "busy"\n'
+    node = start_node(body, node="workers = 2\nfunction_workers = 1\nqueue_timeout_ms = 300\n")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(httpx.get, node.url + "/busy?ms=3000", timeout=60)
+        wait_until(lambda: Scrape.of(node.url).value("edge_node_in_flight_requests") == 1, 30,
+                   "the first request in flight", node)  # fmt: skip
+        time.sleep(0.2)  # ... and past waiting for its worker
+        t0 = time.monotonic()
+        r = httpx.get(node.url + "/busy?ms=1", timeout=60)
+        waited = time.monotonic() - t0
+        _refused(r, "no worker for this function within 300 ms")
+        assert waited >= 0.3 and not running.done()
+        assert running.result().status_code == 200
+    # Its worker free again, the function answers.
+    assert httpx.get(node.url + "/busy?ms=1", timeout=60).status_code == 200
