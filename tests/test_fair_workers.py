@@ -54,6 +54,14 @@ def _wait_queued(node: Proc, n: int) -> None:
                f"{n} requests queued", node)  # fmt: skip
 
 
+def _wait_under_way(node: Proc, n: int) -> None:
+    """Until `n` requests are in flight, and long enough under way that their function no
+    longer counts as fast (fairshare.STUCK_S): from then on it is held to its share."""
+    wait_until(lambda: Scrape.of(node.url).value("edge_node_in_flight_requests") == n, 30,
+               f"{n} requests in flight", node)  # fmt: skip
+    time.sleep(0.1)
+
+
 def _refused(r: httpx.Response, because: str) -> None:
     assert r.status_code == 503, r.text
     assert r.headers["retry-after"] == "1"
@@ -72,7 +80,9 @@ def test_a_flooded_function_leaves_workers_to_others_and_refuses_its_excess(
 ) -> None:
     before = Scrape.of(node.url)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        flooding = [pool.submit(httpx.get, node.url + flood, timeout=60) for _ in range(4)]
+        flooding = [pool.submit(httpx.get, node.url + flood, timeout=60)]
+        _wait_under_way(node, 1)
+        flooding += [pool.submit(httpx.get, node.url + flood, timeout=60) for _ in range(3)]
         _wait_queued(node, 2)  # two run (the function's share), two wait
         _refused(httpx.get(node.url + flood, timeout=60), "2 requests of this function")
         # The node's two other workers were kept for other functions: no waiting behind it.
@@ -114,9 +124,7 @@ def test_a_request_that_waits_too_long_is_refused(
     node = start_node(body, node="workers = 2\nfunction_workers = 1\nqueue_timeout_ms = 300\n")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         running = pool.submit(httpx.get, node.url + "/busy?ms=3000", timeout=60)
-        wait_until(lambda: Scrape.of(node.url).value("edge_node_in_flight_requests") == 1, 30,
-                   "the first request in flight", node)  # fmt: skip
-        time.sleep(0.2)  # ... and past waiting for its worker
+        _wait_under_way(node, 1)
         t0 = time.monotonic()
         r = httpx.get(node.url + "/busy?ms=1", timeout=60)
         waited = time.monotonic() - t0

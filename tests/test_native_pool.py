@@ -146,10 +146,10 @@ def test_a_job_says_when_it_ended_even_when_given_up(engine: SandboxEngine, load
     pooled, fast = loop_fn.pooled({}), hello.pooled({})
     assert pooled is not None and fast is not None
     pool = pool_of(engine)
-    ended: list[tuple[str, float]] = []
+    ended: list[tuple[str, float, float]] = []
 
-    def end(key: str) -> None:
-        ended.append((key, time.monotonic()))
+    def end(key: str, ran_s: float) -> None:
+        ended.append((key, time.monotonic(), ran_s))
 
     async def go() -> float:
         given_up = pool.run(pooled, REQUEST, (end, "loop"))
@@ -162,8 +162,10 @@ def test_a_job_says_when_it_ended_even_when_given_up(engine: SandboxEngine, load
         return cancelled_at
 
     cancelled_at = asyncio.run(go())
-    assert [key for key, _ in ended] == ["hello", "loop"]  # the loop's at its deadline, later
+    assert [key for key, _, _ in ended] == ["hello", "loop"]  # the loop's at its deadline
     assert ended[1][1] - cancelled_at >= 0.05  # its 100 ms deadline, not the cancel
+    # How long each ran on its worker: the loop to its deadline, the hello far less.
+    assert ended[1][2] >= 0.09 and 0 < ended[0][2] < 0.09, ended
 
 
 @pytest.mark.parametrize("wire", [NATIVE, PYTHON])

@@ -1,62 +1,67 @@
 """The event loop's side of edge.node.fairshare: a request that finds no worker for its
 function awaits one, up to `queue_timeout_s`, and is refused (503, FunctionOverloaded) when its
-function's queue is full or the wait runs out. Requests that find a worker pay two counter
-updates and nothing else (the fast path stays as it was: enter() then leave())."""
+function's queue is full or the wait runs out. A request that finds a worker pays a ticket and
+a few counter updates (enter() then leave())."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 from edge.errors import FunctionOverloaded
-from edge.node.fairshare import FairShare, Waiter
+from edge.node.fairshare import FairShare, Ticket
 
 
 class Admission:
-    def __init__(self, share: FairShare, queue_timeout_s: float) -> None:
+    def __init__(
+        self, share: FairShare, queue_timeout_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.share = share
         self.queue_timeout_s = queue_timeout_s
+        self.clock = clock
 
-    def enter(self, key: str) -> bool:
-        return self.share.enter(key)
+    def enter(self, key: str) -> Ticket | None:
+        return self.share.enter(key, self.clock())
 
-    def leave(self, key: str) -> None:
-        for waiter in self.share.leave(key):
+    def leave(self, ticket: Ticket, ran_s: float | None = None) -> None:
+        """`ran_s`: how long a worker ran it (default: since it was let in)."""
+        now = self.clock()
+        for waiter in self.share.leave(ticket, now, now - ticket.start if ran_s is None else ran_s):
             future = waiter.handle
             assert isinstance(future, asyncio.Future)
             if not future.done():
                 future.set_result(None)
 
-    async def wait(self, key: str) -> None:
-        """After enter(key) said no: returns once the request has a worker (the caller must
-        leave(key) after), or raises FunctionOverloaded."""
+    async def wait(self, key: str) -> Ticket:
+        """After enter(key) said no: the ticket once the request has a worker (the caller must
+        leave() it after), or raises FunctionOverloaded."""
         share = self.share
-        waiter = share.queue(key)
-        if waiter is None:
+        ticket = share.queue(key)
+        if ticket is None:
             raise FunctionOverloaded(
                 f"{share.queue_length} requests of this function are already waiting for a "
                 f"worker (it may run on {share.per_function} of the node's {share.workers} "
                 "at once)",
                 retry_after_s=1,
             )
-        waiter.handle = future = asyncio.get_running_loop().create_future()
+        ticket.handle = future = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(self.queue_timeout_s):
                 await future
         except TimeoutError:
-            if waiter.admitted:  # admitted as the timeout fired: the worker is its own
-                return
-            share.withdraw(waiter)
+            if ticket.admitted:  # admitted as the timeout fired: the worker is its own
+                return ticket
+            share.withdraw(ticket)
             raise FunctionOverloaded(
                 f"no worker for this function within {self.queue_timeout_s * 1000:g} ms "
                 f"(it may run on {share.per_function} of the node's {share.workers} at once)",
                 retry_after_s=1,
             ) from None
         except BaseException:  # cancelled: the client went away
-            self._give_up(waiter)
+            if ticket.admitted:  # its worker goes to the next in line
+                self.leave(ticket, 0.0)
+            else:
+                share.withdraw(ticket)
             raise
-
-    def _give_up(self, waiter: Waiter) -> None:
-        if waiter.admitted:  # its worker goes to the next in line
-            self.leave(waiter.key)
-        else:
-            self.share.withdraw(waiter)
+        return ticket

@@ -150,11 +150,13 @@ class FunctionServer:
         share = cfg.function_workers or default_per_function(
             cfg.workers, len(os.sched_getaffinity(0))
         )
-        # One share per pool of threads: the Python workers and the native ones (C functions).
+        # One share per pool of threads: the Python workers and the native ones (C functions),
+        # where fast functions are not held to it (fairshare: waiting costs them more).
         self.threads, self.natives = (
-            Admission(FairShare(cfg.workers, share, cfg.queue_length), cfg.queue_timeout_ms / 1000)
-            for _ in range(2)
-        )
+            Admission(FairShare(cfg.workers, share, cfg.queue_length, exempt_fast),
+                      cfg.queue_timeout_ms / 1000)
+            for exempt_fast in (False, True)
+        )  # fmt: skip
         runtime.metrics.queued = lambda: self.threads.share.queued + self.natives.share.queued
         self.hints: weakref.WeakKeyDictionary[LoadedFunction, InlineHint] = (
             weakref.WeakKeyDictionary()
@@ -353,15 +355,14 @@ class FunctionServer:
         pool = self.runtime.engine.native_pool() if pooled is not None else None
         if pooled is not None and pool is not None:
             natives = self.natives
-            if not natives.enter(key):
-                await natives.wait(key)
+            ticket = natives.enter(key) or await natives.wait(key)
             invocation = Invocation(key, request_id, config, sink, version=version,
                                     trace_id=trace.trace_id, marks=[] if recorded else None)
             try:  # the pool keeps the epoch ticker awake while the job runs
                 try:  # the worker is the function's until the job ends, given up or not
-                    job = pool.run(pooled, request, (natives.leave, key))
+                    job = pool.run(pooled, request, (natives.leave, ticket))
                 except BaseException:
-                    natives.leave(key)
+                    natives.leave(ticket, 0.0)
                     raise
                 return function.native_finish(await job, invocation)
             finally:
@@ -396,8 +397,7 @@ class FunctionServer:
                 _finish(trace, invocation)
                 return result
         threads = self.threads
-        if not threads.enter(key):
-            await threads.wait(key)
+        ticket = threads.enter(key) or await threads.wait(key)
         invocation = Invocation(key, request_id, config, sink, version=version,
                                 trace_id=trace.trace_id, marks=[] if recorded else None)
         try:
@@ -405,7 +405,7 @@ class FunctionServer:
                 function.invoke, request, invocation, limiter=self.limiter
             )
         finally:
-            threads.leave(key)
+            threads.leave(ticket)
             _instantiated(invocation, series)
             _finish(trace, invocation)
 

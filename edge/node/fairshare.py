@@ -8,10 +8,21 @@ and 64 C loops a C hello up to 854 ms. So:
 - when a worker frees, the waiting function with the fewest running goes next (ties: the one
   whose oldest request has waited longest); one function's requests go in arrival order;
 - at most `queue_length` requests of one function wait; the one after is refused at once
-  (the caller answers 503), and so is one that waits too long (the caller's clock).
+  (the caller answers 503), and so is one that waits too long (the caller's clock);
+- where `exempt_fast` (the native workers), a fast function is not held to its share:
+  waiting costs a request more than a fast function's whole run (a C hello's ~30 µs: at 16
+  at once, capped at 4, the loop's CPU per request went from ~40 to ~90-150 µs), and its
+  requests turn a worker over too quickly to keep anyone waiting long. Fast: its requests'
+  run times, averaged with weight SMOOTHING for the latest, come to at most FAST_S (one run
+  a few times FAST_S long, such as the first after a deploy or a job preempted on a busy
+  machine, leaves it fast; one run to a 100 ms deadline makes it slow), and none of those
+  under way now was let in more than STUCK_S ago (the loop learns late that a job ended).
+  Over their shares, fast functions take at most twice the workers in all, so a burst of
+  slow requests from a function that was fast keeps others waiting for at most about two
+  rounds of the workers.
 
-Sans-I/O: counts and queues only. The caller keeps each Waiter's future and timeout
-(edge.node.admission).
+Sans-I/O: counts, queues and times given by the caller. The caller keeps each ticket's future
+and timeout (edge.node.admission).
 """
 
 from __future__ import annotations
@@ -19,6 +30,10 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
+
+FAST_S = 0.01  # a function whose requests' average run is longer is slow
+SMOOTHING = 0.25  # the weight of the latest run in that average
+STUCK_S = 0.05  # a function with a request under way longer is not fast either
 
 
 def default_per_function(workers: int, cores: int) -> int:
@@ -33,96 +48,142 @@ def default_per_function(workers: int, cores: int) -> int:
 
 
 @dataclass(eq=False, slots=True)
-class Waiter:
-    """One request waiting for a worker. `admitted` turns True when leave() gives it one."""
+class Ticket:
+    """One request's claim on a worker: waiting until `admitted`, then running from `start`
+    until leave()."""
 
     key: str
     order: int  # arrival order across all functions: who has waited longest
     admitted: bool = False
+    start: float = 0.0
+    done: bool = False
     handle: object = field(default=None, repr=False)  # the caller's (a future)
 
 
+class _Function:
+    __slots__ = ("ran_s", "running", "since", "waiting")
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.since: deque[Ticket] = deque()  # running ones (and some done), oldest first
+        self.waiting: deque[Ticket] = deque()
+        self.ran_s = 0.0  # run time, averaged
+
+
 class FairShare:
-    def __init__(self, workers: int, per_function: int, queue_length: int) -> None:
+    def __init__(
+        self, workers: int, per_function: int, queue_length: int, exempt_fast: bool = False
+    ) -> None:
         if not 1 <= per_function <= workers:
             raise ValueError(f"per_function must be within 1..{workers}, got {per_function}")
         self.workers = workers
         self.per_function = per_function
         self.queue_length = queue_length
-        self.running: dict[str, int] = {}  # only functions with some running
-        self.total = 0
-        self.waiting: dict[str, deque[Waiter]] = {}  # only functions with some waiting
+        self.exempt_fast = exempt_fast
+        self.total = 0  # running, over all functions (fast ones may take it past `workers`)
         self.queued = 0
+        self._functions: dict[str, _Function] = {}  # those with some running or waiting
+        self._waiting: dict[str, _Function] = {}  # those with some waiting
         self._order = itertools.count()
 
-    def enter(self, key: str) -> bool:
-        """A worker for `key` now, if one is free and its share allows: the caller must
-        leave(key) when done. False: queue() it."""
-        running = self.running.get(key, 0)
-        # A function with requests waiting cannot be below its cap with a worker free (leave
-        # hands those out at once), so a newcomer never overtakes its own function's queue.
-        if self.total < self.workers and running < self.per_function and key not in self.waiting:
-            self.running[key] = running + 1
-            self.total += 1
-            return True
-        return False
+    @property
+    def running(self) -> dict[str, int]:
+        return {k: f.running for k, f in self._functions.items() if f.running}
 
-    def queue(self, key: str) -> Waiter | None:
-        """Waits for leave() to admit it; None when `key` already has queue_length waiting."""
-        line = self.waiting.get(key)
-        if line is None:
-            line = self.waiting[key] = deque()
-        elif len(line) >= self.queue_length:
+    @property
+    def waiting(self) -> dict[str, deque[Ticket]]:
+        return {k: f.waiting for k, f in self._waiting.items()}
+
+    def enter(self, key: str, now: float) -> Ticket | None:
+        """A worker for `key` now, if its share allows (or it is fast): the caller must
+        leave() the ticket when done. None: queue() it."""
+        fn = self._functions.get(key)
+        if fn is None:
+            fn = self._functions[key] = _Function()
+        elif fn.waiting:  # never overtakes its own function's queue
             return None
-        waiter = Waiter(key, next(self._order))
-        line.append(waiter)
+        if self._may_run(fn, now):
+            return self._admit(fn, Ticket(key, 0), now)
+        return None
+
+    def _may_run(self, fn: _Function, now: float) -> bool:
+        if fn.running < self.per_function and self.total < self.workers:
+            return True
+        return (
+            self.exempt_fast
+            and fn.ran_s <= FAST_S
+            and self.total < 2 * self.workers
+            and (not fn.since or now - fn.since[0].start < STUCK_S)
+        )
+
+    def queue(self, key: str) -> Ticket | None:
+        """Waits for leave() to admit it; None when `key` already has queue_length waiting."""
+        fn = self._functions.get(key)
+        if fn is None:
+            fn = self._functions[key] = _Function()
+        elif len(fn.waiting) >= self.queue_length:
+            return None
+        ticket = Ticket(key, next(self._order))
+        fn.waiting.append(ticket)
+        self._waiting[key] = fn
         self.queued += 1
-        return waiter
+        return ticket
 
-    def withdraw(self, waiter: Waiter) -> None:
-        """A waiter that gave up (timed out, its client gone) before it was admitted."""
-        line = self.waiting.get(waiter.key)
-        if waiter.admitted or line is None or waiter not in line:
+    def withdraw(self, ticket: Ticket) -> None:
+        """A ticket that gave up (timed out, its client gone) before it was admitted."""
+        fn = self._functions.get(ticket.key)
+        if ticket.admitted or fn is None or ticket not in fn.waiting:
             return
-        line.remove(waiter)
+        fn.waiting.remove(ticket)
         self.queued -= 1
-        if not line:
-            del self.waiting[waiter.key]
+        if not fn.waiting:
+            del self._waiting[ticket.key]
+            self._forget(ticket.key, fn)
 
-    def leave(self, key: str) -> list[Waiter]:
-        """`key` is done with a worker. Returns the waiters admitted now (usually one), each
-        counted as running: each must leave() in turn."""
-        running = self.running[key] - 1
-        if running:
-            self.running[key] = running
-        else:
-            del self.running[key]
+    def leave(self, ticket: Ticket, now: float, ran_s: float) -> list[Ticket]:
+        """`ticket`'s request is done with its worker, which ran it for `ran_s`. Returns the
+        tickets admitted now (usually one), each under way from `now`: each must leave() in
+        turn."""
+        fn = self._functions[ticket.key]
+        fn.running -= 1
         self.total -= 1
+        ticket.done = True
+        fn.ran_s += (ran_s - fn.ran_s) * SMOOTHING
+        since = fn.since
+        while since and since[0].done:
+            since.popleft()
         admitted = []
-        while self.waiting and self.total < self.workers:
-            waiter = self._next()
-            if waiter is None:
+        while self._waiting:
+            best = self._next(now)
+            if best is None:
                 break
-            admitted.append(waiter)
+            ticket_ = best.waiting.popleft()
+            self.queued -= 1
+            if not best.waiting:
+                del self._waiting[ticket_.key]
+            admitted.append(self._admit(best, ticket_, now))
+        self._forget(ticket.key, fn)
         return admitted
 
-    def _next(self) -> Waiter | None:
-        best: deque[Waiter] | None = None
-        best_rank = (0, 0)
-        for key, line in self.waiting.items():
-            running = self.running.get(key, 0)
-            if running >= self.per_function:
-                continue
-            rank = (running, line[0].order)
-            if best is None or rank < best_rank:
-                best, best_rank = line, rank
-        if best is None:
-            return None
-        waiter = best.popleft()
-        waiter.admitted = True
-        self.queued -= 1
-        if not best:
-            del self.waiting[waiter.key]
-        self.running[waiter.key] = self.running.get(waiter.key, 0) + 1
+    def _admit(self, fn: _Function, ticket: Ticket, now: float) -> Ticket:
+        ticket.admitted, ticket.start = True, now
+        fn.running += 1
+        fn.since.append(ticket)
         self.total += 1
-        return waiter
+        return ticket
+
+    def _next(self, now: float) -> _Function | None:
+        best: _Function | None = None
+        best_rank = (0, 0)
+        for fn in self._waiting.values():
+            if not self._may_run(fn, now):
+                continue
+            rank = (fn.running, fn.waiting[0].order)
+            if best is None or rank < best_rank:
+                best, best_rank = fn, rank
+        return best
+
+    def _forget(self, key: str, fn: _Function) -> None:
+        # Kept while slow, so a slow function stays held to its share.
+        if not fn.running and not fn.waiting and not fn.since and fn.ran_s <= FAST_S:
+            del self._functions[key]

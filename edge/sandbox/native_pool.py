@@ -37,7 +37,8 @@ KEEP_JOBS = 64  # job structs kept for reuse (one per request under way at once)
 KEEP_BYTES = 256 * 1024  # a job's output buffers holding more are freed once read
 
 
-Ended = tuple[Callable[[str], None], str]  # (callback, its argument): see NativePool.run
+# (callback, its argument), called as callback(argument, seconds the job ran): see run().
+Ended = tuple[Callable[[Any, float], None], Any]
 
 
 class PoolStats(NamedTuple):
@@ -224,7 +225,10 @@ def _settle(
     future: asyncio.Future[Outcome], answer: Outcome | BaseException, ended: Ended | None
 ) -> None:
     if ended is not None:
-        ended[0](ended[1])
+        ran_ns = 0
+        if isinstance(answer, Outcome) and answer.wall_ns[0]:  # instantiation's start to the end
+            ran_ns = max(0, max(answer.wall_ns) - answer.wall_ns[0])
+        ended[0](ended[1], ran_ns / 1e9)
     if future.cancelled():  # the request was given up (its client went away): the job ran on
         return
     if isinstance(answer, BaseException):
