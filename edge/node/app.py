@@ -354,10 +354,10 @@ class FunctionServer:
         pooled = function.pooled(config)  # None unless it runs on the native path (C)
         pool = self.runtime.engine.native_pool() if pooled is not None else None
         if pooled is not None and pool is not None:
-            natives = self.natives
-            ticket = natives.enter(key) or await natives.wait(key)
             invocation = Invocation(key, request_id, config, sink, version=version,
                                     trace_id=trace.trace_id, marks=[] if recorded else None)
+            natives = self.natives
+            ticket = natives.enter(key) or await natives.wait(key)
             try:  # the pool keeps the epoch ticker awake while the job runs
                 try:  # the worker is the function's until the job ends, given up or not
                     job = pool.run(pooled, request, (natives.leave, ticket))
@@ -396,10 +396,10 @@ class FunctionServer:
                 _instantiated(invocation, series)
                 _finish(trace, invocation)
                 return result
-        threads = self.threads
-        ticket = threads.enter(key) or await threads.wait(key)
         invocation = Invocation(key, request_id, config, sink, version=version,
                                 trace_id=trace.trace_id, marks=[] if recorded else None)
+        threads = self.threads
+        ticket = threads.enter(key) or await threads.wait(key)
         try:
             return await anyio.to_thread.run_sync(
                 function.invoke, request, invocation, limiter=self.limiter
