@@ -68,10 +68,11 @@ def follower(
     extra: str = "",
     host: str = "127.0.0.1",
     secrets_key: bool = True,
+    node_extra: str = "",
 ) -> Proc:
     """`extra`: more node.toml tables (e.g. [tracing]) after [control]; `host`: the loopback
     address it listens on (and DNS answers with); `secrets_key`: give it the control plane's
-    secrets key file, as `edge up` does."""
+    secrets key file, as `edge up` does; `node_extra`: more [node] lines."""
     key = f'secrets_key_file = "{control.data / KEY_FILE}"\n' if secrets_key else ""
     body = (
         f'[control]\nurl = "{control.url}"\ntoken = "{control.tokens["node"]}"\n'
@@ -79,6 +80,7 @@ def follower(
         f'state_dir = "{state}"\n{key}{extra}'
     )
     node = f'id = "{node_id}"\nregion = "{region}"\ntrusted_proxies = ["127.0.0.1/32"]\n'
+    node += node_extra
     if cache_dir is None:
         return start_node(body, node=node, ready=ready, host=host)
     return start_node(body, node=node, ready=ready, cache_dir=cache_dir, host=host)

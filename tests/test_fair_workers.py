@@ -11,7 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, FIXTURES, Proc, roomy_function, wait_until
+from edge.build import build_function
+from edge.config.toml_fields import load_toml
+
+from .cluster import Control, converge, follower
+from .conftest import EXAMPLES, FIXTURES, NodeFactory, Proc, roomy_function, wait_until
 from .metrics_text import Scrape, delta
 
 pytestmark = pytest.mark.toolchain
@@ -68,6 +72,7 @@ def _refused(r: httpx.Response, because: str) -> None:
     doc = r.json()
     assert doc["error"] == "overloaded" and because in doc["message"], doc
     assert doc["request_id"] == r.headers["x-request-id"]
+    assert r.headers["x-edge-region"]  # the node that refused it
 
 
 @pytest.mark.parametrize(
@@ -133,3 +138,39 @@ def test_a_request_that_waits_too_long_is_refused(
         assert running.result().status_code == 200
     # Its worker free again, the function answers.
     assert httpx.get(node.url + "/busy?ms=1", timeout=60).status_code == 200
+
+
+def test_an_overloaded_request_goes_to_the_next_region_instead_of_a_503(
+    control: Control, start_node: NodeFactory, tmp_path: Path
+) -> None:
+    """Two regions of follower nodes; eu-west's node lets the loop run on 1 worker with 1
+    waiting. The next loop request it gets did not run there, so it is forwarded to us-east's
+    node, which runs it (to its deadline: 504 from us-east); one already forwarded is not
+    forwarded again (503 overloaded)."""
+    loop = FIXTURES / "functions" / "loop"
+    manifest = load_toml(loop / "edge.toml")
+    manifest["limits"] = {"deadline_ms": LOOP_DEADLINE_MS}
+    with control.client() as client:
+        client.set_region("eu-west", 53.35, -6.26, 100)
+        client.set_region("us-east", 39.04, -77.49, 100)
+        eu = follower(start_node, control, "eu-1", "eu-west", tmp_path / "eu",
+                      node_extra="workers = 2\nfunction_workers = 1\nqueue_length = 1\n")
+        us = follower(start_node, control, "us-1", "us-east", tmp_path / "us")
+        version = client.upload_version("loop", build_function(loop).read_bytes(), manifest, "")
+        converge(client, client.deploy("loop", int(version["number"]), ["*/loop"]))
+        converge(client, {"revision": client.status()["revision"]})  # both know both
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        flooding = [pool.submit(httpx.get, eu.url + "/loop", timeout=60)]
+        _wait_under_way(eu, 1)
+        flooding.append(pool.submit(httpx.get, eu.url + "/loop", timeout=60))
+        _wait_queued(eu, 1)
+        _refused(httpx.get(eu.url + "/loop", headers={"x-edge-spilled-from": "us-east"},
+                           timeout=60), "1 requests of this function")  # fmt: skip
+        spilled = httpx.get(eu.url + "/loop", timeout=60)
+        assert spilled.status_code == 504, spilled.text  # ran, on us-east, to its deadline
+        assert spilled.headers["x-edge-region"] == "us-east"
+        assert [f.result().status_code for f in flooding] == [504, 504]
+        assert all(f.result().headers["x-edge-region"] == "eu-west" for f in flooding)
+    spills = Scrape.of(eu.url).value("edge_node_spills_total", to_region="us-east")
+    assert spills == 1
+    assert Scrape.of(us.url).value("edge_node_queued_requests") == 0

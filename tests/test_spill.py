@@ -9,7 +9,14 @@ import pytest
 
 from edge.control.records import NodeEndpoint
 from edge.control.regions import Region, RegionDrain
-from edge.node.spill import Spill, Topology, client_bucket, region_order, spill_decision
+from edge.node.spill import (
+    Spill,
+    Topology,
+    client_bucket,
+    overflow_decision,
+    region_order,
+    spill_decision,
+)
 from edge.traffic.steering import bucket
 
 T0 = 1_700_000_000.0
@@ -108,3 +115,23 @@ def test_never_twice_never_to_itself_and_nowhere_means_here(own_url: str) -> Non
     t3 = Topology({"x": Region("x", None, None, None, draining(1.0))}, t.nodes)
     got = spill_decision(t3, "x", own_url, T0 + 5, CLIENTS[0])
     assert got is not None and got.region == "ap-south"
+
+
+def test_an_overloaded_request_goes_to_the_next_region_whatever_the_share() -> None:
+    """Overflow: the request did not run here; the same target as a drain would pick, even
+    with the region at its full share, never twice, and None without regions or targets."""
+
+    def overflow(t: Topology, client: str, **kw: object) -> Spill | None:
+        return overflow_decision(t, "eu-west", "http://eu-west-1:8787", T0, client, **kw)  # type: ignore[arg-type]
+
+    t = topology(None)
+    spills = [overflow(t, c) for c in CLIENTS[:100]]
+    assert {s.region for s in spills if s} == {"eu-central"} and None not in spills
+    assert spills == [overflow(t, c) for c in CLIENTS[:100]]  # the same node per client
+    assert overflow(t, CLIENTS[0], already_spilled=True) is None
+    avoided = {"http://eu-central-1:8787", "http://eu-central-2:8787"}
+    other = overflow(t, CLIENTS[0], avoid=avoided)
+    assert other is not None and other.region == "us-east"
+    assert overflow(Topology(), CLIENTS[0]) is None  # a static node: no regions
+    alone = Topology({"eu-west": Region("eu-west")}, {})
+    assert overflow(alone, CLIENTS[0]) is None

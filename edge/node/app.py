@@ -32,7 +32,7 @@ from edge.node.geo import NO_GEO
 from edge.node.inline import InlineHint, collections
 from edge.node.metrics import FunctionSeries
 from edge.node.runtime import NodeRuntime, Unavailable
-from edge.node.spill import SPILLED_FROM, Spill, spill_decision
+from edge.node.spill import SPILLED_FROM, Spill, overflow_decision, spill_decision
 from edge.node.tracecontext import TRACEPARENT, TRACESTATE, new_span_id
 from edge.node.tracing import RequestTrace
 from edge.sandbox.abi import GuestRequest, GuestResponse
@@ -163,6 +163,7 @@ class FunctionServer:
         )
         self.http: httpx.AsyncClient | None = None
         self.failed_targets: dict[str, float] = {}  # spill URL -> monotonic time it failed
+        self.region = cfg.region.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -180,10 +181,14 @@ class FunctionServer:
             response = await self._serve(scope, receive, headers, request_id, trace)
         except EdgeError as e:
             response = http.error_parts(e, request_id)
+            response[1].append((b"x-edge-region", self.region))  # who answered, as on success
             error = e.reason
-            # Only a function's errors come after the whole body was read; any other left it
-            # unread (or stopped reading it), and the server will close the connection.
-            if not isinstance(e, FunctionError) and http.declares_body(headers):
+            # Only a function's errors (and a refusal for overload) come after the whole body
+            # was read; any other left it unread (or stopped reading it), and the server will
+            # close the connection.
+            if not isinstance(e, FunctionError | FunctionOverloaded) and http.declares_body(
+                headers
+            ):
                 response[1].append(http.CLOSE)
         finally:
             metrics.in_flight -= 1
@@ -231,18 +236,16 @@ class FunctionServer:
             receive, headers, limits.request_body_limit_bytes, scope.get("http_version", "1.1")
         )
         spill = None
+        already_spilled = bool(http.header(headers, SPILLED_FROM_B))
         if config.region in deployment.topology.regions:  # else nothing can drain: no spill
             spill = spill_decision(
                 deployment.topology, config.region, config.advertised_url, time.time(), ip,
-                already_spilled=bool(http.header(headers, SPILLED_FROM_B)),
-                avoid=self._avoided(),
+                already_spilled=already_spilled, avoid=self._avoided(),
             )  # fmt: skip
         if spill is not None:
-            answer = await self._forward(spill, scope, headers, body, request_id, ip, trace)
+            answer = await self._spill(spill, scope, headers, body, request_id, ip, trace)
             if answer is not None:
-                runtime.metrics.spills.labels(spill.region).inc()
                 return answer
-            self.failed_targets[spill.url] = time.monotonic()
         guest_request = GuestRequest(
             method=scope["method"],
             url=http.url_of(scope, host),
@@ -264,13 +267,25 @@ class FunctionServer:
             )  # fmt: skip
             out_headers = http.response_headers(result.headers, request_id)
         except (FunctionError, FunctionOverloaded) as e:
+            if isinstance(e, FunctionOverloaded):  # it did not run: another region may run it
+                spill = overflow_decision(
+                    deployment.topology, config.region, config.advertised_url, time.time(), ip,
+                    already_spilled=already_spilled, avoid=self._avoided(),
+                )  # fmt: skip
+                if spill is not None:
+                    answer = await self._spill(spill, scope, headers, body, request_id, ip, trace)
+                    if answer is not None:  # served elsewhere: counted there, not here
+                        return answer
+            series.latency.observe(time.perf_counter() - started)
             # The function's author needs this line: it is the platform's word on their code.
             runtime.sink(LogLine(route.function, request_id, "error", e.message, "platform",
                                  time.time(), version, trace.trace_id))  # fmt: skip
             series.failed(e)
             raise
-        finally:
+        except BaseException:
             series.latency.observe(time.perf_counter() - started)
+            raise
+        series.latency.observe(time.perf_counter() - started)
         series.answered(result.status)
         series.bytes_out += len(result.body)
         if version:
@@ -279,6 +294,24 @@ class FunctionServer:
         return result.status, out_headers, http.framed(
             scope["method"], result.status, result.body, out_headers
         )
+
+    async def _spill(
+        self,
+        spill: Spill,
+        scope: Scope,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        request_id: str,
+        ip: str,
+        trace: RequestTrace,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """_forward, counted; a target that failed is avoided for a while (None: serve here)."""
+        answer = await self._forward(spill, scope, headers, body, request_id, ip, trace)
+        if answer is None:
+            self.failed_targets[spill.url] = time.monotonic()
+        else:
+            self.runtime.metrics.spills.labels(spill.region).inc()
+        return answer
 
     async def _forward(
         self,

@@ -1,4 +1,5 @@
-"""L7 spill while a region drains (pure): which requests a draining node forwards, and where.
+"""L7 spill (pure): which requests a draining node forwards, and where; and where an
+overloaded function's request goes instead of a 503 (overflow_decision).
 
 DNS moves new clients away over the drain ramp, but resolvers keep cached answers, so requests
 keep arriving at a draining region's nodes. Those nodes serve a share of them (the region's
@@ -16,6 +17,10 @@ drained (share > 0) and has a node with a URL; regions without a location come a
 with one, then by name; weight-0 (standby) regions come last. A forwarded request carries
 SPILLED_FROM and is never forwarded again. Targets the caller saw fail are skipped for a while
 (`avoid`), so a dead node costs one failed attempt, not one per request.
+
+Overflow: a request its function has no worker for here (edge.node.fairshare refused it: its
+queue full, or its wait over) has not run, so forwarding it is always safe: it goes to the same
+next region's node, whatever this region's share, unless it was forwarded here already.
 """
 
 from __future__ import annotations
@@ -94,6 +99,33 @@ def spill_decision(
     share = 1.0 if own is None else own.share(now_unix)
     if share >= 1.0 or client_bucket(client_ip, own_region) < share:
         return None
+    return _target(topology, own_region, own_url, now_unix, client_ip, avoid)
+
+
+def overflow_decision(
+    topology: Topology,
+    own_region: str,
+    own_url: str,
+    now_unix: float,
+    client_ip: str,
+    *,
+    already_spilled: bool = False,
+    avoid: Collection[str] = (),
+) -> Spill | None:
+    """Where to forward a request refused here for overload, or None (answer the 503)."""
+    if already_spilled or own_region not in topology.regions:
+        return None
+    return _target(topology, own_region, own_url, now_unix, client_ip, avoid)
+
+
+def _target(
+    topology: Topology,
+    own_region: str,
+    own_url: str,
+    now_unix: float,
+    client_ip: str,
+    avoid: Collection[str],
+) -> Spill | None:
     for name in region_order(topology, own_region):
         region = topology.regions.get(name)
         if region is not None and region.share(now_unix) <= 0.0:
