@@ -86,3 +86,21 @@ def test_a_request_given_up_just_after_it_was_let_in_hands_its_worker_on() -> No
         assert gate.share.running == {"h": 1} and gate.share.queued == 0
 
     asyncio.run(main())
+
+
+def test_a_stop_refuses_the_waiting_and_later_waits_but_lets_free_workers_run() -> None:
+    async def main() -> None:
+        gate = admission(workers=2)
+        running = busy(gate, "f")
+        waiting = asyncio.create_task(gate.wait("f"))
+        await asyncio.sleep(0)
+        gate.stop()
+        with pytest.raises(FunctionOverloaded, match="the node is stopping"):
+            await waiting
+        with pytest.raises(FunctionOverloaded, match="the node is stopping"):
+            await gate.wait("f")
+        assert gate.share.queued == 0
+        assert gate.enter("g") is not None  # a free worker still runs a request
+        gate.leave(running)
+
+    asyncio.run(main())

@@ -131,3 +131,51 @@ def test_a_stopped_node_lets_requests_in_flight_run_to_their_functions_deadline(
     assert answer.json()["error"] == "deadline_exceeded"
     assert time.monotonic() - started >= 4.5
     assert "Traceback" not in node.log()
+
+
+def test_a_stopped_node_refuses_what_waits_for_a_worker_at_once(
+    start_node: NodeFactory, built: Callable[[Path], Path], tmp_path: Path
+) -> None:
+    """A request waiting for a worker (its function's share taken) when the node stops is
+    answered 503 overloaded at once, retryable elsewhere, instead of waiting to be cut off at the
+    end of the grace; the one running still runs to its end."""
+    project = tmp_path / "loop"
+    shutil.copytree(FIXTURES / "functions" / "loop", project,
+                    ignore=shutil.ignore_patterns("build"))
+    with (project / "edge.toml").open("a") as f:
+        f.write("\n[limits]\ndeadline_ms = 3000\n")
+    built(project)
+    node = start_node(f'[[function]]\nproject = "{project}"\n'
+                      '[[route]]\nroute = "*/"\nfunction = "loop"\n',
+                      node="workers = 2\nfunction_workers = 1\n")  # fmt: skip
+    answers: dict[str, tuple[float, httpx.Response | str]] = {}
+
+    def ask(name: str) -> None:
+        try:
+            answer: httpx.Response | str = httpx.get(node.url + "/", timeout=30)
+        except httpx.HTTPError as e:
+            answer = type(e).__name__
+        answers[name] = (time.monotonic(), answer)
+
+    running = threading.Thread(target=ask, args=("running",))
+    running.start()
+    wait_until(lambda: Scrape.of(node.url).value("edge_node_in_flight_requests") >= 1, 10,
+               "the request in flight", node)  # fmt: skip
+    time.sleep(0.1)  # under way long enough to hold its function to its share
+    waiting = threading.Thread(target=ask, args=("waiting",))
+    waiting.start()
+    wait_until(lambda: Scrape.of(node.url).value("edge_node_queued_requests") == 1, 10,
+               "the request waiting", node)  # fmt: skip
+    stopped = time.monotonic()
+    node.proc.send_signal(signal.SIGTERM)
+    assert node.proc.wait(timeout=30) == 0
+    running.join(timeout=30)
+    waiting.join(timeout=30)
+    refused_at, refused = answers["waiting"]
+    assert isinstance(refused, httpx.Response), refused
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "the node is stopping" in refused.json()["message"]
+    assert refused_at - stopped < 2.0  # at once, not at the running one's deadline
+    ran = answers["running"][1]
+    assert isinstance(ran, httpx.Response) and ran.status_code == 504, ran
+    assert "Traceback" not in node.log()

@@ -20,6 +20,7 @@ class Admission:
         self.share = share
         self.queue_timeout_s = queue_timeout_s
         self.clock = clock
+        self.stopping = False
 
     def enter(self, key: str) -> Ticket | None:
         return self.share.enter(key, self.clock())
@@ -33,10 +34,23 @@ class Admission:
             if not future.done():
                 future.set_result(None)
 
+    def stop(self) -> None:
+        """The server is stopping: requests waiting for a worker are refused now (503, or
+        forwarded to another region), not cut off when the stop's grace runs out; so are later
+        ones that would wait. Those that find a worker still run."""
+        self.stopping = True
+        for ticket in self.share.withdraw_all():
+            future = ticket.handle
+            assert isinstance(future, asyncio.Future)
+            if not future.done():
+                future.set_exception(_stopping())
+
     async def wait(self, key: str) -> Ticket:
         """After enter(key) said no: the ticket once the request has a worker (the caller must
         leave() it after), or raises FunctionOverloaded."""
         share = self.share
+        if self.stopping:
+            raise _stopping()
         ticket = share.queue(key)
         if ticket is None:
             raise FunctionOverloaded(
@@ -65,3 +79,7 @@ class Admission:
                 share.withdraw(ticket)
             raise
         return ticket
+
+
+def _stopping() -> FunctionOverloaded:
+    return FunctionOverloaded("the node is stopping: no worker for this function", retry_after_s=1)

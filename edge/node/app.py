@@ -158,12 +158,17 @@ class FunctionServer:
             for exempt_fast in (False, True)
         )  # fmt: skip
         runtime.metrics.queued = lambda: self.threads.share.queued + self.natives.share.queued
+        runtime.stop_waiting = self.stop_waiting
         self.hints: weakref.WeakKeyDictionary[LoadedFunction, InlineHint] = (
             weakref.WeakKeyDictionary()
         )
         self.http: httpx.AsyncClient | None = None
         self.failed_targets: dict[str, float] = {}  # spill URL -> monotonic time it failed
         self.region = cfg.region.encode()
+
+    def stop_waiting(self) -> None:
+        self.threads.stop()
+        self.natives.stop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]

@@ -140,6 +140,13 @@ class FairShare:
             del self._waiting[ticket.key]
             self._forget(ticket.key, fn)
 
+    def withdraw_all(self) -> list[Ticket]:
+        """Every ticket waiting, withdrawn (the node is stopping)."""
+        out = [t for fn in self._waiting.values() for t in fn.waiting]
+        for ticket in out:
+            self.withdraw(ticket)
+        return out
+
     def leave(self, ticket: Ticket, now: float, ran_s: float) -> list[Ticket]:
         """`ticket`'s request is done with its worker, which ran it for `ran_s`. Returns the
         tickets admitted now (usually one), each under way from `now`: each must leave() in

@@ -148,13 +148,20 @@ async def run_node(config: NodeConfig, out: Output | None = None) -> None:
         # Stopped (SIGTERM, a drained region's restart), requests in flight may finish: their
         # function's deadline bounds them, plus time to wait for a worker and send the answer.
         await run(app, config.listen, on_ready=follow if config.control else load_static,
-                  grace_s=lambda: runtime.deployment.longest_deadline_s() + STOP_MARGIN_S)
+                  grace_s=lambda: stopping(runtime))
     finally:
         for task in tasks:
             task.cancel()
         if runtime.spans is not None:
             runtime.spans.close()  # flushes what is queued
         runtime.close()
+
+
+def stopping(runtime: NodeRuntime) -> float:
+    """At the stop: requests waiting for a worker are refused (or forwarded) at once; those
+    running get their function's longest deadline and a margin (the grace, in seconds)."""
+    runtime.stop_waiting()
+    return runtime.deployment.longest_deadline_s() + STOP_MARGIN_S
 
 
 def node_config_from_args(

@@ -7,7 +7,7 @@ join a deployment, so the first request after a switch does not pay compilation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +127,8 @@ class NodeRuntime:
         )  # fmt: skip
         self.spans: SpanExporter | None = None  # set when an OTLP endpoint is configured
         self.secrets: KeyFiles | None = None  # set when following a control plane (readyz)
+        # Set by the app: refuses the requests waiting for a worker when the server stops.
+        self.stop_waiting: Callable[[], None] = lambda: None
 
     def load(self, source: FunctionSource) -> LoadedFunction | Unavailable:
         try:
