@@ -13,7 +13,6 @@ from edge.node.spill import (
     Spill,
     Topology,
     client_bucket,
-    overflow_decision,
     region_order,
     spill_decision,
 )
@@ -122,7 +121,7 @@ def test_an_overloaded_request_goes_to_the_next_region_whatever_the_share() -> N
     with the region at its full share, never twice, and None without regions or targets."""
 
     def overflow(t: Topology, client: str, **kw: object) -> Spill | None:
-        return overflow_decision(t, "eu-west", "http://eu-west-1:8787", T0, client, **kw)  # type: ignore[arg-type]
+        return decide(t, T0, client, overflow=True, **kw)
 
     t = topology(None)
     spills = [overflow(t, c) for c in CLIENTS[:100]]

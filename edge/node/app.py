@@ -32,7 +32,7 @@ from edge.node.geo import NO_GEO
 from edge.node.inline import InlineHint, collections
 from edge.node.metrics import FunctionSeries
 from edge.node.runtime import NodeRuntime, Unavailable
-from edge.node.spill import SPILLED_FROM, Spill, overflow_decision, spill_decision
+from edge.node.spill import SPILLED_FROM, Spill, spill_decision
 from edge.node.tracecontext import TRACEPARENT, TRACESTATE, new_span_id
 from edge.node.tracing import RequestTrace
 from edge.sandbox.abi import GuestRequest, GuestResponse
@@ -164,7 +164,6 @@ class FunctionServer:
         )
         self.http: httpx.AsyncClient | None = None
         self.failed_targets: dict[str, float] = {}  # spill URL -> monotonic time it failed
-        self.region = cfg.region.encode()
 
     def stop_waiting(self) -> None:
         self.threads.stop()
@@ -186,7 +185,6 @@ class FunctionServer:
             response = await self._serve(scope, receive, headers, request_id, trace)
         except EdgeError as e:
             response = http.error_parts(e, request_id)
-            response[1].append((b"x-edge-region", self.region))  # who answered, as on success
             error = e.reason
             # Only a function's errors (and a refusal for overload) come after the whole body
             # was read; any other left it unread (or stopped reading it), and the server will
@@ -248,7 +246,7 @@ class FunctionServer:
                 already_spilled=already_spilled, avoid=self._avoided(),
             )  # fmt: skip
         if spill is not None:
-            answer = await self._spill(spill, scope, headers, body, request_id, ip, trace)
+            answer = await self._forward(spill, scope, headers, body, request_id, ip, trace)
             if answer is not None:
                 return answer
         guest_request = GuestRequest(
@@ -273,12 +271,12 @@ class FunctionServer:
             out_headers = http.response_headers(result.headers, request_id)
         except (FunctionError, FunctionOverloaded) as e:
             if isinstance(e, FunctionOverloaded):  # it did not run: another region may run it
-                spill = overflow_decision(
+                spill = spill_decision(
                     deployment.topology, config.region, config.advertised_url, time.time(), ip,
-                    already_spilled=already_spilled, avoid=self._avoided(),
+                    already_spilled=already_spilled, avoid=self._avoided(), overflow=True,
                 )  # fmt: skip
                 if spill is not None:
-                    answer = await self._spill(spill, scope, headers, body, request_id, ip, trace)
+                    answer = await self._forward(spill, scope, headers, body, request_id, ip, trace)
                     if answer is not None:  # served elsewhere: counted there, not here
                         return answer
             series.latency.observe(time.perf_counter() - started)
@@ -300,24 +298,6 @@ class FunctionServer:
             scope["method"], result.status, result.body, out_headers
         )
 
-    async def _spill(
-        self,
-        spill: Spill,
-        scope: Scope,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        request_id: str,
-        ip: str,
-        trace: RequestTrace,
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
-        """_forward, counted; a target that failed is avoided for a while (None: serve here)."""
-        answer = await self._forward(spill, scope, headers, body, request_id, ip, trace)
-        if answer is None:
-            self.failed_targets[spill.url] = time.monotonic()
-        else:
-            self.runtime.metrics.spills.labels(spill.region).inc()
-        return answer
-
     async def _forward(
         self,
         spill: Spill,
@@ -328,8 +308,9 @@ class FunctionServer:
         ip: str,
         trace: RequestTrace,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
-        """Sends the request on to a node of the next region (L7 spill). None when that fails:
-        the request is then served here, so a spill never turns into an error."""
+        """Sends the request on to a node of the next region (L7 spill), counted. None when
+        that fails (the target is then avoided for a while): the request is then served here
+        (or refused), so a spill never turns into an error of its own."""
         if self.http is None:
             self.http = httpx.AsyncClient(timeout=SPILL_TIMEOUT, trust_env=False)
         out = [(k, v) for k, v in headers if k not in _NOT_FORWARDED]
@@ -354,7 +335,9 @@ class FunctionServer:
             trace.add("forward", started, time.time_ns(), span_id=span_id, kind="client",
                       attributes={"edge.spill.region": spill.region, "url.full": url},
                       error=type(e).__name__)  # fmt: skip
+            self.failed_targets[spill.url] = time.monotonic()
             return None
+        self.runtime.metrics.spills.labels(spill.region).inc()
         trace.add("forward", started, time.time_ns(), span_id=span_id, kind="client",
                   attributes={"edge.spill.region": spill.region, "url.full": url,
                               "http.response.status_code": r.status_code})  # fmt: skip

@@ -1,5 +1,5 @@
 """L7 spill (pure): which requests a draining node forwards, and where; and where an
-overloaded function's request goes instead of a 503 (overflow_decision).
+overloaded function's request goes instead of a 503 (`overflow`).
 
 DNS moves new clients away over the drain ramp, but resolvers keep cached answers, so requests
 keep arriving at a draining region's nodes. Those nodes serve a share of them (the region's
@@ -91,41 +91,17 @@ def spill_decision(
     *,
     already_spilled: bool = False,
     avoid: Collection[str] = (),
+    overflow: bool = False,
 ) -> Spill | None:
-    """Where to forward this request, or None to serve it here."""
-    if already_spilled:
-        return None
-    own = topology.regions.get(own_region)
-    share = 1.0 if own is None else own.share(now_unix)
-    if share >= 1.0 or client_bucket(client_ip, own_region) < share:
-        return None
-    return _target(topology, own_region, own_url, now_unix, client_ip, avoid)
-
-
-def overflow_decision(
-    topology: Topology,
-    own_region: str,
-    own_url: str,
-    now_unix: float,
-    client_ip: str,
-    *,
-    already_spilled: bool = False,
-    avoid: Collection[str] = (),
-) -> Spill | None:
-    """Where to forward a request refused here for overload, or None (answer the 503)."""
+    """Where to forward this request, or None to serve it here. `overflow`: it was refused
+    here for overload (it did not run): forwarded whatever this region's share; None then means
+    answering the 503."""
     if already_spilled or own_region not in topology.regions:
         return None
-    return _target(topology, own_region, own_url, now_unix, client_ip, avoid)
-
-
-def _target(
-    topology: Topology,
-    own_region: str,
-    own_url: str,
-    now_unix: float,
-    client_ip: str,
-    avoid: Collection[str],
-) -> Spill | None:
+    if not overflow:
+        share = topology.regions[own_region].share(now_unix)
+        if share >= 1.0 or client_bucket(client_ip, own_region) < share:
+            return None
     for name in region_order(topology, own_region):
         region = topology.regions.get(name)
         if region is not None and region.share(now_unix) <= 0.0:
