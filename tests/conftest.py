@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -77,6 +78,16 @@ def reusing_copy(name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     with (project / "edge.toml").open("a") as toml:
         toml.write('\n[instance]\npolicy = "reuse"\n')
     return project
+
+
+def thread_nices(pid: int | str = "self") -> dict[int, int]:
+    """Each thread of process `pid`: its nice value (/proc/PID/task/TID/stat, field 19)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = int(fields[16])
+    return out
 
 
 # For tests of what a request and its answer carry, not of speed: a first request on a fresh

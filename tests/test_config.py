@@ -203,6 +203,17 @@ def test_node_function_workers_and_queue(tmp_path: Path) -> None:
         node({"queue_timeout_ms": 0.5})
 
 
+
+def test_node_worker_nice(tmp_path: Path) -> None:
+    def nice(table: dict[str, object]) -> int:
+        return parse_node_config({"node": table}, "node.toml", tmp_path).sandbox.worker_nice
+
+    assert nice({}) == 10 and nice({"worker_nice": 0}) == 0 and nice({"worker_nice": 19}) == 19
+    for bad in (-1, 20):
+        with pytest.raises(ConfigError, match=r"node\.worker_nice must be between 0 and 19"):
+            nice({"worker_nice": bad})
+
+
 def test_node_tracing_and_logs_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edge.node.main import node_config_from_args
 

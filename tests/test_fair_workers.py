@@ -15,7 +15,15 @@ from edge.build import build_function
 from edge.config.toml_fields import load_toml
 
 from .cluster import Control, converge, follower
-from .conftest import EXAMPLES, FIXTURES, NodeFactory, Proc, roomy_function, wait_until
+from .conftest import (
+    EXAMPLES,
+    FIXTURES,
+    NodeFactory,
+    Proc,
+    roomy_function,
+    thread_nices,
+    wait_until,
+)
 from .metrics_text import Scrape, delta
 
 pytestmark = pytest.mark.toolchain
@@ -174,3 +182,16 @@ def test_an_overloaded_request_goes_to_the_next_region_instead_of_a_503(
     spills = Scrape.of(eu.url).value("edge_node_spills_total", to_region="us-east")
     assert spills == 1
     assert Scrape.of(us.url).value("edge_node_queued_requests") == 0
+
+
+def test_requests_run_on_threads_below_the_event_loops_priority(node: Proc) -> None:
+    """Python and C requests run on worker threads niced 10 (`[node] worker_nice`), so the
+    event loop's thread, serving HTTP and health checks, goes first when they keep every core
+    busy; the loop's thread itself stays where it was."""
+    for path in ("/busy?ms=20", "/"):  # past the inline budget: the busy one on a thread
+        assert httpx.get(node.url + path, timeout=60).status_code == 200
+    pid = node.proc.pid
+    nices = thread_nices(pid)
+    base = nices[pid]  # the main thread: the event loop's
+    # The 4 native workers (niced as they start) and at least one Python worker.
+    assert list(nices.values()).count(min(19, base + 10)) >= 4 + 1, nices

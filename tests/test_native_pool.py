@@ -25,7 +25,7 @@ from edge.sandbox.function import LoadedFunction
 from edge.sandbox.native_invoke import FAILED_CALL, NATIVE, PYTHON, Outcome, Wire
 from edge.sandbox.native_pool import KEEP_BYTES, KEEP_JOBS, NativePool
 
-from .conftest import COMPILED, EXAMPLES, FIXTURES
+from .conftest import COMPILED, EXAMPLES, FIXTURES, thread_nices
 
 pytestmark = pytest.mark.toolchain
 
@@ -463,3 +463,21 @@ def test_the_watcher_wakes_one_spare_worker_per_interval(built: Callable[[Path],
 def test_awake_workers_default_to_the_cores_beside_the_loops() -> None:
     assert awake_workers(3) == 3
     assert awake_workers(0) == max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+def test_the_workers_run_below_the_loops_priority(built: Callable[[Path], Path]) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    before = set(thread_nices())
+    settings = EngineSettings(pool_total_instances=4, workers=3, worker_nice=7)
+    with SandboxEngine(settings) as engine:
+        pool = pool_of(engine)
+        pooled = loaded(engine, built, EXAMPLES / "c" / "hello").pooled({})
+        assert pooled is not None
+
+        async def go() -> Outcome:
+            return await pool.run(pooled, REQUEST)
+
+        assert asyncio.run(go()).stage != FAILED_CALL
+        started = {tid: nice for tid, nice in thread_nices().items() if tid not in before}
+    assert sorted(started.values()).count(min(19, base + 7)) == 3, started  # the workers
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # not this one

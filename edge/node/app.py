@@ -9,9 +9,10 @@ the GIL inside calls, so a function busy for a long time never delays other requ
 from __future__ import annotations
 
 import os
+import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import anyio
 import httpx
@@ -36,6 +37,7 @@ from edge.node.spill import SPILLED_FROM, Spill, spill_decision
 from edge.node.tracecontext import TRACEPARENT, TRACESTATE, new_span_id
 from edge.node.tracing import RequestTrace
 from edge.sandbox.abi import GuestRequest, GuestResponse
+from edge.sandbox.engine import lower_this_thread
 from edge.sandbox.function import LoadedFunction, OverBudget
 from edge.sandbox.host import Invocation, LogLine, LogSink
 
@@ -147,6 +149,7 @@ class FunctionServer:
         self.config = runtime.config
         cfg = runtime.config
         self.limiter = anyio.CapacityLimiter(cfg.workers)
+        self.worker_nice = cfg.sandbox.worker_nice
         share = cfg.function_workers or default_per_function(
             cfg.workers, len(os.sched_getaffinity(0))
         )
@@ -423,12 +426,30 @@ class FunctionServer:
         ticket = threads.enter(key) or await threads.wait(key)
         try:
             return await anyio.to_thread.run_sync(
-                function.invoke, request, invocation, limiter=self.limiter
-            )
+                _on_worker, self.worker_nice, function.invoke, request, invocation,
+                limiter=self.limiter,
+            )  # fmt: skip
         finally:
             threads.leave(ticket)
             _instantiated(invocation, series)
             _finish(trace, invocation)
+
+
+_worker = threading.local()  # of a thread running requests: whether it was niced
+
+
+def _on_worker(
+    nice: int,
+    invoke: Callable[[GuestRequest, Invocation], GuestResponse],
+    request: GuestRequest,
+    invocation: Invocation,
+) -> GuestResponse:
+    """On a worker thread: its nice value raised once (EngineSettings.worker_nice), like the
+    native workers', then the request."""
+    if not getattr(_worker, "niced", False):
+        lower_this_thread(nice)
+        _worker.niced = True
+    return invoke(request, invocation)
 
 
 def _instantiated(invocation: Invocation, series: FunctionSeries) -> None:

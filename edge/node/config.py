@@ -19,6 +19,8 @@ function_workers = 0               # workers one function may hold at once, so a
                                    # the cores, at most three quarters of the workers
 queue_length = 256                 # requests of one function waiting for a worker; beyond, or
 queue_timeout_ms = 5000            # after waiting this long: 503 overloaded, Retry-After: 1
+worker_nice = 10                   # added to the workers' nice value, so HTTP and health checks
+                                   # go first when functions keep every core busy; 0: as the loop
 
 [sandbox]
 pooling = true
@@ -247,7 +249,7 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
     node.reject_unknown(
         {"id", "region", "listen", "url", "dns_ipv4", "dns_ipv6", "cache_dir", "geoip_db",
          "trusted_proxies", "workers", "awake_workers", "function_workers", "queue_length",
-         "queue_timeout_ms"}
+         "queue_timeout_ms", "worker_nice"}
     )
     url = http_url(node, "url")
     workers = node.positive_int("workers", 16, 1024)
@@ -263,6 +265,11 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
         raise ConfigError(
             f"{node.where('function_workers')} must be between 0 (twice the cores) and "
             f"node.workers ({workers}), got {function_workers}"
+        )
+    worker_nice = node.get("worker_nice", int, 10)
+    if not 0 <= worker_nice <= 19:
+        raise ConfigError(
+            f"{node.where('worker_nice')} must be between 0 and 19, got {worker_nice}"
         )
     sb = root.table("sandbox")
     warm_up_threads = sb.get("warm_up_threads", int, 2)
@@ -338,6 +345,7 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
         sandbox=EngineSettings(
             workers=workers,
             awake_workers=awake,
+            worker_nice=worker_nice,
             pooling=sb.get("pooling", bool, True),
             epoch_tick_ms=sb.positive_int("epoch_tick_ms", 2, 1000),
             ticker=ticker,

@@ -77,9 +77,12 @@ class NativePool:
     """`ticker`: the engine's epoch ticker, kept awake from a job's queueing to its end,
     whether or not anyone still awaits it (a request given up runs on to its deadline).
     `awake_max` (≥ 1, engine.awake_workers): workers running at once before a queued job
-    waits for one of them to finish; a job that waited 1 ms gets one more (invoke.c's watcher)."""
+    waits for one of them to finish; a job that waited 1 ms gets one more (invoke.c's watcher).
+    `nice`: the workers' nice value (EngineSettings.worker_nice; 0: the process's)."""
 
-    def __init__(self, helper: Helper, threads: int, ticker: Ticker, awake_max: int) -> None:
+    def __init__(
+        self, helper: Helper, threads: int, ticker: Ticker, awake_max: int, nice: int = 0
+    ) -> None:
         self._ticker = ticker
         self._wire = helper.wire
         dll = helper.dll
@@ -93,8 +96,8 @@ class NativePool:
         size = int(bind(dll, "edge_pool_size", c_size_t, [])())
         self._state = (ctypes.c_uint64 * -(-size // 8))()
         self._ptr = ctypes.addressof(self._state)
-        start = bind(dll, "edge_pool_start", c_int, [c_void_p, c_size_t, c_size_t])
-        rc = start(self._ptr, threads, awake_max)
+        start = bind(dll, "edge_pool_start", c_int, [c_void_p, c_size_t, c_size_t, c_int])
+        rc = start(self._ptr, threads, awake_max, nice)
         if rc:
             self._stop(self._ptr)
             self._free_pool(self._ptr)

@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -690,6 +692,7 @@ struct edge_pool {
     int has_watcher;
     uint64_t woken, spared; /* idle workers woken for a job: on its queueing, by the watcher */
     size_t peak;            /* the most awake right after a wake-up */
+    int nice;               /* added to the workers' nice value (0: as the process's) */
 };
 
 EXPORT size_t edge_pool_size(void) { return sizeof(struct edge_pool); }
@@ -699,6 +702,14 @@ static void *work(void *arg) {
     struct worker *self = arg;
     struct edge_pool *p = self->pool;
     struct buffer arena = {0};
+    /* Below the event loop's thread, so HTTP (health checks included) goes first when
+     * functions keep every core busy. Best effort: lowering one's own priority needs no right. */
+    if (p->nice) {
+        errno = 0;
+        int base = getpriority(PRIO_PROCESS, 0); /* this thread's, as its creator's */
+        int nice = errno ? p->nice : base + p->nice;
+        (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice < 19 ? nice : 19);
+    }
     for (;;) {
         pthread_mutex_lock(&p->lock);
         while (!p->head && !p->stop) {
@@ -778,9 +789,11 @@ static void *watch(void *arg) {
     return NULL;
 }
 
-/* `awake_max`: workers awake at once before a queued job waits for one (0: all of them). */
-EXPORT int edge_pool_start(struct edge_pool *p, size_t threads, size_t awake_max) {
+/* `awake_max`: workers awake at once before a queued job waits for one (0: all of them);
+ * `nice`: added to the workers' nice value (0: unchanged). */
+EXPORT int edge_pool_start(struct edge_pool *p, size_t threads, size_t awake_max, int nice) {
     memset(p, 0, sizeof *p);
+    p->nice = nice;
     pthread_mutex_init(&p->lock, NULL);
     p->awake_max = awake_max ? awake_max : threads;
     p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
