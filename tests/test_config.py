@@ -208,7 +208,7 @@ def test_node_worker_nice(tmp_path: Path) -> None:
     def nice(table: dict[str, object]) -> int:
         return parse_node_config({"node": table}, "node.toml", tmp_path).sandbox.worker_nice
 
-    assert nice({}) == 10 and nice({"worker_nice": 0}) == 0 and nice({"worker_nice": 19}) == 19
+    assert nice({}) == 0 and nice({"worker_nice": 10}) == 10 and nice({"worker_nice": 19}) == 19
     for bad in (-1, 20):
         with pytest.raises(ConfigError, match=r"node\.worker_nice must be between 0 and 19"):
             nice({"worker_nice": bad})

@@ -48,7 +48,8 @@ def node(
     built: Callable[[Path], Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Proc:
-    """Four workers of each kind, two per function, two waiting per function; a long wait."""
+    """Four workers of each kind, two per function, two waiting per function; a long wait;
+    workers niced 10."""
     body = _slow_functions(built, tmp_path_factory)
     for lang, route in (("python", "*/hello"), ("c", "*/")):
         project = EXAMPLES / lang / "hello"
@@ -57,7 +58,9 @@ def node(
         body += f'[[route]]\nroute = "{route}"\nfunction = "hello-{lang}"\n'
 
     return start_module_node(
-        body, node="workers = 4\nfunction_workers = 2\nqueue_length = 2\nqueue_timeout_ms = 60000"
+        body,
+        node="workers = 4\nfunction_workers = 2\nqueue_length = 2\nqueue_timeout_ms = 60000\n"
+        "worker_nice = 10",
     )
 
 
@@ -185,9 +188,9 @@ def test_an_overloaded_request_goes_to_the_next_region_instead_of_a_503(
 
 
 def test_requests_run_on_threads_below_the_event_loops_priority(node: Proc) -> None:
-    """Python and C requests run on worker threads niced 10 (`[node] worker_nice`), so the
-    event loop's thread, serving HTTP and health checks, goes first when they keep every core
-    busy; the loop's thread itself stays where it was."""
+    """With `[node] worker_nice = 10`, Python and C requests run on worker threads niced 10, so
+    the event loop's thread, serving HTTP and health checks, goes first when they keep every
+    core busy; the loop's thread itself stays where it was."""
     for path in ("/busy?ms=20", "/"):  # past the inline budget: the busy one on a thread
         assert httpx.get(node.url + path, timeout=60).status_code == 200
     pid = node.proc.pid

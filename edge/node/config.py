@@ -19,8 +19,9 @@ function_workers = 0               # workers one function may hold at once, so a
                                    # the cores, at most three quarters of the workers
 queue_length = 256                 # requests of one function waiting for a worker; beyond, or
 queue_timeout_ms = 5000            # after waiting this long: 503 overloaded, Retry-After: 1
-worker_nice = 10                   # added to the workers' nice value, so HTTP and health checks
-                                   # go first when functions keep every core busy; 0: as the loop
+worker_nice = 0                    # added to the workers' nice value, so HTTP and health checks
+                                   # go first when functions keep every core busy (but compiles
+                                   # too: see EngineSettings.worker_nice); 0: as the loop
 
 [sandbox]
 pooling = true
@@ -266,7 +267,7 @@ def parse_node_config(data: dict[str, Any], source: str, base: Path) -> NodeConf
             f"{node.where('function_workers')} must be between 0 (twice the cores) and "
             f"node.workers ({workers}), got {function_workers}"
         )
-    worker_nice = node.get("worker_nice", int, 10)
+    worker_nice = node.get("worker_nice", int, 0)
     if not 0 <= worker_nice <= 19:
         raise ConfigError(
             f"{node.where('worker_nice')} must be between 0 and 19, got {worker_nice}"

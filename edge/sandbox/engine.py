@@ -92,8 +92,11 @@ class EngineSettings:
     # every core busy. On 2 cores, 10 vs 0 (2 runs each): /healthz beside 48 busy Python
     # requests median 2.4-2.5 ms (max 6-11) vs 6.5-7.6 (max 12-34); a C hello beside 64 C
     # loops 3.6-3.9 ms (max 6-10) vs 8.0-14.2 (max 47-62); the C hello alone under wrk 2,901
-    # vs 2,782 req/s (8 alternating rounds). 0: as the process.
-    worker_nice: int = 10
+    # vs 2,782 req/s (8 alternating rounds). But below everything else at the process's
+    # priority too, background compiles included (wasmtime's compile threads cannot be niced
+    # from here): in the test suite a Python hello with a 100 ms deadline, instantiating beside
+    # its own tier-up compile, ran out of its deadline twice. So 0 (as the process) by default.
+    worker_nice: int = 0
     # The pooling allocator pre-reserves instance slots and keeps warm memories for reuse;
     # bench/sandbox.py measures it against on-demand allocation.
     pooling: bool = True
