@@ -73,21 +73,9 @@ class Instrumented:
 def instrument(wasm: bytes) -> Instrumented:
     """The component (or core module) with checked `memory.grow`s. Never raises: bytes it
     cannot parse come back unchanged (compiling them reports what is wrong)."""
-    result = Instrumented(wasm)
-
-    def one(module: bytes) -> bytes | None:
-        done = _module(module)
-        if done is None:
-            return None
-        result.modules += 1
-        result.sites += done[1]
-        return done[0]
-
-    rewritten = rewrite_core_modules(wasm, one, result.skipped)
-    if rewritten is None:  # nothing rewritten: nothing counted either
-        return Instrumented(wasm, skipped=result.skipped)
-    result.wasm = rewritten
-    return result
+    skipped: list[str] = []
+    out = rewrite_core_modules(wasm, _module, skipped)
+    return Instrumented(out.wasm or wasm, out.modules, out.sites, skipped)
 
 
 class _Layout:

@@ -73,31 +73,20 @@ class Clamped:
 def clamp(wasm: bytes) -> Clamped:
     """The component (or core module) with its clock waits given 0. Raises ClockAddressTaken;
     otherwise never raises: bytes it cannot parse come back unchanged."""
-    result = Clamped(wasm)
+    skipped: list[str] = []
     if wasm.startswith(COMPONENT_PREAMBLE):
-        _check_flow(wasm, result)
-
-    def one(module: bytes) -> bytes | None:
-        done = _module(module)
-        if done is None:
-            return None
-        result.sites += done[1]
-        return done[0]
-
-    rewritten = rewrite_core_modules(wasm, one, result.skipped)
-    if rewritten is None:  # nothing rewritten: nothing counted either
-        return Clamped(wasm, skipped=result.skipped)
-    result.wasm = rewritten
-    return result
+        _check_flow(wasm, skipped)
+    out = rewrite_core_modules(wasm, _module, skipped)
+    return Clamped(out.wasm or wasm, out.sites, skipped)
 
 
-def _check_flow(wasm: bytes, result: Clamped) -> None:
+def _check_flow(wasm: bytes, skipped: list[str]) -> None:
     try:
         clockflow.check(wasm)
     except clockflow.ClockFlowRefused as e:
         raise ClockAddressTaken(f"{e}: a function's clock waits must be plain calls") from None
     except Undecodable as e:
-        result.skipped.append(f"the component's wiring (not followed: {e})")
+        skipped.append(f"the component's wiring (not followed: {e})")
 
 
 def _module(data: bytes) -> tuple[bytes, int] | None:

@@ -68,31 +68,46 @@ def with_payload(section_id: int, payload: bytes) -> bytes:
 ModuleRewrite = Callable[[bytes, int], "bytes | None"]
 
 
+class Rewritten(NamedTuple):
+    wasm: bytes | None  # None when no module changed or the bytes are not wasm
+    modules: int  # core modules rewritten
+    sites: int  # what the rewrites counted, summed
+
+
 def rewrite_core_modules(
-    wasm: bytes, rewrite: Callable[[bytes], bytes | None], skipped: list[str]
-) -> bytes | None:
-    """A component's (or a lone core module's) modules each replaced by `rewrite(module)` where
-    that is not None; None when none changed or the bytes are not wasm. A module `rewrite`
-    raises Undecodable for is kept and the reason added to `skipped`; so is the whole input when
-    its component framing cannot be read."""
+    wasm: bytes, rewrite: Callable[[bytes], tuple[bytes, int] | None], skipped: list[str]
+) -> Rewritten:
+    """A component's (or a lone core module's) modules each replaced by `rewrite(module)`'s
+    bytes where it gives (bytes, sites) rather than None. A module `rewrite` raises Undecodable
+    for is kept and the reason added to `skipped`; so is the whole input when its component
+    framing cannot be read (nothing is counted then)."""
+    counts = [0, 0]
 
     def one(module: bytes, index: int) -> bytes | None:
         try:
-            return rewrite(module)
+            done = rewrite(module)
         except Undecodable as e:
             skipped.append(f"core module {index}: {e}")
+            return None
         except IndexError:
             skipped.append(f"core module {index}: truncated")
-        return None
+            return None
+        if done is None:
+            return None
+        counts[0] += 1
+        counts[1] += done[1]
+        return done[0]
 
+    out = None
     try:
         if wasm.startswith(COMPONENT_PREAMBLE):
-            return _map_component(wasm, one, [0], 0)
-        if wasm.startswith(MODULE_PREAMBLE):
-            return one(wasm, 0)
+            out = _map_component(wasm, one, [0], 0)
+        elif wasm.startswith(MODULE_PREAMBLE):
+            out = one(wasm, 0)
     except Undecodable as e:
         skipped.append(f"component not parsed: {e}")
-    return None
+        return Rewritten(None, 0, 0)
+    return Rewritten(out, *counts) if out is not None else Rewritten(None, 0, 0)
 
 
 class Body(NamedTuple):
