@@ -77,12 +77,16 @@ def _wait_under_way(node: Proc, n: int) -> None:
     time.sleep(0.1)
 
 
-def _refused(r: httpx.Response, because: str) -> None:
+def _refused(node: Proc, r: httpx.Response, because: str) -> None:
+    """503 overloaded, retryable, with its reason; the node logged it for the function's
+    author, tagged with the request id."""
     assert r.status_code == 503, r.text
     assert r.headers["retry-after"] == "1"
     doc = r.json()
     assert doc["error"] == "overloaded" and because in doc["message"], doc
     assert doc["request_id"] == r.headers["x-request-id"]
+    logged = [line for line in node.log().splitlines() if doc["request_id"] in line]
+    assert any(because in line for line in logged), logged
 
 
 @pytest.mark.parametrize(
@@ -99,7 +103,7 @@ def test_a_flooded_function_leaves_workers_to_others_and_refuses_its_excess(
         _wait_under_way(node, 1)
         flooding += [pool.submit(httpx.get, node.url + flood, timeout=60) for _ in range(3)]
         _wait_queued(node, 2)  # two run (the function's share), two wait
-        _refused(httpx.get(node.url + flood, timeout=60), "2 requests of this function")
+        _refused(node, httpx.get(node.url + flood, timeout=60), "2 requests of this function")
         # The node's two other workers were kept for other functions: no waiting behind it.
         r = httpx.get(node.url + other, timeout=60)
         assert r.status_code == 200, r.text
@@ -143,7 +147,7 @@ def test_a_request_that_waits_too_long_is_refused(
         t0 = time.monotonic()
         r = httpx.get(node.url + "/busy?ms=1", timeout=60)
         waited = time.monotonic() - t0
-        _refused(r, "no worker for this function within 300 ms")
+        _refused(node, r, "no worker for this function within 300 ms")
         assert waited >= 0.3 and not running.done()
         assert running.result().status_code == 200
     # Its worker free again, the function answers.
@@ -174,7 +178,7 @@ def test_an_overloaded_request_goes_to_the_next_region_instead_of_a_503(
         _wait_under_way(eu, 1)
         flooding.append(pool.submit(httpx.get, eu.url + "/loop", timeout=60))
         _wait_queued(eu, 1)
-        _refused(httpx.get(eu.url + "/loop", headers={"x-edge-spilled-from": "us-east"},
+        _refused(eu, httpx.get(eu.url + "/loop", headers={"x-edge-spilled-from": "us-east"},
                            timeout=60), "1 requests of this function")  # fmt: skip
         overruns = "edge_function_deadline_overruns_total"
         us_before = Scrape.of(us.url).value(overruns)

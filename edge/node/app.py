@@ -242,11 +242,11 @@ class FunctionServer:
             receive, headers, limits.request_body_limit_bytes, scope.get("http_version", "1.1")
         )
         spill = None
-        already_spilled = bool(http.header(headers, SPILLED_FROM_B))
         if config.region in deployment.topology.regions:  # else nothing can drain: no spill
             spill = spill_decision(
                 deployment.topology, config.region, config.advertised_url, time.time(), ip,
-                already_spilled=already_spilled, avoid=self._avoided(),
+                already_spilled=bool(http.header(headers, SPILLED_FROM_B)),
+                avoid=self._avoided(),
             )  # fmt: skip
         if spill is not None:
             answer = await self._forward(spill, scope, headers, body, request_id, ip, trace)
@@ -276,7 +276,8 @@ class FunctionServer:
             if isinstance(e, FunctionOverloaded):  # it did not run: another region may run it
                 spill = spill_decision(
                     deployment.topology, config.region, config.advertised_url, time.time(), ip,
-                    already_spilled=already_spilled, avoid=self._avoided(), overflow=True,
+                    already_spilled=bool(http.header(headers, SPILLED_FROM_B)),
+                    avoid=self._avoided(), overflow=True,
                 )  # fmt: skip
                 if spill is not None:
                     answer = await self._forward(spill, scope, headers, body, request_id, ip, trace)
