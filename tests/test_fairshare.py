@@ -9,6 +9,7 @@ import pytest
 
 from edge.node.fairshare import (
     FAST_S,
+    FORGET_S,
     STUCK_S,
     FairShare,
     Ticket,
@@ -45,10 +46,11 @@ def test_a_slow_function_runs_on_its_share_and_leaves_the_rest_to_others() -> No
 
 def test_a_fast_function_is_not_held_to_its_share_where_fast_ones_are_exempt() -> None:
     share = FairShare(workers=4, per_function=2, queue_length=10, exempt_fast=True)
+    share.leave(entered(share, "hello"), 0.0, 0.0001)  # one run has shown it fast
     hello = [entered(share, "hello") for _ in range(8)]  # twice the workers, no more
     assert share.enter("hello", 0.0) is None
     waiting = share.queue("hello")
-    assert share.total == 8
+    assert waiting is not None and share.total == 8
     # A worker freed: the waiter runs, over its share, as the function is still fast.
     assert share.leave(hello.pop(), 0.0005, 0.0001) == [waiting]
     for t in [*hello, waiting]:
@@ -73,11 +75,23 @@ def test_runs_long_on_average_hold_a_function_to_its_share_until_it_is_fast_agai
     assert entered(share, "f", 2.0)  # over its share again
 
 
-def test_a_burst_from_a_fast_function_is_held_once_a_request_is_under_way_too_long() -> None:
-    """The first loops of a function never seen slow get in over its share, but only until one
-    of them has been under way for STUCK_S: the loop learns of a slow run only at its end."""
+def test_a_function_none_of_whose_runs_has_ended_is_held_to_its_share() -> None:
+    """A new function's burst (loops, say) runs on its share; once its first run ends fast,
+    its waiters go in at once, over the share."""
     share = FairShare(workers=4, per_function=1, queue_length=100, exempt_fast=True)
-    assert entered(share, "loop", 0.0) and entered(share, "loop", STUCK_S / 2)
+    first = entered(share, "new", 0.0)
+    waiters = [share.queue("new") for _ in range(3)]
+    assert share.enter("new", 0.0) is None  # not over its share, though nothing says slow
+    admitted = share.leave(first, 0.001, 0.00003)
+    assert admitted == waiters and share.running == {"new": 3}
+
+
+def test_a_burst_from_a_fast_function_is_held_once_a_request_is_under_way_too_long() -> None:
+    """The loops of a function seen fast get in over its share, but only until one of them
+    has been under way for STUCK_S: the loop learns of a slow run only at its end."""
+    share = FairShare(workers=4, per_function=1, queue_length=100, exempt_fast=True)
+    share.leave(entered(share, "loop", 0.0), 0.0, 0.0001)  # seen fast
+    assert entered(share, "loop", 0.0) and entered(share, "loop", STUCK_S / 2)  # over share
     assert share.enter("loop", STUCK_S * 1.5) is None
     assert share.enter("other", STUCK_S * 1.5) is not None  # its own share, as ever
 
@@ -144,14 +158,29 @@ def test_withdrawn_tickets_are_gone_and_their_turn_passes() -> None:
     assert share.running == {"g": 1}
 
 
-def test_idle_functions_are_forgotten_once_no_longer_slow() -> None:
-    share = FairShare(workers=2, per_function=1, queue_length=10)
-    share.leave(entered(share, "fast"), 0.0, 0.0001)
-    slow_function(share, "slow")
-    assert set(share._functions) == {"slow"}  # kept: its share still holds
-    for _ in range(8):
-        share.leave(entered(share, "slow", 1.0), 1.0, 0.0001)
-    assert not share._functions
+def test_functions_idle_for_a_while_are_forgotten_unless_slow() -> None:
+    share = FairShare(workers=2, per_function=1, queue_length=10, exempt_fast=True)
+    share.leave(entered(share, "fast", 1.0), 1.0, 0.0001)
+    slow_function(share, "slow", 1.0)
+    assert share.queue("never-ran") is not None
+    share.withdraw_all()
+    half = FORGET_S / 2
+    share.leave(entered(share, "other", half), half, 0.0001)
+    assert set(share._functions) == {"fast", "slow", "never-ran", "other"}
+    # Remembered: after a pause, a burst goes in over the share at once.
+    burst = [entered(share, "fast", half), entered(share, "fast", half)]
+    for t in burst:
+        share.leave(t, half, 0.0001)
+    share.leave(entered(share, "other", 2 * FORGET_S), 2 * FORGET_S, 0.0001)
+    # Idle FORGET_S: dropped, but for the slow one (its share still holds) and the one whose
+    # run just ended; one that never ran is dropped too.
+    assert set(share._functions) == {"slow", "other"}
+    held = entered(share, "fast", 2 * FORGET_S)  # unknown again: held to its share
+    assert share.enter("fast", 2 * FORGET_S) is None and held.admitted
+    for _ in range(8):  # fast runs bring the slow one's average down ...
+        share.leave(entered(share, "slow", 3 * FORGET_S), 3 * FORGET_S, 0.0001)
+    share.leave(entered(share, "other", 5 * FORGET_S), 5 * FORGET_S, 0.0001)
+    assert set(share._functions) == {"fast", "other"}  # ... and then it is forgotten too
 
 
 def test_the_default_share_is_twice_the_cores_within_three_quarters_of_the_workers() -> None:

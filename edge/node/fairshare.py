@@ -17,6 +17,11 @@ and 64 C loops a C hello up to 854 ms. So:
   a few times FAST_S long, such as the first after a deploy or a job preempted on a busy
   machine, leaves it fast; one run to a 100 ms deadline makes it slow), and none of those
   under way now was let in more than STUCK_S ago (the loop learns late that a job ended).
+  A function none of whose requests has ended yet is not fast: a burst of loops from a
+  function just deployed (or idle for FORGET_S, when what was learned of it is dropped) runs
+  on its share, where it took up to twice the workers before (a C hello beside 64 new C loops
+  waited up to ~200 ms), while a fast function's first burst waits only for its first run to
+  end (~30 µs). A slow function is remembered however long it is idle.
   Over their shares, fast functions take at most twice the workers in all, so a burst of
   slow requests from a function that was fast keeps others waiting for at most about two
   rounds of the workers.
@@ -28,12 +33,14 @@ and timeout (edge.node.admission).
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
 FAST_S = 0.01  # a function whose requests' average run is longer is slow
 SMOOTHING = 0.25  # the weight of the latest run in that average
 STUCK_S = 0.05  # a function with a request under way longer is not fast either
+FORGET_S = 60.0  # a function idle this long and not slow is dropped (it is then unknown)
 
 
 def default_per_function(workers: int, cores: int) -> int:
@@ -61,13 +68,14 @@ class Ticket:
 
 
 class _Function:
-    __slots__ = ("ran_s", "running", "since", "waiting")
+    __slots__ = ("last", "ran_s", "running", "since", "waiting")
 
     def __init__(self) -> None:
         self.running = 0
         self.since: deque[Ticket] = deque()  # running ones (and some done), oldest first
         self.waiting: deque[Ticket] = deque()
-        self.ran_s = 0.0  # run time, averaged
+        self.ran_s = math.inf  # run time, averaged (inf: none of its runs has ended yet)
+        self.last = 0.0  # when one of its runs last ended
 
 
 class FairShare:
@@ -82,7 +90,8 @@ class FairShare:
         self.exempt_fast = exempt_fast
         self.total = 0  # running, over all functions (fast ones may take it past `workers`)
         self.queued = 0
-        self._functions: dict[str, _Function] = {}  # those with some running or waiting
+        self._functions: dict[str, _Function] = {}  # running, waiting, slow or recent
+        self._sweep_at = FORGET_S
         self._waiting: dict[str, _Function] = {}  # those with some waiting
         self._order = itertools.count()
 
@@ -138,7 +147,6 @@ class FairShare:
         self.queued -= 1
         if not fn.waiting:
             del self._waiting[ticket.key]
-            self._forget(ticket.key, fn)
 
     def withdraw_all(self) -> list[Ticket]:
         """Every ticket waiting, withdrawn (the node is stopping)."""
@@ -155,7 +163,9 @@ class FairShare:
         fn.running -= 1
         self.total -= 1
         ticket.done = True
-        fn.ran_s += (ran_s - fn.ran_s) * SMOOTHING
+        before = 0.0 if fn.ran_s == math.inf else fn.ran_s
+        fn.ran_s = before + (ran_s - before) * SMOOTHING
+        fn.last = now
         since = fn.since
         while since and since[0].done:
             since.popleft()
@@ -169,7 +179,8 @@ class FairShare:
             if not best.waiting:
                 del self._waiting[ticket_.key]
             admitted.append(self._admit(best, ticket_, now))
-        self._forget(ticket.key, fn)
+        if now >= self._sweep_at:
+            self._sweep(now)
         return admitted
 
     def _admit(self, fn: _Function, ticket: Ticket, now: float) -> Ticket:
@@ -190,7 +201,11 @@ class FairShare:
                 best, best_rank = fn, rank
         return best
 
-    def _forget(self, key: str, fn: _Function) -> None:
-        # Kept while slow, so a slow function stays held to its share.
-        if not fn.running and not fn.waiting and not fn.since and fn.ran_s <= FAST_S:
-            del self._functions[key]
+    def _sweep(self, now: float) -> None:
+        """Drops what was learned of functions idle for FORGET_S, unless slow (so that a slow
+        one stays held to its share): versions come and go, the dict must not only grow."""
+        self._sweep_at = now + FORGET_S
+        for key, fn in list(self._functions.items()):
+            idle = not fn.running and not fn.waiting and not fn.since
+            if idle and not FAST_S < fn.ran_s < math.inf and now - fn.last >= FORGET_S:
+                del self._functions[key]
