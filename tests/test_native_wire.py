@@ -8,13 +8,17 @@ from __future__ import annotations
 import ctypes
 import gc
 import struct
+import subprocess
+import sysconfig
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edge.build.toolchain import Toolchain
 from edge.errors import NodeOutOfMemory, ToolchainMissing
 from edge.sandbox import abi, native_build, native_invoke
 from edge.sandbox.engine import EngineSettings, SandboxEngine
@@ -316,3 +320,28 @@ def test_out_of_memory_in_pack_or_outcome_is_a_memory_error(wire: ModuleType) ->
         assert raised >= 5  # the headers' list, strings and tuples, the body, the answer
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("name", ["invoke", "wire"])
+def test_a_big_endian_host_does_not_build_the_helpers_that_copy_the_blob_in_host_order(
+    name: str, tmp_path: Path
+) -> None:
+    """The blob's sizes and the events' fields are copied in host byte order while Python's
+    side writes and reads them as little-endian: on a big-endian host the helper must not
+    build, so requests take the Python path. Preprocessed only, with the compiler's byte-order
+    macro set as a big-endian target sets it (a real s390x target costs zig a minute of
+    building its libc first)."""
+    zig = Toolchain().zig_cc()
+    include = sysconfig.get_paths()["include"]
+    source = str(native_build.SOURCE_DIR / f"{name}.c")
+
+    def preprocess(*defines: str) -> str:
+        done = subprocess.run(
+            [*zig, "-E", *defines, f"-I{include}", source, "-o", str(tmp_path / "out.i")],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        return done.stdout + done.stderr
+
+    big = preprocess("-U__BYTE_ORDER__", "-D__BYTE_ORDER__=__ORDER_BIG_ENDIAN__")
+    assert f'"{name}.c supports little-endian hosts only"' in big
+    assert "little-endian" not in preprocess()

@@ -20,6 +20,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The blob's sizes and the events' fields are copied in the host's byte order, where
+ * native_invoke.py's struct formats say little-endian: elsewhere this helper is not built
+ * (named at load) and requests take the Python path. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "invoke.c supports little-endian hosts only"
+#endif
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>

@@ -14,6 +14,13 @@
 #include <stdint.h>
 #include <string.h>
 
+/* The blob's sizes and the events' fields are copied in the host's byte order, where
+ * native_invoke.py's struct formats say little-endian: elsewhere this helper is not built
+ * (named at load) and requests take the Python path. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "wire.c supports little-endian hosts only"
+#endif
+
 enum { S_FIXED = 10 }; /* method, url, body, client-ip, region, node-id, request-id, geo x3 */
 enum { DONE = 0, FAILED_POST_RETURN = 4 };
 
