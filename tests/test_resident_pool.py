@@ -3,6 +3,7 @@ request (module state and heap writes never carry over), deadlines still apply."
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from edge.errors import DeadlineExceeded
 from edge.sandbox import abi, host, prepare
 from edge.sandbox.compile_cache import CompileCache
 from edge.sandbox.engine import EngineSettings, SandboxEngine
-from edge.sandbox.function import LoadedFunction
+from edge.sandbox.function import WARM_UP_MS, LoadedFunction
 
 from .conftest import COMPILED, EXAMPLES, FIXTURES
 
@@ -94,3 +95,26 @@ def test_copied_and_mapped_artifacts_are_kept_apart(
     again.load(wasm, engine=engine.engine)
     assert (again.stats.hits, again.stats.misses) == (2, 0)
     assert len(list(tmp_path.glob("*.cwasm"))) == 2
+
+
+def test_start_code_that_never_returns_holds_a_load_up_by_the_warm_up_bound_only(
+    built: Callable[[Path], Path], tmp_path: Path
+) -> None:
+    """Loading a function whose slots stay resident instantiates it once per warm-up thread;
+    start code that never returns (the fixture's constructor) is cut off there at WARM_UP_MS,
+    not at the function's 3 s deadline, so the load ends well within one deadline. Requests
+    still get the whole deadline (and their 504's error)."""
+    project = FIXTURES / "functions" / "startloop"
+    config = load_function_config(project)
+    wasm = built(project).read_bytes()
+    settings = EngineSettings(pool_total_instances=8, resident_above_bytes=0, warm_up_threads=2)
+    with SandboxEngine(settings) as engine:
+        assert engine.keeps_slots_resident(engine.engine_for(len(wasm)))
+        assert config.limits.deadline_ms >= 20 * WARM_UP_MS
+        started = time.monotonic()
+        fn = LoadedFunction(engine, CompileCache(engine, tmp_path), wasm, config, lambda _: None)
+        assert time.monotonic() - started < config.limits.deadline_ms / 1000
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="instantiat"):
+            call(fn)
+        assert time.monotonic() - started >= config.limits.deadline_ms / 1000 * 0.9
