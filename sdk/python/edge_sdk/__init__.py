@@ -262,13 +262,21 @@ def _die_uncaught() -> NoReturn:
 
 def entry_handler(user_module: ModuleType) -> type[_exports.Handler]:
     """Used by the generated build entry: the user's own `Handler` class if it defines one
-    (the raw componentize-py style), else the SDK's, which needs a @handler function."""
+    (the raw componentize-py style), else Spin's shape (a subclass of
+    spin_sdk.http.IncomingHandler named `IncomingHandler`), else the SDK's, which needs a
+    @handler function."""
     own = getattr(user_module, "Handler", None)
     if isinstance(own, type) and own is not Handler:
         return own
+    spin = _sys.modules.get("spin_sdk.http")
+    own = getattr(user_module, "IncomingHandler", None)
+    base = getattr(spin, "IncomingHandler", None)
+    if base is not None and isinstance(own, type) and issubclass(own, base) and own is not base:
+        return spin.serving(own)  # type: ignore[union-attr, no-any-return]
     if _registered is None:
         raise RuntimeError(
             f"{user_module.__name__}.py defines no request handler: decorate a function "
-            "with @edge_sdk.handler"
+            "with @edge_sdk.handler, or define Spin's `class IncomingHandler("
+            "spin_sdk.http.IncomingHandler)` with a handle_request method"
         )
     return Handler

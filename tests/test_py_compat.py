@@ -1,0 +1,118 @@
+"""Code written for Spin's Python SDK runs as written, seen from outside: a real node on
+127.0.0.1 with the GeoIP test database, trusting 127.0.0.1's X-Forwarded-For, serving the
+spin-py fixture (a subclass of `spin_sdk.http.IncomingHandler` named `IncomingHandler`, with
+`spin_sdk.variables`), and the example in `edge dev`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edge.build import build_function
+from edge.errors import BuildFailed
+
+from .conftest import EXAMPLES, SHARED_GEOIP, Proc, fixture_routes
+from .test_sdk import exception_answer, get, logged
+
+pytestmark = pytest.mark.toolchain
+
+LONDON = "81.2.69.142"  # GB, London, EU in GeoIP2-City-Test
+
+
+@pytest.fixture(scope="module")
+def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) -> Proc:
+    node_table = (
+        'id = "node-a"\nregion = "eu-west"\n'
+        f'geoip_db = "{SHARED_GEOIP / "GeoIP2-City-Test.mmdb"}"\n'
+        'trusted_proxies = ["127.0.0.1/32"]\n'
+    )
+    return start_module_node(fixture_routes(["spin-py"], built), node=node_table)
+
+
+def test_spin_incoming_handler_answers(node: Proc) -> None:
+    r = httpx.get(node.url + "/spin-py/", timeout=30)
+    assert r.status_code == 200 and r.text == "Hello from Spin's Python SDK\n"
+    assert r.headers["content-type"] == "text/plain"
+
+
+def test_spin_request_has_method_uri_joined_headers_and_the_body(node: Proc) -> None:
+    sent = [("x-rep", "one"), ("x-rep", "two"), ("content-type", "text/plain")]
+    r = httpx.post(node.url + "/spin-py/echo?q=1&r=a%20b", content="héllo".encode(),
+                   headers=sent, timeout=30)  # fmt: skip
+    assert r.status_code == 201 and r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "method": "POST", "uri": "/spin-py/echo?q=1&r=a%20b", "rep": "one, two",
+        "type": "text/plain", "text": "héllo", "bytes": 6,
+    }  # fmt: skip
+
+
+def test_spin_request_has_the_spin_hosts_headers(node: Proc) -> None:
+    """As for Spin's JS shapes (test_js_compat): a client's own spin-* headers are dropped."""
+    url = node.url + "/spin-py/spin-headers/a%20b?q=1"
+    sent = {"x-forwarded-for": LONDON, "spin-path-info": "/forged", "spin-full-url": "forged"}
+    r = httpx.get(url, headers=sent, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "spin-full-url": url,
+        "spin-path-info": "/spin-py/spin-headers/a%20b",
+        "spin-matched-route": "/...",
+        "spin-base-path": "/",
+        "spin-raw-component-route": "/...",
+        "spin-component-route": "",
+        "spin-client-addr": LONDON,
+    }
+
+
+def test_spin_variables_are_config_values(node: Proc) -> None:
+    r = httpx.get(node.url + "/spin-py/variable", timeout=30)
+    assert r.status_code == 200 and r.text == "Hello from a Spin variable"
+    exception_answer(get(node, "/spin-py/unset", "spin-unset"), "spin_sdk.variables.Err",
+                     "spin-unset")  # fmt: skip
+    logged(node, "spin-unset", "function raised")
+
+
+def test_spin_bodies_are_bytes_both_ways(node: Proc) -> None:
+    r = httpx.get(node.url + "/spin-py/binary", timeout=30)
+    assert r.status_code == 200 and r.content == bytes(range(256))
+    r = httpx.get(node.url + "/spin-py/empty", timeout=30)
+    assert r.status_code == 204 and r.content == b""
+
+
+def test_spin_send_has_no_network_and_says_so(node: Proc) -> None:
+    exception_answer(get(node, "/spin-py/send", "spin-send"), "NotImplementedError", "spin-send")
+    lines = logged(node, "spin-send", "function raised")
+    assert any("edge functions have no outbound HTTP" in line["message"] for line in lines)
+
+
+def test_spin_handler_returning_something_else_is_a_typed_exception(node: Proc) -> None:
+    exception_answer(get(node, "/spin-py/not-a-response", "spin-str"), "TypeError", "spin-str")
+    lines = logged(node, "spin-str", "function raised")
+    text = json.dumps(lines)
+    assert "must return a spin_sdk.http.Response, got str" in text
+
+
+def test_spin_base_class_imported_but_not_subclassed_fails_the_build(tmp_path: Path) -> None:
+    project = tmp_path / "spin"
+    shutil.copytree(EXAMPLES / "python" / "spin", project, ignore=shutil.ignore_patterns("build"))
+    (project / "app.py").write_text("from spin_sdk.http import IncomingHandler\n")
+    with pytest.raises(BuildFailed) as info:
+        build_function(project, cache_dir=tmp_path / "cache")
+    assert "define Spin's `class IncomingHandler(spin_sdk.http.IncomingHandler)`" in (
+        info.value.output
+    )
+
+
+def test_spin_example_in_edge_dev_with_a_var_as_its_variable(
+    tmp_path: Path, start_dev: Callable[..., Proc]
+) -> None:
+    project = tmp_path / "spin"
+    shutil.copytree(EXAMPLES / "python" / "spin", project, ignore=shutil.ignore_patterns("build"))
+    dev = start_dev(project, "--var", "greeting=Hi from --var")
+    r = httpx.get(dev.url + "/", headers={"x-name": "ada"}, timeout=30)
+    assert r.status_code == 200 and r.text == "Hi from --var, ada!\n"
+    assert r.headers["content-type"] == "text/plain; charset=utf-8"
