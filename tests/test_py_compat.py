@@ -1,7 +1,8 @@
-"""Code written for Spin's Python SDK runs as written, seen from outside: a real node on
-127.0.0.1 with the GeoIP test database, trusting 127.0.0.1's X-Forwarded-For, serving the
-spin-py fixture (a subclass of `spin_sdk.http.IncomingHandler` named `IncomingHandler`, with
-`spin_sdk.variables`), and the example in `edge dev`."""
+"""Code written for Spin's Python SDK or for Cloudflare's Python Workers runs as written, seen
+from outside: a real node on 127.0.0.1 with the GeoIP test database, trusting 127.0.0.1's
+X-Forwarded-For, serving the fixtures spin-py (a subclass of `spin_sdk.http.IncomingHandler`
+named `IncomingHandler`, with `spin_sdk.variables`), worker-py (`class Default(WorkerEntrypoint)`)
+and worker-py-onfetch (the older top-level `on_fetch`), and the examples in `edge dev`."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) 
         f'geoip_db = "{SHARED_GEOIP / "GeoIP2-City-Test.mmdb"}"\n'
         'trusted_proxies = ["127.0.0.1/32"]\n'
     )
-    return start_module_node(fixture_routes(["spin-py"], built), node=node_table)
+    functions = ["spin-py", "worker-py", "worker-py-onfetch"]
+    return start_module_node(fixture_routes(functions, built), node=node_table)
 
 
 def test_spin_incoming_handler_answers(node: Proc) -> None:
@@ -116,3 +118,74 @@ def test_spin_example_in_edge_dev_with_a_var_as_its_variable(
     r = httpx.get(dev.url + "/", headers={"x-name": "ada"}, timeout=30)
     assert r.status_code == 200 and r.text == "Hi from --var, ada!\n"
     assert r.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+def test_python_worker_answers_with_env_and_the_body(node: Proc) -> None:
+    r = httpx.post(node.url + "/worker-py/", content="ada", timeout=30)
+    assert r.status_code == 200 and r.text == "Hello from a Python Worker, ada!\n"
+    assert r.headers["content-type"] == "text/plain;charset=UTF-8"  # as the Web's Response
+
+
+def test_python_worker_request_has_headers_json_and_cf(node: Proc) -> None:
+    sent = [("x-forwarded-for", LONDON), ("x-rep", "one"), ("x-rep", "two")]
+    r = httpx.post(node.url + "/worker-py/echo", json={"a": [1, "b"]}, headers=sent, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json() == {
+        "method": "POST", "got": {"a": [1, "b"]}, "rep": "one, two", "missing": None,
+        "country": "GB", "city": "London", "latitude": "51.5142",
+    }  # fmt: skip
+    local = httpx.post(node.url + "/worker-py/echo", json={}, timeout=30).json()
+    assert local["country"] is None and local["latitude"] is None  # no geo for 127.0.0.1
+
+
+def test_python_worker_errors_are_typed(node: Proc) -> None:
+    exception_answer(get(node, "/worker-py/unset", "wp-unset"), "AttributeError", "wp-unset")
+    exception_answer(get(node, "/worker-py/fetch", "wp-fetch"), "NotImplementedError", "wp-fetch")
+    lines = logged(node, "wp-fetch", "function raised")
+    assert any("edge functions have no outbound HTTP" in line["message"] for line in lines)
+    exception_answer(get(node, "/worker-py/not-a-response", "wp-str"), "TypeError", "wp-str")
+    lines = logged(node, "wp-str", "function raised")
+    assert "must return a workers.Response, got str" in json.dumps(lines)
+
+
+def test_python_worker_awaits_its_own_coroutines_but_nothing_that_waits(node: Proc) -> None:
+    r = httpx.get(node.url + "/worker-py/sleep0", timeout=30)
+    assert r.status_code == 200 and r.text == "awaited a coroutine of its own"
+    # asyncio.sleep(1) needs an event loop: there is none to wait in.
+    exception_answer(get(node, "/worker-py/sleep", "wp-sleep"), "RuntimeError", "wp-sleep")
+
+
+def test_python_worker_wait_until_runs_before_the_answer_leaves(node: Proc) -> None:
+    r = get(node, "/worker-py/wait", "wp-wait")
+    assert r.status_code == 202 and r.text == "answered" and r.headers["x-kind"] == "wait"
+    lines = logged(node, "wp-wait", "waitUntil ran")
+    assert [line["source"] for line in lines if line["message"] == "waitUntil ran"] == ["stdout"]
+    r = get(node, "/worker-py/wait-fails", "wp-wait-fails")
+    assert r.status_code == 200 and r.text == "answered anyway"
+    lines = logged(node, "wp-wait-fails", "waitUntil work raised ValueError: late failure")
+    assert lines[-1]["level"] == "error"
+
+
+def test_python_worker_redirects_and_binary_bodies(node: Proc) -> None:
+    r = httpx.get(node.url + "/worker-py/redirect", timeout=30)
+    assert r.status_code == 301 and r.headers["location"] == "https://example.com/elsewhere"
+    r = httpx.get(node.url + "/worker-py/bytes", timeout=30)
+    assert r.status_code == 200 and r.content == bytes(range(256))
+
+
+def test_python_worker_on_fetch_shape(node: Proc) -> None:
+    r = httpx.put(node.url + "/worker-py-onfetch/", timeout=30)
+    assert r.status_code == 201 and r.text == "on_fetch: PUT hi\n"
+
+
+def test_python_worker_example_in_edge_dev_with_a_var_as_env(
+    tmp_path: Path, start_dev: Callable[..., Proc]
+) -> None:
+    project = tmp_path / "worker"
+    shutil.copytree(EXAMPLES / "python" / "worker", project, ignore=shutil.ignore_patterns("build"))
+    dev = start_dev(project, "--var", "GREETING=Hi from --var")
+    r = httpx.get(dev.url + "/", timeout=30)
+    assert r.status_code == 200 and r.text == "Hi from --var, visitor from somewhere!\n"
+    assert r.headers["content-type"] == "text/plain; charset=utf-8"
+    posted = httpx.post(dev.url + "/", json={"a": [1, "two"]}, timeout=30)
+    assert posted.json() == {"received": {"a": [1, "two"]}}

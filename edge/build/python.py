@@ -34,7 +34,11 @@ Handler = _entry_handler(_user)
 
 
 def sdk_inputs() -> Sequence[tuple[str, Path]]:
-    return [("sdk-python", PY_SDK / "edge_sdk"), ("sdk-python-spin", PY_SDK / "spin_sdk")]
+    return [
+        ("sdk-python", PY_SDK / "edge_sdk"),
+        ("sdk-python-spin", PY_SDK / "spin_sdk"),
+        ("sdk-python-workers", PY_SDK / "workers"),
+    ]
 
 
 def toolchain_version(tools: Toolchain) -> str:

@@ -263,8 +263,9 @@ def _die_uncaught() -> NoReturn:
 def entry_handler(user_module: ModuleType) -> type[_exports.Handler]:
     """Used by the generated build entry: the user's own `Handler` class if it defines one
     (the raw componentize-py style), else Spin's shape (a subclass of
-    spin_sdk.http.IncomingHandler named `IncomingHandler`), else the SDK's, which needs a
-    @handler function."""
+    spin_sdk.http.IncomingHandler named `IncomingHandler`), else a Cloudflare Python Worker's
+    (a subclass of workers.WorkerEntrypoint named `Default`, or `on_fetch`), else the SDK's,
+    which needs a @handler function."""
     own = getattr(user_module, "Handler", None)
     if isinstance(own, type) and own is not Handler:
         return own
@@ -273,10 +274,20 @@ def entry_handler(user_module: ModuleType) -> type[_exports.Handler]:
     base = getattr(spin, "IncomingHandler", None)
     if base is not None and isinstance(own, type) and issubclass(own, base) and own is not base:
         return spin.serving(own)  # type: ignore[union-attr, no-any-return]
+    cf = _sys.modules.get("workers")
+    if cf is not None and hasattr(cf, "entrypoint"):  # ours: Cloudflare's Python Workers shapes
+        base = cf.WorkerEntrypoint
+        own = getattr(user_module, "Default", None)
+        if isinstance(own, type) and issubclass(own, base) and own is not base:
+            return cf.entrypoint(own)  # type: ignore[no-any-return]
+        own = getattr(user_module, "on_fetch", None)
+        if callable(own):
+            return cf.on_fetch(own)  # type: ignore[no-any-return]
     if _registered is None:
         raise RuntimeError(
             f"{user_module.__name__}.py defines no request handler: decorate a function "
             "with @edge_sdk.handler, or define Spin's `class IncomingHandler("
-            "spin_sdk.http.IncomingHandler)` with a handle_request method"
+            "spin_sdk.http.IncomingHandler)` with a handle_request method, or a Cloudflare "
+            "Python Worker's `class Default(workers.WorkerEntrypoint)` with a fetch method"
         )
     return Handler

@@ -1,6 +1,6 @@
 # spin: a component written for Spin's Python SDK, as written there. Its variable
 # (`variables.get("greeting")`) is edge's configuration value of that name. See README "Porting
-# from Spin (Python)".
+# from Cloudflare Workers / Spin (Python)".
 from spin_sdk import http, variables
 from spin_sdk.http import Request, Response
 
