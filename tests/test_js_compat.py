@@ -189,6 +189,12 @@ def test_spin_v2_handler_answers_through_the_response_builder(node: Proc) -> Non
     assert r.status_code == 204 and r.content == b""
 
 
+def test_spin_variables_are_config_values(node: Proc) -> None:
+    r = httpx.get(node.url + "/spin-v2-js/variables", timeout=30)
+    assert r.status_code == 200
+    assert r.json() == {"set": "Hello from a Spin variable", "unset": None}
+
+
 def test_spin_v2_builder_takes_headers_and_any_body_send_takes(node: Proc) -> None:
     r = httpx.get(node.url + "/spin-v2-js/set-headers", timeout=30)
     assert r.status_code == 200 and r.text == "a,b\n"

@@ -1,9 +1,9 @@
 // spin-sdk.js: Spin's JavaScript shapes from before its fetch event, and what
 // `import ... from "@fermyon/spin-sdk"` gets (edge build aliases the package here): its
-// `ResponseBuilder`. Key-value, variables, outbound HTTP and the rest have no counterpart, and
-// the build names the import.
+// `ResponseBuilder` and `Variables`. Key-value, outbound HTTP and the rest have no counterpart,
+// and the build names the import.
 
-import { latin1ToBytes, toBytes } from "./edge.js";
+import { config, latin1ToBytes, toBytes } from "./edge.js";
 import { WebResponse, webRequest } from "./web.js";
 
 const decoder = new TextDecoder();
@@ -191,3 +191,12 @@ export function serveHandler(handler, request) {
       });
   });
 }
+
+// Spin's application variables are edge's configuration values (edge.toml `[config]`, then
+// `edge config set` / `--var` / `.dev.vars`): `Variables.get(name)` is that value, null when
+// unset, as Spin's SDK answers.
+export const Variables = {
+  get(name) {
+    return config.get(String(name)) ?? null;
+  },
+};

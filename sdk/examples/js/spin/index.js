@@ -1,7 +1,7 @@
-// spin: a Spin JavaScript component as written for Spin's JS SDK v2 (`handler(req, res)`), but
-// for its variable: Spin's `Variables.get("greeting")` is edge's `config.get("greeting")`. See
+// spin: a Spin JavaScript component as written for Spin's JS SDK v2 (`handler(req, res)`).
+// Its variable (`Variables.get("greeting")`) is edge's configuration value of that name. See
 // README "Porting from Cloudflare Workers / Fastly / Spin".
-import { config } from "edge";
+import { Variables } from "@fermyon/spin-sdk";
 
 export async function handler(req, res) {
   const name = new URL(req.url).searchParams.get("name") ?? "world";
@@ -11,5 +11,5 @@ export async function handler(req, res) {
     return;
   }
   res.set({ "content-type": "text/plain; charset=utf-8" });
-  res.send(`${config.get("greeting", "Hello")}, ${name}!\n`);
+  res.send(`${Variables.get("greeting") ?? "Hello"}, ${name}!\n`);
 }
