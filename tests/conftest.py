@@ -29,6 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 EXAMPLES = REPO / "sdk" / "examples"
 SHARED_GEOIP = REPO.parent / "shared" / "geoip"
+LONDON = "81.2.69.142"  # GB, London, EU in GeoIP2-City-Test
+# A node's [node] table for the platform-compatibility tests: the GeoIP test database, and
+# 127.0.0.1 trusted, so a test's X-Forwarded-For picks the client's place.
+GEO_NODE = (
+    'id = "node-a"\nregion = "eu-west"\n'
+    f'geoip_db = "{SHARED_GEOIP / "GeoIP2-City-Test.mmdb"}"\n'
+    'trusted_proxies = ["127.0.0.1/32"]\n'
+)
 # In CI (CI=1) the property-based tests draw the same examples every run, so a merge is never
 # failed by a new draw; locally they draw fresh ones, which is where new defects are found
 # (HYPOTHESIS_PROFILE=ci reproduces CI's draws).
@@ -50,6 +58,20 @@ def build(project: Path) -> Path:
     from edge.build import build_function
 
     return build_function(project)
+
+
+def spin_host_headers(url: str, path: str) -> dict[str, str]:
+    """The headers Spin's host adds, as the SDKs give them to a function asked for `url` (whose
+    path is `path`) by LONDON: see sdk/js/spin-sdk.js."""
+    return {
+        "spin-full-url": url,
+        "spin-path-info": path,
+        "spin-matched-route": "/...",
+        "spin-base-path": "/",
+        "spin-raw-component-route": "/...",
+        "spin-component-route": "",
+        "spin-client-addr": LONDON,
+    }
 
 
 def fixture_routes(names: list[str], built: Callable[[Path], Path]) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, SHARED_GEOIP, Proc, fixture_routes
+from .conftest import EXAMPLES, GEO_NODE, LONDON, Proc, fixture_routes, spin_host_headers
 from .test_sdk import exception_answer, get, logged
 
 pytestmark = pytest.mark.toolchain
@@ -25,17 +25,11 @@ pytestmark = pytest.mark.toolchain
 FUNCTIONS = [
     "worker-cf", "worker-fastly", "async-js", "worker-entrypoint", "spin-js", "spin-v2-js",
 ]  # fmt: skip
-LONDON = "81.2.69.142"  # GB, London, EU in GeoIP2-City-Test
 
 
 @pytest.fixture(scope="module")
 def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) -> Proc:
-    node_table = (
-        'id = "node-a"\nregion = "eu-west"\n'
-        f'geoip_db = "{SHARED_GEOIP / "GeoIP2-City-Test.mmdb"}"\n'
-        'trusted_proxies = ["127.0.0.1/32"]\n'
-    )
-    return start_module_node(fixture_routes(FUNCTIONS, built), node=node_table)
+    return start_module_node(fixture_routes(FUNCTIONS, built), node=GEO_NODE)
 
 
 def test_cloudflare_worker_gets_env_cf_and_headers(node: Proc) -> None:
@@ -154,15 +148,7 @@ def test_spin_request_has_the_spin_hosts_headers(node: Proc, function: str) -> N
     sent = {"x-forwarded-for": LONDON, "spin-path-info": "/forged", "spin-full-url": "forged"}
     r = httpx.get(url, headers=sent, timeout=30)
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
-    assert r.json() == {
-        "spin-full-url": url,
-        "spin-path-info": f"/{function}/spin-headers/a%20b",
-        "spin-matched-route": "/...",
-        "spin-base-path": "/",
-        "spin-raw-component-route": "/...",
-        "spin-component-route": "",
-        "spin-client-addr": LONDON,
-    }
+    assert r.json() == spin_host_headers(url, f"/{function}/spin-headers/a%20b")
 
 
 def test_spin_answer_without_a_status_is_a_typed_exception(node: Proc) -> None:

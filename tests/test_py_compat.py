@@ -7,7 +7,6 @@ and worker-py-onfetch (the older top-level `on_fetch`), and the examples in `edg
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,23 +16,18 @@ import pytest
 from edge.build import build_function
 from edge.errors import BuildFailed
 
-from .conftest import EXAMPLES, SHARED_GEOIP, Proc, fixture_routes
+from .conftest import GEO_NODE, LONDON, Proc, fixture_routes, spin_host_headers
+from .test_build import copy_example
 from .test_sdk import exception_answer, get, logged
 
 pytestmark = pytest.mark.toolchain
 
-LONDON = "81.2.69.142"  # GB, London, EU in GeoIP2-City-Test
 
 
 @pytest.fixture(scope="module")
 def node(start_module_node: Callable[..., Proc], built: Callable[[Path], Path]) -> Proc:
-    node_table = (
-        'id = "node-a"\nregion = "eu-west"\n'
-        f'geoip_db = "{SHARED_GEOIP / "GeoIP2-City-Test.mmdb"}"\n'
-        'trusted_proxies = ["127.0.0.1/32"]\n'
-    )
     functions = ["spin-py", "worker-py", "worker-py-onfetch"]
-    return start_module_node(fixture_routes(functions, built), node=node_table)
+    return start_module_node(fixture_routes(functions, built), node=GEO_NODE)
 
 
 def test_spin_incoming_handler_answers(node: Proc) -> None:
@@ -59,15 +53,7 @@ def test_spin_request_has_the_spin_hosts_headers(node: Proc) -> None:
     sent = {"x-forwarded-for": LONDON, "spin-path-info": "/forged", "spin-full-url": "forged"}
     r = httpx.get(url, headers=sent, timeout=30)
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
-    assert r.json() == {
-        "spin-full-url": url,
-        "spin-path-info": "/spin-py/spin-headers/a%20b",
-        "spin-matched-route": "/...",
-        "spin-base-path": "/",
-        "spin-raw-component-route": "/...",
-        "spin-component-route": "",
-        "spin-client-addr": LONDON,
-    }
+    assert r.json() == spin_host_headers(url, "/spin-py/spin-headers/a%20b")
 
 
 def test_spin_variables_are_config_values(node: Proc) -> None:
@@ -99,8 +85,7 @@ def test_spin_handler_returning_something_else_is_a_typed_exception(node: Proc) 
 
 
 def test_spin_base_class_imported_but_not_subclassed_fails_the_build(tmp_path: Path) -> None:
-    project = tmp_path / "spin"
-    shutil.copytree(EXAMPLES / "python" / "spin", project, ignore=shutil.ignore_patterns("build"))
+    project = copy_example("python", "spin", tmp_path)
     (project / "app.py").write_text("from spin_sdk.http import IncomingHandler\n")
     with pytest.raises(BuildFailed) as info:
         build_function(project, cache_dir=tmp_path / "cache")
@@ -112,8 +97,7 @@ def test_spin_base_class_imported_but_not_subclassed_fails_the_build(tmp_path: P
 def test_spin_example_in_edge_dev_with_a_var_as_its_variable(
     tmp_path: Path, start_dev: Callable[..., Proc]
 ) -> None:
-    project = tmp_path / "spin"
-    shutil.copytree(EXAMPLES / "python" / "spin", project, ignore=shutil.ignore_patterns("build"))
+    project = copy_example("python", "spin", tmp_path)
     dev = start_dev(project, "--var", "greeting=Hi from --var")
     r = httpx.get(dev.url + "/", headers={"x-name": "ada"}, timeout=30)
     assert r.status_code == 200 and r.text == "Hi from --var, ada!\n"
@@ -181,8 +165,7 @@ def test_python_worker_on_fetch_shape(node: Proc) -> None:
 def test_python_worker_example_in_edge_dev_with_a_var_as_env(
     tmp_path: Path, start_dev: Callable[..., Proc]
 ) -> None:
-    project = tmp_path / "worker"
-    shutil.copytree(EXAMPLES / "python" / "worker", project, ignore=shutil.ignore_patterns("build"))
+    project = copy_example("python", "worker", tmp_path)
     dev = start_dev(project, "--var", "GREETING=Hi from --var")
     r = httpx.get(dev.url + "/", timeout=30)
     assert r.status_code == 200 and r.text == "Hi from --var, visitor from somewhere!\n"
