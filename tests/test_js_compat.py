@@ -10,6 +10,7 @@ worker's fetch listener, and our own `handle`, async and answering with a Web Re
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import EXAMPLES, GEO_NODE, LONDON, Proc, fixture_routes, spin_host_headers
+from .conftest import EXAMPLES, FIXTURES, GEO_NODE, LONDON, Proc, fixture_routes, spin_host_headers
 from .test_sdk import exception_answer, get, logged
 
 pytestmark = pytest.mark.toolchain
@@ -309,3 +310,33 @@ def test_spin_example_in_edge_dev_with_a_var_as_its_variable(
     assert r.headers["content-type"] == "text/plain; charset=utf-8"
     posted = httpx.post(dev.url + "/", content="body text", timeout=30)
     assert posted.json() == {"name": "world", "received": "body text"}
+
+
+def test_spin_router_template_routes_as_on_spin(
+    tmp_path: Path, start_dev: Callable[..., Proc]
+) -> None:
+    """`spin new http-js`'s Router, as written (the spin-router-js fixture), served at "/" as
+    a Spin app's only component is: params, greedy and optional segments, query arrays, the
+    handler chain, methods and the catch-all."""
+    project = tmp_path / "spin-router-js"
+    shutil.copytree(
+        FIXTURES / "functions" / "spin-router-js", project, ignore=shutil.ignore_patterns("build")
+    )
+    dev = start_dev(project)
+
+    def answer(path: str, method: str = "GET", body: str = "") -> tuple[int, str]:
+        r = httpx.request(method, dev.url + path, content=body, timeout=30)
+        return r.status_code, r.text
+
+    assert answer("/") == (200, "hello universe")  # the catch-all after it changes nothing
+    assert answer("/hello/ada") == (200, "hello ada")
+    status, text = answer("/items/7/a/b%20c?x=1&x=2&y=3")
+    assert status == 200 and json.loads(text) == {
+        "params": {"id": "7", "rest": "a/b%20c"}, "query": {"x": ["1", "2"], "y": "3"},
+        "route": "/items/:id/:rest+", "method": "GET",
+    }  # fmt: skip
+    assert answer("/maybe") == (200, "opt=none") and answer("/maybe/yes/") == (200, "opt=yes")
+    assert answer("/chain") == (200, "second handler, builder: true, extra: []")
+    assert answer("/echo", "POST", "hi") == (200, "echo: hi")
+    assert answer("/echo") == (404, "not found")  # GET: only the catch-all matches
+    assert answer("/hello/ada/more") == (404, "not found")

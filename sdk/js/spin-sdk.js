@@ -1,7 +1,7 @@
 // spin-sdk.js: Spin's JavaScript shapes from before its fetch event, and what
 // `import ... from "@fermyon/spin-sdk"` gets (edge build aliases the package here): its
-// `ResponseBuilder` and `Variables`. Key-value, outbound HTTP and the rest have no counterpart,
-// and the build names the import.
+// `ResponseBuilder`, `Variables` and `Router`. Key-value, outbound HTTP and the rest have no
+// counterpart, and the build names the import.
 
 import { config, latin1ToBytes, toBytes } from "./edge.js";
 import { WebResponse, webRequest } from "./web.js";
@@ -200,3 +200,80 @@ export const Variables = {
     return config.get(String(name)) ?? null;
   },
 };
+
+// Spin's `Router()` (its JS SDK v2 wraps itty-router; `spin new http-js` starts with one):
+// `router.get(path, ...handlers)` (also post, put, patch, delete, options, head and `all`, any
+// method) registers a route; `await router.handleRequest(req, res, ...extra)` goes through the
+// routes in the order registered and calls each handler of each one whose method and path
+// match as `handler(metadata, req, res, extra)` (extra: an array, as Spin passes it), until one
+// returns something other than undefined or null, which it returns. `metadata` has `method`,
+// `url`, `params` (from `:name`, `:name?` and greedy `:name+` segments, as in the URL) and
+// `query` (a value per name, an array for a repeated one). `*` matches anything. Paths match
+// the request URL's whole path (see withSpinHeaders: an app's only component at "/...").
+const ROUTE_METHODS = ["get", "post", "put", "patch", "delete", "options", "head", "all"];
+
+function routePattern(path) {
+  let source = "";
+  for (const part of path.split("/").filter((p) => p !== "")) {
+    const param = /^:(\w+)([?+]?)$/.exec(part);
+    if (part === "*") {
+      source += "(?:/.*)?";
+    } else if (param === null) {
+      const literal = part.replace(/[.+?^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*");
+      source += `/${literal}`;
+    } else if (param[2] === "+") {
+      source += `/(?<${param[1]}>.+)`;
+    } else if (param[2] === "?") {
+      source += `(?:/(?<${param[1]}>[^/]+))?`;
+    } else {
+      source += `/(?<${param[1]}>[^/]+)`;
+    }
+  }
+  return new RegExp(`^${source}/*$`);
+}
+
+function queryOf(url) {
+  const query = {};
+  for (const [name, value] of url.searchParams) {
+    if (!(name in query)) query[name] = value;
+    else if (Array.isArray(query[name])) query[name].push(value);
+    else query[name] = [query[name], value];
+  }
+  return query;
+}
+
+export function Router() {
+  const routes = [];
+  const router = {
+    routes,
+    async handle(request, ...extra) {
+      const url = new URL(request.url);
+      const method = String(request.method).toUpperCase();
+      for (const [want, pattern, handlers, path] of routes) {
+        if (want !== "ALL" && want !== method) continue;
+        const match = pattern.exec(url.pathname);
+        if (match === null) continue;
+        const metadata = {
+          ...request, method, url: request.url, route: path,
+          params: { ...match.groups }, query: queryOf(url),
+        };
+        for (const handler of handlers) {
+          const answer = await handler(metadata, ...extra);
+          if (answer !== undefined && answer !== null) return answer;
+        }
+      }
+      return undefined;
+    },
+    handleRequest(req, res, ...extra) {
+      const url = req.headers.get("spin-full-url") || req.url;
+      return router.handle({ method: req.method, url }, req, res, extra);
+    },
+  };
+  for (const name of ROUTE_METHODS) {
+    router[name] = (path, ...handlers) => {
+      routes.push([name.toUpperCase(), routePattern(path), handlers, path]);
+      return router;
+    };
+  }
+  return router;
+}
