@@ -156,6 +156,19 @@ class Response:
         return _types.Response(self.status, list(self.headers), bytes(self.body).decode("latin-1"))
 
 
+def _wit_answer(status: object, headers: Any, body: object) -> _types.Response:
+    """A port's answer (spin_sdk, workers) checked and made the WIT record: `status` an int,
+    `body` bytes-like, str (UTF-8) or None, `headers` a mapping or pairs."""
+    if type(status) is not int:
+        raise TypeError(f"Response status must be an int, got {type(status).__name__}")
+    if body is None:
+        body = b""
+    if not isinstance(body, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"Response body must be bytes, str or None, got {type(body).__name__}")
+    data = body.encode() if isinstance(body, str) else bytes(body)
+    return Response(status, headers or [], data)._to_wit()
+
+
 class _Log:
     """log.info("...") and friends: one structured line each, tagged by the host."""
 

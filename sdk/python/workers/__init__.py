@@ -24,8 +24,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from types import SimpleNamespace
 from typing import Any
 
-from edge_sdk import Response as _EdgeResponse
-from edge_sdk import _die_uncaught
+from edge_sdk import _die_uncaught, _wit_answer
 from edge_sdk import config as _config
 from edge_sdk import log as _log
 from wit_world import exports as _exports
@@ -177,16 +176,10 @@ def run(work: Any) -> Any:
 def wit_response(resp: object, who: str) -> _types.Response:
     if not isinstance(resp, Response):
         raise TypeError(f"{who} must return a workers.Response, got {type(resp).__name__}")
-    if type(resp.status) is not int:
-        raise TypeError(f"Response status must be an int, got {type(resp.status).__name__}")
-    body = b"" if resp.body is None else resp.body
-    if not isinstance(body, (bytes, bytearray, memoryview, str)):
-        raise TypeError(f"Response body must be bytes, str or None, got {type(body).__name__}")
     headers = list(resp.headers.items())
-    if isinstance(body, str) and not resp.headers.has("content-type"):
+    if isinstance(resp.body, str) and not resp.headers.has("content-type"):
         headers.append(("content-type", "text/plain;charset=UTF-8"))  # as the Web's Response
-    data = body if isinstance(body, str) else bytes(body)
-    return _EdgeResponse(resp.status, headers, data)._to_wit()  # type: ignore[arg-type]
+    return _wit_answer(resp.status, headers, resp.body)
 
 
 def serving(call: Callable[[Request, _Env, _Context], Any], who: str) -> type[_exports.Handler]:

@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from edge_sdk import Response as _EdgeResponse
-from edge_sdk import _die_uncaught
+from edge_sdk import _die_uncaught, _wit_answer
 from wit_world import exports as _exports
 from wit_world.imports import types as _types
 
@@ -82,14 +81,7 @@ def wit_response(resp: object) -> _types.Response:
             "handle_request(request) must return a spin_sdk.http.Response, got "
             f"{type(resp).__name__}"
         )
-    if type(resp.status) is not int:
-        raise TypeError(f"Response.status must be an int, got {type(resp.status).__name__}")
-    headers = dict(resp.headers) if resp.headers else {}
-    body = b"" if resp.body is None else resp.body
-    if not isinstance(body, (bytes, bytearray, memoryview, str)):
-        raise TypeError(f"Response.body must be bytes, str or None, got {type(body).__name__}")
-    data = body if isinstance(body, str) else bytes(body)
-    return _EdgeResponse(resp.status, headers, data)._to_wit()  # type: ignore[arg-type]
+    return _wit_answer(resp.status, dict(resp.headers) if resp.headers else {}, resp.body)
 
 
 def serving(handler_class: type[IncomingHandler]) -> type[_exports.Handler]:
