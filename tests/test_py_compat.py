@@ -84,6 +84,12 @@ def test_spin_handler_returning_something_else_is_a_typed_exception(node: Proc) 
     assert "must return a spin_sdk.http.Response, got str" in text
 
 
+def test_spin_status_that_is_not_an_int_is_a_typed_exception(node: Proc) -> None:
+    exception_answer(get(node, "/spin-py/bad-status", "spin-status"), "TypeError", "spin-status")
+    lines = logged(node, "spin-status", "function raised")
+    assert "Response status must be an int, got str" in json.dumps(lines)
+
+
 def test_spin_base_class_imported_but_not_subclassed_fails_the_build(tmp_path: Path) -> None:
     project = copy_example("python", "spin", tmp_path)
     (project / "app.py").write_text("from spin_sdk.http import IncomingHandler\n")
@@ -130,6 +136,17 @@ def test_python_worker_errors_are_typed(node: Proc) -> None:
     exception_answer(get(node, "/worker-py/not-a-response", "wp-str"), "TypeError", "wp-str")
     lines = logged(node, "wp-str", "function raised")
     assert "must return a workers.Response, got str" in json.dumps(lines)
+
+
+def test_python_worker_status_that_is_not_an_int_is_a_typed_exception(node: Proc) -> None:
+    exception_answer(get(node, "/worker-py/bad-status", "wp-status"), "TypeError", "wp-status")
+    lines = logged(node, "wp-status", "function raised")
+    assert "Response status must be an int, got str" in json.dumps(lines)
+
+
+def test_python_worker_reads_the_body_as_bytes(node: Proc) -> None:
+    r = httpx.post(node.url + "/worker-py/raw", content=bytes(range(256)), timeout=30)
+    assert r.status_code == 200 and r.content == bytes(reversed(range(256)))
 
 
 def test_python_worker_awaits_its_own_coroutines_but_nothing_that_waits(node: Proc) -> None:
