@@ -174,6 +174,16 @@ def test_python_worker_redirects_and_binary_bodies(node: Proc) -> None:
     assert r.status_code == 200 and r.content == bytes(range(256))
 
 
+def test_python_worker_headers_set_append_and_delete_as_the_web(node: Proc) -> None:
+    sent = {"x-drop": "gone", "x-keep": "kept"}
+    r = httpx.get(node.url + "/worker-py/headers", headers=sent, timeout=30)
+    assert r.status_code == 200
+    assert r.json() == {"many": "a, b", "all": ["a", "b"], "has_drop": False, "host": False}
+    assert r.headers.get_list("x-set") == ["two"]  # set replaced, whatever the case
+    assert r.headers.get_list("x-many") == ["a", "b"]  # append kept both, in order
+    assert r.headers["x-keep"] == "kept" and "x-drop" not in r.headers
+
+
 def test_python_worker_on_fetch_shape(node: Proc) -> None:
     r = httpx.put(node.url + "/worker-py-onfetch/", timeout=30)
     assert r.status_code == 201 and r.text == "on_fetch: PUT hi\n"
