@@ -201,7 +201,7 @@ def test_per_function_must_fit_the_workers() -> None:
 def test_random_traffic_keeps_the_rules(seed: int) -> None:
     """Random arrivals, departures (fast and slow runs), give-ups and time: never more than
     twice the workers running, a slow function never past its share, every count matches, and
-    nobody waits while a worker is free for them."""
+    nobody waits while a worker is free for them, now or later."""
     rng = random.Random(seed)
     workers = rng.randint(1, 6)
     exempt = rng.random() < 0.5
@@ -243,3 +243,7 @@ def test_random_traffic_keeps_the_rules(seed: int) -> None:
             # Nobody waits while a worker is free for them within their share (leave() hands
             # them out at once; being fast only lets a function in sooner, at the next leave).
             assert share.total >= workers or counts.get(key, 0) >= share.per_function
+            # Only a leave() admits waiters, so time alone must never make one admissible
+            # (the STUCK_S rule only ever shuts a fast function out).
+            for later in (now, now + STUCK_S, now + FORGET_S):
+                assert not share._may_run(share._functions[key], later), (key, later)
