@@ -182,6 +182,7 @@ def test_python_worker_headers_set_append_and_delete_as_the_web(node: Proc) -> N
     assert r.headers.get_list("x-set") == ["two"]  # set replaced, whatever the case
     assert r.headers.get_list("x-many") == ["a", "b"]  # append kept both, in order
     assert r.headers["x-keep"] == "kept" and "x-drop" not in r.headers
+    assert r.headers["content-type"] == "application/json"  # Response.json added it to them
 
 
 def test_python_worker_on_fetch_shape(node: Proc) -> None:
